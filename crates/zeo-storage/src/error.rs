@@ -1,0 +1,151 @@
+//! The one error type of the storage layer.
+//!
+//! Each variant stands for one ZODB exception class, so that a server can put
+//! it on the wire under the class name a Python client expects
+//! ([`Error::python_class`]) with the fields that class carries.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::ids::{Oid, Tid};
+
+/// Result alias for storage operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a storage operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `ZODB.POSException.POSKeyError`: no such object, or no such revision.
+    #[error("POSKeyError: {oid}{}", .serial.map(|s| format!(" serial {s}")).unwrap_or_default())]
+    PosKey {
+        /// The object asked for.
+        oid: Oid,
+        /// The revision asked for, when one was named.
+        serial: Option<Tid>,
+    },
+
+    /// `ZODB.POSException.ConflictError`: a store named a serial that is no
+    /// longer current.
+    #[error("ConflictError: database conflict error (oid {oid}, serial this txn started with {old}, serial currently committed {committed})")]
+    Conflict {
+        /// The object in conflict.
+        oid: Oid,
+        /// The revision that is committed now.
+        committed: Tid,
+        /// The revision the transaction read (the serial it passed to store).
+        old: Tid,
+    },
+
+    /// `ZODB.POSException.ReadConflictError`: an object checked with
+    /// `check_current_serial` has changed.
+    #[error("ReadConflictError: database read conflict error (oid {oid}, serial this txn started with {old}, serial currently committed {committed})")]
+    ReadConflict {
+        /// The object that changed.
+        oid: Oid,
+        /// The revision that is committed now.
+        committed: Tid,
+        /// The revision the transaction read.
+        old: Tid,
+    },
+
+    /// `ZODB.POSException.StorageTransactionError`: a two-phase commit call
+    /// out of order or for a transaction that is not the current one.
+    #[error("StorageTransactionError: {0}")]
+    Transaction(String),
+
+    /// `ZODB.POSException.ReadOnlyError`: a write on a read-only storage.
+    #[error("ReadOnlyError: the storage is read-only")]
+    ReadOnly,
+
+    /// `ZODB.POSException.UndoError`: the transaction cannot be undone.
+    #[error("UndoError: {reason}{}", .oid.map(|o| format!(" (oid {o})")).unwrap_or_default())]
+    Undo {
+        /// Why not.
+        reason: String,
+        /// The object that blocks the undo, when one does.
+        oid: Option<Oid>,
+    },
+
+    /// `ZODB.FileStorage.FileStorageFormatError`: the file is not a sound
+    /// Data.fs at `pos`.
+    #[error("FileStorageFormatError: {path}: at byte {pos}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Offset of the damaged record or field.
+        pos: u64,
+        /// What is wrong there.
+        reason: String,
+    },
+
+    /// `ZODB.FileStorage.FileStorageError`: a transaction field is too long
+    /// for its 16-bit length (user name, description, extension).
+    #[error("FileStorageError: {0}")]
+    FileStorage(String),
+
+    /// `zc.lockfile.LockError`: another process has the storage open.
+    #[error("LockError: couldn't lock {path}: another process has the storage open")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+
+    /// `builtins.ValueError`: an argument the storage cannot accept, such as
+    /// a pack time earlier than the last pack.
+    #[error("ValueError: {0}")]
+    InvalidArgument(String),
+
+    /// `builtins.KeyError`: e.g. a garbage-collecting pack of a storage with
+    /// no root object.
+    #[error("KeyError: {0}")]
+    Key(String),
+
+    /// `ZODB.POSException.StorageError`: anything else the storage reports.
+    #[error("StorageError: {0}")]
+    Storage(String),
+
+    /// `ZODB.POSException.StorageSystemError` for operating-system failures.
+    #[error("I/O error: {context}: {source}")]
+    Io {
+        /// What the storage was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The storage was closed.
+    #[error("StorageError: the storage is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// The dotted name of the Python exception class this error stands for.
+    pub fn python_class(&self) -> &'static str {
+        match self {
+            Error::PosKey { .. } => "ZODB.POSException.POSKeyError",
+            Error::Conflict { .. } => "ZODB.POSException.ConflictError",
+            Error::ReadConflict { .. } => "ZODB.POSException.ReadConflictError",
+            Error::Transaction(_) => "ZODB.POSException.StorageTransactionError",
+            Error::ReadOnly => "ZODB.POSException.ReadOnlyError",
+            Error::Undo { .. } => "ZODB.POSException.UndoError",
+            Error::Format { .. } => "ZODB.FileStorage.FileStorage.FileStorageFormatError",
+            Error::FileStorage(_) => "ZODB.FileStorage.FileStorage.FileStorageError",
+            Error::Locked { .. } => "zc.lockfile.LockError",
+            Error::InvalidArgument(_) => "builtins.ValueError",
+            Error::Key(_) => "builtins.KeyError",
+            Error::Storage(_) | Error::Closed => "ZODB.POSException.StorageError",
+            Error::Io { .. } => "ZODB.POSException.StorageSystemError",
+        }
+    }
+
+    /// A POSKeyError for an oid.
+    pub fn pos_key(oid: Oid) -> Self {
+        Error::PosKey { oid, serial: None }
+    }
+}

@@ -1,0 +1,3 @@
+//! Data.fs storage (placeholder until implemented).
+/// Data.fs storage.
+pub struct FileStorage;

@@ -1,0 +1,23 @@
+//! ZODB storages in Rust: the [`Storage`] contract, the id types, an in-memory
+//! [`MappingStorage`] and a [`FileStorage`] that reads and writes ZODB's
+//! `Data.fs` (`FS30`) format byte for byte.
+//!
+//! This crate knows nothing of networks: servers and clients build on it.
+
+pub mod error;
+pub mod filestorage;
+pub mod ids;
+pub mod interface;
+pub mod mapping;
+pub mod timestamp;
+
+pub use error::{Error, Result};
+pub use filestorage::FileStorage;
+pub use ids::{Oid, Tid};
+pub use interface::{
+    BeginOptions, CurrentRecord, DataRecord, HistoryEntry, LoadedRevision, Storage,
+    TransactionIter, TransactionMetaData, TransactionRecord, TxnHandle, TxnStatus, UndoEntry,
+    UndoFilter,
+};
+pub use mapping::MappingStorage;
+pub use timestamp::TimeStamp;

@@ -1,0 +1,3 @@
+//! In-memory storage (placeholder until implemented).
+/// In-memory storage.
+pub struct MappingStorage;
