@@ -1,1 +1,231 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` (an alias defined in
+//! `.cargo/config.toml`).
+//!
+//! `cargo xtask test` is the one command that checks everything: it prepares
+//! the Python environments the interop tests need, checks formatting, runs
+//! clippy and runs every test. CI runs exactly this (`.ci/run`), so a green
+//! local run means a green CI run. See `docs/testing.md`.
+
+mod process;
+mod venv;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  test [--no-lint] [FILTER...] [-- ARGS...]
+        Prepare the Python venvs, check formatting, run clippy with warnings
+        denied, then run every test (cargo-nextest when installed, else
+        `cargo test`) and the doc tests. FILTERs select tests by name; ARGS
+        after `--` go to the test harness (e.g. `--include-ignored`).
+        --no-lint skips the formatting and clippy steps.
+  venv  Only prepare the Python venvs under target/python.
+  help  Show this text.
+
+environment:
+  PYTHON               interpreter that creates the venvs (default python3)
+  ZEO_XTASK_VENV_DIR   where the venvs live (default <workspace>/target/python)
+";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    let command = args.next().map(|a| a.to_string_lossy().into_owned());
+    let rest: Vec<OsString> = args.collect();
+    let result = match command.as_deref() {
+        Some("test") => TestOptions::parse(rest).and_then(|o| test(&o)),
+        Some("venv") if rest.is_empty() => venvs().map(|_| ()),
+        Some("help" | "--help" | "-h") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(format!("unknown or malformed command\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("\nxtask: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: xtask's manifest directory's parent. Cargo sets
+/// `CARGO_MANIFEST_DIR` for `cargo run` too, which keeps this right when a
+/// checkout moves without a rebuild.
+fn workspace_root() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+/// The cargo that started us, so a toolchain chosen by rustup is kept.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn venv_root() -> PathBuf {
+    std::env::var_os("ZEO_XTASK_VENV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("python"))
+}
+
+/// Prepares both venvs; returns `(env var, interpreter)` pairs for the tests.
+fn venvs() -> Result<Vec<(&'static str, PathBuf)>, String> {
+    process::header("Python venvs (zeo6, zeo5)");
+    let root = venv_root();
+    let mut found = Vec::new();
+    for v in venv::ALL {
+        found.push((v.env_var, v.ensure(&root)?));
+    }
+    Ok(found)
+}
+
+struct TestOptions {
+    lint: bool,
+    filters: Vec<OsString>,
+    harness_args: Vec<OsString>,
+}
+
+impl TestOptions {
+    fn parse(args: Vec<OsString>) -> Result<Self, String> {
+        let mut options = TestOptions {
+            lint: true,
+            filters: Vec::new(),
+            harness_args: Vec::new(),
+        };
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.to_str() {
+                Some("--no-lint") => options.lint = false,
+                Some("--") => {
+                    options.harness_args.extend(args.by_ref());
+                }
+                Some(s) if s.starts_with('-') => {
+                    return Err(format!(
+                        "unknown option {s} (harness options go after `--`)\n\n{USAGE}"
+                    ))
+                }
+                _ => options.filters.push(arg),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// One finished step, for the closing summary.
+struct Outcome {
+    step: &'static str,
+    seconds: f64,
+    error: Option<String>,
+}
+
+fn test(options: &TestOptions) -> Result<(), String> {
+    let started = Instant::now();
+    // Without the venvs every interop test would fail with the same message;
+    // stopping here says it once.
+    let pythons = venvs()?;
+    let mut outcomes = Vec::new();
+    let mut step = |name: &'static str, cmd: &mut Command| {
+        process::header(name);
+        let t = Instant::now();
+        let error = process::run(cmd).err();
+        outcomes.push(Outcome {
+            step: name,
+            seconds: t.elapsed().as_secs_f64(),
+            error,
+        });
+    };
+
+    if options.lint {
+        step(
+            "cargo fmt --check",
+            cargo().args(["fmt", "--all", "--", "--check"]),
+        );
+        step(
+            "cargo clippy (warnings denied)",
+            cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        );
+    }
+
+    let with_pythons = |mut cmd: Command| {
+        for (var, python) in &pythons {
+            cmd.env(var, python);
+        }
+        cmd
+    };
+
+    if has_nextest() {
+        let mut cmd = with_pythons(cargo());
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+        if !options.filters.is_empty() {
+            // A filter that selects nothing in this workspace is not an error.
+            cmd.arg("--no-tests=warn");
+        }
+        cmd.args(&options.filters);
+        if !options.harness_args.is_empty() {
+            cmd.arg("--").args(&options.harness_args);
+        }
+        step("cargo nextest run", &mut cmd);
+    } else {
+        println!("\ncargo-nextest not found; falling back to `cargo test`");
+        let mut cmd = with_pythons(cargo());
+        cmd.args([
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--examples",
+        ]);
+        cmd.arg("--")
+            .args(&options.filters)
+            .args(&options.harness_args);
+        step("cargo test", &mut cmd);
+    }
+
+    let mut cmd = with_pythons(cargo());
+    cmd.args(["test", "--workspace", "--doc", "--no-fail-fast", "--"]);
+    cmd.args(&options.filters).args(&options.harness_args);
+    step("cargo test --doc", &mut cmd);
+
+    process::header("Summary");
+    let mut failed = Vec::new();
+    for o in &outcomes {
+        let verdict = if o.error.is_some() { "FAILED" } else { "ok" };
+        println!("  {:<34} {verdict:<6} {:>7.1} s", o.step, o.seconds);
+        if let Some(e) = &o.error {
+            failed.push(format!("{}: {e}", o.step));
+        }
+    }
+    println!("  total {:.1} s", started.elapsed().as_secs_f64());
+    if failed.is_empty() {
+        println!("\nall checks passed");
+        Ok(())
+    } else {
+        Err(format!(
+            "{} step(s) failed:\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        ))
+    }
+}
+
+fn has_nextest() -> bool {
+    process::succeeds_quietly(cargo().args(["nextest", "--version"])).unwrap_or(false)
+}

@@ -1,0 +1,82 @@
+//! Running child processes: step headers, and deadlines for the ones that
+//! talk to the network.
+
+use std::io;
+use std::process::{Command, ExitStatus};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Prints a step header that stands out in a long CI log.
+pub fn header(title: &str) {
+    let rule = "=".repeat(72);
+    println!("\n{rule}\n==> {title}\n{rule}");
+}
+
+/// Renders a command the way a shell user would type it, for logs.
+pub fn display(cmd: &Command) -> String {
+    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    parts.extend(cmd.get_args().map(|a| {
+        let a = a.to_string_lossy();
+        if a.is_empty() || a.contains([' ', '\'', '"', '<', '>', '*']) {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        } else {
+            a.into_owned()
+        }
+    }));
+    parts.join(" ")
+}
+
+/// Runs a command to completion with inherited stdio, echoing it first.
+pub fn run(cmd: &mut Command) -> Result<(), String> {
+    println!("$ {}", display(cmd));
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start `{}`: {e}", display(cmd)))?;
+    check_status(cmd, status)
+}
+
+/// Runs a command with inherited stdio and kills it when `limit` passes, so
+/// that a stalled download cannot hang CI until its global timeout.
+pub fn run_with_deadline(cmd: &mut Command, limit: Duration) -> Result<(), String> {
+    println!("$ {}", display(cmd));
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("could not start `{}`: {e}", display(cmd)))?;
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return check_status(cmd, status),
+            Ok(None) if started.elapsed() >= limit => {
+                // Killing an already exited child fails harmlessly; reaping
+                // it afterwards keeps no zombie behind.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`{}` did not finish within {} s and was killed",
+                    display(cmd),
+                    limit.as_secs()
+                ));
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(format!("waiting for `{}`: {e}", display(cmd))),
+        }
+    }
+}
+
+/// Runs a command silently and reports whether it exited with success;
+/// `Err` only when it could not be started at all.
+pub fn succeeds_quietly(cmd: &mut Command) -> io::Result<bool> {
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Ok(cmd.status()?.success())
+}
+
+fn check_status(cmd: &Command, status: ExitStatus) -> Result<(), String> {
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed ({status})", display(cmd)))
+    }
+}
