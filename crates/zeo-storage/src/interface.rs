@@ -269,10 +269,12 @@ pub trait Storage: Send + Sync {
     /// whose data differs from what was stored (resolved conflicts).
     fn tpc_vote(&self, txn: TxnHandle) -> Result<Vec<Oid>>;
 
-    /// Commits. `on_commit` runs with the new tid while the storage still
-    /// holds its lock, before readers can see the transaction, which is where
-    /// a server queues invalidations so no client learns of a tid before its
-    /// invalidations.
+    /// Commits. `on_commit` runs with the new tid once the transaction is
+    /// durable (after the fsync) but before readers can see it, while the
+    /// storage still holds its commit lock. A server queues invalidations
+    /// there, so that no client can load a revision before it has been sent
+    /// the invalidations that precede it, and no client hears of a tid that a
+    /// crash could still take back.
     fn tpc_finish(&self, txn: TxnHandle, on_commit: &mut dyn FnMut(Tid)) -> Result<Tid>;
 
     /// Discards the transaction; ignored when `txn` is not the current one.
