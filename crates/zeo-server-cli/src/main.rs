@@ -1,0 +1,2 @@
+//! The `zeo-server` command.
+fn main() {}
