@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod filestorage;
+pub mod gc;
 pub mod ids;
 pub mod interface;
 pub mod mapping;
