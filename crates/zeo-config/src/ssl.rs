@@ -1,0 +1,106 @@
+//! The `<ssl>` subsections of `<zeo>` and `<clientstorage>` (ZEO 5's
+//! `server.xml` and `component.xml`).
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::schema::{key, Checked, KeySpec};
+use crate::syntax::Section;
+
+/// What the server checks client certificates against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SslAuthenticate {
+    /// A CA file, or a directory of CA/client certificates.
+    Path(PathBuf),
+    /// `DYNAMIC`: ZEO passes no CA file and expects certificates to be
+    /// loaded into the context later by application code.
+    Dynamic,
+}
+
+/// Server-side TLS settings (`<ssl>` inside `<zeo>`).
+///
+/// ZEO requires client certificates whenever TLS is on (`CERT_REQUIRED`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSsl {
+    /// The server's certificate chain (required).
+    pub certificate: PathBuf,
+    /// The private key, if not inside `certificate`.
+    pub key: Option<PathBuf>,
+    /// Dotted name of a Python function returning the key password.
+    pub password_function: Option<String>,
+    /// Client certificate authority (required).
+    pub authenticate: SslAuthenticate,
+}
+
+/// Client-side TLS settings (`<ssl>` inside `<clientstorage>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSsl {
+    /// The client's certificate chain (required by ZEO's schema).
+    pub certificate: PathBuf,
+    /// The private key, if not inside `certificate`.
+    pub key: Option<PathBuf>,
+    /// Dotted name of a Python function returning the key password.
+    pub password_function: Option<String>,
+    /// CA file or directory for the server certificate; the system's default
+    /// CAs when absent.
+    pub authenticate: Option<PathBuf>,
+    /// Check the server certificate's host name (default true).
+    pub check_hostname: bool,
+    /// Host name to check; defaults to the host of the address connected to.
+    pub server_hostname: Option<String>,
+}
+
+const SERVER_KEYS: &[KeySpec] = &[
+    key("certificate"),
+    key("key"),
+    key("password-function"),
+    key("authenticate"),
+];
+
+const CLIENT_KEYS: &[KeySpec] = &[
+    key("certificate"),
+    key("key"),
+    key("password-function"),
+    key("authenticate"),
+    key("check-hostname"),
+    key("server-hostname"),
+];
+
+impl ServerSsl {
+    pub(crate) fn from_section(section: &Section) -> Result<Self> {
+        let c = Checked::new(section, SERVER_KEYS, &[])?;
+        let certificate = c
+            .path("certificate")
+            .ok_or_else(|| c.missing("certificate"))?;
+        let authenticate = match c.string("authenticate") {
+            Some(v) if v.trim() == "DYNAMIC" => SslAuthenticate::Dynamic,
+            Some(_) => SslAuthenticate::Path(
+                c.path("authenticate")
+                    .ok_or_else(|| c.missing("authenticate"))?,
+            ),
+            None => return Err(c.missing("authenticate")),
+        };
+        Ok(ServerSsl {
+            certificate,
+            key: c.path("key"),
+            password_function: c.string("password-function"),
+            authenticate,
+        })
+    }
+}
+
+impl ClientSsl {
+    pub(crate) fn from_section(section: &Section) -> Result<Self> {
+        let c = Checked::new(section, CLIENT_KEYS, &[])?;
+        Ok(ClientSsl {
+            certificate: c
+                .path("certificate")
+                .ok_or_else(|| c.missing("certificate"))?,
+            key: c.path("key"),
+            password_function: c.string("password-function"),
+            authenticate: c.path("authenticate"),
+            check_hostname: c.bool("check-hostname")?.unwrap_or(true),
+            server_hostname: c.string("server-hostname"),
+        })
+    }
+}

@@ -1,0 +1,194 @@
+//! Settings that parse but that zeo-rs does not act on, so programs can warn
+//! about them by name instead of silently ignoring them.
+//!
+//! Keep [`NOT_IMPLEMENTED`] in step with the "supported" column of
+//! `docs/configuration.md`: when the server or client starts honouring a
+//! setting, delete its row here and flip the column there.
+
+use std::fmt;
+
+use crate::error::Location;
+use crate::syntax::{Item, Section};
+
+/// `(section type, key, reason)`; an empty key stands for the whole section.
+pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
+    (
+        "zeo",
+        "monitor-address",
+        "the ZEO 3/4 monitor server is not implemented",
+    ),
+    (
+        "zeo",
+        "authentication-protocol",
+        "ZEO 3/4 authentication is not implemented yet",
+    ),
+    (
+        "zeo",
+        "authentication-database",
+        "ZEO 3/4 authentication is not implemented yet",
+    ),
+    (
+        "zeo",
+        "authentication-realm",
+        "ZEO 3/4 authentication is not implemented yet",
+    ),
+    (
+        "zeo",
+        "drop-cache-rather-verify",
+        "a ZEO 4 server key with no effect in ZEO 5",
+    ),
+    ("ssl", "password-function", "it names a Python function"),
+    ("filestorage", "packer", "it names a Python packer object"),
+    ("logfile", "formatter", "it names a Python formatter class"),
+    ("syslog", "", "only <logfile> log handlers are implemented"),
+    (
+        "win32-eventlog",
+        "",
+        "only <logfile> log handlers are implemented",
+    ),
+    (
+        "http-logger",
+        "",
+        "only <logfile> log handlers are implemented",
+    ),
+    (
+        "email-notifier",
+        "",
+        "only <logfile> log handlers are implemented",
+    ),
+    (
+        "runner",
+        "",
+        "zdaemon process control is not part of zeo-rs; use a service manager",
+    ),
+    (
+        "zeoclient",
+        "min-disconnect-poll",
+        "accepted and ignored by ZEO 5 clients",
+    ),
+    (
+        "zeoclient",
+        "max-disconnect-poll",
+        "accepted and ignored by ZEO 5 clients",
+    ),
+    (
+        "zeoclient",
+        "drop-cache-rather-verify",
+        "accepted and ignored by ZEO 5 clients",
+    ),
+    (
+        "zeoclient",
+        "username",
+        "ZEO 3/4 authentication is not implemented",
+    ),
+    (
+        "zeoclient",
+        "password",
+        "ZEO 3/4 authentication is not implemented",
+    ),
+    (
+        "zeoclient",
+        "realm",
+        "ZEO 3/4 authentication is not implemented",
+    ),
+    (
+        "clientstorage",
+        "min-disconnect-poll",
+        "accepted and ignored by ZEO 5 clients",
+    ),
+    (
+        "clientstorage",
+        "max-disconnect-poll",
+        "accepted and ignored by ZEO 5 clients",
+    ),
+    (
+        "clientstorage",
+        "drop-cache-rather-verify",
+        "accepted and ignored by ZEO 5 clients",
+    ),
+    (
+        "clientstorage",
+        "username",
+        "ZEO 3/4 authentication is not implemented",
+    ),
+    (
+        "clientstorage",
+        "password",
+        "ZEO 3/4 authentication is not implemented",
+    ),
+    (
+        "clientstorage",
+        "realm",
+        "ZEO 3/4 authentication is not implemented",
+    ),
+    ("zodb", "class-factory", "it names a Python callable"),
+];
+
+/// A setting present in a configuration that zeo-rs accepts but does not honour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    /// Where the key or section is.
+    pub at: Location,
+    /// The enclosing section as shown in messages, e.g. `<zeo>`.
+    pub section: String,
+    /// The key (lower-cased), or the section header for whole sections.
+    pub setting: String,
+    /// Why it has no effect.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.setting.starts_with('<') {
+            write!(
+                f,
+                "{}: {} is ignored: {}",
+                self.at, self.setting, self.reason
+            )
+        } else {
+            write!(
+                f,
+                "{}: {:?} in {} is ignored: {}",
+                self.at, self.setting, self.section, self.reason
+            )
+        }
+    }
+}
+
+/// Lists every unsupported key or section in `section` and below.
+pub(crate) fn collect(section: &Section, out: &mut Vec<Unsupported>) {
+    for item in &section.items {
+        match item {
+            Item::Key(kv) => {
+                let key = kv.key.to_ascii_lowercase();
+                if let Some((_, _, reason)) = NOT_IMPLEMENTED
+                    .iter()
+                    .find(|(t, k, _)| *t == section.type_name && *k == key)
+                {
+                    out.push(Unsupported {
+                        at: kv.location.clone(),
+                        section: section.to_string(),
+                        setting: key,
+                        reason,
+                    });
+                }
+            }
+            Item::Section(child) => {
+                if let Some((_, _, reason)) = NOT_IMPLEMENTED
+                    .iter()
+                    .find(|(t, k, _)| *t == child.type_name && k.is_empty())
+                {
+                    out.push(Unsupported {
+                        at: child.location.clone(),
+                        section: section.to_string(),
+                        setting: child.to_string(),
+                        reason,
+                    });
+                } else {
+                    collect(child, out);
+                }
+            }
+            Item::Import(_) => {}
+        }
+    }
+}
