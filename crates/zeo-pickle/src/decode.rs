@@ -1,0 +1,390 @@
+//! Decoding pickles into [`Value`]s.
+
+use crate::error::Error;
+use crate::machine::{FindGlobal, Item, Machine, Node};
+use crate::value::Value;
+
+/// Default limit on nesting depth of a decoded value. Python's own pickler
+/// cannot write anything deeper than its recursion limit (1000).
+pub const DEFAULT_MAX_DEPTH: usize = 1000;
+
+/// Fixed part of the default output budget, in bytes.
+const DEFAULT_OUTPUT_BASE: usize = 16 << 20;
+/// Per input byte part of the default output budget. One opcode byte makes
+/// at most one [`Value`] node, so only shared (memo) objects copied many
+/// times can approach this.
+const DEFAULT_OUTPUT_PER_INPUT_BYTE: usize = 64;
+
+/// A pickle reader over a byte string that may hold several pickles back to
+/// back, sharing one memo.
+///
+/// ZODB object records are two pickles (class, then state) written by one
+/// pickler without clearing its memo, so the state pickle may `GET` what the
+/// class pickle `PUT`. Read both with one `Decoder`:
+///
+/// ```
+/// # use zeo_pickle::{Decoder, Value};
+/// // class pickle memoizes its GLOBAL as 0; state pickle refers to it with BINGET 0.
+/// let record = b"\x80\x03cmod\nKlass\nq\x00.\x80\x03h\x00.";
+/// let mut d = Decoder::new(record);
+/// let class = d.next_pickle()?;
+/// let state = d.next_pickle()?;
+/// assert_eq!(class, state);
+/// assert!(d.is_at_end());
+/// # Ok::<(), zeo_pickle::Error>(())
+/// ```
+///
+/// Hostile input is safe to feed: lengths are checked against the input
+/// before use, working memory grows at most linearly with the input, values
+/// nest at most [`Decoder::with_max_depth`] deep, and the decoded output
+/// (where shared objects are copied) is capped by [`Decoder::with_max_output`].
+pub struct Decoder<'a> {
+    machine: Machine<'a, 'a>,
+    max_depth: usize,
+    output_left: usize,
+}
+
+impl std::fmt::Debug for Decoder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("position", &self.machine.position())
+            .field("max_depth", &self.max_depth)
+            .field("output_left", &self.output_left)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Decoder<'a> {
+    /// A decoder positioned at the start of `data`, allowing every global.
+    pub fn new(data: &'a [u8]) -> Self {
+        Decoder {
+            machine: Machine::new(data),
+            max_depth: DEFAULT_MAX_DEPTH,
+            output_left: DEFAULT_OUTPUT_BASE
+                .saturating_add(data.len().saturating_mul(DEFAULT_OUTPUT_PER_INPUT_BYTE)),
+        }
+    }
+
+    /// Restricts the globals (`GLOBAL`, `STACK_GLOBAL`, `INST`) a pickle may
+    /// name: `allowed(module, name)` is asked with the names exactly as the
+    /// pickle spells them, and a `false` fails decoding with
+    /// [`Error::GlobalRejected`]. See [`zeo_server_find_global`].
+    pub fn with_find_global(mut self, allowed: impl Fn(&str, &str) -> bool + 'a) -> Self {
+        let f: FindGlobal<'a> = Box::new(allowed);
+        self.machine.set_find_global(Some(f));
+        self
+    }
+
+    /// Sets the maximum nesting depth of a decoded value (default
+    /// [`DEFAULT_MAX_DEPTH`]).
+    pub fn with_max_depth(mut self, depth: usize) -> Self {
+        self.max_depth = depth;
+        self
+    }
+
+    /// Sets the budget, in bytes, for all values this decoder returns
+    /// (default 16 MiB + 64 × input length). Each value node counts as
+    /// `size_of::<Value>()` plus its string or byte payload.
+    pub fn with_max_output(mut self, bytes: usize) -> Self {
+        self.output_left = bytes;
+        self
+    }
+
+    /// Decodes the next pickle (up to and including its `STOP`).
+    pub fn next_pickle(&mut self) -> Result<Value, Error> {
+        let root = self.machine.run()?;
+        let mut m = Materializer {
+            machine: &self.machine,
+            on_path: vec![false; self.machine.arena.len()],
+            output_left: self.output_left,
+            max_depth: self.max_depth,
+            offset: self.machine.position(),
+        };
+        let v = m.value(root, 0)?;
+        self.output_left = m.output_left;
+        Ok(v)
+    }
+
+    /// Runs the next pickle without building its value; its memo entries
+    /// stay available to the following pickles.
+    pub fn skip_pickle(&mut self) -> Result<(), Error> {
+        self.machine.run().map(|_| ())
+    }
+
+    /// Offset of the next unread byte.
+    pub fn position(&self) -> usize {
+        self.machine.position()
+    }
+
+    /// The bytes not read yet.
+    pub fn remaining(&self) -> &'a [u8] {
+        self.machine
+            .data()
+            .get(self.machine.position()..)
+            .unwrap_or_default()
+    }
+
+    /// Whether all input has been read.
+    pub fn is_at_end(&self) -> bool {
+        self.remaining().is_empty()
+    }
+}
+
+/// The global policy of ZEO's server-side message unpickler
+/// (`ZEO.asyncio.marshal.server_find_global`): only globals from the modules
+/// `ZopeUndo.Prefix`, `zodbpickle`, `builtins`, `copy_reg` and
+/// `__builtin__` may appear in a client's message. (Python additionally
+/// fails when the name does not exist in the module; no Python runs here,
+/// so any name in those modules passes.)
+pub fn zeo_server_find_global(module: &str, _name: &str) -> bool {
+    matches!(
+        module,
+        "ZopeUndo.Prefix" | "zodbpickle" | "builtins" | "copy_reg" | "__builtin__"
+    )
+}
+
+/// Decodes a byte string holding exactly one pickle.
+///
+/// Unlike Python's `loads`, bytes after the `STOP` are an error
+/// ([`Error::TrailingData`]); use [`decode_prefix`] or [`Decoder`] to read
+/// a pickle followed by more data.
+pub fn decode(data: &[u8]) -> Result<Value, Error> {
+    let (v, used) = decode_prefix(data)?;
+    if used != data.len() {
+        return Err(Error::TrailingData { offset: used });
+    }
+    Ok(v)
+}
+
+/// Decodes the pickle at the start of `data`; returns it and the number of
+/// bytes it occupied.
+pub fn decode_prefix(data: &[u8]) -> Result<(Value, usize), Error> {
+    let mut d = Decoder::new(data);
+    let v = d.next_pickle()?;
+    Ok((v, d.position()))
+}
+
+/// Turns arena handles into an owned [`Value`] tree.
+struct Materializer<'m, 'a> {
+    machine: &'m Machine<'a, 'a>,
+    on_path: Vec<bool>,
+    output_left: usize,
+    max_depth: usize,
+    offset: usize,
+}
+
+impl Materializer<'_, '_> {
+    fn charge(&mut self, payload: usize) -> Result<(), Error> {
+        let cost = std::mem::size_of::<Value>().saturating_add(payload);
+        match self.output_left.checked_sub(cost) {
+            Some(left) => {
+                self.output_left = left;
+                Ok(())
+            }
+            None => Err(Error::LimitExceeded {
+                offset: self.offset,
+                what: "decoded value too large (output budget)".into(),
+            }),
+        }
+    }
+
+    fn values(&mut self, items: &[Item], depth: usize) -> Result<Vec<Value>, Error> {
+        items.iter().map(|&i| self.value(i, depth)).collect()
+    }
+
+    fn pairs(
+        &mut self,
+        items: &[(Item, Item)],
+        depth: usize,
+    ) -> Result<Vec<(Value, Value)>, Error> {
+        items
+            .iter()
+            .map(|&(k, v)| Ok((self.value(k, depth)?, self.value(v, depth)?)))
+            .collect()
+    }
+
+    fn boxed(&mut self, item: Item, depth: usize) -> Result<Box<Value>, Error> {
+        Ok(Box::new(self.value(item, depth)?))
+    }
+
+    fn value(&mut self, item: Item, depth: usize) -> Result<Value, Error> {
+        self.charge(0)?;
+        let id = match item {
+            Item::None => return Ok(Value::None),
+            Item::Bool(b) => return Ok(Value::Bool(b)),
+            Item::Int(n) => return Ok(Value::Int(n)),
+            Item::Float(f) => return Ok(Value::Float(f)),
+            Item::Node(id) => id,
+        };
+        if depth >= self.max_depth {
+            return Err(Error::LimitExceeded {
+                offset: self.offset,
+                what: format!("nesting deeper than {}", self.max_depth),
+            });
+        }
+        let machine = self.machine;
+        let node = machine
+            .node(id)
+            .ok_or_else(|| Error::malformed(self.offset, "internal: dangling node"))?;
+        match self.on_path.get_mut(id) {
+            Some(flag) if *flag => {
+                return Err(Error::Recursive {
+                    offset: self.offset,
+                })
+            }
+            Some(flag) => *flag = true,
+            None => return Err(Error::malformed(self.offset, "internal: dangling node")),
+        }
+        let d = depth + 1;
+        let v = match node {
+            Node::BigInt(b) => {
+                self.charge(b.len())?;
+                Value::BigInt(b.clone())
+            }
+            Node::Bytes(b) => {
+                self.charge(b.len())?;
+                Value::Bytes(b.to_vec())
+            }
+            Node::ByteArray(b) => {
+                self.charge(b.len())?;
+                Value::ByteArray(b.to_vec())
+            }
+            Node::Str(s) => {
+                self.charge(s.len())?;
+                Value::Str(s.to_string())
+            }
+            Node::Tuple(items) => Value::Tuple(self.values(items, d)?),
+            Node::List(items) => Value::List(self.values(items, d)?),
+            Node::Set(items) => Value::Set(self.values(items, d)?),
+            Node::FrozenSet(items) => Value::FrozenSet(self.values(items, d)?),
+            Node::Dict(items) => Value::Dict(self.pairs(items, d)?),
+            Node::Global { module, name } => {
+                self.charge(module.len() + name.len())?;
+                Value::Global {
+                    module: module.to_string(),
+                    name: name.to_string(),
+                }
+            }
+            Node::Call {
+                callable,
+                args,
+                new_object,
+            } => {
+                let callable = self.value(*callable, d)?;
+                let args = self.value(*args, d)?;
+                if *new_object {
+                    Value::Call {
+                        callable: Box::new(callable),
+                        args: Box::new(args),
+                        new_object: true,
+                    }
+                } else {
+                    fold_builtin_call(callable, args)
+                }
+            }
+            Node::Build { object, state } => Value::Build {
+                object: self.boxed(*object, d)?,
+                state: self.boxed(*state, d)?,
+            },
+            Node::PersistentId(pid) => Value::PersistentId(self.boxed(*pid, d)?),
+            Node::ListItems { object, items } => Value::ListItems {
+                object: self.boxed(*object, d)?,
+                items: self.values(items, d)?,
+            },
+            Node::DictItems { object, items } => Value::DictItems {
+                object: self.boxed(*object, d)?,
+                items: self.pairs(items, d)?,
+            },
+        };
+        if let Some(flag) = self.on_path.get_mut(id) {
+            *flag = false;
+        }
+        Ok(v)
+    }
+}
+
+fn is_builtins(module: &str) -> bool {
+    module == "builtins" || module == "__builtin__"
+}
+
+fn is_latin1_name(v: &Value) -> bool {
+    matches!(v, Value::Str(s) if s == "latin1" || s == "latin-1")
+}
+
+fn latin1_bytes(s: &str) -> Option<Vec<u8>> {
+    s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
+}
+
+/// Builtin types that protocols 2 and 3 spell as a call.
+#[derive(Clone, Copy)]
+enum Builtin {
+    Bytes,
+    Latin1Encode,
+    ByteArray,
+    Set,
+    FrozenSet,
+}
+
+fn builtin_of(callable: &Value) -> Option<Builtin> {
+    let Value::Global { module, name } = callable else {
+        return None;
+    };
+    match (module.as_str(), name.as_str()) {
+        ("_codecs", "encode") => Some(Builtin::Latin1Encode),
+        (m, "bytes") if is_builtins(m) => Some(Builtin::Bytes),
+        (m, "bytearray") if is_builtins(m) => Some(Builtin::ByteArray),
+        (m, "set") if is_builtins(m) => Some(Builtin::Set),
+        (m, "frozenset") if is_builtins(m) => Some(Builtin::FrozenSet),
+        _ => None,
+    }
+}
+
+/// Recognizes how protocols 2 and 3 spell builtin types that have no opcode
+/// (`set`, `frozenset`, `bytearray`, and `bytes` under protocol 2) and gives
+/// the value Python's `loads` would produce; any other call stays a call.
+fn fold_builtin_call(callable: Value, args: Value) -> Value {
+    let Some(kind) = builtin_of(&callable) else {
+        return Value::Call {
+            callable: Box::new(callable),
+            args: Box::new(args),
+            new_object: false,
+        };
+    };
+    let folded = match (kind, args) {
+        (Builtin::Bytes, Value::Tuple(a)) if a.is_empty() => Ok(Value::Bytes(Vec::new())),
+        (Builtin::ByteArray, Value::Tuple(a)) if a.is_empty() => Ok(Value::ByteArray(Vec::new())),
+        (Builtin::Set, Value::Tuple(a)) if a.is_empty() => Ok(Value::Set(Vec::new())),
+        (Builtin::FrozenSet, Value::Tuple(a)) if a.is_empty() => Ok(Value::FrozenSet(Vec::new())),
+        (Builtin::Latin1Encode, Value::Tuple(a)) => match a.as_slice() {
+            [Value::Str(s), enc] if is_latin1_name(enc) => match latin1_bytes(s) {
+                Some(b) => Ok(Value::Bytes(b)),
+                None => Err(Value::Tuple(a)),
+            },
+            _ => Err(Value::Tuple(a)),
+        },
+        (Builtin::ByteArray, Value::Tuple(mut a)) => match a.as_mut_slice() {
+            [Value::Bytes(b)] => Ok(Value::ByteArray(std::mem::take(b))),
+            [Value::Str(s), enc] if is_latin1_name(enc) => match latin1_bytes(s) {
+                Some(b) => Ok(Value::ByteArray(b)),
+                None => Err(Value::Tuple(a)),
+            },
+            _ => Err(Value::Tuple(a)),
+        },
+        (Builtin::Set | Builtin::FrozenSet, Value::Tuple(mut a)) => match a.as_mut_slice() {
+            [Value::List(items)] => {
+                let items = std::mem::take(items);
+                Ok(match kind {
+                    Builtin::Set => Value::Set(items),
+                    _ => Value::FrozenSet(items),
+                })
+            }
+            _ => Err(Value::Tuple(a)),
+        },
+        (_, other) => Err(other),
+    };
+    folded.unwrap_or_else(|args| Value::Call {
+        callable: Box::new(callable),
+        args: Box::new(args),
+        new_object: false,
+    })
+}

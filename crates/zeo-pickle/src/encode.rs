@@ -1,0 +1,398 @@
+//! Encoding [`Value`]s as protocol 2 or 3 pickles.
+//!
+//! Output matches CPython's / zodbpickle's pickler byte for byte for the
+//! same value: in fast mode (`pickler.fast = True`, what ZEO's marshaller
+//! and `fsIndex.save` use) by default, or with memo `PUT`s after the objects
+//! Python memoizes when [`Encoder::with_memo`] is on (ZODB's record and
+//! transaction-extension pickles). Python also emits `GET` for an object it
+//! meets twice; a value tree has no object identity, so repeated objects are
+//! written again, which loads to an equal value.
+
+use crate::error::Error;
+use crate::opcodes::*;
+use crate::text::le_from_i64;
+use crate::value::Value;
+
+/// Pickle protocols this crate writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Protocol 2 (Python 2.3+). `bytes` has no opcode and is written as
+    /// `_codecs.encode(latin1_text, 'latin1')`, as Python 3 does.
+    V2,
+    /// Protocol 3 (Python 3.0+): what ZODB records, the FileStorage index
+    /// and ZEO's pickle marshaller use.
+    V3,
+}
+
+impl Protocol {
+    /// The protocol number written after `PROTO`.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::V2 => 2,
+            Protocol::V3 => 3,
+        }
+    }
+}
+
+impl TryFrom<u8> for Protocol {
+    type Error = Error;
+
+    fn try_from(n: u8) -> Result<Self, Error> {
+        match n {
+            2 => Ok(Protocol::V2),
+            3 => Ok(Protocol::V3),
+            _ => Err(Error::Unencodable(format!(
+                "pickle protocol {n} (only 2 and 3 are written)"
+            ))),
+        }
+    }
+}
+
+/// Deepest value the encoder descends into; deeper trees are refused rather
+/// than risking the thread's stack.
+pub const MAX_ENCODE_DEPTH: usize = 2000;
+
+/// Python's pickler batches `APPENDS`/`SETITEMS` in groups of this size.
+const BATCH: usize = 1000;
+
+/// Writes one or more pickles into a buffer.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    protocol: Protocol,
+    memo: bool,
+    next_memo: u32,
+    out: Vec<u8>,
+}
+
+impl Encoder {
+    /// An encoder in fast mode (no memo opcodes).
+    pub fn new(protocol: Protocol) -> Self {
+        Encoder {
+            protocol,
+            memo: false,
+            next_memo: 0,
+            out: Vec::new(),
+        }
+    }
+
+    /// Emits `BINPUT`/`LONG_BINPUT` wherever Python's non-fast pickler
+    /// memoizes. The memo counter continues across [`Encoder::dump`] calls,
+    /// as with one Python pickler dumping several objects.
+    pub fn with_memo(mut self, on: bool) -> Self {
+        self.memo = on;
+        self
+    }
+
+    /// Appends a complete pickle of `value` (`PROTO` ... `STOP`). On error
+    /// nothing is appended.
+    pub fn dump(&mut self, value: &Value) -> Result<(), Error> {
+        let start = self.out.len();
+        let memo_start = self.next_memo;
+        self.out.extend_from_slice(&[PROTO, self.protocol.number()]);
+        match self.save(value, 0) {
+            Ok(()) => {
+                self.out.push(STOP);
+                Ok(())
+            }
+            Err(e) => {
+                self.out.truncate(start);
+                self.next_memo = memo_start;
+                Err(e)
+            }
+        }
+    }
+
+    /// The bytes written so far.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Consumes the encoder, returning the bytes written.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.out
+    }
+
+    fn memoize(&mut self) -> Result<(), Error> {
+        if !self.memo {
+            return Ok(());
+        }
+        let key = self.next_memo;
+        match u8::try_from(key) {
+            Ok(k) => self.out.extend_from_slice(&[BINPUT, k]),
+            Err(_) => {
+                self.out.push(LONG_BINPUT);
+                self.out.extend_from_slice(&key.to_le_bytes());
+            }
+        }
+        self.next_memo = key
+            .checked_add(1)
+            .ok_or_else(|| Error::Unencodable("more than 2^32 memoized objects".into()))?;
+        Ok(())
+    }
+
+    fn len4(len: usize, what: &str) -> Result<[u8; 4], Error> {
+        u32::try_from(len)
+            .map(u32::to_le_bytes)
+            .map_err(|_| Error::Unencodable(format!("{what} of {len} bytes (over 4 GiB)")))
+    }
+
+    fn save_int(&mut self, n: i64) {
+        if (0..=0xff).contains(&n) {
+            self.out.extend_from_slice(&[BININT1, n as u8]);
+        } else if (0..=0xffff).contains(&n) {
+            self.out.push(BININT2);
+            self.out.extend_from_slice(&(n as u16).to_le_bytes());
+        } else if let Ok(n) = i32::try_from(n) {
+            self.out.push(BININT);
+            self.out.extend_from_slice(&n.to_le_bytes());
+        } else {
+            let b = le_from_i64(n);
+            self.out.extend_from_slice(&[LONG1, b.len() as u8]);
+            self.out.extend_from_slice(&b);
+        }
+    }
+
+    fn save_long(&mut self, b: &[u8]) -> Result<(), Error> {
+        match u8::try_from(b.len()) {
+            Ok(n) => self.out.extend_from_slice(&[LONG1, n]),
+            Err(_) => {
+                let n = i32::try_from(b.len())
+                    .map_err(|_| Error::Unencodable("integer of over 2 GiB".into()))?;
+                self.out.push(LONG4);
+                self.out.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+        self.out.extend_from_slice(b);
+        Ok(())
+    }
+
+    fn save_str(&mut self, s: &str) -> Result<(), Error> {
+        let len = Self::len4(s.len(), "str")?;
+        self.out.push(BINUNICODE);
+        self.out.extend_from_slice(&len);
+        self.out.extend_from_slice(s.as_bytes());
+        self.memoize()
+    }
+
+    fn save_global(&mut self, module: &str, name: &str) -> Result<(), Error> {
+        if module.contains('\n') || name.contains('\n') {
+            return Err(Error::Unencodable(format!(
+                "global {module:?}.{name:?}: names with a newline need protocol 4"
+            )));
+        }
+        self.out.push(GLOBAL);
+        self.out.extend_from_slice(module.as_bytes());
+        self.out.push(b'\n');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(b'\n');
+        self.memoize()
+    }
+
+    fn builtins_module(&self) -> &'static str {
+        // Python's fix_imports writes Python 2 module names below protocol 3.
+        match self.protocol {
+            Protocol::V2 => "__builtin__",
+            Protocol::V3 => "builtins",
+        }
+    }
+
+    /// Python's `save_reduce` for a builtin callable and argument saver.
+    fn save_builtin_call(
+        &mut self,
+        module: &str,
+        name: &str,
+        save_args: impl FnOnce(&mut Self) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.save_global(module, name)?;
+        save_args(self)?;
+        self.out.push(REDUCE);
+        self.memoize()
+    }
+
+    fn save_latin1_args(&mut self, b: &[u8], encoding: &str) -> Result<(), Error> {
+        let text: String = b.iter().map(|&c| char::from(c)).collect();
+        self.save_str(&text)?;
+        self.save_str(encoding)?;
+        self.out.push(TUPLE2);
+        self.memoize()
+    }
+
+    fn save_bytes(&mut self, b: &[u8]) -> Result<(), Error> {
+        match self.protocol {
+            Protocol::V3 => {
+                match u8::try_from(b.len()) {
+                    Ok(n) => self.out.extend_from_slice(&[SHORT_BINBYTES, n]),
+                    Err(_) => {
+                        let len = Self::len4(b.len(), "bytes")?;
+                        self.out.push(BINBYTES);
+                        self.out.extend_from_slice(&len);
+                    }
+                }
+                self.out.extend_from_slice(b);
+                self.memoize()
+            }
+            Protocol::V2 if b.is_empty() => {
+                let m = self.builtins_module();
+                self.save_builtin_call(m, "bytes", |e| {
+                    e.out.push(EMPTY_TUPLE);
+                    Ok(())
+                })
+            }
+            Protocol::V2 => {
+                self.save_builtin_call("_codecs", "encode", |e| e.save_latin1_args(b, "latin1"))
+            }
+        }
+    }
+
+    fn save_bytearray(&mut self, b: &[u8]) -> Result<(), Error> {
+        let m = self.builtins_module();
+        let protocol = self.protocol;
+        self.save_builtin_call(m, "bytearray", |e| {
+            if b.is_empty() {
+                e.out.push(EMPTY_TUPLE);
+                Ok(())
+            } else if protocol == Protocol::V2 {
+                e.save_latin1_args(b, "latin-1")
+            } else {
+                e.save_bytes(b)?;
+                e.out.push(TUPLE1);
+                e.memoize()
+            }
+        })
+    }
+
+    fn save_set(&mut self, name: &str, items: &[Value], depth: usize) -> Result<(), Error> {
+        let m = self.builtins_module();
+        self.save_builtin_call(m, name, |e| {
+            e.out.push(EMPTY_LIST);
+            e.memoize()?;
+            e.save_appends(items, depth)?;
+            e.out.push(TUPLE1);
+            e.memoize()
+        })
+    }
+
+    fn save_appends(&mut self, items: &[Value], depth: usize) -> Result<(), Error> {
+        for chunk in items.chunks(BATCH) {
+            if let [single] = chunk {
+                self.save(single, depth)?;
+                self.out.push(APPEND);
+            } else {
+                self.out.push(MARK);
+                for v in chunk {
+                    self.save(v, depth)?;
+                }
+                self.out.push(APPENDS);
+            }
+        }
+        Ok(())
+    }
+
+    fn save_setitems(&mut self, items: &[(Value, Value)], depth: usize) -> Result<(), Error> {
+        for chunk in items.chunks(BATCH) {
+            if let [(k, v)] = chunk {
+                self.save(k, depth)?;
+                self.save(v, depth)?;
+                self.out.push(SETITEM);
+            } else {
+                self.out.push(MARK);
+                for (k, v) in chunk {
+                    self.save(k, depth)?;
+                    self.save(v, depth)?;
+                }
+                self.out.push(SETITEMS);
+            }
+        }
+        Ok(())
+    }
+
+    fn save(&mut self, value: &Value, depth: usize) -> Result<(), Error> {
+        if depth > MAX_ENCODE_DEPTH {
+            return Err(Error::Unencodable(format!(
+                "value nested deeper than {MAX_ENCODE_DEPTH}"
+            )));
+        }
+        let d = depth + 1;
+        match value {
+            Value::None => self.out.push(NONE),
+            Value::Bool(true) => self.out.push(NEWTRUE),
+            Value::Bool(false) => self.out.push(NEWFALSE),
+            Value::Int(n) => self.save_int(*n),
+            Value::BigInt(b) => self.save_long(b)?,
+            Value::Float(f) => {
+                self.out.push(BINFLOAT);
+                self.out.extend_from_slice(&f.to_be_bytes());
+            }
+            Value::Bytes(b) => self.save_bytes(b)?,
+            Value::ByteArray(b) => self.save_bytearray(b)?,
+            Value::Str(s) => self.save_str(s)?,
+            Value::Tuple(items) => match items.as_slice() {
+                [] => self.out.push(EMPTY_TUPLE),
+                [_] | [_, _] | [_, _, _] => {
+                    for v in items {
+                        self.save(v, d)?;
+                    }
+                    self.out.push(TUPLE1 + (items.len() as u8 - 1));
+                    self.memoize()?;
+                }
+                _ => {
+                    self.out.push(MARK);
+                    for v in items {
+                        self.save(v, d)?;
+                    }
+                    self.out.push(TUPLE);
+                    self.memoize()?;
+                }
+            },
+            Value::List(items) => {
+                self.out.push(EMPTY_LIST);
+                self.memoize()?;
+                self.save_appends(items, d)?;
+            }
+            Value::Dict(items) => {
+                self.out.push(EMPTY_DICT);
+                self.memoize()?;
+                self.save_setitems(items, d)?;
+            }
+            Value::Set(items) => self.save_set("set", items, d)?,
+            Value::FrozenSet(items) => self.save_set("frozenset", items, d)?,
+            Value::Global { module, name } => self.save_global(module, name)?,
+            Value::Call {
+                callable,
+                args,
+                new_object,
+            } => {
+                self.save(callable, d)?;
+                self.save(args, d)?;
+                self.out.push(if *new_object { NEWOBJ } else { REDUCE });
+                self.memoize()?;
+            }
+            Value::Build { object, state } => {
+                self.save(object, d)?;
+                self.save(state, d)?;
+                self.out.push(BUILD);
+            }
+            Value::PersistentId(pid) => {
+                self.save(pid, d)?;
+                self.out.push(BINPERSID);
+            }
+            Value::ListItems { object, items } => {
+                self.save(object, d)?;
+                self.save_appends(items, d)?;
+            }
+            Value::DictItems { object, items } => {
+                self.save(object, d)?;
+                self.save_setitems(items, d)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encodes `value` as one pickle in fast mode (no memo), as ZEO's
+/// marshaller and ZODB's `fsIndex.save` do.
+pub fn encode(value: &Value, protocol: Protocol) -> Result<Vec<u8>, Error> {
+    let mut e = Encoder::new(protocol);
+    e.dump(value)?;
+    Ok(e.into_bytes())
+}
