@@ -266,41 +266,67 @@ impl Encoder {
         self.save_builtin_call(m, name, |e| {
             e.out.push(EMPTY_LIST);
             e.memoize()?;
-            e.save_appends(items, depth)?;
+            e.save_appends(items, true, depth)?;
             e.out.push(TUPLE1);
             e.memoize()
         })
     }
 
-    fn save_appends(&mut self, items: &[Value], depth: usize) -> Result<(), Error> {
+    /// `APPEND`/`APPENDS` in batches the way CPython's C pickler writes
+    /// them: for an exact list (`exact`) only a one-item list uses `APPEND`;
+    /// for other objects (items from an iterator) any one-item batch does.
+    fn save_appends(&mut self, items: &[Value], exact: bool, depth: usize) -> Result<(), Error> {
+        if let (true, [single]) = (exact, items) {
+            self.save(single, depth)?;
+            self.out.push(APPEND);
+            return Ok(());
+        }
         for chunk in items.chunks(BATCH) {
-            if let [single] = chunk {
-                self.save(single, depth)?;
-                self.out.push(APPEND);
-            } else {
-                self.out.push(MARK);
-                for v in chunk {
-                    self.save(v, depth)?;
+            match chunk {
+                [single] if !exact => {
+                    self.save(single, depth)?;
+                    self.out.push(APPEND);
                 }
-                self.out.push(APPENDS);
+                _ => {
+                    self.out.push(MARK);
+                    for v in chunk {
+                        self.save(v, depth)?;
+                    }
+                    self.out.push(APPENDS);
+                }
             }
         }
         Ok(())
     }
 
-    fn save_setitems(&mut self, items: &[(Value, Value)], depth: usize) -> Result<(), Error> {
+    /// `SETITEM`/`SETITEMS`, batched like [`Encoder::save_appends`].
+    fn save_setitems(
+        &mut self,
+        items: &[(Value, Value)],
+        exact: bool,
+        depth: usize,
+    ) -> Result<(), Error> {
+        if let (true, [(k, v)]) = (exact, items) {
+            self.save(k, depth)?;
+            self.save(v, depth)?;
+            self.out.push(SETITEM);
+            return Ok(());
+        }
         for chunk in items.chunks(BATCH) {
-            if let [(k, v)] = chunk {
-                self.save(k, depth)?;
-                self.save(v, depth)?;
-                self.out.push(SETITEM);
-            } else {
-                self.out.push(MARK);
-                for (k, v) in chunk {
+            match chunk {
+                [(k, v)] if !exact => {
                     self.save(k, depth)?;
                     self.save(v, depth)?;
+                    self.out.push(SETITEM);
                 }
-                self.out.push(SETITEMS);
+                _ => {
+                    self.out.push(MARK);
+                    for (k, v) in chunk {
+                        self.save(k, depth)?;
+                        self.save(v, depth)?;
+                    }
+                    self.out.push(SETITEMS);
+                }
             }
         }
         Ok(())
@@ -347,12 +373,12 @@ impl Encoder {
             Value::List(items) => {
                 self.out.push(EMPTY_LIST);
                 self.memoize()?;
-                self.save_appends(items, d)?;
+                self.save_appends(items, true, d)?;
             }
             Value::Dict(items) => {
                 self.out.push(EMPTY_DICT);
                 self.memoize()?;
-                self.save_setitems(items, d)?;
+                self.save_setitems(items, true, d)?;
             }
             Value::Set(items) => self.save_set("set", items, d)?,
             Value::FrozenSet(items) => self.save_set("frozenset", items, d)?,
@@ -378,11 +404,11 @@ impl Encoder {
             }
             Value::ListItems { object, items } => {
                 self.save(object, d)?;
-                self.save_appends(items, d)?;
+                self.save_appends(items, false, d)?;
             }
             Value::DictItems { object, items } => {
                 self.save(object, d)?;
-                self.save_setitems(items, d)?;
+                self.save_setitems(items, false, d)?;
             }
         }
         Ok(())
