@@ -273,7 +273,7 @@ pub enum Error {
     },
 
     /// A required key is absent.
-    #[error("{at}: {section} needs a {key:?} key")]
+    #[error("{at}: {section} is missing the required key {key:?}")]
     MissingKey {
         /// Where the section starts.
         at: Location,
