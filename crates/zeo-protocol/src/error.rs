@@ -1,0 +1,110 @@
+//! The one error type of the protocol layer.
+
+use std::io;
+
+/// Result alias for protocol operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything framing, handshaking, marshalling and request parsing can fail
+/// with.
+///
+/// A server treats every variant except [`Error::BadArguments`] on a
+/// synchronous call as fatal for the connection, as ZEO does; a bad-arguments
+/// error on a synchronous call becomes a `builtins.TypeError` reply
+/// ([`crate::WireError::type_error`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The transport failed (only the frame codec sees this).
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+
+    /// A frame announced more bytes than the configured maximum; nothing was
+    /// allocated for it.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    FrameTooLarge {
+        /// The length the frame announced (or the payload length on encode).
+        len: u64,
+        /// The limit in force.
+        max: u64,
+    },
+
+    /// The input ended inside a frame.
+    #[error("truncated frame: need {needed} bytes, have {available}")]
+    Truncated {
+        /// Bytes the frame needs, length prefix included.
+        needed: u64,
+        /// Bytes that were there.
+        available: u64,
+    },
+
+    /// The peer's protocol-version frame is not one we can speak.
+    #[error("bad handshake: {reason} (received {received:?})")]
+    BadHandshake {
+        /// What is wrong with it.
+        reason: &'static str,
+        /// The frame, lossily shown as text.
+        received: String,
+    },
+
+    /// The bytes are not a well-formed encoding (msgpack or pickle).
+    #[error("malformed {encoding} message: {reason}")]
+    Malformed {
+        /// `"msgpack"` or `"pickle"`.
+        encoding: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A pickle names a global that the receiving side refuses to resolve
+    /// (ZEO's `find_global` / `server_find_global`).
+    #[error("forbidden global in message: {module}.{name}")]
+    ForbiddenGlobal {
+        /// The module part.
+        module: String,
+        /// The attribute part.
+        name: String,
+    },
+
+    /// The decoded value is not a `(msgid, flags, name, args)` tuple.
+    #[error("not a ZEO message: {0}")]
+    NotAMessage(String),
+
+    /// A value cannot be represented in the chosen encoding (for example a
+    /// set or a class reference in msgpack, or an integer wider than 64
+    /// bits).
+    #[error("cannot encode value: {0}")]
+    Unencodable(String),
+
+    /// A call names a method outside the set a ZEO 5 server exposes.
+    #[error("unknown method {0:?}")]
+    UnknownMethod(String),
+
+    /// A call's arguments do not fit the method's signature.
+    #[error("bad arguments to {method}: {reason}")]
+    BadArguments {
+        /// The method called.
+        method: String,
+        /// What does not fit.
+        reason: String,
+    },
+
+    /// A reply or server message does not have the shape its method
+    /// promises (client side).
+    #[error("unexpected reply to {method}: {reason}")]
+    BadReply {
+        /// The method whose reply it is.
+        method: String,
+        /// What does not fit.
+        reason: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn malformed(encoding: &'static str, reason: impl Into<String>) -> Self {
+        Error::Malformed { encoding, reason: reason.into() }
+    }
+
+    pub(crate) fn bad_handshake(reason: &'static str, received: &[u8]) -> Self {
+        Error::BadHandshake { reason, received: String::from_utf8_lossy(received).into_owned() }
+    }
+}

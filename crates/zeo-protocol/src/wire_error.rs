@@ -1,0 +1,304 @@
+//! Exceptions as they travel in ZEO 5 error replies:
+//! `(dotted_class_path, exc.__dict__ or exc.args)`.
+//!
+//! The Python client rebuilds known classes from this pair
+//! (`ZEO.asyncio.client.exc_factories`): `POSKeyError`, `ReadOnlyError`,
+//! `StorageTransactionError`, `KeyError` and `TypeError` by splatting the
+//! args tuple; `ConflictError` and `ReadConflictError` from a dict with
+//! `message`, `oid`, `serials` (and optionally `class_name`);
+//! `BTreesConflictError` from `p1..p3, reason`; `MultipleUndoErrors` from
+//! `_errs`. Anything else becomes `ZEO.Exceptions.ServerException(class,
+//! fields)`. So the exact field shapes below matter.
+
+use zeo_pickle::Value;
+use zeo_storage::{Error as StorageError, Oid, Tid};
+
+use crate::types::TxnId;
+
+/// An exception to send to, or received from, the peer.
+///
+/// ```
+/// use zeo_pickle::Value;
+/// use zeo_protocol::WireError;
+/// use zeo_storage::{Error, Oid};
+///
+/// let wire = WireError::from(&Error::pos_key(Oid(0)));
+/// assert_eq!(wire.class, "ZODB.POSException.POSKeyError");
+/// assert_eq!(wire.fields, Value::Tuple(vec![Value::Bytes(vec![0; 8])]));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireError {
+    /// Dotted path of the exception class, e.g.
+    /// `ZODB.POSException.ConflictError`.
+    pub class: String,
+    /// The instance's non-empty `__dict__`, else its `args` tuple.
+    pub fields: Value,
+}
+
+fn s(text: &str) -> Value {
+    Value::Str(text.to_owned())
+}
+
+fn id(bytes: [u8; 8]) -> Value {
+    Value::Bytes(bytes.to_vec())
+}
+
+impl WireError {
+    /// An exception of class `class` with constructor arguments `args`.
+    pub fn with_args(class: &str, args: Vec<Value>) -> Self {
+        WireError { class: class.to_owned(), fields: Value::Tuple(args) }
+    }
+
+    /// `builtins.TypeError(message)`: what Python raises for a call with
+    /// arguments that do not fit the signature.
+    pub fn type_error(message: &str) -> Self {
+        Self::with_args("builtins.TypeError", vec![s(message)])
+    }
+
+    /// `builtins.ValueError(message)`: unknown storage, duplicate register,
+    /// bad `storeBlobShared` file name.
+    pub fn value_error(message: &str) -> Self {
+        Self::with_args("builtins.ValueError", vec![s(message)])
+    }
+
+    /// `builtins.KeyError(key)`: e.g. an unknown iterator id.
+    pub fn key_error(key: Value) -> Self {
+        Self::with_args("builtins.KeyError", vec![key])
+    }
+
+    /// `builtins.AttributeError` for a method ZEO lists but its server
+    /// object lacks (`new_oid`; `record_iternext` on storages without it).
+    pub fn no_attribute(name: &str) -> Self {
+        Self::with_args(
+            "builtins.AttributeError",
+            vec![Value::Str(format!("'ZEOStorage' object has no attribute '{name}'"))],
+        )
+    }
+
+    /// `builtins.AssertionError(message)`: `tpc_finish` without a vote.
+    pub fn assertion_error(message: &str) -> Self {
+        Self::with_args("builtins.AssertionError", vec![s(message)])
+    }
+
+    /// `builtins.Exception(message)`: an out-of-order
+    /// `iterator_record_start`.
+    pub fn exception(message: &str) -> Self {
+        Self::with_args("builtins.Exception", vec![s(message)])
+    }
+
+    /// What ZEO sends when a reply cannot be encoded:
+    /// `builtins.ValueError("Couldn't pickle response")`.
+    pub fn unencodable_reply() -> Self {
+        Self::value_error("Couldn't pickle response")
+    }
+
+    /// `StorageTransactionError(current, given)`: a call named transaction
+    /// `given` while `current` (or none) is open.
+    pub fn transaction_mismatch(current: Option<TxnId>, given: TxnId) -> Self {
+        Self::with_args(
+            "ZODB.POSException.StorageTransactionError",
+            vec![current.map_or(Value::None, Value::from), given.into()],
+        )
+    }
+
+    /// `StorageTransactionError(message)`, e.g. "Already voting (locked)".
+    pub fn storage_transaction(message: &str) -> Self {
+        Self::with_args("ZODB.POSException.StorageTransactionError", vec![s(message)])
+    }
+
+    /// A `ConflictError` with its attribute dict. `class_name` is the
+    /// dotted class of the conflicting object when known (ZODB derives it
+    /// from the stored pickle), `None` otherwise.
+    pub fn conflict(oid: Oid, committed: Tid, old: Tid, class_name: Option<&str>) -> Self {
+        conflict_dict(
+            "ZODB.POSException.ConflictError",
+            "database conflict error",
+            oid,
+            committed,
+            old,
+            class_name,
+        )
+    }
+
+    /// The `(class_path, fields)` pair carried by an error reply.
+    pub fn to_value(&self) -> Value {
+        Value::Tuple(vec![Value::Str(self.class.clone()), self.fields.clone()])
+    }
+
+    /// Reads the value of an error reply.
+    ///
+    /// Besides ZEO 5's `(class_path, fields)` it takes ZEO 3/4's
+    /// `(ExceptionClass, instance)`, where the class is a pickled global.
+    pub fn from_value(value: &Value) -> Option<Self> {
+        let (Value::Tuple(items) | Value::List(items)) = value else { return None };
+        match items.as_slice() {
+            [Value::Str(class), fields] => {
+                Some(WireError { class: class.clone(), fields: fields.clone() })
+            }
+            [Value::Global { module, name }, instance, ..] => Some(WireError {
+                class: format!("{module}.{name}"),
+                fields: instance.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The storage error a Rust client should raise for this exception, so
+    /// callers see the same variants a local storage gives them.
+    ///
+    /// ```
+    /// use zeo_protocol::WireError;
+    /// use zeo_storage::{Error, Oid, Tid};
+    ///
+    /// let sent = Error::Conflict { oid: Oid(1), committed: Tid(9), old: Tid(5) };
+    /// let back = WireError::from(&sent).to_storage_error();
+    /// assert!(matches!(back, Error::Conflict { oid: Oid(1), committed: Tid(9), old: Tid(5) }));
+    /// ```
+    pub fn to_storage_error(&self) -> StorageError {
+        let args: &[Value] = match &self.fields {
+            Value::Tuple(items) | Value::List(items) => items,
+            _ => &[],
+        };
+        let field = |key: &str| match &self.fields {
+            Value::Dict(pairs) => {
+                pairs.iter().find(|(k, _)| matches!(k, Value::Str(s) if s == key)).map(|(_, v)| v)
+            }
+            _ => None,
+        };
+        let as_oid = |v: Option<&Value>| match v {
+            Some(Value::Bytes(b)) => Oid::from_slice(b),
+            _ => None,
+        };
+        let serials = || match field("serials") {
+            Some(Value::Tuple(pair) | Value::List(pair)) => match pair.as_slice() {
+                [Value::Bytes(a), Value::Bytes(b)] => Tid::from_slice(a).zip(Tid::from_slice(b)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let short = self.class.rsplit('.').next().unwrap_or(&self.class);
+        match short {
+            "POSKeyError" => {
+                let mut ids = args.iter().filter_map(|v| match v {
+                    Value::Bytes(b) => Some(b),
+                    _ => None,
+                });
+                if let Some(oid) = ids.next().and_then(|b| Oid::from_slice(b)) {
+                    let serial = ids.next().and_then(|b| Tid::from_slice(b));
+                    return StorageError::PosKey { oid, serial };
+                }
+            }
+            "ConflictError" | "ReadConflictError" => {
+                if let (Some(oid), Some((committed, old))) = (as_oid(field("oid")), serials()) {
+                    return if short == "ConflictError" {
+                        StorageError::Conflict { oid, committed, old }
+                    } else {
+                        StorageError::ReadConflict { oid, committed, old }
+                    };
+                }
+            }
+            "ReadOnlyError" => return StorageError::ReadOnly,
+            "StorageTransactionError" => return StorageError::Transaction(self.describe()),
+            "UndoError" | "MultipleUndoErrors" => {
+                let reason = match field("_reason") {
+                    Some(Value::Str(r)) => r.clone(),
+                    _ => self.describe(),
+                };
+                return StorageError::Undo { reason, oid: as_oid(field("_oid")) };
+            }
+            _ => {}
+        }
+        match self.class.as_str() {
+            "builtins.ValueError" => StorageError::InvalidArgument(self.describe()),
+            "builtins.KeyError" => StorageError::Key(self.describe()),
+            _ => StorageError::Storage(format!("{}: {}", self.class, self.describe())),
+        }
+    }
+
+    /// The exception's message as Python would print a one-argument
+    /// exception, else a debug rendering of the fields.
+    fn describe(&self) -> String {
+        match &self.fields {
+            Value::Tuple(items) if items.len() == 1 => match &items[0] {
+                Value::Str(s) => s.clone(),
+                other => format!("{other:?}"),
+            },
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+fn conflict_dict(
+    class: &str,
+    message: &str,
+    oid: Oid,
+    committed: Tid,
+    old: Tid,
+    class_name: Option<&str>,
+) -> WireError {
+    // Key order follows ConflictError.__init__'s assignments.
+    WireError {
+        class: class.to_owned(),
+        fields: Value::Dict(vec![
+            (s("message"), s(message)),
+            (s("oid"), id(oid.to_bytes())),
+            (s("class_name"), class_name.map_or(Value::None, s)),
+            (s("serials"), Value::Tuple(vec![id(committed.to_bytes()), id(old.to_bytes())])),
+        ]),
+    }
+}
+
+impl From<&StorageError> for WireError {
+    fn from(err: &StorageError) -> Self {
+        let class = err.python_class();
+        let args = |args: Vec<Value>| WireError::with_args(class, args);
+        match err {
+            StorageError::PosKey { oid, serial } => {
+                let mut fields = vec![id(oid.to_bytes())];
+                fields.extend(serial.map(|t| id(t.to_bytes())));
+                args(fields)
+            }
+            StorageError::Conflict { oid, committed, old } => {
+                WireError::conflict(*oid, *committed, *old, None)
+            }
+            StorageError::ReadConflict { oid, committed, old } => conflict_dict(
+                class,
+                "database read conflict error",
+                *oid,
+                *committed,
+                *old,
+                None,
+            ),
+            StorageError::Transaction(msg) => args(vec![s(msg)]),
+            StorageError::ReadOnly => args(vec![]),
+            // UndoError keeps its reason and oid as attributes, so its
+            // non-empty __dict__ is what travels.
+            StorageError::Undo { reason, oid } => WireError {
+                class: class.to_owned(),
+                fields: Value::Dict(vec![
+                    (s("_reason"), s(reason)),
+                    (s("_oid"), oid.map_or(Value::None, |o| id(o.to_bytes()))),
+                ]),
+            },
+            StorageError::Format { path, pos, reason } => args(vec![
+                Value::Str(path.display().to_string()),
+                Value::Int(i64::try_from(*pos).unwrap_or(i64::MAX)),
+                s(reason),
+            ]),
+            StorageError::Locked { path } => {
+                args(vec![Value::Str(format!("Couldn't lock {:?}", path.display().to_string()))])
+            }
+            StorageError::FileStorage(msg)
+            | StorageError::InvalidArgument(msg)
+            | StorageError::Key(msg)
+            | StorageError::Storage(msg) => args(vec![s(msg)]),
+            StorageError::Io { .. } | StorageError::Closed => args(vec![Value::Str(err.to_string())]),
+        }
+    }
+}
+
+impl From<StorageError> for WireError {
+    fn from(err: StorageError) -> Self {
+        WireError::from(&err)
+    }
+}
