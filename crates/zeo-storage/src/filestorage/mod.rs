@@ -1,3 +1,513 @@
-//! Data.fs storage (placeholder until implemented).
-/// Data.fs storage.
-pub struct FileStorage;
+//! A storage in one `Data.fs` file, byte-compatible with ZODB's FileStorage
+//! (`FS30`): Python's FileStorage, fstest, fsdump and repozo read what this
+//! writes, and the other way round.
+//!
+//! The file is an append-only log of transactions. An in-memory index maps
+//! each oid to its current data record; older revisions are reached through
+//! the records' `prev` pointers.
+//!
+//! Concurrency: readers use positional reads on a shared handle and look the
+//! index up under a read lock that a commit takes for writing only to
+//! publish a finished, already fsynced transaction. The commit lock (one
+//! transaction between `tpc_begin` and `tpc_finish`/`tpc_abort`) is separate,
+//! so loads never wait for a commit's I/O.
+
+mod check;
+mod commit;
+mod dump;
+mod format;
+mod index;
+mod index_file;
+mod iteration;
+mod lock;
+mod scan;
+mod undo;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub use check::{check, CheckReport};
+pub use dump::dump;
+
+use crate::error::{Error, Result};
+use crate::ids::{Oid, Tid};
+use crate::interface::{
+    BeginOptions, CurrentRecord, HistoryEntry, LoadedRevision, Storage, TransactionIter, TransactionMetaData,
+    TxnHandle, UndoEntry, UndoFilter,
+};
+
+use commit::CommitState;
+use format::{Reader, FIRST_TXN_POS};
+use index::OidIndex;
+use lock::LockFile;
+
+/// How to open a [`FileStorage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStorageOptions {
+    /// Refuse writes; takes no lock and never modifies the file.
+    pub read_only: bool,
+    /// Start a new empty file, replacing any existing one (ZODB's
+    /// `create=True`).
+    pub create: bool,
+    /// Whether pack collects garbage by default.
+    pub pack_gc: bool,
+}
+
+impl Default for FileStorageOptions {
+    fn default() -> Self {
+        FileStorageOptions { read_only: false, create: false, pack_gc: true }
+    }
+}
+
+/// What readers see: the last finished transaction's state.
+pub(crate) struct Published {
+    /// The data file, shared by readers and the committer.
+    pub(crate) file: Arc<File>,
+    /// oid → current record position.
+    pub(crate) index: OidIndex,
+    /// End of the last committed transaction.
+    pub(crate) pos: u64,
+    /// Tid of the last committed transaction.
+    pub(crate) ltid: Tid,
+}
+
+/// A ZODB FileStorage (`Data.fs`).
+pub struct FileStorage {
+    path: PathBuf,
+    name: String,
+    read_only: bool,
+    #[allow(dead_code)] // read by pack
+    pack_gc: bool,
+    published: RwLock<Published>,
+    commit: Mutex<CommitState>,
+    commit_done: Condvar,
+    /// The highest oid in use; `new_oid` hands out the next one.
+    max_oid: AtomicU64,
+    closed: AtomicBool,
+    lock_file: Mutex<Option<LockFile>>,
+}
+
+impl std::fmt::Debug for FileStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStorage").field("path", &self.path).field("read_only", &self.read_only).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl FileStorage {
+    /// Opens (or, when writable, creates) the storage at `path`.
+    ///
+    /// A writable open takes `Data.fs.lock` first ([`Error::Locked`] when
+    /// another process holds it), uses `Data.fs.index` when it matches the
+    /// file, scans the rest, and cuts off an incomplete last transaction into
+    /// `Data.fs.trN`. A read-only open takes no lock and changes nothing.
+    pub fn open(path: impl AsRef<Path>, options: FileStorageOptions) -> Result<FileStorage> {
+        let path = path.as_ref().to_path_buf();
+        if options.read_only && options.create {
+            return Err(Error::InvalidArgument("can't create a read-only file".into()));
+        }
+        let lock_file =
+            if options.read_only { None } else { Some(LockFile::acquire(&index_file::append_suffix(&path, ".lock"))?) };
+        let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
+
+        let file = if options.read_only {
+            File::open(&path).map_err(|e| io("opening", e))?
+        } else if options.create {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| io("creating", e))?;
+            sync_parent_dir(&path);
+            f
+        } else {
+            let existed = path.exists();
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| io("opening", e))?;
+            if !existed {
+                sync_parent_dir(&path);
+            }
+            f
+        };
+
+        let mut index = OidIndex::new();
+        let mut used_saved_index = false;
+        let end = match Self::restore_index(&file, &path, options) {
+            Some((saved_pos, saved, ltid)) => {
+                index = saved;
+                used_saved_index = true;
+                scan::read_index(&file, &path, &mut index, saved_pos, ltid, options.read_only)?
+            }
+            None => scan::read_index(&file, &path, &mut index, FIRST_TXN_POS, Tid::ZERO, options.read_only)?,
+        };
+        if !options.read_only && scan::file_len(&file, &path)? == 0 {
+            // An empty file got its magic from the scan; make it durable.
+            file.sync_all().map_err(|e| io("syncing", e))?;
+        }
+        index.compact();
+        let max_oid = scan::max_oid(&index);
+        let now = crate::timestamp::TimeStamp::now().tid();
+        if end.ltid > now {
+            tracing::warn!("{} database records are in the future (last tid {})", path.display(), end.ltid);
+        }
+        let storage = FileStorage {
+            name: path.display().to_string(),
+            read_only: options.read_only,
+            pack_gc: options.pack_gc,
+            published: RwLock::new(Published { file: Arc::new(file), index, pos: end.pos, ltid: end.ltid }),
+            commit: Mutex::new(CommitState::new(end.ltid, options.read_only, &path)?),
+            commit_done: Condvar::new(),
+            max_oid: AtomicU64::new(max_oid.0),
+            closed: AtomicBool::new(false),
+            lock_file: Mutex::new(lock_file),
+            path,
+        };
+        if !used_saved_index && !options.read_only {
+            storage.save_index();
+        }
+        Ok(storage)
+    }
+
+    /// Loads and validates `Data.fs.index`; `None` means "scan from scratch".
+    fn restore_index(file: &File, path: &Path, options: FileStorageOptions) -> Option<(u64, OidIndex, Tid)> {
+        if options.create {
+            return None;
+        }
+        let (pos, index) = match index_file::load(path) {
+            Ok(Some(x)) => x,
+            Ok(None) => return None,
+            Err(why) => {
+                tracing::warn!("ignoring index: {}", why.0);
+                return None;
+            }
+        };
+        match scan::index_is_sane(file, path, &index, pos) {
+            Some(ltid) => Some((pos, index, ltid)),
+            None => {
+                tracing::warn!("ignoring index for {}", path.display());
+                None
+            }
+        }
+    }
+
+    /// The data file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `Data.fs.index` for the committed state (writable storages).
+    fn save_index(&self) {
+        if self.read_only {
+            return;
+        }
+        let p = self.read_published();
+        match index_file::save(&self.path, p.pos, &p.index) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!("{}: positions beyond 48 bits; no index file written", self.path.display()),
+            Err(e) => tracing::error!("saving the index of {}: {e}", self.path.display()),
+        }
+    }
+
+    pub(crate) fn read_published(&self) -> RwLockReadGuard<'_, Published> {
+        self.published.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn write_published(&self) -> RwLockWriteGuard<'_, Published> {
+        self.published.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The data file, the committed size and the position of `oid`'s
+    /// current record.
+    fn lookup(&self, oid: Oid) -> Result<(Arc<File>, u64, u64)> {
+        self.check_open()?;
+        let p = self.read_published();
+        let pos = p.index.get(oid.0).ok_or_else(|| Error::pos_key(oid))?;
+        Ok((Arc::clone(&p.file), p.pos, pos))
+    }
+
+    /// The data file and committed size.
+    pub(crate) fn snapshot(&self) -> Result<(Arc<File>, u64)> {
+        self.check_open()?;
+        let p = self.read_published();
+        Ok((Arc::clone(&p.file), p.pos))
+    }
+
+    fn reader<'a>(&'a self, file: &'a File, end: u64) -> Reader<'a> {
+        Reader::new(file, &self.path, end)
+    }
+
+    fn raise_max_oid(&self, oid: Oid) {
+        self.max_oid.fetch_max(oid.0, Ordering::AcqRel);
+    }
+}
+
+/// Makes a newly created file's directory entry durable.
+fn sync_parent_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl Storage for FileStorage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn size(&self) -> u64 {
+        self.read_published().pos
+    }
+
+    fn len(&self) -> u64 {
+        self.read_published().index.len() as u64
+    }
+
+    fn last_transaction(&self) -> Tid {
+        self.read_published().ltid
+    }
+
+    fn load(&self, oid: Oid) -> Result<(Vec<u8>, Tid)> {
+        let (file, end, pos) = self.lookup(oid)?;
+        let r = self.reader(&file, end);
+        let h = r.data_header_for(pos, oid)?;
+        if h.plen > 0 {
+            return Ok((r.record_data(pos, &h)?, h.tid));
+        }
+        match r.load_back(oid, h.back, pos)? {
+            Some(b) => Ok((b.data, h.tid)),
+            None => Err(Error::pos_key(oid)),
+        }
+    }
+
+    fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<LoadedRevision>> {
+        let (file, end, mut pos) = self.lookup(oid)?;
+        let r = self.reader(&file, end);
+        let mut end_tid = None;
+        let h = loop {
+            let h = r.data_header_for(pos, oid)?;
+            if h.tid < before {
+                break h;
+            }
+            if h.prev == 0 {
+                return Ok(None);
+            }
+            if h.prev >= pos {
+                return Err(r.error(pos, format!("previous pointer {} does not point backwards", h.prev)));
+            }
+            end_tid = Some(h.tid);
+            pos = h.prev;
+        };
+        let data = if h.plen > 0 {
+            r.record_data(pos, &h)?
+        } else {
+            match r.load_back(oid, h.back, pos)? {
+                Some(b) => b.data,
+                None => return Err(Error::pos_key(oid)),
+            }
+        };
+        Ok(Some(LoadedRevision { data, start: h.tid, end: end_tid }))
+    }
+
+    fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>> {
+        let (file, end, mut pos) = self.lookup(oid)?;
+        let r = self.reader(&file, end);
+        let missing = || Error::PosKey { oid, serial: Some(serial) };
+        let h = loop {
+            let h = r.data_header_for(pos, oid)?;
+            if h.tid == serial {
+                break h;
+            }
+            if h.tid < serial || h.prev == 0 {
+                return Err(missing());
+            }
+            if h.prev >= pos {
+                return Err(r.error(pos, format!("previous pointer {} does not point backwards", h.prev)));
+            }
+            pos = h.prev;
+        };
+        if h.plen > 0 {
+            return r.record_data(pos, &h);
+        }
+        r.load_back(oid, h.back, pos)?.map(|b| b.data).ok_or_else(missing)
+    }
+
+    fn get_tid(&self, oid: Oid) -> Result<Tid> {
+        let (file, end, pos) = self.lookup(oid)?;
+        let h = self.reader(&file, end).data_header_for(pos, oid)?;
+        if h.plen == 0 && h.back == 0 {
+            return Err(Error::pos_key(oid));
+        }
+        Ok(h.tid)
+    }
+
+    fn history(&self, oid: Oid, size: usize) -> Result<Vec<HistoryEntry>> {
+        let (file, end, mut pos) = self.lookup(oid)?;
+        let r = self.reader(&file, end);
+        let mut out = Vec::new();
+        while out.len() < size {
+            let h = r.data_header_for(pos, oid)?;
+            let th = r.txn_header(h.tloc)?;
+            let meta = r.txn_meta(h.tloc, &th)?;
+            out.push(HistoryEntry {
+                tid: h.tid,
+                time: h.tid.unix_time(),
+                user: meta.user,
+                description: meta.description,
+                extension: meta.extension,
+                size: h.plen,
+            });
+            if h.prev == 0 {
+                break;
+            }
+            if h.prev >= pos {
+                return Err(r.error(pos, format!("previous pointer {} does not point backwards", h.prev)));
+            }
+            pos = h.prev;
+        }
+        Ok(out)
+    }
+
+    fn new_oid(&self) -> Result<Oid> {
+        self.check_open()?;
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let prev = self
+            .max_oid
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_add(1))
+            .map_err(|_| Error::Storage("oids exhausted".into()))?;
+        Ok(Oid(prev + 1))
+    }
+
+    fn tpc_begin(&self, meta: &TransactionMetaData, options: BeginOptions) -> Result<TxnHandle> {
+        self.begin(meta, options)
+    }
+
+    fn transaction_tid(&self, txn: TxnHandle) -> Result<Tid> {
+        self.txn_tid(txn)
+    }
+
+    fn store(&self, txn: TxnHandle, oid: Oid, serial: Tid, data: &[u8]) -> Result<()> {
+        self.store_record(txn, oid, serial, data)
+    }
+
+    fn check_current_serial(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
+        self.with_txn(txn, |_, _| Ok(()))?;
+        let committed = self.get_tid(oid)?;
+        if committed != serial {
+            return Err(Error::ReadConflict { oid, committed, old: serial });
+        }
+        Ok(())
+    }
+
+    fn delete_object(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
+        self.delete_record(txn, oid, serial)
+    }
+
+    fn restore(
+        &self,
+        txn: TxnHandle,
+        oid: Oid,
+        serial: Tid,
+        data: Option<&[u8]>,
+        prev_txn: Option<Tid>,
+    ) -> Result<()> {
+        self.restore_record(txn, oid, serial, data, prev_txn)
+    }
+
+    fn undo(&self, txn: TxnHandle, undo_id: &[u8]) -> Result<Vec<Oid>> {
+        self.undo_txn(txn, undo_id)
+    }
+
+    fn tpc_vote(&self, txn: TxnHandle) -> Result<Vec<Oid>> {
+        self.vote(txn)
+    }
+
+    fn tpc_finish(&self, txn: TxnHandle, on_commit: &mut dyn FnMut(Tid)) -> Result<Tid> {
+        self.finish(txn, on_commit)
+    }
+
+    fn tpc_abort(&self, txn: TxnHandle) {
+        self.abort(txn)
+    }
+
+    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TransactionIter<'_>> {
+        let (file, end) = self.snapshot()?;
+        Ok(Box::new(iteration::TxnScanner::new(file, &self.path, end, start, stop, true)?))
+    }
+
+    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
+        self.check_open()?;
+        let (oid, following) = {
+            let p = self.read_published();
+            let Some(oid) = p.index.min_key_from(next.map_or(0, |o| o.0)) else { return Ok(None) };
+            let following = oid.checked_add(1).and_then(|o| p.index.min_key_from(o));
+            (oid, following)
+        };
+        let (data, tid) = self.load(Oid(oid))?;
+        Ok(Some(CurrentRecord { oid: Oid(oid), tid, data, next: following.map(Oid) }))
+    }
+
+    fn supports_undo(&self) -> bool {
+        true
+    }
+
+    fn undo_log(&self, first: i64, last: i64, filter: Option<UndoFilter<'_>>) -> Result<Vec<UndoEntry>> {
+        let (file, end) = self.snapshot()?;
+        undo::undo_log(&self.reader(&file, end), first, last, filter)
+    }
+
+    fn pack(&self, _pack_time: f64, _gc: bool) -> Result<()> {
+        self.check_open()?;
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        Err(Error::Storage("pack: not implemented".into()))
+    }
+
+    fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.abort_for_close();
+        self.save_index();
+        drop(lock(&self.lock_file).take());
+        Ok(())
+    }
+}
+
+impl Drop for FileStorage {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,476 @@
+//! The Data.fs record layout: transaction and data headers, how to parse and
+//! serialize them, and a positional reader that turns every short read or
+//! out-of-range length into an [`Error::Format`] naming the offset.
+//!
+//! Everything here is shared by the storage, the scan at open, iteration,
+//! `check`, `dump` and pack, so it only depends on a `&File` and never on
+//! the storage's locks.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::ids::{Oid, Tid};
+use crate::interface::TransactionMetaData;
+
+/// The file header of every FS30 Data.fs.
+pub(crate) const MAGIC: &[u8; 4] = b"FS30";
+/// The Python 2 era magic, refused with a message saying so.
+pub(crate) const MAGIC_FS21: &[u8; 4] = b"FS21";
+/// Offset of the first transaction.
+pub(crate) const FIRST_TXN_POS: u64 = 4;
+/// Fixed part of a transaction header (`>8sQcHHH`).
+pub(crate) const TXN_HEADER_LEN: u64 = 23;
+/// Fixed part of a data record header (`>8s8sQQHQ`).
+pub(crate) const DATA_HEADER_LEN: u64 = 42;
+/// Length of the redundant transaction length that closes a transaction.
+pub(crate) const TXN_TRAILER_LEN: u64 = 8;
+
+/// Status byte of a committed transaction.
+pub(crate) const STATUS_COMMITTED: u8 = b' ';
+/// Status byte of a transaction written by pack.
+pub(crate) const STATUS_PACKED: u8 = b'p';
+/// Status byte of a voted, unfinished transaction.
+pub(crate) const STATUS_CHECKPOINT: u8 = b'c';
+/// Status byte of a legacy undone transaction.
+pub(crate) const STATUS_UNDONE: u8 = b'u';
+
+/// A transaction header without its variable-length metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TxnHeader {
+    /// Transaction id.
+    pub tid: Tid,
+    /// Length of the record without the trailing redundant length.
+    pub tlen: u64,
+    /// Status byte.
+    pub status: u8,
+    /// User name length.
+    pub ulen: u16,
+    /// Description length.
+    pub dlen: u16,
+    /// Extension length.
+    pub elen: u16,
+}
+
+impl TxnHeader {
+    /// Parses the 23 fixed bytes.
+    pub fn parse(b: &[u8; TXN_HEADER_LEN as usize]) -> Self {
+        TxnHeader {
+            tid: Tid::from_bytes(be8(&b[0..8])),
+            tlen: u64::from_be_bytes(be8(&b[8..16])),
+            status: b[16],
+            ulen: u16::from_be_bytes([b[17], b[18]]),
+            dlen: u16::from_be_bytes([b[19], b[20]]),
+            elen: u16::from_be_bytes([b[21], b[22]]),
+        }
+    }
+
+    /// The 23 fixed bytes.
+    pub fn to_bytes(&self) -> [u8; TXN_HEADER_LEN as usize] {
+        let mut b = [0u8; TXN_HEADER_LEN as usize];
+        b[0..8].copy_from_slice(&self.tid.to_bytes());
+        b[8..16].copy_from_slice(&self.tlen.to_be_bytes());
+        b[16] = self.status;
+        b[17..19].copy_from_slice(&self.ulen.to_be_bytes());
+        b[19..21].copy_from_slice(&self.dlen.to_be_bytes());
+        b[21..23].copy_from_slice(&self.elen.to_be_bytes());
+        b
+    }
+
+    /// Header length including user, description and extension.
+    pub fn header_len(&self) -> u64 {
+        TXN_HEADER_LEN + u64::from(self.ulen) + u64::from(self.dlen) + u64::from(self.elen)
+    }
+
+    /// Builds the header of a transaction with the given metadata; the
+    /// lengths must already have been checked against 65535.
+    pub fn for_meta(tid: Tid, tlen: u64, status: u8, meta: &TransactionMetaData) -> Self {
+        TxnHeader {
+            tid,
+            tlen,
+            status,
+            ulen: clamp16(meta.user.len()),
+            dlen: clamp16(meta.description.len()),
+            elen: clamp16(meta.extension.len()),
+        }
+    }
+}
+
+fn clamp16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+/// A data record header; `back` is filled in when `plen == 0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DataHeader {
+    /// The object.
+    pub oid: Oid,
+    /// The revision's tid.
+    pub tid: Tid,
+    /// Position of the object's previous record, 0 for none.
+    pub prev: u64,
+    /// Position of the enclosing transaction.
+    pub tloc: u64,
+    /// Length of the pickle, 0 for a backpointer / no-data record.
+    pub plen: u64,
+    /// The backpointer of a `plen == 0` record, 0 meaning "no data".
+    pub back: u64,
+}
+
+impl DataHeader {
+    /// Parses the 42 fixed bytes; `Err` carries the non-zero version length.
+    pub fn parse(b: &[u8; DATA_HEADER_LEN as usize]) -> std::result::Result<Self, u16> {
+        let vlen = u16::from_be_bytes([b[32], b[33]]);
+        if vlen != 0 {
+            return Err(vlen);
+        }
+        Ok(DataHeader {
+            oid: Oid::from_bytes(be8(&b[0..8])),
+            tid: Tid::from_bytes(be8(&b[8..16])),
+            prev: u64::from_be_bytes(be8(&b[16..24])),
+            tloc: u64::from_be_bytes(be8(&b[24..32])),
+            plen: u64::from_be_bytes(be8(&b[34..42])),
+            back: 0,
+        })
+    }
+
+    /// The 42 fixed bytes (version length always 0).
+    pub fn to_bytes(&self) -> [u8; DATA_HEADER_LEN as usize] {
+        let mut b = [0u8; DATA_HEADER_LEN as usize];
+        b[0..8].copy_from_slice(&self.oid.to_bytes());
+        b[8..16].copy_from_slice(&self.tid.to_bytes());
+        b[16..24].copy_from_slice(&self.prev.to_be_bytes());
+        b[24..32].copy_from_slice(&self.tloc.to_be_bytes());
+        b[34..42].copy_from_slice(&self.plen.to_be_bytes());
+        b
+    }
+
+    /// Length of the whole record, `None` on overflow (a corrupt `plen`).
+    pub fn record_len(&self) -> Option<u64> {
+        DATA_HEADER_LEN.checked_add(if self.plen == 0 { 8 } else { self.plen })
+    }
+
+    /// Appends the serialized record (header, then data or backpointer).
+    pub fn write_record(&self, data: Option<&[u8]>, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_bytes());
+        match data {
+            Some(d) if self.plen > 0 => out.extend_from_slice(d),
+            _ => out.extend_from_slice(&self.back.to_be_bytes()),
+        }
+    }
+}
+
+fn be8(s: &[u8]) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&s[..8]);
+    b
+}
+
+/// Data found by following backpointers (`_loadBack_impl`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BackData {
+    /// The pickle.
+    pub data: Vec<u8>,
+    /// Tid of the record that holds it.
+    pub tid: Tid,
+    /// Position of that record.
+    pub pos: u64,
+    /// Its transaction's position.
+    pub tloc: u64,
+}
+
+/// Reads records of one Data.fs at absolute offsets, never past `end`.
+///
+/// `end` is the committed size for a live storage, so a reader can never see
+/// the bytes of a transaction that is being voted.
+#[derive(Clone, Copy)]
+pub(crate) struct Reader<'a> {
+    file: &'a File,
+    path: &'a Path,
+    end: u64,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader of `file` (named `path` in errors) limited to `end`.
+    pub fn new(file: &'a File, path: &'a Path, end: u64) -> Self {
+        Reader { file, path, end }
+    }
+
+    /// The limit reads stay below.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// The path errors name.
+    pub fn path(&self) -> &'a Path {
+        self.path
+    }
+
+    /// A format error at `pos`.
+    pub fn error(&self, pos: u64, reason: impl Into<String>) -> Error {
+        format_error(self.path, pos, reason)
+    }
+
+    /// Fills `buf` from `pos`; `what` names the field for the error message.
+    pub fn read_exact(&self, pos: u64, buf: &mut [u8], what: &str) -> Result<()> {
+        let len = buf.len() as u64;
+        match pos.checked_add(len) {
+            Some(stop) if stop <= self.end => {}
+            _ => {
+                return Err(self.error(
+                    pos,
+                    format!("{what} ({len} bytes) runs past the end of the data at {}", self.end),
+                ))
+            }
+        }
+        self.file.read_exact_at(buf, pos).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.error(pos, format!("{what}: file ends early"))
+            } else {
+                Error::io(format!("reading {} at {pos}", self.path.display()), e)
+            }
+        })
+    }
+
+    /// Reads a big-endian u64.
+    pub fn read_u64(&self, pos: u64, what: &str) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read_exact(pos, &mut b, what)?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    /// Reads `len` bytes, checking the length against the limit before
+    /// allocating.
+    pub fn read_vec(&self, pos: u64, len: u64, what: &str) -> Result<Vec<u8>> {
+        match pos.checked_add(len) {
+            Some(stop) if stop <= self.end => {}
+            _ => {
+                return Err(self.error(
+                    pos,
+                    format!("{what} ({len} bytes) runs past the end of the data at {}", self.end),
+                ))
+            }
+        }
+        let n = usize::try_from(len).map_err(|_| self.error(pos, format!("{what} too large")))?;
+        let mut buf = vec![0u8; n];
+        self.read_exact(pos, &mut buf, what)?;
+        Ok(buf)
+    }
+
+    /// The transaction header at `pos`.
+    pub fn txn_header(&self, pos: u64) -> Result<TxnHeader> {
+        let mut b = [0u8; TXN_HEADER_LEN as usize];
+        self.read_exact(pos, &mut b, "transaction header")?;
+        Ok(TxnHeader::parse(&b))
+    }
+
+    /// The user, description and extension following the header at `pos`.
+    pub fn txn_meta(&self, pos: u64, h: &TxnHeader) -> Result<TransactionMetaData> {
+        let total = h.header_len() - TXN_HEADER_LEN;
+        let bytes = self.read_vec(pos + TXN_HEADER_LEN, total, "transaction metadata")?;
+        let (u, rest) = bytes.split_at(usize::from(h.ulen));
+        let (d, e) = rest.split_at(usize::from(h.dlen));
+        Ok(TransactionMetaData { user: u.to_vec(), description: d.to_vec(), extension: e.to_vec() })
+    }
+
+    /// The data record header at `pos`, with its backpointer when `plen == 0`.
+    pub fn data_header(&self, pos: u64) -> Result<DataHeader> {
+        let mut b = [0u8; DATA_HEADER_LEN as usize];
+        self.read_exact(pos, &mut b, "data record header")?;
+        let mut h = DataHeader::parse(&b)
+            .map_err(|vlen| self.error(pos, format!("data record has version length {vlen}; versions are not supported")))?;
+        if h.plen == 0 {
+            h.back = self.read_u64(pos + DATA_HEADER_LEN, "backpointer")?;
+        } else if h.plen > self.end.saturating_sub(pos + DATA_HEADER_LEN) {
+            return Err(self.error(
+                pos,
+                format!("data length {} runs past the end of the data at {}", h.plen, self.end),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// The data record header at `pos`, which must belong to `oid`.
+    pub fn data_header_for(&self, pos: u64, oid: Oid) -> Result<DataHeader> {
+        let h = self.data_header(pos)?;
+        if h.oid != oid {
+            return Err(self.error(pos, format!("data record is for oid {} where {oid} was expected", h.oid)));
+        }
+        Ok(h)
+    }
+
+    /// The pickle of the record at `pos` whose header is `h` (`plen > 0`).
+    pub fn record_data(&self, pos: u64, h: &DataHeader) -> Result<Vec<u8>> {
+        self.read_vec(pos + DATA_HEADER_LEN, h.plen, "object data")
+    }
+
+    /// Follows backpointers from `back` to the record holding data, as
+    /// `_loadBack_impl` does; `None` when the chain ends in a "no data"
+    /// record (or `back` is 0). Every hop must point strictly backwards from
+    /// `from`, which keeps a corrupt file from looping.
+    pub fn load_back(&self, oid: Oid, mut back: u64, mut from: u64) -> Result<Option<BackData>> {
+        loop {
+            if back == 0 {
+                return Ok(None);
+            }
+            if back >= from {
+                return Err(self.error(from, format!("backpointer {back} does not point backwards")));
+            }
+            let h = self.data_header_for(back, oid)?;
+            if h.plen > 0 {
+                let data = self.record_data(back, &h)?;
+                return Ok(Some(BackData { data, tid: h.tid, pos: back, tloc: h.tloc }));
+            }
+            from = back;
+            back = h.back;
+        }
+    }
+
+    /// The data of the record at `pos` itself or through its backpointers
+    /// (`_loadBack_impl(oid, pos)`).
+    pub fn resolve(&self, oid: Oid, pos: u64) -> Result<Option<BackData>> {
+        self.load_back(oid, pos, pos.saturating_add(1))
+    }
+
+    /// Finds the transaction with `tid` by walking backwards from the end
+    /// (`_txn_find`); `None` when no transaction has it.
+    pub fn find_txn(&self, tid: Tid) -> Result<Option<u64>> {
+        let mut pos = self.end;
+        while pos > 39 {
+            let (tpos, h) = self.prev_txn(pos)?;
+            if h.tid == tid {
+                return Ok(Some(tpos));
+            }
+            pos = tpos;
+        }
+        Ok(None)
+    }
+
+    /// The transaction that ends at `pos` (found through its redundant
+    /// length), checked against its header's length.
+    pub fn prev_txn(&self, pos: u64) -> Result<(u64, TxnHeader)> {
+        let tl = self.read_u64(pos - TXN_TRAILER_LEN, "redundant transaction length")?;
+        let tpos = pos
+            .checked_sub(TXN_TRAILER_LEN)
+            .and_then(|p| p.checked_sub(tl))
+            .filter(|&p| p >= FIRST_TXN_POS)
+            .ok_or_else(|| self.error(pos - TXN_TRAILER_LEN, format!("redundant transaction length {tl} points before the start of the file")))?;
+        let h = self.txn_header(tpos)?;
+        if h.tlen != tl {
+            return Err(self.error(
+                tpos,
+                format!("transaction length {} does not match the redundant length {tl} at {}", h.tlen, pos - TXN_TRAILER_LEN),
+            ));
+        }
+        Ok((tpos, h))
+    }
+}
+
+/// A format error naming the file, the offset and the problem.
+pub(crate) fn format_error(path: &Path, pos: u64, reason: impl Into<String>) -> Error {
+    Error::Format { path: path.to_path_buf(), pos, reason: reason.into() }
+}
+
+/// Checks the 4-byte file header.
+pub(crate) fn check_magic(path: &Path, magic: &[u8]) -> Result<()> {
+    if magic == MAGIC {
+        Ok(())
+    } else if magic == MAGIC_FS21 {
+        Err(format_error(
+            path,
+            0,
+            "FS21 file written by Python 2 ZODB; convert it to FS30 with zodbupdate first",
+        ))
+    } else {
+        Err(format_error(path, 0, format!("not a FileStorage file: bad magic {magic:02x?}, expected \"FS30\"")))
+    }
+}
+
+/// A forward-reading window over a file for sequential scans: small reads
+/// are served from a large buffer instead of one system call each.
+pub(crate) struct Window<'a> {
+    file: &'a File,
+    path: &'a Path,
+    size: u64,
+    buf: Vec<u8>,
+    start: u64,
+}
+
+impl<'a> Window<'a> {
+    const CAPACITY: usize = 1 << 20;
+
+    /// A window over the first `size` bytes of `file`.
+    pub fn new(file: &'a File, path: &'a Path, size: u64) -> Self {
+        Window { file, path, size, buf: Vec::new(), start: 0 }
+    }
+
+    /// The bytes `[pos, pos + n)`, or `None` when they run past `size` (the
+    /// caller decides what a short read means). `n` must be small.
+    pub fn get(&mut self, pos: u64, n: usize) -> Result<Option<&[u8]>> {
+        let stop = match pos.checked_add(n as u64) {
+            Some(s) if s <= self.size => s,
+            _ => return Ok(None),
+        };
+        let have = self.start + self.buf.len() as u64;
+        if pos < self.start || stop > have {
+            let want = (Self::CAPACITY.max(n) as u64).min(self.size - pos);
+            self.buf.resize(want as usize, 0);
+            self.file
+                .read_exact_at(&mut self.buf, pos)
+                .map_err(|e| Error::io(format!("reading {} at {pos}", self.path.display()), e))?;
+            self.start = pos;
+        }
+        let off = (pos - self.start) as usize;
+        Ok(Some(&self.buf[off..off + n]))
+    }
+
+    /// Like [`Window::get`] for a fixed-size array.
+    pub fn array<const N: usize>(&mut self, pos: u64) -> Result<Option<[u8; N]>> {
+        Ok(self.get(pos, N)?.map(|s| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(s);
+            a
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txn_header_round_trip() {
+        let h = TxnHeader { tid: Tid(0x040d_4066_5761_16cc), tlen: 154, status: b' ', ulen: 0, dlen: 25, elen: 0 };
+        let b = h.to_bytes();
+        assert_eq!(&b[..8], &[0x04, 0x0d, 0x40, 0x66, 0x57, 0x61, 0x16, 0xcc]);
+        assert_eq!(&b[8..16], &154u64.to_be_bytes());
+        assert_eq!(TxnHeader::parse(&b), h);
+        assert_eq!(h.header_len(), 48);
+    }
+
+    #[test]
+    fn data_header_round_trip_and_version_refused() {
+        let h = DataHeader { oid: Oid(1), tid: Tid(2), prev: 355, tloc: 480, plen: 75, back: 0 };
+        let mut b = h.to_bytes();
+        assert_eq!(DataHeader::parse(&b), Ok(h));
+        assert_eq!(h.record_len(), Some(117));
+        b[33] = 1;
+        assert_eq!(DataHeader::parse(&b), Err(1));
+        let bp = DataHeader { plen: 0, back: 222, ..h };
+        assert_eq!(bp.record_len(), Some(50));
+        let mut out = Vec::new();
+        bp.write_record(None, &mut out);
+        assert_eq!(&out[42..], &222u64.to_be_bytes());
+    }
+
+    #[test]
+    fn magic_errors_name_the_problem() {
+        let p = Path::new("x.fs");
+        assert!(check_magic(p, b"FS30").is_ok());
+        let e = check_magic(p, b"FS21").unwrap_err().to_string();
+        assert!(e.contains("FS21"), "{e}");
+        let e = check_magic(p, b"ABCD").unwrap_err().to_string();
+        assert!(e.contains("bad magic"), "{e}");
+    }
+}
