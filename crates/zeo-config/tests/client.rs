@@ -281,3 +281,24 @@ fn client_errors() {
         "client.conf:4: unknown section <zeo> in the top level of client.conf"
     );
 }
+
+#[test]
+fn docs_client_example_parses() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .unwrap();
+    let after = doc.split("### Client example").nth(1).unwrap();
+    let block = after.split("```").nth(1).unwrap();
+    let c = ClientConfig::from_str(block, "configuration.md").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.servers,
+        [tcp("zeo1.example.com", 8100), tcp("zeo2.example.com", 8100)]
+    );
+    assert_eq!(c.cache_size, ByteSize(200 << 20));
+    assert_eq!(
+        c.persistent_cache_path(),
+        Some("/var/cache/zeo/app-1.zec".into())
+    );
+    assert_eq!(c.database.as_ref().map(|d| d.cache_size), Some(10000));
+}
