@@ -1,7 +1,7 @@
 //! Decoding pickles into [`Value`]s.
 
 use crate::error::Error;
-use crate::machine::{FindGlobal, Item, Machine, Node};
+use crate::machine::{FindGlobal, Item, Machine, Node, NodeId};
 use crate::value::Value;
 
 /// Default limit on nesting depth of a decoded value. Python's own pickler
@@ -165,12 +165,25 @@ pub fn decode_prefix(data: &[u8]) -> Result<(Value, usize), Error> {
 }
 
 /// Turns arena handles into an owned [`Value`] tree.
+///
+/// Iterative (an explicit task stack instead of recursion), so the depth
+/// limit bounds the output, not this thread's stack.
 struct Materializer<'m, 'a> {
     machine: &'m Machine<'a, 'a>,
+    /// Nodes between the root and the node being built: meeting one again
+    /// means the structure contains itself.
     on_path: Vec<bool>,
     output_left: usize,
     max_depth: usize,
     offset: usize,
+}
+
+/// Work items of the materializer.
+enum Task {
+    /// Produce the value of this item (pushing it on the value stack).
+    Visit(Item, usize),
+    /// The children of this node are on the value stack: assemble it.
+    Finish(NodeId),
 }
 
 impl Materializer<'_, '_> {
@@ -188,90 +201,150 @@ impl Materializer<'_, '_> {
         }
     }
 
-    fn values(&mut self, items: &[Item], depth: usize) -> Result<Vec<Value>, Error> {
-        items.iter().map(|&i| self.value(i, depth)).collect()
+    fn dangling(&self) -> Error {
+        Error::malformed(self.offset, "internal: dangling node")
     }
 
-    fn pairs(
-        &mut self,
-        items: &[(Item, Item)],
-        depth: usize,
-    ) -> Result<Vec<(Value, Value)>, Error> {
-        items
-            .iter()
-            .map(|&(k, v)| Ok((self.value(k, depth)?, self.value(v, depth)?)))
-            .collect()
-    }
-
-    fn boxed(&mut self, item: Item, depth: usize) -> Result<Box<Value>, Error> {
-        Ok(Box::new(self.value(item, depth)?))
-    }
-
-    fn value(&mut self, item: Item, depth: usize) -> Result<Value, Error> {
-        self.charge(0)?;
-        let id = match item {
-            Item::None => return Ok(Value::None),
-            Item::Bool(b) => return Ok(Value::Bool(b)),
-            Item::Int(n) => return Ok(Value::Int(n)),
-            Item::Float(f) => return Ok(Value::Float(f)),
-            Item::Node(id) => id,
-        };
-        if depth >= self.max_depth {
-            return Err(Error::LimitExceeded {
-                offset: self.offset,
-                what: format!("nesting deeper than {}", self.max_depth),
-            });
-        }
+    fn value(&mut self, root: Item, depth: usize) -> Result<Value, Error> {
         let machine = self.machine;
-        let node = machine
-            .node(id)
-            .ok_or_else(|| Error::malformed(self.offset, "internal: dangling node"))?;
-        match self.on_path.get_mut(id) {
-            Some(flag) if *flag => {
-                return Err(Error::Recursive {
-                    offset: self.offset,
-                })
-            }
-            Some(flag) => *flag = true,
-            None => return Err(Error::malformed(self.offset, "internal: dangling node")),
-        }
-        let d = depth + 1;
-        let v = match node {
-            Node::BigInt(b) => {
-                self.charge(b.len())?;
-                Value::BigInt(b.clone())
-            }
-            Node::Bytes(b) => {
-                self.charge(b.len())?;
-                Value::Bytes(b.to_vec())
-            }
-            Node::ByteArray(b) => {
-                self.charge(b.len())?;
-                Value::ByteArray(b.to_vec())
-            }
-            Node::Str(s) => {
-                self.charge(s.len())?;
-                Value::Str(s.to_string())
-            }
-            Node::Tuple(items) => Value::Tuple(self.values(items, d)?),
-            Node::List(items) => Value::List(self.values(items, d)?),
-            Node::Set(items) => Value::Set(self.values(items, d)?),
-            Node::FrozenSet(items) => Value::FrozenSet(self.values(items, d)?),
-            Node::Dict(items) => Value::Dict(self.pairs(items, d)?),
-            Node::Global { module, name } => {
-                self.charge(module.len() + name.len())?;
-                Value::Global {
-                    module: module.to_string(),
-                    name: name.to_string(),
+        let mut tasks = vec![Task::Visit(root, depth)];
+        let mut values: Vec<Value> = Vec::new();
+        while let Some(task) = tasks.pop() {
+            match task {
+                Task::Visit(item, depth) => {
+                    self.charge(0)?;
+                    let id = match item {
+                        Item::None => {
+                            values.push(Value::None);
+                            continue;
+                        }
+                        Item::Bool(b) => {
+                            values.push(Value::Bool(b));
+                            continue;
+                        }
+                        Item::Int(n) => {
+                            values.push(Value::Int(n));
+                            continue;
+                        }
+                        Item::Float(f) => {
+                            values.push(Value::Float(f));
+                            continue;
+                        }
+                        Item::Node(id) => id,
+                    };
+                    if depth >= self.max_depth {
+                        return Err(Error::LimitExceeded {
+                            offset: self.offset,
+                            what: format!("nesting deeper than {}", self.max_depth),
+                        });
+                    }
+                    let node = machine.node(id).ok_or_else(|| self.dangling())?;
+                    let leaf = match node {
+                        Node::BigInt(b) => Some((b.len(), Value::BigInt(b.clone()))),
+                        Node::Bytes(b) => Some((b.len(), Value::Bytes(b.to_vec()))),
+                        Node::ByteArray(b) => Some((b.len(), Value::ByteArray(b.to_vec()))),
+                        Node::Str(s) => Some((s.len(), Value::Str(s.to_string()))),
+                        Node::Global { module, name } => Some((
+                            module.len() + name.len(),
+                            Value::Global {
+                                module: module.to_string(),
+                                name: name.to_string(),
+                            },
+                        )),
+                        _ => None,
+                    };
+                    if let Some((payload, v)) = leaf {
+                        self.charge(payload)?;
+                        values.push(v);
+                        continue;
+                    }
+                    match self.on_path.get_mut(id) {
+                        Some(flag) if *flag => {
+                            return Err(Error::Recursive {
+                                offset: self.offset,
+                            })
+                        }
+                        Some(flag) => *flag = true,
+                        None => return Err(self.dangling()),
+                    }
+                    tasks.push(Task::Finish(id));
+                    let d = depth + 1;
+                    // Children are pushed last-first so they finish in order.
+                    let visit = |tasks: &mut Vec<Task>, items: &[Item]| {
+                        tasks.extend(items.iter().rev().map(|&i| Task::Visit(i, d)));
+                    };
+                    let visit_pairs = |tasks: &mut Vec<Task>, items: &[(Item, Item)]| {
+                        for &(k, v) in items.iter().rev() {
+                            tasks.push(Task::Visit(v, d));
+                            tasks.push(Task::Visit(k, d));
+                        }
+                    };
+                    match node {
+                        Node::Tuple(items)
+                        | Node::List(items)
+                        | Node::Set(items)
+                        | Node::FrozenSet(items) => visit(&mut tasks, items),
+                        Node::Dict(items) => visit_pairs(&mut tasks, items),
+                        Node::Call { callable, args, .. } => visit(&mut tasks, &[*callable, *args]),
+                        Node::Build { object, state } => visit(&mut tasks, &[*object, *state]),
+                        Node::PersistentId(pid) => visit(&mut tasks, &[*pid]),
+                        Node::ListItems { object, items } => {
+                            visit(&mut tasks, items);
+                            tasks.push(Task::Visit(*object, d));
+                        }
+                        Node::DictItems { object, items } => {
+                            visit_pairs(&mut tasks, items);
+                            tasks.push(Task::Visit(*object, d));
+                        }
+                        Node::BigInt(_)
+                        | Node::Bytes(_)
+                        | Node::ByteArray(_)
+                        | Node::Str(_)
+                        | Node::Global { .. } => return Err(self.dangling()),
+                    }
+                }
+                Task::Finish(id) => {
+                    let node = machine.node(id).ok_or_else(|| self.dangling())?;
+                    let v = self.assemble(node, &mut values)?;
+                    values.push(v);
+                    if let Some(flag) = self.on_path.get_mut(id) {
+                        *flag = false;
+                    }
                 }
             }
-            Node::Call {
-                callable,
-                args,
-                new_object,
-            } => {
-                let callable = self.value(*callable, d)?;
-                let args = self.value(*args, d)?;
+        }
+        values.pop().ok_or_else(|| self.dangling())
+    }
+
+    /// Builds a compound node from its children's values, which are the
+    /// last entries of `values`.
+    fn assemble(&self, node: &Node<'_>, values: &mut Vec<Value>) -> Result<Value, Error> {
+        let mut take = |n: usize| -> Result<Vec<Value>, Error> {
+            let start = values.len().checked_sub(n).ok_or_else(|| self.dangling())?;
+            Ok(values.split_off(start))
+        };
+        let pairs = |flat: Vec<Value>| -> Vec<(Value, Value)> {
+            let mut out = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((k, v));
+            }
+            out
+        };
+        let two = |mut v: Vec<Value>| -> Result<(Value, Value), Error> {
+            match (v.pop(), v.pop()) {
+                (Some(second), Some(first)) => Ok((first, second)),
+                _ => Err(self.dangling()),
+            }
+        };
+        Ok(match node {
+            Node::Tuple(items) => Value::Tuple(take(items.len())?),
+            Node::List(items) => Value::List(take(items.len())?),
+            Node::Set(items) => Value::Set(take(items.len())?),
+            Node::FrozenSet(items) => Value::FrozenSet(take(items.len())?),
+            Node::Dict(items) => Value::Dict(pairs(take(items.len() * 2)?)),
+            Node::Call { new_object, .. } => {
+                let (callable, args) = two(take(2)?)?;
                 if *new_object {
                     Value::Call {
                         callable: Box::new(callable),
@@ -282,24 +355,39 @@ impl Materializer<'_, '_> {
                     fold_builtin_call(callable, args)
                 }
             }
-            Node::Build { object, state } => Value::Build {
-                object: self.boxed(*object, d)?,
-                state: self.boxed(*state, d)?,
-            },
-            Node::PersistentId(pid) => Value::PersistentId(self.boxed(*pid, d)?),
-            Node::ListItems { object, items } => Value::ListItems {
-                object: self.boxed(*object, d)?,
-                items: self.values(items, d)?,
-            },
-            Node::DictItems { object, items } => Value::DictItems {
-                object: self.boxed(*object, d)?,
-                items: self.pairs(items, d)?,
-            },
-        };
-        if let Some(flag) = self.on_path.get_mut(id) {
-            *flag = false;
-        }
-        Ok(v)
+            Node::Build { .. } => {
+                let (object, state) = two(take(2)?)?;
+                Value::Build {
+                    object: Box::new(object),
+                    state: Box::new(state),
+                }
+            }
+            Node::PersistentId(_) => {
+                let pid = take(1)?.pop().ok_or_else(|| self.dangling())?;
+                Value::PersistentId(Box::new(pid))
+            }
+            Node::ListItems { items, .. } => {
+                let mut all = take(items.len() + 1)?.into_iter();
+                let object = all.next().ok_or_else(|| self.dangling())?;
+                Value::ListItems {
+                    object: Box::new(object),
+                    items: all.collect(),
+                }
+            }
+            Node::DictItems { items, .. } => {
+                let mut all = take(items.len() * 2 + 1)?.into_iter();
+                let object = all.next().ok_or_else(|| self.dangling())?;
+                Value::DictItems {
+                    object: Box::new(object),
+                    items: pairs(all.collect()),
+                }
+            }
+            Node::BigInt(_)
+            | Node::Bytes(_)
+            | Node::ByteArray(_)
+            | Node::Str(_)
+            | Node::Global { .. } => return Err(self.dangling()),
+        })
     }
 }
 

@@ -48,9 +48,9 @@ impl TryFrom<u8> for Protocol {
     }
 }
 
-/// Deepest value the encoder descends into; deeper trees are refused rather
-/// than risking the thread's stack.
-pub const MAX_ENCODE_DEPTH: usize = 2000;
+/// Deepest value the encoder accepts. The encoder itself does not recurse;
+/// the limit keeps pickles within what the other side can reasonably load.
+pub const MAX_ENCODE_DEPTH: usize = 100_000;
 
 /// Python's pickler batches `APPENDS`/`SETITEMS` in groups of this size.
 const BATCH: usize = 1000;
@@ -89,7 +89,7 @@ impl Encoder {
         let start = self.out.len();
         let memo_start = self.next_memo;
         self.out.extend_from_slice(&[PROTO, self.protocol.number()]);
-        match self.save(value, 0) {
+        match self.save(value) {
             Ok(()) => {
                 self.out.push(STOP);
                 Ok(())
@@ -261,84 +261,36 @@ impl Encoder {
         })
     }
 
-    fn save_set(&mut self, name: &str, items: &[Value], depth: usize) -> Result<(), Error> {
-        let m = self.builtins_module();
-        self.save_builtin_call(m, name, |e| {
-            e.out.push(EMPTY_LIST);
-            e.memoize()?;
-            e.save_appends(items, true, depth)?;
-            e.out.push(TUPLE1);
-            e.memoize()
-        })
-    }
-
-    /// `APPEND`/`APPENDS` in batches the way CPython's C pickler writes
-    /// them: for an exact list (`exact`) only a one-item list uses `APPEND`;
-    /// for other objects (items from an iterator) any one-item batch does.
-    fn save_appends(&mut self, items: &[Value], exact: bool, depth: usize) -> Result<(), Error> {
-        if let (true, [single]) = (exact, items) {
-            self.save(single, depth)?;
-            self.out.push(APPEND);
-            return Ok(());
-        }
-        for chunk in items.chunks(BATCH) {
-            match chunk {
-                [single] if !exact => {
-                    self.save(single, depth)?;
-                    self.out.push(APPEND);
-                }
-                _ => {
-                    self.out.push(MARK);
-                    for v in chunk {
-                        self.save(v, depth)?;
+    fn save(&mut self, root: &Value) -> Result<(), Error> {
+        // Iterative, so deep values cannot exhaust this thread's stack.
+        let mut tasks = vec![Task::Save(root, 0)];
+        while let Some(task) = tasks.pop() {
+            match task {
+                Task::Op(op) => self.out.push(op),
+                Task::Memoize => self.memoize()?,
+                Task::Save(value, depth) => {
+                    if depth > MAX_ENCODE_DEPTH {
+                        return Err(Error::Unencodable(format!(
+                            "value nested deeper than {MAX_ENCODE_DEPTH}"
+                        )));
                     }
-                    self.out.push(APPENDS);
+                    let mut seq = Vec::new();
+                    self.save_one(value, depth + 1, &mut seq)?;
+                    tasks.extend(seq.into_iter().rev());
                 }
             }
         }
         Ok(())
     }
 
-    /// `SETITEM`/`SETITEMS`, batched like [`Encoder::save_appends`].
-    fn save_setitems(
+    /// Writes a scalar, or what comes before a compound value's children
+    /// and leaves the rest (children, closing opcodes) in `seq`, in order.
+    fn save_one<'v>(
         &mut self,
-        items: &[(Value, Value)],
-        exact: bool,
-        depth: usize,
+        value: &'v Value,
+        d: usize,
+        seq: &mut Vec<Task<'v>>,
     ) -> Result<(), Error> {
-        if let (true, [(k, v)]) = (exact, items) {
-            self.save(k, depth)?;
-            self.save(v, depth)?;
-            self.out.push(SETITEM);
-            return Ok(());
-        }
-        for chunk in items.chunks(BATCH) {
-            match chunk {
-                [(k, v)] if !exact => {
-                    self.save(k, depth)?;
-                    self.save(v, depth)?;
-                    self.out.push(SETITEM);
-                }
-                _ => {
-                    self.out.push(MARK);
-                    for (k, v) in chunk {
-                        self.save(k, depth)?;
-                        self.save(v, depth)?;
-                    }
-                    self.out.push(SETITEMS);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn save(&mut self, value: &Value, depth: usize) -> Result<(), Error> {
-        if depth > MAX_ENCODE_DEPTH {
-            return Err(Error::Unencodable(format!(
-                "value nested deeper than {MAX_ENCODE_DEPTH}"
-            )));
-        }
-        let d = depth + 1;
         match value {
             Value::None => self.out.push(NONE),
             Value::Bool(true) => self.out.push(NEWTRUE),
@@ -352,66 +304,126 @@ impl Encoder {
             Value::Bytes(b) => self.save_bytes(b)?,
             Value::ByteArray(b) => self.save_bytearray(b)?,
             Value::Str(s) => self.save_str(s)?,
-            Value::Tuple(items) => match items.as_slice() {
-                [] => self.out.push(EMPTY_TUPLE),
-                [_] | [_, _] | [_, _, _] => {
-                    for v in items {
-                        self.save(v, d)?;
-                    }
-                    self.out.push(TUPLE1 + (items.len() as u8 - 1));
-                    self.memoize()?;
+            Value::Tuple(items) => match items.len() {
+                0 => self.out.push(EMPTY_TUPLE),
+                n @ 1..=3 => {
+                    seq.extend(items.iter().map(|v| Task::Save(v, d)));
+                    seq.push(Task::Op(TUPLE1 + (n as u8 - 1)));
+                    seq.push(Task::Memoize);
                 }
                 _ => {
                     self.out.push(MARK);
-                    for v in items {
-                        self.save(v, d)?;
-                    }
-                    self.out.push(TUPLE);
-                    self.memoize()?;
+                    seq.extend(items.iter().map(|v| Task::Save(v, d)));
+                    seq.push(Task::Op(TUPLE));
+                    seq.push(Task::Memoize);
                 }
             },
             Value::List(items) => {
                 self.out.push(EMPTY_LIST);
                 self.memoize()?;
-                self.save_appends(items, true, d)?;
+                appends(seq, items, true, d);
             }
             Value::Dict(items) => {
                 self.out.push(EMPTY_DICT);
                 self.memoize()?;
-                self.save_setitems(items, true, d)?;
+                setitems(seq, items, true, d);
             }
-            Value::Set(items) => self.save_set("set", items, d)?,
-            Value::FrozenSet(items) => self.save_set("frozenset", items, d)?,
+            Value::Set(items) | Value::FrozenSet(items) => {
+                // Below protocol 4: set(list_of_items) via REDUCE.
+                let name = match value {
+                    Value::Set(_) => "set",
+                    _ => "frozenset",
+                };
+                let module = self.builtins_module();
+                self.save_global(module, name)?;
+                self.out.push(EMPTY_LIST);
+                self.memoize()?;
+                appends(seq, items, true, d);
+                seq.extend([
+                    Task::Op(TUPLE1),
+                    Task::Memoize,
+                    Task::Op(REDUCE),
+                    Task::Memoize,
+                ]);
+            }
             Value::Global { module, name } => self.save_global(module, name)?,
             Value::Call {
                 callable,
                 args,
                 new_object,
             } => {
-                self.save(callable, d)?;
-                self.save(args, d)?;
-                self.out.push(if *new_object { NEWOBJ } else { REDUCE });
-                self.memoize()?;
+                seq.extend([
+                    Task::Save(callable, d),
+                    Task::Save(args, d),
+                    Task::Op(if *new_object { NEWOBJ } else { REDUCE }),
+                    Task::Memoize,
+                ]);
             }
             Value::Build { object, state } => {
-                self.save(object, d)?;
-                self.save(state, d)?;
-                self.out.push(BUILD);
+                seq.extend([Task::Save(object, d), Task::Save(state, d), Task::Op(BUILD)]);
             }
             Value::PersistentId(pid) => {
-                self.save(pid, d)?;
-                self.out.push(BINPERSID);
+                seq.extend([Task::Save(pid, d), Task::Op(BINPERSID)]);
             }
             Value::ListItems { object, items } => {
-                self.save(object, d)?;
-                self.save_appends(items, false, d)?;
+                seq.push(Task::Save(object, d));
+                appends(seq, items, false, d);
             }
             Value::DictItems { object, items } => {
-                self.save(object, d)?;
-                self.save_setitems(items, false, d)?;
+                seq.push(Task::Save(object, d));
+                setitems(seq, items, false, d);
             }
         }
         Ok(())
+    }
+}
+
+/// Work items of the encoder.
+enum Task<'v> {
+    Save(&'v Value, usize),
+    Op(u8),
+    Memoize,
+}
+
+/// `APPEND`/`APPENDS` in batches the way CPython's C pickler writes them:
+/// for an exact list (`exact`) only a one-item list uses `APPEND`; for other
+/// objects (items from an iterator) any one-item batch does.
+fn appends<'v>(seq: &mut Vec<Task<'v>>, items: &'v [Value], exact: bool, d: usize) {
+    if let (true, [single]) = (exact, items) {
+        seq.extend([Task::Save(single, d), Task::Op(APPEND)]);
+        return;
+    }
+    for chunk in items.chunks(BATCH) {
+        match chunk {
+            [single] if !exact => seq.extend([Task::Save(single, d), Task::Op(APPEND)]),
+            _ => {
+                seq.push(Task::Op(MARK));
+                seq.extend(chunk.iter().map(|v| Task::Save(v, d)));
+                seq.push(Task::Op(APPENDS));
+            }
+        }
+    }
+}
+
+/// `SETITEM`/`SETITEMS`, batched like [`appends`].
+fn setitems<'v>(seq: &mut Vec<Task<'v>>, items: &'v [(Value, Value)], exact: bool, d: usize) {
+    if let (true, [(k, v)]) = (exact, items) {
+        seq.extend([Task::Save(k, d), Task::Save(v, d), Task::Op(SETITEM)]);
+        return;
+    }
+    for chunk in items.chunks(BATCH) {
+        match chunk {
+            [(k, v)] if !exact => {
+                seq.extend([Task::Save(k, d), Task::Save(v, d), Task::Op(SETITEM)]);
+            }
+            _ => {
+                seq.push(Task::Op(MARK));
+                for (k, v) in chunk {
+                    seq.extend([Task::Save(k, d), Task::Save(v, d)]);
+                }
+                seq.push(Task::Op(SETITEMS));
+            }
+        }
     }
 }
 

@@ -54,8 +54,17 @@ fn decodes_python_pickles_of_every_protocol() {
                 case.name
             );
         }
-        for (what, bytes) in [("fast2", case.fast2), ("fast3", case.fast3), ("memo3", case.memo3)] {
-            assert_eq!(decode(&h(bytes)).as_ref(), Ok(&case.value), "{} {what}", case.name);
+        for (what, bytes) in [
+            ("fast2", case.fast2),
+            ("fast3", case.fast3),
+            ("memo3", case.memo3),
+        ] {
+            assert_eq!(
+                decode(&h(bytes)).as_ref(),
+                Ok(&case.value),
+                "{} {what}",
+                case.name
+            );
         }
     }
 }
@@ -125,9 +134,14 @@ fn persistent_mapping_record_structure() {
     let mut d = Decoder::new(&pm.data);
     let class = d.next_pickle().unwrap();
     let state = d.next_pickle().unwrap();
-    assert_eq!(class, Value::global("persistent.mapping", "PersistentMapping"));
+    assert_eq!(
+        class,
+        Value::global("persistent.mapping", "PersistentMapping")
+    );
     // state = {'data': {'kid0': <ref>, ..., 'list': <ref>, 'weak': WeakRef(...)}}
-    let data = state.get("data").expect("PersistentMapping state has 'data'");
+    let data = state
+        .get("data")
+        .expect("PersistentMapping state has 'data'");
     let kid0 = data.get("kid0").unwrap();
     // kid0 is another PersistentMapping, so its class is the memoized
     // GLOBAL of the first pickle (BINGET 0 across pickles).
