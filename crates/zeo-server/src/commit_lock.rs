@@ -84,7 +84,9 @@ impl CommitLock {
     fn state(&self) -> MutexGuard<'_, LockState> {
         // The state stays consistent at every await-free step, so a panic
         // elsewhere while holding the mutex cannot leave it half-updated.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Takes the lock for `conn` if it is free, else queues `conn` behind the
@@ -92,14 +94,22 @@ impl CommitLock {
     pub fn acquire(self: &Arc<Self>, conn: ConnId) -> Acquired {
         let mut state = self.state();
         if state.holder.is_none() {
-            state.holder = Some(Holder { conn, since: SystemTime::now() });
+            state.holder = Some(Holder {
+                conn,
+                since: SystemTime::now(),
+            });
             log_waiting("lock", conn, state.waiters.len());
             return Acquired::Now(CommitGuard::new(self.clone(), conn));
         }
         let (grant, rx) = oneshot::channel();
         state.waiters.push_back(Waiter { conn, grant });
         log_waiting("queue lock", conn, state.waiters.len());
-        Acquired::Queued(LockWait { lock: self.clone(), conn, rx, settled: false })
+        Acquired::Queued(LockWait {
+            lock: self.clone(),
+            conn,
+            rx,
+            settled: false,
+        })
     }
 
     /// The connection holding the lock.
@@ -136,7 +146,10 @@ impl CommitLock {
         // Hand over under the mutex so a waiter that gives up concurrently
         // either is still queued (and removes itself) or sees its grant.
         while let Some(next) = state.waiters.pop_front() {
-            state.holder = Some(Holder { conn: next.conn, since: SystemTime::now() });
+            state.holder = Some(Holder {
+                conn: next.conn,
+                since: SystemTime::now(),
+            });
             if next.grant.send(()).is_ok() {
                 log_waiting("unlock: lock handed over", next.conn, state.waiters.len());
                 return;
@@ -148,7 +161,11 @@ impl CommitLock {
 
 impl CommitGuard {
     fn new(lock: Arc<CommitLock>, conn: ConnId) -> Self {
-        CommitGuard { lock, conn, acquired: Instant::now() }
+        CommitGuard {
+            lock,
+            conn,
+            acquired: Instant::now(),
+        }
     }
 
     /// When the lock was granted, for the transaction timeout.
@@ -181,12 +198,18 @@ impl LockWait {
             // than trust that.
             let mut state = self.lock.state();
             if state.holder.is_none() {
-                state.holder = Some(Holder { conn: self.conn, since: SystemTime::now() });
+                state.holder = Some(Holder {
+                    conn: self.conn,
+                    since: SystemTime::now(),
+                });
                 self.settled = true;
                 return CommitGuard::new(self.lock.clone(), self.conn);
             }
             let (grant, rx) = oneshot::channel();
-            state.waiters.push_back(Waiter { conn: self.conn, grant });
+            state.waiters.push_back(Waiter {
+                conn: self.conn,
+                grant,
+            });
             drop(state);
             self.rx = rx;
         }
@@ -274,7 +297,10 @@ mod tests {
             drop(g);
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(order.lock().unwrap().is_empty(), "nobody may pass the holder");
+        assert!(
+            order.lock().unwrap().is_empty(),
+            "nobody may pass the holder"
+        );
         drop(g1);
         t2.await.unwrap();
         t3.await.unwrap();
@@ -291,7 +317,9 @@ mod tests {
         drop(w2);
         assert!(!lock.is_waiting(2));
         drop(g1);
-        let g3 = tokio::time::timeout(Duration::from_secs(1), w3.granted()).await.unwrap();
+        let g3 = tokio::time::timeout(Duration::from_secs(1), w3.granted())
+            .await
+            .unwrap();
         assert_eq!(lock.holder(), Some(3));
         drop(g3);
         assert_eq!(lock.holder(), None);

@@ -99,8 +99,14 @@ mod tests {
         q.push(Tid(11), oids(&[1, 2]));
         q.push(Tid(12), oids(&[2, 3]));
         q.push(Tid(13), oids(&[7]));
-        assert_eq!(q.since(Tid(10)), Some((Tid(13), vec![Oid(1), Oid(2), Oid(3), Oid(7)])));
-        assert_eq!(q.since(Tid(11)), Some((Tid(13), vec![Oid(2), Oid(3), Oid(7)])));
+        assert_eq!(
+            q.since(Tid(10)),
+            Some((Tid(13), vec![Oid(1), Oid(2), Oid(3), Oid(7)]))
+        );
+        assert_eq!(
+            q.since(Tid(11)),
+            Some((Tid(13), vec![Oid(2), Oid(3), Oid(7)]))
+        );
         assert_eq!(q.since(Tid(13)), Some((Tid(13), vec![])));
         // A tid between entries still works: entries after it count.
         assert_eq!(q.since(Tid(12)), Some((Tid(13), vec![Oid(7)])));

@@ -38,7 +38,7 @@ impl Default for ServerSettings {
             invalidation_queue_size: 100,
             invalidation_age: None,
             transaction_timeout: None,
-            max_message_size: 64 * 1024 * 1024,
+            max_message_size: zeo_protocol::DEFAULT_MAX_FRAME,
             max_outgoing_backlog: 512 * 1024 * 1024,
             msgpack: false,
             commit_log_spill_threshold: crate::txn_log::DEFAULT_SPILL_THRESHOLD,

@@ -67,8 +67,9 @@ pub fn ctime_now() -> String {
         tm
     };
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let day = DAYS.get(tm.tm_wday as usize).copied().unwrap_or("???");
     let month = MONTHS.get(tm.tm_mon as usize).copied().unwrap_or("???");
     format!(

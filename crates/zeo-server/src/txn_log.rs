@@ -107,7 +107,10 @@ impl TxnLog {
             Some(file) => file.write_all(&rec)?,
             None => self.mem.extend_from_slice(&rec),
         }
-        if matches!(op, TxnOp::Store { .. } | TxnOp::Delete { .. } | TxnOp::Restore { .. }) {
+        if matches!(
+            op,
+            TxnOp::Store { .. } | TxnOp::Delete { .. } | TxnOp::Restore { .. }
+        ) {
             self.stores += 1;
         }
         self.bytes += rec.len() as u64;
@@ -241,7 +244,12 @@ fn encode(op: &TxnOp, out: &mut Vec<u8>) -> io::Result<()> {
             out.extend_from_slice(&oid.to_bytes());
             out.extend_from_slice(&serial.to_bytes());
         }
-        TxnOp::Restore { oid, serial, data, prev_txn } => {
+        TxnOp::Restore {
+            oid,
+            serial,
+            data,
+            prev_txn,
+        } => {
             out.push(TAG_RESTORE);
             out.extend_from_slice(&oid.to_bytes());
             out.extend_from_slice(&serial.to_bytes());
@@ -262,7 +270,10 @@ fn encode(op: &TxnOp, out: &mut Vec<u8>) -> io::Result<()> {
 }
 
 fn corrupt(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("commit log damaged: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("commit log damaged: {what}"),
+    )
 }
 
 fn get_u64(r: &mut impl Read) -> io::Result<u64> {
@@ -297,17 +308,40 @@ fn decode(r: &mut impl Read) -> io::Result<TxnOp> {
         TAG_STORE => {
             let oid = Oid(get_u64(r)?);
             let serial = Tid(get_u64(r)?);
-            TxnOp::Store { oid, serial, data: get_bytes(r)? }
+            TxnOp::Store {
+                oid,
+                serial,
+                data: get_bytes(r)?,
+            }
         }
-        TAG_DELETE => TxnOp::Delete { oid: Oid(get_u64(r)?), serial: Tid(get_u64(r)?) },
-        TAG_CHECK => TxnOp::CheckCurrent { oid: Oid(get_u64(r)?), serial: Tid(get_u64(r)?) },
+        TAG_DELETE => TxnOp::Delete {
+            oid: Oid(get_u64(r)?),
+            serial: Tid(get_u64(r)?),
+        },
+        TAG_CHECK => TxnOp::CheckCurrent {
+            oid: Oid(get_u64(r)?),
+            serial: Tid(get_u64(r)?),
+        },
         TAG_RESTORE => {
             let oid = Oid(get_u64(r)?);
             let serial = Tid(get_u64(r)?);
             let flags = get_u8(r)?;
-            let data = if flags & 1 != 0 { Some(get_bytes(r)?) } else { None };
-            let prev_txn = if flags & 2 != 0 { Some(Tid(get_u64(r)?)) } else { None };
-            TxnOp::Restore { oid, serial, data, prev_txn }
+            let data = if flags & 1 != 0 {
+                Some(get_bytes(r)?)
+            } else {
+                None
+            };
+            let prev_txn = if flags & 2 != 0 {
+                Some(Tid(get_u64(r)?))
+            } else {
+                None
+            };
+            TxnOp::Restore {
+                oid,
+                serial,
+                data,
+                prev_txn,
+            }
         }
         TAG_UNDO => TxnOp::Undo { id: get_bytes(r)? },
         _ => return Err(corrupt("unknown record tag")),
@@ -320,13 +354,39 @@ mod tests {
 
     fn sample() -> Vec<TxnOp> {
         vec![
-            TxnOp::Store { oid: Oid(1), serial: Tid::ZERO, data: b"abc".to_vec() },
-            TxnOp::Delete { oid: Oid(2), serial: Tid(5) },
-            TxnOp::CheckCurrent { oid: Oid(3), serial: Tid(6) },
-            TxnOp::Restore { oid: Oid(4), serial: Tid(7), data: None, prev_txn: Some(Tid(3)) },
-            TxnOp::Restore { oid: Oid(5), serial: Tid(7), data: Some(vec![9; 10]), prev_txn: None },
-            TxnOp::Undo { id: b"BA1Aac2xMSI=".to_vec() },
-            TxnOp::Store { oid: Oid(6), serial: Tid(1), data: vec![] },
+            TxnOp::Store {
+                oid: Oid(1),
+                serial: Tid::ZERO,
+                data: b"abc".to_vec(),
+            },
+            TxnOp::Delete {
+                oid: Oid(2),
+                serial: Tid(5),
+            },
+            TxnOp::CheckCurrent {
+                oid: Oid(3),
+                serial: Tid(6),
+            },
+            TxnOp::Restore {
+                oid: Oid(4),
+                serial: Tid(7),
+                data: None,
+                prev_txn: Some(Tid(3)),
+            },
+            TxnOp::Restore {
+                oid: Oid(5),
+                serial: Tid(7),
+                data: Some(vec![9; 10]),
+                prev_txn: None,
+            },
+            TxnOp::Undo {
+                id: b"BA1Aac2xMSI=".to_vec(),
+            },
+            TxnOp::Store {
+                oid: Oid(6),
+                serial: Tid(1),
+                data: vec![],
+            },
         ]
     }
 
@@ -363,12 +423,22 @@ mod tests {
         let first = collect(&mut log);
         // More appends after a replay land at the end, and a second replay
         // sees everything.
-        log.push(&TxnOp::Delete { oid: Oid(99), serial: Tid(1) }).unwrap();
+        log.push(&TxnOp::Delete {
+            oid: Oid(99),
+            serial: Tid(1),
+        })
+        .unwrap();
         let second = collect(&mut log);
         assert_eq!(first.len(), 7);
         assert_eq!(second.len(), 8);
         assert_eq!(&second[..7], &first[..]);
-        assert_eq!(second[7].1, TxnOp::Delete { oid: Oid(99), serial: Tid(1) });
+        assert_eq!(
+            second[7].1,
+            TxnOp::Delete {
+                oid: Oid(99),
+                serial: Tid(1)
+            }
+        );
         let ops: Vec<_> = first.into_iter().map(|(_, op)| op).collect();
         assert_eq!(ops, sample());
     }
@@ -378,8 +448,12 @@ mod tests {
         let mut log = TxnLog::new(1024 * 1024, None);
         let chunk = vec![7u8; 64 * 1024];
         for i in 0..64 {
-            log.push(&TxnOp::Store { oid: Oid(i), serial: Tid::ZERO, data: chunk.clone() })
-                .unwrap();
+            log.push(&TxnOp::Store {
+                oid: Oid(i),
+                serial: Tid::ZERO,
+                data: chunk.clone(),
+            })
+            .unwrap();
         }
         assert!(log.spilled());
         assert!(log.mem.capacity() < 1024 * 1024 + 128 * 1024);

@@ -1,0 +1,1019 @@
+//! One client connection: handshake, then a reader loop that decodes and
+//! dispatches requests in arrival order, while a writer task drains the
+//! connection's [`Outbox`].
+//!
+//! Requests run one at a time, as ZEO runs them, with two exceptions that
+//! keep a connection responsive: a `vote` waiting for the commit lock waits
+//! beside the loop (other threads of the client keep loading), and slow
+//! read-only work (`pack`, `undoLog`, `undoInfo`, invalidation-age scans)
+//! runs in its own task and replies when done.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{Future, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::FramedRead;
+use zeo_pickle::Value;
+use zeo_protocol::reply::{self as replies, VoteConflict};
+use zeo_protocol::{
+    Call, ClientHello, Encoding, FrameCodec, Incoming, Marshaller, Message, ServerHandshake,
+    ServerRequest, StorageInfo, TxnId, WireError,
+};
+use zeo_storage::{Error as StorageError, Oid, TransactionMetaData, TxnStatus};
+
+use crate::commit::{self, OpenTxn, VoteOutcome};
+use crate::commit_lock::{Acquired, CommitGuard, ConnId};
+use crate::hub::StorageHub;
+use crate::iterators::{IterError, Iterators};
+use crate::outbox::Outbox;
+use crate::server::Shared;
+use crate::stats::StorageStats;
+use crate::txn_log::{TxnLog, TxnOp};
+
+/// How long a client has to answer the server's greeting.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection that holds the commit lock may go on after
+/// shutdown began, so that a commit between vote and finish can complete.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long queued output may take to drain once a connection ends.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the error text of blob methods says.
+const NO_BLOBS: &str = "blobs are not supported by this server";
+
+type LockFuture = Pin<Box<dyn Future<Output = CommitGuard> + Send>>;
+
+/// The outcome of one request.
+enum Outcome {
+    /// Reply with this value (nothing for a one-way call).
+    Reply(Value),
+    /// The reply was queued already, or will be by a task.
+    Sent,
+}
+
+type Handled = Result<Outcome, WireError>;
+
+/// Serves one accepted stream until the client leaves, misbehaves, or the
+/// server shuts down.
+pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", id, peer = %peer);
+    let _entered = span.enter();
+    drop(_entered);
+    use tracing::Instrument;
+    run(shared, stream, id, peer).instrument(span).await;
+}
+
+async fn run<S>(shared: Arc<Shared>, stream: S, id: ConnId, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, mut write_half) = tokio::io::split(stream);
+    let codec = FrameCodec::with_max_frame(shared.settings.max_message_size);
+    let mut reader = FramedRead::new(read_half, codec);
+
+    let announce = if shared.settings.msgpack {
+        Encoding::Msgpack
+    } else {
+        Encoding::Pickle
+    };
+    let handshake = ServerHandshake::new(announce);
+    if write_frame(&mut write_half, &handshake.greeting())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
+        Err(_) => {
+            tracing::info!("no handshake; closing");
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(Err(err))) => {
+            tracing::warn!(%err, "bad handshake frame; closing");
+            return;
+        }
+        Ok(Some(Ok(frame))) => frame,
+    };
+    let encoding = match handshake.receive(&hello) {
+        Ok(ClientHello::Ruok) => {
+            let reply = shared.ruok();
+            let _ = write_frame(&mut write_half, &reply).await;
+            let _ = write_half.shutdown().await;
+            return;
+        }
+        Ok(ClientHello::Accepted(encoding)) => encoding,
+        Err(err) => {
+            tracing::error!(%err, "bad handshake; closing");
+            return;
+        }
+    };
+    tracing::info!(?encoding, "connected");
+
+    let (outbox, receiver) = Outbox::new(id, encoding, shared.settings.max_outgoing_backlog);
+    let mut writer = tokio::spawn(async move {
+        if let Err(err) = receiver.write_all(write_half).await {
+            tracing::debug!(%err, "write failed");
+        }
+    });
+
+    let mut conn = Conn {
+        id,
+        peer,
+        label: None,
+        marshaller: Marshaller::server(encoding),
+        read_only: shared.settings.read_only,
+        shared: shared.clone(),
+        outbox: outbox.clone(),
+        hub: None,
+        txn: None,
+        lock: None,
+        waiting: None,
+        iterators: Iterators::default(),
+    };
+
+    conn.read_loop(&mut reader).await;
+    conn.disconnect().await;
+    drop(conn);
+    drop(outbox);
+    // The writer ends once every handle on the outbox is gone; a client that
+    // stopped reading cannot hold the task forever.
+    if tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    tracing::info!("disconnected");
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(payload.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "frame over 4 GiB"))?;
+    let mut buf = Vec::with_capacity(4 + payload.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(payload);
+    w.write_all(&buf).await?;
+    w.flush().await
+}
+
+struct Conn {
+    id: ConnId,
+    peer: String,
+    label: Option<String>,
+    marshaller: Marshaller,
+    read_only: bool,
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    hub: Option<Arc<StorageHub>>,
+    txn: Option<Box<OpenTxn>>,
+    lock: Option<CommitGuard>,
+    waiting: Option<(LockFuture, Value)>,
+    iterators: Iterators,
+}
+
+enum Event {
+    Frame(Option<Result<bytes::BytesMut, zeo_protocol::Error>>),
+    Granted(CommitGuard),
+    Timeout,
+    Shutdown,
+    Closed,
+}
+
+impl Conn {
+    async fn read_loop<R>(&mut self, reader: &mut FramedRead<R, FrameCodec>)
+    where
+        R: AsyncRead + Unpin,
+    {
+        let shutdown = self.shared.shutdown.clone();
+        let outbox = self.outbox.clone();
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            if drain_until.is_some() && self.lock.is_none() {
+                return;
+            }
+            let deadline = self.deadline(drain_until);
+            let waiting = self.waiting.as_mut().map(|(f, _)| f);
+            let event = tokio::select! {
+                biased;
+                _ = outbox.closed() => Event::Closed,
+                _ = shutdown.cancelled(), if drain_until.is_none() => Event::Shutdown,
+                guard = async { match waiting { Some(f) => f.await, None => std::future::pending().await } } => Event::Granted(guard),
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => Event::Timeout,
+                frame = reader.next() => Event::Frame(frame),
+            };
+            match event {
+                Event::Closed => return,
+                Event::Shutdown => {
+                    if self.lock.is_none() {
+                        return;
+                    }
+                    drain_until = Some(Instant::now() + SHUTDOWN_GRACE);
+                }
+                Event::Timeout => {
+                    if drain_until.is_some_and(|d| d <= Instant::now()) {
+                        tracing::warn!("shutting down: aborting a transaction that did not finish");
+                    } else if let Some(timeout) = self.shared.settings.transaction_timeout {
+                        tracing::error!(
+                            "Transaction timeout after {} seconds",
+                            timeout.as_secs_f64()
+                        );
+                    }
+                    return;
+                }
+                Event::Granted(guard) => {
+                    let Some((_, msgid)) = self.waiting.take() else {
+                        continue;
+                    };
+                    self.run_vote(guard, msgid).await;
+                }
+                Event::Frame(None) => return,
+                Event::Frame(Some(Err(err))) => {
+                    tracing::error!(%err, "cannot read message; closing");
+                    return;
+                }
+                Event::Frame(Some(Ok(payload))) => {
+                    if !self.handle_frame(&payload).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the connection must stop waiting: the transaction timeout while
+    /// holding the lock, or the end of the shutdown grace.
+    fn deadline(&self, drain_until: Option<Instant>) -> Option<Instant> {
+        let timeout = match (&self.lock, self.shared.settings.transaction_timeout) {
+            (Some(guard), Some(t)) => Some(guard.acquired() + t),
+            _ => None,
+        };
+        match (timeout, drain_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Decodes and dispatches one message; false closes the connection.
+    async fn handle_frame(&mut self, payload: &[u8]) -> bool {
+        let message = match self.marshaller.decode(payload) {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::error!(%err, "Can't deserialize message; closing");
+                return false;
+            }
+        };
+        let call = match ServerRequest::parse(&message) {
+            Ok(Incoming::Heartbeat) => return true,
+            Ok(Incoming::Call(call)) => call,
+            Err(zeo_protocol::Error::BadArguments { method, reason }) => {
+                let oneway = message.flags != zeo_protocol::Flags::None;
+                tracing::error!(%method, %reason, oneway, "bad arguments");
+                if oneway || (self.hub.is_none() && method != "register") {
+                    return false;
+                }
+                self.outbox.reply_error(
+                    message.msgid,
+                    &WireError::type_error(&format!("{method}() {reason}")),
+                );
+                return true;
+            }
+            Err(err) => {
+                tracing::error!(%err, method = %message.method, "Invalid method; closing");
+                return false;
+            }
+        };
+        let Call {
+            msgid,
+            oneway,
+            request,
+        } = call;
+        let method = request.method();
+        let allowed = match request {
+            ServerRequest::Register { .. } => self.hub.is_none(),
+            _ => self.hub.is_some(),
+        };
+        if !allowed {
+            tracing::error!(method, "Invalid method; closing");
+            return false;
+        }
+        let result = self.dispatch(request, msgid.clone(), oneway).await;
+        match result {
+            Ok(Outcome::Reply(value)) => {
+                if !oneway {
+                    self.outbox.reply(msgid, value);
+                }
+                true
+            }
+            Ok(Outcome::Sent) => true,
+            Err(error) => {
+                log_wire_error(method, oneway, &error);
+                if oneway {
+                    // ZEO: "No way to recover/cry for help".
+                    return false;
+                }
+                self.outbox.reply_error(msgid, &error);
+                true
+            }
+        }
+    }
+
+    fn hub(&self) -> Result<&Arc<StorageHub>, WireError> {
+        self.hub
+            .as_ref()
+            .ok_or_else(|| WireError::value_error("not registered"))
+    }
+
+    fn stats(&self) -> Option<&StorageStats> {
+        self.hub.as_ref().map(|h| h.stats())
+    }
+
+    async fn dispatch(&mut self, request: ServerRequest, msgid: Value, oneway: bool) -> Handled {
+        use ServerRequest as R;
+        match request {
+            R::Register { storage, read_only } => self.register(&storage, read_only, msgid, oneway),
+            R::GetInfo => self.get_info(),
+            R::LastTransaction => {
+                let hub = self.hub()?.clone();
+                let _g = hub.read_publication();
+                let tid = hub.storage().last_transaction();
+                self.send_now(msgid, oneway, replies::tid(tid))
+            }
+            R::GetInvalidations { tid } => self.get_invalidations(tid, msgid, oneway),
+            R::LoadBefore { oid, before } => {
+                let hub = self.hub()?.clone();
+                StorageStats::bump(&hub.stats().loads);
+                // The read and the queuing of its reply form one step that a
+                // commit's publication cannot split.
+                let _g = hub.read_publication();
+                let found = hub.storage().load_before(oid, before).map_err(wire)?;
+                self.send_now(msgid, oneway, replies::load_before(found.as_ref()))
+            }
+            R::LoadSerial { oid, serial } => {
+                let data = self
+                    .hub()?
+                    .storage()
+                    .load_serial(oid, serial)
+                    .map_err(wire)?;
+                Ok(Outcome::Reply(Value::Bytes(data)))
+            }
+            R::GetTid { oid } => {
+                let tid = self.hub()?.storage().get_tid(oid).map_err(wire)?;
+                Ok(Outcome::Reply(replies::tid(tid)))
+            }
+            R::History { oid, size } => {
+                let entries = self.hub()?.storage().history(oid, size).map_err(wire)?;
+                replies::history(&entries)
+                    .map(Outcome::Reply)
+                    .map_err(protocol_error)
+            }
+            R::RecordIternext { next } => {
+                let found = self.hub()?.storage().record_iternext(next).map_err(wire)?;
+                Ok(Outcome::Reply(
+                    found.as_ref().map_or(Value::None, replies::record_iternext),
+                ))
+            }
+            R::NewOids { n } => {
+                if self.read_only {
+                    return Err(read_only());
+                }
+                let storage = self.hub()?.storage();
+                let n = n.clamp(1, zeo_protocol::MAX_NEW_OIDS);
+                let oids = (0..n)
+                    .map(|_| storage.new_oid())
+                    .collect::<Result<Vec<Oid>, _>>();
+                Ok(Outcome::Reply(replies::oid_list(&oids.map_err(wire)?)))
+            }
+            R::NewOid => Err(WireError::no_attribute("new_oid")),
+            R::Pack { time, wait } => self.pack(time, wait, msgid, oneway),
+            R::UndoLog { first, last } => self.undo_log(first, last, None, msgid, oneway),
+            R::UndoInfo {
+                first,
+                last,
+                specification,
+            } => self.undo_log(first, last, Some(specification), msgid, oneway),
+            R::TpcBegin {
+                txn,
+                user,
+                description,
+                extension,
+                tid,
+                status,
+            } => self.tpc_begin(txn, user, description, extension, tid, status),
+            R::Storea {
+                oid,
+                serial,
+                data,
+                txn,
+            } => self.log_op(txn, TxnOp::Store { oid, serial, data }, true),
+            R::CheckCurrentSerial { oid, serial, txn } => {
+                self.log_op(txn, TxnOp::CheckCurrent { oid, serial }, false)
+            }
+            R::DeleteObject { oid, serial, txn } => {
+                self.log_op(txn, TxnOp::Delete { oid, serial }, true)
+            }
+            R::Restorea {
+                oid,
+                serial,
+                data,
+                prev_txn,
+                txn,
+            } => self.log_op(
+                txn,
+                TxnOp::Restore {
+                    oid,
+                    serial,
+                    data,
+                    prev_txn,
+                },
+                true,
+            ),
+            R::Undoa { undo_id, txn } => self.log_op(txn, TxnOp::Undo { id: undo_id }, false),
+            R::StoreBlobStart
+            | R::StoreBlobChunk { .. }
+            | R::StoreBlobEnd { .. }
+            | R::StoreBlobShared { .. }
+            | R::SendBlob { .. } => Err(no_blobs()),
+            R::Vote { txn } => self.vote(txn, msgid).await,
+            R::TpcFinish { txn } => self.tpc_finish(txn, msgid, oneway).await,
+            R::TpcAbort { txn } => self
+                .tpc_abort(txn)
+                .await
+                .map(|()| Outcome::Reply(Value::None)),
+            R::IteratorStart { start, stop } => {
+                let storage = self.hub()?.storage().clone();
+                let id = self
+                    .iterators
+                    .start(storage, start, stop)
+                    .map_err(iter_error)?;
+                Ok(Outcome::Reply(Value::Int(id)))
+            }
+            R::IteratorNext { iid } => {
+                let txn = self
+                    .iterators
+                    .next_transaction(iid.0)
+                    .await
+                    .map_err(iter_error)?;
+                replies::iterator_next(txn.as_deref())
+                    .map(Outcome::Reply)
+                    .map_err(protocol_error)
+            }
+            R::IteratorRecordStart { txn_iid, tid } => {
+                let id = self
+                    .iterators
+                    .start_records(txn_iid.0, tid)
+                    .map_err(iter_error)?;
+                Ok(Outcome::Reply(Value::Int(id)))
+            }
+            R::IteratorRecordNext { iid } => {
+                let record = self.iterators.next_record(iid.0).map_err(iter_error)?;
+                Ok(Outcome::Reply(replies::iterator_record_next(
+                    record.as_ref(),
+                )))
+            }
+            R::IteratorGc { iids } => {
+                self.iterators.gc(iids.into_iter().map(|i| i.0));
+                Ok(Outcome::Reply(Value::None))
+            }
+            R::ServerStatus => Ok(Outcome::Reply(replies::server_status(
+                &self.hub()?.status(),
+            ))),
+            R::SetClientLabel { label } => {
+                tracing::info!(%label, peer = %self.peer, "client label");
+                self.label = Some(label);
+                Ok(Outcome::Reply(Value::None))
+            }
+            R::Ping => Ok(Outcome::Reply(Value::None)),
+        }
+    }
+
+    /// Queues a reply right away (while the caller still holds whatever
+    /// guard makes it consistent).
+    fn send_now(&self, msgid: Value, oneway: bool, value: Value) -> Handled {
+        if !oneway {
+            self.outbox.reply(msgid, value);
+        }
+        Ok(Outcome::Sent)
+    }
+
+    fn register(&mut self, name: &str, read_only: bool, msgid: Value, oneway: bool) -> Handled {
+        let Some(hub) = self.shared.hubs.get(name).cloned() else {
+            tracing::warn!(storage = name, "unknown storage");
+            return Err(WireError::value_error(&format!("unknown storage: {name}")));
+        };
+        if !read_only && (self.read_only || hub.storage().is_read_only()) {
+            return Err(read_only_error());
+        }
+        self.read_only |= read_only;
+        tracing::info!(storage = name, read_only = self.read_only, "registered");
+        // Joining the client set and reading the last transaction form one
+        // step: every commit after it reaches this client as an invalidation.
+        let guard = hub.read_publication();
+        hub.add_client(&guard, self.outbox.clone());
+        let last = hub.storage().last_transaction();
+        let out = self.send_now(msgid, oneway, replies::tid(last));
+        drop(guard);
+        self.hub = Some(hub);
+        out
+    }
+
+    fn get_info(&self) -> Handled {
+        let hub = self.hub()?;
+        let storage = hub.storage();
+        let undo = storage.supports_undo();
+        // Blob interfaces are left out: advertising them would make clients
+        // send blobs this server cannot store.
+        let interfaces = StorageInfo::file_storage_interfaces()
+            .into_iter()
+            .filter(|(_, name)| !name.starts_with("IBlob"))
+            .filter(|(_, name)| undo || name != "IStorageUndoable")
+            .collect();
+        let info = StorageInfo {
+            length: storage.len(),
+            size: storage.size(),
+            name: storage.name().to_owned(),
+            supports_undo: undo,
+            supports_record_iternext: true,
+            interfaces,
+        };
+        Ok(Outcome::Reply(replies::get_info(&info)))
+    }
+
+    fn get_invalidations(&self, tid: zeo_storage::Tid, msgid: Value, oneway: bool) -> Handled {
+        let hub = self.hub()?.clone();
+        {
+            let guard = hub.read_publication();
+            if let Some((latest, oids)) = hub.invalidations_since(&guard, tid) {
+                tracing::info!(count = oids.len(), "returning invalidations");
+                return self.send_now(msgid, oneway, replies::invalidations(Some((latest, &oids))));
+            }
+        }
+        let young = self.shared.settings.invalidation_age.is_some_and(|age| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            age.as_secs_f64() > now - tid.unix_time()
+        });
+        if !young {
+            tracing::info!(%tid, "tid too old for the invalidation queue");
+            return self.send_now(msgid, oneway, Value::None);
+        }
+        // Walk the storage on a blocking thread, holding the publication lock
+        // shared so no commit slips between the walk and the reply.
+        let outbox = self.outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = hub.read_publication();
+            let walked = (|| -> Result<Option<(zeo_storage::Tid, Vec<Oid>)>, StorageError> {
+                let mut oids = std::collections::BTreeSet::new();
+                let mut latest = None;
+                for txn in hub.storage().iterator(Some(tid.next()), None)? {
+                    let txn = txn?;
+                    oids.extend(txn.records.iter().map(|r| r.oid));
+                    latest = Some(txn.tid);
+                }
+                Ok(latest.map(|l| (l, oids.into_iter().collect())))
+            })();
+            if !oneway {
+                match walked {
+                    Ok(found) => outbox.reply(
+                        msgid,
+                        replies::invalidations(found.as_ref().map(|(t, o)| (*t, &o[..]))),
+                    ),
+                    Err(err) => outbox.reply_error(msgid, &wire(err)),
+                }
+            }
+            drop(guard);
+        });
+        Ok(Outcome::Sent)
+    }
+
+    fn pack(&self, time: f64, wait: bool, msgid: Value, oneway: bool) -> Handled {
+        // Packing is allowed on read-only connections, as in ZEO.
+        let hub = self.hub()?.clone();
+        let outbox = self.outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            tracing::info!(time, "pack started");
+            let result = hub.storage().pack(time, hub.pack_gc());
+            match &result {
+                Ok(()) => {
+                    tracing::info!(time, "pack complete");
+                    hub.broadcast_size_info();
+                }
+                Err(err) => tracing::error!(%err, "pack failed"),
+            }
+            if wait && !oneway {
+                match result {
+                    Ok(()) => outbox.reply(msgid, Value::None),
+                    Err(err) => outbox.reply_error(msgid, &wire(err)),
+                }
+            }
+        });
+        if wait {
+            Ok(Outcome::Sent)
+        } else {
+            Ok(Outcome::Reply(Value::None))
+        }
+    }
+
+    fn undo_log(
+        &self,
+        first: i64,
+        last: i64,
+        spec: Option<Option<zeo_protocol::UndoSpec>>,
+        msgid: Value,
+        oneway: bool,
+    ) -> Handled {
+        let hub = self.hub()?.clone();
+        if !hub.storage().supports_undo() {
+            return Ok(Outcome::Reply(Value::Tuple(Vec::new())));
+        }
+        let outbox = self.outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let spec = spec.flatten();
+            let filter = |entry: &zeo_storage::UndoEntry| match &spec {
+                None => true,
+                Some(spec) => replies::undo_entry(entry).is_ok_and(|d| spec.matches(&d)),
+            };
+            let result = hub
+                .storage()
+                .undo_log(first, last, Some(&filter))
+                .map_err(wire)
+                .and_then(|entries| replies::undo_log(&entries).map_err(protocol_error));
+            if !oneway {
+                match result {
+                    Ok(value) => outbox.reply(msgid, value),
+                    Err(err) => outbox.reply_error(msgid, &err),
+                }
+            }
+        });
+        Ok(Outcome::Sent)
+    }
+
+    fn tpc_begin(
+        &mut self,
+        id: TxnId,
+        user: Vec<u8>,
+        description: Vec<u8>,
+        extension: Value,
+        tid: Option<zeo_storage::Tid>,
+        status: TxnStatus,
+    ) -> Handled {
+        if self.read_only {
+            return Err(read_only());
+        }
+        if let Some(txn) = &self.txn {
+            if txn.id == id {
+                tracing::info!(txn = %id, "duplicate tpc_begin");
+                return Ok(Outcome::Reply(Value::None));
+            }
+            return Err(WireError::storage_transaction(
+                "Multiple simultaneous tpc_begin requests from one client.",
+            ));
+        }
+        let extension = pickle_extension(&extension)?;
+        let meta = TransactionMetaData {
+            user,
+            description,
+            extension,
+        };
+        let settings = &self.shared.settings;
+        let log = TxnLog::new(
+            settings.commit_log_spill_threshold,
+            settings.temporary_directory.clone(),
+        );
+        self.txn = Some(Box::new(OpenTxn::new(id, meta, tid, status, log)));
+        if let Some(stats) = self.stats() {
+            stats.active_txns.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Outcome::Reply(Value::None))
+    }
+
+    /// ZEO's `_check_tid(id, exc=StorageTransactionError)`.
+    fn check_txn(&mut self, id: TxnId) -> Result<&mut OpenTxn, WireError> {
+        if self.read_only {
+            return Err(read_only());
+        }
+        match self.txn.as_deref_mut() {
+            None => {
+                tracing::warn!(txn = %id, "no current transaction");
+                Err(WireError::transaction_mismatch(None, id))
+            }
+            Some(txn) if txn.id != id => {
+                tracing::warn!(txn = %id, current = %txn.id, "not the current transaction");
+                Err(WireError::transaction_mismatch(Some(txn.id), id))
+            }
+            Some(txn) => Ok(txn),
+        }
+    }
+
+    fn log_op(&mut self, id: TxnId, op: TxnOp, counts_as_store: bool) -> Handled {
+        let voted = self.lock.is_some() || self.waiting.is_some();
+        let txn = self.check_txn(id)?;
+        if voted {
+            return Err(WireError::storage_transaction(
+                "transaction is already voting",
+            ));
+        }
+        txn.push_store(op)
+            .map_err(|e| wire(StorageError::io("writing the commit log", e)))?;
+        if counts_as_store {
+            if let Some(stats) = self.stats() {
+                StorageStats::bump(&stats.stores);
+            }
+        }
+        Ok(Outcome::Reply(Value::None))
+    }
+
+    async fn vote(&mut self, id: TxnId, msgid: Value) -> Handled {
+        self.check_txn(id)?;
+        if self.lock.is_some() {
+            return Err(WireError::storage_transaction("Already voting (locked)"));
+        }
+        if self.waiting.is_some() {
+            return Err(WireError::storage_transaction("Already voting (waiting)"));
+        }
+        let hub = self.hub()?.clone();
+        match hub.commit_lock().acquire(self.id) {
+            Acquired::Now(guard) => {
+                self.run_vote(guard, msgid).await;
+            }
+            Acquired::Queued(wait) => {
+                self.waiting = Some((Box::pin(wait.granted()), msgid));
+            }
+        }
+        Ok(Outcome::Sent)
+    }
+
+    /// Replays the transaction into the storage under the commit lock and
+    /// replies to the vote.
+    async fn run_vote(&mut self, guard: CommitGuard, msgid: Value) {
+        let (Some(hub), Some(mut txn)) = (self.hub.clone(), self.txn.take()) else {
+            return;
+        };
+        tracing::debug!(
+            stores = txn.log.stores(),
+            bytes = txn.log.size(),
+            "preparing to commit"
+        );
+        let storage = hub.storage().clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let outcome = txn.vote(&*storage);
+            (txn, outcome)
+        })
+        .await;
+        let (txn, outcome) = match joined {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::error!(%err, "vote task failed");
+                self.finish_txn(&hub);
+                self.outbox.reply_error(
+                    msgid,
+                    &WireError::with_args(
+                        "ZODB.POSException.StorageError",
+                        vec![Value::Str("vote failed".into())],
+                    ),
+                );
+                self.outbox.close();
+                return;
+            }
+        };
+        match outcome {
+            Ok(VoteOutcome::Voted(serials)) => {
+                self.txn = Some(txn);
+                self.lock = Some(guard);
+                self.outbox.reply(msgid, replies::oid_list(&serials));
+            }
+            Ok(VoteOutcome::Conflicts(conflicts)) => {
+                // The storage transaction was aborted; the client resolves
+                // and votes again within the same ZEO transaction.
+                self.txn = Some(txn);
+                drop(guard);
+                self.outbox
+                    .reply(msgid, replies::vote_conflicts(&conflicts));
+                log_conflicts(&conflicts);
+            }
+            Err(err) => {
+                if matches!(
+                    err,
+                    StorageError::Conflict { .. } | StorageError::ReadConflict { .. }
+                ) {
+                    StorageStats::bump(&hub.stats().conflicts);
+                    tracing::debug!(%err, "conflict at vote");
+                } else {
+                    tracing::warn!(%err, "vote failed");
+                }
+                drop(txn);
+                drop(guard);
+                self.end_txn(&hub);
+                self.outbox.reply_error(msgid, &wire(err));
+            }
+        }
+    }
+
+    async fn tpc_finish(&mut self, id: TxnId, msgid: Value, oneway: bool) -> Handled {
+        match &self.txn {
+            Some(txn) if txn.id == id && !self.read_only => {}
+            // ZEO answers None when the id is not the open transaction.
+            _ => return Ok(Outcome::Reply(Value::None)),
+        }
+        let hub = self.hub()?.clone();
+        let handle = match self.txn.as_ref().and_then(|t| t.storage_txn) {
+            Some(h) if self.lock.is_some() => h,
+            _ => return Err(WireError::assertion_error("finished called wo lock")),
+        };
+        let oids = self
+            .txn
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.invalidated))
+            .unwrap_or_default();
+        let conn = self.id;
+        let hub2 = hub.clone();
+        let joined =
+            tokio::task::spawn_blocking(move || commit::finish(&hub2, conn, handle, oids)).await;
+        let result = match joined {
+            Ok(r) => r,
+            Err(err) => Err(StorageError::Storage(format!(
+                "tpc_finish task failed: {err}"
+            ))),
+        };
+        match result {
+            Ok(tid) => {
+                StorageStats::bump(&hub.stats().commits);
+                self.outbox
+                    .send(&Message::call_async("info", vec![hub.size_info()]));
+                if !oneway {
+                    self.outbox.reply(msgid, replies::tid(tid));
+                }
+                self.txn = None;
+                self.end_txn(&hub);
+                // Released only after the reply is queued, as ZEO does.
+                self.lock = None;
+                Ok(Outcome::Sent)
+            }
+            Err(err) => {
+                tracing::error!(%err, "tpc_finish failed");
+                let storage = hub.storage().clone();
+                let _ = tokio::task::spawn_blocking(move || storage.tpc_abort(handle)).await;
+                self.txn = None;
+                self.end_txn(&hub);
+                self.lock = None;
+                Err(wire(err))
+            }
+        }
+    }
+
+    async fn tpc_abort(&mut self, id: TxnId) -> Result<(), WireError> {
+        match &self.txn {
+            Some(txn) if txn.id == id && !self.read_only => {}
+            _ => return Ok(()),
+        }
+        let hub = self.hub()?.clone();
+        StorageStats::bump(&hub.stats().aborts);
+        self.abort_current(&hub).await;
+        Ok(())
+    }
+
+    /// Aborts the open transaction (storage side too) and lets go of the
+    /// commit lock or the place in its queue.
+    async fn abort_current(&mut self, hub: &Arc<StorageHub>) {
+        self.waiting = None;
+        if let Some(handle) = self.txn.as_ref().and_then(|t| t.storage_txn) {
+            let storage = hub.storage().clone();
+            if tokio::task::spawn_blocking(move || storage.tpc_abort(handle))
+                .await
+                .is_err()
+            {
+                tracing::error!("tpc_abort task failed");
+            }
+        }
+        self.finish_txn(hub);
+    }
+
+    fn finish_txn(&mut self, hub: &Arc<StorageHub>) {
+        self.waiting = None;
+        let had = self.txn.take().is_some();
+        self.lock = None;
+        if had {
+            self.end_txn(hub);
+        }
+    }
+
+    fn end_txn(&self, hub: &Arc<StorageHub>) {
+        hub.stats().active_txns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn disconnect(&mut self) {
+        if let Some(hub) = self.hub.clone() {
+            if self.txn.is_some() {
+                tracing::info!(
+                    "disconnected during {} transaction",
+                    if self.lock.is_some() {
+                        "locked"
+                    } else {
+                        "unlocked"
+                    }
+                );
+                StorageStats::bump(&hub.stats().aborts);
+                self.abort_current(&hub).await;
+            }
+            hub.remove_client(self.id);
+        }
+        self.iterators = Iterators::default();
+    }
+}
+
+fn pickle_extension(extension: &Value) -> Result<Vec<u8>, WireError> {
+    match extension {
+        Value::None => Ok(Vec::new()),
+        Value::Dict(pairs) if pairs.is_empty() => Ok(Vec::new()),
+        Value::Dict(_) => {
+            // ZODB pickles the extension with protocol 3 and a memo.
+            let mut encoder = zeo_pickle::Encoder::new(zeo_pickle::Protocol::V3).with_memo(true);
+            encoder.dump(extension).map_err(|e| {
+                WireError::value_error(&format!("cannot pickle the extension: {e}"))
+            })?;
+            Ok(encoder.into_bytes())
+        }
+        _ => Err(WireError::type_error(
+            "tpc_begin() extension must be a dict",
+        )),
+    }
+}
+
+fn wire(err: StorageError) -> WireError {
+    WireError::from(&err)
+}
+
+fn protocol_error(err: zeo_protocol::Error) -> WireError {
+    WireError::with_args(
+        "ZODB.POSException.StorageError",
+        vec![Value::Str(err.to_string())],
+    )
+}
+
+fn read_only() -> WireError {
+    read_only_error()
+}
+
+fn read_only_error() -> WireError {
+    WireError::from(&StorageError::ReadOnly)
+}
+
+fn no_blobs() -> WireError {
+    WireError::with_args(
+        "ZODB.POSException.Unsupported",
+        vec![Value::Str(NO_BLOBS.into())],
+    )
+}
+
+fn iter_error(err: IterError) -> WireError {
+    match err {
+        IterError::Unknown(id) => WireError::key_error(Value::Int(id)),
+        IterError::OutOfOrder(tid) => WireError::exception(&format!(
+            "Out-of-order request for record iterator for transaction {tid}"
+        )),
+        IterError::TooMany => WireError::with_args(
+            "ZODB.POSException.StorageError",
+            vec![Value::Str("too many open iterators".into())],
+        ),
+        IterError::Storage(err) => wire(err),
+    }
+}
+
+fn log_wire_error(method: &str, oneway: bool, error: &WireError) {
+    let quiet = ["POSKeyError", "ConflictError", "ReadConflictError"];
+    if quiet.iter().any(|q| error.class.ends_with(q)) {
+        tracing::debug!(method, class = %error.class, "request failed");
+    } else {
+        tracing::warn!(
+            method,
+            oneway,
+            class = %error.class,
+            fields = ?error.fields,
+            "Bad {}request",
+            if oneway { "async " } else { "" }
+        );
+    }
+}
+
+fn log_conflicts(conflicts: &[VoteConflict]) {
+    for c in conflicts {
+        tracing::debug!(oid = %c.oid, committed = %c.committed, old = %c.old, "conflict returned to the client");
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>(_: T) {}
+    let _ = |s: Arc<Shared>, b: tokio::io::DuplexStream| is_send(serve(s, b, String::new()));
+    let _: Option<Bytes> = None;
+}

@@ -1,0 +1,494 @@
+//! Building a server, binding its listeners and running it on the host's
+//! tokio runtime.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Future;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use zeo_storage::Storage;
+
+use crate::error::{Error, Result};
+use crate::hub::StorageHub;
+use crate::settings::ServerSettings;
+
+/// Where to listen, as ZEO's `address` option spells it: `PORT` (all
+/// interfaces), `HOST:PORT`, `[IPV6]:PORT`, or a Unix socket path (anything
+/// containing a `/`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// A TCP host (name or literal, empty for all interfaces) and port.
+    Tcp {
+        /// Host name or address; empty means every IPv4 interface.
+        host: String,
+        /// Port; 0 picks a free one.
+        port: u16,
+    },
+    /// A Unix-domain socket path.
+    Unix(PathBuf),
+}
+
+impl ListenAddress {
+    /// `127.0.0.1:port`.
+    pub fn localhost(port: u16) -> Self {
+        ListenAddress::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+}
+
+impl FromStr for ListenAddress {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::BadAddress {
+            address: s.into(),
+            reason: reason.into(),
+        };
+        let s_trim = s.trim();
+        if s_trim.is_empty() {
+            return Err(bad("empty address"));
+        }
+        if s_trim.contains('/') {
+            return Ok(ListenAddress::Unix(PathBuf::from(s_trim)));
+        }
+        let (host, port) = match s_trim.rsplit_once(':') {
+            None => ("", s_trim),
+            Some((host, port)) => {
+                let host = host
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host);
+                (host, port)
+            }
+        };
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+        Ok(ListenAddress::Tcp {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddress::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            ListenAddress::Tcp { host, port } => write!(f, "{host}:{port}"),
+            ListenAddress::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// An address the server actually listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BoundAddress {
+    /// A TCP socket, with the port the system picked when asked for 0.
+    Tcp(SocketAddr),
+    /// A Unix-domain socket.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for BoundAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BoundAddress::Tcp(addr) => write!(f, "{addr}"),
+            BoundAddress::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// State every connection shares.
+pub(crate) struct Shared {
+    pub(crate) settings: ServerSettings,
+    pub(crate) hubs: BTreeMap<String, Arc<StorageHub>>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) next_conn_id: AtomicU64,
+    bound: Mutex<Vec<BoundAddress>>,
+}
+
+impl Shared {
+    /// The JSON status document `ruok` answers with.
+    pub(crate) fn ruok(&self) -> Vec<u8> {
+        let statuses: Vec<_> = self
+            .hubs
+            .iter()
+            .map(|(n, h)| (n.as_str(), h.status()))
+            .collect();
+        let refs: Vec<_> = statuses.iter().map(|(n, s)| (*n, s)).collect();
+        zeo_protocol::reply::ruok_reply(&refs)
+    }
+}
+
+/// Collects the storages and settings of a server.
+pub struct ServerBuilder {
+    settings: ServerSettings,
+    storages: Vec<(String, Arc<dyn Storage>, bool)>,
+}
+
+impl ServerBuilder {
+    /// A server with these settings and no storage yet.
+    pub fn new(settings: ServerSettings) -> Self {
+        ServerBuilder {
+            settings,
+            storages: Vec::new(),
+        }
+    }
+
+    /// Serves `storage` under `name` (clients register with it; `"1"` is
+    /// the usual name). Packs collect garbage.
+    pub fn storage(self, name: impl Into<String>, storage: Arc<dyn Storage>) -> Self {
+        self.storage_with_pack_gc(name, storage, true)
+    }
+
+    /// Like [`ServerBuilder::storage`], choosing whether packs remove
+    /// unreachable objects (`pack-gc`).
+    pub fn storage_with_pack_gc(
+        mut self,
+        name: impl Into<String>,
+        storage: Arc<dyn Storage>,
+        pack_gc: bool,
+    ) -> Self {
+        self.storages.push((name.into(), storage, pack_gc));
+        self
+    }
+
+    /// Checks the configuration and creates the server (nothing is bound
+    /// yet).
+    pub fn build(self) -> Result<Server> {
+        if self.storages.is_empty() {
+            return Err(Error::NoStorages);
+        }
+        let timeout = self.settings.transaction_timeout.is_some();
+        let mut hubs = BTreeMap::new();
+        for (name, storage, pack_gc) in self.storages {
+            let hub = StorageHub::new(
+                name.clone(),
+                storage,
+                self.settings.invalidation_queue_size,
+                timeout,
+            )
+            .with_pack_gc(pack_gc);
+            tracing::info!(
+                storage = %name,
+                path = %hub.storage().name(),
+                mode = if hub.storage().is_read_only() || self.settings.read_only { "RO" } else { "RW" },
+                "serving storage"
+            );
+            if hubs.insert(name.clone(), Arc::new(hub)).is_some() {
+                return Err(Error::DuplicateStorage(name));
+            }
+        }
+        Ok(Server {
+            shared: Arc::new(Shared {
+                settings: self.settings,
+                hubs,
+                shutdown: CancellationToken::new(),
+                next_conn_id: AtomicU64::new(1),
+                bound: Mutex::new(Vec::new()),
+            }),
+            listeners: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+enum Listener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+/// A configured server: bind it, then [`Server::serve`] it.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Mutex<Vec<Listener>>,
+}
+
+/// Controls a running server from elsewhere (signal handlers, tests).
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Starts a graceful shutdown: stop accepting, let a commit between vote
+    /// and finish complete for a few seconds, abort the other transactions,
+    /// close every connection, close the storages. [`Server::serve`] returns
+    /// when that is done.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// The addresses the server listens on.
+    pub fn local_addrs(&self) -> Vec<BoundAddress> {
+        lock(&self.shared.bound).clone()
+    }
+
+    /// The `server_status` numbers of a storage, as `ruok` reports them.
+    pub fn status(&self, storage: &str) -> Option<zeo_protocol::ServerStatus> {
+        self.shared.hubs.get(storage).map(|h| h.status())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Server {
+    /// Binds `address` now (so a port conflict shows before serving) and
+    /// returns the addresses bound: a host name may resolve to several.
+    pub fn bind(&self, address: &ListenAddress) -> Result<Vec<BoundAddress>> {
+        let mut bound = Vec::new();
+        match address {
+            ListenAddress::Tcp { host, port } => {
+                let host = if host.is_empty() {
+                    "0.0.0.0"
+                } else {
+                    host.as_str()
+                };
+                let addrs: Vec<SocketAddr> = (host, *port)
+                    .to_socket_addrs()
+                    .map_err(|e| Error::BadAddress {
+                        address: address.to_string(),
+                        reason: e.to_string(),
+                    })?
+                    .collect();
+                if addrs.is_empty() {
+                    return Err(Error::BadAddress {
+                        address: address.to_string(),
+                        reason: "resolves to no address".into(),
+                    });
+                }
+                for addr in addrs {
+                    let listener = std::net::TcpListener::bind(addr).map_err(|source| {
+                        if source.kind() == std::io::ErrorKind::AddrInUse {
+                            Error::AddressInUse(addr.to_string())
+                        } else {
+                            Error::Bind {
+                                address: addr.to_string(),
+                                source,
+                            }
+                        }
+                    })?;
+                    listener.set_nonblocking(true)?;
+                    let local = listener.local_addr()?;
+                    bound.push(BoundAddress::Tcp(local));
+                    lock(&self.listeners).push(Listener::Tcp(listener));
+                }
+            }
+            ListenAddress::Unix(path) => {
+                remove_stale_socket(path)?;
+                let listener =
+                    std::os::unix::net::UnixListener::bind(path).map_err(|source| Error::Bind {
+                        address: path.display().to_string(),
+                        source,
+                    })?;
+                listener.set_nonblocking(true)?;
+                bound.push(BoundAddress::Unix(path.clone()));
+                lock(&self.listeners).push(Listener::Unix(listener, path.clone()));
+            }
+        }
+        for b in &bound {
+            tracing::info!(address = %b, "listening");
+        }
+        lock(&self.shared.bound).extend(bound.iter().cloned());
+        Ok(bound)
+    }
+
+    /// The addresses bound so far.
+    pub fn local_addrs(&self) -> Vec<BoundAddress> {
+        lock(&self.shared.bound).clone()
+    }
+
+    /// A handle to shut the server down from elsewhere.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Accepts and serves clients until `shutdown` resolves or
+    /// [`ServerHandle::shutdown`] is called, then shuts down gracefully and
+    /// closes the storages. Runs on the caller's tokio runtime.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let listeners = std::mem::take(&mut *lock(&self.listeners));
+        let shared = self.shared.clone();
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let mut accept_tasks = Vec::new();
+        let mut socket_files = Vec::new();
+        for listener in listeners {
+            match listener {
+                Listener::Tcp(l) => {
+                    let l = tokio::net::TcpListener::from_std(l)?;
+                    accept_tasks.push(tokio::spawn(accept_tcp(
+                        l,
+                        shared.clone(),
+                        alive_tx.clone(),
+                    )));
+                }
+                Listener::Unix(l, path) => {
+                    let l = tokio::net::UnixListener::from_std(l)?;
+                    socket_files.push(path.clone());
+                    accept_tasks.push(tokio::spawn(accept_unix(
+                        l,
+                        path,
+                        shared.clone(),
+                        alive_tx.clone(),
+                    )));
+                }
+            }
+        }
+        drop(alive_tx);
+
+        tokio::select! {
+            _ = shutdown => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+        tracing::info!("shutting down");
+        shared.shutdown.cancel();
+        for task in accept_tasks {
+            let _ = task.await;
+        }
+        // Every connection watches the token; wait until all are gone.
+        let _ = alive_rx.recv().await;
+        for path in socket_files {
+            let _ = std::fs::remove_file(path);
+        }
+
+        let mut result = Ok(());
+        for (name, hub) in &shared.hubs {
+            let storage = hub.storage().clone();
+            let closed = tokio::task::spawn_blocking(move || storage.close())
+                .await
+                .unwrap_or_else(|e| Err(zeo_storage::Error::Storage(e.to_string())));
+            match closed {
+                Ok(()) => tracing::info!(storage = %name, "closed storage"),
+                Err(source) => {
+                    tracing::error!(storage = %name, %source, "closing storage failed");
+                    if result.is_ok() {
+                        result = Err(Error::Close {
+                            name: name.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+fn remove_stale_socket(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(Error::AddressInUse(path.display().to_string()));
+    }
+    std::fs::remove_file(path)?;
+    Ok(())
+}
+
+/// Pause after an accept error (e.g. out of file descriptors) so a
+/// persistent failure does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+async fn accept_tcp(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let alive = alive.clone();
+                tokio::spawn(async move {
+                    crate::connection::serve(shared, stream, peer.to_string()).await;
+                    drop(alive);
+                });
+            }
+            Err(err) => {
+                tracing::error!(%err, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn accept_unix(
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    shared: Arc<Shared>,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                let alive = alive.clone();
+                let peer = path.display().to_string();
+                tokio::spawn(async move {
+                    crate::connection::serve(shared, stream, peer).await;
+                    drop(alive);
+                });
+            }
+            Err(err) => {
+                tracing::error!(%err, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_zeo_addresses() {
+        assert_eq!(
+            "8100".parse::<ListenAddress>().unwrap(),
+            ListenAddress::Tcp {
+                host: String::new(),
+                port: 8100
+            }
+        );
+        assert_eq!(
+            "127.0.0.1:0".parse::<ListenAddress>().unwrap(),
+            ListenAddress::localhost(0)
+        );
+        assert_eq!(
+            "[::1]:8100".parse::<ListenAddress>().unwrap(),
+            ListenAddress::Tcp {
+                host: "::1".into(),
+                port: 8100
+            }
+        );
+        assert_eq!(
+            "./var/zeo.sock".parse::<ListenAddress>().unwrap(),
+            ListenAddress::Unix("./var/zeo.sock".into())
+        );
+        assert!("host:http".parse::<ListenAddress>().is_err());
+        assert!("".parse::<ListenAddress>().is_err());
+        assert!("99999".parse::<ListenAddress>().is_err());
+    }
+}
