@@ -1,0 +1,477 @@
+//! The operation language of the model tests (included with `#[path]` by
+//! `model_proptest.rs` and `model_zodb.rs`): random operations, how a
+//! storage runs them, and everything observable about a storage afterwards,
+//! in terms that do not depend on which storage ran them. The same language
+//! is replayed on ZODB's own FileStorage by `model_zodb.rs`, so the text
+//! formats here are mirrored by its Python script.
+#![allow(dead_code)]
+
+use proptest::prelude::*;
+
+use crate::support::{b64, meta, record};
+use zeo_storage::{BeginOptions, Error, Oid, Storage, Tid, TimeStamp, TxnStatus};
+
+/// Objects the operations touch.
+pub const OBJECTS: u64 = 6;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Serial {
+    /// The object's latest revision (what a well-behaved client sends).
+    Current,
+    /// The revision before it.
+    Stale,
+    /// "New object".
+    Zero,
+}
+
+impl Serial {
+    fn code(self) -> char {
+        match self {
+            Serial::Current => 'C',
+            Serial::Stale => 'S',
+            Serial::Zero => 'Z',
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Step {
+    Store {
+        oid: u64,
+        serial: Serial,
+        refs: Vec<u64>,
+        payload: u8,
+    },
+    Delete {
+        oid: u64,
+        serial: Serial,
+    },
+    CheckCurrent {
+        oid: u64,
+        serial: Serial,
+    },
+    /// Undo the committed transaction with this index (modulo their number).
+    Undo {
+        txn: usize,
+    },
+    /// Restore a revision, pointing back at a committed transaction or not.
+    Restore {
+        oid: u64,
+        data: Option<u8>,
+        prev_txn: Option<usize>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// One transaction; `finish == false` aborts it after the vote.
+    Commit { steps: Vec<Step>, finish: bool },
+    /// Pack to half a second after the committed transaction with this index
+    /// (modulo their number; `None`: before the first), with or without GC.
+    Pack { after: Option<usize>, gc: bool },
+}
+
+pub fn serial() -> impl Strategy<Value = Serial> {
+    prop_oneof![6 => Just(Serial::Current), 1 => Just(Serial::Stale), 1 => Just(Serial::Zero)]
+}
+
+pub fn step() -> impl Strategy<Value = Step> {
+    let oid = 0..OBJECTS;
+    prop_oneof![
+        8 => (oid.clone(), serial(), prop::collection::vec(0..OBJECTS, 0..3), any::<u8>())
+            .prop_map(|(oid, serial, refs, payload)| Step::Store { oid, serial, refs, payload }),
+        1 => (oid.clone(), serial()).prop_map(|(oid, serial)| Step::Delete { oid, serial }),
+        1 => (oid.clone(), serial()).prop_map(|(oid, serial)| Step::CheckCurrent { oid, serial }),
+        3 => any::<usize>().prop_map(|txn| Step::Undo { txn }),
+        // No data with a backpointer to a record that has data is refused
+        // by ZODB with a TypeError; the model writes a no-data record.
+        1 => (oid, prop::option::of((any::<u8>(), prop::option::of(any::<usize>()))))
+            .prop_map(|(oid, restore)| Step::Restore {
+                oid,
+                data: restore.map(|(d, _)| d),
+                prev_txn: restore.and_then(|(_, p)| p),
+            }),
+    ]
+}
+
+pub fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (prop::collection::vec(step(), 0..5), prop::bool::weighted(0.85))
+            .prop_map(|(steps, finish)| Op::Commit { steps, finish }),
+        1 => (prop::option::of(any::<usize>()), any::<bool>())
+            .prop_map(|(after, gc)| Op::Pack { after, gc }),
+    ]
+}
+
+pub fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(op(), 1..30)
+}
+
+/// The script line(s) of one operation for the Python replayer; `tid` is
+/// the explicit tid a commit begins with.
+pub fn script(op: &Op, tid: Tid) -> String {
+    let mut out = String::new();
+    match op {
+        Op::Commit { steps, finish } => {
+            out.push_str(&format!("begin {:016x}\n", tid.0));
+            for step in steps {
+                let line = match step {
+                    Step::Store {
+                        oid,
+                        serial,
+                        refs,
+                        payload,
+                    } => {
+                        let refs: Vec<String> = refs.iter().map(u64::to_string).collect();
+                        let refs = if refs.is_empty() {
+                            "-".into()
+                        } else {
+                            refs.join(",")
+                        };
+                        format!("store {oid} {} {refs} {payload}", serial.code())
+                    }
+                    Step::Delete { oid, serial } => format!("delete {oid} {}", serial.code()),
+                    Step::CheckCurrent { oid, serial } => format!("check {oid} {}", serial.code()),
+                    Step::Undo { txn } => format!("undo {txn}"),
+                    Step::Restore {
+                        oid,
+                        data,
+                        prev_txn,
+                    } => format!(
+                        "restore {oid} {} {}",
+                        data.map_or("-".into(), |d| d.to_string()),
+                        prev_txn.map_or("-".into(), |p| p.to_string())
+                    ),
+                };
+                out.push_str(&line);
+                out.push('\n');
+            }
+            out.push_str(if *finish { "finish\n" } else { "abort\n" });
+        }
+        Op::Pack { after, gc } => {
+            let after = after.map_or("-".into(), |a| a.to_string());
+            out.push_str(&format!("pack {after} {}\n", u8::from(*gc)));
+        }
+    }
+    out
+}
+
+/// An error reduced to what every storage must agree on (Python class name
+/// and the fields ZODB gives it).
+pub fn kind(e: &Error) -> String {
+    match e {
+        Error::PosKey { .. } => "POSKeyError".into(),
+        Error::Conflict {
+            oid,
+            committed,
+            old,
+        } => {
+            format!(
+                "ConflictError({},{},{})",
+                oid.0,
+                tid_text(*committed),
+                tid_text(*old)
+            )
+        }
+        Error::ReadConflict {
+            oid,
+            committed,
+            old,
+        } => {
+            format!(
+                "ReadConflictError({},{},{})",
+                oid.0,
+                tid_text(*committed),
+                tid_text(*old)
+            )
+        }
+        Error::Undo { .. } => "UndoError".into(),
+        Error::Key(_) => "KeyError".into(),
+        Error::FileStorage(_) => "FileStorageError".into(),
+        Error::InvalidArgument(_) => "ValueError".into(),
+        // Pack failures ZODB reports as assertion or PackError.
+        Error::Storage(_) => "StorageError".into(),
+        other => other
+            .python_class()
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+fn tid_text(t: Tid) -> String {
+    format!("{:016x}", t.0)
+}
+
+/// FNV-1a of a record: short, and the same in Python.
+pub fn digest(data: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{}:{h:016x}", data.len())
+}
+
+pub fn base_time() -> f64 {
+    TimeStamp::from_parts(2020, 1, 1, 0, 0, 0.0).unix_time()
+}
+
+/// The tid of the `n`th operation's transaction: one second apart.
+pub fn op_tid(n: usize) -> Tid {
+    TimeStamp::from_unix(base_time() + n as f64).tid()
+}
+
+/// One storage under test and the tids it committed, by index.
+pub struct Side<'a, S: Storage + ?Sized> {
+    pub storage: &'a S,
+    pub tids: Vec<Tid>,
+}
+
+impl<'a, S: Storage + ?Sized> Side<'a, S> {
+    pub fn new(storage: &'a S) -> Self {
+        Side {
+            storage,
+            tids: Vec::new(),
+        }
+    }
+
+    /// Index of a committed tid; unknown tids print raw (and then differ).
+    pub fn ix(&self, tid: Tid) -> String {
+        match self.tids.iter().position(|t| *t == tid) {
+            Some(i) => format!("#{i}"),
+            None => tid_text(tid),
+        }
+    }
+
+    pub fn ix_err(&self, e: &Error) -> String {
+        let mut out = kind(e);
+        for t in &self.tids {
+            out = out.replace(&tid_text(*t), &self.ix(*t));
+        }
+        out
+    }
+
+    fn serial(&self, oid: Oid, which: Serial) -> Tid {
+        let history = self.storage.history(oid, 2).unwrap_or_default();
+        match which {
+            Serial::Current => history.first().map_or(Tid::ZERO, |h| h.tid),
+            Serial::Stale => history.get(1).map_or(Tid(1), |h| h.tid),
+            Serial::Zero => Tid::ZERO,
+        }
+    }
+
+    fn txn_tid(&self, i: usize) -> Option<Tid> {
+        if self.tids.is_empty() {
+            None
+        } else {
+            Some(self.tids[i % self.tids.len()])
+        }
+    }
+
+    /// Runs one operation; returns its outcome in storage-neutral terms.
+    pub fn apply(&mut self, op: &Op, next_tid: Tid) -> String {
+        let s = self.storage;
+        match op {
+            Op::Commit { steps, finish } => {
+                let options = BeginOptions {
+                    tid: Some(next_tid),
+                    status: TxnStatus::Committed,
+                };
+                let t = match s.tpc_begin(&meta("op"), options) {
+                    Ok(t) => t,
+                    Err(e) => return format!("begin {}", self.ix_err(&e)),
+                };
+                let mut outcome = Vec::new();
+                for step in steps {
+                    let r = match step {
+                        Step::Store {
+                            oid,
+                            serial,
+                            refs,
+                            payload,
+                        } => {
+                            let refs: Vec<Oid> = refs.iter().map(|o| Oid(*o)).collect();
+                            let serial = self.serial(Oid(*oid), *serial);
+                            s.store(t, Oid(*oid), serial, &record(&refs, &[*payload]))
+                                .map(|()| "ok".to_string())
+                        }
+                        Step::Delete { oid, serial } => {
+                            let serial = self.serial(Oid(*oid), *serial);
+                            s.delete_object(t, Oid(*oid), serial)
+                                .map(|()| "ok".to_string())
+                        }
+                        Step::CheckCurrent { oid, serial } => {
+                            let serial = self.serial(Oid(*oid), *serial);
+                            s.check_current_serial(t, Oid(*oid), serial)
+                                .map(|()| "ok".to_string())
+                        }
+                        Step::Undo { txn } => match self.txn_tid(*txn) {
+                            Some(tid) => s.undo(t, &b64(tid)).map(|oids| {
+                                let oids: Vec<String> =
+                                    oids.iter().map(|o| o.0.to_string()).collect();
+                                format!("[{}]", oids.join(","))
+                            }),
+                            None => Ok("nothing".into()),
+                        },
+                        Step::Restore {
+                            oid,
+                            data,
+                            prev_txn,
+                        } => {
+                            let data = data.map(|d| record(&[], &[d]));
+                            let prev = prev_txn.and_then(|i| self.txn_tid(i));
+                            s.restore(t, Oid(*oid), next_tid, data.as_deref(), prev)
+                                .map(|()| "ok".to_string())
+                        }
+                    };
+                    match r {
+                        Ok(o) => outcome.push(o),
+                        Err(e) => {
+                            // What ZODB's DB does after a failed store or undo.
+                            s.tpc_abort(t);
+                            outcome.push(format!("failed {}", self.ix_err(&e)));
+                            return outcome.join(" ");
+                        }
+                    }
+                }
+                if let Err(e) = s.tpc_vote(t) {
+                    s.tpc_abort(t);
+                    outcome.push(format!("vote {}", self.ix_err(&e)));
+                    return outcome.join(" ");
+                }
+                if *finish {
+                    match s.tpc_finish(t, &mut |_| {}) {
+                        Ok(tid) => {
+                            self.tids.push(tid);
+                            outcome.push("committed".into());
+                        }
+                        Err(e) => outcome.push(format!("finish {}", self.ix_err(&e))),
+                    }
+                } else {
+                    s.tpc_abort(t);
+                    outcome.push("aborted".into());
+                }
+                outcome.join(" ")
+            }
+            Op::Pack { after, gc } => {
+                let at = match after.and_then(|i| self.txn_tid(i)) {
+                    Some(tid) => tid.unix_time() + 0.5,
+                    None => base_time() - 0.5,
+                };
+                match s.pack(at, *gc) {
+                    Ok(()) => "packed".into(),
+                    Err(e) => format!("pack {}", self.ix_err(&e)),
+                }
+            }
+        }
+    }
+
+    fn data_or_err(&self, r: Result<Vec<u8>, Error>) -> String {
+        match r {
+            Ok(d) => digest(&d),
+            Err(e) => self.ix_err(&e),
+        }
+    }
+
+    /// Everything observable, in storage-neutral terms, one fact a line.
+    pub fn observe(&self) -> Vec<String> {
+        let s = self.storage;
+        let mut out = vec![
+            format!("last {}", self.ix(s.last_transaction())),
+            format!("len {} size {}", s.len(), s.size()),
+        ];
+        let mut points: Vec<Tid> = self.tids.iter().map(|t| t.next()).collect();
+        points.push(Tid::MAX);
+        for o in 0..OBJECTS {
+            let oid = Oid(o);
+            out.push(match s.load(oid) {
+                Ok((data, tid)) => format!("load {o} {} {}", self.ix(tid), digest(&data)),
+                Err(e) => format!("load {o} {}", self.ix_err(&e)),
+            });
+            for (i, p) in points.iter().enumerate() {
+                out.push(match s.load_before(oid, *p) {
+                    Ok(Some(r)) => format!(
+                        "before {o} {i} {} {} {}",
+                        self.ix(r.start),
+                        r.end.map_or("-".into(), |e| self.ix(e)),
+                        digest(&r.data)
+                    ),
+                    Ok(None) => format!("before {o} {i} none"),
+                    Err(e) => format!("before {o} {i} {}", self.ix_err(&e)),
+                });
+            }
+            for t in &self.tids {
+                out.push(format!(
+                    "serial {o} {} {}",
+                    self.ix(*t),
+                    self.data_or_err(s.load_serial(oid, *t))
+                ));
+            }
+            out.push(match s.history(oid, 1000) {
+                Ok(h) => {
+                    let h: Vec<String> = h
+                        .iter()
+                        .map(|e| format!("{}/{}", self.ix(e.tid), e.size))
+                        .collect();
+                    format!("history {o} {}", h.join(","))
+                }
+                Err(e) => format!("history {o} {}", self.ix_err(&e)),
+            });
+            out.push(match s.record_iternext(Some(oid)) {
+                Ok(Some(r)) => format!(
+                    "iternext {o} {} {} {} {}",
+                    r.oid.0,
+                    self.ix(r.tid),
+                    digest(&r.data),
+                    r.next.map_or("-".into(), |n| n.0.to_string())
+                ),
+                Ok(None) => format!("iternext {o} none"),
+                Err(e) => format!("iternext {o} {}", self.ix_err(&e)),
+            });
+        }
+        out.push(match s.undo_log(0, -1000, None) {
+            Ok(log) => {
+                let l: Vec<String> = log
+                    .iter()
+                    .map(|e| format!("{}/{}", self.ix(e.tid), e.size))
+                    .collect();
+                format!("undolog {}", l.join(","))
+            }
+            Err(e) => format!("undolog {}", self.ix_err(&e)),
+        });
+        match s.iterator(None, None) {
+            Ok(it) => {
+                for txn in it {
+                    out.push(match txn {
+                        Ok(txn) => {
+                            let recs: Vec<String> = txn
+                                .records
+                                .iter()
+                                .map(|r| {
+                                    format!(
+                                        "{}/{}/{}/{}",
+                                        r.oid.0,
+                                        self.ix(r.tid),
+                                        r.data.as_deref().map_or("-".into(), digest),
+                                        r.data_txn.map_or("-".into(), |t| self.ix(t))
+                                    )
+                                })
+                                .collect();
+                            format!(
+                                "txn {} {} {}",
+                                self.ix(txn.tid),
+                                char::from(txn.status.as_byte()),
+                                recs.join(",")
+                            )
+                        }
+                        Err(e) => format!("txn {}", self.ix_err(&e)),
+                    });
+                }
+            }
+            Err(e) => out.push(format!("iterator {}", self.ix_err(&e))),
+        }
+        out
+    }
+}
