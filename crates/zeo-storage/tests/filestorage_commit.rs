@@ -7,7 +7,11 @@ use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Error, Oid, Storage, Tid, TransactionMetaData, TxnStatus};
 
 fn meta(user: &str, desc: &str) -> TransactionMetaData {
-    TransactionMetaData { user: user.into(), description: desc.into(), extension: Vec::new() }
+    TransactionMetaData {
+        user: user.into(),
+        description: desc.into(),
+        extension: Vec::new(),
+    }
 }
 
 fn open(path: &Path) -> FileStorage {
@@ -15,7 +19,9 @@ fn open(path: &Path) -> FileStorage {
 }
 
 fn commit(fs: &FileStorage, desc: &str, stores: &[(u64, Tid, &[u8])]) -> Tid {
-    let txn = fs.tpc_begin(&meta("user", desc), BeginOptions::default()).unwrap();
+    let txn = fs
+        .tpc_begin(&meta("user", desc), BeginOptions::default())
+        .unwrap();
     for (oid, serial, data) in stores {
         fs.store(txn, Oid(*oid), *serial, data).unwrap();
     }
@@ -39,7 +45,10 @@ fn new_storage_is_empty_and_has_the_magic() {
     assert_eq!(std::fs::read(&path).unwrap(), b"FS30");
     assert!(matches!(fs.load(Oid(0)), Err(Error::Closed)));
     let report = check(&path).unwrap();
-    assert_eq!((report.transactions, report.data_records, report.size), (0, 0, 4));
+    assert_eq!(
+        (report.transactions, report.data_records, report.size),
+        (0, 0, 4)
+    );
 }
 
 #[test]
@@ -47,7 +56,11 @@ fn store_load_history_and_load_before() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("Data.fs");
     let fs = open(&path);
-    let t1 = commit(&fs, "one", &[(0, Tid::ZERO, b"root-1"), (1, Tid::ZERO, b"a-1")]);
+    let t1 = commit(
+        &fs,
+        "one",
+        &[(0, Tid::ZERO, b"root-1"), (1, Tid::ZERO, b"a-1")],
+    );
     let t2 = commit(&fs, "two", &[(1, t1, b"a-2")]);
     let t3 = commit(&fs, "three", &[(1, t2, b"a-3"), (0, t1, b"root-2")]);
     assert!(t1 < t2 && t2 < t3);
@@ -56,19 +69,37 @@ fn store_load_history_and_load_before() {
     assert_eq!(fs.load(Oid(1)).unwrap(), (b"a-3".to_vec(), t3));
     assert_eq!(fs.get_tid(Oid(0)).unwrap(), t3);
     assert_eq!(fs.load_serial(Oid(1), t2).unwrap(), b"a-2");
-    assert!(matches!(fs.load_serial(Oid(1), Tid(t2.0 + 1)), Err(Error::PosKey { serial: Some(_), .. })));
+    assert!(matches!(
+        fs.load_serial(Oid(1), Tid(t2.0 + 1)),
+        Err(Error::PosKey {
+            serial: Some(_),
+            ..
+        })
+    ));
 
     let r = fs.load_before(Oid(1), t3).unwrap().unwrap();
-    assert_eq!((r.data.as_slice(), r.start, r.end), (&b"a-2"[..], t2, Some(t3)));
+    assert_eq!(
+        (r.data.as_slice(), r.start, r.end),
+        (&b"a-2"[..], t2, Some(t3))
+    );
     let r = fs.load_before(Oid(1), t2).unwrap().unwrap();
-    assert_eq!((r.data.as_slice(), r.start, r.end), (&b"a-1"[..], t1, Some(t2)));
+    assert_eq!(
+        (r.data.as_slice(), r.start, r.end),
+        (&b"a-1"[..], t1, Some(t2))
+    );
     let r = fs.load_before(Oid(1), Tid::MAX).unwrap().unwrap();
     assert_eq!((r.start, r.end), (t3, None));
     assert_eq!(fs.load_before(Oid(1), t1).unwrap(), None);
-    assert!(matches!(fs.load_before(Oid(9), t3), Err(Error::PosKey { .. })));
+    assert!(matches!(
+        fs.load_before(Oid(9), t3),
+        Err(Error::PosKey { .. })
+    ));
 
     let h = fs.history(Oid(1), 10).unwrap();
-    assert_eq!(h.iter().map(|e| e.tid).collect::<Vec<_>>(), vec![t3, t2, t1]);
+    assert_eq!(
+        h.iter().map(|e| e.tid).collect::<Vec<_>>(),
+        vec![t3, t2, t1]
+    );
     assert_eq!(h[0].description, b"three");
     assert_eq!(h[0].user, b"user");
     assert_eq!(h[0].size, 3);
@@ -78,7 +109,10 @@ fn store_load_history_and_load_before() {
     // The tail after a commit is exactly the committed size.
     assert_eq!(std::fs::metadata(&path).unwrap().len(), fs.size());
     let report = check(&path).unwrap();
-    assert_eq!((report.transactions, report.data_records, report.last_tid), (3, 5, t3));
+    assert_eq!(
+        (report.transactions, report.data_records, report.last_tid),
+        (3, 5, t3)
+    );
 }
 
 #[test]
@@ -86,11 +120,17 @@ fn conflicts_and_serial_checks() {
     let dir = tempfile::tempdir().unwrap();
     let fs = open(&dir.path().join("Data.fs"));
     let t1 = commit(&fs, "one", &[(0, Tid::ZERO, b"root")]);
-    let txn = fs.tpc_begin(&meta("", ""), BeginOptions::default()).unwrap();
+    let txn = fs
+        .tpc_begin(&meta("", ""), BeginOptions::default())
+        .unwrap();
     // New oids are not checked, as in ZODB.
     fs.store(txn, Oid(5), Tid(12345), b"new").unwrap();
     match fs.store(txn, Oid(0), Tid(1), b"x") {
-        Err(Error::Conflict { oid, committed, old }) => assert_eq!((oid, committed, old), (Oid(0), t1, Tid(1))),
+        Err(Error::Conflict {
+            oid,
+            committed,
+            old,
+        }) => assert_eq!((oid, committed, old), (Oid(0), t1, Tid(1))),
         other => panic!("{other:?}"),
     }
     match fs.check_current_serial(txn, Oid(0), Tid(7)) {
@@ -98,10 +138,22 @@ fn conflicts_and_serial_checks() {
         other => panic!("{other:?}"),
     }
     fs.check_current_serial(txn, Oid(0), t1).unwrap();
-    assert!(matches!(fs.check_current_serial(txn, Oid(3), t1), Err(Error::PosKey { .. })));
-    assert!(matches!(fs.store(txn, Oid(0), t1, b""), Err(Error::InvalidArgument(_))));
-    assert!(matches!(fs.store(zeo_storage::TxnHandle(999), Oid(0), t1, b"x"), Err(Error::Transaction(_))));
-    assert!(matches!(fs.tpc_finish(txn, &mut |_| {}), Err(Error::Transaction(_))));
+    assert!(matches!(
+        fs.check_current_serial(txn, Oid(3), t1),
+        Err(Error::PosKey { .. })
+    ));
+    assert!(matches!(
+        fs.store(txn, Oid(0), t1, b""),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        fs.store(zeo_storage::TxnHandle(999), Oid(0), t1, b"x"),
+        Err(Error::Transaction(_))
+    ));
+    assert!(matches!(
+        fs.tpc_finish(txn, &mut |_| {}),
+        Err(Error::Transaction(_))
+    ));
     fs.tpc_vote(txn).unwrap();
     let t2 = fs.tpc_finish(txn, &mut |_| {}).unwrap();
     assert_eq!(fs.load(Oid(5)).unwrap().1, t2);
@@ -113,13 +165,18 @@ fn conflicts_and_serial_checks() {
 fn metadata_limits_give_zodb_errors() {
     let dir = tempfile::tempdir().unwrap();
     let fs = open(&dir.path().join("Data.fs"));
-    let long = TransactionMetaData { user: vec![b'u'; 70_000], ..Default::default() };
+    let long = TransactionMetaData {
+        user: vec![b'u'; 70_000],
+        ..Default::default()
+    };
     match fs.tpc_begin(&long, BeginOptions::default()) {
         Err(Error::FileStorage(m)) => assert_eq!(m, "user name too long"),
         other => panic!("{other:?}"),
     }
     // The commit lock was not taken.
-    let txn = fs.tpc_begin(&meta("", ""), BeginOptions::default()).unwrap();
+    let txn = fs
+        .tpc_begin(&meta("", ""), BeginOptions::default())
+        .unwrap();
     fs.tpc_abort(txn);
 }
 
@@ -127,7 +184,9 @@ fn metadata_limits_give_zodb_errors() {
 fn on_commit_sees_the_tid_before_readers_do() {
     let dir = tempfile::tempdir().unwrap();
     let fs = open(&dir.path().join("Data.fs"));
-    let txn = fs.tpc_begin(&meta("", ""), BeginOptions::default()).unwrap();
+    let txn = fs
+        .tpc_begin(&meta("", ""), BeginOptions::default())
+        .unwrap();
     let tid = fs.transaction_tid(txn).unwrap();
     fs.store(txn, Oid(0), Tid::ZERO, b"root").unwrap();
     fs.tpc_vote(txn).unwrap();
@@ -149,7 +208,9 @@ fn abort_after_vote_truncates() {
     let fs = open(&path);
     let t1 = commit(&fs, "one", &[(0, Tid::ZERO, b"root")]);
     let size = fs.size();
-    let txn = fs.tpc_begin(&meta("", "aborted"), BeginOptions::default()).unwrap();
+    let txn = fs
+        .tpc_begin(&meta("", "aborted"), BeginOptions::default())
+        .unwrap();
     fs.store(txn, Oid(0), t1, &vec![7u8; 100_000]).unwrap();
     fs.tpc_vote(txn).unwrap();
     assert!(std::fs::metadata(&path).unwrap().len() > size);
@@ -170,8 +231,15 @@ fn large_transactions_spill_to_the_temporary_file() {
     let path = dir.path().join("Data.fs");
     let fs = open(&path);
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let stores: Vec<(u64, Tid, &[u8])> =
-        (0..50u64).map(|i| (i, Tid::ZERO, if i % 10 == 3 { &big[..] } else { &b"small"[..] })).collect();
+    let stores: Vec<(u64, Tid, &[u8])> = (0..50u64)
+        .map(|i| {
+            (
+                i,
+                Tid::ZERO,
+                if i % 10 == 3 { &big[..] } else { &b"small"[..] },
+            )
+        })
+        .collect();
     let t = commit(&fs, "big", &stores);
     for i in 0..50u64 {
         let (data, tid) = fs.load(Oid(i)).unwrap();
@@ -187,20 +255,39 @@ fn delete_object_writes_a_no_data_record() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("Data.fs");
     let fs = open(&path);
-    let t1 = commit(&fs, "one", &[(0, Tid::ZERO, b"root"), (1, Tid::ZERO, b"one")]);
-    let txn = fs.tpc_begin(&meta("", "del"), BeginOptions::default()).unwrap();
-    assert!(matches!(fs.delete_object(txn, Oid(1), Tid(3)), Err(Error::Conflict { .. })));
-    assert!(matches!(fs.delete_object(txn, Oid(4), t1), Err(Error::PosKey { .. })));
+    let t1 = commit(
+        &fs,
+        "one",
+        &[(0, Tid::ZERO, b"root"), (1, Tid::ZERO, b"one")],
+    );
+    let txn = fs
+        .tpc_begin(&meta("", "del"), BeginOptions::default())
+        .unwrap();
+    assert!(matches!(
+        fs.delete_object(txn, Oid(1), Tid(3)),
+        Err(Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        fs.delete_object(txn, Oid(4), t1),
+        Err(Error::PosKey { .. })
+    ));
     fs.delete_object(txn, Oid(1), t1).unwrap();
     fs.tpc_vote(txn).unwrap();
     let t2 = fs.tpc_finish(txn, &mut |_| {}).unwrap();
     assert!(matches!(fs.load(Oid(1)), Err(Error::PosKey { .. })));
     assert!(matches!(fs.get_tid(Oid(1)), Err(Error::PosKey { .. })));
     // ZODB's loadBefore: the deleted revision is a POSKeyError, older ones load.
-    assert!(matches!(fs.load_before(Oid(1), Tid::MAX), Err(Error::PosKey { .. })));
+    assert!(matches!(
+        fs.load_before(Oid(1), Tid::MAX),
+        Err(Error::PosKey { .. })
+    ));
     assert_eq!(fs.load_before(Oid(1), t2).unwrap().unwrap().data, b"one");
     assert_eq!(fs.len(), 2);
-    let txns: Vec<_> = fs.iterator(None, None).unwrap().collect::<Result<_, _>>().unwrap();
+    let txns: Vec<_> = fs
+        .iterator(None, None)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(txns.len(), 2);
     assert_eq!(txns[1].records[0].data, None);
     assert_eq!(txns[1].records[0].data_txn, None);
@@ -208,12 +295,17 @@ fn delete_object_writes_a_no_data_record() {
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(&bytes[bytes.len() - 16..bytes.len() - 8], &[0u8; 8]);
     // Storing over a deleted object checks the deletion's serial.
-    assert!(matches!(commit_result(&fs, 1, t1), Err(Error::Conflict { .. })));
+    assert!(matches!(
+        commit_result(&fs, 1, t1),
+        Err(Error::Conflict { .. })
+    ));
     commit(&fs, "revive", &[(1, t2, b"back")]);
 }
 
 fn commit_result(fs: &FileStorage, oid: u64, serial: Tid) -> Result<(), Error> {
-    let txn = fs.tpc_begin(&meta("", ""), BeginOptions::default()).unwrap();
+    let txn = fs
+        .tpc_begin(&meta("", ""), BeginOptions::default())
+        .unwrap();
     let r = fs.store(txn, Oid(oid), serial, b"x");
     fs.tpc_abort(txn);
     r
@@ -227,21 +319,46 @@ fn iterator_and_record_iternext() {
     let mut serial = Tid::ZERO;
     for i in 0..20u64 {
         let data = format!("rev {i}");
-        let t = commit(&fs, &format!("t{i}"), &[(0, serial, data.as_bytes()), (i + 1, Tid::ZERO, b"x")]);
+        let t = commit(
+            &fs,
+            &format!("t{i}"),
+            &[(0, serial, data.as_bytes()), (i + 1, Tid::ZERO, b"x")],
+        );
         serial = t;
         tids.push(t);
     }
-    let all: Vec<_> = fs.iterator(None, None).unwrap().map(|t| t.unwrap().tid).collect();
+    let all: Vec<_> = fs
+        .iterator(None, None)
+        .unwrap()
+        .map(|t| t.unwrap().tid)
+        .collect();
     assert_eq!(all, tids);
     for (a, b) in [(0usize, 19usize), (3, 7), (17, 19), (0, 0), (10, 10)] {
-        let got: Vec<_> = fs.iterator(Some(tids[a]), Some(tids[b])).unwrap().map(|t| t.unwrap().tid).collect();
+        let got: Vec<_> = fs
+            .iterator(Some(tids[a]), Some(tids[b]))
+            .unwrap()
+            .map(|t| t.unwrap().tid)
+            .collect();
         assert_eq!(got, tids[a..=b].to_vec(), "{a}..={b}");
     }
-    let between: Vec<_> =
-        fs.iterator(Some(Tid(tids[4].0 + 1)), Some(Tid(tids[6].0 - 1))).unwrap().map(|t| t.unwrap().tid).collect();
+    let between: Vec<_> = fs
+        .iterator(Some(Tid(tids[4].0 + 1)), Some(Tid(tids[6].0 - 1)))
+        .unwrap()
+        .map(|t| t.unwrap().tid)
+        .collect();
     assert_eq!(between, vec![tids[5]]);
-    assert_eq!(fs.iterator(Some(Tid(tids[19].0 + 1)), None).unwrap().count(), 0);
-    let t5 = fs.iterator(Some(tids[5]), Some(tids[5])).unwrap().next().unwrap().unwrap();
+    assert_eq!(
+        fs.iterator(Some(Tid(tids[19].0 + 1)), None)
+            .unwrap()
+            .count(),
+        0
+    );
+    let t5 = fs
+        .iterator(Some(tids[5]), Some(tids[5]))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
     assert_eq!(t5.status, TxnStatus::Committed);
     assert_eq!(t5.meta.description, b"t5");
     assert_eq!(t5.records.len(), 2);
@@ -268,8 +385,12 @@ fn reopen_with_and_without_index() {
     let fs = open(&path);
     let mut serials = vec![Tid::ZERO; 300];
     for round in 0..3 {
-        let data: Vec<Vec<u8>> = (0..300).map(|i| format!("obj {i} round {round}").into_bytes()).collect();
-        let stores: Vec<(u64, Tid, &[u8])> = (0..300).map(|i| (i as u64, serials[i], &data[i][..])).collect();
+        let data: Vec<Vec<u8>> = (0..300)
+            .map(|i| format!("obj {i} round {round}").into_bytes())
+            .collect();
+        let stores: Vec<(u64, Tid, &[u8])> = (0..300)
+            .map(|i| (i as u64, serials[i], &data[i][..]))
+            .collect();
         let t = commit(&fs, "r", &stores);
         serials.iter_mut().for_each(|s| *s = t);
     }
@@ -284,7 +405,11 @@ fn reopen_with_and_without_index() {
     assert_eq!(fs.load(Oid(17)).unwrap().0, b"obj 17 round 2");
     // More commits after the saved index: a reopen with the old index file
     // must scan the tail.
-    let t = commit(&fs, "tail", &[(17, last, b"after index"), (400, Tid::ZERO, b"new")]);
+    let t = commit(
+        &fs,
+        "tail",
+        &[(17, last, b"after index"), (400, Tid::ZERO, b"new")],
+    );
     drop(fs);
     std::fs::write(&index, &saved_index).unwrap();
     let fs = open(&path);
@@ -311,10 +436,20 @@ fn reopen_with_and_without_index() {
     // A read-only open works without the lock and writes nothing.
     std::fs::remove_file(&index).unwrap();
     let before = std::fs::read(&path).unwrap();
-    let ro = FileStorage::open(&path, FileStorageOptions { read_only: true, ..Default::default() }).unwrap();
+    let ro = FileStorage::open(
+        &path,
+        FileStorageOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(ro.is_read_only());
     assert_eq!(ro.load(Oid(400)).unwrap().1, t);
-    assert!(matches!(ro.tpc_begin(&meta("", ""), BeginOptions::default()), Err(Error::ReadOnly)));
+    assert!(matches!(
+        ro.tpc_begin(&meta("", ""), BeginOptions::default()),
+        Err(Error::ReadOnly)
+    ));
     assert!(matches!(ro.new_oid(), Err(Error::ReadOnly)));
     ro.close().unwrap();
     assert!(!index.exists());
@@ -330,7 +465,14 @@ fn an_index_that_disagrees_with_the_file_is_ignored() {
         let fs = open(p);
         let mut s = Tid::ZERO;
         for _ in 0..5 {
-            s = commit(&fs, "x", &[(0, s, payload), (1, if s == Tid::ZERO { Tid::ZERO } else { s }, payload)]);
+            s = commit(
+                &fs,
+                "x",
+                &[
+                    (0, s, payload),
+                    (1, if s == Tid::ZERO { Tid::ZERO } else { s }, payload),
+                ],
+            );
         }
         fs.close().unwrap();
     }
@@ -353,20 +495,47 @@ fn create_replaces_an_existing_file_and_lock_excludes() {
     let lock = std::fs::read_to_string(dir.path().join("Data.fs.lock")).unwrap();
     assert_eq!(lock, format!(" {}\n", std::process::id()));
     // Read-only opens take no lock.
-    let ro = FileStorage::open(&path, FileStorageOptions { read_only: true, ..Default::default() }).unwrap();
+    let ro = FileStorage::open(
+        &path,
+        FileStorageOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(ro.len(), 1);
     drop(ro);
     drop(fs);
-    let fs = FileStorage::open(&path, FileStorageOptions { create: true, ..Default::default() }).unwrap();
+    let fs = FileStorage::open(
+        &path,
+        FileStorageOptions {
+            create: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(fs.len(), 0);
     assert_eq!(fs.size(), 4);
     drop(fs);
     assert!(matches!(
-        FileStorage::open(&path, FileStorageOptions { create: true, read_only: true, ..Default::default() }),
+        FileStorage::open(
+            &path,
+            FileStorageOptions {
+                create: true,
+                read_only: true,
+                ..Default::default()
+            }
+        ),
         Err(Error::InvalidArgument(_))
     ));
-    assert!(FileStorage::open(dir.path().join("missing.fs"), FileStorageOptions { read_only: true, ..Default::default() })
-        .is_err());
+    assert!(FileStorage::open(
+        dir.path().join("missing.fs"),
+        FileStorageOptions {
+            read_only: true,
+            ..Default::default()
+        }
+    )
+    .is_err());
 }
 
 #[test]
@@ -375,7 +544,15 @@ fn begin_with_tid_and_status() {
     let path = dir.path().join("Data.fs");
     let fs = open(&path);
     let tid = Tid(0x0300_0000_0000_0001);
-    let txn = fs.tpc_begin(&meta("", "p"), BeginOptions { tid: Some(tid), status: TxnStatus::Packed }).unwrap();
+    let txn = fs
+        .tpc_begin(
+            &meta("", "p"),
+            BeginOptions {
+                tid: Some(tid),
+                status: TxnStatus::Packed,
+            },
+        )
+        .unwrap();
     assert_eq!(fs.transaction_tid(txn).unwrap(), tid);
     fs.store(txn, Oid(0), Tid::ZERO, b"root").unwrap();
     fs.tpc_vote(txn).unwrap();
@@ -383,7 +560,13 @@ fn begin_with_tid_and_status() {
     let t = fs.iterator(None, None).unwrap().next().unwrap().unwrap();
     assert_eq!(t.status, TxnStatus::Packed);
     assert!(matches!(
-        fs.tpc_begin(&meta("", ""), BeginOptions { tid: Some(tid), ..Default::default() }),
+        fs.tpc_begin(
+            &meta("", ""),
+            BeginOptions {
+                tid: Some(tid),
+                ..Default::default()
+            }
+        ),
         Err(Error::InvalidArgument(_))
     ));
     // Packed transactions end the undo log.
@@ -399,7 +582,9 @@ fn dump_lists_transactions_like_fsdump() {
     let path = dir.path().join("Data.fs");
     let fs = open(&path);
     let root = b"\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00.\x80\x03}q\x01.";
-    let t1 = fs.tpc_begin(&meta("alice", "it's"), BeginOptions::default()).unwrap();
+    let t1 = fs
+        .tpc_begin(&meta("alice", "it's"), BeginOptions::default())
+        .unwrap();
     let tid = fs.transaction_tid(t1).unwrap();
     fs.store(t1, Oid(0), Tid::ZERO, root).unwrap();
     fs.tpc_vote(t1).unwrap();

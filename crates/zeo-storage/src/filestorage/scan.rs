@@ -74,9 +74,21 @@ pub(crate) fn read_index(
         if h.tid <= ltid {
             tracing::warn!("{} time-stamp reduction at {pos}", path.display());
         }
-        ltid = h.tid;
 
         let incomplete = pos.checked_add(h.tlen).and_then(|e| e.checked_add(TXN_TRAILER_LEN)).is_none_or(|e| e > file_size);
+        if (incomplete || h.status == STATUS_CHECKPOINT) && complete_txn_after(&mut win, pos, file_size)? {
+            // ZODB would cut everything from here on, but a sound
+            // transaction ends the file: this is damage in the middle.
+            return Err(format_error(
+                path,
+                pos,
+                if incomplete {
+                    format!("transaction length {} runs past the end of the file, but later transactions follow", h.tlen)
+                } else {
+                    "checkpoint flag set on a transaction that is not the last".to_string()
+                },
+            ));
+        }
         if incomplete || h.status == STATUS_CHECKPOINT {
             tracing::warn!("{} truncated, possibly due to damaged records at {pos}", path.display());
             if !read_only {
@@ -113,6 +125,7 @@ pub(crate) fn read_index(
         if h.status == STATUS_UNDONE {
             check_trailer(&mut win, path, tend, h.tlen)?;
             pos = tend + TXN_TRAILER_LEN;
+            ltid = h.tid;
             continue;
         }
 
@@ -148,12 +161,34 @@ pub(crate) fn read_index(
         }
         check_trailer(&mut win, path, tend, h.tlen)?;
         pos = tend + TXN_TRAILER_LEN;
+        // Unlike ZODB, the last tid is that of the last *complete*
+        // transaction: a cut-off one never existed for clients.
+        ltid = h.tid;
         for &(oid, p) in &tindex {
             index.insert(oid, p);
         }
         tindex.clear();
     }
     Ok(ScanEnd { pos, ltid })
+}
+
+/// Whether the file ends with a complete transaction that starts after
+/// `pos` (its redundant length leads back to a header that agrees).
+fn complete_txn_after(win: &mut Window<'_>, pos: u64, file_size: u64) -> Result<bool> {
+    let Some(rtl) = file_size.checked_sub(TXN_TRAILER_LEN).map(|p| (p, win.array::<8>(p))) else { return Ok(false) };
+    let (trailer_pos, rtl) = (rtl.0, rtl.1?.map(u64::from_be_bytes));
+    let Some(rtl) = rtl else { return Ok(false) };
+    let Some(start) = trailer_pos.checked_sub(rtl) else { return Ok(false) };
+    if start <= pos || rtl < TXN_HEADER_LEN {
+        return Ok(false);
+    }
+    Ok(match win.array::<{ TXN_HEADER_LEN as usize }>(start)? {
+        Some(raw) => {
+            let h = TxnHeader::parse(&raw);
+            h.tlen == rtl && [STATUS_COMMITTED, STATUS_PACKED, STATUS_UNDONE].contains(&h.status)
+        }
+        None => false,
+    })
 }
 
 fn check_trailer(win: &mut Window<'_>, path: &Path, tend: u64, tlen: u64) -> Result<()> {
