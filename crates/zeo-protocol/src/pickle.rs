@@ -130,12 +130,26 @@ const BUILTIN_EXCEPTIONS: &[&str] = &[
 ];
 
 /// The client's global policy (see the module documentation).
+///
+/// ```
+/// use zeo_protocol::client_find_global;
+///
+/// assert!(client_find_global("ZODB.POSException", "ConflictError"));
+/// assert!(client_find_global("builtins", "KeyError"));
+/// assert!(!client_find_global("os", "system"));
+/// ```
 pub fn client_find_global(module: &str, name: &str) -> bool {
     match module {
         "builtins" | "exceptions" | "__builtin__" => BUILTIN_EXCEPTIONS.contains(&name),
         // `_recon` rebuilds POSError instances and is marked side-effect free.
         "ZODB.POSException" if name == "_recon" => true,
         "ZopeUndo.Prefix" if name == "Prefix" => true,
+        // Exception classes whose names do not say so.
+        "ZEO.Exceptions" => {
+            matches!(name, "UnrecognizedResult" | "ClientDisconnected" | "ServerException")
+                || name.ends_with("Error")
+        }
+        "ZODB.POSException" => name.ends_with("Error") || name.ends_with("Errors"),
         _ => {
             !module.is_empty()
                 && ["Error", "Errors", "Exception", "Warning", "Conflict"]
