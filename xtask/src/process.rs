@@ -2,6 +2,7 @@
 //! talk to the network.
 
 use std::io;
+use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,9 +13,16 @@ pub fn header(title: &str) {
     println!("\n{rule}\n==> {title}\n{rule}");
 }
 
-/// Renders a command the way a shell user would type it, for logs.
+/// Renders a command the way a shell user would type it, for logs. A
+/// program given by absolute path (cargo, as `$CARGO` names it) shows as its
+/// bare name, which is what a reader would type.
 pub fn display(cmd: &Command) -> String {
-    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    let program = Path::new(cmd.get_program());
+    let shown = match program.file_name() {
+        Some(name) if program.is_absolute() && name == "cargo" => name,
+        _ => program.as_os_str(),
+    };
+    let mut parts = vec![shown.to_string_lossy().into_owned()];
     parts.extend(cmd.get_args().map(|a| {
         let a = a.to_string_lossy();
         if a.is_empty() || a.contains([' ', '\'', '"', '<', '>', '*']) {
