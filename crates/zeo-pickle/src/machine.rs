@@ -299,6 +299,11 @@ impl<'a, 'h> Machine<'a, 'h> {
 
     fn append_to_top(&mut self, items: Vec<Item>) -> Result<(), Error> {
         let i = self.top_index()?;
+        if items.is_empty() {
+            // Nothing to record; a wrapper without items would not survive
+            // re-encoding.
+            return Ok(());
+        }
         let target = self.stack[i];
         let Item::Node(id) = target else {
             let id = self.alloc(Node::ListItems {
@@ -319,6 +324,9 @@ impl<'a, 'h> Machine<'a, 'h> {
 
     fn setitems_on_top(&mut self, pairs: Vec<(Item, Item)>) -> Result<(), Error> {
         let i = self.top_index()?;
+        if pairs.is_empty() {
+            return Ok(());
+        }
         let target = self.stack[i];
         let Item::Node(id) = target else {
             let id = self.alloc(Node::DictItems {

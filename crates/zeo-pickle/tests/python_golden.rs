@@ -197,8 +197,10 @@ fn record_reencodes_to_equal_values() {
 }
 
 #[test]
-fn bucket_record_size_matches_bench() {
+fn bench_uses_the_bucket_record() {
     let records = golden::records();
     let bucket = records.iter().find(|r| r.name == "bucket").unwrap();
     assert_eq!(bucket.data.len(), golden::BUCKET_LEN);
+    let bench = include_str!("../benches/bucket_record.hex");
+    assert_eq!(hex::decode(bench.trim()).unwrap(), bucket.data);
 }

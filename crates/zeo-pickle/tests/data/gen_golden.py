@@ -235,6 +235,9 @@ def records(w):
     # The 1 KB-ish record the bench uses: a bucket record.
     data, _ = st.load(bucket._p_oid)
     w('pub const BUCKET_LEN: usize = %d;' % len(data))
+    bench = os.path.join(os.path.dirname(OUT), '..', '..', 'benches', 'bucket_record.hex')
+    with open(bench, 'w') as f:
+        f.write(data.hex() + '\n')
     db.close()
 
     # Every persistent-id shape, written by one pickler sharing its memo
