@@ -1,0 +1,487 @@
+//! One connection to one server: socket set-up, the `Z5`/`M5` handshake,
+//! `register`, and the reader and writer tasks that carry calls, replies and
+//! server notifications.
+//!
+//! Ordering is the point of this module. The reader task handles every
+//! incoming message in arrival order and does everything that touches the
+//! cache itself — storing `loadBefore` results, applying invalidations,
+//! updating the cache after `tpc_finish` — before any waiting caller wakes
+//! up. The server sends an invalidation before any reply that reflects it,
+//! so this order is what keeps the cache from ever holding a stale current
+//! revision.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tracing::{debug, warn};
+use zeo_pickle::Value;
+use zeo_protocol::{
+    client::replies, encode_frame, ClientEvent, ClientHandshake, ClientIncoming, ClientRequest,
+    Marshaller, Message, WireError,
+};
+use zeo_storage::{LoadedRevision, Oid, Tid};
+
+use crate::cache::ClientCache;
+use crate::error::{Error, Result};
+use crate::options::{ClientOptions, ServerAddress};
+
+/// What the client tells the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Another client committed `tid`, changing `oids` (or, after a
+    /// reconnect, these objects changed while we were away).
+    Invalidated {
+        /// The transaction.
+        tid: Tid,
+        /// The objects it changed.
+        oids: Vec<Oid>,
+    },
+    /// The cache was too old to verify and was dropped: every object the
+    /// application holds may be stale (ZEO's `invalidateCache`).
+    CacheDropped,
+    /// A verified connection is up.
+    Connected {
+        /// The server's address.
+        address: String,
+        /// Whether the connection is read-only.
+        read_only: bool,
+    },
+    /// The connection was lost; the client is reconnecting.
+    Disconnected,
+}
+
+/// State the reader task shares with the client.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub cache: ClientCache,
+    pub notices: broadcast::Sender<Notice>,
+    /// `(length, size)` from `get_info` and `info` messages.
+    pub info: Mutex<(u64, u64)>,
+}
+
+impl Shared {
+    pub fn notify(&self, notice: Notice) {
+        // No subscriber is not an error.
+        let _ = self.notices.send(notice);
+    }
+
+    pub fn apply_invalidations(&self, tid: Tid, oids: Vec<Oid>) {
+        if let Err(e) = self.cache.apply_invalidations(tid, &oids) {
+            // The server went back in time mid-connection: nothing in the
+            // cache can be trusted.
+            warn!(error = %e, "invalidation older than the cache; dropping the cache");
+            self.cache.clear();
+            let _ = self.cache.set_last_tid(tid);
+            self.notify(Notice::CacheDropped);
+        }
+        self.notify(Notice::Invalidated { tid, oids });
+    }
+
+    fn merge_info(&self, entries: &[(Value, Value)]) {
+        let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in entries {
+            let (Value::Str(k), Value::Int(n)) = (k, v) else { continue };
+            let n = u64::try_from(*n).unwrap_or(0);
+            match k.as_str() {
+                "length" => info.0 = n,
+                "size" => info.1 = n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum CallKey {
+    Id(i64),
+    Load(Oid, Tid),
+}
+
+impl CallKey {
+    fn from_msgid(v: &Value) -> Option<CallKey> {
+        match v {
+            Value::Int(i) => Some(CallKey::Id(*i)),
+            Value::Tuple(p) | Value::List(p) => match p.as_slice() {
+                [Value::Bytes(o), Value::Bytes(t)] => {
+                    Some(CallKey::Load(Oid::from_slice(o)?, Tid::from_slice(t)?))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+type Reply = std::result::Result<Value, WireError>;
+/// Runs in the reader task when a reply arrives, before waiters wake.
+pub(crate) type ReplyHook = Box<dyn FnOnce(&Reply) + Send>;
+
+#[derive(Default)]
+struct Pending {
+    waiters: Vec<oneshot::Sender<Reply>>,
+    hook: Option<ReplyHook>,
+}
+
+/// A registered connection.
+pub(crate) struct Conn {
+    pub address: ServerAddress,
+    read_only: AtomicBool,
+    /// Set once per successful (re)connection by the client.
+    pub generation: u64,
+    server_tid: AtomicU64,
+    marshaller: Marshaller,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Mutex<HashMap<CallKey, Pending>>,
+    next_id: AtomicI64,
+    closed: AtomicBool,
+    closed_notify: Notify,
+    shared: Arc<Shared>,
+    /// Invalidations that arrived before verification finished.
+    queued: Mutex<Option<Vec<(Tid, Vec<Oid>)>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("address", &self.address)
+            .field("read_only", &self.read_only())
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+async fn open_stream(address: &ServerAddress) -> std::io::Result<Box<dyn Stream>> {
+    match address {
+        ServerAddress::Tcp { host, port } => {
+            let host = if host.is_empty() { "127.0.0.1" } else { host.as_str() };
+            let s = tokio::net::TcpStream::connect((host, *port)).await?;
+            s.set_nodelay(true)?;
+            Ok(Box::new(s))
+        }
+        ServerAddress::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+    }
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.map_err(|e| Error::Disconnected(e.to_string()))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(Error::Protocol(format!("frame of {len} bytes exceeds the limit of {max}")));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await.map_err(|e| Error::Disconnected(e.to_string()))?;
+    Ok(buf)
+}
+
+fn disconnected(what: impl std::fmt::Display) -> Error {
+    Error::Disconnected(what.to_string())
+}
+
+/// How long connecting, handshaking and registering may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Conn {
+    /// Connects, handshakes and registers. With `fallback`, a
+    /// `ReadOnlyError` to a writable registration is answered by registering
+    /// read-only on the same connection, as ZEO does.
+    pub async fn open(
+        address: &ServerAddress,
+        options: &ClientOptions,
+        shared: Arc<Shared>,
+        generation: u64,
+    ) -> Result<Arc<Conn>> {
+        tokio::time::timeout(SETUP_TIMEOUT, Self::open_inner(address, options, shared, generation))
+            .await
+            .map_err(|_| disconnected(format!("{address}: timed out connecting")))?
+    }
+
+    async fn open_inner(
+        address: &ServerAddress,
+        options: &ClientOptions,
+        shared: Arc<Shared>,
+        generation: u64,
+    ) -> Result<Arc<Conn>> {
+        let stream = open_stream(address).await.map_err(|e| disconnected(format!("{address}: {e}")))?;
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let greeting = read_frame(&mut rd, 64).await?;
+        let (encoding, answer) = ClientHandshake::new()
+            .receive(&greeting)
+            .map_err(|e| Error::Protocol(format!("{address}: {e}")))?;
+        let frame = encode_frame(&answer).map_err(|e| Error::Protocol(e.to_string()))?;
+        wr.write_all(&frame).await.map_err(|e| disconnected(format!("{address}: {e}")))?;
+        debug!(%address, ?encoding, "handshake done");
+
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(Conn {
+            address: address.clone(),
+            read_only: AtomicBool::new(options.read_only),
+            generation,
+            server_tid: AtomicU64::new(0),
+            marshaller: Marshaller::client(encoding),
+            out,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicI64::new(0),
+            closed: AtomicBool::new(false),
+            closed_notify: Notify::new(),
+            shared,
+            queued: Mutex::new(Some(Vec::new())),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let writer = tokio::spawn(write_loop(
+            wr,
+            out_rx,
+            options.heartbeat_interval,
+            conn.marshaller.clone(),
+        ));
+        let reader = tokio::spawn(read_loop(Arc::downgrade(&conn), rd, options.max_frame));
+        conn.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend([writer, reader]);
+
+        // register; with fallback, retry read-only on the same connection.
+        let mut read_only = options.read_only;
+        let reply = conn.call(|id| ClientRequest::register(id, &options.storage, read_only)).await;
+        let reply = match reply {
+            Err(Error::Storage(zeo_storage::Error::ReadOnly))
+                if options.read_only_fallback && !read_only =>
+            {
+                read_only = true;
+                conn.call(|id| ClientRequest::register(id, &options.storage, true)).await
+            }
+            other => other,
+        };
+        let reply = reply.inspect_err(|_| conn.close())?;
+        let server_tid = replies::tid("register", &reply)
+            .map_err(|e| Error::Protocol(e.to_string()))
+            .inspect_err(|_| conn.close())?;
+        conn.read_only.store(read_only, Ordering::Release);
+        conn.server_tid.store(server_tid.0, Ordering::Release);
+        Ok(conn)
+    }
+
+    /// Whether the server registered us read-only.
+    pub fn read_only(&self) -> bool {
+        self.read_only.load(Ordering::Acquire)
+    }
+
+    /// The server's last tid when we registered.
+    pub fn server_tid(&self) -> Tid {
+        Tid(self.server_tid.load(Ordering::Acquire))
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Waits until the connection is gone.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.closed_notify.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes the connection: pending calls fail with `ClientDisconnected`.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(pending); // dropping the senders wakes the waiters with an error
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+        self.closed_notify.notify_waiters();
+        debug!(address = %self.address, "connection closed");
+    }
+
+    fn send(&self, msg: &Message) -> Result<()> {
+        if self.is_closed() {
+            return Err(disconnected("connection closed"));
+        }
+        let payload = self.marshaller.encode(msg).map_err(|e| Error::Protocol(e.to_string()))?;
+        let frame = encode_frame(&payload).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.out.send(frame).map_err(|_| disconnected("connection closed"))
+    }
+
+    /// A one-way call.
+    pub fn call_async(&self, msg: &Message) -> Result<()> {
+        self.send(msg)
+    }
+
+    async fn wait(&self, rx: oneshot::Receiver<Reply>) -> Result<Value> {
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(wire)) => Err(Error::Storage(wire.to_storage_error())),
+            Err(_) => Err(disconnected(format!("connection to {} lost", self.address))),
+        }
+    }
+
+    fn register_waiter(&self, key: CallKey, hook: Option<ReplyHook>) -> (oneshot::Receiver<Reply>, bool) {
+        let (tx, rx) = oneshot::channel();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = pending.entry(key).or_default();
+        let first = entry.waiters.is_empty();
+        entry.waiters.push(tx);
+        if hook.is_some() {
+            entry.hook = hook;
+        }
+        (rx, first)
+    }
+
+    /// A synchronous call: `build` gets the msgid.
+    pub async fn call(&self, build: impl FnOnce(i64) -> Message) -> Result<Value> {
+        self.call_with_hook(build, None).await
+    }
+
+    /// A synchronous call whose reply is first handed to `hook` in the
+    /// reader task.
+    pub async fn call_with_hook(
+        &self,
+        build: impl FnOnce(i64) -> Message,
+        hook: Option<ReplyHook>,
+    ) -> Result<Value> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (rx, _) = self.register_waiter(CallKey::Id(id), hook);
+        if let Err(e) = self.send(&build(id)) {
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&CallKey::Id(id));
+            return Err(e);
+        }
+        self.wait(rx).await
+    }
+
+    /// `loadBefore`; identical concurrent loads share one request, and the
+    /// result is cached by the reader task before anyone sees it.
+    pub async fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<LoadedRevision>> {
+        let key = CallKey::Load(oid, before);
+        let (rx, first) = self.register_waiter(key.clone(), None);
+        if first {
+            if let Err(e) = self.send(&ClientRequest::load_before(oid, before)) {
+                self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                return Err(e);
+            }
+        }
+        let value = self.wait(rx).await?;
+        replies::load_before(&value).map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    /// Applies queued invalidations newer than `server_tid` and lets later
+    /// ones through directly.
+    pub fn mark_ready(&self, server_tid: Tid) {
+        let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        for (tid, oids) in queued.take().unwrap_or_default() {
+            if tid > server_tid {
+                self.shared.apply_invalidations(tid, oids);
+            }
+        }
+    }
+
+    fn on_message(&self, msg: Message) {
+        match ClientIncoming::parse(&msg) {
+            Ok(ClientIncoming::Reply { msgid, result }) => {
+                let Some(key) = CallKey::from_msgid(&msgid) else {
+                    warn!(?msgid, "reply with an unknown msgid");
+                    return;
+                };
+                let entry = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                let Some(entry) = entry else {
+                    warn!(?msgid, "reply to no pending call");
+                    return;
+                };
+                if let CallKey::Load(oid, _) = key {
+                    if let Ok(value) = &result {
+                        match replies::load_before(value) {
+                            Ok(Some(r)) => self.shared.cache.store(oid, r.start, r.end, &r.data),
+                            Ok(None) => {}
+                            Err(e) => warn!(error = %e, "malformed loadBefore reply"),
+                        }
+                    }
+                }
+                if let Some(hook) = entry.hook {
+                    hook(&result);
+                }
+                for w in entry.waiters {
+                    let _ = w.send(result.clone());
+                }
+            }
+            Ok(ClientIncoming::Event(ClientEvent::InvalidateTransaction { tid, oids })) => {
+                let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+                match queued.as_mut() {
+                    Some(q) => q.push((tid, oids)),
+                    None => self.shared.apply_invalidations(tid, oids),
+                }
+            }
+            Ok(ClientIncoming::Event(ClientEvent::Info { entries })) => {
+                self.shared.merge_info(&entries)
+            }
+            Ok(ClientIncoming::Event(other)) => debug!(?other, "ignoring blob message"),
+            Err(e) => warn!(error = %e, address = %self.address, "ignoring a message from the server"),
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    heartbeat: Duration,
+    marshaller: Marshaller,
+) {
+    let beat = marshaller
+        .encode(&Message::heartbeat())
+        .ok()
+        .and_then(|p| encode_frame(&p).ok())
+        .unwrap_or_default();
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                if wr.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            _ = ticker.tick() => {
+                if !beat.is_empty() && wr.write_all(&beat).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(conn: std::sync::Weak<Conn>, mut rd: R, max: usize) {
+    let encoding = match conn.upgrade() {
+        Some(c) => c.marshaller.encoding(),
+        None => return,
+    };
+    let marshaller = Marshaller::client(encoding);
+    loop {
+        let frame = read_frame(&mut rd, max).await;
+        let Some(c) = conn.upgrade() else { return };
+        match frame {
+            Ok(payload) => match marshaller.decode(&payload) {
+                Ok(msg) => c.on_message(msg),
+                Err(e) => warn!(error = %e, address = %c.address, "undecodable message from the server"),
+            },
+            Err(e) => {
+                debug!(address = %c.address, error = %e, "connection lost");
+                c.close();
+                return;
+            }
+        }
+    }
+}
+

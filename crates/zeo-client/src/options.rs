@@ -1,0 +1,199 @@
+//! What a client is told: server addresses, storage name, cache, timing and
+//! read-only behaviour (ZEO's `ClientStorage` arguments and ZODB's
+//! `<zeoclient>` keys).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use zeo_storage::{Oid, Tid};
+
+use crate::cache::DEFAULT_CACHE_SIZE;
+use crate::error::Error;
+
+/// One server address: TCP `host:port` or a Unix-domain socket path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ServerAddress {
+    /// A TCP address; an empty host means `127.0.0.1`, as in ZEO.
+    Tcp {
+        /// Host name or IP literal.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A Unix-domain socket.
+    Unix(PathBuf),
+}
+
+impl ServerAddress {
+    /// `127.0.0.1:port`.
+    pub fn localhost(port: u16) -> Self {
+        ServerAddress::Tcp { host: "127.0.0.1".into(), port }
+    }
+}
+
+impl fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddress::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            ServerAddress::Tcp { host, port } => write!(f, "{host}:{port}"),
+            ServerAddress::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl FromStr for ServerAddress {
+    type Err = Error;
+
+    /// Parses ZEO's address forms: `host:port`, `[v6]:port`, a bare port
+    /// (meaning `127.0.0.1`), or a path containing `/` (a Unix socket).
+    ///
+    /// ```
+    /// use zeo_client::ServerAddress;
+    /// assert_eq!("8100".parse::<ServerAddress>().unwrap(), ServerAddress::localhost(8100));
+    /// assert_eq!("/tmp/zeo.sock".parse::<ServerAddress>().unwrap().to_string(), "/tmp/zeo.sock");
+    /// assert_eq!("db.example:8090".parse::<ServerAddress>().unwrap().to_string(), "db.example:8090");
+    /// assert!("nope".parse::<ServerAddress>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s.contains('/') {
+            return Ok(ServerAddress::Unix(PathBuf::from(s)));
+        }
+        let bad = || Error::Config(format!("bad server address {s:?}"));
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
+            None => ("", s),
+        };
+        let port = port.parse::<u16>().map_err(|_| bad())?;
+        let host = if host.is_empty() { "127.0.0.1" } else { host };
+        Ok(ServerAddress::Tcp { host: host.to_owned(), port })
+    }
+}
+
+/// Resolves a conflict the server returned at vote (client-side conflict
+/// resolution, ZEO's `tryToResolveConflict`): given the oid, the committed
+/// serial, the serial the transaction read, and the data it tried to store,
+/// returns the merged data to store instead, or `None` to give up (the vote
+/// then fails with a conflict error).
+pub type ConflictResolver = Arc<dyn Fn(&ConflictInfo) -> Option<Vec<u8>> + Send + Sync>;
+
+/// What a [`ConflictResolver`] is told about one conflict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictInfo {
+    /// The object.
+    pub oid: Oid,
+    /// The revision committed meanwhile by someone else.
+    pub committed: Tid,
+    /// The revision this transaction's data was based on.
+    pub old: Tid,
+    /// The data this transaction tried to store.
+    pub data: Vec<u8>,
+}
+
+/// The client's settings. [`ClientOptions::new`] gives ZEO's defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// use zeo_client::{ClientOptions, ServerAddress};
+///
+/// let mut options = ClientOptions::new(vec![ServerAddress::localhost(8100)]);
+/// options.read_only_fallback = true;
+/// options.wait_timeout = Duration::from_secs(5);
+/// assert_eq!(options.storage, "1");
+/// assert_eq!(options.cache_size, 20 * 1024 * 1024);
+/// ```
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Servers that hold the same data; the first to register wins.
+    pub servers: Vec<ServerAddress>,
+    /// The storage name on the server (`'1'` by default).
+    pub storage: String,
+    /// Cache capacity in bytes.
+    pub cache_size: u64,
+    /// A persistent cache file; `None` for a transient in-memory cache.
+    /// [`ClientOptions::persistent_cache`] derives it from `client`/`var`.
+    pub cache_path: Option<PathBuf>,
+    /// The name [`zeo_storage::Storage::name`] reports; empty means the
+    /// server addresses.
+    pub name: String,
+    /// First delay between reconnection attempts.
+    pub min_disconnect_poll: Duration,
+    /// Longest delay between reconnection attempts (the delay doubles up
+    /// to it after each failed round).
+    pub max_disconnect_poll: Duration,
+    /// Whether starting waits for a verified connection.
+    pub wait: bool,
+    /// How long a call that needs the server waits for a connection.
+    pub wait_timeout: Duration,
+    /// Register read-only; writes fail with a read-only error.
+    pub read_only: bool,
+    /// Accept a read-only server when no writable one answers, and keep
+    /// looking for a writable one.
+    pub read_only_fallback: bool,
+    /// Sent to the server with `set_client_label` for its logs.
+    pub client_label: Option<String>,
+    /// Called with conflicts the server returns at vote; without one such
+    /// conflicts fail the vote.
+    pub conflict_resolver: Option<ConflictResolver>,
+    /// Largest frame accepted from a server.
+    pub max_frame: usize,
+    /// Interval of keep-alive messages.
+    pub heartbeat_interval: Duration,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("servers", &self.servers)
+            .field("storage", &self.storage)
+            .field("cache_size", &self.cache_size)
+            .field("cache_path", &self.cache_path)
+            .field("read_only", &self.read_only)
+            .field("read_only_fallback", &self.read_only_fallback)
+            .field("wait", &self.wait)
+            .field("wait_timeout", &self.wait_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientOptions {
+    /// ZEO's defaults for these servers.
+    pub fn new(servers: Vec<ServerAddress>) -> Self {
+        ClientOptions {
+            servers,
+            storage: "1".into(),
+            cache_size: DEFAULT_CACHE_SIZE,
+            cache_path: None,
+            name: String::new(),
+            min_disconnect_poll: Duration::from_secs(1),
+            max_disconnect_poll: Duration::from_secs(30),
+            wait: true,
+            wait_timeout: Duration::from_secs(30),
+            read_only: false,
+            read_only_fallback: false,
+            client_label: None,
+            conflict_resolver: None,
+            max_frame: 64 * 1024 * 1024,
+            heartbeat_interval: Duration::from_secs(60),
+        }
+    }
+
+    /// Uses the persistent cache ZEO would: `<var>/<client>-<storage>.zec`
+    /// (`var` defaults to the current directory).
+    pub fn persistent_cache(&mut self, client: &str, var: Option<PathBuf>) -> &mut Self {
+        let var = var.unwrap_or_else(|| PathBuf::from("."));
+        self.cache_path = Some(crate::ClientCache::persistent_path(&var, client, &self.storage));
+        self
+    }
+
+    /// The name the storage reports.
+    pub fn display_name(&self) -> String {
+        if !self.name.is_empty() {
+            return self.name.clone();
+        }
+        let addrs: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+        addrs.join(",")
+    }
+}
