@@ -46,7 +46,7 @@ fn oids_of(seq: u64) -> Vec<u64> {
 /// of a length that varies so kills land in records of many sizes.
 fn data_of(seq: u64, oid: u64) -> Vec<u8> {
     let mut data = format!("crash-test seq={seq} oid={oid};").into_bytes();
-    let filler = (seq * 7919 + oid * 104_729) % 2000;
+    let filler = (seq * 7919 + oid * 104_729) % 1000;
     data.extend((0..filler).map(|i| (i as u8).wrapping_mul(31) ^ (seq as u8)));
     data
 }
@@ -225,7 +225,7 @@ fn kills_during_commits_lose_nothing() {
     let mut rounds = 0;
     let mut unannounced = 0;
     while rounds < ROUNDS && started.elapsed() < BUDGET - Duration::from_secs(2) {
-        let delay = Duration::from_millis(rng.random_range(20..200));
+        let delay = Duration::from_millis(rng.random_range(10..150));
         let new = run_child_and_kill(&path, next, delay);
         for (&seq, &tid) in &new {
             assert!(seq >= next, "child reused sequence number {seq}");
