@@ -1,0 +1,82 @@
+//! An in-process zeo-server for the client's tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+use zeo_client::{ClientOptions, ServerAddress};
+use zeo_server::{BoundAddress, ListenAddress, ServerBuilder, ServerHandle, ServerSettings};
+use zeo_storage::filestorage::FileStorageOptions;
+use zeo_storage::{FileStorage, Storage};
+
+/// A server on its own runtime, serving one FileStorage as `'1'`.
+pub struct TestServer {
+    rt: Option<Runtime>,
+    handle: ServerHandle,
+    done: Option<tokio::task::JoinHandle<()>>,
+    pub port: u16,
+    pub path: PathBuf,
+}
+
+impl TestServer {
+    /// Starts serving `path` on `port` (0: any free port).
+    pub fn start(path: &Path, port: u16, settings: ServerSettings) -> TestServer {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let storage: Arc<dyn Storage> =
+            Arc::new(FileStorage::open(path, FileStorageOptions::default()).unwrap());
+        let server = ServerBuilder::new(settings).storage("1", storage).build().unwrap();
+        let bound = {
+            let _guard = rt.enter();
+            server.bind(&ListenAddress::localhost(port)).unwrap()
+        };
+        let port = match &bound[0] {
+            BoundAddress::Tcp(a) => a.port(),
+            other => panic!("unexpected address {other}"),
+        };
+        let handle = server.handle();
+        let done = rt.spawn(async move {
+            server.serve(std::future::pending()).await.unwrap();
+        });
+        TestServer { rt: Some(rt), handle, done: Some(done), port, path: path.to_owned() }
+    }
+
+    /// Options for a client of this server, with short timeouts.
+    pub fn options(&self) -> ClientOptions {
+        let mut o = ClientOptions::new(vec![ServerAddress::localhost(self.port)]);
+        o.wait_timeout = Duration::from_secs(10);
+        o.min_disconnect_poll = Duration::from_millis(50);
+        o.max_disconnect_poll = Duration::from_millis(400);
+        o
+    }
+
+    /// `server_status` counters of storage `'1'`.
+    pub fn loads(&self) -> u64 {
+        self.handle.status("1").unwrap().loads
+    }
+
+    /// Stops the server and waits until its storage is closed.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.handle.shutdown();
+        if let (Some(rt), Some(done)) = (self.rt.take(), self.done.take()) {
+            let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), done).await });
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
