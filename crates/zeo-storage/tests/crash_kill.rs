@@ -36,7 +36,7 @@ const BUDGET: Duration = Duration::from_secs(25);
 /// wider set, and on every fifth transaction a new object.
 fn oids_of(seq: u64) -> Vec<u64> {
     let mut oids = vec![1 + seq % 3, 10 + seq % 7];
-    if seq.is_multiple_of(5) {
+    if seq % 5 == 0 {
         oids.push(1000 + seq);
     }
     oids
