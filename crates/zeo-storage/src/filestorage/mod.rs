@@ -20,6 +20,7 @@ mod index;
 mod index_file;
 mod iteration;
 mod lock;
+mod pack;
 mod scan;
 mod undo;
 
@@ -78,7 +79,6 @@ pub struct FileStorage {
     path: PathBuf,
     name: String,
     read_only: bool,
-    #[allow(dead_code)] // read by pack
     pack_gc: bool,
     published: RwLock<Published>,
     commit: Mutex<CommitState>,
@@ -86,6 +86,8 @@ pub struct FileStorage {
     /// The highest oid in use; `new_oid` hands out the next one.
     max_oid: AtomicU64,
     closed: AtomicBool,
+    /// A pack is running (ZODB's `_pack_is_in_progress`).
+    packing: AtomicBool,
     lock_file: Mutex<Option<LockFile>>,
 }
 
@@ -171,6 +173,7 @@ impl FileStorage {
             commit_done: Condvar::new(),
             max_oid: AtomicU64::new(max_oid.0),
             closed: AtomicBool::new(false),
+            packing: AtomicBool::new(false),
             lock_file: Mutex::new(lock_file),
             path,
         };
@@ -205,6 +208,13 @@ impl FileStorage {
     /// The data file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Packs with the garbage collection setting given at open
+    /// ([`FileStorageOptions::pack_gc`]), as ZODB's `pack(t, referencesf)`
+    /// does without a `gc` argument.
+    pub fn pack_default_gc(&self, pack_time: f64) -> Result<()> {
+        pack::pack(self, pack_time, self.pack_gc)
     }
 
     /// Writes `Data.fs.index` for the committed state (writable storages).
@@ -480,16 +490,18 @@ impl Storage for FileStorage {
     }
 
     fn undo_log(&self, first: i64, last: i64, filter: Option<UndoFilter<'_>>) -> Result<Vec<UndoEntry>> {
+        if self.packing.load(Ordering::Acquire) {
+            return Err(Error::Undo {
+                reason: "Undo is currently disabled for database maintenance.<p>".into(),
+                oid: None,
+            });
+        }
         let (file, end) = self.snapshot()?;
         undo::undo_log(&self.reader(&file, end), first, last, filter)
     }
 
-    fn pack(&self, _pack_time: f64, _gc: bool) -> Result<()> {
-        self.check_open()?;
-        if self.read_only {
-            return Err(Error::ReadOnly);
-        }
-        Err(Error::Storage("pack: not implemented".into()))
+    fn pack(&self, pack_time: f64, gc: bool) -> Result<()> {
+        pack::pack(self, pack_time, gc)
     }
 
     fn close(&self) -> Result<()> {
