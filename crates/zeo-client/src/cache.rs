@@ -125,7 +125,10 @@ struct Rev {
 enum Loc {
     Memory(Arc<[u8]>),
     /// Offset of the store record in the cache file, and its data length.
-    File { record: u64, data_len: u32 },
+    File {
+        record: u64,
+        data_len: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -151,7 +154,10 @@ struct LogFile {
 
 impl Slots for Index {
     fn slot_mut(&mut self, key: Key) -> Option<&mut Slot> {
-        self.objects.get_mut(&key.0)?.get_mut(&key.1).map(|r| &mut r.slot)
+        self.objects
+            .get_mut(&key.0)?
+            .get_mut(&key.1)
+            .map(|r| &mut r.slot)
     }
 
     fn live(&self) -> usize {
@@ -161,7 +167,12 @@ impl Slots for Index {
 
 impl Index {
     fn current(&self, oid: Oid) -> Option<Tid> {
-        self.objects.get(&oid)?.iter().rev().find(|(_, r)| r.end.is_none()).map(|(t, _)| *t)
+        self.objects
+            .get(&oid)?
+            .iter()
+            .rev()
+            .find(|(_, r)| r.end.is_none())
+            .map(|(t, _)| *t)
     }
 
     fn remove(&mut self, key: Key) -> Option<Rev> {
@@ -175,7 +186,13 @@ impl Index {
     }
 
     fn insert(&mut self, key: Key, rev: Rev) {
-        if self.objects.entry(key.0).or_default().insert(key.1, rev).is_none() {
+        if self
+            .objects
+            .entry(key.0)
+            .or_default()
+            .insert(key.1, rev)
+            .is_none()
+        {
             self.live += 1;
         }
     }
@@ -190,7 +207,9 @@ impl ClientCache {
     /// assert_eq!(cache.last_tid(), None);
     /// ```
     pub fn memory(capacity: u64) -> Self {
-        ClientCache { inner: Mutex::new(Inner::new(capacity, Backing::Memory)) }
+        ClientCache {
+            inner: Mutex::new(Inner::new(capacity, Backing::Memory)),
+        }
     }
 
     /// The file name ZEO uses for a persistent cache:
@@ -234,7 +253,10 @@ impl ClientCache {
     /// [`Error::CacheLocked`] when another process has the cache open,
     /// [`Error::CacheIo`] when the file cannot be created at all.
     pub fn open(path: &Path, storage: &str, capacity: u64) -> Result<Self> {
-        let io_err = |source| Error::CacheIo { path: path.to_owned(), source };
+        let io_err = |source| Error::CacheIo {
+            path: path.to_owned(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(io_err)?;
         }
@@ -244,12 +266,16 @@ impl ClientCache {
             .write(true)
             .open(suffixed(path, ".lock"))
             .map_err(io_err)?;
-        match lock.try_lock() {
+        // flock(2), as zc.lockfile takes it: a Python client using the same
+        // file name is locked out too.
+        match fs4::FileExt::try_lock(&lock) {
             Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(Error::CacheLocked { path: path.to_owned() })
+            Err(fs4::TryLockError::WouldBlock) => {
+                return Err(Error::CacheLocked {
+                    path: path.to_owned(),
+                })
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+            Err(fs4::TryLockError::Error(e)) => return Err(io_err(e)),
         }
         // A compaction interrupted before its rename left this behind.
         let _ = fs::remove_file(suffixed(path, ".tmp"));
@@ -271,7 +297,9 @@ impl ClientCache {
         inner.backing = Backing::File(log);
         inner.enforce_capacity();
         inner.maybe_compact();
-        Ok(ClientCache { inner: Mutex::new(inner) })
+        Ok(ClientCache {
+            inner: Mutex::new(inner),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -326,7 +354,10 @@ impl ClientCache {
     /// The current revision of `oid`: its data and start tid.
     pub fn load(&self, oid: Oid) -> Option<(Vec<u8>, Tid)> {
         let mut inner = self.lock();
-        let found = inner.index.current(oid).and_then(|start| inner.read(oid, start));
+        let found = inner
+            .index
+            .current(oid)
+            .and_then(|start| inner.read(oid, start));
         match found {
             Some((data, start, _)) => {
                 inner.stats.hits += 1;
@@ -432,9 +463,10 @@ impl ClientCache {
     pub fn sync(&self) -> Result<()> {
         let inner = self.lock();
         if let Backing::File(log) = &inner.backing {
-            log.file
-                .sync_data()
-                .map_err(|source| Error::CacheIo { path: log.path.clone(), source })?;
+            log.file.sync_data().map_err(|source| Error::CacheIo {
+                path: log.path.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -588,8 +620,22 @@ impl Inner {
         match record {
             Record::Identity(_) => {}
             Record::LastTid(tid) => self.last_tid = Some(tid),
-            Record::Store { oid, start, end, data_len } => {
-                self.put(oid, start, end, Loc::File { record: at, data_len }, data_len.into());
+            Record::Store {
+                oid,
+                start,
+                end,
+                data_len,
+            } => {
+                self.put(
+                    oid,
+                    start,
+                    end,
+                    Loc::File {
+                        record: at,
+                        data_len,
+                    },
+                    data_len.into(),
+                );
             }
             Record::Invalidate { oid, tid } => {
                 if let Some(start) = self.index.current(oid) {
@@ -618,7 +664,9 @@ impl Inner {
                 self.forget((oid, other));
             }
         }
-        let slot = self.policy.admit((oid, start), data_len + REVISION_OVERHEAD);
+        let slot = self
+            .policy
+            .admit((oid, start), data_len + REVISION_OVERHEAD);
         self.index.insert((oid, start), Rev { end, loc, slot });
     }
 
@@ -629,7 +677,12 @@ impl Inner {
     }
 
     fn set_end(&mut self, oid: Oid, start: Tid, end: Tid) {
-        if let Some(rev) = self.index.objects.get_mut(&oid).and_then(|r| r.get_mut(&start)) {
+        if let Some(rev) = self
+            .index
+            .objects
+            .get_mut(&oid)
+            .and_then(|r| r.get_mut(&start))
+        {
             rev.end = Some(end);
         }
     }
@@ -664,7 +717,10 @@ impl Inner {
             self.log(buf, &[&[kind::DROP_CURRENT], &oid.to_bytes()]);
             self.forget((oid, start));
         } else {
-            self.log(buf, &[&[kind::INVALIDATE], &oid.to_bytes(), &tid.to_bytes()]);
+            self.log(
+                buf,
+                &[&[kind::INVALIDATE], &oid.to_bytes(), &tid.to_bytes()],
+            );
             self.set_end(oid, start, tid);
         }
     }
@@ -712,7 +768,10 @@ impl Inner {
                     &[&format::store_prefix(oid, start, end), data],
                 );
                 match self.append(&buf) {
-                    Some(record) => Loc::File { record, data_len: data.len() as u32 },
+                    Some(record) => Loc::File {
+                        record,
+                        data_len: data.len() as u32,
+                    },
                     None => Loc::Memory(data.into()),
                 }
             }
@@ -783,7 +842,10 @@ impl Inner {
             None => {
                 warn!(%oid, %start, "damaged client cache record; dropping it");
                 let mut buf = Vec::new();
-                self.log(&mut buf, &[&[kind::EVICT], &oid.to_bytes(), &start.to_bytes()]);
+                self.log(
+                    &mut buf,
+                    &[&[kind::EVICT], &oid.to_bytes(), &start.to_bytes()],
+                );
                 self.append(&buf);
                 self.forget((oid, start));
                 None
@@ -799,7 +861,10 @@ impl Inner {
             };
             if self.index.remove(key).is_some() {
                 self.stats.evictions += 1;
-                self.log(&mut buf, &[&[kind::EVICT], &key.0.to_bytes(), &key.1.to_bytes()]);
+                self.log(
+                    &mut buf,
+                    &[&[kind::EVICT], &key.0.to_bytes(), &key.1.to_bytes()],
+                );
             }
         }
         self.append(&buf);
@@ -892,7 +957,12 @@ impl Inner {
         log.compact_at = compact_threshold(self.capacity).max(pos.saturating_mul(2));
         debug!(path = %log.path.display(), bytes = pos, "client cache compacted");
         for ((oid, start), record) in moved {
-            if let Some(rev) = self.index.objects.get_mut(&oid).and_then(|r| r.get_mut(&start)) {
+            if let Some(rev) = self
+                .index
+                .objects
+                .get_mut(&oid)
+                .and_then(|r| r.get_mut(&start))
+            {
                 if let Loc::File { record: r, .. } = &mut rev.loc {
                     *r = record;
                 }
@@ -930,7 +1000,9 @@ fn read_store_record(log: &LogFile, record: u64, data_len: u32) -> Option<Vec<u8
     if payload.first() != Some(&kind::STORE) {
         return None;
     }
-    payload.get(format::STORE_PREFIX as usize..).map(<[u8]>::to_vec)
+    payload
+        .get(format::STORE_PREFIX as usize..)
+        .map(<[u8]>::to_vec)
 }
 
 #[cfg(test)]

@@ -85,7 +85,9 @@ struct Inner {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncClientStorage").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("AsyncClientStorage")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -143,7 +145,11 @@ impl AsyncClientStorage {
             None => ClientCache::memory(options.cache_size),
         };
         let (notices, _) = broadcast::channel(1024);
-        let shared = Arc::new(Shared { cache, notices, info: Mutex::new((0, 0)) });
+        let shared = Arc::new(Shared {
+            cache,
+            notices,
+            info: Mutex::new((0, 0)),
+        });
         let (current, _) = watch::channel(None);
         let inner = Arc::new(Inner {
             name: options.display_name(),
@@ -166,7 +172,10 @@ impl AsyncClientStorage {
         tokio::spawn(manage(Arc::downgrade(&inner)));
         let client = AsyncClientStorage { inner };
         if client.inner.options.wait {
-            if let Err(e) = client.wait_connected(client.inner.options.wait_timeout).await {
+            if let Err(e) = client
+                .wait_connected(client.inner.options.wait_timeout)
+                .await
+            {
                 client.close();
                 return Err(e);
             }
@@ -198,14 +207,23 @@ impl AsyncClientStorage {
 
     /// Whether a verified connection is up.
     pub fn is_connected(&self) -> bool {
-        self.inner.current.borrow().as_ref().is_some_and(|c| !c.is_closed())
+        self.inner
+            .current
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| !c.is_closed())
     }
 
     /// Whether writes are refused: configured read-only, or connected to a
     /// read-only server (fallback).
     pub fn is_read_only(&self) -> bool {
         self.inner.options.read_only
-            || self.inner.current.borrow().as_ref().is_some_and(|c| c.read_only())
+            || self
+                .inner
+                .current
+                .borrow()
+                .as_ref()
+                .is_some_and(|c| c.read_only())
     }
 
     /// The last transaction the client knows of (its cache's last tid).
@@ -215,7 +233,12 @@ impl AsyncClientStorage {
 
     /// `(object count, size in bytes)` as the server last reported them.
     pub fn server_info(&self) -> (u64, u64) {
-        *self.inner.shared.info.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .inner
+            .shared
+            .info
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counters.
@@ -257,7 +280,10 @@ impl AsyncClientStorage {
         }
     }
 
-    pub(crate) async fn call(&self, build: impl FnOnce(i64) -> zeo_protocol::Message) -> Result<Value> {
+    pub(crate) async fn call(
+        &self,
+        build: impl FnOnce(i64) -> zeo_protocol::Message,
+    ) -> Result<Value> {
         let conn = self.conn(self.inner.options.wait_timeout).await?;
         conn.call(build).await
     }
@@ -302,9 +328,15 @@ impl AsyncClientStorage {
     ///
     /// `POSKeyError` when that revision does not exist.
     pub async fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>> {
-        match self.call(|id| ClientRequest::load_serial(id, oid, serial)).await? {
+        match self
+            .call(|id| ClientRequest::load_serial(id, oid, serial))
+            .await?
+        {
             Value::Bytes(b) => Ok(b),
-            other => Err(Error::Protocol(format!("loadSerial returned {}", other.type_name()))),
+            other => Err(Error::Protocol(format!(
+                "loadSerial returned {}",
+                other.type_name()
+            ))),
         }
     }
 
@@ -314,7 +346,9 @@ impl AsyncClientStorage {
     ///
     /// `POSKeyError` for an unknown oid.
     pub async fn history(&self, oid: Oid, size: usize) -> Result<Vec<HistoryEntry>> {
-        let value = self.call(|id| ClientRequest::history(id, oid, size)).await?;
+        let value = self
+            .call(|id| ClientRequest::history(id, oid, size))
+            .await?;
         parse_history(&value)
     }
 
@@ -334,7 +368,8 @@ impl AsyncClientStorage {
             batch.reverse();
             *oids = batch;
         }
-        oids.pop().ok_or_else(|| Error::Protocol("new_oids returned no oid".into()))
+        oids.pop()
+            .ok_or_else(|| Error::Protocol("new_oids returned no oid".into()))
     }
 
     /// Packs the storage on the server (waits for the pack to finish).
@@ -343,7 +378,9 @@ impl AsyncClientStorage {
     ///
     /// What the server's pack raised.
     pub async fn pack(&self, pack_time: f64) -> Result<()> {
-        self.call(|id| ClientRequest::pack(id, pack_time, true)).await.map(|_| ())
+        self.call(|id| ClientRequest::pack(id, pack_time, true))
+            .await
+            .map(|_| ())
     }
 
     /// A round trip to the server.
@@ -381,8 +418,13 @@ impl AsyncClientStorage {
         }
         let extension = zeo_protocol::reply::extension_dict(&meta.extension)
             .map_err(|e| zeo_storage::Error::InvalidArgument(e.to_string()))?;
-        let permit =
-            self.inner.txn_slot.clone().acquire_owned().await.map_err(|_| Error::Closed)?;
+        let permit = self
+            .inner
+            .txn_slot
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Closed)?;
         let conn = self.conn(self.inner.options.wait_timeout).await?;
         if conn.read_only() {
             return Err(zeo_storage::Error::ReadOnly.into());
@@ -434,7 +476,8 @@ impl AsyncClientStorage {
     /// transaction began on is gone.
     pub fn store(&self, txn: TxnHandle, oid: Oid, serial: Tid, data: &[u8]) -> Result<()> {
         self.with_txn(txn, |s| {
-            s.conn.call_async(&ClientRequest::storea(oid, serial, data, s.id))?;
+            s.conn
+                .call_async(&ClientRequest::storea(oid, serial, data, s.id))?;
             s.stored.insert(oid, Some(data.to_vec()));
             Ok(())
         })
@@ -447,7 +490,8 @@ impl AsyncClientStorage {
     /// As [`AsyncClientStorage::store`]; a read conflict surfaces at vote.
     pub fn check_current_serial(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
         self.with_txn(txn, |s| {
-            s.conn.call_async(&ClientRequest::check_current_serial(oid, serial, s.id))
+            s.conn
+                .call_async(&ClientRequest::check_current_serial(oid, serial, s.id))
         })
     }
 
@@ -458,7 +502,8 @@ impl AsyncClientStorage {
     /// As [`AsyncClientStorage::store`].
     pub fn delete_object(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
         self.with_txn(txn, |s| {
-            s.conn.call_async(&ClientRequest::delete_object(oid, serial, s.id))?;
+            s.conn
+                .call_async(&ClientRequest::delete_object(oid, serial, s.id))?;
             s.stored.insert(oid, None);
             Ok(())
         })
@@ -478,7 +523,8 @@ impl AsyncClientStorage {
         prev_txn: Option<Tid>,
     ) -> Result<()> {
         self.with_txn(txn, |s| {
-            s.conn.call_async(&ClientRequest::restorea(oid, serial, data, prev_txn, s.id))?;
+            s.conn
+                .call_async(&ClientRequest::restorea(oid, serial, data, prev_txn, s.id))?;
             // The restored revision is not the one we would cache as
             // current unless it is; let invalidation sort it out.
             s.server_resolved.insert(oid);
@@ -494,7 +540,9 @@ impl AsyncClientStorage {
     ///
     /// As [`AsyncClientStorage::store`].
     pub fn undo(&self, txn: TxnHandle, undo_id: &[u8]) -> Result<Vec<Oid>> {
-        self.with_txn(txn, |s| s.conn.call_async(&ClientRequest::undoa(undo_id, s.id)))?;
+        self.with_txn(txn, |s| {
+            s.conn.call_async(&ClientRequest::undoa(undo_id, s.id))
+        })?;
         Ok(Vec::new())
     }
 
@@ -514,9 +562,18 @@ impl AsyncClientStorage {
             let reply = conn.call(|msgid| ClientRequest::vote(msgid, id)).await;
             let value = match reply {
                 Ok(v) => v,
-                Err(Error::Storage(zeo_storage::Error::Conflict { oid, committed, old })) => {
+                Err(Error::Storage(zeo_storage::Error::Conflict {
+                    oid,
+                    committed,
+                    old,
+                })) => {
                     self.cache().drop_current(oid);
-                    return Err(zeo_storage::Error::Conflict { oid, committed, old }.into());
+                    return Err(zeo_storage::Error::Conflict {
+                        oid,
+                        committed,
+                        old,
+                    }
+                    .into());
                 }
                 Err(e) => return Err(e),
             };
@@ -535,8 +592,12 @@ impl AsyncClientStorage {
                             old: c.old,
                             data: c.data,
                         };
-                        let resolved =
-                            self.inner.options.conflict_resolver.as_ref().and_then(|r| r(&info));
+                        let resolved = self
+                            .inner
+                            .options
+                            .conflict_resolver
+                            .as_ref()
+                            .and_then(|r| r(&info));
                         let Some(data) = resolved else {
                             self.cache().drop_current(info.oid);
                             return Err(zeo_storage::Error::Conflict {
@@ -613,7 +674,9 @@ impl AsyncClientStorage {
         let shared = self.inner.shared.clone();
         let hook: ReplyHook = Box::new(move |reply| {
             let Ok(value) = reply else { return };
-            let Ok(tid) = replies::tid("tpc_finish", value) else { return };
+            let Ok(tid) = replies::tid("tpc_finish", value) else {
+                return;
+            };
             for (oid, data, resolved) in updates {
                 shared.cache.invalidate(oid, tid);
                 if let (Some(data), false) = (data, resolved) {
@@ -652,7 +715,11 @@ impl AsyncClientStorage {
         };
         if !state.conn.is_closed() {
             let id = state.id;
-            if let Err(e) = state.conn.call(|msgid| ClientRequest::tpc_abort(msgid, id)).await {
+            if let Err(e) = state
+                .conn
+                .call(|msgid| ClientRequest::tpc_abort(msgid, id))
+                .await
+            {
                 if !e.is_disconnected() {
                     warn!(error = %e, "tpc_abort failed on the server");
                 }
@@ -701,7 +768,9 @@ fn parse_history(value: &Value) -> Result<Vec<HistoryEntry>> {
     items
         .iter()
         .map(|item| {
-            let Value::Dict(pairs) = item else { return Err(bad("entry is not a dict")) };
+            let Value::Dict(pairs) = item else {
+                return Err(bad("entry is not a dict"));
+            };
             let mut entry = HistoryEntry {
                 tid: Tid::ZERO,
                 time: 0.0,
@@ -733,7 +802,13 @@ fn parse_history(value: &Value) -> Result<Vec<HistoryEntry>> {
                     }
                     "user_name" => entry.user = text(v),
                     "description" => entry.description = text(v),
-                    "size" => entry.size = if let Value::Int(i) = v { (*i).max(0) as u64 } else { 0 },
+                    "size" => {
+                        entry.size = if let Value::Int(i) = v {
+                            (*i).max(0) as u64
+                        } else {
+                            0
+                        }
+                    }
                     "version" => {}
                     _ => extension.push((Value::Str(k.clone()), v.clone())),
                 }
@@ -752,7 +827,10 @@ fn parse_history(value: &Value) -> Result<Vec<HistoryEntry>> {
 /// connection to drop, backs off, and starts again, until closed.
 async fn manage(weak: std::sync::Weak<Inner>) {
     let Some(inner) = weak.upgrade() else { return };
-    let min = inner.options.min_disconnect_poll.max(Duration::from_millis(10));
+    let min = inner
+        .options
+        .min_disconnect_poll
+        .max(Duration::from_millis(10));
     let max = inner.options.max_disconnect_poll.max(min);
     drop(inner);
     let mut delay = min;
@@ -879,19 +957,25 @@ async fn verify(inner: &Inner, conn: &Arc<Conn>) -> Result<()> {
                     %cache_tid, %server_tid,
                     "client cache is out of sync with the server: verify that this is expected, then remove the cache file"
                 );
-                return Err(Error::CacheNewerThanServer { cache: cache_tid, server: server_tid });
+                return Err(Error::CacheNewerThanServer {
+                    cache: cache_tid,
+                    server: server_tid,
+                });
             }
             Some(cache_tid) if cache_tid == server_tid => {}
             Some(cache_tid) => {
-                let value =
-                    conn.call(|id| ClientRequest::get_invalidations(id, cache_tid)).await?;
+                let value = conn
+                    .call(|id| ClientRequest::get_invalidations(id, cache_tid))
+                    .await?;
                 match replies::invalidations(&value).map_err(protocol_error)? {
                     Some((latest, oids)) => {
                         for &oid in &oids {
                             cache.drop_current(oid);
                         }
                         tid = latest.max(server_tid);
-                        inner.shared.notify(Notice::Invalidated { tid: latest, oids });
+                        inner
+                            .shared
+                            .notify(Notice::Invalidated { tid: latest, oids });
                     }
                     None => {
                         warn!(name = %inner.name, "client cache too old to verify; dropping it");

@@ -84,7 +84,9 @@ impl Shared {
     fn merge_info(&self, entries: &[(Value, Value)]) {
         let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
         for (k, v) in entries {
-            let (Value::Str(k), Value::Int(n)) = (k, v) else { continue };
+            let (Value::Str(k), Value::Int(n)) = (k, v) else {
+                continue;
+            };
             let n = u64::try_from(*n).unwrap_or(0);
             match k.as_str() {
                 "length" => info.0 = n,
@@ -126,6 +128,9 @@ struct Pending {
     hook: Option<ReplyHook>,
 }
 
+/// An invalidation received before verification finished.
+type QueuedInvalidation = (Tid, Vec<Oid>);
+
 /// A registered connection.
 pub(crate) struct Conn {
     pub address: ServerAddress,
@@ -141,7 +146,7 @@ pub(crate) struct Conn {
     closed_notify: Notify,
     shared: Arc<Shared>,
     /// Invalidations that arrived before verification finished.
-    queued: Mutex<Option<Vec<(Tid, Vec<Oid>)>>>,
+    queued: Mutex<Option<Vec<QueuedInvalidation>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -161,7 +166,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 async fn open_stream(address: &ServerAddress) -> std::io::Result<Box<dyn Stream>> {
     match address {
         ServerAddress::Tcp { host, port } => {
-            let host = if host.is_empty() { "127.0.0.1" } else { host.as_str() };
+            let host = if host.is_empty() {
+                "127.0.0.1"
+            } else {
+                host.as_str()
+            };
             let s = tokio::net::TcpStream::connect((host, *port)).await?;
             s.set_nodelay(true)?;
             Ok(Box::new(s))
@@ -172,13 +181,19 @@ async fn open_stream(address: &ServerAddress) -> std::io::Result<Box<dyn Stream>
 
 async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>> {
     let mut len = [0u8; 4];
-    r.read_exact(&mut len).await.map_err(|e| Error::Disconnected(e.to_string()))?;
+    r.read_exact(&mut len)
+        .await
+        .map_err(|e| Error::Disconnected(e.to_string()))?;
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
-        return Err(Error::Protocol(format!("frame of {len} bytes exceeds the limit of {max}")));
+        return Err(Error::Protocol(format!(
+            "frame of {len} bytes exceeds the limit of {max}"
+        )));
     }
     let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await.map_err(|e| Error::Disconnected(e.to_string()))?;
+    r.read_exact(&mut buf)
+        .await
+        .map_err(|e| Error::Disconnected(e.to_string()))?;
     Ok(buf)
 }
 
@@ -199,9 +214,12 @@ impl Conn {
         shared: Arc<Shared>,
         generation: u64,
     ) -> Result<Arc<Conn>> {
-        tokio::time::timeout(SETUP_TIMEOUT, Self::open_inner(address, options, shared, generation))
-            .await
-            .map_err(|_| disconnected(format!("{address}: timed out connecting")))?
+        tokio::time::timeout(
+            SETUP_TIMEOUT,
+            Self::open_inner(address, options, shared, generation),
+        )
+        .await
+        .map_err(|_| disconnected(format!("{address}: timed out connecting")))?
     }
 
     async fn open_inner(
@@ -210,14 +228,18 @@ impl Conn {
         shared: Arc<Shared>,
         generation: u64,
     ) -> Result<Arc<Conn>> {
-        let stream = open_stream(address).await.map_err(|e| disconnected(format!("{address}: {e}")))?;
+        let stream = open_stream(address)
+            .await
+            .map_err(|e| disconnected(format!("{address}: {e}")))?;
         let (mut rd, mut wr) = tokio::io::split(stream);
         let greeting = read_frame(&mut rd, 64).await?;
         let (encoding, answer) = ClientHandshake::new()
             .receive(&greeting)
             .map_err(|e| Error::Protocol(format!("{address}: {e}")))?;
         let frame = encode_frame(&answer).map_err(|e| Error::Protocol(e.to_string()))?;
-        wr.write_all(&frame).await.map_err(|e| disconnected(format!("{address}: {e}")))?;
+        wr.write_all(&frame)
+            .await
+            .map_err(|e| disconnected(format!("{address}: {e}")))?;
         debug!(%address, ?encoding, "handshake done");
 
         let (out, out_rx) = mpsc::unbounded_channel();
@@ -240,20 +262,26 @@ impl Conn {
             wr,
             out_rx,
             options.heartbeat_interval,
-            conn.marshaller.clone(),
+            conn.marshaller,
         ));
         let reader = tokio::spawn(read_loop(Arc::downgrade(&conn), rd, options.max_frame));
-        conn.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend([writer, reader]);
+        conn.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([writer, reader]);
 
         // register; with fallback, retry read-only on the same connection.
         let mut read_only = options.read_only;
-        let reply = conn.call(|id| ClientRequest::register(id, &options.storage, read_only)).await;
+        let reply = conn
+            .call(|id| ClientRequest::register(id, &options.storage, read_only))
+            .await;
         let reply = match reply {
             Err(Error::Storage(zeo_storage::Error::ReadOnly))
                 if options.read_only_fallback && !read_only =>
             {
                 read_only = true;
-                conn.call(|id| ClientRequest::register(id, &options.storage, true)).await
+                conn.call(|id| ClientRequest::register(id, &options.storage, true))
+                    .await
             }
             other => other,
         };
@@ -299,7 +327,12 @@ impl Conn {
         }
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         drop(pending); // dropping the senders wakes the waiters with an error
-        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
         self.closed_notify.notify_waiters();
@@ -310,9 +343,14 @@ impl Conn {
         if self.is_closed() {
             return Err(disconnected("connection closed"));
         }
-        let payload = self.marshaller.encode(msg).map_err(|e| Error::Protocol(e.to_string()))?;
+        let payload = self
+            .marshaller
+            .encode(msg)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
         let frame = encode_frame(&payload).map_err(|e| Error::Protocol(e.to_string()))?;
-        self.out.send(frame).map_err(|_| disconnected("connection closed"))
+        self.out
+            .send(frame)
+            .map_err(|_| disconnected("connection closed"))
     }
 
     /// A one-way call.
@@ -328,7 +366,11 @@ impl Conn {
         }
     }
 
-    fn register_waiter(&self, key: CallKey, hook: Option<ReplyHook>) -> (oneshot::Receiver<Reply>, bool) {
+    fn register_waiter(
+        &self,
+        key: CallKey,
+        hook: Option<ReplyHook>,
+    ) -> (oneshot::Receiver<Reply>, bool) {
         let (tx, rx) = oneshot::channel();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let entry = pending.entry(key).or_default();
@@ -355,7 +397,10 @@ impl Conn {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (rx, _) = self.register_waiter(CallKey::Id(id), hook);
         if let Err(e) = self.send(&build(id)) {
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&CallKey::Id(id));
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&CallKey::Id(id));
             return Err(e);
         }
         self.wait(rx).await
@@ -368,7 +413,10 @@ impl Conn {
         let (rx, first) = self.register_waiter(key.clone(), None);
         if first {
             if let Err(e) = self.send(&ClientRequest::load_before(oid, before)) {
-                self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
                 return Err(e);
             }
         }
@@ -394,7 +442,11 @@ impl Conn {
                     warn!(?msgid, "reply with an unknown msgid");
                     return;
                 };
-                let entry = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                let entry = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
                 let Some(entry) = entry else {
                     warn!(?msgid, "reply to no pending call");
                     return;
@@ -426,7 +478,9 @@ impl Conn {
                 self.shared.merge_info(&entries)
             }
             Ok(ClientIncoming::Event(other)) => debug!(?other, "ignoring blob message"),
-            Err(e) => warn!(error = %e, address = %self.address, "ignoring a message from the server"),
+            Err(e) => {
+                warn!(error = %e, address = %self.address, "ignoring a message from the server")
+            }
         }
     }
 }
@@ -474,7 +528,9 @@ async fn read_loop<R: AsyncRead + Unpin>(conn: std::sync::Weak<Conn>, mut rd: R,
         match frame {
             Ok(payload) => match marshaller.decode(&payload) {
                 Ok(msg) => c.on_message(msg),
-                Err(e) => warn!(error = %e, address = %c.address, "undecodable message from the server"),
+                Err(e) => {
+                    warn!(error = %e, address = %c.address, "undecodable message from the server")
+                }
             },
             Err(e) => {
                 debug!(address = %c.address, error = %e, "connection lost");
@@ -484,4 +540,3 @@ async fn read_loop<R: AsyncRead + Unpin>(conn: std::sync::Weak<Conn>, mut rd: R,
         }
     }
 }
-

@@ -13,6 +13,41 @@
 //!   [`zeo_storage::Storage`] trait, on a runtime of its own.
 //!
 //! See `docs/client.md` for the behaviour in detail.
+//!
+//! A round trip through an in-process server:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use zeo_client::{ClientOptions, ClientStorage, ServerAddress};
+//! use zeo_server::{BoundAddress, ListenAddress, ServerBuilder, ServerSettings};
+//! use zeo_storage::{BeginOptions, MappingStorage, Storage, Tid, TransactionMetaData};
+//!
+//! let rt = tokio::runtime::Runtime::new().unwrap();
+//! let server = ServerBuilder::new(ServerSettings::default())
+//!     .storage("1", Arc::new(MappingStorage::new("1")))
+//!     .build()
+//!     .unwrap();
+//! let port = {
+//!     let _runtime = rt.enter();
+//!     match &server.bind(&ListenAddress::localhost(0)).unwrap()[0] {
+//!         BoundAddress::Tcp(addr) => addr.port(),
+//!         other => panic!("{other}"),
+//!     }
+//! };
+//! let handle = server.handle();
+//! rt.spawn(server.serve(std::future::pending()));
+//!
+//! let storage = ClientStorage::open(ClientOptions::new(vec![ServerAddress::localhost(port)])).unwrap();
+//! let oid = storage.new_oid().unwrap();
+//! let txn = storage.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
+//! storage.store(txn, oid, Tid::ZERO, b"some record").unwrap();
+//! storage.tpc_vote(txn).unwrap();
+//! let tid = storage.tpc_finish(txn, &mut |_| {}).unwrap();
+//! assert_eq!(storage.load(oid).unwrap(), (b"some record".to_vec(), tid));
+//! assert_eq!(storage.last_transaction(), tid);
+//! drop(storage);
+//! handle.shutdown();
+//! ```
 
 #![warn(missing_docs)]
 

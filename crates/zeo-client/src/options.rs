@@ -30,7 +30,10 @@ pub enum ServerAddress {
 impl ServerAddress {
     /// `127.0.0.1:port`.
     pub fn localhost(port: u16) -> Self {
-        ServerAddress::Tcp { host: "127.0.0.1".into(), port }
+        ServerAddress::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        }
     }
 }
 
@@ -68,7 +71,10 @@ impl FromStr for ServerAddress {
         };
         let port = port.parse::<u16>().map_err(|_| bad())?;
         let host = if host.is_empty() { "127.0.0.1" } else { host };
-        Ok(ServerAddress::Tcp { host: host.to_owned(), port })
+        Ok(ServerAddress::Tcp {
+            host: host.to_owned(),
+            port,
+        })
     }
 }
 
@@ -184,7 +190,11 @@ impl ClientOptions {
     /// (`var` defaults to the current directory).
     pub fn persistent_cache(&mut self, client: &str, var: Option<PathBuf>) -> &mut Self {
         let var = var.unwrap_or_else(|| PathBuf::from("."));
-        self.cache_path = Some(crate::ClientCache::persistent_path(&var, client, &self.storage));
+        self.cache_path = Some(crate::ClientCache::persistent_path(
+            &var,
+            client,
+            &self.storage,
+        ));
         self
     }
 
@@ -195,5 +205,64 @@ impl ClientOptions {
         }
         let addrs: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
         addrs.join(",")
+    }
+}
+
+impl TryFrom<&zeo_config::ClientConfig> for ClientOptions {
+    type Error = Error;
+
+    /// Builds options from a `<zeoclient>` / `<clientstorage>` section.
+    /// SSL and blob settings are not supported by this client and are
+    /// refused rather than silently ignored.
+    ///
+    /// ```
+    /// let config = zeo_config::ClientConfig::from_str(
+    ///     "<zeoclient>\n  server 127.0.0.1:8100\n  client app\n  var /tmp\n  read-only-fallback true\n</zeoclient>\n",
+    ///     "example",
+    /// ).unwrap();
+    /// let options = zeo_client::ClientOptions::try_from(&config).unwrap();
+    /// assert_eq!(options.servers, vec![zeo_client::ServerAddress::localhost(8100)]);
+    /// assert_eq!(options.cache_path.unwrap(), std::path::Path::new("/tmp/app-1.zec"));
+    /// assert!(options.read_only_fallback);
+    /// assert_eq!(options.min_disconnect_poll, std::time::Duration::from_secs(5));
+    /// ```
+    fn try_from(config: &zeo_config::ClientConfig) -> Result<Self, Error> {
+        if config.ssl.is_some() {
+            return Err(Error::Config(
+                "SSL connections are not supported by this client".into(),
+            ));
+        }
+        if config.blob_dir.is_some() {
+            return Err(Error::Config(
+                "blobs are not supported by this client".into(),
+            ));
+        }
+        let servers = config
+            .servers
+            .iter()
+            .map(|a| match a {
+                zeo_config::SocketAddress::Tcp { host, port } => ServerAddress::Tcp {
+                    host: host.clone(),
+                    port: *port,
+                },
+                zeo_config::SocketAddress::Unix(path) => ServerAddress::Unix(path.clone()),
+            })
+            .collect();
+        let secs = |n: i64| Duration::from_secs(u64::try_from(n).unwrap_or(0));
+        let mut options = ClientOptions::new(servers);
+        options.storage = config.storage.clone();
+        options.cache_size = config.cache_size.bytes();
+        options.cache_path = config.persistent_cache_path();
+        options.name = config.name.clone();
+        options.min_disconnect_poll = secs(config.min_disconnect_poll);
+        options.max_disconnect_poll =
+            secs(config.max_disconnect_poll).max(options.min_disconnect_poll);
+        options.wait = config.wait;
+        options.wait_timeout = config.wait_timeout.as_duration();
+        options.read_only = config.read_only;
+        options.read_only_fallback = config.read_only_fallback;
+        options.client_label = config.client_label.clone();
+        options.max_frame = usize::try_from(config.max_message_size.bytes()).unwrap_or(usize::MAX);
+        Ok(options)
     }
 }

@@ -17,8 +17,8 @@ use tokio::sync::broadcast;
 use zeo_pickle::Value;
 use zeo_protocol::ClientRequest;
 use zeo_storage::{
-    BeginOptions, CurrentRecord, HistoryEntry, LoadedRevision, Oid, Storage, Tid,
-    TransactionIter, TransactionMetaData, TxnHandle,
+    BeginOptions, CurrentRecord, HistoryEntry, LoadedRevision, Oid, Storage, Tid, TransactionIter,
+    TransactionMetaData, TxnHandle,
 };
 
 use crate::client::{AsyncClientStorage, ClientStats};
@@ -63,7 +63,10 @@ impl ClientStorage {
             .build()
             .map_err(|e| Error::Config(format!("cannot start the client runtime: {e}")))?;
         let client = runtime.block_on(AsyncClientStorage::connect(options))?;
-        Ok(ClientStorage { client, runtime: Some(Arc::new(runtime)) })
+        Ok(ClientStorage {
+            client,
+            runtime: Some(Arc::new(runtime)),
+        })
     }
 
     fn block<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -131,7 +134,9 @@ impl ClientStorage {
 /// Polls a future to completion on the current thread without a runtime;
 /// used only for the trivial futures left once the runtime is gone.
 fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     match rt {
         Ok(rt) => rt.block_on(f),
         Err(e) => panic!("cannot build a runtime to finish a client call: {e}"),
@@ -295,7 +300,9 @@ impl AsyncClientStorage {
     ///
     /// What the server raised (an empty storage may raise `KeyError`).
     pub async fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
-        let conn_value = self.call(|id| ClientRequest::record_iternext(id, next)).await?;
+        let conn_value = self
+            .call(|id| ClientRequest::record_iternext(id, next))
+            .await?;
         let bad = || Error::Protocol("record_iternext: expected (oid, tid, data, next)".into());
         let (Value::Tuple(items) | Value::List(items)) = &conn_value else {
             return match conn_value {

@@ -11,7 +11,10 @@ use zeo_server::ServerSettings;
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 
 fn commit(storage: &ClientStorage, writes: &[(Oid, Tid, &[u8])]) -> zeo_storage::Result<Tid> {
-    let meta = TransactionMetaData { user: b"tester".to_vec(), ..Default::default() };
+    let meta = TransactionMetaData {
+        user: b"tester".to_vec(),
+        ..Default::default()
+    };
     let txn = storage.tpc_begin(&meta, BeginOptions::default())?;
     let result = (|| {
         for (oid, serial, data) in writes {
@@ -27,7 +30,10 @@ fn commit(storage: &ClientStorage, writes: &[(Oid, Tid, &[u8])]) -> zeo_storage:
 }
 
 fn settings(msgpack: bool) -> ServerSettings {
-    ServerSettings { msgpack, ..ServerSettings::default() }
+    ServerSettings {
+        msgpack,
+        ..ServerSettings::default()
+    }
 }
 
 #[test]
@@ -45,7 +51,11 @@ fn commit_load_and_invalidate_in_both_encodings() {
         let t1 = commit(&a, &[(oid, Tid::ZERO, b"one")]).unwrap();
         assert_eq!(a.last_transaction(), t1);
         assert_eq!(a.load(oid).unwrap(), (b"one".to_vec(), t1));
-        assert_eq!(a.stats().server_loads, 0, "the committer caches its own data");
+        assert_eq!(
+            a.stats().server_loads,
+            0,
+            "the committer caches its own data"
+        );
 
         // b hears of t1 and loads from the server, then from its cache.
         let tid = wait_invalidation(&mut notices);
@@ -60,10 +70,16 @@ fn commit_load_and_invalidate_in_both_encodings() {
         assert_eq!(b.last_transaction(), t2);
         assert_eq!(b.load(oid).unwrap(), (b"two".to_vec(), t2));
         let old = b.load_before(oid, t2).unwrap().unwrap();
-        assert_eq!((old.data, old.start, old.end), (b"one".to_vec(), t1, Some(t2)));
+        assert_eq!(
+            (old.data, old.start, old.end),
+            (b"one".to_vec(), t1, Some(t2))
+        );
         assert_eq!(b.load_serial(oid, t1).unwrap(), b"one");
         let history = b.history(oid, 10).unwrap();
-        assert_eq!(history.iter().map(|h| h.tid).collect::<Vec<_>>(), vec![t2, t1]);
+        assert_eq!(
+            history.iter().map(|h| h.tid).collect::<Vec<_>>(),
+            vec![t2, t1]
+        );
         assert_eq!(history[0].user, b"tester");
 
         // A real conflict: b writes based on t1.
@@ -74,7 +90,10 @@ fn commit_load_and_invalidate_in_both_encodings() {
         );
         // ...and b stays usable.
         let t3 = commit(&b, &[(oid, t2, b"three")]).unwrap();
-        assert_eq!(a.load(oid).map(|r| r.1).ok(), wait_for(|| a.load(oid).ok().map(|r| r.1).filter(|t| *t == t3)));
+        assert_eq!(
+            a.load(oid).map(|r| r.1).ok(),
+            wait_for(|| a.load(oid).ok().map(|r| r.1).filter(|t| *t == t3))
+        );
         assert!(matches!(
             a.load(Oid(999)),
             Err(zeo_storage::Error::PosKey { oid: Oid(999), .. })
@@ -98,7 +117,10 @@ fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
 fn wait_invalidation(rx: &mut tokio::sync::broadcast::Receiver<Notice>) -> Tid {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        assert!(std::time::Instant::now() < deadline, "no invalidation arrived");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no invalidation arrived"
+        );
         match rx.try_recv() {
             Ok(Notice::Invalidated { tid, .. }) => return tid,
             Ok(_) => {}
@@ -137,10 +159,18 @@ fn persistent_cache_survives_a_client_restart_without_reloads() {
     assert!(client.cache().is_persistent());
     assert_eq!(client.last_transaction(), t2);
     for (i, oid) in oids.iter().enumerate() {
-        let expect = if i < 5 { (b"v2".to_vec(), t2) } else { (b"v1".to_vec(), t1) };
+        let expect = if i < 5 {
+            (b"v2".to_vec(), t2)
+        } else {
+            (b"v1".to_vec(), t1)
+        };
         assert_eq!(client.load(*oid).unwrap(), expect, "object {i}");
     }
-    assert_eq!(client.stats().server_loads, 5, "only the changed objects are reloaded");
+    assert_eq!(
+        client.stats().server_loads,
+        5,
+        "only the changed objects are reloaded"
+    );
     assert_eq!(server.loads() - loads_before, 5);
     drop(client);
     drop(writer);
@@ -159,7 +189,9 @@ fn reconnects_after_a_server_restart_and_verifies_the_cache() {
     let mut notices = client.subscribe();
 
     // A commit spanning the outage fails cleanly.
-    let txn = client.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
+    let txn = client
+        .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+        .unwrap();
     client.store(txn, oid, t1, b"lost").unwrap();
     server.stop();
     assert!(wait_for(|| (!client.is_connected()).then_some(())).is_some());
@@ -179,13 +211,20 @@ fn reconnects_after_a_server_restart_and_verifies_the_cache() {
 
     client.wait_connected(Duration::from_secs(20)).unwrap();
     let got = wait_for(|| client.load(oid).ok().filter(|r| r.1 == t2));
-    assert_eq!(got, Some((b"after".to_vec(), t2)), "no stale read after reconnecting");
+    assert_eq!(
+        got,
+        Some((b"after".to_vec(), t2)),
+        "no stale read after reconnecting"
+    );
     let mut saw = Vec::new();
     while let Ok(n) = notices.try_recv() {
         saw.push(n);
     }
     assert!(saw.contains(&Notice::Disconnected), "{saw:?}");
-    assert!(saw.iter().any(|n| matches!(n, Notice::Connected { .. })), "{saw:?}");
+    assert!(
+        saw.iter().any(|n| matches!(n, Notice::Connected { .. })),
+        "{saw:?}"
+    );
     // And the client commits again.
     let t3 = commit(&client, &[(oid, t2, b"again")]).unwrap();
     assert!(t3 > t2);
@@ -249,12 +288,21 @@ fn read_only_server_with_fallback() {
     // Create the file first with a writable server.
     let server = TestServer::start(&path, 0, settings(false));
     server.stop();
-    let server =
-        TestServer::start(&path, 0, ServerSettings { read_only: true, ..ServerSettings::default() });
+    let server = TestServer::start(
+        &path,
+        0,
+        ServerSettings {
+            read_only: true,
+            ..ServerSettings::default()
+        },
+    );
     // Without fallback, a writable registration is refused and retried.
     let mut strict = server.options();
     strict.wait_timeout = Duration::from_millis(500);
-    assert!(matches!(ClientStorage::open(strict), Err(Error::Disconnected(_))));
+    assert!(matches!(
+        ClientStorage::open(strict),
+        Err(Error::Disconnected(_))
+    ));
     let mut options = server.options();
     options.read_only_fallback = true;
     let client = ClientStorage::open(options).unwrap();
@@ -263,5 +311,8 @@ fn read_only_server_with_fallback() {
         client.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()),
         Err(zeo_storage::Error::ReadOnly)
     ));
-    assert!(matches!(client.new_oid(), Err(zeo_storage::Error::ReadOnly)));
+    assert!(matches!(
+        client.new_oid(),
+        Err(zeo_storage::Error::ReadOnly)
+    ));
 }

@@ -108,7 +108,10 @@ fn interop(msgpack: bool) {
     let client = ClientStorage::open(options(port)).unwrap();
     let (root, root_tid) = client.load(Oid::ROOT).unwrap();
     assert_eq!(format!("{:016x}", root_tid.0), tid_hex);
-    assert!(root.windows(17).any(|w| w == b"hello from python"), "root record from Python");
+    assert!(
+        root.windows(17).any(|w| w == b"hello from python"),
+        "root record from Python"
+    );
     assert!(root.windows(18).any(|w| w == b"persistent.mapping"));
 
     // We commit a new object; Python reads it back byte for byte.
@@ -136,7 +139,11 @@ fn interop(msgpack: bool) {
     let mut lines = seen.lines();
     assert_eq!(
         lines.next().unwrap(),
-        format!("{} {:016x}", data.iter().map(|b| format!("{b:02x}")).collect::<String>(), ours.0)
+        format!(
+            "{} {:016x}",
+            data.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            ours.0
+        )
     );
     assert_eq!(lines.next().unwrap(), "rust");
 
@@ -156,7 +163,10 @@ fn interop(msgpack: bool) {
     let (tid, oids) = wait_invalidation(&mut notices);
     assert_eq!(format!("{:016x}", tid.0), new_tid);
     assert_eq!(oids, vec![oid]);
-    assert_eq!(client.load(oid).unwrap(), (b"python was here".to_vec(), tid));
+    assert_eq!(
+        client.load(oid).unwrap(),
+        (b"python was here".to_vec(), tid)
+    );
     let old = client.load_before(oid, tid).unwrap().unwrap();
     assert_eq!((old.start, old.end), (ours, Some(tid)));
 
@@ -201,13 +211,17 @@ fn python_server_killed_and_restarted() {
     o.persistent_cache("fault", Some(dir.path().to_owned()));
     let client = ClientStorage::open(o).unwrap();
     let oid = client.new_oid().unwrap();
-    let txn = client.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
+    let txn = client
+        .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+        .unwrap();
     client.store(txn, oid, Tid::ZERO, b"v1").unwrap();
     client.tpc_vote(txn).unwrap();
     let t1 = client.tpc_finish(txn, &mut |_| {}).unwrap();
 
     // Kill the server in the middle of a commit.
-    let txn = client.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
+    let txn = client
+        .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+        .unwrap();
     client.store(txn, oid, t1, b"never").unwrap();
     drop(server);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -217,7 +231,11 @@ fn python_server_killed_and_restarted() {
     }
     assert!(client.tpc_vote(txn).is_err());
     client.tpc_abort(txn);
-    assert_eq!(client.load(oid).unwrap(), (b"v1".to_vec(), t1), "cache serves reads meanwhile");
+    assert_eq!(
+        client.load(oid).unwrap(),
+        (b"v1".to_vec(), t1),
+        "cache serves reads meanwhile"
+    );
 
     // Restart on the same port; a Python client changes the object first.
     let server = restart_on(dir.path(), port);
@@ -232,8 +250,14 @@ fn python_server_killed_and_restarted() {
     );
     client.wait_connected(Duration::from_secs(30)).unwrap();
     let (data, tid) = client.load(oid).unwrap();
-    assert_eq!((data.as_slice(), format!("{:016x}", tid.0)), (&b"v2"[..], t2), "no stale read");
-    let txn = client.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
+    assert_eq!(
+        (data.as_slice(), format!("{:016x}", tid.0)),
+        (&b"v2"[..], t2),
+        "no stale read"
+    );
+    let txn = client
+        .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+        .unwrap();
     client.store(txn, oid, tid, b"v3").unwrap();
     client.tpc_vote(txn).unwrap();
     assert!(client.tpc_finish(txn, &mut |_| {}).unwrap() > tid);

@@ -166,7 +166,9 @@ pub enum Record {
 }
 
 fn id_at(p: &[u8], at: usize) -> Option<u64> {
-    p.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+    p.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
 }
 
 /// Decodes a payload (without a store record's data). `None` when the
@@ -196,7 +198,10 @@ fn decode_payload(p: &[u8], total_len: u32) -> Option<Record> {
         }
         kind::INVALIDATE => {
             exact(16)?;
-            Record::Invalidate { oid: Oid(id_at(body, 0)?), tid: Tid(id_at(body, 8)?) }
+            Record::Invalidate {
+                oid: Oid(id_at(body, 0)?),
+                tid: Tid(id_at(body, 8)?),
+            }
         }
         kind::DROP_CURRENT => {
             exact(8)?;
@@ -204,7 +209,10 @@ fn decode_payload(p: &[u8], total_len: u32) -> Option<Record> {
         }
         kind::EVICT => {
             exact(16)?;
-            Record::Evict { oid: Oid(id_at(body, 0)?), start: Tid(id_at(body, 8)?) }
+            Record::Evict {
+                oid: Oid(id_at(body, 0)?),
+                start: Tid(id_at(body, 8)?),
+            }
         }
         kind::CLEAR => {
             exact(0)?;
@@ -245,7 +253,15 @@ pub fn scan(
         if pos == file_len {
             return Ok((pos, None));
         }
-        let stop = |reason| Ok((pos, Some(Tail { offset: pos, reason })));
+        let stop = |reason| {
+            Ok((
+                pos,
+                Some(Tail {
+                    offset: pos,
+                    reason,
+                }),
+            ))
+        };
         if file_len - pos < FRAME_OVERHEAD + 1 {
             return stop("truncated record");
         }
@@ -320,7 +336,10 @@ mod tests {
         let mut bad = h;
         bad[21] ^= 1;
         assert_eq!(decode_header(&bad), Err(HeaderFault::Checksum));
-        assert_eq!(decode_header(b"ZEC3\0\0\0\0\0\0\0\0"), Err(HeaderFault::Short));
+        assert_eq!(
+            decode_header(b"ZEC3\0\0\0\0\0\0\0\0"),
+            Err(HeaderFault::Short)
+        );
         let mut zec = [0u8; 32];
         zec[..4].copy_from_slice(b"ZEC3");
         assert_eq!(decode_header(&zec), Err(HeaderFault::Foreign));
@@ -336,7 +355,10 @@ mod tests {
         assert_eq!(out.len(), 4 + 9 + 4);
         assert_eq!(verify_record(7, &out), Some(&out[4..13]));
         assert_eq!(verify_record(8, &out), None, "another file's salt");
-        assert_eq!(decode_payload(&out[4..13], 9), Some(Record::LastTid(Tid(5))));
+        assert_eq!(
+            decode_payload(&out[4..13], 9),
+            Some(Record::LastTid(Tid(5)))
+        );
     }
 
     #[test]

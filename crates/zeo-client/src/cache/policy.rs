@@ -81,7 +81,12 @@ impl S3Fifo {
             self.small_bytes += size;
             Queue::Small
         };
-        Slot { stamp, freq: 0, queue, size }
+        Slot {
+            stamp,
+            freq: 0,
+            queue,
+            size,
+        }
     }
 
     /// Records a hit.
@@ -99,7 +104,10 @@ impl S3Fifo {
 
     /// Forgets everything.
     pub fn clear(&mut self) {
-        *self = S3Fifo { next_stamp: self.next_stamp, ..S3Fifo::default() };
+        *self = S3Fifo {
+            next_stamp: self.next_stamp,
+            ..S3Fifo::default()
+        };
     }
 
     /// Picks the next victim, updating queues; the caller removes it from

@@ -17,11 +17,25 @@ fn invalidate_keeps_the_old_revision_as_non_current() {
     c.store(Oid(1), Tid(10), None, b"a");
     c.invalidate(Oid(1), Tid(20));
     assert_eq!(c.load(Oid(1)), None);
-    assert_eq!(c.load_before(Oid(1), Tid(10)), None, "nothing before the first revision");
+    assert_eq!(
+        c.load_before(Oid(1), Tid(10)),
+        None,
+        "nothing before the first revision"
+    );
     let r = c.load_before(Oid(1), Tid(11)).unwrap();
-    assert_eq!((r.data, r.start, r.end), (b"a".to_vec(), Tid(10), Some(Tid(20))));
-    assert!(c.load_before(Oid(1), Tid(20)).is_some(), "before == end is still this revision");
-    assert_eq!(c.load_before(Oid(1), Tid(21)), None, "after the end: unknown");
+    assert_eq!(
+        (r.data, r.start, r.end),
+        (b"a".to_vec(), Tid(10), Some(Tid(20)))
+    );
+    assert!(
+        c.load_before(Oid(1), Tid(20)).is_some(),
+        "before == end is still this revision"
+    );
+    assert_eq!(
+        c.load_before(Oid(1), Tid(21)),
+        None,
+        "after the end: unknown"
+    );
     c.store(Oid(1), Tid(20), None, b"b");
     assert_eq!(c.load(Oid(1)), Some((b"b".to_vec(), Tid(20))));
     assert_eq!(c.load_before(Oid(1), Tid(21)).unwrap().data, b"b");
@@ -82,7 +96,10 @@ fn last_tid_only_moves_forward_while_not_empty() {
     assert_eq!(c.last_tid(), Some(Tid(5)));
     c.store(Oid(1), Tid(5), None, b"x");
     c.set_last_tid(Tid(5)).unwrap();
-    assert!(matches!(c.set_last_tid(Tid(4)), Err(Error::TidRegression { .. })));
+    assert!(matches!(
+        c.set_last_tid(Tid(4)),
+        Err(Error::TidRegression { .. })
+    ));
     c.clear();
     assert!(c.is_empty());
     assert_eq!(c.last_tid(), Some(Tid(5)), "clear keeps the last tid");
@@ -106,7 +123,10 @@ fn capacity_bounds_the_bytes_held() {
     }
     let s = c.stats();
     assert!(s.evictions > 900, "{s:?}");
-    assert!(s.revisions >= 50, "the cache should stay mostly full: {s:?}");
+    assert!(
+        s.revisions >= 50,
+        "the cache should stay mostly full: {s:?}"
+    );
 }
 
 #[test]
@@ -130,7 +150,10 @@ fn a_hot_set_survives_a_scan() {
         c.store(Oid(1000 + i), Tid(1), None, &[2u8; 100]);
     }
     let lookups: u64 = (0..2000u64).map(|i| i % 20 + 1).sum();
-    assert!(hot_hits as f64 > 0.95 * lookups as f64, "{hot_hits} of {lookups}");
+    assert!(
+        hot_hits as f64 > 0.95 * lookups as f64,
+        "{hot_hits} of {lookups}"
+    );
 }
 
 #[test]
@@ -155,7 +178,10 @@ fn persistent_cache_survives_reopen() {
 #[test]
 fn a_second_process_is_locked_out() {
     let (_dir, path, _c) = tmp_cache(1 << 20);
-    assert!(matches!(ClientCache::open(&path, "1", 1 << 20), Err(Error::CacheLocked { .. })));
+    assert!(matches!(
+        ClientCache::open(&path, "1", 1 << 20),
+        Err(Error::CacheLocked { .. })
+    ));
 }
 
 fn reopen_after(path: &Path, damage: impl FnOnce(&mut Vec<u8>)) -> ClientCache {
@@ -297,7 +323,10 @@ fn compaction_bounds_the_file_and_keeps_contents() {
         c.apply_invalidations(Tid(round + 2), &oids).unwrap();
     }
     let len = fs::metadata(&path).unwrap().len();
-    assert!(len <= compact_threshold(64 * 1024) + 64 * 1024, "file is {len} bytes");
+    assert!(
+        len <= compact_threshold(64 * 1024) + 64 * 1024,
+        "file is {len} bytes"
+    );
     let before = c.load_before(Oid(3), Tid(200)).map(|r| r.data);
     let n = c.len();
     drop(c);
@@ -328,7 +357,11 @@ impl Server {
         let revs = self.history.get(&oid)?;
         let i = revs.iter().rposition(|(t, _)| *t < before)?;
         let (start, data) = revs[i].clone();
-        Some(LoadedRevision { data, start, end: revs.get(i + 1).map(|r| r.0) })
+        Some(LoadedRevision {
+            data,
+            start,
+            end: revs.get(i + 1).map(|r| r.0),
+        })
     }
 
     fn changed_since(&self, tid: Tid) -> Vec<Oid> {
@@ -382,7 +415,12 @@ fn check(cache: &ClientCache, server: &Server) -> Result<(), TestCaseError> {
         let oid = Oid(o);
         if let Some((data, start)) = cache.load(oid) {
             let truth = server.before(oid, horizon).unwrap();
-            prop_assert_eq!((data, start), (truth.data, truth.start), "stale load of {}", oid);
+            prop_assert_eq!(
+                (data, start),
+                (truth.data, truth.start),
+                "stale load of {}",
+                oid
+            );
         }
         for b in 1..=horizon.0 {
             if let Some(r) = cache.load_before(oid, Tid(b)) {
@@ -438,12 +476,12 @@ proptest! {
                     }
                 }
                 Op::Reopen => {
-                    cache = None;
+                    drop(cache.take());
                     cache = Some(ClientCache::open(&path, "1", capacity).unwrap());
                     verify(cache.as_ref().unwrap(), &server);
                 }
                 Op::Crash(at) | Op::Flip(at) => {
-                    cache = None;
+                    drop(cache.take());
                     let mut bytes = fs::read(&path).unwrap();
                     if !bytes.is_empty() {
                         let at = (at % bytes.len() as u64) as usize;

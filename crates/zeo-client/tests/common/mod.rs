@@ -31,7 +31,10 @@ impl TestServer {
             .unwrap();
         let storage: Arc<dyn Storage> =
             Arc::new(FileStorage::open(path, FileStorageOptions::default()).unwrap());
-        let server = ServerBuilder::new(settings).storage("1", storage).build().unwrap();
+        let server = ServerBuilder::new(settings)
+            .storage("1", storage)
+            .build()
+            .unwrap();
         let bound = {
             let _guard = rt.enter();
             server.bind(&ListenAddress::localhost(port)).unwrap()
@@ -44,7 +47,13 @@ impl TestServer {
         let done = rt.spawn(async move {
             server.serve(std::future::pending()).await.unwrap();
         });
-        TestServer { rt: Some(rt), handle, done: Some(done), port, path: path.to_owned() }
+        TestServer {
+            rt: Some(rt),
+            handle,
+            done: Some(done),
+            port,
+            path: path.to_owned(),
+        }
     }
 
     /// Options for a client of this server, with short timeouts.
@@ -69,7 +78,8 @@ impl TestServer {
     fn shutdown(&mut self) {
         self.handle.shutdown();
         if let (Some(rt), Some(done)) = (self.rt.take(), self.done.take()) {
-            let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), done).await });
+            let _ =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), done).await });
             rt.shutdown_timeout(Duration::from_secs(5));
         }
     }
