@@ -138,9 +138,11 @@ impl<'a, 'h> Machine<'a, 'h> {
             data,
             pos: 0,
             op_pos: 0,
-            arena: Vec::new(),
+            // Roughly one node per few input bytes; capped so a large input
+            // does not reserve memory before it is read.
+            arena: Vec::with_capacity((data.len() / 4).min(1 << 12)),
             memo: Memo::default(),
-            stack: Vec::new(),
+            stack: Vec::with_capacity(32),
             marks: Vec::new(),
             find_global: None,
             persistent_ids: None,
