@@ -1,2 +1,438 @@
-//! The `zeo-server` command.
-fn main() {}
+//! The `zeo-server` command: runs a ZEO server from a ZConfig file or
+//! runzeo-style options, and offers offline `check`, `dump` and `pack` of a
+//! Data.fs. Argument parsing and wiring only; the work happens in the
+//! `zeo-server`, `zeo-storage` and `zeo-config` crates.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+use zeo_config::{LogHandler, LogPath, ServerConfig, SocketAddress, StorageKind};
+use zeo_server::logging::{level_filter, PythonFormat, ReopenableFile};
+use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
+use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
+use zeo_storage::{MappingStorage, Storage};
+
+/// Address served when none is configured.
+const DEFAULT_ADDRESS: &str = "127.0.0.1:8100";
+/// Storage file served when none is configured.
+const DEFAULT_FILENAME: &str = "var/Data.fs";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "zeo-server",
+    version,
+    about = "ZEO storage server (ZEO 5/6 wire compatible)"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a Data.fs like ZODB's fstest: exit 0 when sound, 1 with the
+    /// byte offset and reason otherwise.
+    Check {
+        /// The Data.fs file.
+        path: PathBuf,
+    },
+    /// Print a Data.fs in ZODB's fsdump format.
+    Dump {
+        /// The Data.fs file.
+        path: PathBuf,
+    },
+    /// Pack a Data.fs that no server has open.
+    Pack {
+        /// The Data.fs file.
+        path: PathBuf,
+        /// Keep the history of the last DAYS days.
+        #[arg(long, default_value_t = 0.0)]
+        days: f64,
+        /// Do not remove unreachable objects.
+        #[arg(long)]
+        no_gc: bool,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// ZConfig configuration file (`<zeo>`, storages, `<eventlog>`).
+    #[arg(short = 'C', long = "configure", value_name = "FILE")]
+    configure: Option<PathBuf>,
+    /// Address to listen on: PORT, HOST:PORT, [IPV6]:PORT or a socket path
+    /// (repeatable; replaces the configured address).
+    #[arg(short = 'a', long = "address", value_name = "ADDR")]
+    address: Vec<String>,
+    /// Serve a FileStorage (repeatable; named '1', '2', ...; replaces the
+    /// configured storages).
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    filename: Vec<PathBuf>,
+    /// Serve read-only.
+    #[arg(short = 'r', long = "read-only")]
+    read_only: bool,
+    /// Write the process id to this file.
+    #[arg(long = "pid-file", value_name = "PATH")]
+    pid_file: Option<PathBuf>,
+    /// Transaction timeout in seconds.
+    #[arg(short = 't', long = "timeout", value_name = "SECONDS")]
+    timeout: Option<f64>,
+    /// Transactions kept for quick cache verification.
+    #[arg(long = "invalidation-queue-size", value_name = "N")]
+    invalidation_queue_size: Option<usize>,
+    /// Announce msgpack (M5) instead of pickle (Z5).
+    #[arg(long)]
+    msgpack: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { path }) => check(&path),
+        Some(Command::Dump { path }) => dump(&path),
+        Some(Command::Pack { path, days, no_gc }) => pack(&path, days, !no_gc),
+        None => match run(cli.run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("zeo-server: {message}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match zeo_storage::filestorage::check(path) {
+        Ok(report) => {
+            println!(
+                "{}: OK: {} transactions, {} data records, last tid {}, {} bytes",
+                path.display(),
+                report.transactions,
+                report.data_records,
+                report.last_tid,
+                report.size
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{}: {err}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dump(path: &Path) -> ExitCode {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = zeo_storage::filestorage::dump(path, &mut out);
+    let flushed = out.flush();
+    match (result, flushed) {
+        (Ok(()), Ok(())) => ExitCode::SUCCESS,
+        (Err(err), _) => {
+            eprintln!("{}: {err}", path.display());
+            ExitCode::FAILURE
+        }
+        (_, Err(err)) => {
+            eprintln!("writing the dump: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pack(path: &Path, days: f64, gc: bool) -> ExitCode {
+    let options = FileStorageOptions {
+        pack_gc: gc,
+        ..FileStorageOptions::default()
+    };
+    let result = FileStorage::open(path, options).and_then(|fs| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let packed = fs.pack(now - days * 86400.0, gc);
+        fs.close().and(packed)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{}: {err}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The storages and settings to serve, from the configuration file and the
+/// command line (which wins).
+struct Plan {
+    settings: ServerSettings,
+    addresses: Vec<ListenAddress>,
+    storages: Vec<(String, Arc<dyn Storage>, bool)>,
+    pid_file: Option<PathBuf>,
+    logs: Vec<ReopenableFile>,
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let config = match &args.configure {
+        Some(path) => Some(ServerConfig::from_path(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let logs = init_logging(config.as_ref())?;
+    let plan = plan(args, config, logs)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("zeo-server")
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(serve(plan))
+}
+
+fn plan(
+    args: RunArgs,
+    config: Option<ServerConfig>,
+    logs: Vec<ReopenableFile>,
+) -> Result<Plan, String> {
+    let mut settings = ServerSettings::default();
+    let mut addresses = Vec::new();
+    let mut storages: Vec<(String, Arc<dyn Storage>, bool)> = Vec::new();
+    let mut pid_file = None;
+    if let Some(config) = &config {
+        for unsupported in &config.unsupported {
+            tracing::warn!("ignoring unsupported configuration: {unsupported:?}");
+        }
+        let zeo = &config.zeo;
+        settings.read_only = zeo.read_only;
+        settings.invalidation_queue_size =
+            usize::try_from(zeo.invalidation_queue_size).unwrap_or(usize::MAX);
+        settings.invalidation_age = zeo.invalidation_age.map(Duration::from_secs_f64);
+        settings.transaction_timeout = zeo.transaction_timeout.map(|t| t.as_duration());
+        settings.max_message_size =
+            usize::try_from(zeo.max_message_size.bytes()).unwrap_or(usize::MAX);
+        settings.msgpack = zeo
+            .msgpack
+            .unwrap_or_else(|| std::env::var_os("ZEO_MSGPACK").is_some_and(|v| !v.is_empty()));
+        pid_file = zeo.pid_filename.clone();
+        if args.address.is_empty() {
+            addresses.push(listen_address(&zeo.address));
+        }
+        if args.filename.is_empty() {
+            for storage in &config.storages {
+                storages.push(open_storage(&storage.name, &storage.kind)?);
+            }
+        }
+    }
+    settings.read_only |= args.read_only;
+    settings.msgpack |= args.msgpack;
+    if let Some(t) = args.timeout {
+        settings.transaction_timeout =
+            Some(Duration::try_from_secs_f64(t).map_err(|e| format!("--timeout: {e}"))?);
+    }
+    if let Some(n) = args.invalidation_queue_size {
+        settings.invalidation_queue_size = n;
+    }
+    for a in &args.address {
+        addresses.push(a.parse::<ListenAddress>().map_err(|e| e.to_string())?);
+    }
+    if addresses.is_empty() {
+        addresses.push(
+            DEFAULT_ADDRESS
+                .parse::<ListenAddress>()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let mut filenames = args.filename.clone();
+    if filenames.is_empty() && storages.is_empty() {
+        let default = PathBuf::from(DEFAULT_FILENAME);
+        if let Some(dir) = default.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        filenames.push(default);
+    }
+    for (i, path) in filenames.iter().enumerate() {
+        let kind = StorageKind::File(zeo_config::FileStorageConfig::new(path.clone()));
+        storages.push(open_storage(&(i + 1).to_string(), &kind)?);
+    }
+    Ok(Plan {
+        settings,
+        addresses,
+        storages,
+        pid_file: args.pid_file.or(pid_file),
+        logs,
+    })
+}
+
+fn listen_address(address: &SocketAddress) -> ListenAddress {
+    match address {
+        SocketAddress::Tcp { host, port } => ListenAddress::Tcp {
+            host: host.clone(),
+            port: *port,
+        },
+        SocketAddress::Unix(path) => ListenAddress::Unix(path.clone()),
+    }
+}
+
+fn open_storage(
+    name: &str,
+    kind: &StorageKind,
+) -> Result<(String, Arc<dyn Storage>, bool), String> {
+    match kind {
+        StorageKind::File(fs) => {
+            if fs.blob_dir.is_some() {
+                tracing::warn!(
+                    storage = name,
+                    "blob-dir is ignored: blobs are not supported"
+                );
+            }
+            let options = FileStorageOptions {
+                read_only: fs.read_only,
+                create: fs.create,
+                pack_gc: fs.pack_gc,
+            };
+            let storage = FileStorage::open(&fs.path, options)
+                .map_err(|e| format!("opening {}: {e}", fs.path.display()))?;
+            Ok((name.to_owned(), Arc::new(storage), fs.pack_gc))
+        }
+        StorageKind::Mapping(m) => Ok((
+            name.to_owned(),
+            Arc::new(MappingStorage::new(m.name.clone())),
+            true,
+        )),
+    }
+}
+
+fn init_logging(config: Option<&ServerConfig>) -> Result<Vec<ReopenableFile>, String> {
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let mut layers: Vec<Boxed> = Vec::new();
+    let mut files = Vec::new();
+    let eventlog = config.and_then(|c| c.eventlog.as_ref());
+    let env_filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok());
+    if let Some(eventlog) = eventlog {
+        for handler in &eventlog.handlers {
+            let LogHandler::File(file) = handler else {
+                eprintln!("zeo-server: ignoring an unsupported log handler");
+                continue;
+            };
+            let format = PythonFormat::new(file.format.clone(), file.dateformat.clone());
+            let level = level_filter(eventlog.level.0.max(file.level.0));
+            let layer: Boxed = match &file.path {
+                LogPath::Stdout => tracing_subscriber::fmt::layer()
+                    .event_format(format)
+                    .with_ansi(false)
+                    .with_writer(std::io::stdout)
+                    .with_filter(level)
+                    .boxed(),
+                LogPath::Stderr => tracing_subscriber::fmt::layer()
+                    .event_format(format)
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr)
+                    .with_filter(level)
+                    .boxed(),
+                LogPath::File(path) => {
+                    let writer = ReopenableFile::open(path)
+                        .map_err(|e| format!("opening log file {}: {e}", path.display()))?;
+                    files.push(writer.clone());
+                    tracing_subscriber::fmt::layer()
+                        .event_format(format)
+                        .with_ansi(false)
+                        .with_writer(writer)
+                        .with_filter(level)
+                        .boxed()
+                }
+            };
+            layers.push(layer);
+        }
+    }
+    if layers.is_empty() {
+        let level = eventlog.map_or(tracing_subscriber::filter::LevelFilter::INFO, |e| {
+            level_filter(e.level.0)
+        });
+        layers.push(
+            tracing_subscriber::fmt::layer()
+                .event_format(PythonFormat::new(
+                    "%(asctime)s %(levelname)s %(name)s %(message)s",
+                    "%Y-%m-%dT%H:%M:%S",
+                ))
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .with_filter(level)
+                .boxed(),
+        );
+    }
+    let registry = tracing_subscriber::registry().with(layers);
+    match env_filter {
+        Some(filter) => registry.with(filter).try_init(),
+        None => registry.try_init(),
+    }
+    .map_err(|e| format!("setting up logging: {e}"))?;
+    Ok(files)
+}
+
+async fn serve(plan: Plan) -> Result<(), String> {
+    let Plan {
+        settings,
+        addresses,
+        storages,
+        pid_file,
+        logs,
+    } = plan;
+    let mut builder = ServerBuilder::new(settings);
+    for (name, storage, gc) in storages {
+        builder = builder.storage_with_pack_gc(name, storage, gc);
+    }
+    let server = builder.build().map_err(|e| e.to_string())?;
+    for address in &addresses {
+        for bound in server.bind(address).map_err(|e| e.to_string())? {
+            println!("listening on {bound}");
+        }
+    }
+    let _ = std::io::stdout().flush();
+    if let Some(path) = &pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("writing pid file {}: {e}", path.display()))?;
+    }
+
+    let handle = server.handle();
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut usr2)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::user_defined2()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = usr2.recv() => {
+                    for log in &logs {
+                        if let Err(err) = log.reopen() {
+                            eprintln!("zeo-server: reopening {}: {err}", log.path().display());
+                        }
+                    }
+                    tracing::info!("log files reopened");
+                }
+            }
+        }
+        handle.shutdown();
+    });
+    let result = server.serve(std::future::pending()).await;
+    signals.abort();
+    if let Some(path) = &pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    result.map_err(|e| e.to_string())
+}

@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::{Future, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::FramedRead;
@@ -65,10 +64,7 @@ where
 {
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", id, peer = %peer);
-    let _entered = span.enter();
-    drop(_entered);
-    use tracing::Instrument;
-    run(shared, stream, id, peer).instrument(span).await;
+    tracing::Instrument::instrument(run(shared, stream, id, peer), span).await;
 }
 
 async fn run<S>(shared: Arc<Shared>, stream: S, id: ConnId, peer: String)
@@ -383,7 +379,7 @@ impl Conn {
             }
             R::NewOids { n } => {
                 if self.read_only {
-                    return Err(read_only());
+                    return Err(read_only_error());
                 }
                 let storage = self.hub()?.storage();
                 let n = n.clamp(1, zeo_protocol::MAX_NEW_OIDS);
@@ -668,7 +664,7 @@ impl Conn {
         status: TxnStatus,
     ) -> Handled {
         if self.read_only {
-            return Err(read_only());
+            return Err(read_only_error());
         }
         if let Some(txn) = &self.txn {
             if txn.id == id {
@@ -700,7 +696,7 @@ impl Conn {
     /// ZEO's `_check_tid(id, exc=StorageTransactionError)`.
     fn check_txn(&mut self, id: TxnId) -> Result<&mut OpenTxn, WireError> {
         if self.read_only {
-            return Err(read_only());
+            return Err(read_only_error());
         }
         match self.txn.as_deref_mut() {
             None => {
@@ -960,10 +956,6 @@ fn protocol_error(err: zeo_protocol::Error) -> WireError {
     )
 }
 
-fn read_only() -> WireError {
-    read_only_error()
-}
-
 fn read_only_error() -> WireError {
     WireError::from(&StorageError::ReadOnly)
 }
@@ -1009,11 +1001,4 @@ fn log_conflicts(conflicts: &[VoteConflict]) {
     for c in conflicts {
         tracing::debug!(oid = %c.oid, committed = %c.committed, old = %c.old, "conflict returned to the client");
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>(_: T) {}
-    let _ = |s: Arc<Shared>, b: tokio::io::DuplexStream| is_send(serve(s, b, String::new()));
-    let _: Option<Bytes> = None;
 }

@@ -32,6 +32,7 @@ pub mod error;
 pub mod hub;
 pub mod invalidations;
 pub mod iterators;
+pub mod logging;
 pub mod outbox;
 mod server;
 pub mod settings;
