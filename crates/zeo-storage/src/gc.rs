@@ -62,11 +62,9 @@ pub type ReferencesFn<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<Oid>>;
 /// The persistent references of one object record, found by the pickle
 /// scanner.
 pub fn record_references(record: &[u8]) -> Result<Vec<Oid>> {
-    // TODO(zeo-pickle): delegate to `zeo_pickle::references` once it exists.
-    let _ = record;
-    Err(Error::Storage(
-        "no persistent-reference scanner available yet".into(),
-    ))
+    zeo_pickle::references(record)
+        .map(|oids| oids.into_iter().map(Oid).collect())
+        .map_err(|e| Error::Storage(format!("cannot read the references of a record: {e}")))
 }
 
 /// What the walk needs to know about a storage as of the pack time.

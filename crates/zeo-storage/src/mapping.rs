@@ -10,15 +10,28 @@
 //! [`Storage::size`] reported is the exact length the `Data.fs` would have.
 //! That is what makes it the model the FileStorage is tested against.
 //!
-//! Deliberate departures from ZODB's FileStorage, where ZODB would corrupt
-//! its file or leak its lock:
+//! `tests/model_zodb.rs` replays random operation sequences on ZODB's own
+//! FileStorage and checks that every outcome and observation is identical.
+//!
+//! Deliberate departures from ZODB's FileStorage, all shared with this
+//! crate's FileStorage, where ZODB would corrupt its file, leak its lock or
+//! fail on data it could handle:
 //! * a failed [`Storage::undo`] stages nothing (ZODB leaves orphan records in
-//!   its temporary file); callers abort after an `UndoError` anyway;
-//! * [`Storage::tpc_finish`] before [`Storage::tpc_vote`], and staging after
-//!   the vote, fail with [`Error::Transaction`];
-//! * metadata too long for a Data.fs header fails `tpc_begin` before the
-//!   commit lock is taken, and an explicit tid not later than the last
-//!   transaction is refused there too.
+//!   its temporary file); callers abort after an `UndoError` anyway. All the
+//!   objects that block it are named in one [`Error::Undo`];
+//! * [`Storage::tpc_finish`] before [`Storage::tpc_vote`], a second vote, and
+//!   staging after the vote fail with [`Error::Transaction`];
+//! * `tpc_begin` refuses, before taking the commit lock, metadata too long
+//!   for a Data.fs header, an explicit tid not later than the last
+//!   transaction, and the statuses `c` and `u`;
+//! * empty data records are refused (a Data.fs reads them as backpointers);
+//! * `restore`'s `prev_txn` is only a hint, as ZODB documents it: a
+//!   transaction no longer present is ignored (ZODB raises `UndoError`),
+//!   only data is ever pointed to (a "no data" restore writes a no-data
+//!   record), and never from a record saying the object does not exist
+//!   (ZODB would point at it and so lose the restored data);
+//! * pack inlines the data of a backpointer whose target transaction did not
+//!   survive (possible without GC), where ZODB's packer fails.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -566,15 +579,11 @@ fn pack_state(
                 Payload::Back(b) => (committed.resolve(*b)?, Some(committed.record(*b)?.tid)),
                 Payload::Nothing => (None, None),
             };
-            let back = match prev_txn {
-                Some(t) => {
-                    let target = out.txns.get(&t).ok_or_else(|| {
-                        Error::Storage("pack: Invalid backpointer transaction id".into())
-                    })?;
-                    first_matching_record(target, rec.oid, data.as_deref())
-                }
-                None => None,
-            };
+            // A target transaction that did not survive (possible without
+            // GC) makes ZODB's packer fail; the data goes inline instead.
+            let back = prev_txn
+                .and_then(|t| out.txns.get(&t))
+                .and_then(|target| first_matching_record(target, rec.oid, data.as_deref()));
             let payload = match (back, data) {
                 (Some(b), _) => Payload::Back(b),
                 (None, None) => Payload::Nothing,
@@ -600,13 +609,8 @@ fn pack_state(
             meta: txn.meta.clone(),
             records,
         };
-        if copied.tlen() != txn.tlen() {
-            // ZODB asserts the copy keeps every transaction's length.
-            return Err(Error::Storage(format!(
-                "pack: transaction {} would change length when copied",
-                txn.tid
-            )));
-        }
+        // Inlined data can change the transaction's length, which ZODB's
+        // packer asserts against; the copy simply has its new length.
         output_pos += copied.tlen() + TXN_TRAILER_LEN;
         out.index.extend(tindex);
         out.txns.insert(copied.tid, Arc::new(copied));
@@ -628,8 +632,10 @@ fn first_matching_record(txn: &Txn, oid: Oid, data: Option<&[u8]>) -> Option<Rec
 }
 
 /// `restore`'s `_data_find`: the last record of `oid` in `txn`, accepted
-/// when it is itself a backpointer or holds exactly `data`.
-fn last_matching_record(txn: &Txn, oid: Oid, data: Option<&[u8]>) -> Option<RecId> {
+/// when it holds exactly `data` or is a backpointer. Unlike ZODB, a record
+/// saying the object does not exist is not accepted: pointing at it would
+/// lose the data being restored.
+fn last_matching_record(txn: &Txn, oid: Oid, data: &[u8]) -> Option<RecId> {
     let (idx, rec) = txn
         .records
         .iter()
@@ -637,10 +643,10 @@ fn last_matching_record(txn: &Txn, oid: Oid, data: Option<&[u8]>) -> Option<RecI
         .rev()
         .find(|(_, r)| r.oid == oid)?;
     let id = RecId { txn: txn.tid, idx };
-    match (&rec.payload, data) {
-        (Payload::Back(_) | Payload::Nothing, _) => Some(id),
-        (Payload::Data(d), Some(want)) if **d == *want => Some(id),
-        _ => None,
+    match &rec.payload {
+        Payload::Back(_) => Some(id),
+        Payload::Data(d) if **d == *data => Some(id),
+        Payload::Data(_) | Payload::Nothing => None,
     }
 }
 
@@ -754,6 +760,12 @@ impl Storage for MappingStorage {
     fn tpc_begin(&self, meta: &TransactionMetaData, options: BeginOptions) -> Result<TxnHandle> {
         self.check_open()?;
         check_metadata_lengths(meta)?;
+        if matches!(options.status, TxnStatus::Checkpoint | TxnStatus::Undone) {
+            return Err(Error::InvalidArgument(format!(
+                "a transaction cannot be committed with status {:?}",
+                char::from(options.status.as_byte())
+            )));
+        }
         let mut guard = self.lock_commit();
         while guard.pending.is_some() {
             self.check_open()?;
@@ -798,6 +810,12 @@ impl Storage for MappingStorage {
     }
 
     fn store(&self, txn: TxnHandle, oid: Oid, serial: Tid, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            // A Data.fs record with no data reads as a backpointer.
+            return Err(Error::InvalidArgument(
+                "cannot store an empty data record".into(),
+            ));
+        }
         self.with_pending(txn, "store", true, |p, c| {
             self.raise_max_oid(oid);
             let old = c.index.get(&oid).copied();
@@ -864,19 +882,23 @@ impl Storage for MappingStorage {
         data: Option<&[u8]>,
         prev_txn: Option<Tid>,
     ) -> Result<()> {
+        if data.is_some_and(<[u8]>::is_empty) {
+            return Err(Error::InvalidArgument(
+                "cannot restore an empty data record".into(),
+            ));
+        }
         self.with_pending(txn, "restore", true, |p, c| {
             self.raise_max_oid(oid);
-            let back = match prev_txn {
-                Some(t) => {
-                    // ZODB's `_txn_find` fails when the named transaction is
-                    // not in the file, although the docs call it a hint.
-                    let target = c.txns.get(&t).ok_or_else(|| Error::Undo {
-                        reason: "Invalid transaction id".into(),
-                        oid: None,
-                    })?;
-                    last_matching_record(target, oid, data)
-                }
-                None => None,
+            // `prev_txn` is a hint, as ZODB documents it (its code raises
+            // UndoError for a transaction no longer in the file); only data
+            // can be pointed to (ZODB would point a "no data" restore at
+            // whatever record it finds, or fail with a TypeError).
+            let back = match (prev_txn, data) {
+                (Some(t), Some(d)) => c
+                    .txns
+                    .get(&t)
+                    .and_then(|target| last_matching_record(target, oid, d)),
+                _ => None,
             };
             let payload = match (back, data) {
                 (Some(b), _) => Payload::Back(b),
@@ -934,24 +956,25 @@ impl Storage for MappingStorage {
                     Err(e) => return Err(e),
                 }
             }
-            if failures.len() == 1 {
-                if let Some((_, e)) = failures.pop() {
-                    return Err(e);
-                }
-            }
-            if !failures.is_empty() {
+            // As FileStorage reports them: every failure in one message,
+            // naming the first object that failed.
+            if let Some((first, _)) = failures.first() {
                 let reason = failures
                     .iter()
                     .map(|(_, e)| match e {
                         Error::Undo {
                             reason,
                             oid: Some(o),
-                        } => format!("oid {o}: {reason}"),
+                        } => format!("{reason} (oid {o})"),
+                        Error::Undo { reason, oid: None } => reason.clone(),
                         other => other.to_string(),
                     })
                     .collect::<Vec<_>>()
-                    .join("\n");
-                return Err(Error::Undo { reason, oid: None });
+                    .join("; ");
+                return Err(Error::Undo {
+                    reason,
+                    oid: Some(*first),
+                });
             }
             let mut oids = Vec::new();
             for (oid, id) in local {
@@ -967,6 +990,9 @@ impl Storage for MappingStorage {
 
     fn tpc_vote(&self, txn: TxnHandle) -> Result<Vec<Oid>> {
         self.with_pending(txn, "tpc_vote", false, |p, _| {
+            if p.voted {
+                return Err(Error::Transaction("tpc_vote called twice".into()));
+            }
             p.voted = true;
             Ok(Vec::new())
         })

@@ -42,7 +42,7 @@ macro_rules! conformance_tests {
 }
 
 conformance_tests!(mapping, support::mapping_storage);
-// FileStorage: see the end of the file.
+// FileStorage: at the end of the file.
 
 fn oid(n: u64) -> Oid {
     Oid(n)
@@ -908,5 +908,4 @@ fn size_and_len_follow_commits<S: Storage>(make: &dyn Fn() -> Fixture<S>) {
     assert_eq!(s.len(), 1);
 }
 
-// TODO(filestorage): enable once `FileStorage::open` exists:
-// conformance_tests!(filestorage, support::file_storage);
+conformance_tests!(filestorage, support::file_storage);

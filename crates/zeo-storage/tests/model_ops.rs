@@ -8,7 +8,10 @@
 
 use proptest::prelude::*;
 
-use crate::support::{b64, meta, record};
+#[path = "model_support.rs"]
+mod support;
+
+use support::{b64, meta, record};
 use zeo_storage::{BeginOptions, Error, Oid, Storage, Tid, TimeStamp, TxnStatus};
 
 /// Objects the operations touch.

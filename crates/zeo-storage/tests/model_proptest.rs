@@ -130,11 +130,11 @@ proptest! {
     }
 }
 
-// TODO(filestorage): enable once `FileStorage::open` exists.
-// proptest! {
-//     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-//     #[test]
-//     fn filestorage_agrees_with_mapping(ops in ops()) {
-//         check_pair(support::mapping_storage, support::file_storage, &ops)?;
-//     }
-// }
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn filestorage_agrees_with_mapping(ops in ops()) {
+        check_pair(support::mapping_storage, support::file_storage, &ops)?;
+    }
+}

@@ -6,8 +6,10 @@ use std::any::Any;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use zeo_storage::filestorage::FileStorageOptions;
 use zeo_storage::{
-    BeginOptions, MappingStorage, Oid, Result, Storage, Tid, TransactionMetaData, TxnHandle,
+    BeginOptions, FileStorage, MappingStorage, Oid, Result, Storage, Tid, TransactionMetaData,
+    TxnHandle,
 };
 
 /// A storage together with whatever must outlive it (a temporary directory).
@@ -57,12 +59,26 @@ pub fn scan_test_references(data: &[u8]) -> Result<Vec<Oid>> {
     Ok(out)
 }
 
-/// A fresh in-memory storage whose GC pack understands [`record`]s.
+/// A fresh in-memory storage (finding references with the pickle scanner,
+/// as FileStorage does).
 pub fn mapping_storage() -> Fixture<MappingStorage> {
+    Fixture::new(MappingStorage::new("test"))
+}
+
+/// A fresh in-memory storage that finds references with
+/// [`scan_test_references`] instead of the pickle scanner.
+pub fn mapping_storage_with_test_scanner() -> Fixture<MappingStorage> {
     Fixture::new(MappingStorage::with_references(
         "test",
         Arc::new(scan_test_references),
     ))
+}
+
+/// A fresh FileStorage in a temporary directory.
+pub fn file_storage() -> Fixture<FileStorage> {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FileStorage::open(dir.path().join("Data.fs"), FileStorageOptions::default()).unwrap();
+    Fixture::keeping(fs, dir)
 }
 
 fn push_unicode(out: &mut Vec<u8>, s: &str) {

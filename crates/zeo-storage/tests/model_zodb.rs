@@ -12,7 +12,6 @@ mod model_ops;
 mod support;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use model_ops::{op_tid, ops, script, Side};
@@ -125,6 +124,20 @@ class Side:
     def txn_tid(self, i):
         return self.tids[int(i) % len(self.tids)] if self.tids else None
 
+    def can_point_to(self, tid, oid):
+        # Our storages treat prev_txn as the hint ZODB documents: a missing
+        # transaction, or one whose record says the object does not exist,
+        # gives no backpointer. ZODB fails or points at the no-data record.
+        if tid is None:
+            return False
+        for t in self.s.iterator(tid, tid):
+            last = None
+            for r in t:
+                if u64(r.oid) == oid:
+                    last = r
+            return last is not None and not (last.data is None and last.data_txn is None)
+        return False
+
     def step(self, words, txn):
         s = self.s
         cmd = words[0]
@@ -151,6 +164,8 @@ class Side:
             oid = int(words[1])
             data = None if words[2] == "-" else record([], bytes([int(words[2])]))
             prev = None if words[3] == "-" else self.txn_tid(words[3])
+            if not self.can_point_to(prev, oid):
+                prev = None
             s.restore(p64(oid), self.tid, data, "", prev, txn)
             return "ok"
         raise ValueError(cmd)
@@ -266,18 +281,6 @@ def main():
 main()
 "##;
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("ZEO_PYTHON6") {
-        return PathBuf::from(p);
-    }
-    // A venv finds itself from the interpreter's path, which must name the
-    // venv's own directory (no `..`) without resolving its symlink.
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::fs::canonicalize(&root)
-        .unwrap_or(root)
-        .join("target/python/zeo6/bin/python")
-}
-
 #[test]
 fn mapping_storage_matches_zodb_filestorage() {
     let mut runner = TestRunner::new_with_rng(
@@ -304,12 +307,7 @@ fn mapping_storage_matches_zodb_filestorage() {
         cases.push(ops);
     }
 
-    let python = python();
-    assert!(
-        python.exists(),
-        "{} is missing: run `cargo xtask test`, which creates the Python venvs",
-        python.display()
-    );
+    let python = zeo_testkit::python6();
     let mut child = Command::new(&python)
         .arg("-c")
         .arg(REPLAYER)
@@ -327,23 +325,53 @@ fn mapping_storage_matches_zodb_filestorage() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     let actual: Vec<&str> = stdout.lines().collect();
 
-    let mut case = 0usize;
-    let mut op = 0usize;
-    for (i, want) in expected.iter().enumerate() {
-        if let Some(n) = want.strip_prefix("case ") {
-            case = n.parse().unwrap();
-            op = 0;
-        } else if want.starts_with("outcome ") {
-            op += 1;
+    // Compare case by case. A pack that ZODB cannot do without GC (a
+    // backpointer into a transaction it removes) and that our storages do
+    // by inlining the data ends the comparison of that case.
+    let split = |lines: Vec<String>| -> Vec<Vec<String>> {
+        let mut blocks: Vec<Vec<String>> = Vec::new();
+        for l in lines {
+            if l.starts_with("case ") {
+                blocks.push(Vec::new());
+            }
+            if let Some(b) = blocks.last_mut() {
+                b.push(l);
+            }
         }
-        let got = actual.get(i).copied().unwrap_or("<missing>");
-        assert_eq!(
-            want,
-            got,
-            "case {case}, after op {}: {:#?}\nZODB stderr: {stderr}",
-            op.saturating_sub(1),
-            &cases[case][..op]
-        );
+        blocks
+    };
+    let want_blocks = split(expected);
+    let got_blocks = split(actual.iter().map(|l| l.to_string()).collect());
+    assert_eq!(want_blocks.len(), got_blocks.len(), "ZODB stderr: {stderr}");
+    let mut diverged = 0;
+    for (case, (want, got)) in want_blocks.iter().zip(&got_blocks).enumerate() {
+        let mut op = 0usize;
+        for (i, w) in want.iter().enumerate() {
+            let g = got.get(i).map(String::as_str).unwrap_or("<missing>");
+            if w.starts_with("outcome ") {
+                op += 1;
+                if w == "outcome packed" && g == "outcome pack StorageError" {
+                    diverged += 1;
+                    break;
+                }
+            }
+            assert_eq!(
+                w,
+                g,
+                "case {case}, after op {}: {:#?}\nZODB stderr: {stderr}",
+                op.saturating_sub(1),
+                &cases[case][..op]
+            );
+        }
     }
-    assert_eq!(actual.len(), expected.len());
+    // Such packs need an undo before the pack time of a transaction that
+    // pack removes: they must stay rare, or the comparison proves little.
+    eprintln!(
+        "{diverged} of {} cases cut short by a pack ZODB cannot do",
+        want_blocks.len()
+    );
+    assert!(
+        diverged * 5 <= want_blocks.len(),
+        "{diverged} cases cut short"
+    );
 }
