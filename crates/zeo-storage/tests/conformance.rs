@@ -28,6 +28,7 @@ macro_rules! conformance_tests {
                 abort_discards, wrong_handles_are_refused, finish_callback_runs_before_readers_see,
                 second_tpc_begin_blocks, pack_drops_old_revisions, pack_keeps_what_undo_after_it_needs,
                 gc_removes_unreachable_objects, gc_pack_failures, close_then_closed,
+                close_wakes_a_waiting_tpc_begin,
                 size_and_len_follow_commits);
         }
     };
@@ -893,6 +894,27 @@ fn close_then_closed<S: Storage>(make: &dyn Fn() -> Fixture<S>) {
         s.pack(TimeStamp::now().unix_time(), true),
         Err(Error::Closed)
     ));
+}
+
+fn close_wakes_a_waiting_tpc_begin<S: Storage + 'static>(make: &dyn Fn() -> Fixture<S>) {
+    let s = Arc::new(make());
+    let _t = s.tpc_begin(&meta("held"), BeginOptions::default()).unwrap();
+    let s2 = Arc::clone(&s);
+    let (tx, rx) = mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let r = s2.tpc_begin(&meta("waiting"), BeginOptions::default());
+        tx.send(matches!(r, Err(Error::Closed))).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "tpc_begin did not wait"
+    );
+    s.close().unwrap();
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "waiting tpc_begin did not fail with Closed"
+    );
+    waiter.join().unwrap();
 }
 
 fn size_and_len_follow_commits<S: Storage>(make: &dyn Fn() -> Fixture<S>) {
