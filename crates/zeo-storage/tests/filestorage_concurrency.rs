@@ -10,7 +10,9 @@ use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Oid, Storage, Tid, TransactionMetaData};
 
 fn commit(fs: &FileStorage, stores: &[(u64, Tid, &[u8])]) -> Tid {
-    let txn = fs.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
+    let txn = fs
+        .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+        .unwrap();
     for (oid, serial, data) in stores {
         fs.store(txn, Oid(*oid), *serial, data).unwrap();
     }
@@ -21,14 +23,23 @@ fn commit(fs: &FileStorage, stores: &[(u64, Tid, &[u8])]) -> Tid {
 #[test]
 fn readers_proceed_while_a_commit_is_between_vote_and_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(FileStorage::open(dir.path().join("Data.fs"), FileStorageOptions::default()).unwrap());
-    let data: Vec<Vec<u8>> = (0..200).map(|i| format!("object {i} v1").into_bytes()).collect();
-    let stores: Vec<(u64, Tid, &[u8])> = (0..200).map(|i| (i as u64, Tid::ZERO, &data[i][..])).collect();
+    let fs = Arc::new(
+        FileStorage::open(dir.path().join("Data.fs"), FileStorageOptions::default()).unwrap(),
+    );
+    let data: Vec<Vec<u8>> = (0..200)
+        .map(|i| format!("object {i} v1").into_bytes())
+        .collect();
+    let stores: Vec<(u64, Tid, &[u8])> = (0..200)
+        .map(|i| (i as u64, Tid::ZERO, &data[i][..]))
+        .collect();
     let t1 = commit(&fs, &stores);
 
-    let txn = fs.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
+    let txn = fs
+        .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+        .unwrap();
     for i in 0..200u64 {
-        fs.store(txn, Oid(i), t1, format!("object {i} v2").as_bytes()).unwrap();
+        fs.store(txn, Oid(i), t1, format!("object {i} v2").as_bytes())
+            .unwrap();
     }
     fs.tpc_vote(txn).unwrap();
 
@@ -54,7 +65,10 @@ fn readers_proceed_while_a_commit_is_between_vote_and_finish() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     while loads.load(Ordering::Relaxed) < 2000 {
-        assert!(Instant::now() < deadline, "readers made no progress while a commit was voted");
+        assert!(
+            Instant::now() < deadline,
+            "readers made no progress while a commit was voted"
+        );
         thread::sleep(Duration::from_millis(5));
     }
     stop.store(true, Ordering::Relaxed);
@@ -73,7 +87,9 @@ fn readers_proceed_while_a_commit_is_between_vote_and_finish() {
             thread::spawn(move || {
                 let _ = tx.send(fs3.load(Oid(3)).map(|(_, t)| t));
             });
-            let seen = rx.recv_timeout(Duration::from_secs(10)).expect("a load blocked on the commit");
+            let seen = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a load blocked on the commit");
             assert_eq!(seen.unwrap(), t1);
             assert!(tid > t1);
         })
@@ -85,14 +101,20 @@ fn readers_proceed_while_a_commit_is_between_vote_and_finish() {
 #[test]
 fn a_second_tpc_begin_waits_for_the_first_transaction() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = Arc::new(FileStorage::open(dir.path().join("Data.fs"), FileStorageOptions::default()).unwrap());
-    let first = fs.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
+    let fs = Arc::new(
+        FileStorage::open(dir.path().join("Data.fs"), FileStorageOptions::default()).unwrap(),
+    );
+    let first = fs
+        .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+        .unwrap();
     fs.store(first, Oid(0), Tid::ZERO, b"root").unwrap();
     let began = Arc::new(AtomicBool::new(false));
     let waiter = {
         let (fs, began) = (Arc::clone(&fs), Arc::clone(&began));
         thread::spawn(move || {
-            let txn = fs.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
+            let txn = fs
+                .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+                .unwrap();
             began.store(true, Ordering::SeqCst);
             let serial = fs.get_tid(Oid(0)).unwrap();
             fs.store(txn, Oid(0), serial, b"root 2").unwrap();
@@ -101,7 +123,10 @@ fn a_second_tpc_begin_waits_for_the_first_transaction() {
         })
     };
     thread::sleep(Duration::from_millis(200));
-    assert!(!began.load(Ordering::SeqCst), "second tpc_begin did not wait");
+    assert!(
+        !began.load(Ordering::SeqCst),
+        "second tpc_begin did not wait"
+    );
     fs.tpc_vote(first).unwrap();
     let t1 = fs.tpc_finish(first, &mut |_| {}).unwrap();
     let t2 = waiter.join().unwrap();
@@ -122,8 +147,11 @@ fn concurrent_committers_and_readers_keep_the_file_sound() {
                 let oid = fs.new_oid().unwrap();
                 let mut serial = Tid::ZERO;
                 for i in 0..25 {
-                    let txn = fs.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
-                    fs.store(txn, oid, serial, format!("w{w} i{i}").as_bytes()).unwrap();
+                    let txn = fs
+                        .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+                        .unwrap();
+                    fs.store(txn, oid, serial, format!("w{w} i{i}").as_bytes())
+                        .unwrap();
                     if i % 5 == 4 {
                         fs.tpc_abort(txn);
                         continue;

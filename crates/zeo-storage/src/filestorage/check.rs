@@ -7,7 +7,9 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::ids::Tid;
 
-use super::format::{format_error, Window, DATA_HEADER_LEN, MAGIC, STATUS_CHECKPOINT, STATUS_UNDONE, TXN_HEADER_LEN};
+use super::format::{
+    format_error, Window, DATA_HEADER_LEN, MAGIC, STATUS_CHECKPOINT, STATUS_UNDONE, TXN_HEADER_LEN,
+};
 use super::scan::file_len;
 
 /// What [`check`] found in a sound file.
@@ -42,7 +44,12 @@ pub fn check(path: &Path) -> Result<CheckReport> {
     if win.array::<4>(0)?.as_ref() != Some(MAGIC) {
         return Err(fail(0, "invalid file header".into()));
     }
-    let mut report = CheckReport { transactions: 0, data_records: 0, last_tid: Tid::ZERO, size };
+    let mut report = CheckReport {
+        transactions: 0,
+        data_records: 0,
+        last_tid: Tid::ZERO,
+        size,
+    };
     let mut pos = 4u64;
     let mut ltid = Tid::ZERO;
     while pos < size {
@@ -51,21 +58,38 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         };
         let h = super::format::TxnHeader::parse(&h);
         if h.tid <= ltid {
-            return Err(fail(pos, format!("time-stamp reduction at {pos}: {} <= {}", h.tid, ltid)));
+            return Err(fail(
+                pos,
+                format!("time-stamp reduction at {pos}: {} <= {}", h.tid, ltid),
+            ));
         }
         ltid = h.tid;
         let tend = match pos.checked_add(h.tlen) {
             Some(e) if e.checked_add(8).is_some_and(|x| x <= size) => e,
-            _ => return Err(fail(pos, format!("truncated possibly because of damaged records at {pos}"))),
+            _ => {
+                return Err(fail(
+                    pos,
+                    format!("truncated possibly because of damaged records at {pos}"),
+                ))
+            }
         };
         if h.status == STATUS_CHECKPOINT {
-            return Err(fail(pos, format!("checkpoint flag was not cleared at {pos}")));
+            return Err(fail(
+                pos,
+                format!("checkpoint flag was not cleared at {pos}"),
+            ));
         }
         if !b" up".contains(&h.status) {
-            return Err(fail(pos, format!("has invalid status {:?} at {pos}", h.status as char)));
+            return Err(fail(
+                pos,
+                format!("has invalid status {:?} at {pos}", h.status as char),
+            ));
         }
         if h.header_len() > h.tlen {
-            return Err(fail(pos, format!("has an invalid transaction header at {pos}")));
+            return Err(fail(
+                pos,
+                format!("has an invalid transaction header at {pos}"),
+            ));
         }
         let tpos = pos;
         if h.status != STATUS_UNDONE {
@@ -88,7 +112,13 @@ pub fn check(path: &Path) -> Result<CheckReport> {
                 match next {
                     Some(n) if n <= tend => dpos = n,
                     _ => {
-                        return Err(fail(dpos, format!("has data records that extend beyond the transaction record; end at {}", next.map_or_else(|| "overflow".to_string(), |n| n.to_string()))))
+                        return Err(fail(
+                            dpos,
+                            format!(
+                            "has data records that extend beyond the transaction record; end at {}",
+                            next.map_or_else(|| "overflow".to_string(), |n| n.to_string())
+                        ),
+                        ))
                     }
                 }
                 report.data_records += 1;
@@ -96,7 +126,10 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         }
         let rtl = win.array::<8>(tend)?.map(u64::from_be_bytes);
         if rtl != Some(h.tlen) {
-            return Err(fail(tend, format!("has inconsistent transaction length at {tend}")));
+            return Err(fail(
+                tend,
+                format!("has inconsistent transaction length at {tend}"),
+            ));
         }
         pos = tend + 8;
         report.transactions += 1;

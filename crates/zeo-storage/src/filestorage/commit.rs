@@ -16,10 +16,14 @@ use std::sync::{Arc, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
-use crate::interface::{check_metadata_lengths, BeginOptions, TransactionMetaData, TxnHandle, TxnStatus};
+use crate::interface::{
+    check_metadata_lengths, BeginOptions, TransactionMetaData, TxnHandle, TxnStatus,
+};
 use crate::timestamp::TimeStamp;
 
-use super::format::{DataHeader, Reader, TxnHeader, DATA_HEADER_LEN, STATUS_CHECKPOINT, TXN_HEADER_LEN};
+use super::format::{
+    DataHeader, Reader, TxnHeader, DATA_HEADER_LEN, STATUS_CHECKPOINT, TXN_HEADER_LEN,
+};
 use super::{lock, FileStorage};
 
 /// Records staged in memory before they spill to the temporary file.
@@ -39,7 +43,11 @@ pub(crate) struct Staged {
 
 impl Staged {
     fn new(file: Option<File>) -> Self {
-        Staged { file, flushed: 0, buf: Vec::new() }
+        Staged {
+            file,
+            flushed: 0,
+            buf: Vec::new(),
+        }
     }
 
     /// Total staged bytes.
@@ -80,9 +88,13 @@ impl Staged {
 
     /// Reads staged bytes at `offset`.
     pub(crate) fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<()> {
-        let end = offset.checked_add(out.len() as u64).filter(|&e| e <= self.len());
+        let end = offset
+            .checked_add(out.len() as u64)
+            .filter(|&e| e <= self.len());
         if end.is_none() {
-            return Err(Error::Storage(format!("staged record at {offset} out of range")));
+            return Err(Error::Storage(format!(
+                "staged record at {offset} out of range"
+            )));
         }
         let mut done = 0usize;
         if offset < self.flushed {
@@ -169,13 +181,22 @@ impl CommitState {
         let file = if read_only {
             None
         } else {
-            let dir = data_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = data_path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             let f = tempfile::tempfile_in(dir)
                 .or_else(|_| tempfile::tempfile())
                 .map_err(|e| Error::io("creating the commit temporary file", e))?;
             Some(f)
         };
-        Ok(CommitState { active: None, staged: Staged::new(file), next_handle: 1, last_ts: ltid, dirty_tail: false })
+        Ok(CommitState {
+            active: None,
+            staged: Staged::new(file),
+            next_handle: 1,
+            last_ts: ltid,
+            dirty_tail: false,
+        })
     }
 }
 
@@ -203,7 +224,10 @@ impl FileStorage {
         let st = &mut *st;
         match st.active.as_mut() {
             Some(a) if a.handle == txn => f(a, &mut st.staged),
-            _ => Err(Error::Transaction(format!("transaction {} is not the current transaction", txn.0))),
+            _ => Err(Error::Transaction(format!(
+                "transaction {} is not the current transaction",
+                txn.0
+            ))),
         }
     }
 
@@ -221,7 +245,11 @@ impl FileStorage {
         })
     }
 
-    pub(crate) fn begin(&self, meta: &TransactionMetaData, options: BeginOptions) -> Result<TxnHandle> {
+    pub(crate) fn begin(
+        &self,
+        meta: &TransactionMetaData,
+        options: BeginOptions,
+    ) -> Result<TxnHandle> {
         self.writable()?;
         check_metadata_lengths(meta)?;
         if matches!(options.status, TxnStatus::Checkpoint | TxnStatus::Undone) {
@@ -232,7 +260,10 @@ impl FileStorage {
         }
         let mut st = self.commit_state();
         while st.active.is_some() {
-            st = self.commit_done.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+            st = self
+                .commit_done
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             self.check_open()?;
         }
         let (base, ltid) = {
@@ -248,13 +279,16 @@ impl FileStorage {
                 }
                 tid
             }
-            None => TimeStamp::now().later_than(TimeStamp::from_tid(st.last_ts.max(ltid))).tid(),
+            None => TimeStamp::now()
+                .later_than(TimeStamp::from_tid(st.last_ts.max(ltid)))
+                .tid(),
         };
         st.last_ts = tid;
         let handle = TxnHandle(st.next_handle);
         st.next_handle += 1;
         st.staged.reset();
-        let thl = TXN_HEADER_LEN + (meta.user.len() + meta.description.len() + meta.extension.len()) as u64;
+        let thl = TXN_HEADER_LEN
+            + (meta.user.len() + meta.description.len() + meta.extension.len()) as u64;
         st.active = Some(ActiveTxn {
             handle,
             tid,
@@ -287,7 +321,12 @@ impl FileStorage {
     }
 
     /// Stages one record: header, then data or backpointer.
-    fn stage(a: &mut ActiveTxn, staged: &mut Staged, h: &DataHeader, data: Option<&[u8]>) -> Result<()> {
+    fn stage(
+        a: &mut ActiveTxn,
+        staged: &mut Staged,
+        h: &DataHeader,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
         let here = a.here(staged);
         let mut head = Vec::with_capacity(DATA_HEADER_LEN as usize + 8);
         head.extend_from_slice(&h.to_bytes());
@@ -307,9 +346,17 @@ impl FileStorage {
         Ok(())
     }
 
-    pub(crate) fn store_record(&self, txn: TxnHandle, oid: Oid, serial: Tid, data: &[u8]) -> Result<()> {
+    pub(crate) fn store_record(
+        &self,
+        txn: TxnHandle,
+        oid: Oid,
+        serial: Tid,
+        data: &[u8],
+    ) -> Result<()> {
         if data.is_empty() {
-            return Err(Error::InvalidArgument("cannot store an empty data record".into()));
+            return Err(Error::InvalidArgument(
+                "cannot store an empty data record".into(),
+            ));
         }
         self.with_unvoted(txn, "store", |a, staged| {
             self.raise_max_oid(oid);
@@ -317,24 +364,48 @@ impl FileStorage {
             let prev = match old {
                 Some((pos, h)) => {
                     if h.tid != serial {
-                        return Err(Error::Conflict { oid, committed: h.tid, old: serial });
+                        return Err(Error::Conflict {
+                            oid,
+                            committed: h.tid,
+                            old: serial,
+                        });
                     }
                     pos
                 }
                 None => 0,
             };
-            let h = DataHeader { oid, tid: a.tid, prev, tloc: a.base, plen: data.len() as u64, back: 0 };
+            let h = DataHeader {
+                oid,
+                tid: a.tid,
+                prev,
+                tloc: a.base,
+                plen: data.len() as u64,
+                back: 0,
+            };
             Self::stage(a, staged, &h, Some(data))
         })
     }
 
     pub(crate) fn delete_record(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
         self.with_unvoted(txn, "delete_object", |a, staged| {
-            let Some((pos, h)) = self.committed_header(oid)? else { return Err(Error::pos_key(oid)) };
+            let Some((pos, h)) = self.committed_header(oid)? else {
+                return Err(Error::pos_key(oid));
+            };
             if h.tid != serial {
-                return Err(Error::Conflict { oid, committed: h.tid, old: serial });
+                return Err(Error::Conflict {
+                    oid,
+                    committed: h.tid,
+                    old: serial,
+                });
             }
-            let h = DataHeader { oid, tid: a.tid, prev: pos, tloc: a.base, plen: 0, back: 0 };
+            let h = DataHeader {
+                oid,
+                tid: a.tid,
+                prev: pos,
+                tloc: a.base,
+                plen: 0,
+                back: 0,
+            };
             Self::stage(a, staged, &h, None)
         })
     }
@@ -348,7 +419,9 @@ impl FileStorage {
         prev_txn: Option<Tid>,
     ) -> Result<()> {
         if data.is_some_and(<[u8]>::is_empty) {
-            return Err(Error::InvalidArgument("cannot restore an empty data record".into()));
+            return Err(Error::InvalidArgument(
+                "cannot restore an empty data record".into(),
+            ));
         }
         self.with_unvoted(txn, "restore", |a, staged| {
             self.raise_max_oid(oid);
@@ -365,8 +438,22 @@ impl FileStorage {
             };
             let prev = self.committed_header(oid)?.map_or(0, |(pos, _)| pos);
             let h = match data {
-                Some(d) if back == 0 => DataHeader { oid, tid: serial, prev, tloc: a.base, plen: d.len() as u64, back: 0 },
-                _ => DataHeader { oid, tid: serial, prev, tloc: a.base, plen: 0, back },
+                Some(d) if back == 0 => DataHeader {
+                    oid,
+                    tid: serial,
+                    prev,
+                    tloc: a.base,
+                    plen: d.len() as u64,
+                    back: 0,
+                },
+                _ => DataHeader {
+                    oid,
+                    tid: serial,
+                    prev,
+                    tloc: a.base,
+                    plen: 0,
+                    back,
+                },
             };
             Self::stage(a, staged, &h, data)
         })
@@ -378,7 +465,11 @@ impl FileStorage {
         let st = &mut *guard;
         let a = match st.active.as_mut() {
             Some(a) if a.handle == txn => a,
-            _ => return Err(Error::Transaction("tpc_vote called with wrong transaction".into())),
+            _ => {
+                return Err(Error::Transaction(
+                    "tpc_vote called with wrong transaction".into(),
+                ))
+            }
         };
         if a.next_pos.is_some() {
             return Err(Error::Transaction("tpc_vote called twice".into()));
@@ -403,7 +494,10 @@ impl FileStorage {
                 let mut off = 0u64;
                 while off < staged.flushed {
                     let n = ((staged.flushed - off) as usize).min(COPY_CHUNK);
-                    staged.tmp()?.read_exact_at(&mut chunk[..n], off).map_err(|e| Error::io("reading the commit temporary file", e))?;
+                    staged
+                        .tmp()?
+                        .read_exact_at(&mut chunk[..n], off)
+                        .map_err(|e| Error::io("reading the commit temporary file", e))?;
                     file.write_all_at(&chunk[..n], at).map_err(io)?;
                     at += n as u64;
                     off += n as u64;
@@ -439,26 +533,44 @@ impl FileStorage {
         let (next_pos, base, tid, status) = match st.active.as_ref() {
             Some(a) if a.handle == txn => match a.next_pos {
                 Some(n) => (n, a.base, a.tid, a.status),
-                None => return Err(Error::Transaction("tpc_finish called before tpc_vote".into())),
+                None => {
+                    return Err(Error::Transaction(
+                        "tpc_finish called before tpc_vote".into(),
+                    ))
+                }
             },
-            _ => return Err(Error::Transaction("tpc_finish called with wrong transaction".into())),
+            _ => {
+                return Err(Error::Transaction(
+                    "tpc_finish called with wrong transaction".into(),
+                ))
+            }
         };
         let file = Arc::clone(&self.read_published().file);
-        let durable = file.write_all_at(&[status], base + 16).and_then(|_| file.sync_all());
+        let durable = file
+            .write_all_at(&[status], base + 16)
+            .and_then(|_| file.sync_all());
         if let Err(e) = durable {
             // Like ZODB, a failure here leaves the storage unusable; cut
             // the transaction off so a restart does not see it either.
-            tracing::error!("{}: failure finishing transaction {tid}: {e}; closing", self.path.display());
+            tracing::error!(
+                "{}: failure finishing transaction {tid}: {e}; closing",
+                self.path.display()
+            );
             if file.set_len(base).is_err() {
                 st.dirty_tail = true;
             }
             st.active = None;
             self.closed.store(true, Ordering::Release);
             self.commit_done.notify_all();
-            return Err(Error::io(format!("committing transaction to {}", self.path.display()), e));
+            return Err(Error::io(
+                format!("committing transaction to {}", self.path.display()),
+                e,
+            ));
         }
         on_commit(tid);
-        let Some(a) = st.active.take() else { return Err(Error::Transaction("no transaction".into())) };
+        let Some(a) = st.active.take() else {
+            return Err(Error::Transaction("no transaction".into()));
+        };
         let updates: Vec<(u64, u64)> = a.order.iter().map(|oid| (*oid, a.tindex[oid])).collect();
         let prepared = self.read_published().index.prepare(&updates);
         {
@@ -486,7 +598,10 @@ impl FileStorage {
             if a.next_pos.is_some() {
                 let file = Arc::clone(&self.read_published().file);
                 if let Err(e) = file.set_len(a.base) {
-                    tracing::error!("{}: truncating an aborted transaction: {e}", self.path.display());
+                    tracing::error!(
+                        "{}: truncating an aborted transaction: {e}",
+                        self.path.display()
+                    );
                     st.dirty_tail = true;
                 }
             }
@@ -515,7 +630,9 @@ fn find_data(r: &Reader<'_>, tpos: u64, oid: Oid, data: &[u8]) -> Result<u64> {
         if h.oid == oid {
             found = Some((pos, h));
         }
-        pos = pos.checked_add(h.record_len().unwrap_or(u64::MAX)).ok_or_else(|| r.error(pos, "record length overflows"))?;
+        pos = pos
+            .checked_add(h.record_len().unwrap_or(u64::MAX))
+            .ok_or_else(|| r.error(pos, "record length overflows"))?;
     }
     let Some((dpos, h)) = found else { return Ok(0) };
     if h.plen == 0 {
@@ -526,5 +643,9 @@ fn find_data(r: &Reader<'_>, tpos: u64, oid: Oid, data: &[u8]) -> Result<u64> {
         tracing::error!("mismatch between data and backpointer at {dpos}");
         return Ok(0);
     }
-    Ok(if r.record_data(dpos, &h)? == data { dpos } else { 0 })
+    Ok(if r.record_data(dpos, &h)? == data {
+        dpos
+    } else {
+        0
+    })
 }

@@ -23,8 +23,9 @@ pub fn dump(path: &Path, out: &mut dyn Write) -> Result<()> {
     let mut magic = [0u8; 4];
     {
         use std::os::unix::fs::FileExt;
-        file.read_exact_at(&mut magic, 0)
-            .map_err(|_| super::format::format_error(path, 0, "file is too short for the FS30 header"))?;
+        file.read_exact_at(&mut magic, 0).map_err(|_| {
+            super::format::format_error(path, 0, "file is too short for the FS30 header")
+        })?;
     }
     check_magic(path, &magic)?;
     let io = |e| Error::io("writing the dump", e);
@@ -52,14 +53,25 @@ pub fn dump(path: &Path, out: &mut dyn Write) -> Result<()> {
         .map_err(io)?;
         for (j, rec) in txn.records.iter().enumerate() {
             let (size, class) = match &rec.data {
-                None => (String::new(), "undo or abort of object creation".to_string()),
+                None => (
+                    String::new(),
+                    "undo or abort of object creation".to_string(),
+                ),
                 Some(d) => {
                     let (m, c) = pickle_class_name(d);
                     (format!(" size={}", d.len()), format!("{m}.{c}"))
                 }
             };
-            let bp = rec.data_txn.map(|t| format!(" bp={:016x}", t.0)).unwrap_or_default();
-            writeln!(out, "  data #{j:05} oid={:016x}{size} class={class}{bp}", rec.oid.0).map_err(io)?;
+            let bp = rec
+                .data_txn
+                .map(|t| format!(" bp={:016x}", t.0))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  data #{j:05} oid={:016x}{size} class={class}{bp}",
+                rec.oid.0
+            )
+            .map_err(io)?;
         }
         i += 1;
     }
@@ -68,7 +80,11 @@ pub fn dump(path: &Path, out: &mut dyn Write) -> Result<()> {
 
 /// Python's `repr()` of a `bytes` value.
 pub(crate) fn py_bytes_repr(b: &[u8]) -> String {
-    let quote = if b.contains(&b'\'') && !b.contains(&b'"') { '"' } else { '\'' };
+    let quote = if b.contains(&b'\'') && !b.contains(&b'"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut s = String::with_capacity(b.len() + 3);
     s.push('b');
     s.push(quote);
@@ -94,7 +110,11 @@ pub(crate) fn py_bytes_repr(b: &[u8]) -> String {
 /// transaction status).
 fn py_str_repr(b: &[u8]) -> String {
     let text: String = b.iter().map(|&c| char::from(c)).collect();
-    let quote = if text.contains('\'') && !text.contains('"') { '"' } else { '\'' };
+    let quote = if text.contains('\'') && !text.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut s = String::new();
     s.push(quote);
     for c in text.chars() {
@@ -134,7 +154,10 @@ pub(crate) fn pickle_class_name(data: &[u8]) -> (String, String) {
         let mut parts = d.splitn(3, |&c| c == b'\n');
         if let (Some(m), Some(c), Some(_)) = (parts.next(), parts.next(), parts.next()) {
             let m = m.get(prefix..).unwrap_or_default();
-            return (String::from_utf8_lossy(m).into_owned(), String::from_utf8_lossy(c).into_owned());
+            return (
+                String::from_utf8_lossy(m).into_owned(),
+                String::from_utf8_lossy(c).into_owned(),
+            );
         }
         return (String::new(), String::new());
     }
@@ -178,19 +201,27 @@ fn class_tuple(d: &[u8]) -> Option<(String, String)> {
             b'N' | 0x88 | 0x89 => stack.push(V::Other),
             b'X' => {
                 let n = u32::from_le_bytes(take(&mut i, 4)?.try_into().ok()?) as usize;
-                stack.push(V::Str(String::from_utf8_lossy(take(&mut i, n)?).into_owned()));
+                stack.push(V::Str(
+                    String::from_utf8_lossy(take(&mut i, n)?).into_owned(),
+                ));
             }
             0x8c => {
                 let n = usize::from(*take(&mut i, 1)?.first()?);
-                stack.push(V::Str(String::from_utf8_lossy(take(&mut i, n)?).into_owned()));
+                stack.push(V::Str(
+                    String::from_utf8_lossy(take(&mut i, n)?).into_owned(),
+                ));
             }
             b'U' => {
                 let n = usize::from(*take(&mut i, 1)?.first()?);
-                stack.push(V::Str(String::from_utf8_lossy(take(&mut i, n)?).into_owned()));
+                stack.push(V::Str(
+                    String::from_utf8_lossy(take(&mut i, n)?).into_owned(),
+                ));
             }
             b'T' => {
                 let n = u32::from_le_bytes(take(&mut i, 4)?.try_into().ok()?) as usize;
-                stack.push(V::Str(String::from_utf8_lossy(take(&mut i, n)?).into_owned()));
+                stack.push(V::Str(
+                    String::from_utf8_lossy(take(&mut i, n)?).into_owned(),
+                ));
             }
             b'K' => {
                 take(&mut i, 1)?;
@@ -261,7 +292,10 @@ mod tests {
         assert_eq!(py_bytes_repr(b"alice"), "b'alice'");
         assert_eq!(py_bytes_repr(b"it's"), "b\"it's\"");
         assert_eq!(py_bytes_repr(b"'\""), "b'\\'\"'");
-        assert_eq!(py_bytes_repr(b"a\tb\n\\\x00\xff"), "b'a\\tb\\n\\\\\\x00\\xff'");
+        assert_eq!(
+            py_bytes_repr(b"a\tb\n\\\x00\xff"),
+            "b'a\\tb\\n\\\\\\x00\\xff'"
+        );
         assert_eq!(py_str_repr(b" "), "' '");
         assert_eq!(py_str_repr(b"p"), "'p'");
     }
@@ -269,7 +303,10 @@ mod tests {
     #[test]
     fn class_names() {
         let global = b"\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00.\x80\x03}q\x01.";
-        assert_eq!(pickle_class_name(global), ("persistent.mapping".into(), "PersistentMapping".into()));
+        assert_eq!(
+            pickle_class_name(global),
+            ("persistent.mapping".into(), "PersistentMapping".into())
+        );
         // ((module, name), None) as protocol 3 writes it.
         let mut t = vec![0x80, 3, b'X', 3, 0, 0, 0];
         t.extend_from_slice(b"mod");
@@ -278,6 +315,9 @@ mod tests {
         t.truncate(t.len() - 1);
         t.extend_from_slice(&[b'q', 1, 0x86, b'q', 2, b'N', 0x86, b'q', 3, b'.']);
         assert_eq!(pickle_class_name(&t), ("mod".into(), "Klas".into()));
-        assert_eq!(pickle_class_name(b"\x80\x03Q."), (String::new(), String::new()));
+        assert_eq!(
+            pickle_class_name(b"\x80\x03Q."),
+            (String::new(), String::new())
+        );
     }
 }

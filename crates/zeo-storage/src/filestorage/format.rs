@@ -67,7 +67,7 @@ impl TxnHeader {
     }
 
     /// The 23 fixed bytes.
-    pub fn to_bytes(&self) -> [u8; TXN_HEADER_LEN as usize] {
+    pub fn to_bytes(self) -> [u8; TXN_HEADER_LEN as usize] {
         let mut b = [0u8; TXN_HEADER_LEN as usize];
         b[0..8].copy_from_slice(&self.tid.to_bytes());
         b[8..16].copy_from_slice(&self.tlen.to_be_bytes());
@@ -136,7 +136,7 @@ impl DataHeader {
     }
 
     /// The 42 fixed bytes (version length always 0).
-    pub fn to_bytes(&self) -> [u8; DATA_HEADER_LEN as usize] {
+    pub fn to_bytes(self) -> [u8; DATA_HEADER_LEN as usize] {
         let mut b = [0u8; DATA_HEADER_LEN as usize];
         b[0..8].copy_from_slice(&self.oid.to_bytes());
         b[8..16].copy_from_slice(&self.tid.to_bytes());
@@ -202,10 +202,6 @@ impl<'a> Reader<'a> {
         self.end
     }
 
-    /// The path errors name.
-    pub fn path(&self) -> &'a Path {
-        self.path
-    }
 
     /// A format error at `pos`.
     pub fn error(&self, pos: u64, reason: impl Into<String>) -> Error {
@@ -220,7 +216,10 @@ impl<'a> Reader<'a> {
             _ => {
                 return Err(self.error(
                     pos,
-                    format!("{what} ({len} bytes) runs past the end of the data at {}", self.end),
+                    format!(
+                        "{what} ({len} bytes) runs past the end of the data at {}",
+                        self.end
+                    ),
                 ))
             }
         }
@@ -248,7 +247,10 @@ impl<'a> Reader<'a> {
             _ => {
                 return Err(self.error(
                     pos,
-                    format!("{what} ({len} bytes) runs past the end of the data at {}", self.end),
+                    format!(
+                        "{what} ({len} bytes) runs past the end of the data at {}",
+                        self.end
+                    ),
                 ))
             }
         }
@@ -271,21 +273,32 @@ impl<'a> Reader<'a> {
         let bytes = self.read_vec(pos + TXN_HEADER_LEN, total, "transaction metadata")?;
         let (u, rest) = bytes.split_at(usize::from(h.ulen));
         let (d, e) = rest.split_at(usize::from(h.dlen));
-        Ok(TransactionMetaData { user: u.to_vec(), description: d.to_vec(), extension: e.to_vec() })
+        Ok(TransactionMetaData {
+            user: u.to_vec(),
+            description: d.to_vec(),
+            extension: e.to_vec(),
+        })
     }
 
     /// The data record header at `pos`, with its backpointer when `plen == 0`.
     pub fn data_header(&self, pos: u64) -> Result<DataHeader> {
         let mut b = [0u8; DATA_HEADER_LEN as usize];
         self.read_exact(pos, &mut b, "data record header")?;
-        let mut h = DataHeader::parse(&b)
-            .map_err(|vlen| self.error(pos, format!("data record has version length {vlen}; versions are not supported")))?;
+        let mut h = DataHeader::parse(&b).map_err(|vlen| {
+            self.error(
+                pos,
+                format!("data record has version length {vlen}; versions are not supported"),
+            )
+        })?;
         if h.plen == 0 {
             h.back = self.read_u64(pos + DATA_HEADER_LEN, "backpointer")?;
         } else if h.plen > self.end.saturating_sub(pos + DATA_HEADER_LEN) {
             return Err(self.error(
                 pos,
-                format!("data length {} runs past the end of the data at {}", h.plen, self.end),
+                format!(
+                    "data length {} runs past the end of the data at {}",
+                    h.plen, self.end
+                ),
             ));
         }
         Ok(h)
@@ -295,9 +308,57 @@ impl<'a> Reader<'a> {
     pub fn data_header_for(&self, pos: u64, oid: Oid) -> Result<DataHeader> {
         let h = self.data_header(pos)?;
         if h.oid != oid {
-            return Err(self.error(pos, format!("data record is for oid {} where {oid} was expected", h.oid)));
+            return Err(self.error(
+                pos,
+                format!("data record is for oid {} where {oid} was expected", h.oid),
+            ));
         }
         Ok(h)
+    }
+
+    /// The record of `oid` at `pos` with its own data (`None` for a
+    /// backpointer or no-data record), read with a single system call when
+    /// the record is small, since this is every load's path.
+    pub fn data_record_for(&self, pos: u64, oid: Oid) -> Result<(DataHeader, Option<Vec<u8>>)> {
+        const GUESS: u64 = 4096;
+        let avail = self.end.saturating_sub(pos).min(GUESS);
+        if avail < DATA_HEADER_LEN + 8 {
+            let h = self.data_header_for(pos, oid)?;
+            let data = if h.plen > 0 {
+                Some(self.record_data(pos, &h)?)
+            } else {
+                None
+            };
+            return Ok((h, data));
+        }
+        let mut buf = vec![0u8; avail as usize];
+        self.read_exact(pos, &mut buf, "data record")?;
+        let mut head = [0u8; DATA_HEADER_LEN as usize];
+        head.copy_from_slice(&buf[..DATA_HEADER_LEN as usize]);
+        let mut h = DataHeader::parse(&head).map_err(|vlen| {
+            self.error(
+                pos,
+                format!("data record has version length {vlen}; versions are not supported"),
+            )
+        })?;
+        if h.oid != oid {
+            return Err(self.error(
+                pos,
+                format!("data record is for oid {} where {oid} was expected", h.oid),
+            ));
+        }
+        if h.plen == 0 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[DATA_HEADER_LEN as usize..DATA_HEADER_LEN as usize + 8]);
+            h.back = u64::from_be_bytes(b);
+            return Ok((h, None));
+        }
+        if h.plen <= avail - DATA_HEADER_LEN {
+            buf.truncate((DATA_HEADER_LEN + h.plen) as usize);
+            buf.drain(..DATA_HEADER_LEN as usize);
+            return Ok((h, Some(buf)));
+        }
+        Ok((h, Some(self.record_data(pos, &h)?)))
     }
 
     /// The pickle of the record at `pos` whose header is `h` (`plen > 0`).
@@ -315,12 +376,19 @@ impl<'a> Reader<'a> {
                 return Ok(None);
             }
             if back >= from {
-                return Err(self.error(from, format!("backpointer {back} does not point backwards")));
+                return Err(
+                    self.error(from, format!("backpointer {back} does not point backwards"))
+                );
             }
             let h = self.data_header_for(back, oid)?;
             if h.plen > 0 {
                 let data = self.record_data(back, &h)?;
-                return Ok(Some(BackData { data, tid: h.tid, pos: back, tloc: h.tloc }));
+                return Ok(Some(BackData {
+                    data,
+                    tid: h.tid,
+                    pos: back,
+                    tloc: h.tloc,
+                }));
             }
             from = back;
             back = h.back;
@@ -355,12 +423,23 @@ impl<'a> Reader<'a> {
             .checked_sub(TXN_TRAILER_LEN)
             .and_then(|p| p.checked_sub(tl))
             .filter(|&p| p >= FIRST_TXN_POS)
-            .ok_or_else(|| self.error(pos - TXN_TRAILER_LEN, format!("redundant transaction length {tl} points before the start of the file")))?;
+            .ok_or_else(|| {
+                self.error(
+                    pos - TXN_TRAILER_LEN,
+                    format!(
+                        "redundant transaction length {tl} points before the start of the file"
+                    ),
+                )
+            })?;
         let h = self.txn_header(tpos)?;
         if h.tlen != tl {
             return Err(self.error(
                 tpos,
-                format!("transaction length {} does not match the redundant length {tl} at {}", h.tlen, pos - TXN_TRAILER_LEN),
+                format!(
+                    "transaction length {} does not match the redundant length {tl} at {}",
+                    h.tlen,
+                    pos - TXN_TRAILER_LEN
+                ),
             ));
         }
         Ok((tpos, h))
@@ -369,7 +448,11 @@ impl<'a> Reader<'a> {
 
 /// A format error naming the file, the offset and the problem.
 pub(crate) fn format_error(path: &Path, pos: u64, reason: impl Into<String>) -> Error {
-    Error::Format { path: path.to_path_buf(), pos, reason: reason.into() }
+    Error::Format {
+        path: path.to_path_buf(),
+        pos,
+        reason: reason.into(),
+    }
 }
 
 /// Checks the 4-byte file header.
@@ -383,7 +466,11 @@ pub(crate) fn check_magic(path: &Path, magic: &[u8]) -> Result<()> {
             "FS21 file written by Python 2 ZODB; convert it to FS30 with zodbupdate first",
         ))
     } else {
-        Err(format_error(path, 0, format!("not a FileStorage file: bad magic {magic:02x?}, expected \"FS30\"")))
+        Err(format_error(
+            path,
+            0,
+            format!("not a FileStorage file: bad magic {magic:02x?}, expected \"FS30\""),
+        ))
     }
 }
 
@@ -402,7 +489,13 @@ impl<'a> Window<'a> {
 
     /// A window over the first `size` bytes of `file`.
     pub fn new(file: &'a File, path: &'a Path, size: u64) -> Self {
-        Window { file, path, size, buf: Vec::new(), start: 0 }
+        Window {
+            file,
+            path,
+            size,
+            buf: Vec::new(),
+            start: 0,
+        }
     }
 
     /// The bytes `[pos, pos + n)`, or `None` when they run past `size` (the
@@ -441,7 +534,14 @@ mod tests {
 
     #[test]
     fn txn_header_round_trip() {
-        let h = TxnHeader { tid: Tid(0x040d_4066_5761_16cc), tlen: 154, status: b' ', ulen: 0, dlen: 25, elen: 0 };
+        let h = TxnHeader {
+            tid: Tid(0x040d_4066_5761_16cc),
+            tlen: 154,
+            status: b' ',
+            ulen: 0,
+            dlen: 25,
+            elen: 0,
+        };
         let b = h.to_bytes();
         assert_eq!(&b[..8], &[0x04, 0x0d, 0x40, 0x66, 0x57, 0x61, 0x16, 0xcc]);
         assert_eq!(&b[8..16], &154u64.to_be_bytes());
@@ -451,13 +551,24 @@ mod tests {
 
     #[test]
     fn data_header_round_trip_and_version_refused() {
-        let h = DataHeader { oid: Oid(1), tid: Tid(2), prev: 355, tloc: 480, plen: 75, back: 0 };
+        let h = DataHeader {
+            oid: Oid(1),
+            tid: Tid(2),
+            prev: 355,
+            tloc: 480,
+            plen: 75,
+            back: 0,
+        };
         let mut b = h.to_bytes();
         assert_eq!(DataHeader::parse(&b), Ok(h));
         assert_eq!(h.record_len(), Some(117));
         b[33] = 1;
         assert_eq!(DataHeader::parse(&b), Err(1));
-        let bp = DataHeader { plen: 0, back: 222, ..h };
+        let bp = DataHeader {
+            plen: 0,
+            back: 222,
+            ..h
+        };
         assert_eq!(bp.record_len(), Some(50));
         let mut out = Vec::new();
         bp.write_record(None, &mut out);

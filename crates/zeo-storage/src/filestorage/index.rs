@@ -15,6 +15,7 @@ const MIN_DELTA: usize = 4096;
 const DELTA_FRACTION: usize = 16;
 /// Upper estimate of one `BTreeMap<u64, u64>` entry's heap cost (a leaf node
 /// of 11 slots is 192 bytes and is at least half full, plus inner nodes).
+#[cfg(test)]
 const DELTA_ENTRY_BYTES: usize = 48;
 
 /// oid → position of the current data record.
@@ -38,7 +39,10 @@ impl OidIndex {
     /// Builds an index from entries sorted by oid with no duplicates.
     pub fn from_sorted(entries: Vec<(u64, u64)>) -> Self {
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
-        OidIndex { base: entries, delta: BTreeMap::new() }
+        OidIndex {
+            base: entries,
+            delta: BTreeMap::new(),
+        }
     }
 
     /// Number of objects.
@@ -87,7 +91,9 @@ impl OidIndex {
             .filter(|(oid, _)| self.base.binary_search_by_key(oid, |e| e.0).is_err())
             .count();
         if self.delta_too_big(new_keys) {
-            Prepared { merged: Some(self.merged_with(updates)) }
+            Prepared {
+                merged: Some(self.merged_with(updates)),
+            }
         } else {
             Prepared { merged: None }
         }
@@ -173,12 +179,17 @@ impl OidIndex {
 
     /// All entries in oid order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        MergeIter { a: self.base.iter().copied().peekable(), b: self.delta.iter().map(|(k, v)| (*k, *v)).peekable() }
+        MergeIter {
+            a: self.base.iter().copied().peekable(),
+            b: self.delta.iter().map(|(k, v)| (*k, *v)).peekable(),
+        }
     }
 
     /// Approximate heap bytes held, from capacities.
+    #[cfg(test)]
     pub fn heap_bytes(&self) -> usize {
-        self.base.capacity() * std::mem::size_of::<(u64, u64)>() + self.delta.len() * DELTA_ENTRY_BYTES
+        self.base.capacity() * std::mem::size_of::<(u64, u64)>()
+            + self.delta.len() * DELTA_ENTRY_BYTES
     }
 
     /// Merges the delta into the base and drops spare capacity.
@@ -247,7 +258,9 @@ mod tests {
         let mut b = OidIndex::new();
         let mut next = 0u64;
         for round in 0..200u64 {
-            let updates: Vec<(u64, u64)> = (0..50).map(|i| ((next + i) % 7919, round * 100 + i)).collect();
+            let updates: Vec<(u64, u64)> = (0..50)
+                .map(|i| ((next + i) % 7919, round * 100 + i))
+                .collect();
             next += 37;
             for &(o, p) in &updates {
                 a.insert(o, p);
@@ -265,13 +278,18 @@ mod tests {
         // Commits of 100 new objects at a time, as a server would see them.
         let mut pos = 4u64;
         for chunk in 0..1000u64 {
-            let updates: Vec<(u64, u64)> = (0..100).map(|i| (chunk * 100 + i, pos + i * 60)).collect();
+            let updates: Vec<(u64, u64)> =
+                (0..100).map(|i| (chunk * 100 + i, pos + i * 60)).collect();
             pos += 6000;
             let prep = ix.prepare(&updates);
             ix.apply(&updates, prep);
             let per_object = ix.heap_bytes() as f64 / ix.len() as f64;
             if ix.len() >= 20_000 {
-                assert!(per_object <= 24.0, "{per_object} bytes/object at {}", ix.len());
+                assert!(
+                    per_object <= 24.0,
+                    "{per_object} bytes/object at {}",
+                    ix.len()
+                );
             }
         }
         assert_eq!(ix.len(), 100_000);

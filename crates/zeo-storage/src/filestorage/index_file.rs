@@ -72,8 +72,11 @@ pub(crate) fn save(data_path: &Path, pos: u64, index: &OidIndex) -> Result<bool>
         buf.extend_from_slice(&[0x86, b'.']);
         out.write_all(&buf).map_err(|e| io("writing", e))?;
     }
-    out.write_all(&[0x80, 3, b'N', b'.']).map_err(|e| io("writing", e))?;
-    let file = out.into_inner().map_err(|e| io("writing", e.into_error()))?;
+    out.write_all(&[0x80, 3, b'N', b'.'])
+        .map_err(|e| io("writing", e))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| io("writing", e.into_error()))?;
     file.sync_all().map_err(|e| io("syncing", e))?;
     drop(file);
     match fs::remove_file(&final_path) {
@@ -81,8 +84,16 @@ pub(crate) fn save(data_path: &Path, pos: u64, index: &OidIndex) -> Result<bool>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("removing {}", final_path.display()), e)),
     }
-    fs::rename(&tmp_path, &final_path)
-        .map_err(|e| Error::io(format!("renaming {} to {}", tmp_path.display(), final_path.display()), e))?;
+    fs::rename(&tmp_path, &final_path).map_err(|e| {
+        Error::io(
+            format!(
+                "renaming {} to {}",
+                tmp_path.display(),
+                final_path.display()
+            ),
+            e,
+        )
+    })?;
     Ok(true)
 }
 
@@ -132,8 +143,13 @@ pub(crate) fn load(data_path: &Path) -> std::result::Result<Option<(u64, OidInde
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Unusable(format!("cannot open {}: {e}", path.display()))),
     };
-    let mut r = PickleReader { inner: BufReader::with_capacity(1 << 16, file), offset: 0 };
-    r.decode().map(Some).map_err(|why| Unusable(format!("{}: {why}", path.display())))
+    let mut r = PickleReader {
+        inner: BufReader::with_capacity(1 << 16, file),
+        offset: 0,
+    };
+    r.decode()
+        .map(Some)
+        .map_err(|why| Unusable(format!("{}: {why}", path.display())))
 }
 
 struct PickleReader<R: Read> {
@@ -149,7 +165,9 @@ impl<R: Read> PickleReader<R> {
     }
 
     fn fill(&mut self, buf: &mut [u8]) -> std::result::Result<(), String> {
-        self.inner.read_exact(buf).map_err(|e| format!("at byte {}: {e}", self.offset))?;
+        self.inner
+            .read_exact(buf)
+            .map_err(|e| format!("at byte {}: {e}", self.offset))?;
         self.offset += buf.len() as u64;
         Ok(())
     }
@@ -160,7 +178,9 @@ impl<R: Read> PickleReader<R> {
         if got == want {
             Ok(())
         } else {
-            Err(format!("at byte {at}: expected {what}, found opcode 0x{got:02x}"))
+            Err(format!(
+                "at byte {at}: expected {what}, found opcode 0x{got:02x}"
+            ))
         }
     }
 
@@ -182,10 +202,16 @@ impl<R: Read> PickleReader<R> {
                 self.fill(&mut l)?;
                 u32::from_le_bytes(l) as usize
             }
-            op => return Err(format!("at byte {at}: expected bytes, found opcode 0x{op:02x}")),
+            op => {
+                return Err(format!(
+                    "at byte {at}: expected bytes, found opcode 0x{op:02x}"
+                ))
+            }
         };
         if len > MAX_BUCKET {
-            return Err(format!("at byte {at}: bytes of length {len} are too long for an index bucket"));
+            return Err(format!(
+                "at byte {at}: bytes of length {len} are too long for an index bucket"
+            ));
         }
         let mut v = vec![0u8; len];
         self.fill(&mut v)?;
@@ -222,7 +248,11 @@ impl<R: Read> PickleReader<R> {
                 le.copy_from_slice(&b[..8]);
                 u64::from_le_bytes(le)
             }
-            op => return Err(format!("at byte {at}: not a new-format index (first pickle opcode 0x{op:02x})")),
+            op => {
+                return Err(format!(
+                    "at byte {at}: not a new-format index (first pickle opcode 0x{op:02x})"
+                ))
+            }
         };
         self.expect(b'.', "STOP")?;
 
@@ -269,7 +299,9 @@ impl<R: Read> PickleReader<R> {
                 v[2..].copy_from_slice(&values[6 * i..6 * i + 6]);
                 let p = u64::from_be_bytes(v);
                 if p < 4 || p >= pos {
-                    return Err(format!("at byte {at}: position {p} outside the file (size {pos})"));
+                    return Err(format!(
+                        "at byte {at}: position {p} outside the file (size {pos})"
+                    ));
                 }
                 entries.push(((prefix << 16) | u64::from(suffix), p));
             }
@@ -285,7 +317,11 @@ impl<R: Read> PickleReader<R> {
                 self.fill(&mut l)?;
                 u32::from_le_bytes(l) as usize
             }
-            op => return Err(format!("at byte {at}: expected bytes or None, found opcode 0x{op:02x}")),
+            op => {
+                return Err(format!(
+                    "at byte {at}: expected bytes or None, found opcode 0x{op:02x}"
+                ))
+            }
         };
         if len > MAX_BUCKET {
             return Err(format!("at byte {at}: bytes of length {len} are too long"));
@@ -308,7 +344,9 @@ mod tests {
         let index = OidIndex::from_sorted(vec![(0, 1520), (1, 672), (2, 1132), (3, 1378)]);
         assert!(save(&data, 1661, &index).unwrap());
         let bytes = fs::read(index_path(&data)).unwrap();
-        let mut want = vec![0x80, 3, 0x4d, 0x7d, 0x06, 0x2e, 0x80, 3, 0x43, 6, 0, 0, 0, 0, 0, 0, 0x43, 0x20];
+        let mut want = vec![
+            0x80, 3, 0x4d, 0x7d, 0x06, 0x2e, 0x80, 3, 0x43, 6, 0, 0, 0, 0, 0, 0, 0x43, 0x20,
+        ];
         want.extend_from_slice(&[0, 0, 0, 1, 0, 2, 0, 3]);
         for p in [1520u64, 672, 1132, 1378] {
             want.extend_from_slice(&p.to_be_bytes()[2..]);
@@ -317,7 +355,10 @@ mod tests {
         assert_eq!(bytes, want);
         let (pos, back) = load(&data).unwrap().unwrap();
         assert_eq!(pos, 1661);
-        assert_eq!(back.iter().collect::<Vec<_>>(), index.iter().collect::<Vec<_>>());
+        assert_eq!(
+            back.iter().collect::<Vec<_>>(),
+            index.iter().collect::<Vec<_>>()
+        );
         assert!(!append_suffix(&index_path(&data), ".index_tmp").exists());
     }
 
@@ -326,16 +367,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("e.fs");
         assert!(save(&data, 4, &OidIndex::new()).unwrap());
-        assert_eq!(fs::read(index_path(&data)).unwrap(), [0x80, 3, 0x4b, 4, 0x2e, 0x80, 3, 0x4e, 0x2e]);
+        assert_eq!(
+            fs::read(index_path(&data)).unwrap(),
+            [0x80, 3, 0x4b, 4, 0x2e, 0x80, 3, 0x4e, 0x2e]
+        );
     }
 
     #[test]
     fn int_encodings_round_trip() {
-        for pos in [5u64, 255, 256, 65_535, 65_536, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 1 << 40, (1 << 48) - 1] {
+        for pos in [
+            5u64,
+            255,
+            256,
+            65_535,
+            65_536,
+            0x7fff_ffff,
+            0x8000_0000,
+            0xffff_ffff,
+            1 << 40,
+            (1 << 48) - 1,
+        ] {
             let mut buf = Vec::new();
             encode_pos(pos, &mut buf);
             buf.extend_from_slice(&[0x80, 3, b'N', b'.']);
-            let mut r = PickleReader { inner: &buf[..], offset: 0 };
+            let mut r = PickleReader {
+                inner: &buf[..],
+                offset: 0,
+            };
             let (p, ix) = r.decode().unwrap();
             assert_eq!(p, pos);
             assert!(ix.is_empty());
@@ -360,7 +418,12 @@ mod tests {
     fn garbage_is_unusable_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("g.fs");
-        for junk in [&b""[..], b"\x80\x03}q\x00.", b"\x80\x03K\x04.", b"\x80\x03M\xff\xff.\x80\x03C\x06\0\0\0\0\0\0C\x07abcdefg\x86."] {
+        for junk in [
+            &b""[..],
+            b"\x80\x03}q\x00.",
+            b"\x80\x03K\x04.",
+            b"\x80\x03M\xff\xff.\x80\x03C\x06\0\0\0\0\0\0C\x07abcdefg\x86.",
+        ] {
             fs::write(index_path(&data), junk).unwrap();
             assert!(load(&data).is_err(), "{junk:?}");
         }

@@ -14,13 +14,15 @@ use crate::ids::{Oid, Tid};
 use crate::interface::{DataRecord, TransactionMetaData, TransactionRecord, TxnStatus};
 
 use super::format::{
-    Reader, TxnHeader, FIRST_TXN_POS, STATUS_CHECKPOINT, STATUS_UNDONE, TXN_HEADER_LEN, TXN_TRAILER_LEN,
+    Reader, TxnHeader, FIRST_TXN_POS, STATUS_CHECKPOINT, STATUS_UNDONE, TXN_HEADER_LEN,
+    TXN_TRAILER_LEN,
 };
 
 /// One data record as read from the file.
 #[derive(Debug, Clone)]
 pub(crate) struct RawRecord {
     /// Position of the record.
+    #[allow(dead_code)] // kept for tools that report positions
     pub pos: u64,
     /// The object.
     pub oid: Oid,
@@ -58,8 +60,23 @@ pub(crate) struct TxnScanner {
 
 impl TxnScanner {
     /// Starts at the first transaction with a tid `>= start`.
-    pub fn new(file: Arc<File>, path: &Path, end: u64, start: Option<Tid>, stop: Option<Tid>, strict: bool) -> Result<Self> {
-        let mut s = TxnScanner { file, path: path.to_path_buf(), pos: FIRST_TXN_POS, end, stop, strict, done: false };
+    pub fn new(
+        file: Arc<File>,
+        path: &Path,
+        end: u64,
+        start: Option<Tid>,
+        stop: Option<Tid>,
+        strict: bool,
+    ) -> Result<Self> {
+        let mut s = TxnScanner {
+            file,
+            path: path.to_path_buf(),
+            pos: FIRST_TXN_POS,
+            end,
+            stop,
+            strict,
+            done: false,
+        };
         if let Some(start) = start {
             s.pos = s.find_start(start)?;
         }
@@ -140,19 +157,46 @@ impl TxnScanner {
             if h.status == STATUS_CHECKPOINT {
                 return self.stop_or_fail(&r, pos, "transaction still has its checkpoint flag set");
             }
-            let tend = match pos.checked_add(h.tlen).filter(|e| e.saturating_add(TXN_TRAILER_LEN) <= self.end) {
+            let tend = match pos
+                .checked_add(h.tlen)
+                .filter(|e| e.saturating_add(TXN_TRAILER_LEN) <= self.end)
+            {
                 Some(e) => e,
-                None => return self.stop_or_fail(&r, pos, &format!("transaction length {} runs past the end of the data", h.tlen)),
+                None => {
+                    return self.stop_or_fail(
+                        &r,
+                        pos,
+                        &format!(
+                            "transaction length {} runs past the end of the data",
+                            h.tlen
+                        ),
+                    )
+                }
             };
             if self.strict && TxnStatus::from_byte(h.status).is_none() {
-                return Err(r.error(pos, format!("invalid transaction status {:?}", h.status as char)));
+                return Err(r.error(
+                    pos,
+                    format!("invalid transaction status {:?}", h.status as char),
+                ));
             }
             if h.tlen < h.header_len() {
-                return self.stop_or_fail(&r, pos, &format!("transaction length {} is less than its header length {}", h.tlen, h.header_len()));
+                return self.stop_or_fail(
+                    &r,
+                    pos,
+                    &format!(
+                        "transaction length {} is less than its header length {}",
+                        h.tlen,
+                        h.header_len()
+                    ),
+                );
             }
             let rtl = r.read_u64(tend, "redundant transaction length")?;
             if rtl != h.tlen {
-                return self.stop_or_fail(&r, tend, &format!("redundant transaction length {rtl} != {}", h.tlen));
+                return self.stop_or_fail(
+                    &r,
+                    tend,
+                    &format!("redundant transaction length {rtl} != {}", h.tlen),
+                );
             }
             self.pos = tend + TXN_TRAILER_LEN;
             if h.status == STATUS_UNDONE {
@@ -160,7 +204,12 @@ impl TxnScanner {
             }
             let meta = r.txn_meta(pos, &h)?;
             let records = self.records(&r, pos, &h, tend)?;
-            return Ok(Some(RawTxn { tpos: pos, header: h, meta, records }));
+            return Ok(Some(RawTxn {
+                tpos: pos,
+                header: h,
+                meta,
+                records,
+            }));
         }
     }
 
@@ -173,7 +222,13 @@ impl TxnScanner {
         }
     }
 
-    fn records(&self, r: &Reader<'_>, tpos: u64, h: &TxnHeader, tend: u64) -> Result<Vec<RawRecord>> {
+    fn records(
+        &self,
+        r: &Reader<'_>,
+        tpos: u64,
+        h: &TxnHeader,
+        tend: u64,
+    ) -> Result<Vec<RawRecord>> {
         let mut out = Vec::new();
         let mut pos = tpos + h.header_len();
         while pos < tend {
@@ -181,9 +236,15 @@ impl TxnScanner {
             let len = d.record_len().unwrap_or(u64::MAX);
             if pos.checked_add(len).is_none_or(|e| e > tend) || d.tloc != tpos {
                 if self.strict {
-                    return Err(r.error(pos, format!("data record exceeds transaction record at {tpos}")));
+                    return Err(r.error(
+                        pos,
+                        format!("data record exceeds transaction record at {tpos}"),
+                    ));
                 }
-                tracing::warn!("{} data record exceeds transaction record at {pos}", self.path.display());
+                tracing::warn!(
+                    "{} data record exceeds transaction record at {pos}",
+                    self.path.display()
+                );
                 break;
             }
             let (data, data_txn) = if d.plen > 0 {
@@ -195,7 +256,13 @@ impl TxnScanner {
                 let data_txn = r.data_header_for(d.back, d.oid)?.tid;
                 (data, Some(data_txn))
             };
-            out.push(RawRecord { pos, oid: d.oid, tid: d.tid, data, data_txn });
+            out.push(RawRecord {
+                pos,
+                oid: d.oid,
+                tid: d.tid,
+                data,
+                data_txn,
+            });
             pos += len;
         }
         Ok(out)
@@ -218,7 +285,12 @@ impl RawTxn {
             records: self
                 .records
                 .into_iter()
-                .map(|r| DataRecord { oid: r.oid, tid: r.tid, data: r.data, data_txn: r.data_txn })
+                .map(|r| DataRecord {
+                    oid: r.oid,
+                    tid: r.tid,
+                    data: r.data,
+                    data_txn: r.data_txn,
+                })
                 .collect(),
         }
     }

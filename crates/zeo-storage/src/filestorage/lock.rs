@@ -32,11 +32,16 @@ impl LockFile {
         if rc != 0 {
             let err = std::io::Error::last_os_error();
             return match err.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => Err(Error::Locked { path: path.to_path_buf() }),
+                Some(libc::EWOULDBLOCK) => Err(Error::Locked {
+                    path: path.to_path_buf(),
+                }),
                 _ => Err(Error::io(format!("locking {}", path.display()), err)),
             };
         }
-        let mut lock = LockFile { file, path: path.to_path_buf() };
+        let mut lock = LockFile {
+            file,
+            path: path.to_path_buf(),
+        };
         lock.write_pid()?;
         Ok(lock)
     }
@@ -70,7 +75,10 @@ mod tests {
         let p = dir.path().join("Data.fs.lock");
         std::fs::write(&p, "some much longer old content\n").unwrap();
         let first = LockFile::acquire(&p).unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), format!(" {}\n", std::process::id()));
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            format!(" {}\n", std::process::id())
+        );
         assert!(matches!(LockFile::acquire(&p), Err(Error::Locked { .. })));
         drop(first);
         let again = LockFile::acquire(&p).unwrap();

@@ -27,7 +27,9 @@ mod undo;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 
 pub use check::{check, CheckReport};
 pub use dump::dump;
@@ -35,8 +37,8 @@ pub use dump::dump;
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
 use crate::interface::{
-    BeginOptions, CurrentRecord, HistoryEntry, LoadedRevision, Storage, TransactionIter, TransactionMetaData,
-    TxnHandle, UndoEntry, UndoFilter,
+    BeginOptions, CurrentRecord, HistoryEntry, LoadedRevision, Storage, TransactionIter,
+    TransactionMetaData, TxnHandle, UndoEntry, UndoFilter,
 };
 
 use commit::CommitState;
@@ -58,7 +60,11 @@ pub struct FileStorageOptions {
 
 impl Default for FileStorageOptions {
     fn default() -> Self {
-        FileStorageOptions { read_only: false, create: false, pack_gc: true }
+        FileStorageOptions {
+            read_only: false,
+            create: false,
+            pack_gc: true,
+        }
     }
 }
 
@@ -93,7 +99,10 @@ pub struct FileStorage {
 
 impl std::fmt::Debug for FileStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileStorage").field("path", &self.path).field("read_only", &self.read_only).finish()
+        f.debug_struct("FileStorage")
+            .field("path", &self.path)
+            .field("read_only", &self.read_only)
+            .finish()
     }
 }
 
@@ -111,10 +120,17 @@ impl FileStorage {
     pub fn open(path: impl AsRef<Path>, options: FileStorageOptions) -> Result<FileStorage> {
         let path = path.as_ref().to_path_buf();
         if options.read_only && options.create {
-            return Err(Error::InvalidArgument("can't create a read-only file".into()));
+            return Err(Error::InvalidArgument(
+                "can't create a read-only file".into(),
+            ));
         }
-        let lock_file =
-            if options.read_only { None } else { Some(LockFile::acquire(&index_file::append_suffix(&path, ".lock"))?) };
+        let lock_file = if options.read_only {
+            None
+        } else {
+            Some(LockFile::acquire(&index_file::append_suffix(
+                &path, ".lock",
+            ))?)
+        };
         let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
 
         let file = if options.read_only {
@@ -152,7 +168,14 @@ impl FileStorage {
                 used_saved_index = true;
                 scan::read_index(&file, &path, &mut index, saved_pos, ltid, options.read_only)?
             }
-            None => scan::read_index(&file, &path, &mut index, FIRST_TXN_POS, Tid::ZERO, options.read_only)?,
+            None => scan::read_index(
+                &file,
+                &path,
+                &mut index,
+                FIRST_TXN_POS,
+                Tid::ZERO,
+                options.read_only,
+            )?,
         };
         if !options.read_only && scan::file_len(&file, &path)? == 0 {
             // An empty file got its magic from the scan; make it durable.
@@ -162,13 +185,22 @@ impl FileStorage {
         let max_oid = scan::max_oid(&index);
         let now = crate::timestamp::TimeStamp::now().tid();
         if end.ltid > now {
-            tracing::warn!("{} database records are in the future (last tid {})", path.display(), end.ltid);
+            tracing::warn!(
+                "{} database records are in the future (last tid {})",
+                path.display(),
+                end.ltid
+            );
         }
         let storage = FileStorage {
             name: path.display().to_string(),
             read_only: options.read_only,
             pack_gc: options.pack_gc,
-            published: RwLock::new(Published { file: Arc::new(file), index, pos: end.pos, ltid: end.ltid }),
+            published: RwLock::new(Published {
+                file: Arc::new(file),
+                index,
+                pos: end.pos,
+                ltid: end.ltid,
+            }),
             commit: Mutex::new(CommitState::new(end.ltid, options.read_only, &path)?),
             commit_done: Condvar::new(),
             max_oid: AtomicU64::new(max_oid.0),
@@ -184,7 +216,11 @@ impl FileStorage {
     }
 
     /// Loads and validates `Data.fs.index`; `None` means "scan from scratch".
-    fn restore_index(file: &File, path: &Path, options: FileStorageOptions) -> Option<(u64, OidIndex, Tid)> {
+    fn restore_index(
+        file: &File,
+        path: &Path,
+        options: FileStorageOptions,
+    ) -> Option<(u64, OidIndex, Tid)> {
         if options.create {
             return None;
         }
@@ -225,17 +261,24 @@ impl FileStorage {
         let p = self.read_published();
         match index_file::save(&self.path, p.pos, &p.index) {
             Ok(true) => {}
-            Ok(false) => tracing::warn!("{}: positions beyond 48 bits; no index file written", self.path.display()),
+            Ok(false) => tracing::warn!(
+                "{}: positions beyond 48 bits; no index file written",
+                self.path.display()
+            ),
             Err(e) => tracing::error!("saving the index of {}: {e}", self.path.display()),
         }
     }
 
     pub(crate) fn read_published(&self) -> RwLockReadGuard<'_, Published> {
-        self.published.read().unwrap_or_else(PoisonError::into_inner)
+        self.published
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn write_published(&self) -> RwLockWriteGuard<'_, Published> {
-        self.published.write().unwrap_or_else(PoisonError::into_inner)
+        self.published
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn check_open(&self) -> Result<()> {
@@ -306,9 +349,9 @@ impl Storage for FileStorage {
     fn load(&self, oid: Oid) -> Result<(Vec<u8>, Tid)> {
         let (file, end, pos) = self.lookup(oid)?;
         let r = self.reader(&file, end);
-        let h = r.data_header_for(pos, oid)?;
-        if h.plen > 0 {
-            return Ok((r.record_data(pos, &h)?, h.tid));
+        let (h, data) = r.data_record_for(pos, oid)?;
+        if let Some(data) = data {
+            return Ok((data, h.tid));
         }
         match r.load_back(oid, h.back, pos)? {
             Some(b) => Ok((b.data, h.tid)),
@@ -329,7 +372,10 @@ impl Storage for FileStorage {
                 return Ok(None);
             }
             if h.prev >= pos {
-                return Err(r.error(pos, format!("previous pointer {} does not point backwards", h.prev)));
+                return Err(r.error(
+                    pos,
+                    format!("previous pointer {} does not point backwards", h.prev),
+                ));
             }
             end_tid = Some(h.tid);
             pos = h.prev;
@@ -342,13 +388,20 @@ impl Storage for FileStorage {
                 None => return Err(Error::pos_key(oid)),
             }
         };
-        Ok(Some(LoadedRevision { data, start: h.tid, end: end_tid }))
+        Ok(Some(LoadedRevision {
+            data,
+            start: h.tid,
+            end: end_tid,
+        }))
     }
 
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>> {
         let (file, end, mut pos) = self.lookup(oid)?;
         let r = self.reader(&file, end);
-        let missing = || Error::PosKey { oid, serial: Some(serial) };
+        let missing = || Error::PosKey {
+            oid,
+            serial: Some(serial),
+        };
         let h = loop {
             let h = r.data_header_for(pos, oid)?;
             if h.tid == serial {
@@ -358,14 +411,19 @@ impl Storage for FileStorage {
                 return Err(missing());
             }
             if h.prev >= pos {
-                return Err(r.error(pos, format!("previous pointer {} does not point backwards", h.prev)));
+                return Err(r.error(
+                    pos,
+                    format!("previous pointer {} does not point backwards", h.prev),
+                ));
             }
             pos = h.prev;
         };
         if h.plen > 0 {
             return r.record_data(pos, &h);
         }
-        r.load_back(oid, h.back, pos)?.map(|b| b.data).ok_or_else(missing)
+        r.load_back(oid, h.back, pos)?
+            .map(|b| b.data)
+            .ok_or_else(missing)
     }
 
     fn get_tid(&self, oid: Oid) -> Result<Tid> {
@@ -397,7 +455,10 @@ impl Storage for FileStorage {
                 break;
             }
             if h.prev >= pos {
-                return Err(r.error(pos, format!("previous pointer {} does not point backwards", h.prev)));
+                return Err(r.error(
+                    pos,
+                    format!("previous pointer {} does not point backwards", h.prev),
+                ));
             }
             pos = h.prev;
         }
@@ -432,7 +493,11 @@ impl Storage for FileStorage {
         self.with_txn(txn, |_, _| Ok(()))?;
         let committed = self.get_tid(oid)?;
         if committed != serial {
-            return Err(Error::ReadConflict { oid, committed, old: serial });
+            return Err(Error::ReadConflict {
+                oid,
+                committed,
+                old: serial,
+            });
         }
         Ok(())
     }
@@ -470,26 +535,40 @@ impl Storage for FileStorage {
 
     fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TransactionIter<'_>> {
         let (file, end) = self.snapshot()?;
-        Ok(Box::new(iteration::TxnScanner::new(file, &self.path, end, start, stop, true)?))
+        Ok(Box::new(iteration::TxnScanner::new(
+            file, &self.path, end, start, stop, true,
+        )?))
     }
 
     fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
         self.check_open()?;
         let (oid, following) = {
             let p = self.read_published();
-            let Some(oid) = p.index.min_key_from(next.map_or(0, |o| o.0)) else { return Ok(None) };
+            let Some(oid) = p.index.min_key_from(next.map_or(0, |o| o.0)) else {
+                return Ok(None);
+            };
             let following = oid.checked_add(1).and_then(|o| p.index.min_key_from(o));
             (oid, following)
         };
         let (data, tid) = self.load(Oid(oid))?;
-        Ok(Some(CurrentRecord { oid: Oid(oid), tid, data, next: following.map(Oid) }))
+        Ok(Some(CurrentRecord {
+            oid: Oid(oid),
+            tid,
+            data,
+            next: following.map(Oid),
+        }))
     }
 
     fn supports_undo(&self) -> bool {
         true
     }
 
-    fn undo_log(&self, first: i64, last: i64, filter: Option<UndoFilter<'_>>) -> Result<Vec<UndoEntry>> {
+    fn undo_log(
+        &self,
+        first: i64,
+        last: i64,
+        filter: Option<UndoFilter<'_>>,
+    ) -> Result<Vec<UndoEntry>> {
         if self.packing.load(Ordering::Acquire) {
             return Err(Error::Undo {
                 reason: "Undo is currently disabled for database maintenance.<p>".into(),

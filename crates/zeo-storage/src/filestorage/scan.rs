@@ -12,8 +12,9 @@ use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
 
 use super::format::{
-    check_magic, format_error, DataHeader, Reader, TxnHeader, Window, DATA_HEADER_LEN, FIRST_TXN_POS, MAGIC,
-    STATUS_CHECKPOINT, STATUS_COMMITTED, STATUS_PACKED, STATUS_UNDONE, TXN_HEADER_LEN, TXN_TRAILER_LEN,
+    check_magic, format_error, DataHeader, Reader, TxnHeader, Window, DATA_HEADER_LEN,
+    FIRST_TXN_POS, MAGIC, STATUS_CHECKPOINT, STATUS_COMMITTED, STATUS_PACKED, STATUS_UNDONE,
+    TXN_HEADER_LEN, TXN_TRAILER_LEN,
 };
 use super::index::OidIndex;
 use super::index_file::append_suffix;
@@ -44,17 +45,31 @@ pub(crate) fn read_index(
     let file_size = file_len(file, path)?;
     if file_size == 0 {
         if !read_only {
-            file.write_all_at(MAGIC, 0).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            file.write_all_at(MAGIC, 0)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         }
-        return Ok(ScanEnd { pos: FIRST_TXN_POS, ltid });
+        return Ok(ScanEnd {
+            pos: FIRST_TXN_POS,
+            ltid,
+        });
     }
     if file_size < start {
-        return Err(format_error(path, file_size, format!("file is shorter than the indexed size {start}")));
+        return Err(format_error(
+            path,
+            file_size,
+            format!("file is shorter than the indexed size {start}"),
+        ));
     }
     let mut win = Window::new(file, path, file_size);
     match win.array::<4>(0)? {
         Some(m) => check_magic(path, &m)?,
-        None => return Err(format_error(path, 0, "file is too short for the FS30 header")),
+        None => {
+            return Err(format_error(
+                path,
+                0,
+                "file is too short for the FS30 header",
+            ))
+        }
     }
 
     let mut pos = start;
@@ -64,7 +79,10 @@ pub(crate) fn read_index(
             break;
         }
         let Some(raw) = win.array::<{ TXN_HEADER_LEN as usize }>(pos)? else {
-            tracing::warn!("{} truncated at {pos}: partial transaction header", path.display());
+            tracing::warn!(
+                "{} truncated at {pos}: partial transaction header",
+                path.display()
+            );
             if !read_only {
                 cut(file, path, pos)?;
             }
@@ -75,8 +93,13 @@ pub(crate) fn read_index(
             tracing::warn!("{} time-stamp reduction at {pos}", path.display());
         }
 
-        let incomplete = pos.checked_add(h.tlen).and_then(|e| e.checked_add(TXN_TRAILER_LEN)).is_none_or(|e| e > file_size);
-        if (incomplete || h.status == STATUS_CHECKPOINT) && complete_txn_after(&mut win, pos, file_size)? {
+        let incomplete = pos
+            .checked_add(h.tlen)
+            .and_then(|e| e.checked_add(TXN_TRAILER_LEN))
+            .is_none_or(|e| e > file_size);
+        if (incomplete || h.status == STATUS_CHECKPOINT)
+            && complete_txn_after(&mut win, pos, file_size)?
+        {
             // ZODB would cut everything from here on, but a sound
             // transaction ends the file: this is damage in the middle.
             return Err(format_error(
@@ -90,14 +113,21 @@ pub(crate) fn read_index(
             ));
         }
         if incomplete || h.status == STATUS_CHECKPOINT {
-            tracing::warn!("{} truncated, possibly due to damaged records at {pos}", path.display());
+            tracing::warn!(
+                "{} truncated, possibly due to damaged records at {pos}",
+                path.display()
+            );
             if !read_only {
                 truncate_to_tr(file, path, pos, file_size)?;
             }
             break;
         }
         if ![STATUS_COMMITTED, STATUS_UNDONE, STATUS_PACKED].contains(&h.status) {
-            tracing::warn!("{} has invalid status {:?} at {pos}", path.display(), h.status as char);
+            tracing::warn!(
+                "{} has invalid status {:?} at {pos}",
+                path.display(),
+                h.status as char
+            );
         }
         if h.tlen < h.header_len() {
             // Either damage in the middle or junk at the end: the last 8
@@ -107,7 +137,10 @@ pub(crate) fn read_index(
                 None => 0,
             };
             if file_size.saturating_sub(rtl) < pos || rtl < TXN_HEADER_LEN {
-                tracing::error!("{} has invalid transaction header at {pos}; truncating junk at the end", path.display());
+                tracing::error!(
+                    "{} has invalid transaction header at {pos}; truncating junk at the end",
+                    path.display()
+                );
                 if !read_only {
                     truncate_to_tr(file, path, pos, file_size)?;
                 }
@@ -116,7 +149,11 @@ pub(crate) fn read_index(
             return Err(format_error(
                 path,
                 pos,
-                format!("invalid transaction header: length {} is less than header length {}", h.tlen, h.header_len()),
+                format!(
+                    "invalid transaction header: length {} is less than header length {}",
+                    h.tlen,
+                    h.header_len()
+                ),
             ));
         }
 
@@ -132,17 +169,30 @@ pub(crate) fn read_index(
         pos = tpos + h.header_len();
         while pos < tend {
             let Some(raw) = win.array::<{ DATA_HEADER_LEN as usize }>(pos)? else {
-                return Err(format_error(path, pos, "data record header runs past the end of the file"));
+                return Err(format_error(
+                    path,
+                    pos,
+                    "data record header runs past the end of the file",
+                ));
             };
             let d = DataHeader::parse(&raw).map_err(|vlen| {
-                format_error(path, pos, format!("data record has version length {vlen}; versions are not supported"))
+                format_error(
+                    path,
+                    pos,
+                    format!("data record has version length {vlen}; versions are not supported"),
+                )
             })?;
-            let dlen = d.record_len().ok_or_else(|| format_error(path, pos, "data record length overflows"))?;
+            let dlen = d
+                .record_len()
+                .ok_or_else(|| format_error(path, pos, "data record length overflows"))?;
             if pos.checked_add(dlen).is_none_or(|e| e > tend) || d.tloc != tpos {
                 return Err(format_error(
                     path,
                     pos,
-                    format!("data record exceeds transaction record at {tpos} (tloc {}, length {dlen})", d.tloc),
+                    format!(
+                        "data record exceeds transaction record at {tpos} (tloc {}, length {dlen})",
+                        d.tloc
+                    ),
                 ));
             }
             let indexed = index.get(d.oid.0).unwrap_or(0);
@@ -157,7 +207,11 @@ pub(crate) fn read_index(
             pos += dlen;
         }
         if pos != tend {
-            return Err(format_error(path, tpos, "data records don't add up to the transaction length"));
+            return Err(format_error(
+                path,
+                tpos,
+                "data records don't add up to the transaction length",
+            ));
         }
         check_trailer(&mut win, path, tend, h.tlen)?;
         pos = tend + TXN_TRAILER_LEN;
@@ -175,10 +229,17 @@ pub(crate) fn read_index(
 /// Whether the file ends with a complete transaction that starts after
 /// `pos` (its redundant length leads back to a header that agrees).
 fn complete_txn_after(win: &mut Window<'_>, pos: u64, file_size: u64) -> Result<bool> {
-    let Some(rtl) = file_size.checked_sub(TXN_TRAILER_LEN).map(|p| (p, win.array::<8>(p))) else { return Ok(false) };
+    let Some(rtl) = file_size
+        .checked_sub(TXN_TRAILER_LEN)
+        .map(|p| (p, win.array::<8>(p)))
+    else {
+        return Ok(false);
+    };
     let (trailer_pos, rtl) = (rtl.0, rtl.1?.map(u64::from_be_bytes));
     let Some(rtl) = rtl else { return Ok(false) };
-    let Some(start) = trailer_pos.checked_sub(rtl) else { return Ok(false) };
+    let Some(start) = trailer_pos.checked_sub(rtl) else {
+        return Ok(false);
+    };
     if start <= pos || rtl < TXN_HEADER_LEN {
         return Ok(false);
     }
@@ -205,12 +266,16 @@ fn check_trailer(win: &mut Window<'_>, path: &Path, tend: u64, tlen: u64) -> Res
 
 /// The size of `file`.
 pub(crate) fn file_len(file: &File, path: &Path) -> Result<u64> {
-    file.metadata().map(|m| m.len()).map_err(|e| Error::io(format!("reading the size of {}", path.display()), e))
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|e| Error::io(format!("reading the size of {}", path.display()), e))
 }
 
 fn cut(file: &File, path: &Path, pos: u64) -> Result<()> {
-    file.set_len(pos).map_err(|e| Error::io(format!("truncating {} at {pos}", path.display()), e))?;
-    file.sync_all().map_err(|e| Error::io(format!("syncing {}", path.display()), e))
+    file.set_len(pos)
+        .map_err(|e| Error::io(format!("truncating {} at {pos}", path.display()), e))?;
+    file.sync_all()
+        .map_err(|e| Error::io(format!("syncing {}", path.display()), e))
 }
 
 /// Copies `file[pos..]` to the first free `Data.fs.trN`, syncs it, then cuts
@@ -219,13 +284,21 @@ pub(crate) fn truncate_to_tr(file: &File, path: &Path, pos: u64, file_size: u64)
     let mut i = 0u32;
     let (tr_path, mut out) = loop {
         let candidate = append_suffix(path, &format!(".tr{i}"));
-        match OpenOptions::new().write(true).create_new(true).open(&candidate) {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+        {
             Ok(f) => break (candidate, f),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => i += 1,
             Err(e) => return Err(Error::io(format!("creating {}", candidate.display()), e)),
         }
     };
-    tracing::warn!("writing truncated data from {} to {}", path.display(), tr_path.display());
+    tracing::warn!(
+        "writing truncated data from {} to {}",
+        path.display(),
+        tr_path.display()
+    );
     let io = |e| Error::io(format!("saving truncated data to {}", tr_path.display()), e);
     let mut buf = vec![0u8; 1 << 20];
     let mut at = pos;

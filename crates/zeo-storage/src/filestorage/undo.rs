@@ -13,7 +13,12 @@ use super::FileStorage;
 
 /// ZODB's `UndoSearch`: newest first, stopping at the first packed
 /// transaction, skipping any status but `' '`.
-pub(crate) fn undo_log(r: &Reader<'_>, first: i64, last: i64, filter: Option<UndoFilter<'_>>) -> Result<Vec<UndoEntry>> {
+pub(crate) fn undo_log(
+    r: &Reader<'_>,
+    first: i64,
+    last: i64,
+    filter: Option<UndoFilter<'_>>,
+) -> Result<Vec<UndoEntry>> {
     let (first, last) = undo_log_bounds(first, last);
     let mut pos = r.end();
     let mut i = 0usize;
@@ -54,7 +59,10 @@ pub(crate) fn encode_undo_id(tid: Tid) -> Vec<u8> {
     let b = tid.to_bytes();
     let mut out = Vec::with_capacity(12);
     for chunk in b.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &c)| acc | u32::from(c) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &c)| acc | u32::from(c) << (16 - 8 * i));
         let chars = chunk.len() + 1;
         for k in 0..4 {
             if k < chars {
@@ -77,7 +85,9 @@ pub(crate) fn decode_undo_id(id: &[u8]) -> Option<Tid> {
         if c == b'=' {
             break;
         }
-        let Some(v) = B64.iter().position(|&x| x == c) else { continue };
+        let Some(v) = B64.iter().position(|&x| x == c) else {
+            continue;
+        };
         bits = (bits << 6) | v as u32;
         nbits += 6;
         if nbits >= 8 {
@@ -93,7 +103,10 @@ pub(crate) fn decode_undo_id(id: &[u8]) -> Option<Tid> {
 }
 
 fn undo_error(reason: &str, oid: Option<Oid>) -> Error {
-    Error::Undo { reason: reason.to_string(), oid }
+    Error::Undo {
+        reason: reason.to_string(),
+        oid,
+    }
 }
 
 /// What to write for one undone record.
@@ -104,14 +117,17 @@ enum Outcome {
 
 impl FileStorage {
     pub(crate) fn undo_txn(&self, txn: TxnHandle, undo_id: &[u8]) -> Result<Vec<Oid>> {
-        let tid = decode_undo_id(undo_id).ok_or_else(|| undo_error("Invalid transaction id", None))?;
+        let tid =
+            decode_undo_id(undo_id).ok_or_else(|| undo_error("Invalid transaction id", None))?;
         self.with_txn(txn, |a, staged| {
             if a.next_pos.is_some() {
                 return Err(Error::Transaction("undo after tpc_vote".into()));
             }
             let p = self.read_published();
             let r = Reader::new(&p.file, self.path(), p.pos);
-            let tpos = r.find_txn(tid)?.ok_or_else(|| undo_error("Invalid transaction id", None))?;
+            let tpos = r
+                .find_txn(tid)?
+                .ok_or_else(|| undo_error("Invalid transaction id", None))?;
             let mark = staged.len();
             let result = write_undo(&r, &p.index, a, staged, tpos);
             match result {
@@ -158,7 +174,14 @@ fn write_undo(
         match undo_record(r, index, a, staged, h.oid, pos, h.prev) {
             Ok((Outcome::Back(back), ipos)) => {
                 let here = a.here(staged);
-                let rec = DataHeader { oid: h.oid, tid: a.tid, prev: ipos, tloc: a.base, plen: 0, back };
+                let rec = DataHeader {
+                    oid: h.oid,
+                    tid: a.tid,
+                    prev: ipos,
+                    tloc: a.base,
+                    plen: 0,
+                    back,
+                };
                 let mut bytes = Vec::with_capacity(DATA_HEADER_LEN as usize + 8);
                 rec.write_record(None, &mut bytes);
                 staged.append(&bytes)?;
@@ -167,7 +190,7 @@ fn write_undo(
             Err(e @ Error::Undo { .. }) => failures.push((h.oid, e)),
             Err(e) => return Err(e),
         }
-        pos = pos.checked_add(h.record_len().unwrap_or(u64::MAX)).unwrap_or(u64::MAX);
+        pos = pos.saturating_add(h.record_len().unwrap_or(u64::MAX));
         if pos > tend {
             return Err(undo_error("non-undoable transaction", None));
         }
@@ -184,7 +207,10 @@ fn write_undo(
             })
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(Error::Undo { reason, oid: Some(*oid) });
+        return Err(Error::Undo {
+            reason,
+            oid: Some(*oid),
+        });
     }
     Ok(written)
 }
@@ -215,7 +241,8 @@ fn undo_record(
             let off = tpos - a.base - a.thl;
             let mut raw = [0u8; DATA_HEADER_LEN as usize];
             staged.read_at(off, &mut raw)?;
-            let mut h = DataHeader::parse(&raw).map_err(|_| Error::Storage("bad staged record".into()))?;
+            let mut h =
+                DataHeader::parse(&raw).map_err(|_| Error::Storage("bad staged record".into()))?;
             if h.oid != oid {
                 return Err(undo_error("Invalid undo transaction id", Some(oid)));
             }
@@ -272,7 +299,10 @@ fn undo_record(
     if r.resolve(oid, pre)?.is_none() {
         return Err(undo_error("_loadBack() failed", Some(oid)));
     }
-    Err(undo_error("Some data were modified by a later transaction", Some(oid)))
+    Err(undo_error(
+        "Some data were modified by a later transaction",
+        Some(oid),
+    ))
 }
 
 #[cfg(test)]
@@ -283,8 +313,14 @@ mod tests {
     fn undo_ids_are_python_base64() {
         // base64.encodebytes(bytes.fromhex('040d40664778a6aa')).rstrip()
         assert_eq!(encode_undo_id(Tid(0x040d_4066_4778_a6aa)), b"BA1AZkd4pqo=");
-        assert_eq!(decode_undo_id(b"BA1AZkd4pqo="), Some(Tid(0x040d_4066_4778_a6aa)));
-        assert_eq!(decode_undo_id(b"BA1AZkd4pqo=\n"), Some(Tid(0x040d_4066_4778_a6aa)));
+        assert_eq!(
+            decode_undo_id(b"BA1AZkd4pqo="),
+            Some(Tid(0x040d_4066_4778_a6aa))
+        );
+        assert_eq!(
+            decode_undo_id(b"BA1AZkd4pqo=\n"),
+            Some(Tid(0x040d_4066_4778_a6aa))
+        );
         assert_eq!(decode_undo_id(b"BA1A"), None);
         assert_eq!(decode_undo_id(b"BA1AZkd4pqoAAAA="), None);
         for t in [0u64, 1, u64::MAX, 0x0102_0304_0506_0708] {
