@@ -9,7 +9,9 @@ use std::time::Instant;
 use zeo_pickle::Value;
 use zeo_storage::filestorage::{check, FileStorage, FileStorageOptions};
 use zeo_storage::interface::BeginOptions;
-use zeo_storage::{Error, Oid, Storage, Tid, TimeStamp, TransactionMetaData, TransactionRecord, TxnStatus};
+use zeo_storage::{
+    Error, Oid, Storage, Tid, TimeStamp, TransactionMetaData, TransactionRecord, TxnStatus,
+};
 
 /// Transactions are committed at whole seconds from here, so that pack
 /// times can fall exactly between them.
@@ -20,7 +22,11 @@ fn at(secs: f64) -> Tid {
 }
 
 fn meta(desc: &str) -> TransactionMetaData {
-    TransactionMetaData { user: b"tester".to_vec(), description: desc.as_bytes().to_vec(), extension: Vec::new() }
+    TransactionMetaData {
+        user: b"tester".to_vec(),
+        description: desc.as_bytes().to_vec(),
+        extension: Vec::new(),
+    }
 }
 
 fn open(path: &Path) -> FileStorage {
@@ -30,15 +36,24 @@ fn open(path: &Path) -> FileStorage {
 /// A PersistentMapping-like record holding a tag and references.
 fn rec(tag: &str, refs: &[u64]) -> Vec<u8> {
     let class = Value::global("persistent.mapping", "PersistentMapping");
-    let refs = refs.iter().map(|o| Value::persistent_ref(*o, Some(class.clone()))).collect();
-    let state = Value::Dict(vec![(Value::str("tag"), Value::str(tag)), (Value::str("refs"), Value::List(refs))]);
+    let refs = refs
+        .iter()
+        .map(|o| Value::persistent_ref(*o, Some(class.clone())))
+        .collect();
+    let state = Value::Dict(vec![
+        (Value::str("tag"), Value::str(tag)),
+        (Value::str("refs"), Value::List(refs)),
+    ]);
     zeo_pickle::encode_record(&class, &state).unwrap()
 }
 
 /// Commits `stores` (oid, data) at `secs`, each against the object's
 /// current serial.
 fn commit_at(fs: &FileStorage, secs: f64, desc: &str, stores: &[(u64, Vec<u8>)]) -> Tid {
-    let options = BeginOptions { tid: Some(at(secs)), ..BeginOptions::default() };
+    let options = BeginOptions {
+        tid: Some(at(secs)),
+        ..BeginOptions::default()
+    };
     commit_with(fs, options, desc, stores)
 }
 
@@ -46,7 +61,12 @@ fn commit_now(fs: &FileStorage, desc: &str, stores: &[(u64, Vec<u8>)]) -> Tid {
     commit_with(fs, BeginOptions::default(), desc, stores)
 }
 
-fn commit_with(fs: &FileStorage, options: BeginOptions, desc: &str, stores: &[(u64, Vec<u8>)]) -> Tid {
+fn commit_with(
+    fs: &FileStorage,
+    options: BeginOptions,
+    desc: &str,
+    stores: &[(u64, Vec<u8>)],
+) -> Tid {
     let txn = fs.tpc_begin(&meta(desc), options).unwrap();
     for (oid, data) in stores {
         let serial = fs.get_tid(Oid(*oid)).unwrap_or(Tid::ZERO);
@@ -57,8 +77,17 @@ fn commit_with(fs: &FileStorage, options: BeginOptions, desc: &str, stores: &[(u
 }
 
 fn undo_at(fs: &FileStorage, secs: f64, tid: Tid) -> Tid {
-    let id = fs.undo_log(0, 100, None).unwrap().into_iter().find(|e| e.tid == tid).unwrap().id;
-    let options = BeginOptions { tid: Some(at(secs)), ..BeginOptions::default() };
+    let id = fs
+        .undo_log(0, 100, None)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.tid == tid)
+        .unwrap()
+        .id;
+    let options = BeginOptions {
+        tid: Some(at(secs)),
+        ..BeginOptions::default()
+    };
     let txn = fs.tpc_begin(&meta("undo"), options).unwrap();
     fs.undo(txn, &id).unwrap();
     fs.tpc_vote(txn).unwrap();
@@ -66,7 +95,10 @@ fn undo_at(fs: &FileStorage, secs: f64, tid: Tid) -> Tid {
 }
 
 fn transactions(fs: &FileStorage) -> Vec<TransactionRecord> {
-    fs.iterator(None, None).unwrap().map(Result::unwrap).collect()
+    fs.iterator(None, None)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -77,7 +109,16 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 /// root → 1; 2 unreachable from the start; 1 changes three times.
 fn history(fs: &FileStorage) -> [Tid; 4] {
-    let t1 = commit_at(fs, 1.0, "create", &[(0, rec("root", &[1])), (1, rec("a1", &[])), (2, rec("garbage", &[]))]);
+    let t1 = commit_at(
+        fs,
+        1.0,
+        "create",
+        &[
+            (0, rec("root", &[1])),
+            (1, rec("a1", &[])),
+            (2, rec("garbage", &[])),
+        ],
+    );
     let t2 = commit_at(fs, 2.0, "a2", &[(1, rec("a2", &[]))]);
     let t3 = commit_at(fs, 3.0, "a3", &[(1, rec("a3", &[]))]);
     let t4 = commit_at(fs, 4.0, "a4", &[(1, rec("a4", &[]))]);
@@ -109,7 +150,10 @@ fn old_revisions_go_current_ones_stay_byte_identical() {
         assert_eq!((r.data, r.start, r.end), (rec("a2", &[]), t2, Some(t3)));
         // The older one is gone, as in ZODB: loadBefore finds nothing.
         assert_eq!(fs.load_before(Oid(1), t2).unwrap(), None);
-        assert!(matches!(fs.load_serial(Oid(1), t1), Err(Error::PosKey { .. })));
+        assert!(matches!(
+            fs.load_serial(Oid(1), t1),
+            Err(Error::PosKey { .. })
+        ));
         assert_eq!(fs.history(Oid(1), 10).unwrap().len(), 3);
         assert_eq!(fs.load(Oid(0)).unwrap(), (rec("root", &[1]), t1));
 
@@ -123,7 +167,10 @@ fn old_revisions_go_current_ones_stay_byte_identical() {
         }
 
         let txns = transactions(&fs);
-        let listing: Vec<_> = txns.iter().map(|t| (t.tid, t.status, t.records.len())).collect();
+        let listing: Vec<_> = txns
+            .iter()
+            .map(|t| (t.tid, t.status, t.records.len()))
+            .collect();
         let first_len = if gc { 1 } else { 2 };
         assert_eq!(
             listing,
@@ -135,7 +182,12 @@ fn old_revisions_go_current_ones_stay_byte_identical() {
             ]
         );
         // Transactions before the pack time cannot be undone any more.
-        let undoable: Vec<Tid> = fs.undo_log(0, 100, None).unwrap().iter().map(|e| e.tid).collect();
+        let undoable: Vec<Tid> = fs
+            .undo_log(0, 100, None)
+            .unwrap()
+            .iter()
+            .map(|e| e.tid)
+            .collect();
         assert_eq!(undoable, vec![t4, t3]);
 
         // Commits go on in the new file.
@@ -185,8 +237,22 @@ fn backpointers_are_resolved_and_reaimed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("Data.fs");
     let fs = open(&path);
-    let t1 = commit_at(&fs, 1.0, "create", &[(0, rec("root", &[1])), (1, rec("a1", &[]))]);
-    let t2 = commit_at(&fs, 2.0, "change", &[(1, rec("a2", &[])), (0, rec("root", &[1, 3])), (3, rec("c", &[]))]);
+    let t1 = commit_at(
+        &fs,
+        1.0,
+        "create",
+        &[(0, rec("root", &[1])), (1, rec("a1", &[]))],
+    );
+    let t2 = commit_at(
+        &fs,
+        2.0,
+        "change",
+        &[
+            (1, rec("a2", &[])),
+            (0, rec("root", &[1, 3])),
+            (3, rec("c", &[])),
+        ],
+    );
     // Undo before the pack time: a backpointer to t1's record of 1 and of
     // 0, and a "no data" record for 3, whose creation is undone.
     let t3 = undo_at(&fs, 3.0, t2);
@@ -202,7 +268,14 @@ fn backpointers_are_resolved_and_reaimed() {
     let listing: Vec<_> = txns.iter().map(|t| (t.tid, t.status)).collect();
     // Nothing in t1 or t2 is current at 3.5: t3's backpointers to t1 are
     // resolved into t3 itself, and the "no data" record of 3 goes.
-    assert_eq!(listing, vec![(t3, TxnStatus::Packed), (t4, TxnStatus::Committed), (t5, TxnStatus::Committed)]);
+    assert_eq!(
+        listing,
+        vec![
+            (t3, TxnStatus::Packed),
+            (t4, TxnStatus::Committed),
+            (t5, TxnStatus::Committed)
+        ]
+    );
     // Packed records have their data inline.
     for r in &txns[0].records {
         assert_eq!(r.data_txn, None, "{r:?}");
@@ -210,15 +283,28 @@ fn backpointers_are_resolved_and_reaimed() {
     }
     // The undo after the pack time still points at t3's copy of 1.
     let r5 = &txns[2].records[0];
-    assert_eq!((r5.oid, r5.data_txn, r5.data.as_deref()), (Oid(1), Some(t3), Some(&rec("a1", &[])[..])));
+    assert_eq!(
+        (r5.oid, r5.data_txn, r5.data.as_deref()),
+        (Oid(1), Some(t3), Some(&rec("a1", &[])[..]))
+    );
     assert_eq!(fs.load(Oid(1)).unwrap(), (rec("a1", &[]), t5));
     assert_eq!(fs.load(Oid(0)).unwrap(), (rec("root", &[1]), t3));
     assert!(fs.load_before(Oid(1), t3).unwrap().is_none());
-    assert!(matches!(fs.load_serial(Oid(1), t1), Err(Error::PosKey { .. })));
+    assert!(matches!(
+        fs.load_serial(Oid(1), t1),
+        Err(Error::PosKey { .. })
+    ));
 
     // A fresh scan of the packed file agrees.
     fs.close().unwrap();
-    let fs = FileStorage::open(&path, FileStorageOptions { read_only: true, ..Default::default() }).unwrap();
+    let fs = FileStorage::open(
+        &path,
+        FileStorageOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(transactions(&fs), txns);
 }
 
@@ -229,16 +315,32 @@ fn an_undo_after_the_pack_time_keeps_the_old_revision_it_restores() {
     let fs = open(&path);
     // An obsolete revision of the root, so that the pack frees something.
     commit_at(&fs, 0.5, "first root", &[(0, rec("root", &[]))]);
-    let t1 = commit_at(&fs, 1.0, "create", &[(0, rec("root", &[1])), (1, rec("a1", &[2])), (2, rec("b", &[]))]);
+    let t1 = commit_at(
+        &fs,
+        1.0,
+        "create",
+        &[
+            (0, rec("root", &[1])),
+            (1, rec("a1", &[2])),
+            (2, rec("b", &[])),
+        ],
+    );
     // 2 becomes garbage at t2, but t1's revision of 1 refers to it.
     let t2 = commit_at(&fs, 2.0, "drop b", &[(1, rec("a2", &[]))]);
     let t3 = undo_at(&fs, 3.0, t2);
     fs.pack(BASE + 2.5, true).unwrap();
     check(&path).unwrap();
-    let listing: Vec<_> = transactions(&fs).iter().map(|t| (t.tid, t.status, t.records.len())).collect();
+    let listing: Vec<_> = transactions(&fs)
+        .iter()
+        .map(|t| (t.tid, t.status, t.records.len()))
+        .collect();
     assert_eq!(
         listing,
-        vec![(t1, TxnStatus::Packed, 3), (t2, TxnStatus::Packed, 1), (t3, TxnStatus::Committed, 1)]
+        vec![
+            (t1, TxnStatus::Packed, 3),
+            (t2, TxnStatus::Packed, 1),
+            (t3, TxnStatus::Committed, 1)
+        ]
     );
     assert_eq!(fs.load(Oid(1)).unwrap(), (rec("a1", &[2]), t3));
     assert_eq!(fs.load(Oid(2)).unwrap(), (rec("b", &[]), t1));
@@ -288,7 +390,9 @@ fn packs_that_free_nothing_change_nothing() {
     let before = std::fs::read(&path).unwrap();
     fs.pack(BASE + 1.5, false).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), before);
-    assert!(transactions(&fs).iter().all(|t| t.status == TxnStatus::Committed));
+    assert!(transactions(&fs)
+        .iter()
+        .all(|t| t.status == TxnStatus::Committed));
 
     // A real pack, then the same pack again: redundant.
     fs.pack(BASE + 3.5, true).unwrap();
@@ -308,9 +412,19 @@ fn invalid_pack_time_and_read_only_are_refused() {
     history(&fs);
     // 1900-01-01T00:00:00Z encodes as tid 0.
     let e = fs.pack(-2_208_988_800.0, true).unwrap_err();
-    assert!(matches!(&e, Error::FileStorage(m) if m == "Invalid pack time"), "{e}");
+    assert!(
+        matches!(&e, Error::FileStorage(m) if m == "Invalid pack time"),
+        "{e}"
+    );
     fs.close().unwrap();
-    let ro = FileStorage::open(&path, FileStorageOptions { read_only: true, ..Default::default() }).unwrap();
+    let ro = FileStorage::open(
+        &path,
+        FileStorageOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(matches!(ro.pack(BASE + 2.5, true), Err(Error::ReadOnly)));
     assert!(matches!(fs.pack(BASE + 2.5, true), Err(Error::Closed)));
 }
@@ -336,7 +450,14 @@ fn pack_default_gc_follows_the_open_option() {
     for pack_gc in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("Data.fs");
-        let fs = FileStorage::open(&path, FileStorageOptions { pack_gc, ..Default::default() }).unwrap();
+        let fs = FileStorage::open(
+            &path,
+            FileStorageOptions {
+                pack_gc,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         history(&fs);
         fs.pack_default_gc(BASE + 2.5).unwrap();
         assert_eq!(fs.load(Oid(2)).is_ok(), !pack_gc);
@@ -355,8 +476,9 @@ fn commits_from_another_thread_during_a_pack_are_kept() {
     commit_at(&fs, 1.0, "root", &[(0, rec("root", &root_refs))]);
     let mut secs = 2.0;
     for round in 0..40 {
-        let stores: Vec<(u64, Vec<u8>)> =
-            (1..=objects).map(|o| (o, rec(&format!("{o}-{round}-{}", "x".repeat(400)), &[]))).collect();
+        let stores: Vec<(u64, Vec<u8>)> = (1..=objects)
+            .map(|o| (o, rec(&format!("{o}-{round}-{}", "x".repeat(400)), &[])))
+            .collect();
         commit_at(&fs, secs, "round", &stores);
         secs += 1.0;
     }
@@ -391,8 +513,15 @@ fn commits_from_another_thread_during_a_pack_are_kept() {
     stop.store(true, Ordering::Release);
     let done = committer.join().unwrap();
 
-    let during = done.iter().filter(|(t, ..)| *t > started && *t < ended).count();
-    eprintln!("pack took {:?}; {during} of {} commits finished meanwhile", ended - started, done.len());
+    let during = done
+        .iter()
+        .filter(|(t, ..)| *t > started && *t < ended)
+        .count();
+    eprintln!(
+        "pack took {:?}; {during} of {} commits finished meanwhile",
+        ended - started,
+        done.len()
+    );
     assert!(during > 0, "no commit finished while the pack ran");
     check(&path).unwrap();
     let present: std::collections::HashSet<Tid> = transactions(&fs).iter().map(|t| t.tid).collect();

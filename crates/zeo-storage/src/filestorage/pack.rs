@@ -124,10 +124,14 @@ pub(crate) enum Stage {
     BeforeCommitLock,
 }
 
+/// Code a test runs at each [`Stage`].
+#[cfg(test)]
+pub(crate) type Hook = Box<dyn FnMut(Stage)>;
+
 #[cfg(test)]
 thread_local! {
     /// Called by a pack running on this thread at each [`Stage`].
-    pub(crate) static HOOK: std::cell::RefCell<Option<Box<dyn FnMut(Stage)>>> =
+    pub(crate) static HOOK: std::cell::RefCell<Option<Hook>> =
         std::cell::RefCell::new(None);
 }
 
@@ -165,11 +169,16 @@ impl Packer {
         };
         let reachable = if gc {
             let future = future_backpointers(&r, scan.packpos, scan.ltid)?;
-            let view = View { r, current: &scan.current };
+            let view = View {
+                r,
+                current: &scan.current,
+            };
             let references = |data: &[u8]| -> Result<Vec<Oid>> {
                 zeo_pickle::references(data)
                     .map(|oids| oids.into_iter().map(Oid).collect())
-                    .map_err(|e| Error::Storage(format!("pack: finding the references of a record: {e}")))
+                    .map_err(|e| {
+                        Error::Storage(format!("pack: finding the references of a record: {e}"))
+                    })
             };
             gc::find_reachable(&view, future, &references)?
         } else {
@@ -199,7 +208,10 @@ impl Packer {
 
         let mut st = lock(&fs.commit);
         while st.active.is_some() {
-            st = fs.commit_done.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st = fs
+                .commit_done
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         let result = Self::finish_locked(fs, &file, ipos, copier);
         drop(st);
@@ -217,10 +229,14 @@ impl Packer {
         if ipos < end {
             copier.copy_rest(&Reader::new(file, path, end), ipos)?;
         }
-        let Copier { mut out, mut index, .. } = copier;
+        let Copier {
+            mut out, mut index, ..
+        } = copier;
         out.flush()?;
         let new_end = out.pos();
-        out.file.sync_all().map_err(|e| Error::io(format!("syncing {}", out.path.display()), e))?;
+        out.file
+            .sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", out.path.display()), e))?;
         index.compact();
 
         // The index describes the old file; a crash after the switch must
@@ -231,22 +247,10 @@ impl Packer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("removing {}", idx.display()), e)),
         }
-        let old_path = append_suffix(path, ".old");
-        let io = |what: String, e| Error::io(what, e);
-        if let Err(e) = std::fs::hard_link(path, &old_path) {
-            // Without hard links, do as ZODB does: a crash between the two
-            // renames leaves the data in Data.fs.old and Data.fs.pack.
-            tracing::warn!("{}: cannot link to {}: {e}; renaming instead", path.display(), old_path.display());
-            std::fs::rename(path, &old_path)
-                .map_err(|e| io(format!("renaming {} to {}", path.display(), old_path.display()), e))?;
-            if let Err(e) = std::fs::rename(&out.path, path) {
-                let _ = std::fs::rename(&old_path, path);
-                fs.save_index();
-                return Err(io(format!("renaming {} to {}", out.path.display(), path.display()), e));
-            }
-        } else if let Err(e) = std::fs::rename(&out.path, path) {
+        if let Err(e) = switch_files(path, &out.path) {
+            // Still on the old file: give it its index back.
             fs.save_index();
-            return Err(io(format!("renaming {} to {}", out.path.display(), path.display()), e));
+            return Err(e);
         }
         sync_parent_dir(path);
 
@@ -256,6 +260,33 @@ impl Packer {
         p.pos = new_end;
         Ok(())
     }
+}
+
+/// Makes `Data.fs.old` the old file and `Data.fs` the packed one.
+fn switch_files(path: &Path, pack_path: &Path) -> Result<()> {
+    let old_path = append_suffix(path, ".old");
+    let renaming = |from: &Path, to: &Path, e| {
+        Error::io(
+            format!("renaming {} to {}", from.display(), to.display()),
+            e,
+        )
+    };
+    if let Err(e) = std::fs::hard_link(path, &old_path) {
+        // Without hard links, do as ZODB does: a crash between the two
+        // renames leaves the data in Data.fs.old and Data.fs.pack.
+        tracing::warn!(
+            "{}: cannot link to {}: {e}; renaming instead",
+            path.display(),
+            old_path.display()
+        );
+        std::fs::rename(path, &old_path).map_err(|e| renaming(path, &old_path, e))?;
+        if let Err(e) = std::fs::rename(pack_path, path) {
+            let _ = std::fs::rename(&old_path, path);
+            return Err(renaming(pack_path, path, e));
+        }
+        return Ok(());
+    }
+    std::fs::rename(pack_path, path).map_err(|e| renaming(pack_path, path, e))
 }
 
 /// What the scan up to the pack time found (`GC.buildPackIndex`).
@@ -304,12 +335,20 @@ fn scan_to_pack_time(r: &Reader<'_>, stop: Tid) -> Result<Option<PackScan>> {
         pos = check_trailer(r, tend, &th)?;
     }
     if !unpacked {
-        let next_status = if pos < r.end() { Some(r.txn_header(pos)?.status) } else { last_status };
+        let next_status = if pos < r.end() {
+            Some(r.txn_header(pos)?.status)
+        } else {
+            last_status
+        };
         if next_status == Some(STATUS_PACKED) {
             return Ok(None);
         }
     }
-    Ok(Some(PackScan { current, packpos: pos, ltid: checker.ltid }))
+    Ok(Some(PackScan {
+        current,
+        packpos: pos,
+        ltid: checker.ltid,
+    }))
 }
 
 /// The records after the pack position that point back before it, in file
@@ -345,14 +384,20 @@ struct Checker {
 impl Checker {
     fn check_txn(&mut self, r: &Reader<'_>, pos: u64, th: &TxnHeader) -> Result<()> {
         if th.tid <= self.ltid {
-            return Err(r.error(pos, format!("time-stamp reduction: {} <= {}", th.tid, self.ltid)));
+            return Err(r.error(
+                pos,
+                format!("time-stamp reduction: {} <= {}", th.tid, self.ltid),
+            ));
         }
         self.ltid = th.tid;
         if th.status == STATUS_CHECKPOINT {
             return Err(r.error(pos, "transaction with checkpoint flag set"));
         }
         if ![STATUS_COMMITTED, STATUS_PACKED, STATUS_UNDONE].contains(&th.status) {
-            return Err(r.error(pos, format!("invalid transaction status: {:?}", th.status as char)));
+            return Err(r.error(
+                pos,
+                format!("invalid transaction status: {:?}", th.status as char),
+            ));
         }
         check_txn_shape(r, pos, th)
     }
@@ -363,23 +408,51 @@ fn check_txn_shape(r: &Reader<'_>, pos: u64, th: &TxnHeader) -> Result<()> {
     if th.tlen < th.header_len() {
         return Err(r.error(
             pos,
-            format!("invalid transaction header: txnlen ({}) < headerlen({})", th.tlen, th.header_len()),
+            format!(
+                "invalid transaction header: txnlen ({}) < headerlen({})",
+                th.tlen,
+                th.header_len()
+            ),
         ));
     }
-    match pos.checked_add(th.tlen).and_then(|e| e.checked_add(TXN_TRAILER_LEN)) {
+    match pos
+        .checked_add(th.tlen)
+        .and_then(|e| e.checked_add(TXN_TRAILER_LEN))
+    {
         Some(e) if e <= r.end() => Ok(()),
-        _ => Err(r.error(pos, format!("transaction length {} runs past the end of the data at {}", th.tlen, r.end()))),
+        _ => Err(r.error(
+            pos,
+            format!(
+                "transaction length {} runs past the end of the data at {}",
+                th.tlen,
+                r.end()
+            ),
+        )),
     }
 }
 
 /// ZODB's `checkData`; returns the record's length.
 fn check_data(r: &Reader<'_>, th: &TxnHeader, tpos: u64, dh: &DataHeader, pos: u64) -> Result<u64> {
     if dh.tloc != tpos {
-        return Err(r.error(pos, format!("data record does not point to transaction header: {} != {tpos}", dh.tloc)));
+        return Err(r.error(
+            pos,
+            format!(
+                "data record does not point to transaction header: {} != {tpos}",
+                dh.tloc
+            ),
+        ));
     }
-    let len = dh.record_len().ok_or_else(|| r.error(pos, "data record length overflows"))?;
+    let len = dh
+        .record_len()
+        .ok_or_else(|| r.error(pos, "data record length overflows"))?;
     if pos.checked_add(len).is_none_or(|e| e > tpos + th.tlen) {
-        return Err(r.error(pos, format!("data record size exceeds transaction size at {}", tpos + th.tlen)));
+        return Err(r.error(
+            pos,
+            format!(
+                "data record size exceeds transaction size at {}",
+                tpos + th.tlen
+            ),
+        ));
     }
     if dh.prev >= pos {
         return Err(r.error(pos, format!("invalid previous pointer: {}", dh.prev)));
@@ -449,7 +522,12 @@ impl Output {
             .truncate(true)
             .open(path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        let mut out = Output { file, path: path.to_path_buf(), flushed: 0, buf: Vec::with_capacity(OUT_BUFFER) };
+        let mut out = Output {
+            file,
+            path: path.to_path_buf(),
+            flushed: 0,
+            buf: Vec::with_capacity(OUT_BUFFER),
+        };
         out.write(MAGIC)?;
         Ok(out)
     }
@@ -467,7 +545,9 @@ impl Output {
             self.flush()?;
         }
         if bytes.len() > OUT_BUFFER {
-            self.file.write_all_at(bytes, self.flushed).map_err(|e| self.io(e))?;
+            self.file
+                .write_all_at(bytes, self.flushed)
+                .map_err(|e| self.io(e))?;
             self.flushed += bytes.len() as u64;
         } else {
             self.buf.extend_from_slice(bytes);
@@ -477,7 +557,9 @@ impl Output {
 
     fn flush(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
-            self.file.write_all_at(&self.buf, self.flushed).map_err(|e| self.io(e))?;
+            self.file
+                .write_all_at(&self.buf, self.flushed)
+                .map_err(|e| self.io(e))?;
             self.flushed += self.buf.len() as u64;
             self.buf.clear();
         }
@@ -491,7 +573,12 @@ impl Output {
             let off = (at - self.flushed) as usize;
             match self.buf.get_mut(off..off + 8) {
                 Some(slot) => slot.copy_from_slice(&bytes),
-                None => return Err(Error::Storage(format!("pack: patching {} beyond its end", self.path.display()))),
+                None => {
+                    return Err(Error::Storage(format!(
+                        "pack: patching {} beyond its end",
+                        self.path.display()
+                    )))
+                }
             }
             Ok(())
         } else if at + 8 <= self.flushed {
@@ -523,7 +610,12 @@ struct Copier {
 
 impl Copier {
     fn new(path: &Path) -> Result<Self> {
-        Ok(Copier { out: Output::create(path)?, index: OidIndex::new(), txns: Vec::new(), txns_sorted: true })
+        Ok(Copier {
+            out: Output::create(path)?,
+            index: OidIndex::new(),
+            txns: Vec::new(),
+            txns_sorted: true,
+        })
     }
 
     fn push_txn(&mut self, tid: Tid, pos: u64) {
@@ -534,8 +626,18 @@ impl Copier {
     }
 
     /// Writes a transaction header and its metadata copied from `r`.
-    fn write_txn_header(&mut self, r: &Reader<'_>, pos: u64, th: &TxnHeader, status: u8) -> Result<()> {
-        let meta = r.read_vec(pos + TXN_HEADER_LEN, th.header_len() - TXN_HEADER_LEN, "transaction metadata")?;
+    fn write_txn_header(
+        &mut self,
+        r: &Reader<'_>,
+        pos: u64,
+        th: &TxnHeader,
+        status: u8,
+    ) -> Result<()> {
+        let meta = r.read_vec(
+            pos + TXN_HEADER_LEN,
+            th.header_len() - TXN_HEADER_LEN,
+            "transaction metadata",
+        )?;
         self.out.write(&TxnHeader { status, ..*th }.to_bytes())?;
         self.out.write(&meta)
     }
@@ -563,7 +665,12 @@ impl Copier {
 
     /// `copyToPacktime`: the transactions before `packpos`, reduced to their
     /// reachable records. Returns the output position after them.
-    fn copy_to_pack_time(&mut self, r: &Reader<'_>, packpos: u64, reachable: &Reachable<u64>) -> Result<u64> {
+    fn copy_to_pack_time(
+        &mut self,
+        r: &Reader<'_>,
+        packpos: u64,
+        reachable: &Reachable<u64>,
+    ) -> Result<u64> {
         let mut pos = FIRST_TXN_POS;
         let mut new_pos = FIRST_TXN_POS;
         while pos < packpos {
@@ -592,7 +699,14 @@ impl Copier {
                         r.load_back(h.oid, h.back, pos)?.map(|b| b.data)
                     };
                     let plen = data.as_ref().map_or(0, |d| d.len() as u64);
-                    let new = DataHeader { oid: h.oid, tid: h.tid, prev: 0, tloc: here_txn, plen, back: 0 };
+                    let new = DataHeader {
+                        oid: h.oid,
+                        tid: h.tid,
+                        prev: 0,
+                        tloc: here_txn,
+                        plen,
+                        back: 0,
+                    };
                     self.index.insert(h.oid.0, self.out.pos());
                     self.write_record(&new, data.as_deref())?;
                 }
@@ -645,10 +759,22 @@ impl Copier {
             let here = self.out.pos();
             tindex.push((h.oid.0, here));
             let new = match &data {
-                Some(d) if back == 0 => {
-                    DataHeader { oid: h.oid, tid: h.tid, prev, tloc: new_tpos, plen: d.len() as u64, back: 0 }
-                }
-                _ => DataHeader { oid: h.oid, tid: h.tid, prev, tloc: new_tpos, plen: 0, back },
+                Some(d) if back == 0 => DataHeader {
+                    oid: h.oid,
+                    tid: h.tid,
+                    prev,
+                    tloc: new_tpos,
+                    plen: d.len() as u64,
+                    back: 0,
+                },
+                _ => DataHeader {
+                    oid: h.oid,
+                    tid: h.tid,
+                    prev,
+                    tloc: new_tpos,
+                    plen: 0,
+                    back,
+                },
             };
             self.write_record(&new, data.as_deref())?;
             pos += len;
@@ -673,7 +799,10 @@ impl Copier {
     /// 0 to write the data inline.
     fn resolve_backpointer(&mut self, tid: Tid, oid: Oid, data: Option<&[u8]>) -> Result<u64> {
         let found = if self.txns_sorted {
-            self.txns.binary_search_by_key(&tid, |e| e.0).ok().and_then(|i| self.txns.get(i))
+            self.txns
+                .binary_search_by_key(&tid, |e| e.0)
+                .ok()
+                .and_then(|i| self.txns.get(i))
         } else {
             self.txns.iter().rev().find(|e| e.0 == tid)
         };
@@ -704,9 +833,15 @@ fn data_find(r: &Reader<'_>, tpos: u64, oid: Oid, data: Option<&[u8]>) -> Result
                 tracing::error!("Mismatch between data and backpointer at {pos}");
                 return Ok(0);
             };
-            return Ok(if r.record_data(pos, &h)? == data { pos } else { 0 });
+            return Ok(if r.record_data(pos, &h)? == data {
+                pos
+            } else {
+                0
+            });
         }
-        pos += h.record_len().ok_or_else(|| r.error(pos, "data record length overflows"))?;
+        pos += h
+            .record_len()
+            .ok_or_else(|| r.error(pos, "data record length overflows"))?;
     }
     Ok(0)
 }
@@ -721,8 +856,20 @@ mod tests {
     use crate::interface::{BeginOptions, Storage, TransactionMetaData};
 
     fn commit(fs: &FileStorage, tid: Option<Tid>, stores: &[(u64, &[u8])]) -> Tid {
-        let meta = TransactionMetaData { user: Vec::new(), description: b"t".to_vec(), extension: Vec::new() };
-        let txn = fs.tpc_begin(&meta, BeginOptions { tid, ..BeginOptions::default() }).unwrap();
+        let meta = TransactionMetaData {
+            user: Vec::new(),
+            description: b"t".to_vec(),
+            extension: Vec::new(),
+        };
+        let txn = fs
+            .tpc_begin(
+                &meta,
+                BeginOptions {
+                    tid,
+                    ..BeginOptions::default()
+                },
+            )
+            .unwrap();
         for (oid, data) in stores {
             let serial = fs.get_tid(Oid(*oid)).unwrap_or(Tid::ZERO);
             fs.store(txn, Oid(*oid), serial, data).unwrap();
@@ -764,11 +911,20 @@ mod tests {
         result.unwrap();
 
         let during = during.borrow();
-        assert_eq!(during.iter().map(|d| d.0).collect::<Vec<_>>(), [Stage::CopiedToPackTime, Stage::BeforeCommitLock]);
+        assert_eq!(
+            during.iter().map(|d| d.0).collect::<Vec<_>>(),
+            [Stage::CopiedToPackTime, Stage::BeforeCommitLock]
+        );
         let (t_copy, t_lock) = (during[0].1, during[1].1);
-        assert_eq!(fs.load(Oid(1)).unwrap(), (b"one-before-lock".to_vec(), t_lock));
+        assert_eq!(
+            fs.load(Oid(1)).unwrap(),
+            (b"one-before-lock".to_vec(), t_lock)
+        );
         let r = fs.load_before(Oid(1), t_lock).unwrap().unwrap();
-        assert_eq!((r.data, r.start, r.end), (b"one-during-copy".to_vec(), t_copy, Some(t_lock)));
+        assert_eq!(
+            (r.data, r.start, r.end),
+            (b"one-during-copy".to_vec(), t_copy, Some(t_lock))
+        );
         let r = fs.load_before(Oid(2), t_lock).unwrap().unwrap();
         assert_eq!((r.start, r.end), (t_copy, Some(t_lock)));
         assert_eq!(fs.load_serial(Oid(1), t3).unwrap(), b"one-3");
@@ -799,7 +955,8 @@ mod tests {
             let seen = Rc::clone(&seen);
             HOOK.with(|h| {
                 *h.borrow_mut() = Some(Box::new(move |_| {
-                    seen.borrow_mut().push(pack(&fs, 1_700_000_010.0, false).unwrap_err().to_string());
+                    seen.borrow_mut()
+                        .push(pack(&fs, 1_700_000_010.0, false).unwrap_err().to_string());
                 }))
             });
         }
@@ -807,7 +964,11 @@ mod tests {
         HOOK.with(|h| h.borrow_mut().take());
         result.unwrap();
         assert_eq!(seen.borrow().len(), 2);
-        assert!(seen.borrow().iter().all(|m| m.contains("Already packing")), "{:?}", seen.borrow());
+        assert!(
+            seen.borrow().iter().all(|m| m.contains("Already packing")),
+            "{:?}",
+            seen.borrow()
+        );
         // And once it is over, packing works again.
         pack(&fs, 1_700_000_010.0, false).unwrap();
     }
