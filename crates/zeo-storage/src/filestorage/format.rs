@@ -202,7 +202,6 @@ impl<'a> Reader<'a> {
         self.end
     }
 
-
     /// A format error at `pos`.
     pub fn error(&self, pos: u64, reason: impl Into<String>) -> Error {
         format_error(self.path, pos, reason)
@@ -418,14 +417,17 @@ impl<'a> Reader<'a> {
     /// The transaction that ends at `pos` (found through its redundant
     /// length), checked against its header's length.
     pub fn prev_txn(&self, pos: u64) -> Result<(u64, TxnHeader)> {
-        let tl = self.read_u64(pos - TXN_TRAILER_LEN, "redundant transaction length")?;
-        let tpos = pos
+        let trailer = pos
             .checked_sub(TXN_TRAILER_LEN)
-            .and_then(|p| p.checked_sub(tl))
+            .filter(|&p| p >= FIRST_TXN_POS)
+            .ok_or_else(|| self.error(pos, "no transaction ends here"))?;
+        let tl = self.read_u64(trailer, "redundant transaction length")?;
+        let tpos = trailer
+            .checked_sub(tl)
             .filter(|&p| p >= FIRST_TXN_POS)
             .ok_or_else(|| {
                 self.error(
-                    pos - TXN_TRAILER_LEN,
+                    trailer,
                     format!(
                         "redundant transaction length {tl} points before the start of the file"
                     ),
@@ -437,8 +439,7 @@ impl<'a> Reader<'a> {
                 tpos,
                 format!(
                     "transaction length {} does not match the redundant length {tl} at {}",
-                    h.tlen,
-                    pos - TXN_TRAILER_LEN
+                    h.tlen, trailer
                 ),
             ));
         }

@@ -33,7 +33,10 @@ pub(crate) struct ScanEnd {
 /// Mirrors ZODB's `read_index`: a partial header at the end is cut off; a
 /// last transaction that is incomplete or still flagged `'c'` is moved to
 /// `Data.fs.trN` and cut off; a read-only scan stops there without touching
-/// the file. Damage anywhere else is an [`Error::Format`].
+/// the file. Damage anywhere else is an [`Error::Format`], including a
+/// transaction that looks incomplete (or is flagged `'c'`) while a sound
+/// transaction still ends the file: ZODB would cut all of them off, which
+/// turns one flipped byte into lost commits.
 pub(crate) fn read_index(
     file: &File,
     path: &Path,
