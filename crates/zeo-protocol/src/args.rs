@@ -31,17 +31,25 @@ impl<'a> Args<'a> {
             } else {
                 format!("{required} to {}", required + optional)
             };
-            return Err(args.error(format!("takes {expected} positional arguments but {n} were given")));
+            return Err(args.error(format!(
+                "takes {expected} positional arguments but {n} were given"
+            )));
         }
         Ok(args)
     }
 
     pub(crate) fn error(&self, reason: impl Into<String>) -> Error {
-        Error::BadArguments { method: self.method.to_owned(), reason: reason.into() }
+        Error::BadArguments {
+            method: self.method.to_owned(),
+            reason: reason.into(),
+        }
     }
 
     fn wrong(&self, name: &str, expected: &str, got: &Value) -> Error {
-        self.error(format!("{name} must be {expected}, got {}", got.type_name()))
+        self.error(format!(
+            "{name} must be {expected}, got {}",
+            got.type_name()
+        ))
     }
 
     /// The argument at `i`, or `None` when the caller left it to its default.
@@ -50,7 +58,9 @@ impl<'a> Args<'a> {
     }
 
     fn at(&self, i: usize) -> Result<&'a Value> {
-        self.items.get(i).ok_or_else(|| self.error(format!("missing argument {i}")))
+        self.items
+            .get(i)
+            .ok_or_else(|| self.error(format!("missing argument {i}")))
     }
 
     pub(crate) fn bytes(&self, i: usize, name: &str) -> Result<Vec<u8>> {

@@ -73,7 +73,11 @@ impl ClientRequest {
 
     /// `loadSerial(oid, serial)`.
     pub fn load_serial(msgid: i64, oid: Oid, serial: Tid) -> Message {
-        Message::call(msgid, "loadSerial", vec![id8(oid.to_bytes()), reply::tid(serial)])
+        Message::call(
+            msgid,
+            "loadSerial",
+            vec![id8(oid.to_bytes()), reply::tid(serial)],
+        )
     }
 
     /// `getTid(oid)`.
@@ -84,7 +88,11 @@ impl ClientRequest {
     /// `history(oid, size)`.
     pub fn history(msgid: i64, oid: Oid, size: usize) -> Message {
         let size = i64::try_from(size).unwrap_or(i64::MAX);
-        Message::call(msgid, "history", vec![id8(oid.to_bytes()), Value::Int(size)])
+        Message::call(
+            msgid,
+            "history",
+            vec![id8(oid.to_bytes()), Value::Int(size)],
+        )
     }
 
     /// `record_iternext(next)`.
@@ -110,7 +118,11 @@ impl ClientRequest {
 
     /// `undoInfo(first, last, None)`.
     pub fn undo_info(msgid: i64, first: i64, last: i64) -> Message {
-        Message::call(msgid, "undoInfo", vec![Value::Int(first), Value::Int(last), Value::None])
+        Message::call(
+            msgid,
+            "undoInfo",
+            vec![Value::Int(first), Value::Int(last), Value::None],
+        )
     }
 
     /// One-way `tpc_begin(id, user, description, extension, tid, status)`.
@@ -140,7 +152,12 @@ impl ClientRequest {
     pub fn storea(oid: Oid, serial: Tid, data: &[u8], txn: TxnId) -> Message {
         Message::call_async(
             "storea",
-            vec![id8(oid.to_bytes()), reply::tid(serial), Value::Bytes(data.to_vec()), txn.into()],
+            vec![
+                id8(oid.to_bytes()),
+                reply::tid(serial),
+                Value::Bytes(data.to_vec()),
+                txn.into(),
+            ],
         )
     }
 
@@ -198,7 +215,12 @@ impl ClientRequest {
         );
         out.push(Message::call_async(
             "storeBlobEnd",
-            vec![id8(oid.to_bytes()), reply::tid(serial), Value::Bytes(data.to_vec()), txn.into()],
+            vec![
+                id8(oid.to_bytes()),
+                reply::tid(serial),
+                Value::Bytes(data.to_vec()),
+                txn.into(),
+            ],
         ));
         out
     }
@@ -225,7 +247,11 @@ impl ClientRequest {
 
     /// `sendBlob(oid, serial)`.
     pub fn send_blob(msgid: i64, oid: Oid, serial: Tid) -> Message {
-        Message::call(msgid, "sendBlob", vec![id8(oid.to_bytes()), reply::tid(serial)])
+        Message::call(
+            msgid,
+            "sendBlob",
+            vec![id8(oid.to_bytes()), reply::tid(serial)],
+        )
     }
 
     /// `vote(id)`.
@@ -250,7 +276,11 @@ impl ClientRequest {
 
     /// `iterator_start(start, stop)`.
     pub fn iterator_start(msgid: i64, start: Option<Tid>, stop: Option<Tid>) -> Message {
-        Message::call(msgid, "iterator_start", vec![tid_or_none(start), tid_or_none(stop)])
+        Message::call(
+            msgid,
+            "iterator_start",
+            vec![tid_or_none(start), tid_or_none(stop)],
+        )
     }
 
     /// `iterator_next(iid)`.
@@ -260,7 +290,11 @@ impl ClientRequest {
 
     /// `iterator_record_start(txn_iid, tid)`.
     pub fn iterator_record_start(msgid: i64, txn_iid: IteratorId, tid: Tid) -> Message {
-        Message::call(msgid, "iterator_record_start", vec![txn_iid.into(), reply::tid(tid)])
+        Message::call(
+            msgid,
+            "iterator_record_start",
+            vec![txn_iid.into(), reply::tid(tid)],
+        )
     }
 
     /// `iterator_record_next(iid)`.
@@ -346,7 +380,10 @@ impl ClientEvent {
     /// );
     /// ```
     pub fn invalidate_transaction(tid: Tid, oids: &[Oid]) -> Message {
-        Message::call_async("invalidateTransaction", vec![reply::tid(tid), reply::oid_list(oids)])
+        Message::call_async(
+            "invalidateTransaction",
+            vec![reply::tid(tid), reply::oid_list(oids)],
+        )
     }
 
     /// `info({'length': length, 'size': size})`.
@@ -356,20 +393,30 @@ impl ClientEvent {
 
     /// `receiveBlobStart(oid, serial)`.
     pub fn receive_blob_start(oid: Oid, serial: Tid) -> Message {
-        Message::call_async("receiveBlobStart", vec![id8(oid.to_bytes()), reply::tid(serial)])
+        Message::call_async(
+            "receiveBlobStart",
+            vec![id8(oid.to_bytes()), reply::tid(serial)],
+        )
     }
 
     /// `receiveBlobChunk(oid, serial, chunk)`.
     pub fn receive_blob_chunk(oid: Oid, serial: Tid, chunk: &[u8]) -> Message {
         Message::call_async(
             "receiveBlobChunk",
-            vec![id8(oid.to_bytes()), reply::tid(serial), Value::Bytes(chunk.to_vec())],
+            vec![
+                id8(oid.to_bytes()),
+                reply::tid(serial),
+                Value::Bytes(chunk.to_vec()),
+            ],
         )
     }
 
     /// `receiveBlobStop(oid, serial)`.
     pub fn receive_blob_stop(oid: Oid, serial: Tid) -> Message {
-        Message::call_async("receiveBlobStop", vec![id8(oid.to_bytes()), reply::tid(serial)])
+        Message::call_async(
+            "receiveBlobStop",
+            vec![id8(oid.to_bytes()), reply::tid(serial)],
+        )
     }
 
     /// The message for this event.
@@ -381,7 +428,9 @@ impl ClientEvent {
             ClientEvent::Info { entries } => {
                 Message::call_async("info", vec![Value::Dict(entries.clone())])
             }
-            ClientEvent::ReceiveBlobStart { oid, serial } => Self::receive_blob_start(*oid, *serial),
+            ClientEvent::ReceiveBlobStart { oid, serial } => {
+                Self::receive_blob_start(*oid, *serial)
+            }
             ClientEvent::ReceiveBlobChunk { oid, serial, chunk } => {
                 Self::receive_blob_chunk(*oid, *serial, chunk)
             }
@@ -421,16 +470,23 @@ impl ClientIncoming {
             } else {
                 Ok(msg.args.clone())
             };
-            return Ok(ClientIncoming::Reply { msgid: msg.msgid.clone(), result });
+            return Ok(ClientIncoming::Reply {
+                msgid: msg.msgid.clone(),
+                result,
+            });
         }
         let method = msg.method.as_str();
-        let args = msg.call_args().ok_or_else(|| bad(method, "arguments are not a tuple"))?;
+        let args = msg
+            .call_args()
+            .ok_or_else(|| bad(method, "arguments are not a tuple"))?;
         let event = match (method, args) {
             ("invalidateTransaction", [tid, oids]) => ClientEvent::InvalidateTransaction {
                 tid: as_tid(method, tid)?,
                 oids: as_oids(method, oids)?,
             },
-            ("info", [Value::Dict(entries)]) => ClientEvent::Info { entries: entries.clone() },
+            ("info", [Value::Dict(entries)]) => ClientEvent::Info {
+                entries: entries.clone(),
+            },
             ("receiveBlobStart", [oid, serial]) => ClientEvent::ReceiveBlobStart {
                 oid: as_oid(method, oid)?,
                 serial: as_tid(method, serial)?,
@@ -446,8 +502,14 @@ impl ClientIncoming {
                 oid: as_oid(method, oid)?,
                 serial: as_tid(method, serial)?,
             },
-            ("invalidateTransaction" | "info" | "receiveBlobStart" | "receiveBlobChunk"
-            | "receiveBlobStop", _) => return Err(bad(method, "unexpected arguments")),
+            (
+                "invalidateTransaction"
+                | "info"
+                | "receiveBlobStart"
+                | "receiveBlobChunk"
+                | "receiveBlobStop",
+                _,
+            ) => return Err(bad(method, "unexpected arguments")),
             _ => return Err(Error::UnknownMethod(method.to_owned())),
         };
         Ok(ClientIncoming::Event(event))
@@ -466,14 +528,20 @@ fn legacy_exception(value: &Value) -> Option<WireError> {
 }
 
 fn bad(method: &str, reason: impl Into<String>) -> Error {
-    Error::BadReply { method: method.to_owned(), reason: reason.into() }
+    Error::BadReply {
+        method: method.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 fn as_id8(method: &str, value: &Value) -> Result<[u8; 8]> {
     match value {
         Value::Bytes(b) => <[u8; 8]>::try_from(&b[..])
             .map_err(|_| bad(method, format!("expected 8 bytes, got {}", b.len()))),
-        other => Err(bad(method, format!("expected 8 bytes, got {}", other.type_name()))),
+        other => Err(bad(
+            method,
+            format!("expected 8 bytes, got {}", other.type_name()),
+        )),
     }
 }
 
@@ -490,7 +558,10 @@ fn as_oids(method: &str, value: &Value) -> Result<Vec<Oid>> {
         Value::Tuple(items) | Value::List(items) => {
             items.iter().map(|v| as_oid(method, v)).collect()
         }
-        other => Err(bad(method, format!("expected a sequence of oids, got {}", other.type_name()))),
+        other => Err(bad(
+            method,
+            format!("expected a sequence of oids, got {}", other.type_name()),
+        )),
     }
 }
 
@@ -528,7 +599,10 @@ pub mod replies {
                 })),
                 _ => Err(bad(M, "expected (data, start, end)")),
             },
-            other => Err(bad(M, format!("expected a tuple or None, got {}", other.type_name()))),
+            other => Err(bad(
+                M,
+                format!("expected a tuple or None, got {}", other.type_name()),
+            )),
         }
     }
 
@@ -546,7 +620,10 @@ pub mod replies {
                 [tid, oids] => Ok(Some((as_tid(M, tid)?, as_oids(M, oids)?))),
                 _ => Err(bad(M, "expected (tid, oids)")),
             },
-            other => Err(bad(M, format!("expected a tuple or None, got {}", other.type_name()))),
+            other => Err(bad(
+                M,
+                format!("expected a tuple or None, got {}", other.type_name()),
+            )),
         }
     }
 
@@ -580,7 +657,12 @@ pub mod replies {
         let items = match value {
             Value::None => return Ok(Vec::new()),
             Value::Tuple(items) | Value::List(items) => items,
-            other => return Err(bad(M, format!("expected a list, got {}", other.type_name()))),
+            other => {
+                return Err(bad(
+                    M,
+                    format!("expected a list, got {}", other.type_name()),
+                ))
+            }
         };
         items
             .iter()

@@ -101,10 +101,16 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn malformed(encoding: &'static str, reason: impl Into<String>) -> Self {
-        Error::Malformed { encoding, reason: reason.into() }
+        Error::Malformed {
+            encoding,
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn bad_handshake(reason: &'static str, received: &[u8]) -> Self {
-        Error::BadHandshake { reason, received: String::from_utf8_lossy(received).into_owned() }
+        Error::BadHandshake {
+            reason,
+            received: String::from_utf8_lossy(received).into_owned(),
+        }
     }
 }

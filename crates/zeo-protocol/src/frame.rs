@@ -47,7 +47,10 @@ pub fn encode_frame(payload: &[u8]) -> Result<Vec<u8>> {
 /// [`Error::Truncated`] when `input` ends inside the frame.
 pub fn decode_frame(input: &[u8]) -> Result<(&[u8], &[u8])> {
     let Some((header, body)) = input.split_first_chunk::<HEADER_LEN>() else {
-        return Err(Error::Truncated { needed: HEADER_LEN as u64, available: input.len() as u64 });
+        return Err(Error::Truncated {
+            needed: HEADER_LEN as u64,
+            available: input.len() as u64,
+        });
     };
     let len = u32::from_be_bytes(*header) as usize;
     if body.len() < len {
@@ -60,7 +63,10 @@ pub fn decode_frame(input: &[u8]) -> Result<(&[u8], &[u8])> {
 }
 
 fn frame_len(len: usize) -> Result<u32> {
-    u32::try_from(len).map_err(|_| Error::FrameTooLarge { len: len as u64, max: u32::MAX.into() })
+    u32::try_from(len).map_err(|_| Error::FrameTooLarge {
+        len: len as u64,
+        max: u32::MAX.into(),
+    })
 }
 
 /// A [`Decoder`]/[`Encoder`] for ZEO's sized messages, for use with
@@ -83,7 +89,9 @@ pub struct FrameCodec {
 
 impl Default for FrameCodec {
     fn default() -> Self {
-        FrameCodec { max_frame: DEFAULT_MAX_FRAME }
+        FrameCodec {
+            max_frame: DEFAULT_MAX_FRAME,
+        }
     }
 }
 
@@ -114,7 +122,10 @@ impl Decoder for FrameCodec {
         };
         let len = u32::from_be_bytes(*header) as usize;
         if len > self.max_frame {
-            return Err(Error::FrameTooLarge { len: len as u64, max: self.max_frame as u64 });
+            return Err(Error::FrameTooLarge {
+                len: len as u64,
+                max: self.max_frame as u64,
+            });
         }
         let total = HEADER_LEN + len;
         if src.len() < total {

@@ -140,7 +140,9 @@ impl ClientHandshake {
     /// Stock ZEO 5/6 servers accept this (they follow the client's letter),
     /// provided they have msgpack installed.
     pub fn prefer(encoding: Encoding) -> Self {
-        ClientHandshake { prefer: Some(encoding) }
+        ClientHandshake {
+            prefer: Some(encoding),
+        }
     }
 
     /// The payload of a status probe's first frame.
@@ -162,7 +164,10 @@ impl ClientHandshake {
         // Bytewise min, as Python compares bytes.
         let version = server_version.min(PROTOCOL_VERSION);
         if version != PROTOCOL_VERSION {
-            return Err(Error::bad_handshake("server protocol version too old", greeting));
+            return Err(Error::bad_handshake(
+                "server protocol version too old",
+                greeting,
+            ));
         }
         let announced = Encoding::from_letter(letter)
             .ok_or_else(|| Error::bad_handshake("unknown encoding letter", greeting))?;

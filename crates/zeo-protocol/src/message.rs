@@ -104,7 +104,12 @@ impl Message {
 
     /// A successful reply.
     pub fn reply(msgid: Value, value: Value) -> Self {
-        Message { msgid, flags: Flags::None, method: REPLY.to_owned(), args: value }
+        Message {
+            msgid,
+            flags: Flags::None,
+            method: REPLY.to_owned(),
+            args: value,
+        }
     }
 
     /// The keep-alive message clients send every 60 seconds:
@@ -147,7 +152,10 @@ impl Message {
         let items = match value {
             Value::Tuple(items) | Value::List(items) => items,
             other => {
-                return Err(Error::NotAMessage(format!("expected a 4-tuple, got {}", other.type_name())))
+                return Err(Error::NotAMessage(format!(
+                    "expected a 4-tuple, got {}",
+                    other.type_name()
+                )))
             }
         };
         let [msgid, flags, method, args]: [Value; 4] = items.try_into().map_err(|v: Vec<_>| {
@@ -166,7 +174,12 @@ impl Message {
             }
         };
         let flags = Flags::from_value(&flags, &method);
-        Ok(Message { msgid, flags, method, args })
+        Ok(Message {
+            msgid,
+            flags,
+            method,
+            args,
+        })
     }
 }
 

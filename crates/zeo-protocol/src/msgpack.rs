@@ -107,7 +107,10 @@ fn encode(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
             }
         }
         other => {
-            return Err(Error::Unencodable(format!("msgpack cannot carry a {}", other.type_name())))
+            return Err(Error::Unencodable(format!(
+                "msgpack cannot carry a {}",
+                other.type_name()
+            )))
         }
     }
     Ok(())
@@ -203,19 +206,28 @@ pub fn decode_value(data: &[u8]) -> Result<Value> {
                 // Each element takes at least one byte, so the input bounds
                 // what we reserve whatever length it claims.
                 let cap = n.min(reader.remaining());
-                open.push(Open::Array { items: Vec::with_capacity(cap), left: n });
+                open.push(Open::Array {
+                    items: Vec::with_capacity(cap),
+                    left: n,
+                });
                 continue;
             }
             Item::Map(n) => {
                 let cap = n.min(reader.remaining() / 2);
-                open.push(Open::Map { pairs: Vec::with_capacity(cap), key: None, left: n });
+                open.push(Open::Map {
+                    pairs: Vec::with_capacity(cap),
+                    key: None,
+                    left: n,
+                });
                 continue;
             }
         };
         // Hand the finished value to the innermost open container, closing
         // every container it completes; with none open, it is the result.
         loop {
-            let Some(top) = open.last_mut() else { break 'outer value };
+            let Some(top) = open.last_mut() else {
+                break 'outer value;
+            };
             match top {
                 Open::Array { items, left } => {
                     items.push(value);
@@ -250,7 +262,10 @@ pub fn decode_value(data: &[u8]) -> Result<Value> {
     if reader.pos != data.len() {
         return Err(Error::malformed(
             ENCODING,
-            format!("{} bytes of extra data after the value", data.len() - reader.pos),
+            format!(
+                "{} bytes of extra data after the value",
+                data.len() - reader.pos
+            ),
         ));
     }
     Ok(value)
@@ -258,8 +273,15 @@ pub fn decode_value(data: &[u8]) -> Result<Value> {
 
 /// A container being filled.
 enum Open {
-    Array { items: Vec<Value>, left: usize },
-    Map { pairs: Vec<(Value, Value)>, key: Option<Value>, left: usize },
+    Array {
+        items: Vec<Value>,
+        left: usize,
+    },
+    Map {
+        pairs: Vec<(Value, Value)>,
+        key: Option<Value>,
+        left: usize,
+    },
 }
 
 /// One decoded marker: a complete scalar or a container header.
@@ -276,9 +298,16 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|end| *end <= self.data.len()).ok_or_else(|| {
-            Error::malformed(ENCODING, format!("truncated: need {n} more bytes at {}", self.pos))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|end| *end <= self.data.len())
+            .ok_or_else(|| {
+                Error::malformed(
+                    ENCODING,
+                    format!("truncated: need {n} more bytes at {}", self.pos),
+                )
+            })?;
         let slice = &self.data[self.pos..end];
         self.pos = end;
         Ok(slice)
@@ -372,7 +401,10 @@ impl<'a> Reader<'a> {
                 ))
             }
             Marker::Reserved => {
-                return Err(Error::malformed(ENCODING, format!("reserved byte 0xc1 at {at}")))
+                return Err(Error::malformed(
+                    ENCODING,
+                    format!("reserved byte 0xc1 at {at}"),
+                ))
             }
         };
         Ok(Item::Value(value))
@@ -424,7 +456,10 @@ mod tests {
     #[test]
     fn u64_beyond_i64_is_a_bigint() {
         let v = decode_value(&[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
-        assert_eq!(v, Value::BigInt(vec![0xff; 8].into_iter().chain([0]).collect()));
+        assert_eq!(
+            v,
+            Value::BigInt(vec![0xff; 8].into_iter().chain([0]).collect())
+        );
         assert_eq!(roundtrip(&v), v);
         let mut out = Vec::new();
         let err = encode_value(&Value::BigInt(vec![0, 0, 0, 0, 0, 0, 0, 0, 1]), &mut out);
@@ -436,7 +471,10 @@ mod tests {
     #[test]
     fn lists_come_back_as_tuples() {
         let v = Value::List(vec![Value::Int(1), Value::Str("a".into())]);
-        assert_eq!(roundtrip(&v), Value::Tuple(vec![Value::Int(1), Value::Str("a".into())]));
+        assert_eq!(
+            roundtrip(&v),
+            Value::Tuple(vec![Value::Int(1), Value::Str("a".into())])
+        );
     }
 
     #[test]
@@ -457,10 +495,16 @@ mod tests {
         let mut out = Vec::new();
         for v in [
             Value::Set(vec![]),
-            Value::Global { module: "builtins".into(), name: "set".into() },
+            Value::Global {
+                module: "builtins".into(),
+                name: "set".into(),
+            },
             Value::PersistentId(Box::new(Value::None)),
         ] {
-            assert!(matches!(encode_value(&v, &mut out), Err(Error::Unencodable(_))));
+            assert!(matches!(
+                encode_value(&v, &mut out),
+                Err(Error::Unencodable(_))
+            ));
         }
     }
 

@@ -41,7 +41,10 @@ pub(crate) fn decode_message_value(data: &[u8], side: Side) -> Result<Value> {
         Side::Server => zeo_pickle::zeo_server_find_global,
         Side::Client => client_find_global,
     };
-    let value = Decoder::new(data).with_find_global(policy).next_pickle().map_err(map_err)?;
+    let value = Decoder::new(data)
+        .with_find_global(policy)
+        .next_pickle()
+        .map_err(map_err)?;
     Ok(normalize(value))
 }
 
@@ -146,8 +149,10 @@ pub fn client_find_global(module: &str, name: &str) -> bool {
         "ZopeUndo.Prefix" if name == "Prefix" => true,
         // Exception classes whose names do not say so.
         "ZEO.Exceptions" => {
-            matches!(name, "UnrecognizedResult" | "ClientDisconnected" | "ServerException")
-                || name.ends_with("Error")
+            matches!(
+                name,
+                "UnrecognizedResult" | "ClientDisconnected" | "ServerException"
+            ) || name.ends_with("Error")
         }
         "ZODB.POSException" => name.ends_with("Error") || name.ends_with("Errors"),
         _ => {
@@ -164,21 +169,26 @@ pub fn client_find_global(module: &str, name: &str) -> bool {
 /// str, data)`.
 fn normalize(value: Value) -> Value {
     match value {
-        Value::Call { callable, args, new_object } => {
-            match binary_payload(&callable, &args) {
-                Some(bytes) => Value::Bytes(bytes),
-                None => Value::Call {
-                    callable: Box::new(normalize(*callable)),
-                    args: Box::new(normalize(*args)),
-                    new_object,
-                },
-            }
-        }
+        Value::Call {
+            callable,
+            args,
+            new_object,
+        } => match binary_payload(&callable, &args) {
+            Some(bytes) => Value::Bytes(bytes),
+            None => Value::Call {
+                callable: Box::new(normalize(*callable)),
+                args: Box::new(normalize(*args)),
+                new_object,
+            },
+        },
         Value::Tuple(items) => Value::Tuple(items.into_iter().map(normalize).collect()),
         Value::List(items) => Value::List(items.into_iter().map(normalize).collect()),
-        Value::Dict(pairs) => {
-            Value::Dict(pairs.into_iter().map(|(k, v)| (normalize(k), normalize(v))).collect())
-        }
+        Value::Dict(pairs) => Value::Dict(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (normalize(k), normalize(v)))
+                .collect(),
+        ),
         other => other,
     }
 }
@@ -188,7 +198,9 @@ fn is_global(value: &Value, module: &str, name: &str) -> bool {
 }
 
 fn binary_payload(callable: &Value, args: &Value) -> Option<Vec<u8>> {
-    let Value::Tuple(args) = args else { return None };
+    let Value::Tuple(args) = args else {
+        return None;
+    };
     let data = if is_global(callable, "zodbpickle", "binary") {
         match args.as_slice() {
             [data] => data,

@@ -4,8 +4,7 @@
 
 use zeo_pickle::Value;
 use zeo_storage::{
-    CurrentRecord, DataRecord, HistoryEntry, LoadedRevision, Oid, Tid, TransactionRecord,
-    UndoEntry,
+    CurrentRecord, DataRecord, HistoryEntry, LoadedRevision, Oid, Tid, TransactionRecord, UndoEntry,
 };
 
 use crate::error::{Error, Result};
@@ -40,7 +39,12 @@ impl Reply {
 
     /// An error reply: flags 2 and `(class_path, fields)`.
     pub fn error(msgid: Value, error: &WireError) -> Message {
-        Message { msgid, flags: Flags::Error, method: REPLY.to_owned(), args: error.to_value() }
+        Message {
+            msgid,
+            flags: Flags::Error,
+            method: REPLY.to_owned(),
+            args: error.to_value(),
+        }
     }
 }
 
@@ -96,11 +100,17 @@ pub fn get_info(info: &StorageInfo) -> Value {
         (s("size"), uint(info.size)),
         (s("name"), s(&info.name)),
         (s("supportsUndo"), Value::Bool(info.supports_undo)),
-        (s("supports_record_iternext"), Value::Bool(info.supports_record_iternext)),
+        (
+            s("supports_record_iternext"),
+            Value::Bool(info.supports_record_iternext),
+        ),
         (
             s("interfaces"),
             Value::Tuple(
-                info.interfaces.iter().map(|(m, n)| Value::Tuple(vec![s(m), s(n)])).collect(),
+                info.interfaces
+                    .iter()
+                    .map(|(m, n)| Value::Tuple(vec![s(m), s(n)]))
+                    .collect(),
             ),
         ),
     ])
@@ -124,7 +134,10 @@ pub fn extension_dict(pickled: &[u8]) -> Result<Vec<(Value, Value)>> {
         Value::Dict(pairs) => Ok(pairs),
         other => Err(Error::malformed(
             "pickle",
-            format!("transaction extension is a {}, not a dict", other.type_name()),
+            format!(
+                "transaction extension is a {}, not a dict",
+                other.type_name()
+            ),
         )),
     }
 }
@@ -231,7 +244,10 @@ pub fn vote_conflicts(conflicts: &[VoteConflict]) -> Value {
             .map(|c| {
                 Value::Dict(vec![
                     (s("oid"), id8(c.oid.to_bytes())),
-                    (s("serials"), Value::Tuple(vec![tid(c.committed), tid(c.old)])),
+                    (
+                        s("serials"),
+                        Value::Tuple(vec![tid(c.committed), tid(c.old)]),
+                    ),
                     (s("data"), Value::Bytes(c.data.clone())),
                 ])
             })
@@ -246,7 +262,9 @@ pub fn vote_conflicts(conflicts: &[VoteConflict]) -> Value {
 ///
 /// When the extension pickle cannot be read.
 pub fn iterator_next(txn: Option<&TransactionRecord>) -> Result<Value> {
-    let Some(txn) = txn else { return Ok(Value::None) };
+    let Some(txn) = txn else {
+        return Ok(Value::None);
+    };
     Ok(Value::Tuple(vec![
         tid(txn.tid),
         Value::Str(char::from(txn.status.as_byte()).to_string()),
@@ -264,7 +282,9 @@ pub fn iterator_record_next(record: Option<&DataRecord>) -> Value {
         Some(r) => Value::Tuple(vec![
             id8(r.oid.to_bytes()),
             tid(r.tid),
-            r.data.as_ref().map_or(Value::None, |d| Value::Bytes(d.clone())),
+            r.data
+                .as_ref()
+                .map_or(Value::None, |d| Value::Bytes(d.clone())),
             r.data_txn.map_or(Value::None, tid),
         ]),
     }
@@ -272,8 +292,12 @@ pub fn iterator_record_next(record: Option<&DataRecord>) -> Value {
 
 /// `server_status`, keys in ZEO's order.
 pub fn server_status(status: &ServerStatus) -> Value {
-    let tid_hex: String =
-        status.last_transaction.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let tid_hex: String = status
+        .last_transaction
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Value::Dict(vec![
         (s("connections"), uint(status.connections)),
         (s("loads"), uint(status.loads)),
@@ -281,12 +305,18 @@ pub fn server_status(status: &ServerStatus) -> Value {
         (s("commits"), uint(status.commits)),
         (s("aborts"), uint(status.aborts)),
         (s("active_txns"), uint(status.active_txns)),
-        (s("lock_time"), status.lock_time.map_or(Value::None, Value::Float)),
+        (
+            s("lock_time"),
+            status.lock_time.map_or(Value::None, Value::Float),
+        ),
         (s("conflicts"), uint(status.conflicts)),
         (s("conflicts_resolved"), uint(status.conflicts_resolved)),
         (s("start"), s(&status.start)),
         (s("waiting"), uint(status.waiting)),
-        (s("timeout-thread-is-alive"), status.timeout_thread_alive.map_or(s("stub"), Value::Bool)),
+        (
+            s("timeout-thread-is-alive"),
+            status.timeout_thread_alive.map_or(s("stub"), Value::Bool),
+        ),
         (s("last-transaction"), Value::Str(tid_hex)),
     ])
 }
@@ -381,7 +411,13 @@ fn json_str(text: &str, out: &mut String) {
 /// Python's `repr(float)` for the finite values a status holds.
 fn python_float_repr(f: f64) -> String {
     if !f.is_finite() {
-        return if f.is_nan() { "NaN".into() } else if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f.is_nan() {
+            "NaN".into()
+        } else if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let text = format!("{f}");
     if text.contains('.') || text.contains('e') {

@@ -382,45 +382,71 @@ impl ServerRequest {
                 // ZEO 5.0-5.4 clients given credentials send them as a third
                 // argument; stock servers fail with TypeError, we ignore it.
                 let a = a(2, 1)?;
-                R::Register { storage: a.string(0, "storage_id")?, read_only: a.flag(1, false) }
+                R::Register {
+                    storage: a.string(0, "storage_id")?,
+                    read_only: a.flag(1, false),
+                }
             }
             "get_info" => no_args(a(0, 0)?, R::GetInfo),
             "lastTransaction" => no_args(a(0, 0)?, R::LastTransaction),
-            "getInvalidations" => R::GetInvalidations { tid: a(1, 0)?.tid(0, "tid")? },
+            "getInvalidations" => R::GetInvalidations {
+                tid: a(1, 0)?.tid(0, "tid")?,
+            },
             "loadBefore" => {
                 let a = a(2, 0)?;
-                R::LoadBefore { oid: a.oid(0, "oid")?, before: a.tid(1, "tid")? }
+                R::LoadBefore {
+                    oid: a.oid(0, "oid")?,
+                    before: a.tid(1, "tid")?,
+                }
             }
             "loadSerial" => {
                 let a = a(2, 0)?;
-                R::LoadSerial { oid: a.oid(0, "oid")?, serial: a.tid(1, "serial")? }
+                R::LoadSerial {
+                    oid: a.oid(0, "oid")?,
+                    serial: a.tid(1, "serial")?,
+                }
             }
-            "getTid" => R::GetTid { oid: a(1, 0)?.oid(0, "oid")? },
+            "getTid" => R::GetTid {
+                oid: a(1, 0)?.oid(0, "oid")?,
+            },
             "history" => {
                 let a = a(1, 1)?;
                 let size = match a.get(1) {
                     None => 1,
                     Some(_) => usize::try_from(a.int(1, "size")?.max(0)).unwrap_or(usize::MAX),
                 };
-                R::History { oid: a.oid(0, "oid")?, size }
+                R::History {
+                    oid: a.oid(0, "oid")?,
+                    size,
+                }
             }
-            "record_iternext" => R::RecordIternext { next: a(0, 1)?.opt_oid(0, "next")? },
+            "record_iternext" => R::RecordIternext {
+                next: a(0, 1)?.opt_oid(0, "next")?,
+            },
             "new_oids" => {
                 let a = a(0, 1)?;
                 let n = match a.get(0) {
                     None => MAX_NEW_OIDS as i64,
                     Some(_) => a.int(0, "n")?,
                 };
-                R::NewOids { n: n.clamp(1, MAX_NEW_OIDS as i64) as usize }
+                R::NewOids {
+                    n: n.clamp(1, MAX_NEW_OIDS as i64) as usize,
+                }
             }
             "new_oid" => no_args(a(0, 0)?, R::NewOid),
             "pack" => {
                 let a = a(1, 1)?;
-                R::Pack { time: a.float(0, "t")?, wait: a.flag(1, true) }
+                R::Pack {
+                    time: a.float(0, "t")?,
+                    wait: a.flag(1, true),
+                }
             }
             "undoLog" => {
                 let a = a(2, 0)?;
-                R::UndoLog { first: a.int(0, "first")?, last: a.int(1, "last")? }
+                R::UndoLog {
+                    first: a.int(0, "first")?,
+                    last: a.int(1, "last")?,
+                }
             }
             "undoInfo" => {
                 let a = a(3, 0)?;
@@ -438,7 +464,9 @@ impl ServerRequest {
                     // as {}.
                     Some(v) if !crate::message::truthy(v) => Value::Dict(Vec::new()),
                     Some(other) => {
-                        return Err(a.error(format!("ext must be a dict, got {}", other.type_name())))
+                        return Err(
+                            a.error(format!("ext must be a dict, got {}", other.type_name()))
+                        )
                     }
                     None => Value::Dict(Vec::new()),
                 };
@@ -487,7 +515,9 @@ impl ServerRequest {
                 }
             }
             "storeBlobStart" => no_args(a(0, 0)?, R::StoreBlobStart),
-            "storeBlobChunk" => R::StoreBlobChunk { chunk: a(1, 0)?.bytes(0, "chunk")? },
+            "storeBlobChunk" => R::StoreBlobChunk {
+                chunk: a(1, 0)?.bytes(0, "chunk")?,
+            },
             "storeBlobEnd" => {
                 let a = a(4, 0)?;
                 R::StoreBlobEnd {
@@ -509,20 +539,37 @@ impl ServerRequest {
             }
             "sendBlob" => {
                 let a = a(2, 0)?;
-                R::SendBlob { oid: a.oid(0, "oid")?, serial: a.tid(1, "serial")? }
+                R::SendBlob {
+                    oid: a.oid(0, "oid")?,
+                    serial: a.tid(1, "serial")?,
+                }
             }
-            "vote" => R::Vote { txn: a(1, 0)?.txn(0)? },
-            "tpc_finish" => R::TpcFinish { txn: a(1, 0)?.txn(0)? },
-            "tpc_abort" => R::TpcAbort { txn: a(1, 0)?.txn(0)? },
+            "vote" => R::Vote {
+                txn: a(1, 0)?.txn(0)?,
+            },
+            "tpc_finish" => R::TpcFinish {
+                txn: a(1, 0)?.txn(0)?,
+            },
+            "tpc_abort" => R::TpcAbort {
+                txn: a(1, 0)?.txn(0)?,
+            },
             "undoa" => {
                 let a = a(2, 0)?;
-                R::Undoa { undo_id: a.bytes(0, "trans_id")?, txn: a.txn(1)? }
+                R::Undoa {
+                    undo_id: a.bytes(0, "trans_id")?,
+                    txn: a.txn(1)?,
+                }
             }
             "iterator_start" => {
                 let a = a(2, 0)?;
-                R::IteratorStart { start: a.opt_tid(0, "start")?, stop: a.opt_tid(1, "stop")? }
+                R::IteratorStart {
+                    start: a.opt_tid(0, "start")?,
+                    stop: a.opt_tid(1, "stop")?,
+                }
             }
-            "iterator_next" => R::IteratorNext { iid: IteratorId(a(1, 0)?.int(0, "iid")?) },
+            "iterator_next" => R::IteratorNext {
+                iid: IteratorId(a(1, 0)?.int(0, "iid")?),
+            },
             "iterator_record_start" => {
                 let a = a(2, 0)?;
                 R::IteratorRecordStart {
@@ -530,13 +577,15 @@ impl ServerRequest {
                     tid: a.tid(1, "tid")?,
                 }
             }
-            "iterator_record_next" => {
-                R::IteratorRecordNext { iid: IteratorId(a(1, 0)?.int(0, "iid")?) }
-            }
+            "iterator_record_next" => R::IteratorRecordNext {
+                iid: IteratorId(a(1, 0)?.int(0, "iid")?),
+            },
             "iterator_gc" => {
                 let a = a(1, 0)?;
                 let iids = match a.get(0) {
-                    Some(Value::Tuple(v) | Value::List(v) | Value::Set(v) | Value::FrozenSet(v)) => v
+                    Some(
+                        Value::Tuple(v) | Value::List(v) | Value::Set(v) | Value::FrozenSet(v),
+                    ) => v
                         .iter()
                         .filter_map(|v| match v {
                             Value::Int(i) => Some(IteratorId(*i)),
@@ -544,7 +593,10 @@ impl ServerRequest {
                         })
                         .collect(),
                     Some(other) => {
-                        return Err(a.error(format!("iids must be a sequence, got {}", other.type_name())))
+                        return Err(a.error(format!(
+                            "iids must be a sequence, got {}",
+                            other.type_name()
+                        )))
                     }
                     None => Vec::new(),
                 };
@@ -553,7 +605,9 @@ impl ServerRequest {
             "server_status" => no_args(a(0, 0)?, R::ServerStatus),
             "set_client_label" => {
                 let a = a(1, 0)?;
-                R::SetClientLabel { label: a.get(0).map(python_str).unwrap_or_default() }
+                R::SetClientLabel {
+                    label: a.get(0).map(python_str).unwrap_or_default(),
+                }
             }
             "ping" => no_args(a(0, 0)?, R::Ping),
             other => return Err(Error::UnknownMethod(other.to_owned())),
@@ -614,7 +668,10 @@ fn status(a: &Args<'_>, i: usize) -> Result<TxnStatus> {
         Some(Value::Str(s)) if s.len() == 1 => s.as_bytes()[0],
         Some(Value::Bytes(b)) if b.len() == 1 => b[0],
         Some(other) => {
-            return Err(a.error(format!("status must be one character, got {}", other.type_name())))
+            return Err(a.error(format!(
+                "status must be one character, got {}",
+                other.type_name()
+            )))
         }
     };
     TxnStatus::from_byte(byte)
@@ -626,7 +683,10 @@ fn undo_spec(a: &Args<'_>, i: usize) -> Result<Option<UndoSpec>> {
         None | Some(Value::None) => return Ok(None),
         Some(Value::Dict(pairs)) => pairs,
         Some(other) => {
-            return Err(a.error(format!("specification must be a dict, got {}", other.type_name())))
+            return Err(a.error(format!(
+                "specification must be a dict, got {}",
+                other.type_name()
+            )))
         }
     };
     if pairs.is_empty() {
@@ -635,7 +695,8 @@ fn undo_spec(a: &Args<'_>, i: usize) -> Result<Option<UndoSpec>> {
     let conditions = pairs
         .iter()
         .map(|(k, v)| {
-            let cond = prefix_path(v).map_or_else(|| UndoMatch::Equals(v.clone()), UndoMatch::Prefix);
+            let cond =
+                prefix_path(v).map_or_else(|| UndoMatch::Equals(v.clone()), UndoMatch::Prefix);
             (k.clone(), cond)
         })
         .collect();
@@ -645,15 +706,27 @@ fn undo_spec(a: &Args<'_>, i: usize) -> Result<Option<UndoSpec>> {
 /// Recognises a pickled `ZopeUndo.Prefix.Prefix`: a new object of that class
 /// whose state holds `path`, the list of path elements.
 fn prefix_path(value: &Value) -> Option<Vec<String>> {
-    let Value::Build { object, state } = value else { return None };
-    let Value::Call { callable, .. } = &**object else { return None };
-    let Value::Global { module, name } = &**callable else { return None };
+    let Value::Build { object, state } = value else {
+        return None;
+    };
+    let Value::Call { callable, .. } = &**object else {
+        return None;
+    };
+    let Value::Global { module, name } = &**callable else {
+        return None;
+    };
     if module != "ZopeUndo.Prefix" || name != "Prefix" {
         return None;
     }
-    let Value::Dict(attrs) = &**state else { return None };
-    let (_, path) = attrs.iter().find(|(k, _)| matches!(k, Value::Str(s) if s == "path"))?;
-    let (Value::List(items) | Value::Tuple(items)) = path else { return None };
+    let Value::Dict(attrs) = &**state else {
+        return None;
+    };
+    let (_, path) = attrs
+        .iter()
+        .find(|(k, _)| matches!(k, Value::Str(s) if s == "path"))?;
+    let (Value::List(items) | Value::Tuple(items)) = path else {
+        return None;
+    };
     items
         .iter()
         .map(|v| match v {

@@ -46,7 +46,10 @@ fn id(bytes: [u8; 8]) -> Value {
 impl WireError {
     /// An exception of class `class` with constructor arguments `args`.
     pub fn with_args(class: &str, args: Vec<Value>) -> Self {
-        WireError { class: class.to_owned(), fields: Value::Tuple(args) }
+        WireError {
+            class: class.to_owned(),
+            fields: Value::Tuple(args),
+        }
     }
 
     /// `builtins.TypeError(message)`: what Python raises for a call with
@@ -71,7 +74,9 @@ impl WireError {
     pub fn no_attribute(name: &str) -> Self {
         Self::with_args(
             "builtins.AttributeError",
-            vec![Value::Str(format!("'ZEOStorage' object has no attribute '{name}'"))],
+            vec![Value::Str(format!(
+                "'ZEOStorage' object has no attribute '{name}'"
+            ))],
         )
     }
 
@@ -103,7 +108,10 @@ impl WireError {
 
     /// `StorageTransactionError(message)`, e.g. "Already voting (locked)".
     pub fn storage_transaction(message: &str) -> Self {
-        Self::with_args("ZODB.POSException.StorageTransactionError", vec![s(message)])
+        Self::with_args(
+            "ZODB.POSException.StorageTransactionError",
+            vec![s(message)],
+        )
     }
 
     /// A `ConflictError` with its attribute dict. `class_name` is the
@@ -130,11 +138,14 @@ impl WireError {
     /// Besides ZEO 5's `(class_path, fields)` it takes ZEO 3/4's
     /// `(ExceptionClass, instance)`, where the class is a pickled global.
     pub fn from_value(value: &Value) -> Option<Self> {
-        let (Value::Tuple(items) | Value::List(items)) = value else { return None };
+        let (Value::Tuple(items) | Value::List(items)) = value else {
+            return None;
+        };
         match items.as_slice() {
-            [Value::Str(class), fields] => {
-                Some(WireError { class: class.clone(), fields: fields.clone() })
-            }
+            [Value::Str(class), fields] => Some(WireError {
+                class: class.clone(),
+                fields: fields.clone(),
+            }),
             [Value::Global { module, name }, instance, ..] => Some(WireError {
                 class: format!("{module}.{name}"),
                 fields: instance.clone(),
@@ -160,9 +171,10 @@ impl WireError {
             _ => &[],
         };
         let field = |key: &str| match &self.fields {
-            Value::Dict(pairs) => {
-                pairs.iter().find(|(k, _)| matches!(k, Value::Str(s) if s == key)).map(|(_, v)| v)
-            }
+            Value::Dict(pairs) => pairs
+                .iter()
+                .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+                .map(|(_, v)| v),
             _ => None,
         };
         let as_oid = |v: Option<&Value>| match v {
@@ -191,9 +203,17 @@ impl WireError {
             "ConflictError" | "ReadConflictError" => {
                 if let (Some(oid), Some((committed, old))) = (as_oid(field("oid")), serials()) {
                     return if short == "ConflictError" {
-                        StorageError::Conflict { oid, committed, old }
+                        StorageError::Conflict {
+                            oid,
+                            committed,
+                            old,
+                        }
                     } else {
-                        StorageError::ReadConflict { oid, committed, old }
+                        StorageError::ReadConflict {
+                            oid,
+                            committed,
+                            old,
+                        }
                     };
                 }
             }
@@ -204,7 +224,10 @@ impl WireError {
                     Some(Value::Str(r)) => r.clone(),
                     _ => self.describe(),
                 };
-                return StorageError::Undo { reason, oid: as_oid(field("_oid")) };
+                return StorageError::Undo {
+                    reason,
+                    oid: as_oid(field("_oid")),
+                };
             }
             _ => {}
         }
@@ -243,7 +266,10 @@ fn conflict_dict(
             (s("message"), s(message)),
             (s("oid"), id(oid.to_bytes())),
             (s("class_name"), class_name.map_or(Value::None, s)),
-            (s("serials"), Value::Tuple(vec![id(committed.to_bytes()), id(old.to_bytes())])),
+            (
+                s("serials"),
+                Value::Tuple(vec![id(committed.to_bytes()), id(old.to_bytes())]),
+            ),
         ]),
     }
 }
@@ -258,10 +284,16 @@ impl From<&StorageError> for WireError {
                 fields.extend(serial.map(|t| id(t.to_bytes())));
                 args(fields)
             }
-            StorageError::Conflict { oid, committed, old } => {
-                WireError::conflict(*oid, *committed, *old, None)
-            }
-            StorageError::ReadConflict { oid, committed, old } => conflict_dict(
+            StorageError::Conflict {
+                oid,
+                committed,
+                old,
+            } => WireError::conflict(*oid, *committed, *old, None),
+            StorageError::ReadConflict {
+                oid,
+                committed,
+                old,
+            } => conflict_dict(
                 class,
                 "database read conflict error",
                 *oid,
@@ -285,14 +317,17 @@ impl From<&StorageError> for WireError {
                 Value::Int(i64::try_from(*pos).unwrap_or(i64::MAX)),
                 s(reason),
             ]),
-            StorageError::Locked { path } => {
-                args(vec![Value::Str(format!("Couldn't lock {:?}", path.display().to_string()))])
-            }
+            StorageError::Locked { path } => args(vec![Value::Str(format!(
+                "Couldn't lock {:?}",
+                path.display().to_string()
+            ))]),
             StorageError::FileStorage(msg)
             | StorageError::InvalidArgument(msg)
             | StorageError::Key(msg)
             | StorageError::Storage(msg) => args(vec![s(msg)]),
-            StorageError::Io { .. } | StorageError::Closed => args(vec![Value::Str(err.to_string())]),
+            StorageError::Io { .. } | StorageError::Closed => {
+                args(vec![Value::Str(err.to_string())])
+            }
         }
     }
 }

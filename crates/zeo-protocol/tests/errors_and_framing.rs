@@ -20,17 +20,27 @@ fn every_storage_error_maps_to_its_python_class_and_fields() {
     use std::path::PathBuf;
     let cases: Vec<(StorageError, &str, Value)> = vec![
         (
-            StorageError::PosKey { oid: Oid(3), serial: None },
+            StorageError::PosKey {
+                oid: Oid(3),
+                serial: None,
+            },
             "ZODB.POSException.POSKeyError",
             Value::Tuple(vec![id(3)]),
         ),
         (
-            StorageError::PosKey { oid: Oid(3), serial: Some(Tid(4)) },
+            StorageError::PosKey {
+                oid: Oid(3),
+                serial: Some(Tid(4)),
+            },
             "ZODB.POSException.POSKeyError",
             Value::Tuple(vec![id(3), id(4)]),
         ),
         (
-            StorageError::Conflict { oid: Oid(1), committed: Tid(9), old: Tid(5) },
+            StorageError::Conflict {
+                oid: Oid(1),
+                committed: Tid(9),
+                old: Tid(5),
+            },
             "ZODB.POSException.ConflictError",
             Value::Dict(vec![
                 (s("message"), s("database conflict error")),
@@ -40,7 +50,11 @@ fn every_storage_error_maps_to_its_python_class_and_fields() {
             ]),
         ),
         (
-            StorageError::ReadConflict { oid: Oid(1), committed: Tid(9), old: Tid(5) },
+            StorageError::ReadConflict {
+                oid: Oid(1),
+                committed: Tid(9),
+                old: Tid(5),
+            },
             "ZODB.POSException.ReadConflictError",
             Value::Dict(vec![
                 (s("message"), s("database read conflict error")),
@@ -54,14 +68,28 @@ fn every_storage_error_maps_to_its_python_class_and_fields() {
             "ZODB.POSException.StorageTransactionError",
             Value::Tuple(vec![s("Already voting (locked)")]),
         ),
-        (StorageError::ReadOnly, "ZODB.POSException.ReadOnlyError", Value::Tuple(vec![])),
         (
-            StorageError::Undo { reason: "non-undoable transaction".into(), oid: None },
-            "ZODB.POSException.UndoError",
-            Value::Dict(vec![(s("_reason"), s("non-undoable transaction")), (s("_oid"), Value::None)]),
+            StorageError::ReadOnly,
+            "ZODB.POSException.ReadOnlyError",
+            Value::Tuple(vec![]),
         ),
         (
-            StorageError::Format { path: PathBuf::from("Data.fs"), pos: 4, reason: "bad".into() },
+            StorageError::Undo {
+                reason: "non-undoable transaction".into(),
+                oid: None,
+            },
+            "ZODB.POSException.UndoError",
+            Value::Dict(vec![
+                (s("_reason"), s("non-undoable transaction")),
+                (s("_oid"), Value::None),
+            ]),
+        ),
+        (
+            StorageError::Format {
+                path: PathBuf::from("Data.fs"),
+                pos: 4,
+                reason: "bad".into(),
+            },
             "ZODB.FileStorage.FileStorage.FileStorageFormatError",
             Value::Tuple(vec![s("Data.fs"), Value::Int(4), s("bad")]),
         ),
@@ -71,7 +99,9 @@ fn every_storage_error_maps_to_its_python_class_and_fields() {
             Value::Tuple(vec![s("user name too long")]),
         ),
         (
-            StorageError::Locked { path: PathBuf::from("Data.fs.lock") },
+            StorageError::Locked {
+                path: PathBuf::from("Data.fs.lock"),
+            },
             "zc.lockfile.LockError",
             Value::Tuple(vec![s("Couldn't lock \"Data.fs.lock\"")]),
         ),
@@ -80,7 +110,11 @@ fn every_storage_error_maps_to_its_python_class_and_fields() {
             "builtins.ValueError",
             Value::Tuple(vec![s("pack time is in the future")]),
         ),
-        (StorageError::Key("no root".into()), "builtins.KeyError", Value::Tuple(vec![s("no root")])),
+        (
+            StorageError::Key("no root".into()),
+            "builtins.KeyError",
+            Value::Tuple(vec![s("no root")]),
+        ),
         (
             StorageError::Storage("oops".into()),
             "ZODB.POSException.StorageError",
@@ -101,7 +135,9 @@ fn every_storage_error_maps_to_its_python_class_and_fields() {
             let msg = Reply::error(Value::Int(1), &wire);
             let bytes = Marshaller::server(encoding).encode(&msg).unwrap();
             let back = Marshaller::client(encoding).decode(&bytes).unwrap();
-            let ClientIncoming::Reply { result: Err(got), .. } = ClientIncoming::parse(&back).unwrap()
+            let ClientIncoming::Reply {
+                result: Err(got), ..
+            } = ClientIncoming::parse(&back).unwrap()
             else {
                 panic!("{err}")
             };
@@ -111,28 +147,58 @@ fn every_storage_error_maps_to_its_python_class_and_fields() {
     let io = StorageError::io("fsync", std::io::Error::other("disk gone"));
     let wire = WireError::from(&io);
     assert_eq!(wire.class, "ZODB.POSException.StorageSystemError");
-    assert_eq!(wire.fields, Value::Tuple(vec![s("I/O error: fsync: disk gone")]));
+    assert_eq!(
+        wire.fields,
+        Value::Tuple(vec![s("I/O error: fsync: disk gone")])
+    );
 }
 
 #[test]
 fn wire_errors_turn_back_into_storage_errors() {
     let round = |e: StorageError| WireError::from(&e).to_storage_error();
-    assert!(matches!(round(StorageError::pos_key(Oid(2))), StorageError::PosKey { oid: Oid(2), serial: None }));
     assert!(matches!(
-        round(StorageError::PosKey { oid: Oid(2), serial: Some(Tid(3)) }),
-        StorageError::PosKey { oid: Oid(2), serial: Some(Tid(3)) }
+        round(StorageError::pos_key(Oid(2))),
+        StorageError::PosKey {
+            oid: Oid(2),
+            serial: None
+        }
     ));
     assert!(matches!(
-        round(StorageError::ReadConflict { oid: Oid(1), committed: Tid(2), old: Tid(1) }),
-        StorageError::ReadConflict { oid: Oid(1), committed: Tid(2), old: Tid(1) }
+        round(StorageError::PosKey {
+            oid: Oid(2),
+            serial: Some(Tid(3))
+        }),
+        StorageError::PosKey {
+            oid: Oid(2),
+            serial: Some(Tid(3))
+        }
     ));
-    assert!(matches!(round(StorageError::ReadOnly), StorageError::ReadOnly));
-    assert!(matches!(round(StorageError::Transaction("x".into())), StorageError::Transaction(m) if m == "x"));
+    assert!(matches!(
+        round(StorageError::ReadConflict {
+            oid: Oid(1),
+            committed: Tid(2),
+            old: Tid(1)
+        }),
+        StorageError::ReadConflict {
+            oid: Oid(1),
+            committed: Tid(2),
+            old: Tid(1)
+        }
+    ));
+    assert!(matches!(
+        round(StorageError::ReadOnly),
+        StorageError::ReadOnly
+    ));
+    assert!(
+        matches!(round(StorageError::Transaction("x".into())), StorageError::Transaction(m) if m == "x")
+    );
     assert!(matches!(
         round(StorageError::Undo { reason: "r".into(), oid: Some(Oid(4)) }),
         StorageError::Undo { reason, oid: Some(Oid(4)) } if reason == "r"
     ));
-    assert!(matches!(round(StorageError::InvalidArgument("v".into())), StorageError::InvalidArgument(m) if m == "v"));
+    assert!(
+        matches!(round(StorageError::InvalidArgument("v".into())), StorageError::InvalidArgument(m) if m == "v")
+    );
     assert!(matches!(round(StorageError::Key("k".into())), StorageError::Key(m) if m == "k"));
     let other = WireError::no_attribute("new_oid").to_storage_error();
     assert!(
@@ -140,8 +206,14 @@ fn wire_errors_turn_back_into_storage_errors() {
         "{other}"
     );
     let mismatch = WireError::transaction_mismatch(Some(TxnId(1)), TxnId(2));
-    assert_eq!(mismatch.fields, Value::Tuple(vec![Value::Int(1), Value::Int(2)]));
-    assert!(matches!(mismatch.to_storage_error(), StorageError::Transaction(_)));
+    assert_eq!(
+        mismatch.fields,
+        Value::Tuple(vec![Value::Int(1), Value::Int(2)])
+    );
+    assert!(matches!(
+        mismatch.to_storage_error(),
+        StorageError::Transaction(_)
+    ));
 }
 
 #[test]
@@ -160,7 +232,10 @@ fn zeo4_style_exception_replies_are_errors_on_the_client() {
     );
     let m = Marshaller::client(Encoding::Pickle);
     let back = m.decode(&m.encode(&reply).unwrap()).unwrap();
-    let ClientIncoming::Reply { result: Err(err), .. } = ClientIncoming::parse(&back).unwrap() else {
+    let ClientIncoming::Reply {
+        result: Err(err), ..
+    } = ClientIncoming::parse(&back).unwrap()
+    else {
         panic!()
     };
     assert_eq!(err.class, "ZODB.POSException.POSKeyError");
@@ -175,9 +250,8 @@ fn zeo4_style_exception_replies_are_errors_on_the_client() {
 #[test]
 fn server_pickle_policy_matches_server_find_global() {
     let server = Marshaller::server(Encoding::Pickle);
-    let msg_with = |global: Value| {
-        Message::call(1, "undoInfo", vec![Value::Int(0), Value::Int(1), global])
-    };
+    let msg_with =
+        |global: Value| Message::call(1, "undoInfo", vec![Value::Int(0), Value::Int(1), global]);
     for (module, name, allowed) in [
         ("ZopeUndo.Prefix", "Prefix", true),
         ("zodbpickle", "binary", true),
@@ -235,12 +309,16 @@ fn python2_binary_strings_become_bytes() {
     let msg = Message::call(1, "getTid", vec![oid]);
     let bytes = Marshaller::client(Encoding::Pickle).encode(&msg).unwrap();
     let back = Marshaller::server(Encoding::Pickle).decode(&bytes).unwrap();
-    let Incoming::Call(call) = ServerRequest::parse(&back).unwrap() else { panic!() };
+    let Incoming::Call(call) = ServerRequest::parse(&back).unwrap() else {
+        panic!()
+    };
     assert_eq!(call.request, ServerRequest::GetTid { oid: Oid(5) });
     // Python 2 native strings (SHORT_BINSTRING) for names and oids.
     let py2 = b"\x80\x02(K\x01\x89U\x06getTidU\x08\x00\x00\x00\x00\x00\x00\x00\x05\x85t.";
     let back = Marshaller::server(Encoding::Pickle).decode(py2).unwrap();
-    let Incoming::Call(call) = ServerRequest::parse(&back).unwrap() else { panic!() };
+    let Incoming::Call(call) = ServerRequest::parse(&back).unwrap() else {
+        panic!()
+    };
     assert_eq!(call.request, ServerRequest::GetTid { oid: Oid(5) });
 }
 
@@ -266,17 +344,29 @@ fn not_a_message() {
     for (bytes, what) in [
         (&b"\x93\x01\xc2\xa4ping"[..], "expected 4 elements, got 3"),
         (b"\x01", "expected a 4-tuple, got int"),
-        (b"\x94\x01\xc2\x01\x90", "method name must be a string, got int"),
+        (
+            b"\x94\x01\xc2\x01\x90",
+            "method name must be a string, got int",
+        ),
     ] {
         match m.decode(bytes) {
             Err(Error::NotAMessage(reason)) => assert!(reason.contains(what), "{reason}"),
             other => panic!("{other:?}"),
         }
     }
-    assert!(matches!(m.decode(b"\x94\x01\xc2\xa4ping\x90\x00"), Err(Error::Malformed { .. })));
+    assert!(matches!(
+        m.decode(b"\x94\x01\xc2\xa4ping\x90\x00"),
+        Err(Error::Malformed { .. })
+    ));
     let p = Marshaller::server(Encoding::Pickle);
-    assert!(matches!(p.decode(b"\x80\x03K\x01."), Err(Error::NotAMessage(_))));
-    assert!(matches!(p.decode(b"\x80\x03(K\x01"), Err(Error::Malformed { .. })));
+    assert!(matches!(
+        p.decode(b"\x80\x03K\x01."),
+        Err(Error::NotAMessage(_))
+    ));
+    assert!(matches!(
+        p.decode(b"\x80\x03(K\x01"),
+        Err(Error::Malformed { .. })
+    ));
 }
 
 #[test]
@@ -297,10 +387,26 @@ fn server_handshake_cases() {
     let z = ServerHandshake::new(Encoding::Pickle);
     assert_eq!(z.greeting(), b"Z5");
     assert_eq!(ServerHandshake::new(Encoding::Msgpack).greeting(), b"M5");
-    assert_eq!(z.receive(b"Z5").unwrap(), ClientHello::Accepted(Encoding::Pickle));
-    assert_eq!(z.receive(b"M5").unwrap(), ClientHello::Accepted(Encoding::Msgpack));
+    assert_eq!(
+        z.receive(b"Z5").unwrap(),
+        ClientHello::Accepted(Encoding::Pickle)
+    );
+    assert_eq!(
+        z.receive(b"M5").unwrap(),
+        ClientHello::Accepted(Encoding::Msgpack)
+    );
     assert_eq!(z.receive(b"ruok").unwrap(), ClientHello::Ruok);
-    for refused in [&b"Z4"[..], b"Z3101", b"Z309", b"Z6", b"Z55", b"X5", b"", b"5", b"ruok\n"] {
+    for refused in [
+        &b"Z4"[..],
+        b"Z3101",
+        b"Z309",
+        b"Z6",
+        b"Z55",
+        b"X5",
+        b"",
+        b"5",
+        b"ruok\n",
+    ] {
         assert!(
             matches!(z.receive(refused), Err(Error::BadHandshake { .. })),
             "{:?}",
@@ -312,16 +418,34 @@ fn server_handshake_cases() {
 #[test]
 fn client_handshake_cases() {
     let c = ClientHandshake::new();
-    assert_eq!(c.receive(b"Z5").unwrap(), (Encoding::Pickle, b"Z5".to_vec()));
-    assert_eq!(c.receive(b"M5").unwrap(), (Encoding::Msgpack, b"M5".to_vec()));
+    assert_eq!(
+        c.receive(b"Z5").unwrap(),
+        (Encoding::Pickle, b"Z5".to_vec())
+    );
+    assert_eq!(
+        c.receive(b"M5").unwrap(),
+        (Encoding::Msgpack, b"M5".to_vec())
+    );
     // min(server, '5') is '5' for any newer version.
-    assert_eq!(c.receive(b"Z6").unwrap(), (Encoding::Pickle, b"Z5".to_vec()));
-    assert_eq!(c.receive(b"M51").unwrap(), (Encoding::Msgpack, b"M5".to_vec()));
+    assert_eq!(
+        c.receive(b"Z6").unwrap(),
+        (Encoding::Pickle, b"Z5".to_vec())
+    );
+    assert_eq!(
+        c.receive(b"M51").unwrap(),
+        (Encoding::Msgpack, b"M5".to_vec())
+    );
     for refused in [&b"Z4"[..], b"Z3101", b"Z", b"", b"X5"] {
-        assert!(matches!(c.receive(refused), Err(Error::BadHandshake { .. })));
+        assert!(matches!(
+            c.receive(refused),
+            Err(Error::BadHandshake { .. })
+        ));
     }
     let prefer = ClientHandshake::prefer(Encoding::Msgpack);
-    assert_eq!(prefer.receive(b"Z5").unwrap(), (Encoding::Msgpack, b"M5".to_vec()));
+    assert_eq!(
+        prefer.receive(b"Z5").unwrap(),
+        (Encoding::Msgpack, b"M5".to_vec())
+    );
     assert_eq!(ClientHandshake::ruok_request(), b"ruok");
 }
 
@@ -331,7 +455,9 @@ fn frame_codec_splits_and_joins() {
     let mut out = BytesMut::new();
     codec.encode(&b"Z5"[..], &mut out).unwrap();
     codec.encode(Vec::new(), &mut out).unwrap();
-    codec.encode(bytes::Bytes::from_static(b"abc"), &mut out).unwrap();
+    codec
+        .encode(bytes::Bytes::from_static(b"abc"), &mut out)
+        .unwrap();
     assert_eq!(&out[..], b"\0\0\0\x02Z5\0\0\0\0\0\0\0\x03abc");
     // Fed one byte at a time, the same frames come out.
     let mut input = BytesMut::new();
@@ -351,7 +477,10 @@ fn frame_too_large_is_refused_before_buffering() {
     let mut codec = FrameCodec::with_max_frame(1024);
     assert_eq!(codec.max_frame(), 1024);
     let mut ok = BytesMut::from(&[0u8, 0, 4, 0][..]);
-    assert!(codec.decode(&mut ok).unwrap().is_none(), "exactly the maximum is fine");
+    assert!(
+        codec.decode(&mut ok).unwrap().is_none(),
+        "exactly the maximum is fine"
+    );
     let mut buf = BytesMut::from(&[0u8, 0, 4, 1, 0xaa][..]);
     match codec.decode(&mut buf) {
         Err(Error::FrameTooLarge { len, max }) => assert_eq!((len, max), (1025, 1024)),
@@ -362,17 +491,32 @@ fn frame_too_large_is_refused_before_buffering() {
     let mut codec = FrameCodec::new();
     let mut huge = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff][..]);
     let before = huge.capacity();
-    assert!(matches!(codec.decode(&mut huge), Err(Error::FrameTooLarge { len: 0xffff_ffff, .. })));
+    assert!(matches!(
+        codec.decode(&mut huge),
+        Err(Error::FrameTooLarge {
+            len: 0xffff_ffff,
+            ..
+        })
+    ));
     assert_eq!(huge.capacity(), before);
     assert_eq!(DEFAULT_MAX_FRAME, 64 << 20);
 }
 
 #[test]
 fn truncated_frames() {
-    assert!(matches!(decode_frame(b"\0\0"), Err(Error::Truncated { needed: 4, available: 2 })));
+    assert!(matches!(
+        decode_frame(b"\0\0"),
+        Err(Error::Truncated {
+            needed: 4,
+            available: 2
+        })
+    ));
     assert!(matches!(
         decode_frame(b"\0\0\0\x05abc"),
-        Err(Error::Truncated { needed: 9, available: 7 })
+        Err(Error::Truncated {
+            needed: 9,
+            available: 7
+        })
     ));
     let (payload, rest) = decode_frame(b"\0\0\0\0").unwrap();
     assert!(payload.is_empty() && rest.is_empty());

@@ -45,8 +45,12 @@ fn every_golden_message_decodes_and_reencodes_byte_for_byte() {
         let bytes = hex::decode(hex).unwrap();
         let encoding = Encoding::from_letter(*letter as u8).unwrap();
         for m in [Marshaller::server(encoding), Marshaller::client(encoding)] {
-            let msg = m.decode(&bytes).unwrap_or_else(|e| panic!("{name} {letter}: {e}"));
-            let again = m.encode(&msg).unwrap_or_else(|e| panic!("{name} {letter}: {e}"));
+            let msg = m
+                .decode(&bytes)
+                .unwrap_or_else(|e| panic!("{name} {letter}: {e}"));
+            let again = m
+                .encode(&msg)
+                .unwrap_or_else(|e| panic!("{name} {letter}: {e}"));
             assert_eq!(hex::encode(&again), *hex, "{name} {letter}");
         }
     }
@@ -55,7 +59,10 @@ fn every_golden_message_decodes_and_reencodes_byte_for_byte() {
 /// Builds each golden message from the typed API and compares bytes.
 #[test]
 fn typed_builders_produce_zeo_bytes() {
-    let poskey = Reply::error(Value::Int(2), &WireError::from(&StorageError::pos_key(Oid(0))));
+    let poskey = Reply::error(
+        Value::Int(2),
+        &WireError::from(&StorageError::pos_key(Oid(0))),
+    );
     let cases: Vec<(&str, Message)> = vec![
         ("register", ClientRequest::register(1, "1", false)),
         ("lastTransaction", ClientRequest::last_transaction(1)),
@@ -66,7 +73,11 @@ fn typed_builders_produce_zeo_bytes() {
             "loadBefore_reply",
             Reply::value(
                 ClientRequest::load_before(OID1, TID1).msgid,
-                reply::load_before(Some(&LoadedRevision { data: data1k(), start: TID1, end: None })),
+                reply::load_before(Some(&LoadedRevision {
+                    data: data1k(),
+                    start: TID1,
+                    end: None,
+                })),
             ),
         ),
         (
@@ -82,7 +93,10 @@ fn typed_builders_produce_zeo_bytes() {
         ),
         (
             "loadBefore_none",
-            Reply::value(ClientRequest::load_before(OID1, TID1).msgid, reply::load_before(None)),
+            Reply::value(
+                ClientRequest::load_before(OID1, TID1).msgid,
+                reply::load_before(None),
+            ),
         ),
         (
             "tpc_begin",
@@ -106,10 +120,19 @@ fn typed_builders_produce_zeo_bytes() {
                 TxnStatus::Packed,
             ),
         ),
-        ("storea", ClientRequest::storea(OID1, Tid(0), &data1k(), TXN)),
+        (
+            "storea",
+            ClientRequest::storea(OID1, Tid(0), &data1k(), TXN),
+        ),
         ("vote", ClientRequest::vote(3, TXN)),
-        ("vote_reply_empty", Reply::value(Value::Int(3), reply::oid_list(&[]))),
-        ("vote_reply_oids", Reply::value(Value::Int(3), reply::oid_list(&[OID1, Oid(0)]))),
+        (
+            "vote_reply_empty",
+            Reply::value(Value::Int(3), reply::oid_list(&[])),
+        ),
+        (
+            "vote_reply_oids",
+            Reply::value(Value::Int(3), reply::oid_list(&[OID1, Oid(0)])),
+        ),
         (
             "vote_reply_conflicts",
             Reply::value(
@@ -122,18 +145,30 @@ fn typed_builders_produce_zeo_bytes() {
                 }]),
             ),
         ),
-        ("tpc_finish_reply", Reply::value(Value::Int(4), reply::tid(TID2))),
+        (
+            "tpc_finish_reply",
+            Reply::value(Value::Int(4), reply::tid(TID2)),
+        ),
         (
             "new_oids_reply",
             Reply::value(Value::Int(5), reply::oid_list(&[Oid(1), Oid(2), Oid(3)])),
         ),
         (
             "getInvalidations_reply",
-            Reply::value(Value::Int(2), reply::invalidations(Some((TID2, &[Oid(0), OID1][..])))),
+            Reply::value(
+                Value::Int(2),
+                reply::invalidations(Some((TID2, &[Oid(0), OID1][..]))),
+            ),
         ),
-        ("invalidateTransaction", ClientEvent::invalidate_transaction(TID2, &[OID1])),
+        (
+            "invalidateTransaction",
+            ClientEvent::invalidate_transaction(TID2, &[OID1]),
+        ),
         ("info", ClientEvent::info(1, 166)),
-        ("receiveBlobChunk", ClientEvent::receive_blob_chunk(OID1, TID1, b"chunk")),
+        (
+            "receiveBlobChunk",
+            ClientEvent::receive_blob_chunk(OID1, TID1, b"chunk"),
+        ),
         (
             "get_info_reply",
             Reply::value(
@@ -161,7 +196,8 @@ fn typed_builders_produce_zeo_bytes() {
                     user: b"u".to_vec(),
                     description: b"d".to_vec(),
                     // {'k': 'v'} pickled by ZODB (protocol 3, memo on).
-                    extension: b"\x80\x03}q\x00X\x01\x00\x00\x00kq\x01X\x01\x00\x00\x00vq\x02s.".to_vec(),
+                    extension: b"\x80\x03}q\x00X\x01\x00\x00\x00kq\x01X\x01\x00\x00\x00vq\x02s."
+                        .to_vec(),
                     size: 42,
                 }])
                 .unwrap(),
@@ -193,22 +229,37 @@ fn typed_builders_produce_zeo_bytes() {
             "err_poskey_serial",
             Reply::error(
                 Value::Int(2),
-                &WireError::from(&StorageError::PosKey { oid: OID1, serial: Some(TID1) }),
+                &WireError::from(&StorageError::PosKey {
+                    oid: OID1,
+                    serial: Some(TID1),
+                }),
             ),
         ),
-        ("err_readonly", Reply::error(Value::Int(1), &WireError::from(&StorageError::ReadOnly))),
+        (
+            "err_readonly",
+            Reply::error(Value::Int(1), &WireError::from(&StorageError::ReadOnly)),
+        ),
         (
             "err_conflict",
             Reply::error(
                 Value::Int(5),
-                &WireError::conflict(OID1, TID2, TID1, Some("persistent.mapping.PersistentMapping")),
+                &WireError::conflict(
+                    OID1,
+                    TID2,
+                    TID1,
+                    Some("persistent.mapping.PersistentMapping"),
+                ),
             ),
         ),
         (
             "err_conflict_plain",
             Reply::error(
                 Value::Int(5),
-                &WireError::from(&StorageError::Conflict { oid: OID1, committed: TID2, old: TID1 }),
+                &WireError::from(&StorageError::Conflict {
+                    oid: OID1,
+                    committed: TID2,
+                    old: TID1,
+                }),
             ),
         ),
         (
@@ -224,7 +275,10 @@ fn typed_builders_produce_zeo_bytes() {
         ),
         (
             "err_txn_mismatch",
-            Reply::error(Value::Int(3), &WireError::transaction_mismatch(None, TxnId(123))),
+            Reply::error(
+                Value::Int(3),
+                &WireError::transaction_mismatch(None, TxnId(123)),
+            ),
         ),
         (
             "err_txn_message",
@@ -243,8 +297,14 @@ fn typed_builders_produce_zeo_bytes() {
                 }),
             ),
         ),
-        ("err_type", Reply::error(Value::Int(9), &WireError::type_error("bad args"))),
-        ("err_value_unpicklable", Reply::error(Value::Int(9), &WireError::unencodable_reply())),
+        (
+            "err_type",
+            Reply::error(Value::Int(9), &WireError::type_error("bad args")),
+        ),
+        (
+            "err_value_unpicklable",
+            Reply::error(Value::Int(9), &WireError::unencodable_reply()),
+        ),
     ];
     for (name, msg) in cases {
         for (encoding, letter) in encodings() {
@@ -262,24 +322,37 @@ fn typed_builders_produce_zeo_bytes() {
 fn golden_values_decode_to_the_python_values() {
     let m = Marshaller::client(Encoding::Msgpack);
     let ints = m.decode(&golden("ints", 'M')).unwrap();
-    let p = Marshaller::client(Encoding::Pickle).decode(&golden("ints", 'Z')).unwrap();
+    let p = Marshaller::client(Encoding::Pickle)
+        .decode(&golden("ints", 'Z'))
+        .unwrap();
     assert_eq!(ints, p, "both encodings give the same ints");
-    let Value::Tuple(items) = ints.args else { panic!() };
+    let Value::Tuple(items) = ints.args else {
+        panic!()
+    };
     assert_eq!(items[1], Value::Int(-1));
     assert_eq!(items[16], Value::Int(i64::MAX));
     assert_eq!(items[17], Value::Int(i64::MIN));
-    assert_eq!(items[18], Value::BigInt(vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0]));
+    assert_eq!(
+        items[18],
+        Value::BigInt(vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0])
+    );
 
     let strings = m.decode(&golden("strings", 'M')).unwrap();
-    let Value::Tuple(items) = strings.args else { panic!() };
+    let Value::Tuple(items) = strings.args else {
+        panic!()
+    };
     assert_eq!(items[1], s("é€😀"));
     assert_eq!(items[5], b(&[b'z'; 300]));
 
     // msgpack has no lists: Python's lists come back as tuples, while
     // pickle keeps them apart.
     let lists_m = m.decode(&golden("lists", 'M')).unwrap();
-    let lists_z = Marshaller::client(Encoding::Pickle).decode(&golden("lists", 'Z')).unwrap();
-    let (Value::Tuple(lm), Value::Tuple(lz)) = (&lists_m.args, &lists_z.args) else { panic!() };
+    let lists_z = Marshaller::client(Encoding::Pickle)
+        .decode(&golden("lists", 'Z'))
+        .unwrap();
+    let (Value::Tuple(lm), Value::Tuple(lz)) = (&lists_m.args, &lists_z.args) else {
+        panic!()
+    };
     assert_eq!(lm[0], Value::Tuple(vec![Value::Int(1)]));
     assert_eq!(lz[0], Value::List(vec![Value::Int(1)]));
 }
@@ -288,19 +361,41 @@ fn golden_values_decode_to_the_python_values() {
 fn golden_calls_parse_into_typed_requests() {
     for (encoding, letter) in encodings() {
         let m = Marshaller::server(encoding);
-        let parse = |name: &str| match ServerRequest::parse(&m.decode(&golden(name, letter)).unwrap())
-        {
-            Ok(Incoming::Call(call)) => call,
-            other => panic!("{name}: {other:?}"),
-        };
+        let parse =
+            |name: &str| match ServerRequest::parse(&m.decode(&golden(name, letter)).unwrap()) {
+                Ok(Incoming::Call(call)) => call,
+                other => panic!("{name}: {other:?}"),
+            };
         let call = parse("register_int_flag");
-        assert_eq!(call.request, ServerRequest::Register { storage: "1".into(), read_only: false });
+        assert_eq!(
+            call.request,
+            ServerRequest::Register {
+                storage: "1".into(),
+                read_only: false
+            }
+        );
         let call = parse("loadBefore");
-        assert_eq!(call.msgid, Value::Tuple(vec![b(&OID1.to_bytes()), b(&TID1.to_bytes())]));
-        assert_eq!(call.request, ServerRequest::LoadBefore { oid: OID1, before: TID1 });
+        assert_eq!(
+            call.msgid,
+            Value::Tuple(vec![b(&OID1.to_bytes()), b(&TID1.to_bytes())])
+        );
+        assert_eq!(
+            call.request,
+            ServerRequest::LoadBefore {
+                oid: OID1,
+                before: TID1
+            }
+        );
         let call = parse("tpc_begin_ext");
         assert!(call.oneway);
-        let ServerRequest::TpcBegin { txn, tid, status, extension, .. } = call.request else {
+        let ServerRequest::TpcBegin {
+            txn,
+            tid,
+            status,
+            extension,
+            ..
+        } = call.request
+        else {
             panic!()
         };
         assert_eq!((txn, tid, status), (TXN, Some(TID1), TxnStatus::Packed));
@@ -308,10 +403,18 @@ fn golden_calls_parse_into_typed_requests() {
         let call = parse("storea");
         assert_eq!(
             call.request,
-            ServerRequest::Storea { oid: OID1, serial: Tid(0), data: data1k(), txn: TXN }
+            ServerRequest::Storea {
+                oid: OID1,
+                serial: Tid(0),
+                data: data1k(),
+                txn: TXN
+            }
         );
         let heartbeat = m.decode(&golden("heartbeat", letter)).unwrap();
-        assert_eq!(ServerRequest::parse(&heartbeat).unwrap(), Incoming::Heartbeat);
+        assert_eq!(
+            ServerRequest::parse(&heartbeat).unwrap(),
+            Incoming::Heartbeat
+        );
     }
 }
 
@@ -319,30 +422,53 @@ fn golden_calls_parse_into_typed_requests() {
 fn golden_server_messages_parse_on_the_client() {
     for (encoding, letter) in encodings() {
         let m = Marshaller::client(encoding);
-        let incoming = |name: &str| ClientIncoming::parse(&m.decode(&golden(name, letter)).unwrap());
+        let incoming =
+            |name: &str| ClientIncoming::parse(&m.decode(&golden(name, letter)).unwrap());
         assert_eq!(
             incoming("invalidateTransaction").unwrap(),
-            ClientIncoming::Event(ClientEvent::InvalidateTransaction { tid: TID2, oids: vec![OID1] })
+            ClientIncoming::Event(ClientEvent::InvalidateTransaction {
+                tid: TID2,
+                oids: vec![OID1]
+            })
         );
-        let ClientIncoming::Reply { result: Err(err), .. } = incoming("err_conflict").unwrap() else {
+        let ClientIncoming::Reply {
+            result: Err(err), ..
+        } = incoming("err_conflict").unwrap()
+        else {
             panic!()
         };
         assert!(matches!(
             err.to_storage_error(),
-            StorageError::Conflict { oid: OID1, committed: TID2, old: TID1 }
+            StorageError::Conflict {
+                oid: OID1,
+                committed: TID2,
+                old: TID1
+            }
         ));
-        let ClientIncoming::Reply { result: Err(err), .. } = incoming("err_poskey").unwrap() else {
+        let ClientIncoming::Reply {
+            result: Err(err), ..
+        } = incoming("err_poskey").unwrap()
+        else {
             panic!()
         };
-        assert!(matches!(err.to_storage_error(), StorageError::PosKey { oid: Oid(0), serial: None }));
-        let ClientIncoming::Reply { result: Ok(value), .. } = incoming("loadBefore_reply").unwrap()
+        assert!(matches!(
+            err.to_storage_error(),
+            StorageError::PosKey {
+                oid: Oid(0),
+                serial: None
+            }
+        ));
+        let ClientIncoming::Reply {
+            result: Ok(value), ..
+        } = incoming("loadBefore_reply").unwrap()
         else {
             panic!()
         };
         let rev = client::replies::load_before(&value).unwrap().unwrap();
         assert_eq!((rev.data, rev.start, rev.end), (data1k(), TID1, None));
-        let ClientIncoming::Reply { result: Ok(value), .. } =
-            incoming("vote_reply_conflicts").unwrap()
+        let ClientIncoming::Reply {
+            result: Ok(value), ..
+        } = incoming("vote_reply_conflicts").unwrap()
         else {
             panic!()
         };

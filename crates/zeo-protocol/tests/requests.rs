@@ -39,7 +39,10 @@ fn bad(method: &str, args: Vec<Value>, needle: &str) {
     match parse(method, args) {
         Err(Error::BadArguments { method: m, reason }) => {
             assert_eq!(m, method);
-            assert!(reason.contains(needle), "{method}: {reason:?} lacks {needle:?}");
+            assert!(
+                reason.contains(needle),
+                "{method}: {reason:?} lacks {needle:?}"
+            );
         }
         other => panic!("{method}: expected BadArguments, got {other:?}"),
     }
@@ -48,16 +51,36 @@ fn bad(method: &str, args: Vec<Value>, needle: &str) {
 #[test]
 fn register_accepts_python_truth_values() {
     use ServerRequest::Register;
-    let reg = |storage: &str, read_only| Register { storage: storage.into(), read_only };
-    assert_eq!(ok("register", vec![s("1"), Value::Bool(false)]), reg("1", false));
+    let reg = |storage: &str, read_only| Register {
+        storage: storage.into(),
+        read_only,
+    };
+    assert_eq!(
+        ok("register", vec![s("1"), Value::Bool(false)]),
+        reg("1", false)
+    );
     assert_eq!(ok("register", vec![s("1"), int(0)]), reg("1", false));
     assert_eq!(ok("register", vec![s("main"), int(1)]), reg("main", true));
     assert_eq!(ok("register", vec![s("1"), Value::None]), reg("1", false));
-    assert_eq!(ok("register", vec![b(b"1"), Value::Bool(true)]), reg("1", true));
+    assert_eq!(
+        ok("register", vec![b(b"1"), Value::Bool(true)]),
+        reg("1", true)
+    );
     // ZEO 5.0-5.4 clients with credentials send a third argument.
-    assert_eq!(ok("register", vec![s("1"), int(0), Value::None]), reg("1", false));
-    bad("register", vec![s("1")], "takes 2 to 3 positional arguments but 1 were given");
-    bad("register", vec![int(1), int(0)], "storage_id must be str, got int");
+    assert_eq!(
+        ok("register", vec![s("1"), int(0), Value::None]),
+        reg("1", false)
+    );
+    bad(
+        "register",
+        vec![s("1")],
+        "takes 2 to 3 positional arguments but 1 were given",
+    );
+    bad(
+        "register",
+        vec![int(1), int(0)],
+        "storage_id must be str, got int",
+    );
     bad("register", vec![b(b"\xff"), int(0)], "non-UTF-8");
 }
 
@@ -72,7 +95,11 @@ fn no_argument_methods() {
         ("ping", ServerRequest::Ping),
     ] {
         assert_eq!(ok(method, vec![]), expected);
-        bad(method, vec![int(1)], "takes 0 positional arguments but 1 were given");
+        bad(
+            method,
+            vec![int(1)],
+            "takes 0 positional arguments but 1 were given",
+        );
     }
 }
 
@@ -80,22 +107,51 @@ fn no_argument_methods() {
 fn loads() {
     assert_eq!(
         ok("loadBefore", vec![oid(0), tidv(1)]),
-        ServerRequest::LoadBefore { oid: Oid(0), before: Tid(1) }
+        ServerRequest::LoadBefore {
+            oid: Oid(0),
+            before: Tid(1)
+        }
     );
     assert_eq!(
         ok("loadSerial", vec![oid(3), tidv(9)]),
-        ServerRequest::LoadSerial { oid: Oid(3), serial: Tid(9) }
+        ServerRequest::LoadSerial {
+            oid: Oid(3),
+            serial: Tid(9)
+        }
     );
-    assert_eq!(ok("getTid", vec![oid(3)]), ServerRequest::GetTid { oid: Oid(3) });
+    assert_eq!(
+        ok("getTid", vec![oid(3)]),
+        ServerRequest::GetTid { oid: Oid(3) }
+    );
     assert_eq!(
         ok("getInvalidations", vec![tidv(5)]),
         ServerRequest::GetInvalidations { tid: Tid(5) }
     );
-    bad("loadBefore", vec![oid(0)], "takes 2 positional arguments but 1 were given");
-    bad("loadBefore", vec![b(b"short"), tidv(1)], "oid must be 8 bytes, got 5");
-    bad("loadBefore", vec![s("00000000"), tidv(1)], "oid must be 8 bytes, got str");
-    bad("loadBefore", vec![oid(0), Value::None], "tid must be 8 bytes, got NoneType");
-    bad("getInvalidations", vec![int(5)], "tid must be 8 bytes, got int");
+    bad(
+        "loadBefore",
+        vec![oid(0)],
+        "takes 2 positional arguments but 1 were given",
+    );
+    bad(
+        "loadBefore",
+        vec![b(b"short"), tidv(1)],
+        "oid must be 8 bytes, got 5",
+    );
+    bad(
+        "loadBefore",
+        vec![s("00000000"), tidv(1)],
+        "oid must be 8 bytes, got str",
+    );
+    bad(
+        "loadBefore",
+        vec![oid(0), Value::None],
+        "tid must be 8 bytes, got NoneType",
+    );
+    bad(
+        "getInvalidations",
+        vec![int(5)],
+        "tid must be 8 bytes, got int",
+    );
 }
 
 #[test]
@@ -109,7 +165,10 @@ fn history_size_defaults_and_clamps() {
 
 #[test]
 fn record_iternext() {
-    assert_eq!(ok("record_iternext", vec![]), ServerRequest::RecordIternext { next: None });
+    assert_eq!(
+        ok("record_iternext", vec![]),
+        ServerRequest::RecordIternext { next: None }
+    );
     assert_eq!(
         ok("record_iternext", vec![Value::None]),
         ServerRequest::RecordIternext { next: None }
@@ -128,28 +187,52 @@ fn new_oids_clamps_like_zeo() {
     assert_eq!(ok("new_oids", vec![int(1000)]), n(100));
     assert_eq!(ok("new_oids", vec![int(0)]), n(1));
     assert_eq!(ok("new_oids", vec![int(-7)]), n(1));
-    bad("new_oids", vec![Value::Float(2.0)], "n must be int, got float");
+    bad(
+        "new_oids",
+        vec![Value::Float(2.0)],
+        "n must be int, got float",
+    );
 }
 
 #[test]
 fn pack_and_undo_queries() {
     assert_eq!(
         ok("pack", vec![Value::Float(1.5e9)]),
-        ServerRequest::Pack { time: 1.5e9, wait: true }
+        ServerRequest::Pack {
+            time: 1.5e9,
+            wait: true
+        }
     );
     assert_eq!(
         ok("pack", vec![int(1_500_000_000), int(0)]),
-        ServerRequest::Pack { time: 1.5e9, wait: false }
+        ServerRequest::Pack {
+            time: 1.5e9,
+            wait: false
+        }
     );
     bad("pack", vec![s("now")], "t must be a number");
-    assert_eq!(ok("undoLog", vec![int(0), int(-20)]), ServerRequest::UndoLog { first: 0, last: -20 });
+    assert_eq!(
+        ok("undoLog", vec![int(0), int(-20)]),
+        ServerRequest::UndoLog {
+            first: 0,
+            last: -20
+        }
+    );
     assert_eq!(
         ok("undoInfo", vec![int(0), int(-20), Value::None]),
-        ServerRequest::UndoInfo { first: 0, last: -20, specification: None }
+        ServerRequest::UndoInfo {
+            first: 0,
+            last: -20,
+            specification: None
+        }
     );
     assert_eq!(
         ok("undoInfo", vec![int(0), int(-20), Value::Dict(vec![])]),
-        ServerRequest::UndoInfo { first: 0, last: -20, specification: None }
+        ServerRequest::UndoInfo {
+            first: 0,
+            last: -20,
+            specification: None
+        }
     );
     let spec = Value::Dict(vec![(s("user_name"), b(b"bob"))]);
     assert_eq!(
@@ -162,7 +245,11 @@ fn pack_and_undo_queries() {
             })
         }
     );
-    bad("undoInfo", vec![int(0), int(5), int(3)], "specification must be a dict");
+    bad(
+        "undoInfo",
+        vec![int(0), int(5), int(3)],
+        "specification must be a dict",
+    );
     bad("undoLog", vec![int(0)], "takes 2 positional arguments");
 }
 
@@ -180,14 +267,23 @@ fn undo_info_with_a_zope_prefix_over_the_wire() {
     let m = Marshaller::server(Encoding::Pickle);
     let msg = m.decode(&pickle).unwrap();
     assert_eq!(m.encode(&msg).unwrap(), pickle, "re-encodes byte for byte");
-    let Incoming::Call(call) = ServerRequest::parse(&msg).unwrap() else { panic!() };
-    let ServerRequest::UndoInfo { first: 0, last: 20, specification: Some(spec) } = call.request
+    let Incoming::Call(call) = ServerRequest::parse(&msg).unwrap() else {
+        panic!()
+    };
+    let ServerRequest::UndoInfo {
+        first: 0,
+        last: 20,
+        specification: Some(spec),
+    } = call.request
     else {
         panic!("{:?}", call.request)
     };
     assert_eq!(
         spec.conditions,
-        vec![(s("user_name"), UndoMatch::Prefix(vec!["".into(), "app".into()]))]
+        vec![(
+            s("user_name"),
+            UndoMatch::Prefix(vec!["".into(), "app".into()])
+        )]
     );
     let entry = |user: &[u8]| vec![(s("user_name"), b(user))];
     assert!(spec.matches(&entry(b"/app admin")));
@@ -200,7 +296,10 @@ fn undo_info_with_a_zope_prefix_over_the_wire() {
 #[test]
 fn tpc_begin_defaults_and_tolerance() {
     let txn = int(140_326_466_128_656);
-    let r = ok("tpc_begin", vec![txn.clone(), b(b"u"), s("d\u{e9}"), Value::Dict(vec![])]);
+    let r = ok(
+        "tpc_begin",
+        vec![txn.clone(), b(b"u"), s("d\u{e9}"), Value::Dict(vec![])],
+    );
     assert_eq!(
         r,
         ServerRequest::TpcBegin {
@@ -216,25 +315,71 @@ fn tpc_begin_defaults_and_tolerance() {
         "tpc_begin",
         vec![txn.clone(), b(b""), b(b""), Value::None, tidv(9), b(b"p")],
     );
-    let ServerRequest::TpcBegin { extension, tid, status, .. } = r else { panic!() };
-    assert_eq!((extension, tid, status), (Value::Dict(vec![]), Some(Tid(9)), TxnStatus::Packed));
-    bad("tpc_begin", vec![txn.clone(), b(b""), b(b"")], "takes 4 to 6 positional arguments");
-    bad("tpc_begin", vec![s("id"), b(b""), b(b""), Value::Dict(vec![])], "transaction id must be int");
-    bad("tpc_begin", vec![txn.clone(), int(1), b(b""), Value::Dict(vec![])], "user must be bytes or str");
-    bad("tpc_begin", vec![txn.clone(), b(b""), b(b""), int(3)], "ext must be a dict");
+    let ServerRequest::TpcBegin {
+        extension,
+        tid,
+        status,
+        ..
+    } = r
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (extension, tid, status),
+        (Value::Dict(vec![]), Some(Tid(9)), TxnStatus::Packed)
+    );
     bad(
         "tpc_begin",
-        vec![txn.clone(), b(b""), b(b""), Value::Dict(vec![]), Value::None, s("x")],
+        vec![txn.clone(), b(b""), b(b"")],
+        "takes 4 to 6 positional arguments",
+    );
+    bad(
+        "tpc_begin",
+        vec![s("id"), b(b""), b(b""), Value::Dict(vec![])],
+        "transaction id must be int",
+    );
+    bad(
+        "tpc_begin",
+        vec![txn.clone(), int(1), b(b""), Value::Dict(vec![])],
+        "user must be bytes or str",
+    );
+    bad(
+        "tpc_begin",
+        vec![txn.clone(), b(b""), b(b""), int(3)],
+        "ext must be a dict",
+    );
+    bad(
+        "tpc_begin",
+        vec![
+            txn.clone(),
+            b(b""),
+            b(b""),
+            Value::Dict(vec![]),
+            Value::None,
+            s("x"),
+        ],
         "unknown transaction status",
     );
     bad(
         "tpc_begin",
-        vec![txn, b(b""), b(b""), Value::Dict(vec![]), Value::None, s("  ")],
+        vec![
+            txn,
+            b(b""),
+            b(b""),
+            Value::Dict(vec![]),
+            Value::None,
+            s("  "),
+        ],
         "status must be one character",
     );
     bad(
         "tpc_begin",
-        vec![Value::BigInt(vec![0; 9]), b(b""), b(b""), Value::Dict(vec![])],
+        vec![
+            Value::BigInt(vec![0; 9]),
+            b(b""),
+            b(b""),
+            Value::Dict(vec![]),
+        ],
         "does not fit in 64 bits",
     );
 }
@@ -244,19 +389,44 @@ fn store_family() {
     let t = TxnId(7);
     assert_eq!(
         ok("storea", vec![oid(1), tidv(0), b(b"data"), int(7)]),
-        ServerRequest::Storea { oid: Oid(1), serial: Tid(0), data: b"data".to_vec(), txn: t }
+        ServerRequest::Storea {
+            oid: Oid(1),
+            serial: Tid(0),
+            data: b"data".to_vec(),
+            txn: t
+        }
     );
     assert_eq!(
-        ok("checkCurrentSerialInTransaction", vec![oid(1), tidv(2), int(7)]),
-        ServerRequest::CheckCurrentSerial { oid: Oid(1), serial: Tid(2), txn: t }
+        ok(
+            "checkCurrentSerialInTransaction",
+            vec![oid(1), tidv(2), int(7)]
+        ),
+        ServerRequest::CheckCurrentSerial {
+            oid: Oid(1),
+            serial: Tid(2),
+            txn: t
+        }
     );
     assert_eq!(
         ok("deleteObject", vec![oid(1), tidv(2), int(7)]),
-        ServerRequest::DeleteObject { oid: Oid(1), serial: Tid(2), txn: t }
+        ServerRequest::DeleteObject {
+            oid: Oid(1),
+            serial: Tid(2),
+            txn: t
+        }
     );
     assert_eq!(
-        ok("restorea", vec![oid(1), tidv(2), Value::None, Value::None, int(7)]),
-        ServerRequest::Restorea { oid: Oid(1), serial: Tid(2), data: None, prev_txn: None, txn: t }
+        ok(
+            "restorea",
+            vec![oid(1), tidv(2), Value::None, Value::None, int(7)]
+        ),
+        ServerRequest::Restorea {
+            oid: Oid(1),
+            serial: Tid(2),
+            data: None,
+            prev_txn: None,
+            txn: t
+        }
     );
     assert_eq!(
         ok("restorea", vec![oid(1), tidv(2), b(b"x"), tidv(1), int(7)]),
@@ -270,14 +440,24 @@ fn store_family() {
     );
     assert_eq!(
         ok("storeBlobChunk", vec![b(b"chunk")]),
-        ServerRequest::StoreBlobChunk { chunk: b"chunk".to_vec() }
+        ServerRequest::StoreBlobChunk {
+            chunk: b"chunk".to_vec()
+        }
     );
     assert_eq!(
         ok("storeBlobEnd", vec![oid(1), tidv(0), b(b"d"), int(7)]),
-        ServerRequest::StoreBlobEnd { oid: Oid(1), serial: Tid(0), data: b"d".to_vec(), txn: t }
+        ServerRequest::StoreBlobEnd {
+            oid: Oid(1),
+            serial: Tid(0),
+            data: b"d".to_vec(),
+            txn: t
+        }
     );
     assert_eq!(
-        ok("storeBlobShared", vec![oid(1), tidv(0), b(b"d"), s("x.tmp-"), int(7)]),
+        ok(
+            "storeBlobShared",
+            vec![oid(1), tidv(0), b(b"d"), s("x.tmp-"), int(7)]
+        ),
         ServerRequest::StoreBlobShared {
             oid: Oid(1),
             serial: Tid(0),
@@ -288,36 +468,78 @@ fn store_family() {
     );
     assert_eq!(
         ok("undoa", vec![b(b"BA1Aac2xMSI="), int(7)]),
-        ServerRequest::Undoa { undo_id: b"BA1Aac2xMSI=".to_vec(), txn: t }
+        ServerRequest::Undoa {
+            undo_id: b"BA1Aac2xMSI=".to_vec(),
+            txn: t
+        }
     );
-    bad("storea", vec![oid(1), tidv(0), s("data"), int(7)], "data must be bytes, got str");
-    bad("storea", vec![oid(1), tidv(0), b(b"d"), Value::None], "transaction id must be int");
+    bad(
+        "storea",
+        vec![oid(1), tidv(0), s("data"), int(7)],
+        "data must be bytes, got str",
+    );
+    bad(
+        "storea",
+        vec![oid(1), tidv(0), b(b"d"), Value::None],
+        "transaction id must be int",
+    );
     bad("storeBlobChunk", vec![int(1)], "chunk must be bytes");
-    bad("storeBlobShared", vec![oid(1), tidv(0), b(b"d"), int(1), int(7)], "filename must be str");
-    bad("deleteObject", vec![oid(1), tidv(0)], "takes 3 positional arguments");
+    bad(
+        "storeBlobShared",
+        vec![oid(1), tidv(0), b(b"d"), int(1), int(7)],
+        "filename must be str",
+    );
+    bad(
+        "deleteObject",
+        vec![oid(1), tidv(0)],
+        "takes 3 positional arguments",
+    );
 }
 
 #[test]
 fn two_phase_commit_calls() {
     let t = TxnId(-5);
     assert_eq!(ok("vote", vec![int(-5)]), ServerRequest::Vote { txn: t });
-    assert_eq!(ok("tpc_finish", vec![int(-5)]), ServerRequest::TpcFinish { txn: t });
-    assert_eq!(ok("tpc_abort", vec![int(-5)]), ServerRequest::TpcAbort { txn: t });
+    assert_eq!(
+        ok("tpc_finish", vec![int(-5)]),
+        ServerRequest::TpcFinish { txn: t }
+    );
+    assert_eq!(
+        ok("tpc_abort", vec![int(-5)]),
+        ServerRequest::TpcAbort { txn: t }
+    );
     // Python's ints and bools compare equal; True is transaction 1.
-    assert_eq!(ok("vote", vec![Value::Bool(true)]), ServerRequest::Vote { txn: TxnId(1) });
-    bad("vote", vec![], "takes 1 positional arguments but 0 were given");
-    bad("tpc_finish", vec![b(b"x")], "transaction id must be int, got bytes");
+    assert_eq!(
+        ok("vote", vec![Value::Bool(true)]),
+        ServerRequest::Vote { txn: TxnId(1) }
+    );
+    bad(
+        "vote",
+        vec![],
+        "takes 1 positional arguments but 0 were given",
+    );
+    bad(
+        "tpc_finish",
+        vec![b(b"x")],
+        "transaction id must be int, got bytes",
+    );
 }
 
 #[test]
 fn blobs_and_iteration() {
     assert_eq!(
         ok("sendBlob", vec![oid(1), tidv(2)]),
-        ServerRequest::SendBlob { oid: Oid(1), serial: Tid(2) }
+        ServerRequest::SendBlob {
+            oid: Oid(1),
+            serial: Tid(2)
+        }
     );
     assert_eq!(
         ok("iterator_start", vec![Value::None, tidv(3)]),
-        ServerRequest::IteratorStart { start: None, stop: Some(Tid(3)) }
+        ServerRequest::IteratorStart {
+            start: None,
+            stop: Some(Tid(3))
+        }
     );
     assert_eq!(
         ok("iterator_next", vec![int(0)]),
@@ -325,15 +547,23 @@ fn blobs_and_iteration() {
     );
     assert_eq!(
         ok("iterator_record_start", vec![int(0), tidv(3)]),
-        ServerRequest::IteratorRecordStart { txn_iid: IteratorId(0), tid: Tid(3) }
+        ServerRequest::IteratorRecordStart {
+            txn_iid: IteratorId(0),
+            tid: Tid(3)
+        }
     );
     assert_eq!(
         ok("iterator_record_next", vec![int(1)]),
         ServerRequest::IteratorRecordNext { iid: IteratorId(1) }
     );
     assert_eq!(
-        ok("iterator_gc", vec![Value::List(vec![int(1), s("junk"), int(2)])]),
-        ServerRequest::IteratorGc { iids: vec![IteratorId(1), IteratorId(2)] }
+        ok(
+            "iterator_gc",
+            vec![Value::List(vec![int(1), s("junk"), int(2)])]
+        ),
+        ServerRequest::IteratorGc {
+            iids: vec![IteratorId(1), IteratorId(2)]
+        }
     );
     assert_eq!(
         ok("iterator_gc", vec![Value::Tuple(vec![])]),
@@ -341,7 +571,11 @@ fn blobs_and_iteration() {
     );
     bad("iterator_gc", vec![int(1)], "iids must be a sequence");
     bad("iterator_next", vec![s("0")], "iid must be int");
-    bad("iterator_start", vec![int(0), Value::None], "start must be 8 bytes");
+    bad(
+        "iterator_start",
+        vec![int(0), Value::None],
+        "start must be 8 bytes",
+    );
 }
 
 #[test]
@@ -357,7 +591,15 @@ fn client_label_is_shown_like_python_str() {
 
 #[test]
 fn unknown_and_forbidden_methods() {
-    for method in ["undo", "ruok", "loadEx", "zeoVerify", "getAuthProtocol", "__init__", ""] {
+    for method in [
+        "undo",
+        "ruok",
+        "loadEx",
+        "zeoVerify",
+        "getAuthProtocol",
+        "__init__",
+        "",
+    ] {
         assert!(
             matches!(parse(method, vec![]), Err(Error::UnknownMethod(m)) if m == method),
             "{method}"
@@ -382,11 +624,15 @@ fn arguments_must_be_a_sequence() {
 #[test]
 fn parse_reports_oneway_and_msgid() {
     let msg = ClientRequest::storea(Oid(1), Tid(0), b"x", TxnId(4));
-    let Incoming::Call(call) = ServerRequest::parse(&msg).unwrap() else { panic!() };
+    let Incoming::Call(call) = ServerRequest::parse(&msg).unwrap() else {
+        panic!()
+    };
     assert!(call.oneway);
     assert_eq!(call.msgid, Value::Int(0));
     let msg = ClientRequest::vote(12, TxnId(4));
-    let Incoming::Call(call) = ServerRequest::parse(&msg).unwrap() else { panic!() };
+    let Incoming::Call(call) = ServerRequest::parse(&msg).unwrap() else {
+        panic!()
+    };
     assert!(!call.oneway);
     assert_eq!(call.msgid, Value::Int(12));
     // A heartbeat is recognised by its msgid alone, as ZEO does.
@@ -411,7 +657,14 @@ fn every_client_request_builder_parses_back() {
         ClientRequest::pack(10, 1.0, true),
         ClientRequest::undo_log(11, 0, -20),
         ClientRequest::undo_info(12, 0, -20),
-        ClientRequest::tpc_begin(t, b"u", b"d", Value::Dict(vec![]), None, TxnStatus::Committed),
+        ClientRequest::tpc_begin(
+            t,
+            b"u",
+            b"d",
+            Value::Dict(vec![]),
+            None,
+            TxnStatus::Committed,
+        ),
         ClientRequest::storea(Oid(1), Tid(0), b"x", t),
         ClientRequest::check_current_serial(Oid(1), Tid(0), t),
         ClientRequest::delete_object(Oid(1), Tid(0), t),
@@ -432,7 +685,13 @@ fn every_client_request_builder_parses_back() {
         ClientRequest::ping(22),
     ]
     .into_iter()
-    .chain(ClientRequest::store_blob(Oid(1), Tid(0), b"x", t, [&b"ab"[..], b"cd"]));
+    .chain(ClientRequest::store_blob(
+        Oid(1),
+        Tid(0),
+        b"x",
+        t,
+        [&b"ab"[..], b"cd"],
+    ));
     let mut seen = std::collections::BTreeSet::new();
     for msg in msgs {
         for encoding in [Encoding::Pickle, Encoding::Msgpack] {

@@ -46,7 +46,10 @@ fn lists_to_tuples(v: Value) -> Value {
             Value::Tuple(items.into_iter().map(lists_to_tuples).collect())
         }
         Value::Dict(pairs) => Value::Dict(
-            pairs.into_iter().map(|(k, v)| (lists_to_tuples(k), lists_to_tuples(v))).collect(),
+            pairs
+                .into_iter()
+                .map(|(k, v)| (lists_to_tuples(k), lists_to_tuples(v)))
+                .collect(),
         ),
         other => other,
     }
@@ -59,11 +62,17 @@ fn tid(t: Tid) -> Value {
 #[test]
 fn msgpack_handshake_frames() {
     let hs = ServerHandshake::new(Encoding::Msgpack);
-    assert_eq!(encode_frame(&hs.greeting()).unwrap(), bytes("00 00 00 02 4d 35"));
+    assert_eq!(
+        encode_frame(&hs.greeting()).unwrap(),
+        bytes("00 00 00 02 4d 35")
+    );
     let (encoding, answer) = ClientHandshake::new().receive(&hs.greeting()).unwrap();
     assert_eq!(encoding, Encoding::Msgpack);
     assert_eq!(encode_frame(&answer).unwrap(), bytes("00 00 00 02 4d 35"));
-    assert_eq!(hs.receive(&answer).unwrap(), ClientHello::Accepted(Encoding::Msgpack));
+    assert_eq!(
+        hs.receive(&answer).unwrap(),
+        ClientHello::Accepted(Encoding::Msgpack)
+    );
 }
 
 #[test]
@@ -95,7 +104,11 @@ fn msgpack_last_transaction() {
 
 #[test]
 fn msgpack_heartbeat() {
-    check(Encoding::Msgpack, r#"00 00 00 0b 94 ff 00 a6 ".reply" c0"#, &Message::heartbeat());
+    check(
+        Encoding::Msgpack,
+        r#"00 00 00 0b 94 ff 00 a6 ".reply" c0"#,
+        &Message::heartbeat(),
+    );
 }
 
 #[test]
@@ -114,7 +127,10 @@ fn msgpack_pos_key_error() {
         Encoding::Msgpack,
         r#"00 00 00 34 94 02 02 a6 ".reply" 92 bd "ZODB.POSException.POSKeyError"
            91 c4 08 00 00 00 00 00 00 00 00"#,
-        &Reply::error(Value::Int(2), &WireError::from(&StorageError::pos_key(Oid(0)))),
+        &Reply::error(
+            Value::Int(2),
+            &WireError::from(&StorageError::pos_key(Oid(0))),
+        ),
     );
 }
 
@@ -144,7 +160,10 @@ fn msgpack_conflict_error() {
                     (Value::str("message"), Value::str("database conflict error")),
                     (Value::str("oid"), Value::Bytes(Oid(1).to_bytes().to_vec())),
                     (Value::str("class_name"), Value::str(".")),
-                    (Value::str("serials"), Value::Tuple(vec![tid(TID2), tid(TID1)])),
+                    (
+                        Value::str("serials"),
+                        Value::Tuple(vec![tid(TID2), tid(TID1)]),
+                    ),
                 ]),
             },
         ),
@@ -194,7 +213,10 @@ fn pickle_pos_key_error() {
         Encoding::Pickle,
         r#"00 00 00 42 80 03 28 4b 02 4b 02 58 06 00 00 00 ".reply"
            58 1d 00 00 00 "ZODB.POSException.POSKeyError" 43 08 00 00 00 00 00 00 00 00 85 86 74 2e"#,
-        &Reply::error(Value::Int(2), &WireError::from(&StorageError::pos_key(Oid(0)))),
+        &Reply::error(
+            Value::Int(2),
+            &WireError::from(&StorageError::pos_key(Oid(0))),
+        ),
     );
 }
 
@@ -218,7 +240,9 @@ fn pickle_tpc_begin() {
         ],
     );
     check(Encoding::Pickle, &framed, &msg);
-    let Incoming::Call(call) = ServerRequest::parse(&msg).unwrap() else { panic!() };
+    let Incoming::Call(call) = ServerRequest::parse(&msg).unwrap() else {
+        panic!()
+    };
     assert_eq!(
         call.request,
         ServerRequest::TpcBegin {
