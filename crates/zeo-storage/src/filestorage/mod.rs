@@ -160,6 +160,7 @@ impl FileStorage {
             f
         };
 
+        let was_empty = scan::file_len(&file, &path)? == 0;
         let mut index = OidIndex::new();
         let mut used_saved_index = false;
         let end = match Self::restore_index(&file, &path, options) {
@@ -177,7 +178,7 @@ impl FileStorage {
                 options.read_only,
             )?,
         };
-        if !options.read_only && scan::file_len(&file, &path)? == 0 {
+        if was_empty && !options.read_only {
             // An empty file got its magic from the scan; make it durable.
             file.sync_all().map_err(|e| io("syncing", e))?;
         }
