@@ -100,6 +100,28 @@ pub enum Error {
 }
 
 impl Error {
+    /// The exception a server sends for this error on a synchronous call,
+    /// when ZEO answers rather than closing the connection: arguments that
+    /// do not fit a method are Python's `TypeError`.
+    ///
+    /// ```
+    /// use zeo_pickle::Value;
+    /// use zeo_protocol::ServerRequest;
+    ///
+    /// let err = ServerRequest::parse_call("vote", &Value::Tuple(vec![])).unwrap_err();
+    /// let wire = err.to_wire_error().unwrap();
+    /// assert_eq!(wire.class, "builtins.TypeError");
+    /// assert!(ServerRequest::parse_call("undo", &Value::Tuple(vec![])).unwrap_err().to_wire_error().is_none());
+    /// ```
+    pub fn to_wire_error(&self) -> Option<crate::WireError> {
+        match self {
+            Error::BadArguments { method, reason } => Some(crate::WireError::type_error(&format!(
+                "{method}() {reason}"
+            ))),
+            _ => None,
+        }
+    }
+
     pub(crate) fn malformed(encoding: &'static str, reason: impl Into<String>) -> Self {
         Error::Malformed {
             encoding,

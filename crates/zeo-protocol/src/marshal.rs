@@ -53,7 +53,7 @@ impl Marshaller {
     ///
     /// # Errors
     ///
-    /// [`Error::Unencodable`] when a value cannot be carried by the
+    /// [`Error::Unencodable`](crate::Error::Unencodable) when a value cannot be carried by the
     /// encoding (msgpack has no sets or objects; neither encoding takes
     /// over-long data). A server answers such a reply with
     /// [`crate::WireError::unencodable_reply`], as ZEO does.
@@ -77,8 +77,8 @@ impl Marshaller {
     ///
     /// # Errors
     ///
-    /// [`Error::Malformed`] for undecodable bytes, [`Error::ForbiddenGlobal`]
-    /// for a pickle naming a global this side refuses, [`Error::NotAMessage`]
+    /// [`Error::Malformed`](crate::Error::Malformed) for undecodable bytes, [`Error::ForbiddenGlobal`](crate::Error::ForbiddenGlobal)
+    /// for a pickle naming a global this side refuses, [`Error::NotAMessage`](crate::Error::NotAMessage)
     /// when the value is not a `(msgid, flags, name, args)` tuple.
     pub fn decode(&self, payload: &[u8]) -> Result<Message> {
         let value = match self.encoding {

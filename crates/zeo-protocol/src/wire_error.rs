@@ -128,6 +128,27 @@ impl WireError {
         )
     }
 
+    /// A `ConflictError` as ZODB raises it from a failed store: the
+    /// `class_name` is read from the stored record's class pickle
+    /// (`get_pickle_metadata`), `"."` when the record does not say.
+    ///
+    /// ```
+    /// use zeo_pickle::Value;
+    /// use zeo_protocol::WireError;
+    /// use zeo_storage::{Oid, Tid};
+    ///
+    /// let record = b"\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00.";
+    /// let e = WireError::conflict_for_record(Oid(1), Tid(2), Tid(1), record);
+    /// assert_eq!(e.fields.get("class_name"), Some(&Value::str("persistent.mapping.PersistentMapping")));
+    /// ```
+    pub fn conflict_for_record(oid: Oid, committed: Tid, old: Tid, record: &[u8]) -> Self {
+        let class_name = zeo_pickle::class_of(record).map_or_else(
+            || ".".to_owned(),
+            |(module, name)| format!("{module}.{name}"),
+        );
+        Self::conflict(oid, committed, old, Some(&class_name))
+    }
+
     /// The `(class_path, fields)` pair carried by an error reply.
     pub fn to_value(&self) -> Value {
         Value::Tuple(vec![Value::Str(self.class.clone()), self.fields.clone()])
