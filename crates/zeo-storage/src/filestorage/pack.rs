@@ -941,6 +941,52 @@ mod tests {
     }
 
     #[test]
+    fn a_pack_that_dies_before_the_switch_leaves_the_old_file_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Data.fs");
+        let at = |s: f64| TimeStamp::from_unix(1_700_000_000.0 + s).tid();
+        let fs = FileStorage::open(&path, FileStorageOptions::default()).unwrap();
+        commit(&fs, Some(at(1.0)), &[(0, b"root-1"), (1, b"one-1")]);
+        commit(&fs, Some(at(2.0)), &[(1, b"one-2")]);
+        commit(&fs, Some(at(3.0)), &[(1, b"one-3")]);
+        fs.close().unwrap();
+        let before = std::fs::read(&path).unwrap();
+
+        for stage in [Stage::CopiedToPackTime, Stage::BeforeCommitLock] {
+            let fs = FileStorage::open(&path, FileStorageOptions::default()).unwrap();
+            HOOK.with(|h| {
+                *h.borrow_mut() = Some(Box::new(move |s: Stage| {
+                    if s == stage {
+                        panic!("simulated crash");
+                    }
+                }))
+            });
+            let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pack(&fs, 1_700_000_002.5, false)
+            }));
+            HOOK.with(|h| h.borrow_mut().take());
+            assert!(died.is_err());
+            // The partial Data.fs.pack is left behind, as after a crash.
+            assert!(append_suffix(&path, ".pack").exists());
+            assert_eq!(std::fs::read(&path).unwrap(), before);
+            assert_eq!(fs.load(Oid(1)).unwrap().0, b"one-3");
+            drop(fs);
+            let fs = FileStorage::open(&path, FileStorageOptions::default()).unwrap();
+            assert_eq!(fs.load_serial(Oid(1), at(1.0)).unwrap(), b"one-1");
+            fs.close().unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), before);
+        }
+
+        // The next pack overwrites the leftover and succeeds.
+        let fs = FileStorage::open(&path, FileStorageOptions::default()).unwrap();
+        pack(&fs, 1_700_000_002.5, false).unwrap();
+        assert!(!append_suffix(&path, ".pack").exists());
+        assert_eq!(std::fs::read(append_suffix(&path, ".old")).unwrap(), before);
+        assert_eq!(fs.load_before(Oid(1), at(2.0)).unwrap(), None);
+        assert_eq!(fs.load_serial(Oid(1), at(2.0)).unwrap(), b"one-2");
+    }
+
+    #[test]
     fn a_second_concurrent_pack_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("Data.fs");
