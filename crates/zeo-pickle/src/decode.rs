@@ -9,7 +9,7 @@ use crate::value::Value;
 pub const DEFAULT_MAX_DEPTH: usize = 1000;
 
 /// Fixed part of the default output budget, in bytes.
-const DEFAULT_OUTPUT_BASE: usize = 16 << 20;
+const DEFAULT_OUTPUT_BASE: usize = 1 << 20;
 /// Per input byte part of the default output budget. One opcode byte makes
 /// at most one [`Value`] node, so only shared (memo) objects copied many
 /// times can approach this.
@@ -83,7 +83,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// Sets the budget, in bytes, for all values this decoder returns
-    /// (default 16 MiB + 64 × input length). Each value node counts as
+    /// (default 1 MiB + 64 × input length). Each value node counts as
     /// `size_of::<Value>()` plus its string or byte payload.
     pub fn with_max_output(mut self, bytes: usize) -> Self {
         self.output_left = bytes;

@@ -104,7 +104,9 @@ impl Memo {
     }
 
     fn get(&self, key: u64) -> Option<Item> {
-        match self.dense.get(usize::try_from(key).ok()?) {
+        // Keys at or past the dense part's end (which stops growing once
+        // the map is in use) live in the map.
+        match usize::try_from(key).ok().and_then(|k| self.dense.get(k)) {
             Some(slot) => *slot,
             None => self.sparse.get(&key).copied(),
         }
