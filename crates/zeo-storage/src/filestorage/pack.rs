@@ -94,7 +94,7 @@ pub(crate) fn pack(fs: &FileStorage, pack_time: f64, gc: bool) -> Result<()> {
     }
 
     let pack_path = append_suffix(&fs.path, ".pack");
-    let result = Packer::run(fs, stop, gc, &pack_path);
+    let result = build_and_switch(fs, stop, gc, &pack_path);
     if result.is_err() || matches!(result, Ok(false)) {
         let _ = std::fs::remove_file(&pack_path);
     }
@@ -146,120 +146,115 @@ fn hook(stage: Stage) {
     let _ = stage;
 }
 
-/// The state of one pack.
-struct Packer;
+/// Builds `Data.fs.pack` and switches to it; `Ok(false)` when there was
+/// nothing to pack (the caller removes the partial output).
+fn build_and_switch(fs: &FileStorage, stop: Tid, gc: bool, pack_path: &Path) -> Result<bool> {
+    let (file, eof) = fs.snapshot()?;
+    let path = fs.path.as_path();
+    let r = Reader::new(&file, path, eof);
 
-impl Packer {
-    /// Builds `Data.fs.pack` and switches to it; `Ok(false)` when there was
-    /// nothing to pack (the caller removes the partial output).
-    fn run(fs: &FileStorage, stop: Tid, gc: bool, pack_path: &Path) -> Result<bool> {
-        let (file, eof) = fs.snapshot()?;
-        let path = fs.path.as_path();
-        let r = Reader::new(&file, path, eof);
-
-        let scan = match scan_to_pack_time(&r, stop)? {
-            Some(scan) => scan,
-            None => {
-                tracing::info!(
-                    "{}: the database has already been packed to a later time or no changes have been made since the last pack",
-                    path.display()
-                );
-                return Ok(false);
-            }
-        };
-        let reachable = if gc {
-            let future = future_backpointers(&r, scan.packpos, scan.ltid)?;
-            let view = View {
-                r,
-                current: &scan.current,
-            };
-            let references = |data: &[u8]| -> Result<Vec<Oid>> {
-                zeo_pickle::references(data)
-                    .map(|oids| oids.into_iter().map(Oid).collect())
-                    .map_err(|e| {
-                        Error::Storage(format!("pack: finding the references of a record: {e}"))
-                    })
-            };
-            gc::find_reachable(&view, future, &references)?
-        } else {
-            Reachable::from_current(scan.current.iter().map(|(&oid, &pos)| (Oid(oid), pos)))
-        };
-        drop(scan.current);
-
-        let mut copier = Copier::new(pack_path)?;
-        let opos = copier.copy_to_pack_time(&r, scan.packpos, &reachable)?;
-        drop(reachable);
-        if opos == scan.packpos {
-            // Nothing would be freed: ZODB leaves the file alone.
+    let scan = match scan_to_pack_time(&r, stop)? {
+        Some(scan) => scan,
+        None => {
+            tracing::info!(
+                "{}: the database has already been packed to a later time or no changes have been made since the last pack",
+                path.display()
+            );
             return Ok(false);
         }
-        hook(Stage::CopiedToPackTime);
+    };
+    let reachable = if gc {
+        let future = future_backpointers(&r, scan.packpos, scan.ltid)?;
+        let view = View {
+            r,
+            current: &scan.current,
+        };
+        let references = |data: &[u8]| -> Result<Vec<Oid>> {
+            zeo_pickle::references(data)
+                .map(|oids| oids.into_iter().map(Oid).collect())
+                .map_err(|e| {
+                    Error::Storage(format!("pack: finding the references of a record: {e}"))
+                })
+        };
+        gc::find_reachable(&view, future, &references)?
+    } else {
+        Reachable::from_current(scan.current.iter().map(|(&oid, &pos)| (Oid(oid), pos)))
+    };
+    drop(scan.current);
 
-        // Catch up with commits without holding the commit lock.
-        let mut ipos = scan.packpos;
-        for _ in 0..UNLOCKED_ROUNDS {
-            let end = fs.snapshot()?.1;
-            if ipos >= end {
-                break;
-            }
-            ipos = copier.copy_rest(&Reader::new(&file, path, end), ipos)?;
-        }
-        hook(Stage::BeforeCommitLock);
-
-        let mut st = lock(&fs.commit);
-        while st.active.is_some() {
-            st = fs
-                .commit_done
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        let result = Self::finish_locked(fs, &file, ipos, copier);
-        drop(st);
-        // This thread may have taken the wake-up meant for a tpc_begin.
-        fs.commit_done.notify_one();
-        result.map(|()| true)
+    let mut copier = Copier::new(pack_path)?;
+    let opos = copier.copy_to_pack_time(&r, scan.packpos, &reachable)?;
+    drop(reachable);
+    if opos == scan.packpos {
+        // Nothing would be freed: ZODB leaves the file alone.
+        return Ok(false);
     }
+    hook(Stage::CopiedToPackTime);
 
-    /// With the commit lock held: copies the last transactions, makes the
-    /// new file durable and switches to it.
-    fn finish_locked(fs: &FileStorage, file: &File, ipos: u64, mut copier: Copier) -> Result<()> {
-        fs.check_open()?;
-        let end = fs.read_published().pos;
-        let path = fs.path.as_path();
-        if ipos < end {
-            copier.copy_rest(&Reader::new(file, path, end), ipos)?;
+    // Catch up with commits without holding the commit lock.
+    let mut ipos = scan.packpos;
+    for _ in 0..UNLOCKED_ROUNDS {
+        let end = fs.snapshot()?.1;
+        if ipos >= end {
+            break;
         }
-        let Copier {
-            mut out, mut index, ..
-        } = copier;
-        out.flush()?;
-        let new_end = out.pos();
-        out.file
-            .sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", out.path.display()), e))?;
-        index.compact();
-
-        // The index describes the old file; a crash after the switch must
-        // not find it.
-        let idx = index_path(path);
-        match std::fs::remove_file(&idx) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("removing {}", idx.display()), e)),
-        }
-        if let Err(e) = switch_files(path, &out.path) {
-            // Still on the old file: give it its index back.
-            fs.save_index();
-            return Err(e);
-        }
-        sync_parent_dir(path);
-
-        let mut p = fs.write_published();
-        p.file = Arc::new(out.file);
-        p.index = index;
-        p.pos = new_end;
-        Ok(())
+        ipos = copier.copy_rest(&Reader::new(&file, path, end), ipos)?;
     }
+    hook(Stage::BeforeCommitLock);
+
+    let mut st = lock(&fs.commit);
+    while st.active.is_some() {
+        st = fs
+            .commit_done
+            .wait(st)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+    let result = finish_locked(fs, &file, ipos, copier);
+    drop(st);
+    // This thread may have taken the wake-up meant for a tpc_begin.
+    fs.commit_done.notify_one();
+    result.map(|()| true)
+}
+
+/// With the commit lock held: copies the last transactions, makes the
+/// new file durable and switches to it.
+fn finish_locked(fs: &FileStorage, file: &File, ipos: u64, mut copier: Copier) -> Result<()> {
+    fs.check_open()?;
+    let end = fs.read_published().pos;
+    let path = fs.path.as_path();
+    if ipos < end {
+        copier.copy_rest(&Reader::new(file, path, end), ipos)?;
+    }
+    let Copier {
+        mut out, mut index, ..
+    } = copier;
+    out.flush()?;
+    let new_end = out.pos();
+    out.file
+        .sync_all()
+        .map_err(|e| Error::io(format!("syncing {}", out.path.display()), e))?;
+    index.compact();
+
+    // The index describes the old file; a crash after the switch must
+    // not find it.
+    let idx = index_path(path);
+    match std::fs::remove_file(&idx) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("removing {}", idx.display()), e)),
+    }
+    if let Err(e) = switch_files(path, &out.path) {
+        // Still on the old file: give it its index back.
+        fs.save_index();
+        return Err(e);
+    }
+    sync_parent_dir(path);
+
+    let mut p = fs.write_published();
+    p.file = Arc::new(out.file);
+    p.index = index;
+    p.pos = new_end;
+    Ok(())
 }
 
 /// Makes `Data.fs.old` the old file and `Data.fs` the packed one.
