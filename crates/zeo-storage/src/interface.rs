@@ -331,6 +331,10 @@ pub fn check_metadata_lengths(meta: &TransactionMetaData) -> Result<()> {
 /// counts entries from `first`.
 pub fn undo_log_bounds(first: i64, last: i64) -> (usize, usize) {
     let first = first.max(0) as usize;
-    let last = if last < 0 { first + (-last) as usize } else { last as usize };
+    let last = if last < 0 {
+        first + (-last) as usize
+    } else {
+        last as usize
+    };
     (first, last.max(first))
 }

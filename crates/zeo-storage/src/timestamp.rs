@@ -30,7 +30,14 @@ impl TimeStamp {
 
     /// Encodes a UTC calendar time. `second` may carry a fraction; it is
     /// truncated to the unit, as ZODB does.
-    pub fn from_parts(year: i32, month: u32, day: u32, hour: u32, minute: u32, second: f64) -> Self {
+    pub fn from_parts(
+        year: i32,
+        month: u32,
+        day: u32,
+        hour: u32,
+        minute: u32,
+        second: f64,
+    ) -> Self {
         let years = i64::from(year) - 1900;
         let minutes = (((years * 12 + i64::from(month) - 1) * 31 + i64::from(day) - 1) * 24
             + i64::from(hour))
@@ -158,9 +165,18 @@ mod tests {
 
     #[test]
     fn unix_round_trip_within_one_unit() {
-        for t in [0.0, 1_000_000_000.5, 1_764_069_500.479_513, 4_102_444_799.999] {
+        for t in [
+            0.0,
+            1_000_000_000.5,
+            1_764_069_500.479_513,
+            4_102_444_799.999,
+        ] {
             let ts = TimeStamp::from_unix(t);
-            assert!((ts.unix_time() - t).abs() < 1e-6, "{t} -> {}", ts.unix_time());
+            assert!(
+                (ts.unix_time() - t).abs() < 1e-6,
+                "{t} -> {}",
+                ts.unix_time()
+            );
         }
     }
 
