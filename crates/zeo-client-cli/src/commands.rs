@@ -1,0 +1,271 @@
+//! The subcommands other than `bench`: each connects, asks, prints.
+
+use std::future::Future;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use zeo_client::{AsyncClientStorage, ClientOptions};
+use zeo_storage::{BeginOptions, Oid, Tid, TransactionMetaData};
+
+use crate::error::CliError;
+use crate::render;
+
+/// Runs `work`, failing with [`CliError::Timeout`] when it takes longer
+/// than `limit`.
+pub async fn bounded<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err(CliError::Timeout(limit.as_secs_f64())))
+}
+
+/// Connects (waiting up to the options' `wait_timeout`), runs `work`, and
+/// closes the client whatever happened.
+async fn with_client<T, F, Fut>(options: ClientOptions, work: F) -> Result<T, CliError>
+where
+    F: FnOnce(AsyncClientStorage) -> Fut,
+    Fut: Future<Output = Result<T, CliError>>,
+{
+    let client = AsyncClientStorage::connect(options).await?;
+    let outcome = work(client.clone()).await;
+    client.close();
+    outcome
+}
+
+/// `up`: healthy when a verified connection comes up within `limit`, the
+/// root object loads (or the storage is still empty) and, with `commit`,
+/// an empty transaction commits.
+///
+/// ZEO's zeoup increments a `MinPO` counter under `root['monitor']`; this
+/// check leaves application data alone and commits an empty transaction
+/// instead, which takes the commit lock and writes a transaction record
+/// just the same.
+pub async fn up(
+    options: ClientOptions,
+    limit: Duration,
+    commit: bool,
+) -> Result<ExitCode, CliError> {
+    let started = Instant::now();
+    let servers: Vec<String> = options.servers.iter().map(|s| s.to_string()).collect();
+    let storage = options.storage.clone();
+    let check = with_client(options, |client| async move {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "connected to {} (storage {storage:?}, {})",
+            servers.join(", "),
+            if client.is_read_only() {
+                "read-only"
+            } else {
+                "writable"
+            }
+        )?;
+        writeln!(
+            out,
+            "last transaction {}",
+            render::tid_with_time(client.last_transaction())
+        )?;
+        match client.load_before(Oid::ROOT, Tid::MAX).await {
+            Ok(Some(root)) => writeln!(
+                out,
+                "root object: {} bytes, serial {}",
+                root.data.len(),
+                root.start
+            )?,
+            Ok(None) | Err(zeo_client::Error::Storage(zeo_storage::Error::PosKey { .. })) => {
+                writeln!(out, "no root object yet (empty database)")?
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if commit {
+            let meta = TransactionMetaData {
+                user: Vec::new(),
+                description: b"zeo-client up".to_vec(),
+                extension: Vec::new(),
+            };
+            let txn = client.tpc_begin(&meta, BeginOptions::default()).await?;
+            let finished = async {
+                client.tpc_vote(txn).await?;
+                client.tpc_finish(txn).await
+            }
+            .await;
+            match finished {
+                Ok(tid) => writeln!(out, "committed an empty transaction {tid}")?,
+                Err(e) => {
+                    client.tpc_abort(txn).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    });
+    match bounded(limit, check).await {
+        Ok(()) => {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "healthy; elapsed time {:.3} s",
+                started.elapsed().as_secs_f64()
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(CliError::Output(e)) => Err(CliError::Output(e)),
+        Err(e) => {
+            eprintln!("zeo-client: unhealthy: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `pack`: packs to now minus `days`, waiting for the server to finish.
+pub async fn pack(options: ClientOptions, days: f64) -> Result<ExitCode, CliError> {
+    if !days.is_finite() || days < 0.0 {
+        return Err(CliError::Usage(format!(
+            "--days {days}: must be zero or more"
+        )));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let pack_time = now - days * 86_400.0;
+    let name = options.storage.clone();
+    with_client(options, |client| async move {
+        let started = Instant::now();
+        client.pack(pack_time).await?;
+        writeln!(
+            std::io::stdout().lock(),
+            "packed storage {name:?} to {} UTC in {:.2} s",
+            render::unix_time(pack_time),
+            started.elapsed().as_secs_f64()
+        )?;
+        Ok(ExitCode::SUCCESS)
+    })
+    .await
+}
+
+/// `status`: the server's `server_status` dict.
+pub async fn status(options: ClientOptions, json: bool) -> Result<ExitCode, CliError> {
+    with_client(options, |client| async move {
+        let status = client.server_status().await?;
+        print_dict(&status, json)
+    })
+    .await
+}
+
+/// `info`: the storage's `get_info` dict.
+pub async fn info(options: ClientOptions, json: bool) -> Result<ExitCode, CliError> {
+    with_client(options, |client| async move {
+        let info = client.get_info().await?;
+        print_dict(&info, json)
+    })
+    .await
+}
+
+fn print_dict(value: &zeo_pickle::Value, json: bool) -> Result<ExitCode, CliError> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", render::to_json(value))?;
+    } else {
+        for line in render::dict_lines(value) {
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `history`: up to `size` revisions of `oid`, newest first.
+pub async fn history(
+    options: ClientOptions,
+    oid: Oid,
+    size: usize,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    with_client(options, |client| async move {
+        let entries = client.history(oid, size.max(1)).await?;
+        let mut out = std::io::stdout().lock();
+        for e in entries.iter().take(size.max(1)) {
+            if json {
+                let line = json!({
+                    "tid": format!("{:016x}", e.tid.as_u64()),
+                    "time": e.time,
+                    "user": render::text_or_hex(&e.user),
+                    "description": render::text_or_hex(&e.description),
+                    "size": e.size,
+                });
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{}  {:>8} bytes  user {:?}  {:?}",
+                    render::tid_with_time(e.tid),
+                    e.size,
+                    render::text_or_hex(&e.user),
+                    render::text_or_hex(&e.description)
+                )?;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+    .await
+}
+
+/// `cat`: the current record of `oid`, or the revision `serial`.
+pub async fn cat(
+    options: ClientOptions,
+    oid: Oid,
+    serial: Option<Tid>,
+    hex: bool,
+) -> Result<ExitCode, CliError> {
+    with_client(options, |client| async move {
+        let data = match serial {
+            Some(serial) => client.load_serial(oid, serial).await?,
+            None => client.load(oid).await?.0,
+        };
+        let mut out = std::io::stdout().lock();
+        if hex {
+            writeln!(out, "{}", render::hex(&data))?;
+        } else {
+            out.write_all(&data)?;
+        }
+        out.flush()?;
+        Ok(ExitCode::SUCCESS)
+    })
+    .await
+}
+
+/// `log`: the `count` most recent transactions from the server's undo log.
+pub async fn log(options: ClientOptions, count: usize, json: bool) -> Result<ExitCode, CliError> {
+    with_client(options, |client| async move {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let entries = client.undo_log(0, count).await?;
+        let mut out = std::io::stdout().lock();
+        for e in &entries {
+            if json {
+                let line = json!({
+                    "tid": format!("{:016x}", e.tid.as_u64()),
+                    "time": e.time,
+                    "user": render::text_or_hex(&e.user),
+                    "description": render::text_or_hex(&e.description),
+                    "size": e.size,
+                });
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{}  {}  user {:?}  {:?}",
+                    e.tid,
+                    render::unix_time(e.time),
+                    render::text_or_hex(&e.user),
+                    render::text_or_hex(&e.description)
+                )?;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+    .await
+}
