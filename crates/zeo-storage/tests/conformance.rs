@@ -1,7 +1,7 @@
 //! The behaviour every [`Storage`] shares with ZODB's FileStorage, as one
 //! generic suite instantiated per storage with [`conformance_tests!`].
 
-#[path = "model_support.rs"]
+#[path = "model/support.rs"]
 mod support;
 
 use std::sync::mpsc;

@@ -154,6 +154,9 @@ fn bad_magic_is_a_format_error() {
     format_error(open(&path));
 }
 
+/// Corrupts a copy of the file's bytes in place.
+type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+
 #[test]
 fn damage_in_the_middle_is_reported_and_nothing_is_touched() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,7 +166,7 @@ fn damage_in_the_middle_is_reported_and_nothing_is_touched() {
     let t2_first_record = t2 + 23;
     let t3 = positions[2];
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, u64)> = vec![
+    let cases: Vec<(&str, Damage, u64)> = vec![
         // tloc of the second transaction's record no longer points at it.
         (
             "tloc",

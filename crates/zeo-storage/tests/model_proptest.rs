@@ -7,14 +7,11 @@
 //! transaction index, never by raw tid, so storages choosing their own tids
 //! would compare as well.
 
-#[path = "model_ops.rs"]
-mod model_ops;
-#[path = "model_support.rs"]
-mod support;
+mod model;
 
-use model_ops::{op_tid, ops, Op, Side, Step};
+use model::ops::{op_tid, ops, Op, Side, Step};
+use model::support::{record, Fixture};
 use proptest::prelude::*;
-use support::{record, Fixture};
 use zeo_storage::{Oid, Storage};
 
 /// Applies `ops` to both storages and fails at the first disagreement.
@@ -126,7 +123,7 @@ proptest! {
 
     #[test]
     fn mapping_agrees_with_itself(ops in ops()) {
-        check_pair(support::mapping_storage, support::mapping_storage, &ops)?;
+        check_pair(model::support::mapping_storage, model::support::mapping_storage, &ops)?;
     }
 }
 
@@ -135,6 +132,6 @@ proptest! {
 
     #[test]
     fn filestorage_agrees_with_mapping(ops in ops()) {
-        check_pair(support::mapping_storage, support::file_storage, &ops)?;
+        check_pair(model::support::mapping_storage, model::support::file_storage, &ops)?;
     }
 }

@@ -6,15 +6,12 @@
 //! FileStorage is property-tested against. It needs the Python venv that
 //! `cargo xtask test` prepares, and fails (rather than skips) without it.
 
-#[path = "model_ops.rs"]
-mod model_ops;
-#[path = "model_support.rs"]
-mod support;
+mod model;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use model_ops::{op_tid, ops, script, Side};
+use model::ops::{op_tid, ops, script, Side};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
@@ -293,7 +290,7 @@ fn mapping_storage_matches_zodb_filestorage() {
     let mut cases = Vec::new();
     for case in 0..case_count() {
         let ops = strategy.new_tree(&mut runner).unwrap().current();
-        let model = support::mapping_storage();
+        let model = model::support::mapping_storage();
         let mut side = Side::new(&*model);
         input.push_str(&format!("case {case}\n"));
         expected.push(format!("case {case}"));

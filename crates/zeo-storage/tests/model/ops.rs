@@ -1,4 +1,4 @@
-//! The operation language of the model tests (included with `#[path]` by
+//! The operation language of the model tests (shared by
 //! `model_proptest.rs` and `model_zodb.rs`): random operations, how a
 //! storage runs them, and everything observable about a storage afterwards,
 //! in terms that do not depend on which storage ran them. The same language
@@ -8,10 +8,7 @@
 
 use proptest::prelude::*;
 
-#[path = "model_support.rs"]
-mod support;
-
-use support::{b64, meta, record};
+use super::support::{b64, meta, record};
 use zeo_storage::{BeginOptions, Error, Oid, Storage, Tid, TimeStamp, TxnStatus};
 
 /// Objects the operations touch.

@@ -1,4 +1,4 @@
-//! Helpers shared by the storage test suites (included with `#[path]`):
+//! Helpers shared by the model test suites:
 //! real ZODB object records and storage fixtures.
 #![allow(dead_code)]
 
