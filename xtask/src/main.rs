@@ -6,6 +6,7 @@
 //! clippy and runs every test. CI runs exactly this (`.ci/run`), so a green
 //! local run means a green CI run. See `docs/testing.md`.
 
+mod bench;
 mod process;
 mod venv;
 
@@ -25,6 +26,9 @@ commands:
         after `--` go to the test harness (e.g. `--include-ignored`).
         --no-lint skips the formatting and clippy steps.
   venv  Only prepare the Python venvs under target/python.
+  bench [--duration S] [--clients 1,4,8] [--objects N] [--idle N] [--keep]
+        Build zeo-server and zeo-client in release and compare them with
+        Python ZEO 6's server and client on 127.0.0.1 (docs/benchmarks.md).
   help  Show this text.
 
 environment:
@@ -39,6 +43,9 @@ fn main() -> ExitCode {
     let result = match command.as_deref() {
         Some("test") => TestOptions::parse(rest).and_then(|o| test(&o)),
         Some("venv") if rest.is_empty() => venvs().map(|_| ()),
+        Some("bench") => {
+            bench::BenchOptions::parse(rest).and_then(|o| bench::run(&o, &workspace_root(), cargo))
+        }
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())

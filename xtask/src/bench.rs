@@ -1,0 +1,725 @@
+//! `cargo xtask bench`: our server and client side by side with Python
+//! ZEO 6's, on this machine, in one table of ratios.
+//!
+//! Builds `zeo-server` and `zeo-client` in release, starts Python's
+//! `runzeo` and our `zeo-server` on free 127.0.0.1 ports, each with its
+//! own FileStorage in a scratch directory under the target directory (a
+//! real disk, so that fsync costs what it costs), loads the same objects
+//! into both, then drives both with `zeo-client bench` (the Rust client)
+//! and `tests/python/bench_client.py` (the stock Python client) and
+//! measures each server's resident memory with many idle clients.
+//! See `docs/benchmarks.md` for how to read the table.
+//!
+//! Every child runs under a deadline and all of them are killed when this
+//! returns, whether it succeeded or not.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::process;
+
+const WORKLOADS: [&str; 4] = ["ping", "load", "commit", "commit100"];
+
+/// `cargo xtask bench` options.
+pub struct BenchOptions {
+    duration: f64,
+    clients: String,
+    objects: u64,
+    idle: usize,
+    keep: bool,
+}
+
+impl BenchOptions {
+    /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N] [--keep]`.
+    pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
+        let mut o = BenchOptions {
+            duration: 2.0,
+            clients: "1,4,8".into(),
+            objects: 10_000,
+            idle: 1000,
+            keep: false,
+        };
+        let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
+        while let Some(arg) = args.next() {
+            let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+            match arg.as_str() {
+                "--duration" => {
+                    o.duration = value("--duration")?
+                        .parse()
+                        .ok()
+                        .filter(|d: &f64| *d > 0.0 && *d <= 60.0)
+                        .ok_or("--duration: seconds, more than 0 and at most 60")?
+                }
+                "--clients" => {
+                    let v = value("--clients")?;
+                    let ok = v
+                        .split(',')
+                        .all(|c| c.parse::<usize>().is_ok_and(|n| (1..=64).contains(&n)));
+                    if !ok {
+                        return Err("--clients: comma-separated counts from 1 to 64".into());
+                    }
+                    o.clients = v;
+                }
+                "--objects" => {
+                    o.objects = value("--objects")?
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1_000_000).contains(n))
+                        .ok_or("--objects: 1 to 1000000")?
+                }
+                "--idle" => {
+                    o.idle = value("--idle")?
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 10_000)
+                        .ok_or("--idle: 0 to 10000")?
+                }
+                "--keep" => o.keep = true,
+                other => return Err(format!("bench: unknown option {other}")),
+            }
+        }
+        Ok(o)
+    }
+
+    fn client_counts(&self) -> Vec<usize> {
+        self.clients
+            .split(',')
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
+}
+
+/// Child processes killed (and reaped) on drop, and the scratch directory
+/// removed unless asked to keep it.
+struct Scratch {
+    dir: PathBuf,
+    keep: bool,
+    children: Vec<(String, Child)>,
+}
+
+impl Scratch {
+    fn spawn(&mut self, name: &str, cmd: &mut Command) -> Result<u32, String> {
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("could not start {name} (`{}`): {e}", process::display(cmd)))?;
+        let pid = child.id();
+        self.children.push((name.to_owned(), child));
+        Ok(pid)
+    }
+
+    /// Fails when the named child has exited.
+    fn check_alive(&mut self, name: &str) -> Result<(), String> {
+        for (n, child) in &mut self.children {
+            if n == name {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "{name} exited ({status}); see {}",
+                        self.dir.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.keep {
+            println!("scratch directory kept: {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs the whole comparison and prints the table.
+pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> Result<(), String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"));
+    let venv = std::env::var_os("ZEO_XTASK_VENV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target").join("python"))
+        .join("zeo6");
+    let runzeo = venv.join("bin").join("runzeo");
+    let python = venv.join("bin").join("python");
+    if !runzeo.is_file() || !python.is_file() {
+        return Err(format!(
+            "{} not found: run `cargo xtask venv` first",
+            runzeo.display()
+        ));
+    }
+
+    process::header("build zeo-server and zeo-client (release)");
+    process::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "zeo-server-cli",
+        "-p",
+        "zeo-client-cli",
+    ]))?;
+    let server_bin = target.join("release").join("zeo-server");
+    let client_bin = target.join("release").join("zeo-client");
+
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = target
+        .join("bench-runs")
+        .join(format!("{}-{stamp}", std::process::id()));
+    fs::create_dir_all(dir.join("py")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    fs::create_dir_all(dir.join("rs")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut scratch = Scratch {
+        dir: dir.clone(),
+        keep: options.keep,
+        children: Vec::new(),
+    };
+
+    process::header("fsync baseline");
+    let fsync = fsync_seconds(&dir.join("rs"))?;
+    println!(
+        "write + fsync of 4 KiB in {}: median {:.3} ms",
+        dir.display(),
+        fsync * 1e3
+    );
+
+    process::header("start the servers");
+    let py_port = free_port()?;
+    let rs_port = free_port()?;
+    let conf = dir.join("py").join("zeo.conf");
+    fs::write(
+        &conf,
+        format!(
+            "<zeo>\n  address 127.0.0.1:{py_port}\n</zeo>\n<filestorage 1>\n  path {}\n</filestorage>\n",
+            dir.join("py").join("Data.fs").display()
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", conf.display()))?;
+    let mut cmd = raised_fd_limit(runzeo.as_os_str(), &["-C".as_ref(), conf.as_os_str()]);
+    with_logs(&mut cmd, &dir.join("py").join("server.log"))?;
+    let py_pid = scratch.spawn("runzeo", &mut cmd)?;
+    let rs_data = dir.join("rs").join("Data.fs");
+    let rs_addr = format!("127.0.0.1:{rs_port}");
+    let mut cmd = raised_fd_limit(
+        server_bin.as_os_str(),
+        &[
+            "-a".as_ref(),
+            rs_addr.as_ref(),
+            "-f".as_ref(),
+            rs_data.as_os_str(),
+        ],
+    );
+    with_logs(&mut cmd, &dir.join("rs").join("server.log"))?;
+    let rs_pid = scratch.spawn("zeo-server", &mut cmd)?;
+    wait_listening(&mut scratch, "runzeo", py_port)?;
+    wait_listening(&mut scratch, "zeo-server", rs_port)?;
+    println!("Python ZEO 6 runzeo on 127.0.0.1:{py_port} (pid {py_pid}), zeo-server on 127.0.0.1:{rs_port} (pid {rs_pid})");
+
+    let servers = [("py", py_port, py_pid), ("rs", rs_port, rs_pid)];
+    let objects = options.objects.to_string();
+    process::header(&format!(
+        "prepare {} objects of 1 KiB in each",
+        options.objects
+    ));
+    for (_, port, _) in servers {
+        let out = capture(
+            Command::new(&client_bin).args([
+                "--server",
+                &format!("127.0.0.1:{port}"),
+                "bench",
+                "--prepare-only",
+                "--objects",
+                &objects,
+            ]),
+            Duration::from_secs(300),
+        )?;
+        print!("127.0.0.1:{port}: {out}");
+    }
+
+    let mut rss: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+    if options.idle > 0 {
+        process::header(&format!("server memory with {} idle clients", options.idle));
+        for (name, port, pid) in servers {
+            let before = vm_rss_kib(pid)?;
+            let held = hold_idle(&client_bin, port, options.idle, &dir)?;
+            let with = vm_rss_kib(pid);
+            held.release();
+            let with = with?;
+            println!(
+                "{name}: {before} KiB idle, {with} KiB with {} clients",
+                options.idle
+            );
+            rss.insert((name, "idle"), before as f64);
+            rss.insert((name, "held"), with as f64);
+        }
+    }
+
+    // results[(server, client, workload, clients)] = (ops/s, p50 us)
+    let mut results: BTreeMap<(String, String, String, usize), (f64, f64)> = BTreeMap::new();
+    let duration = options.duration.to_string();
+    let counts = options.client_counts();
+    let limit = Duration::from_secs_f64(
+        60.0 + counts.len() as f64 * WORKLOADS.len() as f64 * (options.duration + 10.0),
+    );
+    for (name, port, _) in servers {
+        let addr = format!("127.0.0.1:{port}");
+        process::header(&format!("Rust client against {}", server_title(name)));
+        let out = capture(
+            Command::new(&client_bin).args([
+                "--server",
+                &addr,
+                "bench",
+                "--json",
+                "--clients",
+                &options.clients,
+                "--duration",
+                &duration,
+                "--objects",
+                &objects,
+            ]),
+            limit,
+        )?;
+        collect(&out, name, &mut results)?;
+        scratch.check_alive(if name == "py" { "runzeo" } else { "zeo-server" })?;
+
+        process::header(&format!("Python client against {}", server_title(name)));
+        let out = capture(
+            Command::new(&python)
+                .arg(root.join("tests/python/bench_client.py"))
+                .args([
+                    "--server",
+                    &addr,
+                    "--clients",
+                    &options.clients,
+                    "--duration",
+                    &duration,
+                    "--objects",
+                    &objects,
+                ]),
+            limit,
+        )?;
+        collect(&out, name, &mut results)?;
+        scratch.check_alive(if name == "py" { "runzeo" } else { "zeo-server" })?;
+    }
+
+    process::header(
+        "Results (ratio = zeo-server / Python server; higher is better except memory and latency)",
+    );
+    print_table(options, &counts, &results, &rss, fsync);
+    drop(scratch);
+    Ok(())
+}
+
+fn server_title(name: &str) -> &'static str {
+    if name == "py" {
+        "Python ZEO 6 runzeo"
+    } else {
+        "zeo-server"
+    }
+}
+
+/// `sh -c 'ulimit -n <hard>; exec PROGRAM ARGS'`: a thousand idle clients
+/// need more descriptors than the usual soft limit of 1024, and xtask has
+/// no `setrlimit` of its own.
+fn raised_fd_limit(program: &std::ffi::OsStr, args: &[&std::ffi::OsStr]) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\" \"$@\"")
+        .arg(program)
+        .args(args);
+    cmd
+}
+
+/// Sends a server's output to its log file in the scratch directory.
+fn with_logs(cmd: &mut Command, log: &Path) -> Result<(), String> {
+    let out = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    Ok(())
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))
+}
+
+fn wait_listening(scratch: &mut Scratch, name: &str, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        scratch.check_alive(name)?;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{name} did not listen on 127.0.0.1:{port} within 60 s"
+            ));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Median time of writing 4 KiB at the end of a file and fsyncing it, the
+/// cost a commit pays at least once.
+fn fsync_seconds(dir: &Path) -> Result<f64, String> {
+    let path = dir.join("fsync-probe");
+    let mut file = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let block = [0x5au8; 4096];
+    let mut times = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        file.write_all(&block)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let _ = fs::remove_file(&path);
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Runs a command to completion under `limit`, returning its stdout;
+/// stderr is passed through.
+fn capture(cmd: &mut Command, limit: Duration) -> Result<String, String> {
+    println!("$ {}", process::display(cmd));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("could not start `{}`: {e}", process::display(cmd)))?;
+    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`{}` did not finish within {} s and was killed",
+                    process::display(cmd),
+                    limit.as_secs()
+                ));
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("waiting for `{}`: {e}", process::display(cmd))),
+        }
+    };
+    let text = reader.join().unwrap_or_default();
+    if status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "`{}` failed ({status})\n{text}",
+            process::display(cmd)
+        ))
+    }
+}
+
+/// A `zeo-client bench --idle` process holding its connections open.
+struct Held {
+    child: Child,
+}
+
+impl Held {
+    fn release(mut self) {
+        // Closing stdin tells it to disconnect and exit.
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hold_idle(client_bin: &Path, port: u16, n: usize, dir: &Path) -> Result<Held, String> {
+    let log = dir.join(format!("idle-{port}.log"));
+    let err = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut cmd = raised_fd_limit(
+        client_bin.as_os_str(),
+        &[
+            "--server".as_ref(),
+            format!("127.0.0.1:{port}").as_ref(),
+            "--timeout".as_ref(),
+            "120".as_ref(),
+            "bench".as_ref(),
+            "--idle".as_ref(),
+            n.to_string().as_ref(),
+        ],
+    );
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(err);
+    println!("$ zeo-client --server 127.0.0.1:{port} bench --idle {n}");
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("could not start zeo-client: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let held = Held { child };
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(180)).map_err(|_| {
+        format!(
+            "{n} idle clients did not connect within 180 s (see {})",
+            log.display()
+        )
+    })?;
+    if field(&line, "idle_connections").and_then(|v| v.parse::<usize>().ok()) != Some(n) {
+        return Err(format!(
+            "idle clients did not all connect: {line:?} (see {})",
+            log.display()
+        ));
+    }
+    // Let the server settle after the burst of registrations.
+    thread::sleep(Duration::from_millis(500));
+    Ok(held)
+}
+
+fn vm_rss_kib(pid: u32) -> Result<u64, String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The raw text of `key`'s value in a flat JSON object (numbers and
+/// strings without escapes are all the bench lines hold).
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!("\"{key}\""))? + key.len() + 2;
+    let rest = line[at..].trim_start().strip_prefix(':')?.trim_start();
+    if let Some(s) = rest.strip_prefix('"') {
+        return s.split('"').next();
+    }
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim())
+}
+
+fn collect(
+    out: &str,
+    server: &str,
+    results: &mut BTreeMap<(String, String, String, usize), (f64, f64)>,
+) -> Result<(), String> {
+    let mut n = 0;
+    for line in out.lines().filter(|l| l.starts_with('{')) {
+        let (Some(client), Some(workload), Some(clients), Some(rate), Some(p50)) = (
+            field(line, "client"),
+            field(line, "workload"),
+            field(line, "clients").and_then(|v| v.parse::<usize>().ok()),
+            field(line, "ops_per_sec").and_then(|v| v.parse::<f64>().ok()),
+            field(line, "p50_us").and_then(|v| v.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        println!(
+            "  {client:<6} client {workload:<10} x{clients:<2} {rate:>10.0} ops/s  p50 {:.3} ms",
+            p50 / 1e3
+        );
+        results.insert(
+            (server.into(), client.into(), workload.into(), clients),
+            (rate, p50),
+        );
+        n += 1;
+    }
+    if n == 0 {
+        return Err(format!("no results in the bench output:\n{out}"));
+    }
+    Ok(())
+}
+
+fn print_table(
+    options: &BenchOptions,
+    counts: &[usize],
+    results: &BTreeMap<(String, String, String, usize), (f64, f64)>,
+    rss: &BTreeMap<(&str, &str), f64>,
+    fsync: f64,
+) {
+    let get = |server: &str, client: &str, workload: &str, n: usize| {
+        results
+            .get(&(server.into(), client.into(), workload.into(), n))
+            .copied()
+    };
+    let row = |label: &str, py: Option<f64>, rs: Option<f64>, unit: &str| {
+        let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+        let ratio = match (py, rs) {
+            (Some(p), Some(r)) if p > 0.0 => format!("{:.2}x", r / p),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<44} {:>14} {:>14} {:>8}  {unit}",
+            label,
+            cell(py),
+            cell(rs),
+            ratio
+        );
+    };
+    println!(
+        "{:<44} {:>14} {:>14} {:>8}",
+        "workload", "Python server", "zeo-server", "ratio"
+    );
+    println!("{}", "-".repeat(88));
+    for (client, title) in [("rust", "Rust client"), ("python", "Python client")] {
+        for workload in WORKLOADS {
+            for &n in counts {
+                let py = get("py", client, workload, n);
+                let rs = get("rs", client, workload, n);
+                if py.is_none() && rs.is_none() {
+                    continue;
+                }
+                let what = match workload {
+                    "ping" => "ping round trips",
+                    "load" => "cold loads",
+                    "commit" => "1-object commits",
+                    _ => "100-object commits",
+                };
+                row(
+                    &format!("{title}, {what}, {n} client(s)"),
+                    py.map(|v| v.0),
+                    rs.map(|v| v.0),
+                    "/s",
+                );
+                if workload == "load" {
+                    row(
+                        &format!("{title}, cold load p50, {n} client(s)"),
+                        py.map(|v| v.1 / 1e3),
+                        rs.map(|v| v.1 / 1e3),
+                        "ms",
+                    );
+                }
+            }
+        }
+    }
+    if !rss.is_empty() {
+        let mib = |k: Option<&f64>| k.map(|k| k / 1024.0);
+        row(
+            "server RSS, no clients",
+            mib(rss.get(&("py", "idle"))),
+            mib(rss.get(&("rs", "idle"))),
+            "MiB",
+        );
+        row(
+            &format!("server RSS, {} idle clients", options.idle),
+            mib(rss.get(&("py", "held"))),
+            mib(rss.get(&("rs", "held"))),
+            "MiB",
+        );
+        let per = |s: &str| match (rss.get(&(s, "idle")), rss.get(&(s, "held"))) {
+            (Some(a), Some(b)) if options.idle > 0 => Some((b - a) / options.idle as f64),
+            _ => None,
+        };
+        row("server memory per idle client", per("py"), per("rs"), "KiB");
+    }
+
+    println!("\nbaselines (this run):");
+    let ping1 = get("rs", "rust", "ping", 1);
+    let rtt = ping1.map(|(rate, _)| 1.0 / rate);
+    println!("  write + fsync of 4 KiB: {:.3} ms", fsync * 1e3);
+    if let Some(rtt) = rtt {
+        println!(
+            "  ping round trip, Rust client to zeo-server, 1 client: {:.3} ms",
+            rtt * 1e3
+        );
+    }
+
+    println!("\naims:");
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    for &n in counts {
+        if let (Some(ours), Some(theirs)) =
+            (get("rs", "rust", "load", n), get("py", "python", "load", n))
+        {
+            let r = ours.0 / theirs.0;
+            println!(
+                "  cold loads, {n} client(s): Rust pair {:.0}/s vs Python pair {:.0}/s = {r:.1}x (aim >= 10x): {}",
+                ours.0,
+                theirs.0,
+                verdict(r >= 10.0)
+            );
+        }
+    }
+    for &n in counts {
+        if let (Some(load), Some(ping)) =
+            (get("rs", "rust", "load", n), get("rs", "rust", "ping", n))
+        {
+            let r = load.0 / ping.0;
+            println!(
+                "  loads vs ping round trips on zeo-server, {n} client(s): {:.0}% (aim >= 65%): {}",
+                r * 100.0,
+                verdict(r >= 0.65)
+            );
+        }
+    }
+    if let (Some(commit), Some(rtt)) = (get("rs", "rust", "commit", 1), rtt) {
+        let bound = 1.0 / (fsync + 2.0 * rtt);
+        let r = commit.0 / bound;
+        println!(
+            "  1-object commits, 1 client: {:.0}/s vs 1/(fsync + 2 RTT) = {bound:.0}/s: {:.0}% (aim >= 80%): {}",
+            commit.0,
+            r * 100.0,
+            verdict(r >= 0.8)
+        );
+    }
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\nmachine: {} CPU(s), load average {} — ratios within one run compare; absolute numbers do not travel",
+        thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_of_both_json_spellings() {
+        let rust = r#"{"client":"rust","clients":4,"ops_per_sec":123.5,"p50_us":80.0}"#;
+        let python = r#"{"client": "python", "clients": 4, "ops_per_sec": 99.25, "p50_us": 1e3}"#;
+        assert_eq!(field(rust, "client"), Some("rust"));
+        assert_eq!(field(rust, "clients"), Some("4"));
+        assert_eq!(field(rust, "p50_us"), Some("80.0"));
+        assert_eq!(field(python, "client"), Some("python"));
+        assert_eq!(field(python, "ops_per_sec"), Some("99.25"));
+        assert_eq!(field(python, "p50_us"), Some("1e3"));
+        assert_eq!(field(python, "missing"), None);
+    }
+}
