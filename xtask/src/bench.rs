@@ -194,9 +194,10 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     process::header("fsync baseline");
     let fsync = fsync_seconds(&dir.join("rs"))?;
     println!(
-        "write + fsync of 4 KiB in {}: median {:.3} ms",
+        "write + fsync of 4 KiB in {}: median {:.3} ms, mean {:.3} ms",
         dir.display(),
-        fsync * 1e3
+        fsync.median * 1e3,
+        fsync.mean * 1e3
     );
 
     process::header("start the servers");
@@ -379,14 +380,20 @@ fn wait_listening(scratch: &mut Scratch, name: &str, port: u16) -> Result<(), St
     }
 }
 
-/// Median time of writing 4 KiB at the end of a file and fsyncing it, the
-/// cost a commit pays at least once.
-fn fsync_seconds(dir: &Path) -> Result<f64, String> {
+/// Times of writing 4 KiB at the end of a file and fsyncing it, the cost a
+/// commit pays at least once, in seconds.
+#[derive(Clone, Copy)]
+struct Fsync {
+    median: f64,
+    mean: f64,
+}
+
+fn fsync_seconds(dir: &Path) -> Result<Fsync, String> {
     let path = dir.join("fsync-probe");
     let mut file = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let block = [0x5au8; 4096];
     let mut times = Vec::new();
-    for _ in 0..30 {
+    for _ in 0..50 {
         let t = Instant::now();
         file.write_all(&block)
             .and_then(|_| file.sync_all())
@@ -395,7 +402,10 @@ fn fsync_seconds(dir: &Path) -> Result<f64, String> {
     }
     let _ = fs::remove_file(&path);
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(Fsync {
+        median: times[times.len() / 2],
+        mean: times.iter().sum::<f64>() / times.len() as f64,
+    })
 }
 
 /// Runs a command to completion under `limit`, returning its stdout;
@@ -572,7 +582,7 @@ fn print_table(
     counts: &[usize],
     results: &BTreeMap<(String, String, String, usize), (f64, f64)>,
     rss: &BTreeMap<(&str, &str), f64>,
-    fsync: f64,
+    fsync: Fsync,
 ) {
     let get = |server: &str, client: &str, workload: &str, n: usize| {
         results
@@ -580,7 +590,15 @@ fn print_table(
             .copied()
     };
     let row = |label: &str, py: Option<f64>, rs: Option<f64>, unit: &str| {
-        let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+        let cell = |v: Option<f64>| {
+            v.map_or("-".to_owned(), |v| {
+                if v.abs() < 10.0 {
+                    format!("{v:.3}")
+                } else {
+                    format!("{v:.1}")
+                }
+            })
+        };
         let ratio = match (py, rs) {
             (Some(p), Some(r)) if p > 0.0 => format!("{:.2}x", r / p),
             _ => "-".into(),
@@ -652,16 +670,22 @@ fn print_table(
 
     println!("\nbaselines (this run):");
     let ping1 = get("rs", "rust", "ping", 1);
-    let rtt = ping1.map(|(rate, _)| 1.0 / rate);
-    println!("  write + fsync of 4 KiB: {:.3} ms", fsync * 1e3);
-    if let Some(rtt) = rtt {
+    // Mean round trip (from the rate) and median (p50).
+    let rtt = ping1.map(|(rate, p50)| (1.0 / rate, p50 / 1e6));
+    println!(
+        "  write + fsync of 4 KiB: median {:.3} ms, mean {:.3} ms",
+        fsync.median * 1e3,
+        fsync.mean * 1e3
+    );
+    if let Some((mean, median)) = rtt {
         println!(
-            "  ping round trip, Rust client to zeo-server, 1 client: {:.3} ms",
-            rtt * 1e3
+            "  ping round trip, Rust client to zeo-server, 1 client: median {:.3} ms, mean {:.3} ms",
+            median * 1e3,
+            mean * 1e3
         );
     }
 
-    println!("\naims:");
+    println!("\naims (verdicts on throughput; medians in brackets for the noise):");
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     for &n in counts {
         if let (Some(ours), Some(theirs)) =
@@ -669,10 +693,12 @@ fn print_table(
         {
             let r = ours.0 / theirs.0;
             println!(
-                "  cold loads, {n} client(s): Rust pair {:.0}/s vs Python pair {:.0}/s = {r:.1}x (aim >= 10x): {}",
+                "  cold loads, {n} client(s): Rust pair {:.0}/s vs Python pair {:.0}/s = {r:.1}x (aim >= 10x): {} [p50 {:.3} vs {:.3} ms]",
                 ours.0,
                 theirs.0,
-                verdict(r >= 10.0)
+                verdict(r >= 10.0),
+                ours.1 / 1e3,
+                theirs.1 / 1e3
             );
         }
     }
@@ -682,20 +708,25 @@ fn print_table(
         {
             let r = load.0 / ping.0;
             println!(
-                "  loads vs ping round trips on zeo-server, {n} client(s): {:.0}% (aim >= 65%): {}",
+                "  loads vs ping round trips on zeo-server, {n} client(s): {:.0}% (aim >= 65%): {} [p50 ping/load {:.0}%]",
                 r * 100.0,
-                verdict(r >= 0.65)
+                verdict(r >= 0.65),
+                100.0 * ping.1 / load.1.max(f64::MIN_POSITIVE)
             );
         }
     }
-    if let (Some(commit), Some(rtt)) = (get("rs", "rust", "commit", 1), rtt) {
-        let bound = 1.0 / (fsync + 2.0 * rtt);
+    if let (Some(commit), Some((rtt_mean, rtt_median))) = (get("rs", "rust", "commit", 1), rtt) {
+        let bound = 1.0 / (fsync.mean + 2.0 * rtt_mean);
         let r = commit.0 / bound;
+        let typical = fsync.median + 2.0 * rtt_median;
         println!(
-            "  1-object commits, 1 client: {:.0}/s vs 1/(fsync + 2 RTT) = {bound:.0}/s: {:.0}% (aim >= 80%): {}",
+            "  1-object commits, 1 client: {:.0}/s vs 1/(fsync + 2 RTT) = {bound:.0}/s: {:.0}% (aim >= 80%): {} [p50 {:.3} ms vs fsync + 2 RTT {:.3} ms: {:.0}%]",
             commit.0,
             r * 100.0,
-            verdict(r >= 0.8)
+            verdict(r >= 0.8),
+            commit.1 / 1e3,
+            typical * 1e3,
+            100.0 * typical * 1e6 / commit.1.max(f64::MIN_POSITIVE)
         );
     }
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
