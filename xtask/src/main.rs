@@ -140,14 +140,16 @@ fn test(options: &TestOptions) -> Result<(), String> {
     // stopping here says it once.
     let pythons = venvs()?;
     let mut outcomes = Vec::new();
+    let mut counts = TestCounts::default();
     let mut step = |name: &'static str, cmd: &mut Command| {
         process::header(name);
         let t = Instant::now();
-        let error = process::run(cmd).err();
+        let (result, output) = process::run_tee(cmd);
+        counts.add_from(&output);
         outcomes.push(Outcome {
             step: name,
             seconds: t.elapsed().as_secs_f64(),
-            error,
+            error: result.err(),
         });
     };
 
@@ -221,6 +223,12 @@ fn test(options: &TestOptions) -> Result<(), String> {
         }
     }
     println!("  total {:.1} s", started.elapsed().as_secs_f64());
+    // One plain closing line with the totals of every runner, so a reader of
+    // the log (or a tool) need not add up the per-binary summaries.
+    println!(
+        "\ntests: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.skipped
+    );
     if failed.is_empty() {
         println!("\nall checks passed");
         Ok(())
@@ -233,6 +241,67 @@ fn test(options: &TestOptions) -> Result<(), String> {
     }
 }
 
+/// Test totals read from the runners' own summary lines.
+#[derive(Default)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+impl TestCounts {
+    /// Adds the counts of nextest's `Summary [..] N tests run: P passed, F
+    /// failed, S skipped` line and of every libtest `test result:` line.
+    fn add_from(&mut self, output: &str) {
+        for line in output.lines() {
+            let line = line.trim();
+            if let Some((_, rest)) = line
+                .split_once(" tests run: ")
+                .filter(|_| line.starts_with("Summary"))
+            {
+                self.add_counts(rest, ", ");
+            } else if let Some(rest) = line.strip_prefix("test result: ") {
+                // "ok. 3 passed; 0 failed; 1 ignored; 0 measured; ..."
+                let rest = rest.split_once(". ").map_or(rest, |(_, r)| r);
+                self.add_counts(rest, "; ");
+            }
+        }
+    }
+
+    fn add_counts(&mut self, list: &str, separator: &str) {
+        for part in list.split(separator) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what.trim_end_matches(',') {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "skipped" | "ignored" => self.skipped += n,
+                _ => {}
+            }
+        }
+    }
+}
+
 fn has_nextest() -> bool {
     process::succeeds_quietly(cargo().args(["nextest", "--version"])).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestCounts;
+
+    #[test]
+    fn counts_nextest_and_libtest_summaries() {
+        let mut counts = TestCounts::default();
+        counts.add_from(
+            "     Summary [  50.990s] 414 tests run: 412 passed, 2 failed, 1 skipped\n\
+             test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out\n\
+             test result: FAILED. 1 passed; 4 failed; 0 ignored; 0 measured\n\
+             unrelated: 7 passed\n",
+        );
+        assert_eq!((counts.passed, counts.failed, counts.skipped), (416, 6, 2));
+    }
 }

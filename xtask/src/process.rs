@@ -88,3 +88,53 @@ fn check_status(cmd: &Command, status: ExitStatus) -> Result<(), String> {
         Err(format!("`{}` failed ({status})", display(cmd)))
     }
 }
+
+/// Runs a command like [`run`], passing its output through line by line
+/// while keeping a copy, so the caller can read the test runner's counts.
+pub fn run_tee(cmd: &mut Command) -> (Result<(), String>, String) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+
+    println!("$ {}", display(cmd));
+    let mut child = match cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return (
+                Err(format!("could not start `{}`: {e}", display(cmd))),
+                String::new(),
+            )
+        }
+    };
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        let tx = tx.clone();
+        pumps.push(thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                println!("{line}");
+                let _ = tx.send(line);
+            }
+        }));
+    }
+    if let Some(err) = child.stderr.take() {
+        let tx = tx.clone();
+        pumps.push(thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = tx.send(line);
+            }
+        }));
+    }
+    drop(tx);
+    let captured: Vec<String> = rx.iter().collect();
+    for pump in pumps {
+        let _ = pump.join();
+    }
+    let _ = io::stdout().flush();
+    let result = match child.wait() {
+        Ok(status) => check_status(cmd, status),
+        Err(e) => Err(format!("waiting for `{}`: {e}", display(cmd))),
+    };
+    (result, captured.join("\n"))
+}
