@@ -149,6 +149,7 @@ impl AsyncClientStorage {
             cache,
             notices,
             info: Mutex::new((0, 0)),
+            supports_undo: AtomicBool::new(false),
         });
         let (current, _) = watch::channel(None);
         let inner = Arc::new(Inner {
@@ -241,6 +242,12 @@ impl AsyncClientStorage {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the server's storage supports undo (`supportsUndo` in its
+    /// `get_info`, refreshed on every connect).
+    pub fn supports_undo(&self) -> bool {
+        self.inner.shared.supports_undo.load(Ordering::Acquire)
+    }
+
     /// Counters.
     pub fn stats(&self) -> ClientStats {
         ClientStats {
@@ -259,7 +266,7 @@ impl AsyncClientStorage {
         self.conn(timeout).await.map(|_| ())
     }
 
-    async fn conn(&self, timeout: Duration) -> Result<Arc<Conn>> {
+    pub(crate) async fn conn(&self, timeout: Duration) -> Result<Arc<Conn>> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -586,36 +593,25 @@ impl AsyncClientStorage {
                     }
                     replies::VoteItem::Conflict(c) => {
                         conflicts = true;
-                        let info = ConflictInfo {
-                            oid: c.oid,
-                            committed: c.committed,
-                            old: c.old,
-                            data: c.data,
+                        let (oid, committed, old) = (c.oid, c.committed, c.old);
+                        let resolved = match &self.inner.options.conflict_resolver {
+                            Some(resolver) => resolver(&conflict_states(&conn, c).await?),
+                            None => None,
                         };
-                        let resolved = self
-                            .inner
-                            .options
-                            .conflict_resolver
-                            .as_ref()
-                            .and_then(|r| r(&info));
                         let Some(data) = resolved else {
-                            self.cache().drop_current(info.oid);
+                            self.cache().drop_current(oid);
                             return Err(zeo_storage::Error::Conflict {
-                                oid: info.oid,
-                                committed: info.committed,
-                                old: info.old,
+                                oid,
+                                committed,
+                                old,
                             }
                             .into());
                         };
                         self.with_txn(txn, |s| {
-                            s.conn.call_async(&ClientRequest::storea(
-                                info.oid,
-                                info.committed,
-                                &data,
-                                s.id,
-                            ))?;
-                            s.stored.insert(info.oid, Some(data));
-                            s.client_resolved.push(info.oid);
+                            s.conn
+                                .call_async(&ClientRequest::storea(oid, committed, &data, s.id))?;
+                            s.stored.insert(oid, Some(data));
+                            s.client_resolved.push(oid);
                             Ok(())
                         })?;
                     }
@@ -663,6 +659,14 @@ impl AsyncClientStorage {
                 "the connection was lost during the transaction".into(),
             ));
         }
+        // Undone objects come back from vote without having been stored:
+        // they must be invalidated all the same.
+        let undone: Vec<Oid> = state
+            .server_resolved
+            .iter()
+            .filter(|oid| !state.stored.contains_key(oid))
+            .copied()
+            .collect();
         let updates: Vec<(Oid, Option<Vec<u8>>, bool)> = state
             .stored
             .into_iter()
@@ -670,6 +674,7 @@ impl AsyncClientStorage {
                 let resolved = state.server_resolved.contains(&oid);
                 (oid, data, resolved)
             })
+            .chain(undone.into_iter().map(|oid| (oid, None, true)))
             .collect();
         let shared = self.inner.shared.clone();
         let hook: ReplyHook = Box::new(move |reply| {
@@ -757,6 +762,45 @@ impl AsyncClientStorage {
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }
+}
+
+/// Loads what a resolver needs besides the conflict itself: the committed
+/// state and the state the transaction started from (ZEO's resolver loads
+/// both with `loadSerial`).
+async fn conflict_states(
+    conn: &Conn,
+    c: zeo_protocol::reply::VoteConflict,
+) -> Result<ConflictInfo> {
+    let load = |serial: Tid| async move {
+        match conn
+            .call(|id| ClientRequest::load_serial(id, c.oid, serial))
+            .await?
+        {
+            Value::Bytes(b) => Ok(b),
+            other => Err(Error::Protocol(format!(
+                "loadSerial returned {}",
+                other.type_name()
+            ))),
+        }
+    };
+    let committed_data = load(c.committed).await?;
+    let old_data = if c.old == Tid::ZERO {
+        None
+    } else {
+        match load(c.old).await {
+            Ok(data) => Some(data),
+            Err(Error::Storage(zeo_storage::Error::PosKey { .. })) => None,
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(ConflictInfo {
+        oid: c.oid,
+        committed: c.committed,
+        old: c.old,
+        data: c.data,
+        committed_data,
+        old_data,
+    })
 }
 
 fn parse_history(value: &Value) -> Result<Vec<HistoryEntry>> {
@@ -1002,6 +1046,10 @@ async fn verify(inner: &Inner, conn: &Arc<Conn>) -> Result<()> {
         };
         *inner.shared.info.lock().unwrap_or_else(|e| e.into_inner()) =
             (get("length").unwrap_or(0), get("size").unwrap_or(0));
+        let undo = entries.iter().any(
+            |(k, v)| matches!((k, v), (Value::Str(k), Value::Bool(true)) if k == "supportsUndo"),
+        );
+        inner.shared.supports_undo.store(undo, Ordering::Release);
     }
     if let Some(label) = &inner.options.client_label {
         conn.call_async(&ClientRequest::set_client_label(label))?;

@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub notices: broadcast::Sender<Notice>,
     /// `(length, size)` from `get_info` and `info` messages.
     pub info: Mutex<(u64, u64)>,
+    /// `supportsUndo` from the last `get_info`.
+    pub supports_undo: AtomicBool,
 }
 
 impl Shared {

@@ -81,12 +81,32 @@ impl Error {
     }
 }
 
+/// How the message of a lost-connection error starts, in
+/// [`Error::Disconnected`]'s display and in the
+/// [`zeo_storage::Error::Storage`] it becomes through the `Storage` trait.
+pub const CLIENT_DISCONNECTED: &str = "ClientDisconnected:";
+
+/// Whether a storage error returned through the `Storage` trait is ZEO's
+/// `ClientDisconnected`: the call could not reach the server, and a retry
+/// after reconnection may succeed.
+///
+/// ```
+/// let e: zeo_storage::Error = zeo_client::Error::Disconnected("connection lost".into()).into();
+/// assert!(matches!(&e, zeo_storage::Error::Storage(m) if m == "ClientDisconnected: connection lost"));
+/// assert!(zeo_client::is_client_disconnected(&e));
+/// assert!(!zeo_client::is_client_disconnected(&zeo_storage::Error::ReadOnly));
+/// ```
+pub fn is_client_disconnected(error: &zeo_storage::Error) -> bool {
+    matches!(error, zeo_storage::Error::Storage(m) if m.starts_with(CLIENT_DISCONNECTED))
+}
+
 impl From<Error> for zeo_storage::Error {
     /// Maps to the storage error the `Storage` trait speaks.
     ///
     /// `zeo_storage::Error` has no variant for a lost connection; it becomes
-    /// `Error::Storage("ClientDisconnected: ...")`, whose text starts with
-    /// the ZEO exception name so that callers can recognise it.
+    /// `Error::Storage("ClientDisconnected: ...")`, whose message starts
+    /// with the ZEO exception name ([`CLIENT_DISCONNECTED`]; see
+    /// [`is_client_disconnected`]).
     fn from(e: Error) -> Self {
         match e {
             Error::Storage(inner) => inner,

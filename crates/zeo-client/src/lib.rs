@@ -55,12 +55,14 @@ pub mod cache;
 mod client;
 mod connection;
 pub mod error;
+mod iteration;
 mod options;
 mod storage;
 
 pub use cache::{CacheStats, ClientCache};
 pub use client::{AsyncClientStorage, ClientStats};
 pub use connection::Notice;
-pub use error::{Error, Result};
+pub use error::{is_client_disconnected, Error, Result};
+pub use iteration::TransactionStream;
 pub use options::{ClientOptions, ConflictInfo, ConflictResolver, ServerAddress};
 pub use storage::ClientStorage;

@@ -79,23 +79,35 @@ impl FromStr for ServerAddress {
 }
 
 /// Resolves a conflict the server returned at vote (client-side conflict
-/// resolution, ZEO's `tryToResolveConflict`): given the oid, the committed
-/// serial, the serial the transaction read, and the data it tried to store,
-/// returns the merged data to store instead, or `None` to give up (the vote
-/// then fails with a conflict error).
+/// resolution, ZEO's `tryToResolveConflict`). It is told the oid, both
+/// serials, the data this transaction tried to store, and the committed and
+/// original states (which ZEO's resolver loads with `loadSerial` itself; the
+/// client loads them before calling). It returns the merged data to store
+/// instead, or `None` to give up (the vote then fails with a conflict
+/// error).
+///
+/// It runs on the client's I/O runtime while the vote waits: it must not
+/// block for long, nor call back into the same client.
 pub type ConflictResolver = Arc<dyn Fn(&ConflictInfo) -> Option<Vec<u8>> + Send + Sync>;
 
 /// What a [`ConflictResolver`] is told about one conflict.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConflictInfo {
     /// The object.
     pub oid: Oid,
     /// The revision committed meanwhile by someone else.
     pub committed: Tid,
-    /// The revision this transaction's data was based on.
+    /// The revision this transaction's data was based on ([`Tid::ZERO`]
+    /// when both transactions created the object).
     pub old: Tid,
     /// The data this transaction tried to store.
     pub data: Vec<u8>,
+    /// The committed revision's data.
+    pub committed_data: Vec<u8>,
+    /// The data of the revision this transaction started from; `None` when
+    /// `old` is [`Tid::ZERO`] or that revision is gone (packed away).
+    pub old_data: Option<Vec<u8>>,
 }
 
 /// The client's settings. [`ClientOptions::new`] gives ZEO's defaults.

@@ -18,12 +18,13 @@ use zeo_pickle::Value;
 use zeo_protocol::ClientRequest;
 use zeo_storage::{
     BeginOptions, CurrentRecord, HistoryEntry, LoadedRevision, Oid, Storage, Tid, TransactionIter,
-    TransactionMetaData, TxnHandle, UndoEntry, UndoFilter,
+    TransactionMetaData, TransactionRecord, TxnHandle, UndoEntry, UndoFilter,
 };
 
 use crate::client::{AsyncClientStorage, ClientStats};
 use crate::connection::Notice;
 use crate::error::{Error, Result};
+use crate::iteration::TransactionStream;
 use crate::options::ClientOptions;
 use crate::ClientCache;
 
@@ -277,14 +278,20 @@ impl Storage for ClientStorage {
         self.block(self.client.tpc_abort(txn));
     }
 
+    /// Transactions from the server, fetched lazily one at a time (each
+    /// with all its records); see [`AsyncClientStorage::iterator`]. The
+    /// iterator ends after its first error; dropping it early tells the
+    /// server to discard its side.
     fn iterator(
         &self,
-        _start: Option<Tid>,
-        _stop: Option<Tid>,
+        start: Option<Tid>,
+        stop: Option<Tid>,
     ) -> zeo_storage::Result<TransactionIter<'_>> {
-        Err(zeo_storage::Error::Storage(
-            "transaction iteration through a ZEO client is not implemented yet".into(),
-        ))
+        let stream = st(self.block(self.client.iterator(start, stop)))?;
+        Ok(Box::new(BlockingTransactions {
+            storage: self,
+            stream,
+        }))
     }
 
     fn record_iternext(&self, next: Option<Oid>) -> zeo_storage::Result<Option<CurrentRecord>> {
@@ -297,14 +304,22 @@ impl Storage for ClientStorage {
         last: i64,
         filter: Option<UndoFilter<'_>>,
     ) -> zeo_storage::Result<Vec<UndoEntry>> {
-        // As ZEO's ClientStorage: a filter cannot travel to the server, so
-        // a filtered listing is empty.
-        if filter.is_some() {
-            return Ok(Vec::new());
+        // A filter cannot travel to the server. ZEO's ClientStorage returns
+        // an empty list then; this client pages through the server's log and
+        // filters here instead.
+        match filter {
+            None => st(self.block(self.client.undo_log(first, last))),
+            Some(filter) => st(self.block(self.client.undo_log_matching(first, last, filter))),
         }
-        st(self.block(self.client.undo_log(first, last)))
     }
 
+    fn supports_undo(&self) -> bool {
+        self.client.supports_undo()
+    }
+
+    /// Packs on the server and waits for it. `gc` cannot be sent: ZEO's
+    /// `pack` has no such argument, and the server decides (ZEO servers
+    /// always collect garbage when the storage can).
     fn pack(&self, pack_time: f64, _gc: bool) -> zeo_storage::Result<()> {
         st(self.block(self.client.pack(pack_time)))
     }
@@ -315,7 +330,94 @@ impl Storage for ClientStorage {
     }
 }
 
+/// [`TransactionStream`] behind the blocking `Iterator` the trait returns.
+struct BlockingTransactions<'a> {
+    storage: &'a ClientStorage,
+    stream: TransactionStream,
+}
+
+impl Iterator for BlockingTransactions<'_> {
+    type Item = zeo_storage::Result<TransactionRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        st(self.storage.block(self.stream.next())).transpose()
+    }
+}
+
+/// How many undo-log entries one `undoLog` call fetches while filtering
+/// client-side.
+const UNDO_PAGE: i64 = 100;
+
 impl AsyncClientStorage {
+    /// Starts a transaction iterator on the server over the transactions
+    /// with `start <= tid <= stop` (`None`: unbounded), oldest first.
+    ///
+    /// # Errors
+    ///
+    /// What the server raised, or [`Error::Disconnected`].
+    pub async fn iterator(
+        &self,
+        start: Option<Tid>,
+        stop: Option<Tid>,
+    ) -> Result<TransactionStream> {
+        let conn = self.conn(self.options().wait_timeout).await?;
+        TransactionStream::start(conn, start, stop).await
+    }
+
+    /// `undo_log(first, last)` with a filter applied here: the entries the
+    /// filter accepts, sliced like [`Storage::undo_log`] (`first` and `last`
+    /// count accepted entries, as in FileStorage's own filtered search).
+    ///
+    /// The server's log is read in pages of 100 until enough entries match
+    /// or it runs out. Pages are read one call at a time, so a commit in
+    /// between shifts the server's positions; entries already seen are
+    /// skipped by tid, but a pack in between may hide some.
+    ///
+    /// # Errors
+    ///
+    /// What the server raised, or a reply that is not a list of dicts.
+    pub async fn undo_log_matching(
+        &self,
+        first: i64,
+        last: i64,
+        filter: impl Fn(&UndoEntry) -> bool,
+    ) -> Result<Vec<UndoEntry>> {
+        let (first, last) = zeo_storage::interface::undo_log_bounds(first, last);
+        let mut matched = 0usize;
+        let mut out = Vec::new();
+        let mut pos: i64 = 0;
+        let mut oldest_seen: Option<Tid> = None;
+        while matched < last {
+            let page = self.undo_log(pos, pos.saturating_add(UNDO_PAGE)).await?;
+            let fetched = page.len();
+            for entry in page {
+                // Newest first: anything not older than what was already
+                // seen arrived with a commit since the previous page.
+                if entry.tid != Tid::ZERO && oldest_seen.is_some_and(|t| entry.tid >= t) {
+                    continue;
+                }
+                if entry.tid != Tid::ZERO {
+                    oldest_seen = Some(entry.tid);
+                }
+                if !filter(&entry) {
+                    continue;
+                }
+                if matched >= first && matched < last {
+                    out.push(entry);
+                }
+                matched += 1;
+                if matched >= last {
+                    break;
+                }
+            }
+            if (fetched as i64) < UNDO_PAGE {
+                break;
+            }
+            pos = pos.saturating_add(UNDO_PAGE);
+        }
+        Ok(out)
+    }
+
     /// The server's `get_info` dict, raw (`length`, `size`, `name`,
     /// `supportsUndo`, `interfaces`, ...).
     ///
