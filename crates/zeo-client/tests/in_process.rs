@@ -2,11 +2,10 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestServer;
-use zeo_client::{ClientStorage, ConflictInfo, Error, Notice};
+use zeo_client::{ClientStorage, Error, Notice};
 use zeo_server::ServerSettings;
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 
@@ -248,37 +247,6 @@ fn a_miss_while_disconnected_times_out_with_client_disconnected() {
     let err = client.load(Oid(5)).unwrap_err();
     assert!(err.to_string().contains("ClientDisconnected"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
-}
-
-#[test]
-fn client_side_conflict_resolution_hook() {
-    let dir = tempfile::tempdir().unwrap();
-    // A server that leaves conflicts to clients is not something zeo-server
-    // may offer; then the vote fails with a plain conflict, which the test
-    // also accepts. What must hold: the resolver is only consulted with the
-    // server's data, and a resolved commit stores the merged data.
-    let server = TestServer::start(&dir.path().join("Data.fs"), 0, settings(false));
-    let mut options = server.options();
-    let calls = Arc::new(std::sync::Mutex::new(Vec::<ConflictInfo>::new()));
-    let seen = calls.clone();
-    options.conflict_resolver = Some(Arc::new(move |c: &ConflictInfo| {
-        seen.lock().unwrap().push(c.clone());
-        Some(b"merged".to_vec())
-    }));
-    let a = ClientStorage::open(server.options()).unwrap();
-    let b = ClientStorage::open(options).unwrap();
-    let oid = a.new_oid().unwrap();
-    let t1 = commit(&a, &[(oid, Tid::ZERO, b"base")]).unwrap();
-    let t2 = commit(&a, &[(oid, t1, b"a-change")]).unwrap();
-    match commit(&b, &[(oid, t1, b"b-change")]) {
-        Ok(t3) => {
-            assert!(t3 > t2);
-            assert_eq!(a.load_serial(oid, t3).unwrap(), b"merged");
-            assert_eq!(calls.lock().unwrap()[0].committed, t2);
-        }
-        Err(zeo_storage::Error::Conflict { committed, .. }) => assert_eq!(committed, t2),
-        Err(e) => panic!("{e}"),
-    }
 }
 
 #[test]
