@@ -283,3 +283,235 @@ fn restart_on(dir: &Path, port: u16) -> Runzeo {
     }
     server
 }
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn tid_of(s: &str) -> Tid {
+    Tid::from_slice(&unhex(s)).unwrap()
+}
+
+/// Our view of a transaction, in the form the Python script prints.
+fn transaction_lines(t: &zeo_storage::TransactionRecord) -> Vec<String> {
+    let mut ext: Vec<String> = zeo_protocol::reply::extension_dict(&t.meta.extension)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| match (k, v) {
+            (zeo_pickle::Value::Str(k), zeo_pickle::Value::Str(v)) => format!("{k}={v}"),
+            other => panic!("unexpected extension item {other:?}"),
+        })
+        .collect();
+    ext.sort();
+    let mut lines = vec![format!(
+        "T {:016x} [{}] {} {} {}",
+        t.tid.0,
+        char::from(t.status.as_byte()),
+        hex(&t.meta.user),
+        hex(&t.meta.description),
+        ext.join(";")
+    )
+    .trim_end()
+    .to_owned()];
+    for r in &t.records {
+        lines.push(format!(
+            "R {:016x} {:016x} {} {}",
+            r.oid.0,
+            r.tid.0,
+            r.data.as_deref().map_or("-".to_owned(), hex),
+            r.data_txn
+                .map_or("-".to_owned(), |t| format!("{:016x}", t.0))
+        ));
+    }
+    lines
+}
+
+/// Iteration, history, undo and pack against Python's server and data:
+/// what we read matches what Python reads, and what we do Python sees.
+fn storage_api_against_python(msgpack: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_runzeo(dir.path(), msgpack);
+    let port = server.port;
+    let written = python(
+        "from persistent.mapping import PersistentMapping\n\
+         db = ZODB.DB(cs)\n\
+         conn = db.open()\n\
+         root = conn.root()\n\
+         root['kept'] = PersistentMapping()\n\
+         root['dropped'] = PersistentMapping()\n\
+         t = transaction.get(); t.note('build'); t.setUser('py'); t.setExtendedInfo('k', 'v')\n\
+         t.commit()\n\
+         kept, dropped = root['kept']._p_oid, root['dropped']._p_oid\n\
+         del root['dropped']\n\
+         transaction.get().note('unlink'); transaction.commit()\n\
+         root['kept']['x'] = 1\n\
+         transaction.get().note('change'); transaction.commit()\n\
+         def h(b): return (b if isinstance(b, bytes) else b.encode()).hex()\n\
+         print('O', kept.hex(), dropped.hex())\n\
+         for t in cs.iterator():\n    \
+             st = t.status.decode() if isinstance(t.status, bytes) else t.status\n    \
+             ext = ';'.join('%s=%s' % kv for kv in sorted(t.extension.items()))\n    \
+             print(('T %s [%s] %s %s %s' % (t.tid.hex(), st, h(t.user), h(t.description), ext)).rstrip())\n    \
+             for r in t:\n        \
+                 print('R', r.oid.hex(), r.tid.hex(), r.data.hex() if r.data is not None else '-', r.data_txn.hex() if r.data_txn else '-')\n\
+         for e in cs.history(p64(0), 10):\n    print('H', e['tid'].hex(), h(e['description']))\n\
+         conn.close(); db.close()",
+        port,
+    );
+    let lines: Vec<&str> = written.lines().collect();
+    let oids: Vec<&str> = lines[0].split(' ').collect();
+    let (kept, dropped) = (
+        Oid::from_slice(&unhex(oids[1])).unwrap(),
+        Oid::from_slice(&unhex(oids[2])).unwrap(),
+    );
+    let python_txns: Vec<String> = lines
+        .iter()
+        .filter(|l| l.starts_with("T ") || l.starts_with("R "))
+        .map(|l| l.to_string())
+        .collect();
+    let python_history: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("H "))
+        .collect();
+    let tids: Vec<Tid> = lines
+        .iter()
+        .filter(|l| l.starts_with("T "))
+        .map(|l| tid_of(&l[2..18]))
+        .collect();
+    assert_eq!(
+        tids.len(),
+        4,
+        "database creation, build, unlink, change:\n{written}"
+    );
+    let (build, change) = (tids[1], tids[3]);
+
+    let client = ClientStorage::open(options(port)).unwrap();
+    assert!(client.supports_undo());
+
+    // Iteration of Python-written transactions, record for record.
+    let ours: Vec<String> = client
+        .iterator(None, None)
+        .unwrap()
+        .flat_map(|t| transaction_lines(&t.unwrap()))
+        .collect();
+    assert_eq!(ours, python_txns);
+    assert!(
+        python_txns.iter().any(|l| l.ends_with(" k=v")),
+        "the extension came through: {python_txns:?}"
+    );
+
+    // History.
+    let history: Vec<String> = client
+        .history(Oid::ROOT, 10)
+        .unwrap()
+        .iter()
+        .map(|h| format!("H {:016x} {}", h.tid.0, hex(&h.description)))
+        .collect();
+    assert_eq!(history, python_history);
+
+    // The undo log lists Python's transactions, newest first.
+    let log = client.undo_log(0, -20, None).unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.tid).collect::<Vec<_>>(),
+        tids.iter().rev().copied().collect::<Vec<_>>()
+    );
+    assert_eq!(log[0].description, b"change");
+    let only_build = |e: &zeo_storage::UndoEntry| e.description == b"build";
+    let filtered = client.undo_log(0, -20, Some(&only_build)).unwrap();
+    assert_eq!(
+        filtered.iter().map(|e| e.tid).collect::<Vec<_>>(),
+        vec![build]
+    );
+
+    // Undo Python's last change; Python sees the object as it was built.
+    let built_kept = client.load_serial(kept, build).unwrap();
+    let changed_kept = client.load(kept).unwrap();
+    assert_eq!(changed_kept.1, change);
+    let meta = TransactionMetaData {
+        user: b"rust".to_vec(),
+        description: b"undo by rust".to_vec(),
+        extension: Vec::new(),
+    };
+    let txn = client.tpc_begin(&meta, BeginOptions::default()).unwrap();
+    client.undo(txn, &log[0].id).unwrap();
+    assert_eq!(client.tpc_vote(txn).unwrap(), vec![kept]);
+    let undone = client.tpc_finish(txn, &mut |_| {}).unwrap();
+    assert_eq!(client.load(kept).unwrap(), (built_kept.clone(), undone));
+    let seen = python(
+        &format!(
+            "d, s = cs.load(p64({}))\nprint(d.hex(), s.hex())\nprint(cs.undoLog(0, 1)[0]['description'].decode())",
+            kept.0
+        ),
+        port,
+    );
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        vec![
+            format!("{} {:016x}", hex(&built_kept), undone.0).as_str(),
+            "undo by rust"
+        ]
+    );
+    // The undo record points back at the build's data.
+    let last = client
+        .iterator(Some(undone), None)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.records.len(), 1);
+    assert_eq!(last.records[0].oid, kept);
+    assert_eq!(last.records[0].data.as_deref(), Some(built_kept.as_slice()));
+    assert_eq!(last.records[0].data_txn, Some(build));
+
+    // Pack: the unlinked object disappears, for Python too.
+    assert_eq!(client.len(), 3);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    client.pack(now + 1.0, true).unwrap();
+    assert!(matches!(
+        client.load_serial(dropped, build),
+        Err(zeo_storage::Error::PosKey { .. })
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.len() != 2 {
+        assert!(Instant::now() < deadline, "no info message after the pack");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = python(
+        &format!(
+            "from ZODB.POSException import POSKeyError\n\
+             try:\n    cs.load(p64({}))\n    print('present')\n\
+             except POSKeyError:\n    print('gone')\n\
+             print(cs.load(p64({}))[0].hex())\n\
+             print(len(cs.history(p64(0), 10)))",
+            dropped.0, kept.0
+        ),
+        port,
+    );
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        vec!["gone", hex(&built_kept).as_str(), "1"]
+    );
+    drop(client);
+    drop(server);
+}
+
+#[test]
+fn python_server_iteration_history_undo_and_pack_pickle() {
+    storage_api_against_python(false);
+}
+
+#[test]
+fn python_server_iteration_history_undo_and_pack_msgpack() {
+    storage_api_against_python(true);
+}
