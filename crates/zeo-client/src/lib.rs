@@ -48,6 +48,62 @@
 //! drop(storage);
 //! handle.shutdown();
 //! ```
+//!
+//! Iteration, the undo log (filtered here, since a filter cannot travel to
+//! the server) and undo, against an in-process server over FileStorage:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use zeo_client::{ClientOptions, ClientStorage, ServerAddress};
+//! use zeo_server::{BoundAddress, ListenAddress, ServerBuilder, ServerSettings};
+//! use zeo_storage::filestorage::FileStorageOptions;
+//! use zeo_storage::{BeginOptions, FileStorage, Storage, Tid, TransactionMetaData, UndoEntry};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let file = FileStorage::open(&dir.path().join("Data.fs"), FileStorageOptions::default()).unwrap();
+//! let rt = tokio::runtime::Runtime::new().unwrap();
+//! let server = ServerBuilder::new(ServerSettings::default())
+//!     .storage("1", Arc::new(file))
+//!     .build()
+//!     .unwrap();
+//! let port = {
+//!     let _runtime = rt.enter();
+//!     match &server.bind(&ListenAddress::localhost(0)).unwrap()[0] {
+//!         BoundAddress::Tcp(addr) => addr.port(),
+//!         other => panic!("{other}"),
+//!     }
+//! };
+//! let handle = server.handle();
+//! rt.spawn(server.serve(std::future::pending()));
+//! let storage = ClientStorage::open(ClientOptions::new(vec![ServerAddress::localhost(port)])).unwrap();
+//!
+//! let commit = |description: &str, serial: Tid, data: &[u8]| {
+//!     let meta = TransactionMetaData { description: description.into(), ..Default::default() };
+//!     let txn = storage.tpc_begin(&meta, BeginOptions::default()).unwrap();
+//!     storage.store(txn, zeo_storage::Oid::ROOT, serial, data).unwrap();
+//!     storage.tpc_vote(txn).unwrap();
+//!     storage.tpc_finish(txn, &mut |_| {}).unwrap()
+//! };
+//! let t1 = commit("first", Tid::ZERO, b"one");
+//! let t2 = commit("second", t1, b"two");
+//!
+//! // Transactions come one at a time, each with its data records.
+//! let tids: Vec<Tid> = storage.iterator(None, None).unwrap().map(|t| t.unwrap().tid).collect();
+//! assert_eq!(tids, [t1, t2]);
+//!
+//! // Undo the second transaction, found through a filter.
+//! assert!(storage.supports_undo());
+//! let second = |e: &UndoEntry| e.description == b"second";
+//! let entry = storage.undo_log(0, -20, Some(&second)).unwrap().remove(0);
+//! assert_eq!(entry.tid, t2);
+//! let txn = storage.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
+//! storage.undo(txn, &entry.id).unwrap();
+//! assert_eq!(storage.tpc_vote(txn).unwrap(), [zeo_storage::Oid::ROOT]);
+//! let t3 = storage.tpc_finish(txn, &mut |_| {}).unwrap();
+//! assert_eq!(storage.load(zeo_storage::Oid::ROOT).unwrap(), (b"one".to_vec(), t3));
+//! drop(storage);
+//! handle.shutdown();
+//! ```
 
 #![warn(missing_docs)]
 
