@@ -303,6 +303,7 @@ fn history_records_sizes_and_pack_with_garbage_collection() {
     let client = ClientStorage::open(server.options()).unwrap();
     let other = ClientStorage::open(server.options()).unwrap();
     assert_eq!((client.len(), client.is_empty()), (0, true));
+    assert_eq!(client.record_iternext(None).unwrap(), None, "empty storage");
     let (kept, dropped) = (client.new_oid().unwrap(), client.new_oid().unwrap());
     assert_eq!(kept, Oid(1), "oid 0 is the root");
     let t1 = commit_with(
