@@ -364,7 +364,8 @@ fn transaction_timeout_cuts_off_a_hung_voter() {
         for client in Client::ALL {
             let report = served.run(client, "timeout.py", &[TIMEOUT]);
             let waited = report["waited"].as_f64().unwrap();
-            assert!((1.0..15.0).contains(&waited), "{report}");
+            // The winner waited for the timeout (2 s from the hung vote).
+            assert!((1.5..10.0).contains(&waited), "{report}");
             assert_ne!(report["hung"], "finished");
         }
         served.finish();
@@ -397,6 +398,49 @@ fn write_marker(dir: &Path, name: &str, content: &str) {
     std::fs::rename(tmp, dir.join(name)).unwrap();
 }
 
+/// One client's pass through the restart scenario (see `restart.py`):
+/// stops `server` once the client has read, lets another client change the
+/// object through a server on another port, restarts on `server`'s address
+/// and returns the new server and the client's report.
+fn restart_round(
+    dir: &Path,
+    encoding: Encoding,
+    client: Client,
+    server: ServerProcess,
+) -> (ServerProcess, Value) {
+    let var = dir.join("var");
+    std::fs::create_dir_all(&var).unwrap();
+    let markers = dir.join(format!("markers-{}", client.tag()));
+    std::fs::create_dir(&markers).unwrap();
+    let address = format!("127.0.0.1:{}", server.port());
+    let args = [
+        server.port().to_string(),
+        client.tag().to_owned(),
+        var.display().to_string(),
+        markers.display().to_string(),
+    ];
+    let cwd = dir.to_owned();
+    let script = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_script(client, "restart.py", &args, &cwd, "restart")
+    });
+    await_marker(&markers.join("loaded"), &script);
+    stop(server);
+    let other = start(dir, encoding, "127.0.0.1:0", &[]);
+    write_marker(&markers, "stopped", &other.port().to_string());
+    await_marker(&markers.join("changed"), &script);
+    stop(other);
+    let server = start(dir, encoding, &address, &[]);
+    write_marker(&markers, "restarted", "");
+    let report = match script.join() {
+        Ok(report) => report,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    assert_eq!(report["protocol"], encoding.protocol(), "{report}");
+    assert!(var.join(format!("{}-1.zec", client.tag())).is_file());
+    (server, report)
+}
+
 /// Scenario 9: the server is stopped with SIGTERM and restarted on the same
 /// port and file; a client with a persistent cache that stayed up
 /// reconnects and reads an object another client changed meanwhile fresh.
@@ -404,49 +448,39 @@ fn write_marker(dir: &Path, name: &str, content: &str) {
 fn restart_keeps_persistent_client_caches_fresh() {
     each_encoding(|encoding| {
         let dir = TempDir::new().unwrap();
-        let var = dir.path().join("var");
-        std::fs::create_dir(&var).unwrap();
         let mut server = start(dir.path(), encoding, "127.0.0.1:0", &[]);
-        let address = format!("127.0.0.1:{}", server.port());
         for client in Client::ALL {
-            let markers = dir.path().join(format!("markers-{}", client.tag()));
-            std::fs::create_dir(&markers).unwrap();
-            let args = [
-                server.port().to_string(),
-                client.tag().to_owned(),
-                var.display().to_string(),
-                markers.display().to_string(),
-            ];
-            let cwd = dir.path().to_owned();
-            let script = std::thread::spawn(move || {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                run_script(client, "restart.py", &args, &cwd, "restart")
-            });
-            await_marker(&markers.join("loaded"), &script);
-            stop(server);
-            let other = start(dir.path(), encoding, "127.0.0.1:0", &[]);
-            write_marker(&markers, "stopped", &other.port().to_string());
-            await_marker(&markers.join("changed"), &script);
-            stop(other);
-            server = start(dir.path(), encoding, &address, &[]);
-            write_marker(&markers, "restarted", "");
-            let report = match script.join() {
-                Ok(report) => report,
-                Err(panic) => std::panic::resume_unwind(panic),
-            };
-            assert_eq!(report["protocol"], encoding.protocol(), "{report}");
+            let report;
+            (server, report) = restart_round(dir.path(), encoding, client, server);
             // Stale data is ruled out by the script either way; this names
-            // how the client got there (ZEO 5 and 6 agree on the strings).
+            // how the client got there (ZEO 5 and 6 use the same strings).
             let verification = report["verify_result"].as_str().unwrap_or_default();
             assert!(
                 ["quick verification", "cache too old, clearing"].contains(&verification),
                 "{report}"
             );
-            assert!(var.join(format!("{}-1.zec", client.tag())).is_file());
         }
         stop(server);
         verify_file(dir.path(), "Data.fs", encoding);
     });
+}
+
+/// After a restart, runzeo lets a client that missed a few transactions
+/// keep its cache: ZEO's StorageServer seeds each storage's invalidation
+/// queue from `FileStorage.lastInvalidations(invalidation-queue-size)`, so
+/// `getInvalidations` answers and the client reports "quick verification"
+/// (checked with ZEO 6.2's runzeo and this very script). zeo-server seeds
+/// the queue with only a sentinel for the last transaction, so the client
+/// drops its whole cache ("cache too old, clearing"): correct, but every
+/// client restarts cold after a server restart.
+#[test]
+#[ignore = "zeo-server does not seed its invalidation queue from the storage's last transactions, so clients drop their caches after a restart"]
+fn restart_lets_clients_keep_their_caches() {
+    let dir = TempDir::new().unwrap();
+    let server = start(dir.path(), Encoding::Pickle, "127.0.0.1:0", &[]);
+    let (server, report) = restart_round(dir.path(), Encoding::Pickle, Client::Zeo6, server);
+    stop(server);
+    assert_eq!(report["verify_result"], "quick verification", "{report}");
 }
 
 /// Scenario 11: runzeo configuration files work unchanged: the HOWTO's
