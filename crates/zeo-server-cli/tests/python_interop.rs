@@ -206,6 +206,10 @@ fn verify_file(dir: &Path, file: &str, encoding: Encoding) -> Value {
         Encoding::Msgpack => Client::Zeo6,
     };
     let report = run_script(client, "verify_file.py", &[file], dir, "file check");
+    assert_eq!(
+        report["index"], "loaded",
+        "the server left no usable .index: {report}"
+    );
     let last = report["last_transaction"].as_str().unwrap();
     assert!(
         text.contains(last),
@@ -365,7 +369,7 @@ fn transaction_timeout_cuts_off_a_hung_voter() {
             let report = served.run(client, "timeout.py", &[TIMEOUT]);
             let waited = report["waited"].as_f64().unwrap();
             // The winner waited for the timeout (2 s from the hung vote).
-            assert!((1.5..10.0).contains(&waited), "{report}");
+            assert!((1.0..10.0).contains(&waited), "{report}");
             assert_ne!(report["hung"], "finished");
         }
         served.finish();
