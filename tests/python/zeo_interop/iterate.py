@@ -2,7 +2,8 @@
 and data records, agreeing with what was committed and with loadSerial;
 iterator(start, stop) yields exactly that range.
 
-usage: iterate.py PORT TAG
+usage: iterate.py PORT TAG   (on a server whose file was never packed: the
+                             first transaction must be the root's creation)
 """
 
 import sys
