@@ -283,6 +283,25 @@ pub trait Storage: Send + Sync {
     /// Transactions with `start <= tid <= stop`, oldest first.
     fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TransactionIter<'_>>;
 
+    /// The tids and changed oids of the last `count` transactions, oldest
+    /// first (ZODB's `lastInvalidations`): what a server seeds its
+    /// invalidation queue with at start, so clients that missed only those
+    /// transactions keep their caches across a server restart.
+    fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
+        let mut last = std::collections::VecDeque::with_capacity(count.min(1024));
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        for txn in self.iterator(None, None)? {
+            let txn = txn?;
+            if last.len() == count {
+                last.pop_front();
+            }
+            last.push_back((txn.tid, txn.records.iter().map(|r| r.oid).collect()));
+        }
+        Ok(last.into())
+    }
+
     /// The current record of the first object with an oid `>= next` (from
     /// the lowest when `None`); `Ok(None)` when the storage is empty.
     fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>>;

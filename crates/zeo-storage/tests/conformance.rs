@@ -29,7 +29,7 @@ macro_rules! conformance_tests {
                 second_tpc_begin_blocks, pack_drops_old_revisions, pack_keeps_what_undo_after_it_needs,
                 gc_removes_unreachable_objects, gc_pack_failures, close_then_closed,
                 close_wakes_a_waiting_tpc_begin,
-                size_and_len_follow_commits);
+                size_and_len_follow_commits, last_invalidations_lists_the_newest_transactions);
         }
     };
     (@tests $make:expr; $($test:ident),* $(,)?) => {
@@ -160,6 +160,35 @@ fn load_serial_finds_each_revision<S: Storage>(make: &dyn Fn() -> Fixture<S>) {
         s.load_serial(oid(3), t1),
         Err(Error::PosKey { .. })
     ));
+}
+
+fn last_invalidations_lists_the_newest_transactions<S: Storage>(make: &dyn Fn() -> Fixture<S>) {
+    let s = make();
+    assert_eq!(s.last_invalidations(5).unwrap(), vec![]);
+    let t1 = commit(
+        &*s,
+        &[
+            (oid(1), Tid::ZERO, record(&[], b"a")),
+            (oid(2), Tid::ZERO, record(&[], b"b")),
+        ],
+    )
+    .unwrap();
+    let t2 = commit(&*s, &[(oid(1), t1, record(&[], b"c"))]).unwrap();
+    let t3 = commit_with(&*s, &meta("delete"), BeginOptions::default(), |s, t| {
+        s.delete_object(t, oid(2), t1)
+    })
+    .unwrap();
+    assert_eq!(s.last_invalidations(0).unwrap(), vec![]);
+    assert_eq!(
+        s.last_invalidations(2).unwrap(),
+        vec![(t2, vec![oid(1)]), (t3, vec![oid(2)])]
+    );
+    let all = s.last_invalidations(100).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].0, t1);
+    let mut first = all[0].1.clone();
+    first.sort();
+    assert_eq!(first, vec![oid(1), oid(2)]);
 }
 
 fn history_is_newest_first_with_metadata<S: Storage>(make: &dyn Fn() -> Fixture<S>) {

@@ -541,6 +541,35 @@ impl Storage for FileStorage {
         )?))
     }
 
+    fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let (file, end) = self.snapshot()?;
+        // Walk back `count` transactions over the trailing lengths, as ZODB
+        // does, instead of scanning the whole file forwards.
+        let mut first = None;
+        {
+            let r = self.reader(&file, end);
+            let mut pos = end;
+            for _ in 0..count {
+                if pos <= format::FIRST_TXN_POS {
+                    break;
+                }
+                let (tpos, header) = r.prev_txn(pos)?;
+                first = Some(header.tid);
+                pos = tpos;
+            }
+        }
+        let Some(first) = first else {
+            return Ok(Vec::new());
+        };
+        let scanner = iteration::TxnScanner::new(file, &self.path, end, Some(first), None, true)?;
+        scanner
+            .map(|txn| txn.map(|t| (t.tid, t.records.iter().map(|r| r.oid).collect())))
+            .collect()
+    }
+
     fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
         self.check_open()?;
         let (oid, following) = {
