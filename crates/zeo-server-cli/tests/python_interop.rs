@@ -469,16 +469,11 @@ fn restart_keeps_persistent_client_caches_fresh() {
     });
 }
 
-/// After a restart, runzeo lets a client that missed a few transactions
-/// keep its cache: ZEO's StorageServer seeds each storage's invalidation
-/// queue from `FileStorage.lastInvalidations(invalidation-queue-size)`, so
-/// `getInvalidations` answers and the client reports "quick verification"
-/// (checked with ZEO 6.2's runzeo and this very script). zeo-server seeds
-/// the queue with only a sentinel for the last transaction, so the client
-/// drops its whole cache ("cache too old, clearing"): correct, but every
-/// client restarts cold after a server restart.
+/// After a restart a client that missed a few transactions keeps its cache,
+/// as with runzeo: the server seeds each storage's invalidation queue from
+/// the storage's last transactions, so `getInvalidations` answers and the
+/// client reports "quick verification" instead of "cache too old, clearing".
 #[test]
-#[ignore = "zeo-server does not seed its invalidation queue from the storage's last transactions, so clients drop their caches after a restart"]
 fn restart_lets_clients_keep_their_caches() {
     let dir = TempDir::new().unwrap();
     let server = start(dir.path(), Encoding::Pickle, "127.0.0.1:0", &[]);

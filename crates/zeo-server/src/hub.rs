@@ -62,12 +62,26 @@ impl StorageHub {
         timeout_enabled: bool,
     ) -> Self {
         let last = storage.last_transaction();
+        let recent = storage
+            .last_invalidations(invalidation_queue_size.max(1))
+            .unwrap_or_else(|e| {
+                tracing::warn!(
+                    "storage {}: cannot read its recent transactions ({e}); \
+                     clients older than its last transaction will drop their caches",
+                    storage.name()
+                );
+                Vec::new()
+            });
         StorageHub {
             name: name.into(),
             storage,
             commit_lock: CommitLock::new(),
             publication: RwLock::new(()),
-            invalidations: Mutex::new(InvalidationQueue::new(invalidation_queue_size, last)),
+            invalidations: Mutex::new(InvalidationQueue::seeded(
+                invalidation_queue_size,
+                last,
+                recent,
+            )),
             clients: Mutex::new(BTreeMap::new()),
             stats: StorageStats::new(),
             timeout_enabled,

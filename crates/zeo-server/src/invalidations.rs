@@ -32,6 +32,24 @@ impl InvalidationQueue {
         InvalidationQueue { entries, bound }
     }
 
+    /// A queue seeded with the storage's most recent transactions (oldest
+    /// first, as [`Storage::last_invalidations`] gives them), the way ZEO
+    /// fills its queue at start: clients that missed only those transactions
+    /// keep their caches across a server restart. With no transactions it is
+    /// [`InvalidationQueue::new`].
+    ///
+    /// [`Storage::last_invalidations`]: zeo_storage::Storage::last_invalidations
+    pub fn seeded(bound: usize, last_transaction: Tid, recent: Vec<(Tid, Vec<Oid>)>) -> Self {
+        let mut queue = Self::new(bound, last_transaction);
+        if !recent.is_empty() {
+            queue.entries.clear();
+            for (tid, oids) in recent {
+                queue.push(tid, oids.into());
+            }
+        }
+        queue
+    }
+
     /// Records a committed transaction; the oldest entry goes when full.
     pub fn push(&mut self, tid: Tid, oids: OidList) {
         if self.entries.len() >= self.bound {
@@ -120,6 +138,26 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert_eq!(q.since(Tid(10)), None, "tid 10 fell out of the queue");
         assert_eq!(q.since(Tid(11)), Some((Tid(12), vec![Oid(2)])));
+    }
+
+    #[test]
+    fn seeded_queue_verifies_clients_that_missed_only_recent_transactions() {
+        let recent = vec![
+            (Tid(11), vec![Oid(1)]),
+            (Tid(12), vec![Oid(2)]),
+            (Tid(13), vec![Oid(3)]),
+        ];
+        let q = InvalidationQueue::seeded(2, Tid(13), recent);
+        assert_eq!(q.len(), 2, "only the newest `bound` transactions are kept");
+        assert_eq!(q.since(Tid(12)), Some((Tid(13), vec![Oid(3)])));
+        assert_eq!(q.since(Tid(13)), Some((Tid(13), vec![])));
+        assert_eq!(
+            q.since(Tid(11)),
+            None,
+            "tid 11 is older than the queue reaches"
+        );
+        let empty = InvalidationQueue::seeded(5, Tid::ZERO, Vec::new());
+        assert_eq!(empty.since(Tid::ZERO), Some((Tid::ZERO, vec![])));
     }
 
     #[test]
