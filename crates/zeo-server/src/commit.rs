@@ -14,6 +14,11 @@ use crate::commit_lock::ConnId;
 use crate::hub::StorageHub;
 use crate::txn_log::{ReplayError, TxnLog, TxnOp};
 
+/// The largest commit log whose storage calls may run on the connection's
+/// own thread rather than on the blocking pool: its vote writes at most
+/// this much to the storage and its finish syncs at most this much.
+pub const SMALL_TXN_BYTES: u64 = 256 * 1024;
+
 /// One client transaction, from `tpc_begin` to `tpc_finish`/`tpc_abort`.
 #[derive(Debug)]
 pub struct OpenTxn {
@@ -66,6 +71,13 @@ impl OpenTxn {
             invalidated: Vec::new(),
             conflicts: BTreeMap::new(),
         }
+    }
+
+    /// Whether the storage work of this transaction is bounded and small:
+    /// a commit log of at most [`SMALL_TXN_BYTES`] in memory, and no undo
+    /// (which reads back whole transactions, however small its log entry).
+    pub fn is_small(&self) -> bool {
+        !self.log.spilled() && self.log.undos() == 0 && self.log.size() <= SMALL_TXN_BYTES
     }
 
     /// Records a store, superseding the conflicting store of the same

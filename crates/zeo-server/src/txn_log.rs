@@ -75,6 +75,7 @@ pub struct TxnLog {
     spill_dir: Option<PathBuf>,
     ops: u64,
     stores: u64,
+    undos: u64,
     bytes: u64,
     superseded: HashSet<u64>,
 }
@@ -91,6 +92,7 @@ impl TxnLog {
             spill_dir,
             ops: 0,
             stores: 0,
+            undos: 0,
             bytes: 0,
             superseded: HashSet::new(),
         }
@@ -98,22 +100,36 @@ impl TxnLog {
 
     /// Appends an operation and returns its index.
     pub fn push(&mut self, op: &TxnOp) -> io::Result<u64> {
-        let mut rec = Vec::with_capacity(32);
-        encode(op, &mut rec)?;
-        if self.file.is_none() && self.mem.len() + rec.len() > self.spill_threshold {
-            self.spill()?;
+        let len = match &mut self.file {
+            Some(file) => {
+                let mut rec = Vec::with_capacity(32);
+                encode(op, &mut rec)?;
+                file.write_all(&rec)?;
+                rec.len()
+            }
+            None => {
+                // Encoded in place: a store's data is copied once, not twice.
+                let start = self.mem.len();
+                if let Err(err) = encode(op, &mut self.mem) {
+                    self.mem.truncate(start);
+                    return Err(err);
+                }
+                let len = self.mem.len() - start;
+                if self.mem.len() > self.spill_threshold {
+                    if let Err(err) = self.spill() {
+                        self.mem.truncate(start);
+                        return Err(err);
+                    }
+                }
+                len
+            }
+        };
+        match op {
+            TxnOp::Store { .. } | TxnOp::Delete { .. } | TxnOp::Restore { .. } => self.stores += 1,
+            TxnOp::Undo { .. } => self.undos += 1,
+            TxnOp::CheckCurrent { .. } => {}
         }
-        match &mut self.file {
-            Some(file) => file.write_all(&rec)?,
-            None => self.mem.extend_from_slice(&rec),
-        }
-        if matches!(
-            op,
-            TxnOp::Store { .. } | TxnOp::Delete { .. } | TxnOp::Restore { .. }
-        ) {
-            self.stores += 1;
-        }
-        self.bytes += rec.len() as u64;
+        self.bytes += len as u64;
         let index = self.ops;
         self.ops += 1;
         Ok(index)
@@ -151,6 +167,11 @@ impl TxnLog {
     /// How many stores, deletions and restores were logged.
     pub fn stores(&self) -> u64 {
         self.stores
+    }
+
+    /// How many undos were logged.
+    pub fn undos(&self) -> u64 {
+        self.undos
     }
 
     /// The log's size in bytes.
