@@ -11,6 +11,7 @@ pub mod ids;
 pub mod interface;
 pub mod mapping;
 pub mod timestamp;
+pub mod undo_id;
 
 pub use error::{Error, Result};
 pub use filestorage::FileStorage;
@@ -22,3 +23,4 @@ pub use interface::{
 };
 pub use mapping::MappingStorage;
 pub use timestamp::TimeStamp;
+pub use undo_id::{tid_from_undo_id, undo_id};

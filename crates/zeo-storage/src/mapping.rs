@@ -47,6 +47,7 @@ use crate::interface::{
     TxnStatus, UndoEntry, UndoFilter,
 };
 use crate::timestamp::TimeStamp;
+use crate::undo_id::{tid_from_undo_id, undo_id};
 
 /// Bytes of a Data.fs file header (the magic).
 const FILE_HEADER_LEN: u64 = 4;
@@ -200,7 +201,7 @@ impl Committed {
 
     fn undo_entry(&self, txn: &Txn) -> UndoEntry {
         UndoEntry {
-            id: base64_encode(&txn.tid.to_bytes()),
+            id: undo_id(txn.tid),
             tid: txn.tid,
             time: txn.tid.unix_time(),
             user: txn.meta.user.clone(),
@@ -922,9 +923,7 @@ impl Storage for MappingStorage {
                 reason: "Invalid transaction id".into(),
                 oid: None,
             };
-            let tid = base64_decode(undo_id)
-                .and_then(|b| Tid::from_slice(&b))
-                .ok_or_else(invalid)?;
+            let tid = tid_from_undo_id(undo_id).ok_or_else(invalid)?;
             let undone = c.txns.get(&tid).ok_or_else(invalid)?;
             if undone.status != TxnStatus::Committed {
                 return Err(Error::Undo {
@@ -1170,79 +1169,5 @@ impl Storage for MappingStorage {
         let _guard = self.lock_commit();
         self.commit_free.notify_all();
         Ok(())
-    }
-}
-
-const BASE64_ALPHABET: &[u8; 64] =
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding: how ZODB spells undo ids
-/// (`base64.encodebytes(tid)` without the newline).
-pub(crate) fn base64_encode(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(BASE64_ALPHABET[((n >> shift) & 63) as usize]);
-            } else {
-                out.push(b'=');
-            }
-        }
-    }
-    out
-}
-
-/// Decodes what [`base64_encode`] writes, ignoring surrounding whitespace;
-/// `None` for anything else.
-pub(crate) fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    let text = text.trim_ascii();
-    if text.len() % 4 != 0 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    for (ci, chunk) in text.chunks(4).enumerate() {
-        let last = ci + 1 == text.len() / 4;
-        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for c in &chunk[..4 - pad] {
-            let v = BASE64_ALPHABET.iter().position(|a| a == c)? as u32;
-            n = (n << 6) | v;
-        }
-        n <<= 6 * pad as u32;
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..4 - pad]);
-    }
-    Some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn undo_ids_are_zodb_base64() {
-        let tid = Tid(0x040d_4066_5761_16cc);
-        let id = base64_encode(&tid.to_bytes());
-        assert_eq!(id, b"BA1AZldhFsw=");
-        assert_eq!(base64_decode(&id), Some(tid.to_bytes().to_vec()));
-        assert_eq!(
-            base64_decode(b"BA1AZldhFsw=\n"),
-            Some(tid.to_bytes().to_vec())
-        );
-        assert_eq!(base64_decode(b"BA1AZl!hFsw="), None);
-        assert_eq!(base64_decode(b"BA1AZldhFsw"), None);
-        for n in 0..6 {
-            let v: Vec<u8> = (0..n).map(|i| i * 37 + 1).collect();
-            assert_eq!(base64_decode(&base64_encode(&v)), Some(v));
-        }
     }
 }

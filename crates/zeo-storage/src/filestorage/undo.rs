@@ -4,8 +4,9 @@
 //! ZODB would try it, the undo fails with [`Error::Undo`].
 
 use crate::error::{Error, Result};
-use crate::ids::{Oid, Tid};
+use crate::ids::Oid;
 use crate::interface::{undo_log_bounds, TxnHandle, UndoEntry, UndoFilter};
+use crate::undo_id::{tid_from_undo_id, undo_id};
 
 use super::commit::{ActiveTxn, Staged};
 use super::format::{DataHeader, Reader, DATA_HEADER_LEN, STATUS_COMMITTED, STATUS_PACKED};
@@ -34,7 +35,7 @@ pub(crate) fn undo_log(
         }
         let meta = r.txn_meta(tpos, &h)?;
         let entry = UndoEntry {
-            id: encode_undo_id(h.tid),
+            id: undo_id(h.tid),
             tid: h.tid,
             time: h.tid.unix_time(),
             user: meta.user,
@@ -50,56 +51,6 @@ pub(crate) fn undo_log(
         }
     }
     Ok(out)
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// `base64.encodebytes(tid).rstrip()`: 12 ASCII bytes.
-pub(crate) fn encode_undo_id(tid: Tid) -> Vec<u8> {
-    let b = tid.to_bytes();
-    let mut out = Vec::with_capacity(12);
-    for chunk in b.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &c)| acc | u32::from(c) << (16 - 8 * i));
-        let chars = chunk.len() + 1;
-        for k in 0..4 {
-            if k < chars {
-                out.push(B64[((n >> (18 - 6 * k)) & 63) as usize]);
-            } else {
-                out.push(b'=');
-            }
-        }
-    }
-    out
-}
-
-/// Decodes an undo id the way `base64.decodebytes` does (characters outside
-/// the alphabet are skipped); it must give exactly 8 bytes.
-pub(crate) fn decode_undo_id(id: &[u8]) -> Option<Tid> {
-    let mut bits = 0u32;
-    let mut nbits = 0u32;
-    let mut out = Vec::with_capacity(9);
-    for &c in id {
-        if c == b'=' {
-            break;
-        }
-        let Some(v) = B64.iter().position(|&x| x == c) else {
-            continue;
-        };
-        bits = (bits << 6) | v as u32;
-        nbits += 6;
-        if nbits >= 8 {
-            nbits -= 8;
-            out.push((bits >> nbits) as u8);
-            bits &= (1 << nbits) - 1;
-        }
-        if out.len() > 8 {
-            return None;
-        }
-    }
-    Tid::from_slice(&out)
 }
 
 fn undo_error(reason: &str, oid: Option<Oid>) -> Error {
@@ -118,7 +69,7 @@ enum Outcome {
 impl FileStorage {
     pub(crate) fn undo_txn(&self, txn: TxnHandle, undo_id: &[u8]) -> Result<Vec<Oid>> {
         let tid =
-            decode_undo_id(undo_id).ok_or_else(|| undo_error("Invalid transaction id", None))?;
+            tid_from_undo_id(undo_id).ok_or_else(|| undo_error("Invalid transaction id", None))?;
         self.with_txn(txn, |a, staged| {
             if a.next_pos.is_some() {
                 return Err(Error::Transaction("undo after tpc_vote".into()));
@@ -303,28 +254,4 @@ fn undo_record(
         "Some data were modified by a later transaction",
         Some(oid),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn undo_ids_are_python_base64() {
-        // base64.encodebytes(bytes.fromhex('040d40664778a6aa')).rstrip()
-        assert_eq!(encode_undo_id(Tid(0x040d_4066_4778_a6aa)), b"BA1AZkd4pqo=");
-        assert_eq!(
-            decode_undo_id(b"BA1AZkd4pqo="),
-            Some(Tid(0x040d_4066_4778_a6aa))
-        );
-        assert_eq!(
-            decode_undo_id(b"BA1AZkd4pqo=\n"),
-            Some(Tid(0x040d_4066_4778_a6aa))
-        );
-        assert_eq!(decode_undo_id(b"BA1A"), None);
-        assert_eq!(decode_undo_id(b"BA1AZkd4pqoAAAA="), None);
-        for t in [0u64, 1, u64::MAX, 0x0102_0304_0506_0708] {
-            assert_eq!(decode_undo_id(&encode_undo_id(Tid(t))), Some(Tid(t)));
-        }
-    }
 }
