@@ -356,7 +356,7 @@ impl AsyncClientStorage {
         let value = self
             .call(|id| ClientRequest::history(id, oid, size))
             .await?;
-        parse_history(&value)
+        replies::history(&value).map_err(protocol_error)
     }
 
     /// Allocates an oid from a batch of 100 fetched from the server.
@@ -801,70 +801,6 @@ async fn conflict_states(
         committed_data,
         old_data,
     })
-}
-
-fn parse_history(value: &Value) -> Result<Vec<HistoryEntry>> {
-    let bad = |why: &str| Error::Protocol(format!("history: {why}"));
-    let items = match value {
-        Value::Tuple(v) | Value::List(v) => v,
-        _ => return Err(bad("not a list")),
-    };
-    items
-        .iter()
-        .map(|item| {
-            let Value::Dict(pairs) = item else {
-                return Err(bad("entry is not a dict"));
-            };
-            let mut entry = HistoryEntry {
-                tid: Tid::ZERO,
-                time: 0.0,
-                user: Vec::new(),
-                description: Vec::new(),
-                extension: Vec::new(),
-                size: 0,
-            };
-            let mut extension = Vec::new();
-            for (k, v) in pairs {
-                let Value::Str(k) = k else { continue };
-                let text = |v: &Value| match v {
-                    Value::Bytes(b) => b.clone(),
-                    Value::Str(s) => s.as_bytes().to_vec(),
-                    _ => Vec::new(),
-                };
-                match k.as_str() {
-                    "tid" | "serial" => {
-                        if let Value::Bytes(b) = v {
-                            entry.tid = Tid::from_slice(b).ok_or_else(|| bad("bad tid"))?;
-                        }
-                    }
-                    "time" => {
-                        entry.time = match v {
-                            Value::Float(f) => *f,
-                            Value::Int(i) => *i as f64,
-                            _ => 0.0,
-                        }
-                    }
-                    "user_name" => entry.user = text(v),
-                    "description" => entry.description = text(v),
-                    "size" => {
-                        entry.size = if let Value::Int(i) = v {
-                            (*i).max(0) as u64
-                        } else {
-                            0
-                        }
-                    }
-                    "version" => {}
-                    _ => extension.push((Value::Str(k.clone()), v.clone())),
-                }
-            }
-            if !extension.is_empty() {
-                entry.extension =
-                    zeo_pickle::encode(&Value::Dict(extension), zeo_pickle::Protocol::V3)
-                        .map_err(|e| bad(&e.to_string()))?;
-            }
-            Ok(entry)
-        })
-        .collect()
 }
 
 /// Keeps the client connected: connects, verifies, waits for the

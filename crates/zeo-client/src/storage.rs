@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio::sync::broadcast;
 use zeo_pickle::Value;
-use zeo_protocol::ClientRequest;
+use zeo_protocol::{client::replies, ClientRequest};
 use zeo_storage::{
     BeginOptions, CurrentRecord, HistoryEntry, LoadedRevision, Oid, Storage, Tid, TransactionIter,
     TransactionMetaData, TransactionRecord, TxnHandle, UndoEntry, UndoFilter,
@@ -431,7 +431,7 @@ impl AsyncClientStorage {
     /// `undoLog(first, last)`: undoable transactions, newest first, with
     /// `first`/`last` as in [`Storage::undo_log`].
     ///
-    /// Servers identify FileStorage transactions by the base64 of their tid;
+    /// Servers identify FileStorage transactions by [`zeo_storage::undo_id`];
     /// the tid is decoded from that id, and is [`Tid::ZERO`] for ids of
     /// another form.
     ///
@@ -442,7 +442,7 @@ impl AsyncClientStorage {
         let value = self
             .call(|id| ClientRequest::undo_log(id, first, last))
             .await?;
-        parse_undo_log(&value)
+        replies::undo_log(&value).map_err(|e| Error::Protocol(e.to_string()))
     }
 
     /// `record_iternext(next)`: the current record of the first object at
@@ -476,103 +476,5 @@ impl AsyncClientStorage {
             }
             _ => Err(bad()),
         }
-    }
-}
-
-fn parse_undo_log(value: &Value) -> Result<Vec<UndoEntry>> {
-    let bad = |why: &str| Error::Protocol(format!("undoLog: {why}"));
-    let (Value::List(items) | Value::Tuple(items)) = value else {
-        return Err(bad("not a list"));
-    };
-    items
-        .iter()
-        .map(|item| {
-            let Value::Dict(pairs) = item else {
-                return Err(bad("entry is not a dict"));
-            };
-            let mut entry = UndoEntry {
-                id: Vec::new(),
-                tid: Tid::ZERO,
-                time: 0.0,
-                user: Vec::new(),
-                description: Vec::new(),
-                extension: Vec::new(),
-                size: 0,
-            };
-            let mut extension = Vec::new();
-            for (k, v) in pairs {
-                let Value::Str(k) = k else { continue };
-                let text = |v: &Value| match v {
-                    Value::Bytes(b) => b.clone(),
-                    Value::Str(s) => s.as_bytes().to_vec(),
-                    _ => Vec::new(),
-                };
-                match k.as_str() {
-                    "id" => entry.id = text(v),
-                    "time" => {
-                        entry.time = match v {
-                            Value::Float(f) => *f,
-                            Value::Int(i) => *i as f64,
-                            _ => 0.0,
-                        }
-                    }
-                    "user_name" => entry.user = text(v),
-                    "description" => entry.description = text(v),
-                    "size" => {
-                        entry.size = if let Value::Int(i) = v {
-                            (*i).max(0) as u64
-                        } else {
-                            0
-                        }
-                    }
-                    _ => extension.push((Value::Str(k.clone()), v.clone())),
-                }
-            }
-            entry.tid = base64_tid(&entry.id).unwrap_or(Tid::ZERO);
-            if !extension.is_empty() {
-                entry.extension =
-                    zeo_pickle::encode(&Value::Dict(extension), zeo_pickle::Protocol::V3)
-                        .map_err(|e| bad(&e.to_string()))?;
-            }
-            Ok(entry)
-        })
-        .collect()
-}
-
-/// The tid in a FileStorage undo id (`base64.encodebytes(tid)` without the
-/// newline: 12 characters, one `=` of padding).
-fn base64_tid(id: &[u8]) -> Option<Tid> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let id = id.trim_ascii();
-    let (body, b"=") = id.split_at_checked(11)? else {
-        return None;
-    };
-    let mut bits: u128 = 0;
-    for c in body {
-        let v = ALPHABET.iter().position(|a| a == c)?;
-        bits = (bits << 6) | v as u128;
-    }
-    // 11 sextets carry 66 bits: the 64 of the tid and two zero pad bits.
-    if bits & 0b11 != 0 {
-        return None;
-    }
-    Some(Tid((bits >> 2) as u64))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn undo_ids_decode_to_tids() {
-        // base64.encodebytes(p64(0x03d5_6c8f_1a2b_3c4d)).rstrip()
-        assert_eq!(
-            base64_tid(b"A9VsjxorPE0="),
-            Some(Tid(0x03d5_6c8f_1a2b_3c4d))
-        );
-        assert_eq!(base64_tid(b"AAAAAAAAAAE=\n"), Some(Tid(1)));
-        assert_eq!(base64_tid(b"AAAAAAAAAAF="), None);
-        assert_eq!(base64_tid(b"AAAAAAAAAAE"), None);
-        assert_eq!(base64_tid(b"not an id"), None);
     }
 }

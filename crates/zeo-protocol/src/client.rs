@@ -2,7 +2,7 @@
 //! (replies and the one-way notifications of [`ClientEvent`]).
 
 use zeo_pickle::Value;
-use zeo_storage::{LoadedRevision, Oid, Tid};
+use zeo_storage::{HistoryEntry, LoadedRevision, Oid, Tid, UndoEntry};
 
 use crate::error::{Error, Result};
 use crate::message::{Flags, Message};
@@ -634,6 +634,176 @@ pub mod replies {
     /// [`Error::BadReply`] when the value is not a sequence of oids.
     pub fn oids(method: &str, value: &Value) -> Result<Vec<Oid>> {
         as_oids(method, value)
+    }
+
+    /// `history`'s reply: FileStorage's dicts, newest first. Keys beyond
+    /// the standard ones (`tid`/`serial`, `time`, `user_name`,
+    /// `description`, `size`; `version` is dropped) are the transaction's
+    /// extension and are pickled back into [`HistoryEntry::extension`].
+    ///
+    /// ```
+    /// use zeo_protocol::{client::replies, reply};
+    /// use zeo_storage::{HistoryEntry, Tid};
+    ///
+    /// let entry = HistoryEntry {
+    ///     tid: Tid(7), time: 1.5, user: b"u".to_vec(), description: b"d".to_vec(),
+    ///     extension: Vec::new(), size: 3,
+    /// };
+    /// let value = reply::history(&[entry.clone()]).unwrap();
+    /// assert_eq!(replies::history(&value).unwrap(), vec![entry]);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadReply`] when the value is not a list of dicts or a tid
+    /// is not 8 bytes.
+    pub fn history(value: &Value) -> Result<Vec<HistoryEntry>> {
+        const M: &str = "history";
+        metadata_dicts(M, value, &["tid", "serial", "version"])?
+            .into_iter()
+            .map(|d| {
+                let mut tid = Tid::ZERO;
+                for (key, v) in d.own {
+                    // A tid of another type is left at zero, as a missing one.
+                    if let ("tid" | "serial", Value::Bytes(b)) = (key, v) {
+                        tid = Tid::from_slice(b).ok_or_else(|| bad(M, "bad tid"))?;
+                    }
+                }
+                Ok(HistoryEntry {
+                    tid,
+                    time: d.time,
+                    user: d.user,
+                    description: d.description,
+                    extension: d.extension,
+                    size: d.size,
+                })
+            })
+            .collect()
+    }
+
+    /// `undoLog`'s and `undoInfo`'s reply. Servers identify FileStorage
+    /// transactions by [`zeo_storage::undo_id`]; the tid is decoded from
+    /// that id, and is [`Tid::ZERO`] for ids of another form. Keys beyond
+    /// the standard ones (`id`, `time`, `user_name`, `description`, `size`)
+    /// are pickled back into [`UndoEntry::extension`].
+    ///
+    /// ```
+    /// use zeo_protocol::{client::replies, reply};
+    /// use zeo_storage::{undo_id, Tid, UndoEntry};
+    ///
+    /// let entry = UndoEntry {
+    ///     id: undo_id(Tid(7)), tid: Tid(7), time: 1.5, user: b"u".to_vec(),
+    ///     description: b"d".to_vec(), extension: Vec::new(), size: 3,
+    /// };
+    /// let value = reply::undo_log(&[entry.clone()]).unwrap();
+    /// assert_eq!(replies::undo_log(&value).unwrap(), vec![entry]);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadReply`] when the value is not a list of dicts.
+    pub fn undo_log(value: &Value) -> Result<Vec<UndoEntry>> {
+        metadata_dicts("undoLog", value, &["id"])?
+            .into_iter()
+            .map(|d| {
+                let mut id = Vec::new();
+                for (_, v) in d.own {
+                    id = text(v);
+                }
+                Ok(UndoEntry {
+                    tid: zeo_storage::tid_from_undo_id(&id).unwrap_or(Tid::ZERO),
+                    id,
+                    time: d.time,
+                    user: d.user,
+                    description: d.description,
+                    extension: d.extension,
+                    size: d.size,
+                })
+            })
+            .collect()
+    }
+
+    /// What `history` and `undoLog` dicts share: the transaction's
+    /// metadata, plus the keys the caller reads itself.
+    struct MetadataDict<'a> {
+        time: f64,
+        user: Vec<u8>,
+        description: Vec<u8>,
+        size: u64,
+        /// The keys that are neither standard nor claimed, pickled as the
+        /// extension dict they came from (empty when there are none).
+        extension: Vec<u8>,
+        /// The claimed keys, in the order sent.
+        own: Vec<(&'a str, &'a Value)>,
+    }
+
+    /// Reads a list of transaction-metadata dicts. Keys in `own` are handed
+    /// back as they are; entries with keys that are not strings are skipped,
+    /// and standard keys of an unexpected type read as empty or zero, so a
+    /// server's oddities do not hide the rest of the list.
+    fn metadata_dicts<'a>(
+        method: &str,
+        value: &'a Value,
+        own: &[&str],
+    ) -> Result<Vec<MetadataDict<'a>>> {
+        let (Value::List(items) | Value::Tuple(items)) = value else {
+            return Err(bad(method, "not a list"));
+        };
+        items
+            .iter()
+            .map(|item| {
+                let Value::Dict(pairs) = item else {
+                    return Err(bad(method, "entry is not a dict"));
+                };
+                let mut d = MetadataDict {
+                    time: 0.0,
+                    user: Vec::new(),
+                    description: Vec::new(),
+                    size: 0,
+                    extension: Vec::new(),
+                    own: Vec::new(),
+                };
+                let mut extension = Vec::new();
+                for (k, v) in pairs {
+                    let Value::Str(k) = k else { continue };
+                    match k.as_str() {
+                        k if own.contains(&k) => d.own.push((k, v)),
+                        "time" => {
+                            d.time = match v {
+                                Value::Float(f) => *f,
+                                Value::Int(i) => *i as f64,
+                                _ => 0.0,
+                            }
+                        }
+                        "user_name" => d.user = text(v),
+                        "description" => d.description = text(v),
+                        "size" => {
+                            d.size = if let Value::Int(i) = v {
+                                (*i).max(0) as u64
+                            } else {
+                                0
+                            }
+                        }
+                        _ => extension.push((Value::Str(k.clone()), v.clone())),
+                    }
+                }
+                if !extension.is_empty() {
+                    d.extension =
+                        zeo_pickle::encode(&Value::Dict(extension), zeo_pickle::Protocol::V3)
+                            .map_err(|e| bad(method, e.to_string()))?;
+                }
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Bytes or text as bytes; anything else as empty.
+    fn text(v: &Value) -> Vec<u8> {
+        match v {
+            Value::Bytes(b) => b.clone(),
+            Value::Str(s) => s.as_bytes().to_vec(),
+            _ => Vec::new(),
+        }
     }
 
     /// One item of `vote`'s reply.
