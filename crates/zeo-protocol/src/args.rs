@@ -113,6 +113,28 @@ impl<'a> Args<'a> {
         self.id8(i, name).map(Tid::from_bytes)
     }
 
+    /// The serial a store is based on. Besides 8 bytes, Python's server
+    /// passes anything through to the storage, which compares it only when
+    /// the object already exists; ZODB's own tests send `None` and an
+    /// 8-character `str` for new objects. Both are taken as that revision
+    /// (`None` as `z64`), so a new object stores and an existing one
+    /// conflicts, as with Python's storages.
+    pub(crate) fn store_serial(&self, i: usize, name: &str) -> Result<Tid> {
+        match self.at(i)? {
+            Value::None => Ok(Tid::ZERO),
+            Value::Str(s) if s.chars().count() == 8 => {
+                let mut id = [0u8; 8];
+                for (slot, c) in id.iter_mut().zip(s.chars()) {
+                    *slot = u8::try_from(u32::from(c)).map_err(|_| {
+                        self.error(format!("{name} must be 8 bytes, got a non-Latin-1 str"))
+                    })?;
+                }
+                Ok(Tid::from_bytes(id))
+            }
+            _ => self.tid(i, name),
+        }
+    }
+
     /// A tid, `None`, or absent (defaulting to `None`).
     pub(crate) fn opt_tid(&self, i: usize, name: &str) -> Result<Option<Tid>> {
         match self.get(i) {

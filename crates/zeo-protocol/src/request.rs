@@ -483,7 +483,7 @@ impl ServerRequest {
                 let a = a(4, 0)?;
                 R::Storea {
                     oid: a.oid(0, "oid")?,
-                    serial: a.tid(1, "serial")?,
+                    serial: a.store_serial(1, "serial")?,
                     data: a.bytes(2, "data")?,
                     txn: a.txn(3)?,
                 }

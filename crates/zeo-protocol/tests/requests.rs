@@ -496,6 +496,36 @@ fn store_family() {
     );
 }
 
+/// ZODB's tests store new objects with a serial of `None` or the 8-char
+/// `str` `'\0' * 8`; Python's server hands either to the storage, which
+/// ignores the serial of a new object.
+#[test]
+fn storea_serial_none_or_latin1_str() {
+    let store = |serial: Value| ok("storea", vec![oid(1), serial, b(b"d"), int(7)]);
+    let serial_of = |r: ServerRequest| match r {
+        ServerRequest::Storea { serial, .. } => serial,
+        other => panic!("not a store: {other:?}"),
+    };
+    assert_eq!(serial_of(store(Value::None)), Tid(0));
+    assert_eq!(serial_of(store(s("\0\0\0\0\0\0\0\0"))), Tid(0));
+    assert_eq!(serial_of(store(s("\0\0\0\0\0\0\0\u{ff}"))), Tid(0xff));
+    bad(
+        "storea",
+        vec![oid(1), s("\0\0\0\0\0\0\0\u{100}"), b(b"d"), int(7)],
+        "non-Latin-1",
+    );
+    bad(
+        "storea",
+        vec![oid(1), s("short"), b(b"d"), int(7)],
+        "serial must be 8 bytes, got str",
+    );
+    bad(
+        "storea",
+        vec![oid(1), b(b"short"), b(b"d"), int(7)],
+        "serial must be 8 bytes, got 5",
+    );
+}
+
 #[test]
 fn two_phase_commit_calls() {
     let t = TxnId(-5);
