@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::datatypes::{ByteSize, Interval, SocketAddress};
 use crate::error::{Error, Location, Result};
 use crate::schema::{convert_line, key, multikey, Checked, KeySpec};
-use crate::server::{DEFAULT_MAX_MESSAGE_SIZE, MAX_MAX_MESSAGE_SIZE, MIN_MAX_MESSAGE_SIZE};
+use crate::server::{parse_max_message_size, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::ssl::ClientSsl;
 use crate::storage::SERVABLE_STORAGES;
 use crate::support::{self, Unsupported};
@@ -252,16 +252,7 @@ impl ClientConfig {
                 .map(ClientSsl::from_section)
                 .transpose()?,
             max_message_size: c
-                .get("max-message-size", |s| {
-                    let size = s.parse::<ByteSize>()?;
-                    if size < MIN_MAX_MESSAGE_SIZE || size > MAX_MAX_MESSAGE_SIZE {
-                        return Err(format!(
-                            "must be between {MIN_MAX_MESSAGE_SIZE} and {} bytes",
-                            MAX_MAX_MESSAGE_SIZE.0
-                        ));
-                    }
-                    Ok(size)
-                })?
+                .get("max-message-size", parse_max_message_size)?
                 .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
             database,
             unsupported,
@@ -385,20 +376,7 @@ impl DatabaseConfig {
         let c = Checked::new(section, ZODB_KEYS, &allowed)?;
         let d = DatabaseConfig::default();
         let mut unsupported = Vec::new();
-        for kv in section.keys() {
-            let key = kv.key.to_ascii_lowercase();
-            if let Some((_, _, reason)) = support::NOT_IMPLEMENTED
-                .iter()
-                .find(|(t, k, _)| *t == "zodb" && *k == key)
-            {
-                unsupported.push(Unsupported {
-                    at: kv.location.clone(),
-                    section: section.to_string(),
-                    setting: key,
-                    reason,
-                });
-            }
-        }
+        support::collect_keys(section, &mut unsupported);
         let db = DatabaseConfig {
             section_name: section.name.clone(),
             location: section.location.clone(),

@@ -156,7 +156,9 @@ fn parse_timeout(s: &str) -> Result<Interval, String> {
     s.parse::<Interval>()
 }
 
-fn parse_max_message_size(s: &str) -> Result<ByteSize, String> {
+/// A `max-message-size` value (server and client alike), within
+/// [`MIN_MAX_MESSAGE_SIZE`]..=[`MAX_MAX_MESSAGE_SIZE`].
+pub(crate) fn parse_max_message_size(s: &str) -> Result<ByteSize, String> {
     let size = s.parse::<ByteSize>()?;
     if size < MIN_MAX_MESSAGE_SIZE || size > MAX_MAX_MESSAGE_SIZE {
         return Err(format!(

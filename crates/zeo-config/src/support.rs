@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::error::Location;
-use crate::syntax::{Item, Section};
+use crate::syntax::{Item, KeyValue, Section};
 
 /// `(section type, key, reason)`; an empty key stands for the whole section.
 pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
@@ -159,20 +159,7 @@ impl fmt::Display for Unsupported {
 pub(crate) fn collect(section: &Section, out: &mut Vec<Unsupported>) {
     for item in &section.items {
         match item {
-            Item::Key(kv) => {
-                let key = kv.key.to_ascii_lowercase();
-                if let Some((_, _, reason)) = NOT_IMPLEMENTED
-                    .iter()
-                    .find(|(t, k, _)| *t == section.type_name && *k == key)
-                {
-                    out.push(Unsupported {
-                        at: kv.location.clone(),
-                        section: section.to_string(),
-                        setting: key,
-                        reason,
-                    });
-                }
-            }
+            Item::Key(kv) => out.extend(unsupported_key(section, kv)),
             Item::Section(child) => {
                 if let Some((_, _, reason)) = NOT_IMPLEMENTED
                     .iter()
@@ -191,4 +178,23 @@ pub(crate) fn collect(section: &Section, out: &mut Vec<Unsupported>) {
             Item::Import(_) => {}
         }
     }
+}
+
+/// Lists the unsupported keys of `section` itself, not of its subsections
+/// (which the caller reads on its own).
+pub(crate) fn collect_keys(section: &Section, out: &mut Vec<Unsupported>) {
+    out.extend(section.keys().filter_map(|kv| unsupported_key(section, kv)));
+}
+
+fn unsupported_key(section: &Section, kv: &KeyValue) -> Option<Unsupported> {
+    let key = kv.key.to_ascii_lowercase();
+    let (_, _, reason) = NOT_IMPLEMENTED
+        .iter()
+        .find(|(t, k, _)| *t == section.type_name && *k == key)?;
+    Some(Unsupported {
+        at: kv.location.clone(),
+        section: section.to_string(),
+        setting: key,
+        reason,
+    })
 }
