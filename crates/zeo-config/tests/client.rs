@@ -1,6 +1,8 @@
 //! Client configurations: `<zeoclient>`, `<clientstorage>` and both inside
 //! ZODB's `<zodb>`.
 
+mod common;
+
 use std::path::PathBuf;
 
 use zeo_config::client::{DEFAULT_CACHE_SIZE, DEFAULT_WAIT_TIMEOUT};
@@ -8,22 +10,14 @@ use zeo_config::{
     ByteSize, ClientConfig, ClientSectionKind, DatabaseConfig, Error, Interval, SocketAddress,
 };
 
+use common::{expect_err, tcp};
+
 fn client(text: &str) -> ClientConfig {
     ClientConfig::from_str(text, "client.conf").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn client_err(text: &str) -> Error {
-    match ClientConfig::from_str(text, "client.conf") {
-        Ok(c) => panic!("expected an error, got {c:?}"),
-        Err(e) => e,
-    }
-}
-
-fn tcp(host: &str, port: u16) -> SocketAddress {
-    SocketAddress::Tcp {
-        host: host.into(),
-        port,
-    }
+    expect_err(ClientConfig::from_str(text, "client.conf"))
 }
 
 #[test]

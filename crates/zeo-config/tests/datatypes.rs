@@ -1,7 +1,10 @@
 //! ZConfig datatypes: accepted forms, edge cases and round trips.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::tcp;
 use proptest::prelude::*;
 use zeo_config::datatypes::{parse_bool, parse_count, parse_float, parse_integer};
 use zeo_config::{ByteSize, Interval, LogLevel, SocketAddress};
@@ -81,13 +84,6 @@ fn intervals() {
     assert_eq!(Interval(86400 * 3).to_string(), "3d");
     assert_eq!(Interval(0).to_string(), "0s");
     assert_eq!(Interval(30).as_duration().as_secs(), 30);
-}
-
-fn tcp(host: &str, port: u16) -> SocketAddress {
-    SocketAddress::Tcp {
-        host: host.into(),
-        port,
-    }
 }
 
 #[test]

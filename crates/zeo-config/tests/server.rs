@@ -1,6 +1,8 @@
 //! Server configuration files: documented examples, defaults, storages,
 //! logging and every schema error with its file:line.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use zeo_config::server::DEFAULT_MAX_MESSAGE_SIZE;
@@ -9,22 +11,14 @@ use zeo_config::{
     SocketAddress, SslAuthenticate, StorageKind, DEFAULT_LOG_FORMAT,
 };
 
+use common::{expect_err, tcp};
+
 fn server(text: &str) -> ServerConfig {
     ServerConfig::from_str(text, "zeo.conf").unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn server_err(text: &str) -> Error {
-    match ServerConfig::from_str(text, "zeo.conf") {
-        Ok(c) => panic!("expected an error, got {c:?}"),
-        Err(e) => e,
-    }
-}
-
-fn tcp(host: &str, port: u16) -> SocketAddress {
-    SocketAddress::Tcp {
-        host: host.into(),
-        port,
-    }
+    expect_err(ServerConfig::from_str(text, "zeo.conf"))
 }
 
 /// The example from the ZEO HOWTO (zeo-howto.txt), byte for byte.

@@ -1,10 +1,13 @@
 //! The generic ZConfig text format: structure, directives, substitution and
 //! every syntax error with its file:line.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use common::expect_err;
 use zeo_config::syntax::{Includer, Item, Parser};
 use zeo_config::{parse, Error, Section};
 
@@ -34,10 +37,7 @@ fn files(pairs: &[(&str, &str)]) -> Files {
 }
 
 fn err(text: &str) -> Error {
-    match no_env().parse_str(text, "t.conf") {
-        Ok(tree) => panic!("expected an error, got {tree:?}"),
-        Err(e) => e,
-    }
+    expect_err(no_env().parse_str(text, "t.conf"))
 }
 
 #[test]
