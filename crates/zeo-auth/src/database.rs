@@ -319,3 +319,55 @@ fn check_realm(realm: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// What `zeopasswd` does to one user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PasswdAction {
+    /// Add the user, or change their password.
+    Set(String),
+    /// Remove the user.
+    Delete,
+}
+
+/// What [`update_file`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PasswdOutcome {
+    /// The user was new.
+    Added,
+    /// The user's password was replaced.
+    Changed,
+    /// The user was removed.
+    Deleted,
+}
+
+/// `zeopasswd`'s work: loads the database at `path` (a missing file is
+/// empty) in `realm`, applies `action` to `user` and saves it.
+///
+/// # Errors
+///
+/// As [`PasswordDatabase::load`], [`PasswordDatabase::set_password`],
+/// [`PasswordDatabase::delete_user`] and [`PasswordDatabase::save`]; the
+/// file is untouched on error.
+pub fn update_file(
+    path: &Path,
+    realm: Option<&str>,
+    user: &str,
+    action: &PasswdAction,
+) -> Result<PasswdOutcome> {
+    let mut db = PasswordDatabase::load(path, realm)?;
+    let outcome = match action {
+        PasswdAction::Set(password) => {
+            if db.set_password(user, password)? {
+                PasswdOutcome::Added
+            } else {
+                PasswdOutcome::Changed
+            }
+        }
+        PasswdAction::Delete => {
+            db.delete_user(user)?;
+            PasswdOutcome::Deleted
+        }
+    };
+    db.save(path)?;
+    Ok(outcome)
+}

@@ -43,7 +43,7 @@ pub mod digest;
 pub mod error;
 pub mod mac;
 
-pub use database::PasswordDatabase;
+pub use database::{update_file, PasswdAction, PasswdOutcome, PasswordDatabase};
 pub use digest::{
     constant_time_eq, nonce, password_hash, python_peer_text, response, Challenge, ClientProof,
     NonceKey, ServerAuthenticator, SessionKey, PROTOCOL,

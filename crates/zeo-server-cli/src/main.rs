@@ -1,6 +1,7 @@
 //! The `zeo-server` command: runs a ZEO server from a ZConfig file or
 //! runzeo-style options, and offers offline `check`, `dump` and `pack` of a
-//! Data.fs. Argument parsing and wiring only; the work happens in the
+//! Data.fs. The `passwd` subcommand manages ZEO 3/4 digest password databases.
+//! Argument parsing and wiring only; the work happens in the
 //! `zeo-server`, `zeo-storage` and `zeo-config` crates.
 
 use std::io::Write;
@@ -18,6 +19,8 @@ use zeo_server::logging::{level_filter, PythonFormat, ReopenableFile};
 use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
 use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
 use zeo_storage::{MappingStorage, Storage};
+
+mod passwd;
 
 /// Address served when none is configured.
 const DEFAULT_ADDRESS: &str = "127.0.0.1:8100";
@@ -62,6 +65,9 @@ enum Command {
         #[arg(long)]
         no_gc: bool,
     },
+    /// Add, change or delete a user of a ZEO 3/4 digest password database,
+    /// like ZEO 4's zeopasswd.
+    Passwd(passwd::PasswdArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -100,6 +106,7 @@ fn main() -> ExitCode {
         Some(Command::Check { path }) => check(&path),
         Some(Command::Dump { path }) => dump(&path),
         Some(Command::Pack { path, days, no_gc }) => pack(&path, days, !no_gc),
+        Some(Command::Passwd(args)) => passwd::passwd(args),
         None => match run(cli.run) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
