@@ -5,22 +5,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use common::{commit_with, TestServer};
 use zeo_client::{is_client_disconnected, ClientStorage, Notice, ServerAddress};
 use zeo_server::ServerSettings;
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 use zeo_testkit::free_port;
 
 fn commit(storage: &ClientStorage, oid: Oid, serial: Tid, data: &[u8]) -> zeo_storage::Result<Tid> {
-    let txn = storage.tpc_begin(&TransactionMetaData::default(), BeginOptions::default())?;
-    let result = storage
-        .store(txn, oid, serial, data)
-        .and_then(|_| storage.tpc_vote(txn))
-        .and_then(|_| storage.tpc_finish(txn, &mut |_| {}));
-    if result.is_err() {
-        storage.tpc_abort(txn);
-    }
-    result
+    commit_with(
+        storage,
+        &TransactionMetaData::default(),
+        &[(oid, serial, data)],
+    )
 }
 
 fn read_only() -> ServerSettings {

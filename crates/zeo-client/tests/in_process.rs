@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
+use common::{commit_with, TestServer};
 use zeo_client::{ClientStorage, Error, Notice};
 use zeo_server::ServerSettings;
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
@@ -14,18 +14,7 @@ fn commit(storage: &ClientStorage, writes: &[(Oid, Tid, &[u8])]) -> zeo_storage:
         user: b"tester".to_vec(),
         ..Default::default()
     };
-    let txn = storage.tpc_begin(&meta, BeginOptions::default())?;
-    let result = (|| {
-        for (oid, serial, data) in writes {
-            storage.store(txn, *oid, *serial, data)?;
-        }
-        storage.tpc_vote(txn)?;
-        storage.tpc_finish(txn, &mut |_| {})
-    })();
-    if result.is_err() {
-        storage.tpc_abort(txn);
-    }
-    result
+    commit_with(storage, &meta, writes)
 }
 
 fn settings(msgpack: bool) -> ServerSettings {
@@ -89,10 +78,13 @@ fn commit_load_and_invalidate_in_both_encodings() {
         );
         // ...and b stays usable.
         let t3 = commit(&b, &[(oid, t2, b"three")]).unwrap();
+        // a learns of t3 from the invalidation, which may still be on its
+        // way: wait for it before comparing.
         assert_eq!(
-            a.load(oid).map(|r| r.1).ok(),
-            wait_for(|| a.load(oid).ok().map(|r| r.1).filter(|t| *t == t3))
+            wait_for(|| a.load(oid).ok().map(|r| r.1).filter(|t| *t == t3)),
+            Some(t3)
         );
+        assert_eq!(a.load(oid).map(|r| r.1).ok(), Some(t3));
         assert!(matches!(
             a.load(Oid(999)),
             Err(zeo_storage::Error::PosKey { oid: Oid(999), .. })

@@ -42,21 +42,7 @@ fn start_runzeo(dir: &Path, msgpack: bool) -> Runzeo {
         ),
     )
     .unwrap();
-    let child = Command::new(runzeo_path())
-        .arg("-C")
-        .arg(&conf)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start runzeo: run `cargo xtask test` to create the Python venvs");
-    let server = Runzeo { child, port };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "runzeo did not start listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    server
+    run_runzeo(dir, port)
 }
 
 fn python(script: &str, port: u16) -> String {
@@ -238,7 +224,7 @@ fn python_server_killed_and_restarted() {
     );
 
     // Restart on the same port; a Python client changes the object first.
-    let server = restart_on(dir.path(), port);
+    let server = run_runzeo(dir.path(), port);
     let t2 = python(
         &format!(
             "t = TransactionMetaData()\ncs.tpc_begin(t)\n\
@@ -265,20 +251,21 @@ fn python_server_killed_and_restarted() {
     drop(server);
 }
 
-fn restart_on(dir: &Path, port: u16) -> Runzeo {
-    let conf = dir.join("zeo.conf");
+/// Runs runzeo on the `zeo.conf` in `dir` (written by [`start_runzeo`])
+/// and waits until it listens on `port`.
+fn run_runzeo(dir: &Path, port: u16) -> Runzeo {
     let child = Command::new(runzeo_path())
         .arg("-C")
-        .arg(&conf)
+        .arg(dir.join("zeo.conf"))
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .expect("cannot start runzeo: run `cargo xtask test` to create the Python venvs");
     let server = Runzeo { child, port };
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "runzeo did not restart");
+        assert!(Instant::now() < deadline, "runzeo did not start listening");
         std::thread::sleep(Duration::from_millis(100));
     }
     server

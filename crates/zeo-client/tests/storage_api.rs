@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use common::{commit_with, TestServer};
 use zeo_client::{ClientStorage, ConflictInfo};
 use zeo_pickle::{Protocol, Value};
 use zeo_server::ServerSettings;
@@ -20,25 +20,6 @@ fn meta(description: &str) -> TransactionMetaData {
         description: description.as_bytes().to_vec(),
         extension: Vec::new(),
     }
-}
-
-fn commit_with(
-    storage: &ClientStorage,
-    meta: &TransactionMetaData,
-    writes: &[(Oid, Tid, &[u8])],
-) -> zeo_storage::Result<Tid> {
-    let txn = storage.tpc_begin(meta, BeginOptions::default())?;
-    let result = (|| {
-        for (oid, serial, data) in writes {
-            storage.store(txn, *oid, *serial, data)?;
-        }
-        storage.tpc_vote(txn)?;
-        storage.tpc_finish(txn, &mut |_| {})
-    })();
-    if result.is_err() {
-        storage.tpc_abort(txn);
-    }
-    result
 }
 
 fn commit(storage: &ClientStorage, writes: &[(Oid, Tid, &[u8])]) -> zeo_storage::Result<Tid> {

@@ -1,4 +1,4 @@
-//! An in-process zeo-server for the client's tests.
+//! An in-process zeo-server for the client's tests, and a commit helper.
 
 #![allow(dead_code)]
 
@@ -10,7 +10,7 @@ use tokio::runtime::Runtime;
 use zeo_client::{ClientOptions, ServerAddress};
 use zeo_server::{BoundAddress, ListenAddress, ServerBuilder, ServerHandle, ServerSettings};
 use zeo_storage::filestorage::FileStorageOptions;
-use zeo_storage::{FileStorage, Storage};
+use zeo_storage::{BeginOptions, FileStorage, Oid, Storage, Tid, TransactionMetaData};
 
 /// A server on its own runtime, serving one FileStorage as `'1'`.
 pub struct TestServer {
@@ -89,4 +89,25 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Commits `writes` (`(oid, serial, data)`) in one transaction described by
+/// `meta`, aborting it when any step fails.
+pub fn commit_with<S: Storage + ?Sized>(
+    storage: &S,
+    meta: &TransactionMetaData,
+    writes: &[(Oid, Tid, &[u8])],
+) -> zeo_storage::Result<Tid> {
+    let txn = storage.tpc_begin(meta, BeginOptions::default())?;
+    let result = (|| {
+        for (oid, serial, data) in writes {
+            storage.store(txn, *oid, *serial, data)?;
+        }
+        storage.tpc_vote(txn)?;
+        storage.tpc_finish(txn, &mut |_| {})
+    })();
+    if result.is_err() {
+        storage.tpc_abort(txn);
+    }
+    result
 }
