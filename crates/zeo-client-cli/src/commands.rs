@@ -178,6 +178,17 @@ fn print_dict(value: &zeo_pickle::Value, json: bool) -> Result<ExitCode, CliErro
     Ok(ExitCode::SUCCESS)
 }
 
+/// The JSON line `history` and `log` print for one transaction.
+fn txn_json(tid: Tid, time: f64, user: &[u8], description: &[u8], size: u64) -> serde_json::Value {
+    json!({
+        "tid": format!("{:016x}", tid.as_u64()),
+        "time": time,
+        "user": render::text_or_hex(user),
+        "description": render::text_or_hex(description),
+        "size": size,
+    })
+}
+
 /// `history`: up to `size` revisions of `oid`, newest first.
 pub async fn history(
     options: ClientOptions,
@@ -190,13 +201,7 @@ pub async fn history(
         let mut out = std::io::stdout().lock();
         for e in entries.iter().take(size.max(1)) {
             if json {
-                let line = json!({
-                    "tid": format!("{:016x}", e.tid.as_u64()),
-                    "time": e.time,
-                    "user": render::text_or_hex(&e.user),
-                    "description": render::text_or_hex(&e.description),
-                    "size": e.size,
-                });
+                let line = txn_json(e.tid, e.time, &e.user, &e.description, e.size);
                 writeln!(out, "{line}")?;
             } else {
                 writeln!(
@@ -246,13 +251,7 @@ pub async fn log(options: ClientOptions, count: usize, json: bool) -> Result<Exi
         let mut out = std::io::stdout().lock();
         for e in &entries {
             if json {
-                let line = json!({
-                    "tid": format!("{:016x}", e.tid.as_u64()),
-                    "time": e.time,
-                    "user": render::text_or_hex(&e.user),
-                    "description": render::text_or_hex(&e.description),
-                    "size": e.size,
-                });
+                let line = txn_json(e.tid, e.time, &e.user, &e.description, e.size);
                 writeln!(out, "{line}")?;
             } else {
                 writeln!(
