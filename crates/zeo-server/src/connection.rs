@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use futures::{Future, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::FramedRead;
 use zeo_pickle::Value;
 use zeo_protocol::reply::{self as replies, VoteConflict};
 use zeo_protocol::{
@@ -26,6 +25,7 @@ use zeo_storage::{Error as StorageError, Oid, TransactionMetaData, TxnStatus};
 
 use crate::commit::{self, OpenTxn, VoteOutcome};
 use crate::commit_lock::{Acquired, CommitGuard, ConnId};
+use crate::frame_reader::FrameReader;
 use crate::hub::StorageHub;
 use crate::iterators::{IterError, Iterators};
 use crate::outbox::Outbox;
@@ -73,7 +73,7 @@ where
 {
     let (read_half, mut write_half) = tokio::io::split(stream);
     let codec = FrameCodec::with_max_frame(shared.settings.max_message_size);
-    let mut reader = FramedRead::new(read_half, codec);
+    let mut reader = FrameReader::new(read_half, codec);
 
     let announce = if shared.settings.msgpack {
         Encoding::Msgpack
@@ -185,7 +185,7 @@ enum Event {
 }
 
 impl Conn {
-    async fn read_loop<R>(&mut self, reader: &mut FramedRead<R, FrameCodec>)
+    async fn read_loop<R>(&mut self, reader: &mut FrameReader<R>)
     where
         R: AsyncRead + Unpin,
     {

@@ -1,0 +1,177 @@
+//! The incoming side of a connection: sized frames read from the client,
+//! without a buffer held while the connection waits.
+//!
+//! Most connections spend most of their life idle. A framed reader with a
+//! standing 8 KiB buffer keeps all of it resident: its read position walks
+//! through the whole buffer as requests come in. Here a read that starts
+//! with nothing buffered lands in a buffer on the stack, and only the bytes
+//! that arrived move to the heap; the heap buffer is let go as soon as its
+//! last frame was taken. The rest of a frame that arrives in pieces is read
+//! straight into the heap buffer, which the codec sized for the frame after
+//! checking its announced length against the limit.
+
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::BytesMut;
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio_util::codec::Decoder;
+use zeo_protocol::FrameCodec;
+
+/// Bytes read at once when nothing is buffered: a whole small request, or
+/// several pipelined ones. Also the least room made for a read into the
+/// heap buffer.
+const STACK_READ: usize = 4096;
+
+/// A stream of frame payloads read from `R`.
+pub(crate) struct FrameReader<R> {
+    inner: R,
+    codec: FrameCodec,
+    buf: BytesMut,
+}
+
+impl<R> FrameReader<R> {
+    /// Reads frames of at most the codec's limit from `inner`.
+    pub(crate) fn new(inner: R, codec: FrameCodec) -> Self {
+        FrameReader {
+            inner,
+            codec,
+            buf: BytesMut::new(),
+        }
+    }
+}
+
+fn truncated() -> zeo_protocol::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "connection closed inside a message",
+    )
+    .into()
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads more bytes into `buf`; 0 means the client closed its side.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.is_empty() {
+            let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
+            let mut read = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
+            let filled = read.filled();
+            self.buf = BytesMut::from(filled);
+            return Poll::Ready(Ok(filled.len()));
+        }
+        if self.buf.capacity() - self.buf.len() < STACK_READ {
+            self.buf.reserve(STACK_READ);
+        }
+        // Reads into the spare capacity; dropping it after `Pending` loses
+        // nothing.
+        let read = self.inner.read_buf(&mut self.buf);
+        std::pin::pin!(read).poll(cx)
+    }
+}
+
+impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
+    type Item = Result<BytesMut, zeo_protocol::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.codec.decode(&mut this.buf) {
+                Ok(Some(frame)) => {
+                    if this.buf.is_empty() {
+                        // The frame alone keeps the allocation alive now.
+                        this.buf = BytesMut::new();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(None) => {}
+                Err(err) => return Poll::Ready(Some(Err(err))),
+            }
+            let had = this.buf.len();
+            match ready!(this.poll_fill(cx)) {
+                Ok(0) if had == 0 => return Poll::Ready(None),
+                Ok(0) => {
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(Some(Err(truncated())));
+                }
+                Ok(_) => {}
+                Err(err) => return Poll::Ready(Some(Err(err.into()))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        zeo_protocol::encode_frame(payload).unwrap()
+    }
+
+    #[tokio::test]
+    async fn frames_split_anywhere_come_out_whole() {
+        let big = vec![7u8; 200_000];
+        let mut wire = Vec::new();
+        for payload in [&b"a"[..], b"", &big, b"tail"] {
+            wire.extend(frame(payload));
+        }
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(server, FrameCodec::new());
+        let writer = tokio::spawn(async move {
+            // Odd piece sizes put boundaries inside headers and payloads.
+            for piece in wire.chunks(3001) {
+                client.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut got = Vec::new();
+        while let Some(frame) = reader.next().await {
+            got.push(frame.unwrap().to_vec());
+        }
+        writer.await.unwrap();
+        assert_eq!(got, vec![b"a".to_vec(), Vec::new(), big, b"tail".to_vec()]);
+        assert_eq!(reader.buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_holds_no_buffer() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(server, FrameCodec::new());
+        client.write_all(&frame(b"one")).await.unwrap();
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"one");
+        assert_eq!(reader.buf.capacity(), 0);
+        let pending = futures::poll!(reader.next());
+        assert!(pending.is_pending());
+        assert_eq!(reader.buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_close_inside_a_frame_is_an_error() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(server, FrameCodec::new());
+        client.write_all(&frame(b"whole")).await.unwrap();
+        client.write_all(&frame(b"cut short")[..6]).await.unwrap();
+        drop(client);
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"whole");
+        assert!(reader.next().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_refused_before_buffering() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(server, FrameCodec::with_max_frame(10));
+        client.write_all(&frame(&[0u8; 11])).await.unwrap();
+        let err = reader.next().await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, zeo_protocol::Error::FrameTooLarge { .. }),
+            "{err}"
+        );
+        assert!(reader.buf.capacity() < 1024);
+    }
+}
