@@ -1,10 +1,12 @@
 //! Commit, read and reopen round trips of FileStorage.
 
-use std::path::Path;
+mod common;
 
 use zeo_storage::filestorage::{check, dump, FileStorage, FileStorageOptions};
 use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Error, Oid, Storage, Tid, TransactionMetaData, TxnStatus};
+
+use common::{commit_as, open};
 
 fn meta(user: &str, desc: &str) -> TransactionMetaData {
     TransactionMetaData {
@@ -14,19 +16,8 @@ fn meta(user: &str, desc: &str) -> TransactionMetaData {
     }
 }
 
-fn open(path: &Path) -> FileStorage {
-    FileStorage::open(path, FileStorageOptions::default()).unwrap()
-}
-
 fn commit(fs: &FileStorage, desc: &str, stores: &[(u64, Tid, &[u8])]) -> Tid {
-    let txn = fs
-        .tpc_begin(&meta("user", desc), BeginOptions::default())
-        .unwrap();
-    for (oid, serial, data) in stores {
-        fs.store(txn, Oid(*oid), *serial, data).unwrap();
-    }
-    assert!(fs.tpc_vote(txn).unwrap().is_empty());
-    fs.tpc_finish(txn, &mut |_| {}).unwrap()
+    commit_as(fs, &meta("user", desc), stores)
 }
 
 #[test]

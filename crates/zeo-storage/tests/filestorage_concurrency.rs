@@ -1,5 +1,7 @@
 //! Readers never wait for a commit; commits are serialized.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -9,15 +11,10 @@ use zeo_storage::filestorage::{check, FileStorage, FileStorageOptions};
 use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Oid, Storage, Tid, TransactionMetaData};
 
+use common::commit_as;
+
 fn commit(fs: &FileStorage, stores: &[(u64, Tid, &[u8])]) -> Tid {
-    let txn = fs
-        .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
-        .unwrap();
-    for (oid, serial, data) in stores {
-        fs.store(txn, Oid(*oid), *serial, data).unwrap();
-    }
-    fs.tpc_vote(txn).unwrap();
-    fs.tpc_finish(txn, &mut |_| {}).unwrap()
+    commit_as(fs, &TransactionMetaData::default(), stores)
 }
 
 #[test]

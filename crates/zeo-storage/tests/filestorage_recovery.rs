@@ -2,11 +2,15 @@
 //! the way ZODB does it, damage elsewhere is a format error that names the
 //! offset and leaves the file alone.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use zeo_storage::filestorage::{check, FileStorage, FileStorageOptions};
 use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Error, Oid, Storage, Tid, TransactionMetaData};
+
+use common::commit_as;
 
 fn open(path: &Path) -> Result<FileStorage, Error> {
     FileStorage::open(path, FileStorageOptions::default())
@@ -23,14 +27,7 @@ fn open_ro(path: &Path) -> Result<FileStorage, Error> {
 }
 
 fn commit(fs: &FileStorage, stores: &[(u64, Tid, &[u8])]) -> Tid {
-    let txn = fs
-        .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
-        .unwrap();
-    for (oid, serial, data) in stores {
-        fs.store(txn, Oid(*oid), *serial, data).unwrap();
-    }
-    fs.tpc_vote(txn).unwrap();
-    fs.tpc_finish(txn, &mut |_| {}).unwrap()
+    commit_as(fs, &TransactionMetaData::default(), stores)
 }
 
 /// A file with three transactions; returns the path, the transaction

@@ -1,11 +1,15 @@
 //! Undo, undo log and restore on FileStorage, checked against the records
 //! ZODB writes for the same operations.
 
+mod common;
+
 use std::path::Path;
 
-use zeo_storage::filestorage::{check, FileStorage, FileStorageOptions};
+use zeo_storage::filestorage::{check, FileStorage};
 use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Error, Oid, Storage, Tid, TransactionMetaData, UndoEntry};
+
+use common::{commit_as, open};
 
 fn meta(desc: &str) -> TransactionMetaData {
     TransactionMetaData {
@@ -15,17 +19,8 @@ fn meta(desc: &str) -> TransactionMetaData {
     }
 }
 
-fn open(path: &Path) -> FileStorage {
-    FileStorage::open(path, FileStorageOptions::default()).unwrap()
-}
-
 fn commit(fs: &FileStorage, desc: &str, stores: &[(u64, Tid, &[u8])]) -> Tid {
-    let txn = fs.tpc_begin(&meta(desc), BeginOptions::default()).unwrap();
-    for (oid, serial, data) in stores {
-        fs.store(txn, Oid(*oid), *serial, data).unwrap();
-    }
-    fs.tpc_vote(txn).unwrap();
-    fs.tpc_finish(txn, &mut |_| {}).unwrap()
+    commit_as(fs, &meta(desc), stores)
 }
 
 fn undo(fs: &FileStorage, ids: &[&[u8]]) -> Result<(Tid, Vec<Oid>), Error> {
