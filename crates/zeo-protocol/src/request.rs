@@ -460,14 +460,17 @@ impl ServerRequest {
                 let a = a(4, 2)?;
                 let extension = match a.get(3) {
                     Some(v @ Value::Dict(_)) => v.clone(),
-                    // Python's TransactionMetaData takes a falsy extension
-                    // as {}.
-                    Some(v) if !crate::message::truthy(v) => Value::Dict(Vec::new()),
-                    Some(other) => {
-                        return Err(
-                            a.error(format!("ext must be a dict, got {}", other.type_name()))
-                        )
-                    }
+                    Some(v) => match dict_call(v) {
+                        Some(dict) => dict,
+                        // Python's TransactionMetaData takes a falsy
+                        // extension as {}.
+                        None if !crate::message::truthy(v) => Value::Dict(Vec::new()),
+                        None => {
+                            return Err(
+                                a.error(format!("ext must be a dict, got {}", v.type_name()))
+                            )
+                        }
+                    },
                     None => Value::Dict(Vec::new()),
                 };
                 R::TpcBegin {
@@ -655,6 +658,52 @@ impl ServerRequest {
             R::SetClientLabel { .. } => "set_client_label",
             R::Ping => "ping",
         }
+    }
+}
+
+/// `builtins.dict(...)` as an extension pickles when it is a dict subclass
+/// reducing to `dict` (ZODB's `testTransactionExtensionFromIterator`).
+/// Python's server unpickles the call, which its unpickler allows for
+/// `builtins`, and so gets a plain dict; this does the same for the forms
+/// `dict()`, `dict(mapping)` and `dict(pairs)`.
+fn dict_call(value: &Value) -> Option<Value> {
+    let Value::Call {
+        callable,
+        args,
+        new_object: false,
+    } = value
+    else {
+        return None;
+    };
+    match callable.as_ref() {
+        Value::Global { module, name }
+            if (module == "builtins" || module == "__builtin__") && name == "dict" => {}
+        _ => return None,
+    }
+    let Value::Tuple(args) = args.as_ref() else {
+        return None;
+    };
+    match args.as_slice() {
+        [] => Some(Value::Dict(Vec::new())),
+        [d @ Value::Dict(_)] => Some(d.clone()),
+        [Value::Tuple(items) | Value::List(items)] => {
+            let mut pairs: Vec<(Value, Value)> = Vec::with_capacity(items.len());
+            for item in items {
+                let (Value::Tuple(kv) | Value::List(kv)) = item else {
+                    return None;
+                };
+                let [k, v] = kv.as_slice() else {
+                    return None;
+                };
+                // A repeated key keeps its first place and its last value.
+                match pairs.iter_mut().find(|(old, _)| old == k) {
+                    Some(slot) => slot.1 = v.clone(),
+                    None => pairs.push((k.clone(), v.clone())),
+                }
+            }
+            Some(Value::Dict(pairs))
+        }
+        _ => None,
     }
 }
 

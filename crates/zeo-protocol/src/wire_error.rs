@@ -325,13 +325,28 @@ impl From<&StorageError> for WireError {
             StorageError::Transaction(msg) => args(vec![s(msg)]),
             StorageError::ReadOnly => args(vec![]),
             // UndoError keeps its reason and oid as attributes, so its
-            // non-empty __dict__ is what travels.
-            StorageError::Undo { reason, oid } => WireError {
-                class: class.to_owned(),
+            // non-empty __dict__ is what travels. FileStorage collects the
+            // failures of single objects into MultipleUndoErrors, the only
+            // undo error the Python client rebuilds (from `_errs`, a list of
+            // `(oid, reason)` pairs); anything else would reach it as a
+            // ServerException that `except UndoError` does not catch.
+            StorageError::Undo {
+                reason,
+                oid: Some(oid),
+            } => WireError {
+                class: "ZODB.POSException.MultipleUndoErrors".to_owned(),
                 fields: Value::Dict(vec![
                     (s("_reason"), s(reason)),
-                    (s("_oid"), oid.map_or(Value::None, |o| id(o.to_bytes()))),
+                    (s("_oid"), id(oid.to_bytes())),
+                    (
+                        s("_errs"),
+                        Value::List(vec![Value::Tuple(vec![id(oid.to_bytes()), s(reason)])]),
+                    ),
                 ]),
+            },
+            StorageError::Undo { reason, oid: None } => WireError {
+                class: class.to_owned(),
+                fields: Value::Dict(vec![(s("_reason"), s(reason)), (s("_oid"), Value::None)]),
             },
             StorageError::Format { path, pos, reason } => args(vec![
                 Value::Str(path.display().to_string()),

@@ -85,6 +85,27 @@ fn every_storage_error_maps_to_its_python_class_and_fields() {
             ]),
         ),
         (
+            StorageError::Undo {
+                reason: "Some data were modified by a later transaction".into(),
+                oid: Some(Oid(1)),
+            },
+            "ZODB.POSException.MultipleUndoErrors",
+            Value::Dict(vec![
+                (
+                    s("_reason"),
+                    s("Some data were modified by a later transaction"),
+                ),
+                (s("_oid"), id(1)),
+                (
+                    s("_errs"),
+                    Value::List(vec![Value::Tuple(vec![
+                        id(1),
+                        s("Some data were modified by a later transaction"),
+                    ])]),
+                ),
+            ]),
+        ),
+        (
             StorageError::Format {
                 path: PathBuf::from("Data.fs"),
                 pos: 4,

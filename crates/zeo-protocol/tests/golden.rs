@@ -293,7 +293,7 @@ fn typed_builders_produce_zeo_bytes() {
                 Value::Int(3),
                 &WireError::from(&StorageError::Undo {
                     reason: "non-undoable transaction".into(),
-                    oid: Some(OID1),
+                    oid: None,
                 }),
             ),
         ),

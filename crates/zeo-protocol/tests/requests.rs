@@ -496,6 +496,61 @@ fn store_family() {
     );
 }
 
+/// A dict subclass reducing to `dict(items)` arrives as a call of
+/// `builtins.dict`; Python's server unpickles it to a plain dict.
+#[test]
+fn tpc_begin_extension_built_by_dict_call() {
+    let dict = |args: Vec<Value>| Value::Call {
+        callable: Box::new(Value::Global {
+            module: "builtins".into(),
+            name: "dict".into(),
+        }),
+        args: Box::new(Value::Tuple(args)),
+        new_object: false,
+    };
+    let ext_of = |ext: Value| match ok("tpc_begin", vec![int(1), b(b""), b(b""), ext]) {
+        ServerRequest::TpcBegin { extension, .. } => extension,
+        other => panic!("not tpc_begin: {other:?}"),
+    };
+    let pair = |k: &str, v: i64| Value::Tuple(vec![s(k), int(v)]);
+    assert_eq!(
+        ext_of(dict(vec![Value::Tuple(vec![
+            pair("foo", 1),
+            pair("bar", 2),
+            pair("foo", 3)
+        ])])),
+        Value::Dict(vec![(s("foo"), int(3)), (s("bar"), int(2))])
+    );
+    assert_eq!(ext_of(dict(vec![])), Value::Dict(vec![]));
+    assert_eq!(
+        ext_of(dict(vec![Value::Dict(vec![(s("a"), int(1))])])),
+        Value::Dict(vec![(s("a"), int(1))])
+    );
+    bad(
+        "tpc_begin",
+        vec![
+            int(1),
+            b(b""),
+            b(b""),
+            dict(vec![Value::Tuple(vec![int(1)])]),
+        ],
+        "ext must be a dict",
+    );
+    let not_dict = Value::Call {
+        callable: Box::new(Value::Global {
+            module: "builtins".into(),
+            name: "list".into(),
+        }),
+        args: Box::new(Value::Tuple(vec![])),
+        new_object: false,
+    };
+    bad(
+        "tpc_begin",
+        vec![int(1), b(b""), b(b""), not_dict],
+        "ext must be a dict",
+    );
+}
+
 /// ZODB's tests store new objects with a serial of `None` or the 8-char
 /// `str` `'\0' * 8`; Python's server hands either to the storage, which
 /// ignores the serial of a new object.

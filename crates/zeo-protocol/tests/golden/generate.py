@@ -68,7 +68,7 @@ cases = [
     ('err_read_conflict', (5, 2, '.reply', reduce_exception(read_conflict))),
     ('err_txn_mismatch', (3, 2, '.reply', reduce_exception(P.StorageTransactionError(None, 123)))),
     ('err_txn_message', (3, 2, '.reply', reduce_exception(P.StorageTransactionError('Already voting (locked)')))),
-    ('err_undo', (3, 2, '.reply', reduce_exception(P.UndoError('non-undoable transaction', oid1)))),
+    ('err_undo', (3, 2, '.reply', reduce_exception(P.UndoError('non-undoable transaction')))),
     ('err_type', (9, 2, '.reply', reduce_exception(TypeError('bad args')))),
     ('err_value_unpicklable', (9, 2, '.reply', reduce_exception(ValueError("Couldn't pickle response")))),
     ('ints', (10, 0, '.reply', (0, -1, 127, 128, 255, 256, 65535, 65536, -32, -33, -128, -129,
