@@ -45,7 +45,6 @@ mod policy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -488,15 +487,7 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 
 /// A salt that differs between cache files created on this machine.
 fn fresh_salt() -> u64 {
-    let mut h = std::hash::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
+    crate::client::random_u64()
 }
 
 impl LogFile {

@@ -104,7 +104,9 @@ struct TxnState {
     _permit: OwnedSemaphorePermit,
 }
 
-fn random_u64() -> u64 {
+/// A value that differs between calls and between processes on this
+/// machine: std's per-instance hash keys, the clock and the process id.
+pub(crate) fn random_u64() -> u64 {
     let mut h = std::hash::RandomState::new().build_hasher();
     h.write_u128(
         std::time::SystemTime::now()
@@ -112,6 +114,7 @@ fn random_u64() -> u64 {
             .map(|d| d.as_nanos())
             .unwrap_or_default(),
     );
+    h.write_u32(std::process::id());
     h.finish()
 }
 
