@@ -14,11 +14,6 @@ use crate::syntax::{Item, KeyValue, Section};
 pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
     (
         "zeo",
-        "monitor-address",
-        "the ZEO 3/4 monitor server is not implemented",
-    ),
-    (
-        "zeo",
         "authentication-protocol",
         "ZEO 3/4 authentication is not implemented yet",
     ),

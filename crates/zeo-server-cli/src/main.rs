@@ -98,6 +98,10 @@ struct RunArgs {
     /// Announce msgpack (M5) instead of pickle (Z5).
     #[arg(long)]
     msgpack: bool,
+    /// Serve the ZEO 3/4 monitor report at this address (replaces the
+    /// configured monitor-address).
+    #[arg(short = 'm', long = "monitor", value_name = "ADDR")]
+    monitor: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -228,6 +232,7 @@ fn plan(
             .msgpack
             .unwrap_or_else(|| std::env::var_os("ZEO_MSGPACK").is_some_and(|v| !v.is_empty()));
         pid_file = zeo.pid_filename.clone();
+        settings.monitor_address = zeo.monitor_address.as_ref().map(listen_address);
         if args.address.is_empty() {
             addresses.push(listen_address(&zeo.address));
         }
@@ -242,6 +247,9 @@ fn plan(
     if let Some(t) = args.timeout {
         settings.transaction_timeout =
             Some(Duration::try_from_secs_f64(t).map_err(|e| format!("--timeout: {e}"))?);
+    }
+    if let Some(m) = &args.monitor {
+        settings.monitor_address = Some(m.parse::<ListenAddress>().map_err(|e| e.to_string())?);
     }
     if let Some(n) = args.invalidation_queue_size {
         settings.invalidation_queue_size = n;
@@ -402,6 +410,9 @@ async fn serve(plan: Plan) -> Result<(), String> {
         for bound in server.bind(address).map_err(|e| e.to_string())? {
             println!("listening on {bound}");
         }
+    }
+    for bound in server.bind_monitor().map_err(|e| e.to_string())? {
+        println!("monitor listening on {bound}");
     }
     let _ = std::io::stdout().flush();
     if let Some(path) = &pid_file {

@@ -55,6 +55,15 @@ pub enum Error {
         source: zeo_storage::Error,
     },
 
+    /// A monitor report (see [`crate::monitor`]) that does not parse.
+    #[error("monitor report line {line}: {reason}")]
+    MonitorReport {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// Another I/O failure.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

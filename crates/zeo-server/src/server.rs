@@ -198,6 +198,7 @@ impl ServerBuilder {
                 bound: Mutex::new(Vec::new()),
             }),
             listeners: Mutex::new(Vec::new()),
+            monitors: Mutex::new(None),
         })
     }
 }
@@ -211,6 +212,8 @@ enum Listener {
 pub struct Server {
     shared: Arc<Shared>,
     listeners: Mutex<Vec<Listener>>,
+    /// `None` until the monitor address is bound.
+    monitors: Mutex<Option<Vec<crate::monitor::MonitorListener>>>,
 }
 
 /// Controls a running server from elsewhere (signal handlers, tests).
@@ -304,6 +307,22 @@ impl Server {
         Ok(bound)
     }
 
+    /// Binds [`ServerSettings::monitor_address`] now, when set, and returns
+    /// the addresses bound (none when no monitor is configured or it is
+    /// bound already). [`Server::serve`] binds it itself otherwise.
+    pub fn bind_monitor(&self) -> Result<Vec<BoundAddress>> {
+        let Some(address) = &self.shared.settings.monitor_address else {
+            return Ok(Vec::new());
+        };
+        let mut monitors = lock(&self.monitors);
+        if monitors.is_some() {
+            return Ok(Vec::new());
+        }
+        let (listeners, bound) = crate::monitor::bind(address)?.into_iter().unzip();
+        *monitors = Some(listeners);
+        Ok(bound)
+    }
+
     /// The addresses bound so far.
     pub fn local_addrs(&self) -> Vec<BoundAddress> {
         lock(&self.shared.bound).clone()
@@ -321,7 +340,13 @@ impl Server {
     /// closes the storages. Runs on the caller's tokio runtime.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let listeners = std::mem::take(&mut *lock(&self.listeners));
+        self.bind_monitor()?;
+        let monitors = lock(&self.monitors).take().unwrap_or_default();
         let shared = self.shared.clone();
+        let monitor_tasks: Vec<_> = monitors
+            .into_iter()
+            .map(|m| tokio::spawn(crate::monitor::serve(m, shared.clone())))
+            .collect();
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let mut accept_tasks = Vec::new();
         let mut socket_files = Vec::new();
@@ -355,7 +380,7 @@ impl Server {
         }
         tracing::info!("shutting down");
         shared.shutdown.cancel();
-        for task in accept_tasks {
+        for task in accept_tasks.into_iter().chain(monitor_tasks) {
             let _ = task.await;
         }
         // Every connection watches the token; wait until all are gone.

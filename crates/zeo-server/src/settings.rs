@@ -29,6 +29,9 @@ pub struct ServerSettings {
     pub commit_log_spill_threshold: usize,
     /// Where commit logs spill to (the system temporary directory if `None`).
     pub temporary_directory: Option<PathBuf>,
+    /// Where the ZEO 3/4 monitor server listens (`monitor-address`); no
+    /// monitor when `None`. See [`crate::monitor`].
+    pub monitor_address: Option<crate::ListenAddress>,
 }
 
 impl Default for ServerSettings {
@@ -43,6 +46,7 @@ impl Default for ServerSettings {
             msgpack: false,
             commit_log_spill_threshold: crate::txn_log::DEFAULT_SPILL_THRESHOLD,
             temporary_directory: None,
+            monitor_address: None,
         }
     }
 }
