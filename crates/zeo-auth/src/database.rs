@@ -3,9 +3,9 @@
 //!
 //! Plain text: an optional first line `realm <name>`, then one
 //! `<user>: <hash>` line per user, written sorted by user name. A digest
-//! database stores [`password_hash`](crate::password_hash)`(user, realm,
-//! password)`, so the realm is part of every entry and a database without a
-//! realm cannot hold users.
+//! database stores [`password_hash`] of user, realm and password, so the
+//! realm is part of every entry and a database without a realm cannot hold
+//! users.
 //!
 //! Reading follows ZEO: a first line starting with `realm ` names the realm;
 //! every other line is split at its first `:`, the hash stripped of spaces.

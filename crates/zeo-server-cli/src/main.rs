@@ -221,6 +221,16 @@ fn plan(
             tracing::warn!("ignoring unsupported configuration: {unsupported:?}");
         }
         let zeo = &config.zeo;
+        // Serving without the authentication the operator asked for would
+        // open the storages to anyone: refuse, as ZEO 5 refuses the key.
+        if let Some(protocol) = zeo.authentication_protocol.as_deref() {
+            if protocol != "none" {
+                return Err(format!(
+                    "authentication-protocol {protocol}: ZEO 3/4 authentication is not \
+                     served yet (see docs/auth.md); remove the key to serve without it"
+                ));
+            }
+        }
         settings.read_only = zeo.read_only;
         settings.invalidation_queue_size =
             usize::try_from(zeo.invalidation_queue_size).unwrap_or(usize::MAX);

@@ -143,3 +143,28 @@ fn realm_conflicts_and_usage_errors() {
     let out = passwd(dir.path(), &["-f", "passwd", "bob"], Some("\n"));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+#[test]
+fn a_server_configured_for_authentication_refuses_to_start_unprotected() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("zeo.conf"),
+        "<zeo>\n  address 127.0.0.1:0\n  authentication-protocol digest\n  \
+         authentication-database auth.db\n  authentication-realm zeo\n</zeo>\n\
+         <mappingstorage 1>\n</mappingstorage>\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zeo-server"))
+        .args(["-C", "zeo.conf"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("authentication-protocol digest"),
+        "{}",
+        text(&out)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+}
