@@ -78,10 +78,15 @@ fn cargo() -> Command {
     cmd
 }
 
+/// Where the venvs live. Tests run in their crates' directories, so a
+/// relative `ZEO_XTASK_VENV_DIR` is taken from the workspace root and the
+/// interpreters handed to them are absolute; an empty one means unset.
 fn venv_root() -> PathBuf {
-    std::env::var_os("ZEO_XTASK_VENV_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target").join("python"))
+    let root = workspace_root();
+    match std::env::var_os("ZEO_XTASK_VENV_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target").join("python"),
+    }
 }
 
 /// Prepares both venvs; returns `(env var, interpreter)` pairs for the tests.
