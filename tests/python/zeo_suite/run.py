@@ -186,7 +186,7 @@ class ServerLauncher:
             if stopped:
                 return
             stopped.append(True)
-            _terminate(proc, min(stop_timeout, 30), log_path)
+            _terminate(proc, min(stop_timeout, 30), log_path, workdir)
             if proc in self.live:
                 self.live.remove(proc)
             if not keep:
@@ -283,7 +283,7 @@ def _drain(stream):
         pass
 
 
-def _terminate(proc, timeout, log_path):
+def _terminate(proc, timeout, log_path, workdir):
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -292,8 +292,38 @@ def _terminate(proc, timeout, log_path):
     except subprocess.TimeoutExpired:
         print('WARNING zeo-server did not stop within %ss; killed (%s)'
               % (timeout, log_path), file=sys.stderr)
+        _record_hang(proc.pid, log_path, workdir)
         proc.kill()
         proc.wait()
+
+
+def _record_hang(pid, log_path, workdir):
+    """Appends what the stuck server's threads are doing, and the log files
+    of its working directory, to its log for triage."""
+    with open(log_path, 'a') as out:
+        out.write('\n--- did not stop on SIGTERM; threads:\n')
+        task_dir = '/proc/%d/task' % pid
+        try:
+            tids = sorted(os.listdir(task_dir), key=int)
+        except OSError:
+            tids = []
+        for tid in tids:
+            parts = []
+            for name in ('comm', 'wchan', 'stack'):
+                try:
+                    with open(os.path.join(task_dir, tid, name)) as f:
+                        parts.append(f.read().strip())
+                except OSError:
+                    pass
+            out.write('%s %s\n' % (tid, ' | '.join(parts)))
+        for name in sorted(os.listdir(workdir)):
+            if name.endswith('.log'):
+                out.write('--- %s\n' % name)
+                try:
+                    with open(os.path.join(workdir, name)) as f:
+                        out.write(f.read()[-20000:])
+                except OSError:
+                    pass
 
 
 _SECTION = re.compile(r'^\s*<(/?)([A-Za-z_-]+)')

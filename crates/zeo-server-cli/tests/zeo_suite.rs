@@ -1,0 +1,91 @@
+//! ZEO's own test suite, shipped in the ZEO wheels, run against the
+//! `zeo-server` binary instead of Python's server.
+//!
+//! `tests/python/zeo_suite/run.py` replaces ZEO's `start_zeo_server` (the
+//! one place ZEO's tests start servers) with one that writes the same
+//! ZConfig file and starts this binary, then runs the generic storage tests
+//! (`testZEO.FileStorageTests`, `MappingStorageTests`, ...), connection,
+//! invalidation and conflict-resolution tests. Tests that cannot apply
+//! (blobs, TLS, Python server internals) are listed with their reasons in
+//! `tests/python/zeo_suite/skips.txt`.
+//!
+//! By default a selection bounded to about a minute per ZEO version runs;
+//! `ZEO_SUITE_FULL=1` adds the long tail (reconnection and invalidation
+//! stress tests, ZODB's long race tests).
+
+use std::path::Path;
+use std::time::Duration;
+
+use zeo_testkit::serde_json::Value;
+use zeo_testkit::{python5, python6, run_python_with_timeout, script, TempDir};
+
+/// Fewer tests than this means the selection silently lost classes.
+const MIN_TESTS_RUN: u64 = 180;
+
+fn full_run() -> bool {
+    std::env::var_os("ZEO_SUITE_FULL").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Runs the suite with `python` and checks its summary line.
+fn run_suite(python: &Path, label: &str) {
+    let dir = TempDir::new().unwrap();
+    let timeout = if full_run() {
+        Duration::from_secs(900)
+    } else {
+        Duration::from_secs(300)
+    };
+    let server = env!("CARGO_BIN_EXE_zeo-server");
+    let out = run_python_with_timeout(
+        python,
+        &script("zeo_suite/run.py"),
+        &["--server", server],
+        dir.path(),
+        timeout,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = || format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    let summary: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("ZEO_SUITE_SUMMARY "))
+        .map(|json| zeo_testkit::serde_json::from_str(json).unwrap())
+        .unwrap_or_else(|| panic!("{label}: the suite printed no summary\n{}", report()));
+    let count = |key: &str| summary[key].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        out.status.success() && count("failed") == 0 && count("errors") == 0,
+        "{label}: ZEO tests failed against zeo-server: {}\n{}",
+        summary["failing"],
+        report()
+    );
+    assert!(
+        count("run") >= MIN_TESTS_RUN,
+        "{label}: only {} tests ran\n{}",
+        count("run"),
+        report()
+    );
+    assert_eq!(
+        count("passed") + count("skipped"),
+        count("run"),
+        "{label}: every test passes or is a listed skip\n{}",
+        report()
+    );
+    // What `cargo test -- --nocapture` shows: the per-class table.
+    let table = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("class "))
+        .take_while(|l| !l.starts_with("ZEO_SUITE_SUMMARY"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    println!("{label}\n{table}");
+}
+
+#[test]
+fn zeo6_test_suite_passes_against_zeo_server() {
+    run_suite(&python6(), "ZEO 6");
+}
+
+#[test]
+fn zeo5_test_suite_passes_against_zeo_server() {
+    run_suite(&python5(), "ZEO 5.4.1");
+}
