@@ -7,14 +7,22 @@
 //! beside the loop (other threads of the client keep loading), and slow
 //! read-only work (`pack`, `undoLog`, `undoInfo`, invalidation-age scans)
 //! runs in its own task and replies when done.
+//!
+//! When the server requires ZEO 3/4 `digest` authentication, a client must
+//! log in between the handshake and `register` (`getAuthProtocol`,
+//! `auth_get_challenge`, `auth_response`; see `docs/auth.md`). Those names
+//! are not ZEO 5 methods, so they are answered here from the raw message,
+//! before typed parsing. From the `True` answer on, the outbox seals and the
+//! frame reader checks every frame.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::{Future, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use zeo_auth::{Challenge, MacState};
 use zeo_pickle::Value;
 use zeo_protocol::reply::{self as replies, VoteConflict};
 use zeo_protocol::{
@@ -41,6 +49,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long queued output may take to drain once a connection ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The ZEO 3/4 login methods, answered before typed parsing.
+const AUTH_METHODS: [&str; 3] = ["getAuthProtocol", "auth_get_challenge", "auth_response"];
+
 /// What the error text of blob methods says.
 const NO_BLOBS: &str = "blobs are not supported by this server";
 
@@ -56,18 +67,30 @@ enum Outcome {
 
 type Handled = Result<Outcome, WireError>;
 
+/// Where a connection stands with authentication.
+enum Auth {
+    /// The server does not require it.
+    Off,
+    /// Required and not done yet; the challenge issued last, if any.
+    Pending(Option<Challenge>),
+    /// Done: every frame in both directions carries a MAC.
+    Done,
+}
+
 /// Serves one accepted stream until the client leaves, misbehaves, or the
-/// server shuts down.
-pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, peer: String)
+/// server shuts down. `nonce_peer` is the peer address as ZEO mixed it into
+/// authentication nonces ([`zeo_auth::python_peer_text`], empty for Unix
+/// sockets).
+pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S, peer: String, nonce_peer: String)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", id, peer = %peer);
-    tracing::Instrument::instrument(run(shared, stream, id, peer), span).await;
+    tracing::Instrument::instrument(run(shared, stream, id, peer, nonce_peer), span).await;
 }
 
-async fn run<S>(shared: Arc<Shared>, stream: S, id: ConnId, peer: String)
+async fn run<S>(shared: Arc<Shared>, stream: S, id: ConnId, peer: String, nonce_peer: String)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -121,9 +144,16 @@ where
         }
     });
 
+    let auth = match shared.settings.authentication {
+        Some(_) => Auth::Pending(None),
+        None => Auth::Off,
+    };
     let mut conn = Conn {
         id,
         peer,
+        nonce_peer,
+        auth,
+        recv_mac: None,
         label: None,
         marshaller: Marshaller::server(encoding),
         read_only: shared.settings.read_only,
@@ -164,6 +194,11 @@ async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> std::i
 struct Conn {
     id: ConnId,
     peer: String,
+    nonce_peer: String,
+    auth: Auth,
+    /// The receiving MAC chain, from a successful login until the reader
+    /// takes it over.
+    recv_mac: Option<MacState>,
     label: Option<String>,
     marshaller: Marshaller,
     read_only: bool,
@@ -240,6 +275,11 @@ impl Conn {
                     if !self.handle_frame(&payload).await {
                         return;
                     }
+                    // Frames from here on must carry MACs: the reader has
+                    // not decoded the next one yet.
+                    if let Some(mac) = self.recv_mac.take() {
+                        reader.install_mac(mac);
+                    }
                 }
             }
         }
@@ -267,6 +307,9 @@ impl Conn {
                 return false;
             }
         };
+        if !message.is_heartbeat() && AUTH_METHODS.contains(&message.method.as_str()) {
+            return self.handle_auth(message);
+        }
         let call = match ServerRequest::parse(&message) {
             Ok(Incoming::Heartbeat) => return true,
             Ok(Incoming::Call(call)) => call,
@@ -320,6 +363,134 @@ impl Conn {
                 true
             }
         }
+    }
+
+    /// Answers one of [`AUTH_METHODS`]; false closes the connection.
+    fn handle_auth(&mut self, message: Message) -> bool {
+        let method = message.method.as_str();
+        let oneway = message.flags != zeo_protocol::Flags::None;
+        let authenticator = self.shared.settings.authentication.clone();
+        // Logging in happens once, before register, with calls that expect
+        // answers. A server without authentication knows only
+        // getAuthProtocol (answering None), as ZEO 4 did.
+        let in_order = match (&self.auth, method) {
+            (_, "getAuthProtocol") => true,
+            (Auth::Pending(_), _) => self.hub.is_none(),
+            _ => false,
+        };
+        if oneway || !in_order {
+            tracing::error!(method, oneway, "Invalid method; closing");
+            return false;
+        }
+        let args: &[Value] = match &message.args {
+            Value::Tuple(items) | Value::List(items) => items,
+            _ => &[],
+        };
+        let wanted = usize::from(method == "auth_response");
+        if args.len() != wanted {
+            tracing::error!(method, given = args.len(), "bad arguments");
+            self.outbox.reply_error(
+                message.msgid,
+                &WireError::type_error(&format!(
+                    "{method}() takes {wanted} argument(s) but {} were given",
+                    args.len()
+                )),
+            );
+            return true;
+        }
+        let result = match (method, authenticator) {
+            ("getAuthProtocol", auth) => Ok(match auth {
+                Some(_) => Value::Str(zeo_auth::PROTOCOL.into()),
+                None => Value::None,
+            }),
+            ("auth_get_challenge", Some(auth)) => {
+                let challenge = auth.challenge(&self.nonce_peer, SystemTime::now());
+                let reply = Value::Tuple(vec![
+                    Value::Str(challenge.realm.clone()),
+                    Value::Str(challenge.challenge.clone()),
+                    Value::Str(challenge.key_nonce.clone()),
+                ]);
+                self.auth = Auth::Pending(Some(challenge));
+                Ok(reply)
+            }
+            ("auth_response", Some(auth)) => return self.auth_response(&auth, message.msgid, args),
+            _ => {
+                tracing::error!(method, "Invalid method; closing");
+                return false;
+            }
+        };
+        match result {
+            Ok(value) => self.outbox.reply(message.msgid, value),
+            Err(error) => self.outbox.reply_error(message.msgid, &error),
+        }
+        true
+    }
+
+    /// `auth_response((user, challenge, response))`: answers True and
+    /// switches MACs on, or False, or an error.
+    fn auth_response(
+        &mut self,
+        auth: &zeo_auth::ServerAuthenticator,
+        msgid: Value,
+        args: &[Value],
+    ) -> bool {
+        let text = |v: &Value| match v {
+            Value::Str(s) => Some(s.clone()),
+            Value::Bytes(b) => String::from_utf8(b.clone()).ok(),
+            _ => None,
+        };
+        let parts = match args.first() {
+            Some(Value::Tuple(items) | Value::List(items)) if items.len() == 3 => {
+                items.iter().map(text).collect::<Option<Vec<String>>>()
+            }
+            _ => None,
+        };
+        let Some([user, challenge, response]) = parts.and_then(|p| <[String; 3]>::try_from(p).ok())
+        else {
+            tracing::error!("auth_response: not a (user, challenge, response) tuple");
+            self.outbox.reply_error(
+                msgid,
+                &WireError::type_error(
+                    "auth_response() takes a (user, challenge, response) tuple of strings",
+                ),
+            );
+            return true;
+        };
+        // A challenge answers one response: another try needs a new one.
+        let issued = match std::mem::replace(&mut self.auth, Auth::Pending(None)) {
+            Auth::Pending(issued) => issued,
+            other => {
+                self.auth = other;
+                None
+            }
+        };
+        match auth.verify(issued.as_ref(), &user, &challenge, &response) {
+            Ok(Some(key)) => {
+                tracing::info!(%user, "authenticated");
+                // The answer itself goes out plain: the client switches its
+                // receiving chain on only after reading it.
+                self.outbox.reply(msgid, Value::Bool(true));
+                self.outbox.start_mac(MacState::new(&key));
+                self.recv_mac = Some(MacState::new(&key));
+                self.auth = Auth::Done;
+            }
+            Ok(None) => {
+                tracing::warn!(%user, "authentication failed: wrong password");
+                self.outbox.reply(msgid, Value::Bool(false));
+            }
+            Err(err) => {
+                tracing::warn!(%user, %err, "authentication failed");
+                let class = match err {
+                    zeo_auth::Error::NoSuchUser(_) => "builtins.LookupError",
+                    _ => "builtins.ValueError",
+                };
+                self.outbox.reply_error(
+                    msgid,
+                    &WireError::with_args(class, vec![Value::Str(err.to_string())]),
+                );
+            }
+        }
+        true
     }
 
     fn hub(&self) -> Result<&Arc<StorageHub>, WireError> {
@@ -501,6 +672,15 @@ impl Conn {
     }
 
     fn register(&mut self, name: &str, read_only: bool, msgid: Value, oneway: bool) -> Handled {
+        if matches!(self.auth, Auth::Pending(_)) {
+            tracing::warn!(storage = name, "register before authentication");
+            return Err(WireError::with_args(
+                "ZEO.Exceptions.AuthError",
+                vec![Value::Str(
+                    "Client was never authenticated with server!".into(),
+                )],
+            ));
+        }
         let Some(hub) = self.shared.hubs.get(name).cloned() else {
             tracing::warn!(storage = name, "unknown storage");
             return Err(WireError::value_error(&format!("unknown storage: {name}")));

@@ -9,16 +9,21 @@
 //! last frame was taken. The rest of a frame that arrives in pieces is read
 //! straight into the heap buffer, which the codec sized for the frame after
 //! checking its announced length against the limit.
+//!
+//! Once a client has authenticated (ZEO 3/4 `digest`, see `docs/auth.md`)
+//! every frame must carry the MAC bit and a MAC that continues the chain;
+//! a frame that does not ends the stream with an error.
 
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio_util::codec::Decoder;
+use zeo_auth::{MacState, MAC_LEN};
 use zeo_protocol::FrameCodec;
 
 /// Bytes read at once when nothing is buffered: a whole small request, or
@@ -31,6 +36,8 @@ pub(crate) struct FrameReader<R> {
     inner: R,
     codec: FrameCodec,
     buf: BytesMut,
+    /// The receiving MAC chain, once the client authenticated.
+    mac: Option<MacState>,
 }
 
 impl<R> FrameReader<R> {
@@ -40,8 +47,54 @@ impl<R> FrameReader<R> {
             inner,
             codec,
             buf: BytesMut::new(),
+            mac: None,
         }
     }
+
+    /// Requires and checks a MAC on every frame from now on. Bytes already
+    /// buffered are not decoded yet, so they are checked too.
+    pub(crate) fn install_mac(&mut self, mac: MacState) {
+        self.mac = Some(mac);
+    }
+
+    /// The next frame in `buf`, if it is all there.
+    fn decode(&mut self) -> Result<Option<BytesMut>, zeo_protocol::Error> {
+        let Some(mac) = self.mac.as_mut() else {
+            return self.codec.decode(&mut self.buf);
+        };
+        let Some(word) = self.buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let word = u32::from_be_bytes(*word);
+        let (has_mac, len) = zeo_auth::split_length_word(word);
+        if !has_mac {
+            return Err(refused(zeo_auth::Error::MissingMac));
+        }
+        let len = len as usize;
+        let max = self.codec.max_frame();
+        if len > max {
+            return Err(zeo_protocol::Error::FrameTooLarge {
+                len: len as u64,
+                max: max as u64,
+            });
+        }
+        let total = 4 + MAC_LEN + len;
+        if self.buf.len() < total {
+            // Safe to reserve: `len` is within the configured limit.
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(4);
+        let mut body = self.buf.split_to(MAC_LEN + len);
+        mac.open_body(word, &body).map_err(refused)?;
+        body.advance(MAC_LEN);
+        Ok(Some(body))
+    }
+}
+
+/// A frame whose MAC is missing or wrong: the connection cannot go on.
+fn refused(err: zeo_auth::Error) -> zeo_protocol::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, err).into()
 }
 
 fn truncated() -> zeo_protocol::Error {
@@ -79,7 +132,7 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            match this.codec.decode(&mut this.buf) {
+            match this.decode() {
                 Ok(Some(frame)) => {
                     if this.buf.is_empty() {
                         // The frame alone keeps the allocation alive now.
@@ -137,6 +190,45 @@ mod tests {
         writer.await.unwrap();
         assert_eq!(got, vec![b"a".to_vec(), Vec::new(), big, b"tail".to_vec()]);
         assert_eq!(reader.buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn after_install_mac_frames_are_checked_wherever_they_split() {
+        let key = zeo_auth::SessionKey::derive(&"b".repeat(40), "n").unwrap();
+        let mut sealer = MacState::new(&key);
+        let big = vec![3u8; 70_000];
+        let mut wire = frame(b"plain");
+        for payload in [&b"one"[..], &big, b"two"] {
+            wire.extend(sealer.seal(payload).unwrap());
+        }
+        // Sent at once, so the sealed frames are buffered before the switch.
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(server, FrameCodec::new());
+        for piece in wire.chunks(1001) {
+            client.write_all(piece).await.unwrap();
+        }
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"plain");
+        reader.install_mac(MacState::new(&key));
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"one");
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], &big[..]);
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"two");
+        // A plain frame now is refused, and so is a sealed one after it.
+        client.write_all(&frame(b"unsealed")).await.unwrap();
+        assert!(reader.next().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_flipped_bit_fails_the_mac() {
+        let key = zeo_auth::SessionKey::derive(&"c".repeat(40), "n").unwrap();
+        let mut wire = MacState::new(&key).seal(b"payload").unwrap();
+        let last = wire.len() - 1;
+        wire[last] ^= 1;
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut reader = FrameReader::new(server, FrameCodec::new());
+        reader.install_mac(MacState::new(&key));
+        client.write_all(&wire).await.unwrap();
+        let err = reader.next().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("MAC failed"), "{err}");
     }
 
     #[tokio::test]

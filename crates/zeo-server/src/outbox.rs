@@ -6,6 +6,13 @@
 //! the client receives them. Queuing never waits: a commit publishing
 //! invalidations must not stall on a slow client. Instead the queue's size
 //! is bounded in bytes, and a client that lets it overflow is disconnected.
+//!
+//! After a client authenticates, every frame carries a MAC chained over all
+//! earlier frames, so MACs must be computed in exactly the order frames
+//! reach the wire. The writer task computes them as it frames each payload,
+//! and the switch to MAC'd frames travels through the same queue
+//! ([`Outbox::start_mac`]): whatever was queued before it goes out plain,
+//! everything after it sealed.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +20,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
+use zeo_auth::{MacState, MAC_LEN};
 use zeo_pickle::Value;
 use zeo_protocol::{Encoding, Marshaller, Message, Reply, WireError};
 
@@ -30,7 +38,7 @@ pub fn encode(encoding: Encoding, message: &Message) -> Result<Bytes, zeo_protoc
 pub struct Outbox {
     conn: ConnId,
     encoding: Encoding,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Queued>,
     backlog: Arc<AtomicUsize>,
     max_backlog: usize,
     closed: AtomicBool,
@@ -40,8 +48,25 @@ pub struct Outbox {
 /// What the writer task needs.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<Queued>,
     backlog: Arc<AtomicUsize>,
+}
+
+/// What travels from the outbox to the writer task.
+enum Queued {
+    /// An encoded message, without its length word.
+    Payload(Bytes),
+    /// Seal every later payload with this MAC chain.
+    StartMac(Box<MacState>),
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Queued::Payload(p) => write!(f, "Payload({} bytes)", p.len()),
+            Queued::StartMac(_) => f.write_str("StartMac"),
+        }
+    }
 }
 
 impl Outbox {
@@ -91,7 +116,16 @@ impl Outbox {
             self.close();
             return;
         }
-        if self.tx.send(payload).is_err() {
+        if self.tx.send(Queued::Payload(payload)).is_err() {
+            self.close();
+        }
+    }
+
+    /// Seals every message queued after this call with `mac`, the sending
+    /// chain of an authenticated connection; messages queued before it go
+    /// out as they were.
+    pub fn start_mac(&self, mac: MacState) {
+        if self.tx.send(Queued::StartMac(Box::new(mac))).is_err() {
             self.close();
         }
     }
@@ -157,13 +191,17 @@ impl OutboxReceiver {
     /// connection is idle.
     pub async fn write_all<W: AsyncWrite + Unpin>(mut self, mut sink: W) -> std::io::Result<()> {
         let mut batch = Batch::default();
+        let mut mac: Option<MacState> = None;
         while let Some(first) = self.rx.recv().await {
-            batch.push(first)?;
+            batch.accept(first, &mut mac)?;
             while batch.frames.len() < BATCH_FRAMES && batch.remaining() < BATCH_BYTES {
                 match self.rx.try_recv() {
-                    Ok(payload) => batch.push(payload)?,
+                    Ok(queued) => batch.accept(queued, &mut mac)?,
                     Err(_) => break,
                 }
+            }
+            if batch.frames.is_empty() {
+                continue;
             }
             let drained = batch.payload_bytes;
             sink.write_all_buf(&mut batch).await?;
@@ -181,11 +219,24 @@ const BATCH_FRAMES: usize = 32;
 /// Most bytes gathered for one write.
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// Frames on their way out: a length prefix and a queued payload each, read
-/// as one [`Buf`] from `frames[at]`, `offset` bytes in.
+/// The bytes before a payload: its length word, then its MAC on an
+/// authenticated connection.
+struct Header {
+    bytes: [u8; 4 + MAC_LEN],
+    len: usize,
+}
+
+impl Header {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Frames on their way out: a header and a queued payload each, read as one
+/// [`Buf`] from `frames[at]`, `offset` bytes in.
 #[derive(Default)]
 struct Batch {
-    frames: Vec<([u8; 4], Bytes)>,
+    frames: Vec<(Header, Bytes)>,
     at: usize,
     offset: usize,
     remaining: usize,
@@ -193,13 +244,40 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, payload: Bytes) -> std::io::Result<()> {
-        let len = u32::try_from(payload.len()).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "message over 4 GiB")
-        })?;
-        self.remaining += 4 + payload.len();
+    /// Adds a queued payload, sealed when `mac` is set, or switches `mac`
+    /// on.
+    fn accept(&mut self, queued: Queued, mac: &mut Option<MacState>) -> std::io::Result<()> {
+        match queued {
+            Queued::Payload(payload) => self.push(payload, mac.as_mut()),
+            Queued::StartMac(state) => {
+                *mac = Some(*state);
+                Ok(())
+            }
+        }
+    }
+
+    fn push(&mut self, payload: Bytes, mac: Option<&mut MacState>) -> std::io::Result<()> {
+        let mut header = Header {
+            bytes: [0; 4 + MAC_LEN],
+            len: 4,
+        };
+        match mac {
+            Some(mac) => {
+                header.bytes = mac
+                    .seal_header(&payload)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                header.len = header.bytes.len();
+            }
+            None => {
+                let len = u32::try_from(payload.len()).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "message over 4 GiB")
+                })?;
+                header.bytes[..4].copy_from_slice(&len.to_be_bytes());
+            }
+        }
+        self.remaining += header.len + payload.len();
         self.payload_bytes += payload.len();
-        self.frames.push((len.to_be_bytes(), payload));
+        self.frames.push((header, payload));
         Ok(())
     }
 
@@ -218,10 +296,11 @@ impl Batch {
     /// header and payload as two slices.
     fn parts(&self, i: usize, skip: usize) -> [&[u8]; 2] {
         let (header, payload) = &self.frames[i];
-        if skip < 4 {
+        let header = header.as_slice();
+        if skip < header.len() {
             [&header[skip..], payload]
         } else {
-            [&[], &payload[skip - 4..]]
+            [&[], &payload[skip - header.len()..]]
         }
     }
 }
@@ -266,7 +345,8 @@ impl Buf for Batch {
         assert!(cnt <= self.remaining, "advanced past the end of a batch");
         self.remaining -= cnt;
         while cnt > 0 {
-            let left = 4 + self.frames[self.at].1.len() - self.offset;
+            let (header, payload) = &self.frames[self.at];
+            let left = header.len + payload.len() - self.offset;
             if cnt < left {
                 self.offset += cnt;
                 return;
@@ -368,6 +448,39 @@ mod tests {
                 let (out, _) = written(step, vectored, &payloads).await;
                 assert!(out == expected, "step {step}, vectored {vectored}");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_after_start_mac_are_sealed_in_queue_order() {
+        let key = zeo_auth::SessionKey::derive(&"a".repeat(40), "nonce").unwrap();
+        let payloads: Vec<Vec<u8>> = (1..40u8).map(|i| vec![i; i as usize * 11]).collect();
+        for (step, vectored) in [(usize::MAX, true), (7, true), (5, false)] {
+            let (outbox, receiver) = Outbox::new(1, Encoding::Pickle, usize::MAX);
+            outbox.send_encoded(Bytes::from_static(b"plain"));
+            outbox.start_mac(MacState::new(&key));
+            for p in &payloads {
+                outbox.send_encoded(Bytes::from(p.clone()));
+            }
+            drop(outbox);
+            let mut sink = Trickle {
+                out: Vec::new(),
+                step,
+                vectored,
+                writes: 0,
+            };
+            receiver.write_all(&mut sink).await.unwrap();
+            let (first, mut rest) = zeo_protocol::decode_frame(&sink.out).unwrap();
+            assert_eq!(first, b"plain");
+            let mut opener = MacState::new(&key);
+            for p in &payloads {
+                let word = u32::from_be_bytes(rest[..4].try_into().unwrap());
+                let body_len = zeo_auth::body_len(word);
+                let body = &rest[4..4 + body_len];
+                assert_eq!(opener.open_body(word, body).unwrap(), &p[..]);
+                rest = &rest[4 + body_len..];
+            }
+            assert!(rest.is_empty());
         }
     }
 

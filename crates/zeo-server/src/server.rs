@@ -443,7 +443,8 @@ async fn accept_tcp(
                 let shared = shared.clone();
                 let alive = alive.clone();
                 tokio::spawn(async move {
-                    crate::connection::serve(shared, stream, peer.to_string()).await;
+                    let nonce_peer = zeo_auth::python_peer_text(&peer);
+                    crate::connection::serve(shared, stream, peer.to_string(), nonce_peer).await;
                     drop(alive);
                 });
             }
@@ -472,7 +473,8 @@ async fn accept_unix(
                 let alive = alive.clone();
                 let peer = path.display().to_string();
                 tokio::spawn(async move {
-                    crate::connection::serve(shared, stream, peer).await;
+                    // ZEO saw an empty peer address for Unix sockets.
+                    crate::connection::serve(shared, stream, peer, String::new()).await;
                     drop(alive);
                 });
             }
