@@ -13,8 +13,14 @@
 //! `ZEO_SUITE_FULL=1` adds the long tail (reconnection and invalidation
 //! stress tests, ZODB's long race tests).
 
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use common::ServerProcess;
 
 use zeo_testkit::serde_json::Value;
 use zeo_testkit::{python5, python6, run_python_with_timeout, script, TempDir};
@@ -88,4 +94,29 @@ fn zeo6_test_suite_passes_against_zeo_server() {
 #[test]
 fn zeo5_test_suite_passes_against_zeo_server() {
     run_suite(&python5(), "ZEO 5.4.1");
+}
+
+/// Found by `checkDisconnectionError` stalling 30 s: a peer that connected
+/// but never answered the protocol greeting held up a SIGTERM shutdown for
+/// the 60 s handshake timeout (ZEO's tests leave such sockets behind).
+#[test]
+fn sigterm_does_not_wait_for_a_peer_that_never_answered_the_greeting() {
+    let dir = TempDir::new().unwrap();
+    let server = ServerProcess::start(dir.path(), &["-a", "127.0.0.1:0", "-f", "Data.fs"]);
+    let mut silent = TcpStream::connect(server.addr()).unwrap();
+    // The greeting arrives, so the connection is past accept().
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = [0u8; 6];
+    silent.read_exact(&mut greeting).unwrap();
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    let (status, stderr) = server.wait();
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
 }

@@ -110,7 +110,13 @@ where
     {
         return;
     }
-    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
+    // A shutdown must not wait for a peer that connected but never
+    // answered the greeting.
+    let hello = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()) => hello,
+    };
+    let hello = match hello {
         Err(_) => {
             tracing::info!("no handshake; closing");
             return;
