@@ -9,6 +9,11 @@
 //! up. The server sends an invalidation before any reply that reflects it,
 //! so this order is what keeps the cache from ever holding a stale current
 //! revision.
+//!
+//! With a user name and password, and a server that asks for ZEO 3/4
+//! `digest` authentication, the client logs in right after the handshake
+//! and before any task starts; from then on the writer seals every frame it
+//! sends and the reader checks every frame it receives (see `docs/auth.md`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -18,6 +23,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tracing::{debug, warn};
+use zeo_auth::{ClientProof, MacState, SessionKey, MAC_LEN};
 use zeo_pickle::Value;
 use zeo_protocol::{
     client::replies, encode_frame, ClientEvent, ClientHandshake, ClientIncoming, ClientRequest,
@@ -52,6 +58,16 @@ pub enum Notice {
     },
     /// The connection was lost; the client is reconnecting.
     Disconnected,
+    /// A server refused to let the client in: wrong credentials, none
+    /// given to a server that requires them, or credentials for a server
+    /// that cannot check them. The client keeps trying, as ZEO does, but
+    /// the same options will keep failing.
+    AuthenticationFailed {
+        /// The server's address.
+        address: String,
+        /// What went wrong ([`crate::Error::Auth`]'s text).
+        reason: String,
+    },
 }
 
 /// State the reader task shares with the client.
@@ -141,6 +157,7 @@ pub(crate) struct Conn {
     pub generation: u64,
     server_tid: AtomicU64,
     marshaller: Marshaller,
+    /// Encoded messages for the writer task, which frames them.
     out: mpsc::UnboundedSender<Vec<u8>>,
     pending: Mutex<HashMap<CallKey, Pending>>,
     next_id: AtomicI64,
@@ -181,22 +198,201 @@ async fn open_stream(address: &ServerAddress) -> std::io::Result<Box<dyn Stream>
     }
 }
 
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)
+/// Reads one frame's payload; with `mac`, the frame must carry a MAC that
+/// continues the chain.
+async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    mac: Option<&mut MacState>,
+) -> Result<Vec<u8>> {
+    let mut word = [0u8; 4];
+    r.read_exact(&mut word)
         .await
         .map_err(|e| Error::Disconnected(e.to_string()))?;
-    let len = u32::from_be_bytes(len) as usize;
+    let word = u32::from_be_bytes(word);
+    let (len, extra) = match &mac {
+        None => (word as usize, 0),
+        Some(_) => match zeo_auth::split_length_word(word) {
+            (true, len) => (len as usize, MAC_LEN),
+            (false, _) => return Err(Error::Protocol(zeo_auth::Error::MissingMac.to_string())),
+        },
+    };
     if len > max {
         return Err(Error::Protocol(format!(
             "frame of {len} bytes exceeds the limit of {max}"
         )));
     }
-    let mut buf = vec![0u8; len];
+    let mut buf = vec![0u8; extra + len];
     r.read_exact(&mut buf)
         .await
         .map_err(|e| Error::Disconnected(e.to_string()))?;
+    if let Some(mac) = mac {
+        mac.open_body(word, &buf)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        buf.drain(..MAC_LEN);
+    }
     Ok(buf)
+}
+
+/// Frames `payload` for the wire, sealed when the connection is MAC'd.
+fn frame(payload: &[u8], mac: Option<&mut MacState>) -> Result<Vec<u8>> {
+    match mac {
+        Some(mac) => mac
+            .seal(payload)
+            .map_err(|e| Error::Protocol(e.to_string())),
+        None => encode_frame(payload).map_err(|e| Error::Protocol(e.to_string())),
+    }
+}
+
+/// The client error for an exception the server raised: `AuthError`
+/// becomes [`Error::Auth`], the rest storage errors.
+fn server_error(wire: &WireError) -> Error {
+    if wire.class.rsplit('.').next() == Some("AuthError") {
+        let message = match &wire.fields {
+            Value::Tuple(items) | Value::List(items) => match items.as_slice() {
+                [Value::Str(m)] => m.clone(),
+                _ => format!("{items:?}"),
+            },
+            other => format!("{other:?}"),
+        };
+        return Error::Auth(message);
+    }
+    Error::Storage(wire.to_storage_error())
+}
+
+/// A text member of a login reply: a Python 3 `str`, or ZEO 4's Python 2
+/// byte strings.
+fn login_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Str(s) => Some(s.clone()),
+        Value::Bytes(b) => String::from_utf8(b.clone()).ok(),
+        _ => None,
+    }
+}
+
+/// The handshake-to-register stretch of a connection, before the reader and
+/// writer tasks exist: calls answered in order on the bare stream.
+struct Setup<'a, R, W> {
+    rd: &'a mut R,
+    wr: &'a mut W,
+    marshaller: Marshaller,
+    max: usize,
+    address: &'a ServerAddress,
+    next_id: i64,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Setup<'_, R, W> {
+    async fn call(&mut self, method: &str, args: Vec<Value>) -> Result<Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let payload = self
+            .marshaller
+            .encode(&Message::call(id, method, args))
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let wire = frame(&payload, None)?;
+        self.wr
+            .write_all(&wire)
+            .await
+            .map_err(|e| disconnected(format!("{}: {e}", self.address)))?;
+        loop {
+            let payload = read_frame(self.rd, self.max, None)
+                .await
+                .map_err(|e| match e {
+                    // ZEO 5/6 servers close the connection on a method they do
+                    // not know, which the first login call is for them.
+                    Error::Disconnected(_) if method == "getAuthProtocol" => Error::Auth(format!(
+                        "{} closed the connection when asked for its authentication \
+                     protocol: it does not support authentication (stock ZEO 5/6 \
+                     servers do not); connect without a username and password",
+                        self.address
+                    )),
+                    other => other,
+                })?;
+            let msg = self
+                .marshaller
+                .decode(&payload)
+                .map_err(|e| Error::Protocol(e.to_string()))?;
+            match ClientIncoming::parse(&msg) {
+                Ok(ClientIncoming::Reply { msgid, result }) if msgid == Value::Int(id) => {
+                    return result.map_err(|wire| server_error(&wire));
+                }
+                // Nothing else is expected before register; skip it.
+                _ => debug!(method = %msg.method, "ignoring a message while logging in"),
+            }
+        }
+    }
+
+    /// Logs in when the options carry credentials and the server asks for
+    /// authentication; returns the session key to MAC the connection with.
+    async fn authenticate(&mut self, options: &ClientOptions) -> Result<Option<SessionKey>> {
+        let (user, password) = match (&options.username, &options.password) {
+            (None, None) => return Ok(None),
+            (Some(user), Some(password)) => (user, password),
+            _ => {
+                return Err(Error::Auth(
+                    "a username needs a password and a password a username".into(),
+                ))
+            }
+        };
+        let protocol = self.call("getAuthProtocol", Vec::new()).await?;
+        match login_text(&protocol) {
+            // No authentication asked for: register right away, as ZEO does.
+            None if protocol == Value::None => return Ok(None),
+            Some(p) if p == zeo_auth::PROTOCOL => {}
+            _ => {
+                return Err(Error::Auth(format!(
+                    "{}: unsupported authentication protocol {protocol:?}",
+                    self.address
+                )))
+            }
+        }
+        let reply = self.call("auth_get_challenge", Vec::new()).await?;
+        let challenge = match &reply {
+            Value::Tuple(items) | Value::List(items) => match items.as_slice() {
+                [realm, challenge, key_nonce] => {
+                    match (
+                        login_text(realm),
+                        login_text(challenge),
+                        login_text(key_nonce),
+                    ) {
+                        (Some(realm), Some(challenge), Some(key_nonce)) => {
+                            Some(zeo_auth::Challenge {
+                                realm,
+                                challenge,
+                                key_nonce,
+                            })
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+        .ok_or_else(|| Error::Protocol(format!("auth_get_challenge returned {reply:?}")))?;
+        let proof = ClientProof::new(user, password, options.realm.as_deref(), &challenge)
+            .map_err(|e| Error::Auth(e.to_string()))?;
+        let answer = Value::Tuple(vec![
+            Value::Str(user.clone()),
+            Value::Str(challenge.challenge.clone()),
+            Value::Str(proof.response.clone()),
+        ]);
+        let verdict = self
+            .call("auth_response", vec![answer])
+            .await
+            .map_err(|e| match e {
+                // Unknown user (LookupError), a stale challenge (ValueError).
+                Error::Storage(inner) => Error::Auth(inner.to_string()),
+                other => other,
+            })?;
+        match verdict {
+            Value::Bool(true) | Value::Int(1) => Ok(Some(proof.session_key)),
+            Value::Bool(false) | Value::Int(0) => Err(Error::Auth(
+                zeo_auth::Error::AuthenticationFailed.to_string(),
+            )),
+            other => Err(Error::Protocol(format!("auth_response returned {other:?}"))),
+        }
+    }
 }
 
 fn disconnected(what: impl std::fmt::Display) -> Error {
@@ -216,12 +412,19 @@ impl Conn {
         shared: Arc<Shared>,
         generation: u64,
     ) -> Result<Arc<Conn>> {
-        tokio::time::timeout(
+        let opened = tokio::time::timeout(
             SETUP_TIMEOUT,
-            Self::open_inner(address, options, shared, generation),
+            Self::open_inner(address, options, shared.clone(), generation),
         )
         .await
-        .map_err(|_| disconnected(format!("{address}: timed out connecting")))?
+        .map_err(|_| disconnected(format!("{address}: timed out connecting")))?;
+        if let Err(Error::Auth(reason)) = &opened {
+            shared.notify(Notice::AuthenticationFailed {
+                address: address.to_string(),
+                reason: reason.clone(),
+            });
+        }
+        opened
     }
 
     async fn open_inner(
@@ -234,7 +437,7 @@ impl Conn {
             .await
             .map_err(|e| disconnected(format!("{address}: {e}")))?;
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let greeting = read_frame(&mut rd, 64).await?;
+        let greeting = read_frame(&mut rd, 64, None).await?;
         let (encoding, answer) = ClientHandshake::new()
             .receive(&greeting)
             .map_err(|e| Error::Protocol(format!("{address}: {e}")))?;
@@ -243,6 +446,22 @@ impl Conn {
             .await
             .map_err(|e| disconnected(format!("{address}: {e}")))?;
         debug!(%address, ?encoding, "handshake done");
+
+        let key = Setup {
+            rd: &mut rd,
+            wr: &mut wr,
+            marshaller: Marshaller::client(encoding),
+            max: options.max_frame,
+            address,
+            next_id: 0,
+        }
+        .authenticate(options)
+        .await?;
+        if key.is_some() {
+            debug!(%address, "authenticated; messages are MAC'd from now on");
+        }
+        let send_mac = key.as_ref().map(MacState::new);
+        let recv_mac = key.as_ref().map(MacState::new);
 
         let (out, out_rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {
@@ -265,8 +484,14 @@ impl Conn {
             out_rx,
             options.heartbeat_interval,
             conn.marshaller,
+            send_mac,
         ));
-        let reader = tokio::spawn(read_loop(Arc::downgrade(&conn), rd, options.max_frame));
+        let reader = tokio::spawn(read_loop(
+            Arc::downgrade(&conn),
+            rd,
+            options.max_frame,
+            recv_mac,
+        ));
         conn.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -349,9 +574,8 @@ impl Conn {
             .marshaller
             .encode(msg)
             .map_err(|e| Error::Protocol(e.to_string()))?;
-        let frame = encode_frame(&payload).map_err(|e| Error::Protocol(e.to_string()))?;
         self.out
-            .send(frame)
+            .send(payload)
             .map_err(|_| disconnected("connection closed"))
     }
 
@@ -363,7 +587,7 @@ impl Conn {
     async fn wait(&self, rx: oneshot::Receiver<Reply>) -> Result<Value> {
         match rx.await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(wire)) => Err(Error::Storage(wire.to_storage_error())),
+            Ok(Err(wire)) => Err(server_error(&wire)),
             Err(_) => Err(disconnected(format!("connection to {} lost", self.address))),
         }
     }
@@ -487,45 +711,57 @@ impl Conn {
     }
 }
 
+/// Frames and writes queued payloads, and a heartbeat when idle. On a MAC'd
+/// connection each frame is sealed here, so the chain follows exactly the
+/// order frames reach the wire.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     heartbeat: Duration,
     marshaller: Marshaller,
+    mut mac: Option<MacState>,
 ) {
-    let beat = marshaller
-        .encode(&Message::heartbeat())
-        .ok()
-        .and_then(|p| encode_frame(&p).ok())
-        .unwrap_or_default();
+    let beat = marshaller.encode(&Message::heartbeat()).ok();
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
     loop {
-        tokio::select! {
-            frame = rx.recv() => {
-                let Some(frame) = frame else { break };
-                if wr.write_all(&frame).await.is_err() {
-                    break;
-                }
+        let payload = tokio::select! {
+            payload = rx.recv() => match payload {
+                Some(p) => p,
+                None => break,
+            },
+            _ = ticker.tick() => match &beat {
+                Some(b) => b.clone(),
+                None => continue,
+            },
+        };
+        let written = match frame(&payload, mac.as_mut()) {
+            Ok(f) => wr.write_all(&f).await.is_ok(),
+            Err(e) => {
+                warn!(error = %e, "cannot frame a message; closing");
+                false
             }
-            _ = ticker.tick() => {
-                if !beat.is_empty() && wr.write_all(&beat).await.is_err() {
-                    break;
-                }
-            }
+        };
+        if !written {
+            break;
         }
     }
     let _ = wr.shutdown().await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(conn: std::sync::Weak<Conn>, mut rd: R, max: usize) {
+async fn read_loop<R: AsyncRead + Unpin>(
+    conn: std::sync::Weak<Conn>,
+    mut rd: R,
+    max: usize,
+    mut mac: Option<MacState>,
+) {
     let encoding = match conn.upgrade() {
         Some(c) => c.marshaller.encoding(),
         None => return,
     };
     let marshaller = Marshaller::client(encoding);
     loop {
-        let frame = read_frame(&mut rd, max).await;
+        let frame = read_frame(&mut rd, max, mac.as_mut()).await;
         let Some(c) = conn.upgrade() else { return };
         match frame {
             Ok(payload) => match marshaller.decode(&payload) {

@@ -22,6 +22,12 @@ pub enum Error {
     #[error(transparent)]
     Storage(#[from] zeo_storage::Error),
 
+    /// ZEO's `AuthError`: the server turned the credentials down
+    /// (`Authentication failed`), the client had none to give, or the
+    /// realms differ. Retrying with the same options cannot help.
+    #[error("AuthError: {0}")]
+    Auth(String),
+
     /// The server said something this client cannot understand.
     #[error("ProtocolError: {0}")]
     Protocol(String),

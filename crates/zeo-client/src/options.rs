@@ -159,6 +159,15 @@ pub struct ClientOptions {
     pub max_frame: usize,
     /// Interval of keep-alive messages.
     pub heartbeat_interval: Duration,
+    /// User name for ZEO 3/4 `digest` authentication. With a
+    /// [`password`](ClientOptions::password) too, the client logs in before
+    /// `register` whenever the server asks for it (only zeo-rs servers
+    /// still do; see `docs/auth.md`).
+    pub username: Option<String>,
+    /// Password for [`username`](ClientOptions::username).
+    pub password: Option<String>,
+    /// The realm the server must announce; `None` accepts the server's.
+    pub realm: Option<String>,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -172,6 +181,8 @@ impl fmt::Debug for ClientOptions {
             .field("read_only_fallback", &self.read_only_fallback)
             .field("wait", &self.wait)
             .field("wait_timeout", &self.wait_timeout)
+            .field("username", &self.username)
+            .field("realm", &self.realm)
             .finish_non_exhaustive()
     }
 }
@@ -195,6 +206,9 @@ impl ClientOptions {
             conflict_resolver: None,
             max_frame: 64 * 1024 * 1024,
             heartbeat_interval: Duration::from_secs(60),
+            username: None,
+            password: None,
+            realm: None,
         }
     }
 
@@ -275,6 +289,9 @@ impl TryFrom<&zeo_config::ClientConfig> for ClientOptions {
         options.read_only_fallback = config.read_only_fallback;
         options.client_label = config.client_label.clone();
         options.max_frame = usize::try_from(config.max_message_size.bytes()).unwrap_or(usize::MAX);
+        options.username = config.username.clone();
+        options.password = config.password.clone();
+        options.realm = config.realm.clone();
         Ok(options)
     }
 }
