@@ -14,21 +14,6 @@ use crate::syntax::{Item, KeyValue, Section};
 pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
     (
         "zeo",
-        "authentication-protocol",
-        "ZEO 3/4 authentication is not implemented yet",
-    ),
-    (
-        "zeo",
-        "authentication-database",
-        "ZEO 3/4 authentication is not implemented yet",
-    ),
-    (
-        "zeo",
-        "authentication-realm",
-        "ZEO 3/4 authentication is not implemented yet",
-    ),
-    (
-        "zeo",
         "drop-cache-rather-verify",
         "a ZEO 4 server key with no effect in ZEO 5",
     ),
@@ -72,21 +57,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
         "accepted and ignored by ZEO 5 clients",
     ),
     (
-        "zeoclient",
-        "username",
-        "ZEO 3/4 authentication is not implemented",
-    ),
-    (
-        "zeoclient",
-        "password",
-        "ZEO 3/4 authentication is not implemented",
-    ),
-    (
-        "zeoclient",
-        "realm",
-        "ZEO 3/4 authentication is not implemented",
-    ),
-    (
         "clientstorage",
         "min-disconnect-poll",
         "accepted and ignored by ZEO 5 clients",
@@ -100,21 +70,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
         "clientstorage",
         "drop-cache-rather-verify",
         "accepted and ignored by ZEO 5 clients",
-    ),
-    (
-        "clientstorage",
-        "username",
-        "ZEO 3/4 authentication is not implemented",
-    ),
-    (
-        "clientstorage",
-        "password",
-        "ZEO 3/4 authentication is not implemented",
-    ),
-    (
-        "clientstorage",
-        "realm",
-        "ZEO 3/4 authentication is not implemented",
     ),
     ("zodb", "class-factory", "it names a Python callable"),
 ];

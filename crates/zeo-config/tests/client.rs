@@ -108,9 +108,6 @@ fn every_zeoclient_key() {
         [
             "min-disconnect-poll",
             "max-disconnect-poll",
-            "username",
-            "password",
-            "realm",
             "drop-cache-rather-verify"
         ]
     );

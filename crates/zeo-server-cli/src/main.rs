@@ -221,16 +221,7 @@ fn plan(
             tracing::warn!("ignoring unsupported configuration: {unsupported:?}");
         }
         let zeo = &config.zeo;
-        // Serving without the authentication the operator asked for would
-        // open the storages to anyone: refuse, as ZEO 5 refuses the key.
-        if let Some(protocol) = zeo.authentication_protocol.as_deref() {
-            if protocol != "none" {
-                return Err(format!(
-                    "authentication-protocol {protocol}: ZEO 3/4 authentication is not \
-                     served yet (see docs/auth.md); remove the key to serve without it"
-                ));
-            }
-        }
+        settings.authentication = authentication(zeo)?;
         settings.read_only = zeo.read_only;
         settings.invalidation_queue_size =
             usize::try_from(zeo.invalidation_queue_size).unwrap_or(usize::MAX);
@@ -293,6 +284,54 @@ fn plan(
         pid_file: args.pid_file.or(pid_file),
         logs,
     })
+}
+
+/// The authenticator for `authentication-protocol digest`, with the
+/// password database loaded once; `None` when no protocol is configured.
+///
+/// Any failure stops startup: serving without the authentication the
+/// operator asked for would open the storages to anyone.
+fn authentication(
+    zeo: &zeo_config::ZeoConfig,
+) -> Result<Option<Arc<zeo_auth::ServerAuthenticator>>, String> {
+    let protocol = match zeo.authentication_protocol.as_deref() {
+        None | Some("none") => {
+            if zeo.authentication_database.is_some() {
+                tracing::warn!(
+                    "authentication-database is ignored without authentication-protocol"
+                );
+            }
+            return Ok(None);
+        }
+        Some(p) => p,
+    };
+    if protocol != zeo_auth::PROTOCOL {
+        return Err(format!(
+            "authentication-protocol {protocol}: the only protocol is {}",
+            zeo_auth::PROTOCOL
+        ));
+    }
+    let path = zeo.authentication_database.as_deref().ok_or_else(|| {
+        format!("authentication-protocol {protocol} needs authentication-database")
+    })?;
+    let database =
+        zeo_auth::PasswordDatabase::load(path, zeo.authentication_realm.as_deref())
+            .map_err(|e| format!("authentication-database: {e}"))?;
+    if database.is_empty() {
+        tracing::warn!(
+            path = %path.display(),
+            "the password database has no users: no client can log in"
+        );
+    }
+    let users = database.len();
+    let authenticator = zeo_auth::ServerAuthenticator::new(database)
+        .map_err(|e| format!("authentication-database {}: {e}", path.display()))?;
+    tracing::info!(
+        realm = authenticator.realm(),
+        users,
+        "clients must authenticate (ZEO 3/4 digest); only zeo-rs clients can"
+    );
+    Ok(Some(Arc::new(authenticator)))
 }
 
 fn listen_address(address: &SocketAddress) -> ListenAddress {

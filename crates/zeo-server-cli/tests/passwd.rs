@@ -145,8 +145,10 @@ fn realm_conflicts_and_usage_errors() {
 }
 
 #[test]
-fn a_server_configured_for_authentication_refuses_to_start_unprotected() {
+fn a_server_whose_password_database_has_another_realm_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
+    let out = passwd(dir.path(), &["-f", "auth.db", "-r", "other", "bob", "pw"], None);
+    assert!(out.status.success(), "{}", text(&out));
     std::fs::write(
         dir.path().join("zeo.conf"),
         "<zeo>\n  address 127.0.0.1:0\n  authentication-protocol digest\n  \
@@ -162,7 +164,7 @@ fn a_server_configured_for_authentication_refuses_to_start_unprotected() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("authentication-protocol digest"),
+        String::from_utf8_lossy(&out.stderr).contains("differs from database realm"),
         "{}",
         text(&out)
     );
