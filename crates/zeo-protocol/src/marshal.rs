@@ -1,7 +1,5 @@
 //! Turning [`Message`]s into frame payloads and back, in either encoding.
 
-use zeo_pickle::Value;
-
 use crate::error::Result;
 use crate::handshake::Encoding;
 use crate::message::Message;
@@ -59,15 +57,26 @@ impl Marshaller {
     /// [`crate::WireError::unencodable_reply`], as ZEO does.
     pub fn encode(&self, msg: &Message) -> Result<Vec<u8>> {
         match self.encoding {
-            Encoding::Pickle => pickle::encode_value(&msg.to_value()),
+            Encoding::Pickle => pickle::encode_message(msg),
             Encoding::Msgpack => {
-                // Written piecewise so large arguments are not cloned.
-                let mut out = Vec::with_capacity(32 + approx_size(&msg.args));
+                // Written piecewise so large arguments are not cloned, into
+                // a buffer of the exact size.
+                let flags = msg.flags.to_value(&msg.method);
+                let size = [
+                    msgpack::encoded_len(&msg.msgid),
+                    msgpack::encoded_len(&flags),
+                    msgpack::encoded_str_len(&msg.method),
+                    msgpack::encoded_len(&msg.args),
+                ]
+                .into_iter()
+                .fold(1usize, usize::saturating_add);
+                let mut out = Vec::with_capacity(size);
                 out.push(0x94);
                 msgpack::encode_value(&msg.msgid, &mut out)?;
-                msgpack::encode_value(&msg.flags.to_value(&msg.method), &mut out)?;
-                msgpack::encode_value(&Value::Str(msg.method.clone()), &mut out)?;
+                msgpack::encode_value(&flags, &mut out)?;
+                msgpack::encode_str(&msg.method, &mut out)?;
                 msgpack::encode_value(&msg.args, &mut out)?;
+                debug_assert_eq!(out.len(), size);
                 Ok(out)
             }
         }
@@ -86,19 +95,5 @@ impl Marshaller {
             Encoding::Msgpack => msgpack::decode_value(payload)?,
         };
         Message::from_value(value)
-    }
-}
-
-/// A cheap estimate of a value's encoded size, to size the buffer once for
-/// the common case of a tuple of byte strings.
-fn approx_size(value: &Value) -> usize {
-    let flat = |v: &Value| match v {
-        Value::Bytes(b) => b.len() + 5,
-        Value::Str(s) => s.len() + 5,
-        _ => 9,
-    };
-    match value {
-        Value::Tuple(items) | Value::List(items) => items.iter().map(flat).sum::<usize>() + 5,
-        other => flat(other),
     }
 }

@@ -55,22 +55,7 @@ fn encode(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
             }
             out.extend_from_slice(b);
         }
-        Value::Str(s) => {
-            let len = len32(s.len())?;
-            match len {
-                0..=31 => out.push(0xa0 | len as u8),
-                32..=0xff => out.extend_from_slice(&[0xd9, len as u8]),
-                0x100..=0xffff => {
-                    out.push(0xda);
-                    out.extend_from_slice(&(len as u16).to_be_bytes());
-                }
-                _ => {
-                    out.push(0xdb);
-                    out.extend_from_slice(&len.to_be_bytes());
-                }
-            }
-            out.extend_from_slice(s.as_bytes());
-        }
+        Value::Str(s) => encode_str(s, out)?,
         Value::Tuple(items) | Value::List(items) => {
             let len = len32(items.len())?;
             match len {
@@ -114,6 +99,85 @@ fn encode(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Encodes a `str`, appending to `out`.
+pub fn encode_str(s: &str, out: &mut Vec<u8>) -> Result<()> {
+    let len = len32(s.len())?;
+    match len {
+        0..=31 => out.push(0xa0 | len as u8),
+        32..=0xff => out.extend_from_slice(&[0xd9, len as u8]),
+        0x100..=0xffff => {
+            out.push(0xda);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdb);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// The number of bytes [`encode_value`] writes for `value`, so a message is
+/// encoded into one allocation. Values msgpack cannot carry count as
+/// nothing (their encoding fails anyway).
+pub fn encoded_len(value: &Value) -> usize {
+    len_at(value, 0)
+}
+
+/// The number of bytes [`encode_str`] writes for `s`.
+pub fn encoded_str_len(s: &str) -> usize {
+    match s.len() {
+        n @ 0..=31 => 1 + n,
+        n @ 32..=0xff => 2 + n,
+        n @ 0x100..=0xffff => 3 + n,
+        n => 5 + n,
+    }
+}
+
+fn len_at(value: &Value, depth: usize) -> usize {
+    if depth > MAX_DEPTH {
+        return 0;
+    }
+    let header = |len: usize, small: usize| {
+        if len <= small {
+            1
+        } else if len <= 0xffff {
+            3
+        } else {
+            5
+        }
+    };
+    match value {
+        Value::None | Value::Bool(_) => 1,
+        Value::Int(i) => match *i {
+            -32..=0x7f => 1,
+            -0x80..=0xff => 2,
+            -0x8000..=0xffff => 3,
+            -0x8000_0000..=0xffff_ffff => 5,
+            _ => 9,
+        },
+        Value::BigInt(_) => 9,
+        Value::Float(_) => 9,
+        Value::Bytes(b) | Value::ByteArray(b) => match b.len() {
+            n @ 0..=0xff => 2 + n,
+            n @ 0x100..=0xffff => 3 + n,
+            n => 5 + n,
+        },
+        Value::Str(s) => encoded_str_len(s),
+        Value::Tuple(items) | Value::List(items) => {
+            items.iter().fold(header(items.len(), 15), |acc, v| {
+                acc.saturating_add(len_at(v, depth + 1))
+            })
+        }
+        Value::Dict(pairs) => pairs.iter().fold(header(pairs.len(), 15), |acc, (k, v)| {
+            acc.saturating_add(len_at(k, depth + 1))
+                .saturating_add(len_at(v, depth + 1))
+        }),
+        _ => 0,
+    }
 }
 
 fn len32(len: usize) -> Result<u32> {
@@ -420,7 +484,50 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn encodable() -> impl Strategy<Value = Value> {
+        let int_edges = prop_oneof![
+            -40i64..300,
+            Just(-129),
+            Just(-32768),
+            Just(-32769),
+            Just(65535),
+            Just(65536),
+            Just(i64::from(i32::MIN)),
+            Just(i64::from(i32::MIN) - 1),
+            Just(0xffff_ffff),
+            Just(0x1_0000_0000),
+            any::<i64>(),
+        ];
+        let leaf = prop_oneof![
+            Just(Value::None),
+            any::<bool>().prop_map(Value::Bool),
+            int_edges.prop_map(Value::Int),
+            Just(uint_value(u64::MAX)),
+            any::<f64>().prop_map(Value::Float),
+            (0usize..3, any::<u8>()).prop_map(|(k, b)| Value::Bytes(vec![b; [3, 300, 70_000][k]])),
+            (0usize..4).prop_map(|k| Value::Str("x".repeat([5, 40, 300, 70_000][k]))),
+        ];
+        leaf.prop_recursive(3, 40, 20, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..20).prop_map(Value::Tuple),
+                proptest::collection::vec(inner.clone(), 0..20).prop_map(Value::List),
+                proptest::collection::vec((inner.clone(), inner), 0..17).prop_map(Value::Dict),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_len_is_exact(value in encodable()) {
+            let mut out = Vec::new();
+            encode_value(&value, &mut out).unwrap();
+            prop_assert_eq!(encoded_len(&value), out.len());
+        }
+    }
 
     fn roundtrip(v: &Value) -> Value {
         let mut out = Vec::new();
