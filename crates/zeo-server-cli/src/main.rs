@@ -314,9 +314,8 @@ fn authentication(
     let path = zeo.authentication_database.as_deref().ok_or_else(|| {
         format!("authentication-protocol {protocol} needs authentication-database")
     })?;
-    let database =
-        zeo_auth::PasswordDatabase::load(path, zeo.authentication_realm.as_deref())
-            .map_err(|e| format!("authentication-database: {e}"))?;
+    let database = zeo_auth::PasswordDatabase::load(path, zeo.authentication_realm.as_deref())
+        .map_err(|e| format!("authentication-database: {e}"))?;
     if database.is_empty() {
         tracing::warn!(
             path = %path.display(),

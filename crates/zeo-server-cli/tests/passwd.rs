@@ -147,7 +147,11 @@ fn realm_conflicts_and_usage_errors() {
 #[test]
 fn a_server_whose_password_database_has_another_realm_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let out = passwd(dir.path(), &["-f", "auth.db", "-r", "other", "bob", "pw"], None);
+    let out = passwd(
+        dir.path(),
+        &["-f", "auth.db", "-r", "other", "bob", "pw"],
+        None,
+    );
     assert!(out.status.success(), "{}", text(&out));
     std::fs::write(
         dir.path().join("zeo.conf"),
