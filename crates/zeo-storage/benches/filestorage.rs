@@ -75,6 +75,10 @@ fn benches(c: &mut Criterion) {
         group.bench_function("load_random_of_100k", |b| {
             b.iter(|| black_box(fs.load(Oid(rng.next() % OBJECTS)).unwrap()))
         });
+        // What a ZEO server's loadBefore of a current revision asks for.
+        group.bench_function("load_before_current_of_100k", |b| {
+            b.iter(|| black_box(fs.load_before(Oid(rng.next() % OBJECTS), Tid::MAX).unwrap()))
+        });
         group.finish();
     }
 

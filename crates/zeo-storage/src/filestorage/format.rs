@@ -6,6 +6,7 @@
 //! `check`, `dump` and pack, so it only depends on a `&File` and never on
 //! the storage's locks.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -180,6 +181,16 @@ pub(crate) struct BackData {
     pub tloc: u64,
 }
 
+/// How much of a data record [`Reader::with_data_record`] reads at once:
+/// most records fit, and a larger read costs little more than a smaller one.
+pub(crate) const FIRST_READ: usize = 4096;
+
+thread_local! {
+    /// Each thread's buffer for first reads, kept so loads do not zero-fill
+    /// a fresh one every time.
+    static FIRST_READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Reads records of one Data.fs at absolute offsets, never past `end`.
 ///
 /// `end` is the committed size for a live storage, so a reader can never see
@@ -319,22 +330,52 @@ impl<'a> Reader<'a> {
     /// backpointer or no-data record), read with a single system call when
     /// the record is small, since this is every load's path.
     pub fn data_record_for(&self, pos: u64, oid: Oid) -> Result<(DataHeader, Option<Vec<u8>>)> {
-        const GUESS: u64 = 4096;
-        let avail = self.end.saturating_sub(pos).min(GUESS);
-        if avail < DATA_HEADER_LEN + 8 {
-            let h = self.data_header_for(pos, oid)?;
-            let data = if h.plen > 0 {
-                Some(self.record_data(pos, &h)?)
-            } else {
-                None
-            };
-            return Ok((h, data));
+        let (h, data) = self.with_data_record(pos, oid, |h, data| (h, data.map(<[u8]>::to_vec)))?;
+        match data {
+            None if h.plen > 0 => Ok((h, Some(self.record_data(pos, &h)?))),
+            data => Ok((h, data)),
         }
-        let mut buf = vec![0u8; avail as usize];
-        self.read_exact(pos, &mut buf, "data record")?;
-        let mut head = [0u8; DATA_HEADER_LEN as usize];
-        head.copy_from_slice(&buf[..DATA_HEADER_LEN as usize]);
-        let mut h = DataHeader::parse(&head).map_err(|vlen| {
+    }
+
+    /// Reads the record of `oid` at `pos` and gives `f` its header and, when
+    /// the first read of up to [`FIRST_READ`] bytes held all of it, its data
+    /// (`None` otherwise, and for `plen == 0`, whose backpointer is in the
+    /// header). The read goes into a buffer the thread keeps, so a load
+    /// neither zero-fills a fresh buffer nor needs a second read for the data.
+    pub fn with_data_record<T>(
+        &self,
+        pos: u64,
+        oid: Oid,
+        f: impl FnOnce(DataHeader, Option<&[u8]>) -> T,
+    ) -> Result<T> {
+        let avail = self.end.saturating_sub(pos).min(FIRST_READ as u64) as usize;
+        if avail < (DATA_HEADER_LEN + 8) as usize {
+            return Ok(f(self.data_header_for(pos, oid)?, None));
+        }
+        // Taken out of the cell while in use, so a nested read (there is
+        // none today) would get a fresh buffer rather than a panic.
+        let mut owned = FIRST_READ_BUF.with(RefCell::take);
+        if owned.len() < FIRST_READ {
+            owned.resize(FIRST_READ, 0);
+        }
+        let result = self.parse_first_read(pos, oid, &mut owned[..avail], f);
+        FIRST_READ_BUF.with(|cell| cell.replace(owned));
+        result
+    }
+
+    /// [`Reader::with_data_record`] on `buf`, which it fills from `pos`.
+    fn parse_first_read<T>(
+        &self,
+        pos: u64,
+        oid: Oid,
+        buf: &mut [u8],
+        f: impl FnOnce(DataHeader, Option<&[u8]>) -> T,
+    ) -> Result<T> {
+        self.read_exact(pos, buf, "data record")?;
+        let (head, rest) = buf.split_at(DATA_HEADER_LEN as usize);
+        let mut header = [0u8; DATA_HEADER_LEN as usize];
+        header.copy_from_slice(head);
+        let mut h = DataHeader::parse(&header).map_err(|vlen| {
             self.error(
                 pos,
                 format!("data record has version length {vlen}; versions are not supported"),
@@ -347,17 +388,20 @@ impl<'a> Reader<'a> {
             ));
         }
         if h.plen == 0 {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[DATA_HEADER_LEN as usize..DATA_HEADER_LEN as usize + 8]);
-            h.back = u64::from_be_bytes(b);
-            return Ok((h, None));
+            h.back = u64::from_be_bytes(be8(rest));
+            return Ok(f(h, None));
         }
-        if h.plen <= avail - DATA_HEADER_LEN {
-            buf.truncate((DATA_HEADER_LEN + h.plen) as usize);
-            buf.drain(..DATA_HEADER_LEN as usize);
-            return Ok((h, Some(buf)));
+        if h.plen > self.end.saturating_sub(pos + DATA_HEADER_LEN) {
+            return Err(self.error(
+                pos,
+                format!(
+                    "data length {} runs past the end of the data at {}",
+                    h.plen, self.end
+                ),
+            ));
         }
-        Ok((h, Some(self.record_data(pos, &h)?)))
+        let data = usize::try_from(h.plen).ok().and_then(|n| rest.get(..n));
+        Ok(f(h, data))
     }
 
     /// The pickle of the record at `pos` whose header is `h` (`plen > 0`).
@@ -584,5 +628,81 @@ mod tests {
         assert!(e.contains("FS21"), "{e}");
         let e = check_magic(p, b"ABCD").unwrap_err().to_string();
         assert!(e.contains("bad magic"), "{e}");
+    }
+
+    /// Record sizes around the first read's size, revisions walked by
+    /// `load_before`, and backpointers (from undo) all load what was stored.
+    #[test]
+    fn loads_read_records_of_every_size_around_the_first_read() {
+        use crate::filestorage::{FileStorage, FileStorageOptions};
+        use crate::interface::{BeginOptions, Storage, TransactionMetaData};
+
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FileStorage::open(
+            dir.path().join("Data.fs"),
+            FileStorageOptions {
+                create: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let head = DATA_HEADER_LEN as usize;
+        let sizes = [
+            1,
+            7,
+            8,
+            100,
+            FIRST_READ - head - 1,
+            FIRST_READ - head,
+            FIRST_READ - head + 1,
+            FIRST_READ,
+            3 * FIRST_READ + 5,
+        ];
+        let oid = Oid(1);
+        let mut revisions = Vec::new();
+        let mut serial = Tid::ZERO;
+        for (i, size) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..*size).map(|b| (b * 7 + i) as u8).collect();
+            let txn = fs
+                .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+                .unwrap();
+            fs.store(txn, oid, serial, &data).unwrap();
+            // A neighbour after each record, so a small record's first
+            // read also takes in bytes of the next one.
+            fs.store(txn, Oid(2 + i as u64), Tid::ZERO, b"next")
+                .unwrap();
+            fs.tpc_vote(txn).unwrap();
+            serial = fs.tpc_finish(txn, &mut |_| {}).unwrap();
+            assert_eq!(fs.load(oid).unwrap(), (data.clone(), serial), "{size}");
+            revisions.push((serial, data));
+        }
+        for (i, (tid, data)) in revisions.iter().enumerate() {
+            let next = revisions.get(i + 1).map(|(t, _)| *t);
+            let found = fs
+                .load_before(oid, next.unwrap_or(Tid::MAX))
+                .unwrap()
+                .unwrap();
+            assert_eq!((&found.data, found.start, found.end), (data, *tid, next));
+            assert_eq!(&fs.load_serial(oid, *tid).unwrap(), data);
+        }
+        assert_eq!(fs.load_before(oid, revisions[0].0).unwrap(), None);
+
+        // Undoing the last transaction writes a backpointer to the one before.
+        let (last, _) = revisions[revisions.len() - 1];
+        let txn = fs
+            .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+            .unwrap();
+        fs.undo(txn, &crate::undo_id(last)).unwrap();
+        fs.tpc_vote(txn).unwrap();
+        let undone = fs.tpc_finish(txn, &mut |_| {}).unwrap();
+        let (_, prev_data) = &revisions[revisions.len() - 2];
+        assert_eq!(fs.load(oid).unwrap(), (prev_data.clone(), undone));
+        let found = fs.load_before(oid, Tid::MAX).unwrap().unwrap();
+        assert_eq!(
+            (&found.data, found.start, found.end),
+            (prev_data, undone, None)
+        );
+        let found = fs.load_before(oid, undone).unwrap().unwrap();
+        assert_eq!((found.start, found.end), (last, Some(undone)));
     }
 }

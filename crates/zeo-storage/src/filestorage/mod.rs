@@ -364,10 +364,14 @@ impl Storage for FileStorage {
         let (file, end, mut pos) = self.lookup(oid)?;
         let r = self.reader(&file, end);
         let mut end_tid = None;
-        let h = loop {
-            let h = r.data_header_for(pos, oid)?;
+        // Each hop reads header and data together, so the revision found
+        // (usually the first) needs no second read.
+        let (h, data) = loop {
+            let (h, data) = r.with_data_record(pos, oid, |h, data| {
+                (h, data.filter(|_| h.tid < before).map(<[u8]>::to_vec))
+            })?;
             if h.tid < before {
-                break h;
+                break (h, data);
             }
             if h.prev == 0 {
                 return Ok(None);
@@ -381,13 +385,13 @@ impl Storage for FileStorage {
             end_tid = Some(h.tid);
             pos = h.prev;
         };
-        let data = if h.plen > 0 {
-            r.record_data(pos, &h)?
-        } else {
-            match r.load_back(oid, h.back, pos)? {
+        let data = match data {
+            Some(data) => data,
+            None if h.plen > 0 => r.record_data(pos, &h)?,
+            None => match r.load_back(oid, h.back, pos)? {
                 Some(b) => b.data,
                 None => return Err(Error::pos_key(oid)),
-            }
+            },
         };
         Ok(Some(LoadedRevision {
             data,
