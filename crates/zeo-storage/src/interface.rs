@@ -120,7 +120,7 @@ pub struct HistoryEntry {
 /// One undoable transaction, as [`Storage::undo_log`] lists it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UndoEntry {
-    /// The opaque id to pass to [`Storage::undo`]: [`crate::undo_id`] of the
+    /// The opaque id to pass to [`Storage::undo`]: [`crate::undo_id()`] of the
     /// tid for both storages here, as ZODB's FileStorage writes it.
     pub id: Vec<u8>,
     /// The transaction's tid.

@@ -4,6 +4,8 @@
 //!
 //! This crate knows nothing of networks: servers and clients build on it.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod filestorage;
 pub mod gc;
