@@ -168,6 +168,7 @@ where
         hub: None,
         txn: None,
         lock: None,
+        conflict_lock: None,
         waiting: None,
         iterators: Iterators::default(),
     };
@@ -213,6 +214,12 @@ struct Conn {
     hub: Option<Arc<StorageHub>>,
     txn: Option<Box<OpenTxn>>,
     lock: Option<CommitGuard>,
+    /// The commit lock kept after a vote answered with conflicts, until
+    /// the client votes again or aborts. The client's resolutions are then
+    /// checked against a state no other commit can move meanwhile; letting
+    /// go here lets busy writers starve a resolving client, and ZEO's client
+    /// calls `tpc_finish` anyway after nine conflicting votes.
+    conflict_lock: Option<CommitGuard>,
     waiting: Option<(LockFuture, Value)>,
     iterators: Iterators,
 }
@@ -294,7 +301,8 @@ impl Conn {
     /// When the connection must stop waiting: the transaction timeout while
     /// holding the lock, or the end of the shutdown grace.
     fn deadline(&self, drain_until: Option<Instant>) -> Option<Instant> {
-        let timeout = match (&self.lock, self.shared.settings.transaction_timeout) {
+        let held = self.lock.as_ref().or(self.conflict_lock.as_ref());
+        let timeout = match (held, self.shared.settings.transaction_timeout) {
             (Some(guard), Some(t)) => Some(guard.acquired() + t),
             _ => None,
         };
@@ -923,6 +931,10 @@ impl Conn {
         if self.waiting.is_some() {
             return Err(WireError::storage_transaction("Already voting (waiting)"));
         }
+        if let Some(guard) = self.conflict_lock.take() {
+            self.run_vote(guard, msgid).await;
+            return Ok(Outcome::Sent);
+        }
         let hub = self.hub()?.clone();
         match hub.commit_lock().acquire(self.id) {
             Acquired::Now(guard) => {
@@ -983,9 +995,10 @@ impl Conn {
             }
             Ok(VoteOutcome::Conflicts(conflicts)) => {
                 // The storage transaction was aborted; the client resolves
-                // and votes again within the same ZEO transaction.
+                // and votes again within the same ZEO transaction, still
+                // holding the lock.
                 self.txn = Some(txn);
-                drop(guard);
+                self.conflict_lock = Some(guard);
                 self.outbox
                     .reply(msgid, replies::vote_conflicts(&conflicts));
                 log_conflicts(&conflicts);
@@ -1099,6 +1112,7 @@ impl Conn {
         self.waiting = None;
         let had = self.txn.take().is_some();
         self.lock = None;
+        self.conflict_lock = None;
         if had {
             self.end_txn(hub);
         }

@@ -239,17 +239,27 @@ async fn conflicts_come_back_from_vote_and_the_client_can_resolve_them() {
         (c.oid, c.committed, c.old, c.data.as_slice()),
         (Oid(1), t2, t1, &b"b's"[..])
     );
-    // The lock is free again: a can commit meanwhile.
-    let t3 = a
-        .commit(3, &[(Oid(3), Tid::ZERO, b"other".to_vec())])
-        .await
-        .unwrap();
+    // b keeps the commit lock while it resolves, so its resolution is
+    // checked against a state nobody can move meanwhile: a's commit waits.
+    let a_commit = tokio::spawn(async move {
+        let t3 = a
+            .commit(3, &[(Oid(3), Tid::ZERO, b"other".to_vec())])
+            .await
+            .unwrap();
+        (a, t3)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !a_commit.is_finished(),
+        "a committed while b was resolving its conflicts"
+    );
     // b resolves and re-stores against the committed serial, then votes.
     b.store(9, Oid(1), t2, b"merged").await;
     let voted = b.vote(9).await.unwrap();
     assert!(voted.is_empty(), "{voted:?}");
     let t4 = b.finish(9).await.unwrap();
-    assert!(t4 > t3);
+    let (mut a, t3) = a_commit.await.unwrap();
+    assert!(t3 > t4, "a's commit went through once b finished");
     let rev = a.load(Oid(1)).await.unwrap().unwrap();
     assert_eq!((rev.data.as_slice(), rev.start), (&b"merged"[..], t4));
     assert_eq!(a.load(Oid(2)).await.unwrap().unwrap().data, b"new");
