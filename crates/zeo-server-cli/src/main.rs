@@ -221,6 +221,13 @@ fn plan(
             tracing::warn!("ignoring unsupported configuration: {unsupported:?}");
         }
         let zeo = &config.zeo;
+        // Serving plain TCP where the operator asked for TLS would expose
+        // the traffic it was meant to protect.
+        if zeo.ssl.is_some() {
+            return Err("<ssl>: TLS is not supported by this server; remove the \
+                        section, or terminate TLS in front of it"
+                .to_owned());
+        }
         settings.authentication = authentication(zeo)?;
         settings.read_only = zeo.read_only;
         settings.invalidation_queue_size =
@@ -449,6 +456,17 @@ async fn serve(plan: Plan) -> Result<(), String> {
         pid_file,
         logs,
     } = plan;
+    // Installed before the addresses are printed: a SIGTERM sent as soon as
+    // a supervisor sees them must still shut down cleanly.
+    let (term, int, usr2) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind| signal(kind).map_err(|e| format!("installing signal handlers: {e}"));
+        (
+            install(SignalKind::terminate())?,
+            install(SignalKind::interrupt())?,
+            install(SignalKind::user_defined2())?,
+        )
+    };
     let mut builder = ServerBuilder::new(settings);
     for (name, storage, gc) in storages {
         builder = builder.storage_with_pack_gc(name, storage, gc);
@@ -470,15 +488,7 @@ async fn serve(plan: Plan) -> Result<(), String> {
 
     let handle = server.handle();
     let signals = tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut usr2)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::user_defined2()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
+        let (mut term, mut int, mut usr2) = (term, int, usr2);
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }

@@ -88,6 +88,29 @@ fn sigusr2_reopens_a_renamed_log_file() {
 }
 
 #[test]
+fn a_tls_configuration_is_refused_rather_than_served_in_the_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("zeo.conf"),
+        "<zeo>\n  address 127.0.0.1:0\n  <ssl>\n    certificate server.pem\n    authenticate DYNAMIC\n  </ssl>\n</zeo>\n\
+         <filestorage>\n  path Data.fs\n</filestorage>\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["-C", "zeo.conf"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("listening on"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS is not supported"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn second_server_on_the_same_address_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let first = ServerProcess::start(dir.path(), &["-a", "127.0.0.1:0", "-f", "a.fs"]);
