@@ -43,33 +43,29 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
     ),
     (
         "zeoclient",
-        "min-disconnect-poll",
-        "accepted and ignored by ZEO 5 clients",
-    ),
-    (
-        "zeoclient",
-        "max-disconnect-poll",
-        "accepted and ignored by ZEO 5 clients",
-    ),
-    (
-        "zeoclient",
         "drop-cache-rather-verify",
-        "accepted and ignored by ZEO 5 clients",
-    ),
-    (
-        "clientstorage",
-        "min-disconnect-poll",
-        "accepted and ignored by ZEO 5 clients",
-    ),
-    (
-        "clientstorage",
-        "max-disconnect-poll",
         "accepted and ignored by ZEO 5 clients",
     ),
     (
         "clientstorage",
         "drop-cache-rather-verify",
         "accepted and ignored by ZEO 5 clients",
+    ),
+    (
+        "zeo",
+        "client-conflict-resolution",
+        "conflicts are always returned to the client to resolve",
+    ),
+    ("filestorage", "quota", "no size quota is enforced"),
+    (
+        "zeoclient",
+        "server-sync",
+        "the client does not ping before each transaction",
+    ),
+    (
+        "clientstorage",
+        "server-sync",
+        "the client does not ping before each transaction",
     ),
     ("zodb", "class-factory", "it names a Python callable"),
 ];

@@ -103,14 +103,7 @@ fn every_zeoclient_key() {
         Some(PathBuf::from("/var/cache/zeo/app1-main.zec"))
     );
     let ignored: Vec<_> = c.unsupported.iter().map(|u| u.setting.as_str()).collect();
-    assert_eq!(
-        ignored,
-        [
-            "min-disconnect-poll",
-            "max-disconnect-poll",
-            "drop-cache-rather-verify"
-        ]
-    );
+    assert_eq!(ignored, ["drop-cache-rather-verify"]);
 }
 
 #[test]
