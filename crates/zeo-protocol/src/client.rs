@@ -454,6 +454,22 @@ pub enum ClientIncoming {
 }
 
 impl ClientIncoming {
+    /// [`ClientIncoming::parse`], taking the message so a reply's value
+    /// (a loaded record, say) is moved rather than copied.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClientIncoming::parse`].
+    pub fn from_message(msg: Message) -> Result<ClientIncoming> {
+        if msg.is_reply() && msg.flags == Flags::None && legacy_exception(&msg.args).is_none() {
+            return Ok(ClientIncoming::Reply {
+                msgid: msg.msgid,
+                result: Ok(msg.args),
+            });
+        }
+        ClientIncoming::parse(&msg)
+    }
+
     /// Reads a message from the server.
     ///
     /// # Errors
@@ -585,24 +601,69 @@ pub mod replies {
     /// [`Error::BadReply`] when the value is neither `None` nor
     /// `(data, start, end)`.
     pub fn load_before(value: &Value) -> Result<Option<LoadedRevision>> {
+        Ok(
+            load_before_ref(value)?.map(|(data, start, end)| LoadedRevision {
+                data: data.to_vec(),
+                start,
+                end,
+            }),
+        )
+    }
+
+    /// `loadBefore`'s reply as `(data, start, end)`, borrowing the data, for
+    /// a reader that copies it elsewhere (a cache) and keeps the value.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_before`].
+    pub fn load_before_ref(value: &Value) -> Result<Option<(&[u8], Tid, Option<Tid>)>> {
         const M: &str = "loadBefore";
         match value {
             Value::None => Ok(None),
             Value::Tuple(items) | Value::List(items) => match items.as_slice() {
-                [Value::Bytes(data), start, end] => Ok(Some(LoadedRevision {
-                    data: data.clone(),
-                    start: as_tid(M, start)?,
-                    end: match end {
+                [Value::Bytes(data), start, end] => Ok(Some((
+                    data,
+                    as_tid(M, start)?,
+                    match end {
                         Value::None => None,
                         other => Some(as_tid(M, other)?),
                     },
-                })),
+                ))),
                 _ => Err(bad(M, "expected (data, start, end)")),
             },
             other => Err(bad(
                 M,
                 format!("expected a tuple or None, got {}", other.type_name()),
             )),
+        }
+    }
+
+    /// [`load_before`], taking the value so the data is moved rather than
+    /// copied.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_before`].
+    pub fn into_load_before(value: Value) -> Result<Option<LoadedRevision>> {
+        const M: &str = "loadBefore";
+        match value {
+            Value::Tuple(items) | Value::List(items) if items.len() == 3 => {
+                let mut items = items.into_iter();
+                match (items.next(), items.next(), items.next()) {
+                    (Some(Value::Bytes(data)), Some(start), Some(end)) => {
+                        Ok(Some(LoadedRevision {
+                            data,
+                            start: as_tid(M, &start)?,
+                            end: match end {
+                                Value::None => None,
+                                other => Some(as_tid(M, &other)?),
+                            },
+                        }))
+                    }
+                    _ => Err(bad(M, "expected (data, start, end)")),
+                }
+            }
+            other => load_before(&other),
         }
     }
 
@@ -865,5 +926,90 @@ pub mod replies {
                 other => as_oid(M, other).map(VoteItem::Changed),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> Value {
+        Value::Bytes(n.to_be_bytes().to_vec())
+    }
+
+    #[test]
+    fn owned_and_borrowed_load_before_readers_agree() {
+        let values = [
+            Value::None,
+            Value::Tuple(vec![Value::Bytes(b"data".to_vec()), id(5), Value::None]),
+            Value::List(vec![Value::Bytes(Vec::new()), id(5), id(9)]),
+            Value::Tuple(vec![Value::Bytes(b"data".to_vec()), id(5)]),
+            Value::Tuple(vec![Value::Str("data".into()), id(5), Value::None]),
+            Value::Tuple(vec![
+                Value::Bytes(b"data".to_vec()),
+                Value::Int(5),
+                Value::None,
+            ]),
+            Value::Tuple(vec![Value::Bytes(b"data".to_vec()), id(5), Value::Int(0)]),
+            Value::Int(3),
+        ];
+        for value in values {
+            let borrowed = replies::load_before(&value).map_err(|e| e.to_string());
+            let by_ref = replies::load_before_ref(&value)
+                .map(|found| {
+                    found.map(|(data, start, end)| LoadedRevision {
+                        data: data.to_vec(),
+                        start,
+                        end,
+                    })
+                })
+                .map_err(|e| e.to_string());
+            let owned = replies::into_load_before(value.clone()).map_err(|e| e.to_string());
+            assert_eq!(borrowed, owned, "{value:?}");
+            assert_eq!(borrowed, by_ref, "{value:?}");
+        }
+        let found = replies::into_load_before(Value::Tuple(vec![
+            Value::Bytes(b"data".to_vec()),
+            id(5),
+            id(9),
+        ]))
+        .unwrap();
+        assert_eq!(
+            found,
+            Some(LoadedRevision {
+                data: b"data".to_vec(),
+                start: Tid(5),
+                end: Some(Tid(9)),
+            })
+        );
+    }
+
+    #[test]
+    fn from_message_reads_what_parse_reads() {
+        let legacy = Value::Tuple(vec![
+            Value::Global {
+                module: "ZODB.POSException".into(),
+                name: "POSKeyError".into(),
+            },
+            Value::Tuple(vec![id(1)]),
+        ]);
+        let messages = [
+            Message::reply(Value::Int(3), Value::Bytes(vec![1; 100])),
+            Message::reply(Value::Tuple(vec![id(1), id(2)]), Value::None),
+            Message::reply(Value::Int(4), legacy),
+            crate::Reply::error(Value::Int(5), &crate::WireError::type_error("bad")),
+            Message {
+                flags: Flags::Error,
+                ..Message::reply(Value::Int(6), Value::Int(1))
+            },
+            ClientEvent::invalidate_transaction(Tid(7), &[Oid(1), Oid(2)]),
+            Message::call_async("invalidateTransaction", vec![id(7)]),
+            Message::call_async("nonsense", vec![]),
+        ];
+        for msg in messages {
+            let parsed = ClientIncoming::parse(&msg).map_err(|e| e.to_string());
+            let owned = ClientIncoming::from_message(msg.clone()).map_err(|e| e.to_string());
+            assert_eq!(parsed, owned, "{msg:?}");
+        }
     }
 }

@@ -361,6 +361,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self
             .pos
@@ -401,6 +402,7 @@ impl<'a> Reader<'a> {
         self.data.len() - self.pos
     }
 
+    #[inline(always)]
     fn item(&mut self) -> Result<Item> {
         let at = self.pos;
         let marker = Marker::from_u8(self.u8()?);
