@@ -601,34 +601,43 @@ pub mod replies {
     /// [`Error::BadReply`] when the value is neither `None` nor
     /// `(data, start, end)`.
     pub fn load_before(value: &Value) -> Result<Option<LoadedRevision>> {
-        Ok(
-            load_before_ref(value)?.map(|(data, start, end)| LoadedRevision {
-                data: data.to_vec(),
-                start,
-                end,
-            }),
-        )
+        Ok(load_before_ref(value)?.map(|r| LoadedRevision {
+            data: r.data.to_vec(),
+            start: r.start,
+            end: r.end,
+        }))
     }
 
-    /// `loadBefore`'s reply as `(data, start, end)`, borrowing the data, for
-    /// a reader that copies it elsewhere (a cache) and keeps the value.
+    /// A revision in a `loadBefore` reply, its data borrowed from the value.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct RevisionRef<'a> {
+        /// The record.
+        pub data: &'a [u8],
+        /// The tid that wrote it.
+        pub start: Tid,
+        /// The tid that replaced it, `None` while it is current.
+        pub end: Option<Tid>,
+    }
+
+    /// `loadBefore`'s reply, borrowing the data, for a reader that copies it
+    /// elsewhere (a cache) and keeps the value.
     ///
     /// # Errors
     ///
     /// As [`load_before`].
-    pub fn load_before_ref(value: &Value) -> Result<Option<(&[u8], Tid, Option<Tid>)>> {
+    pub fn load_before_ref(value: &Value) -> Result<Option<RevisionRef<'_>>> {
         const M: &str = "loadBefore";
         match value {
             Value::None => Ok(None),
             Value::Tuple(items) | Value::List(items) => match items.as_slice() {
-                [Value::Bytes(data), start, end] => Ok(Some((
+                [Value::Bytes(data), start, end] => Ok(Some(RevisionRef {
                     data,
-                    as_tid(M, start)?,
-                    match end {
+                    start: as_tid(M, start)?,
+                    end: match end {
                         Value::None => None,
                         other => Some(as_tid(M, other)?),
                     },
-                ))),
+                })),
                 _ => Err(bad(M, "expected (data, start, end)")),
             },
             other => Err(bad(
@@ -957,10 +966,10 @@ mod tests {
             let borrowed = replies::load_before(&value).map_err(|e| e.to_string());
             let by_ref = replies::load_before_ref(&value)
                 .map(|found| {
-                    found.map(|(data, start, end)| LoadedRevision {
-                        data: data.to_vec(),
-                        start,
-                        end,
+                    found.map(|r| LoadedRevision {
+                        data: r.data.to_vec(),
+                        start: r.start,
+                        end: r.end,
                     })
                 })
                 .map_err(|e| e.to_string());
