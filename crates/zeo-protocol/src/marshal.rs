@@ -1,5 +1,7 @@
 //! Turning [`Message`]s into frame payloads and back, in either encoding.
 
+use zeo_pickle::Value;
+
 use crate::error::Result;
 use crate::handshake::Encoding;
 use crate::message::Message;
@@ -59,24 +61,15 @@ impl Marshaller {
         match self.encoding {
             Encoding::Pickle => pickle::encode_message(msg),
             Encoding::Msgpack => {
-                // Written piecewise so large arguments are not cloned, into
-                // a buffer of the exact size.
-                let flags = msg.flags.to_value(&msg.method);
-                let size = [
-                    msgpack::encoded_len(&msg.msgid),
-                    msgpack::encoded_len(&flags),
-                    msgpack::encoded_str_len(&msg.method),
-                    msgpack::encoded_len(&msg.args),
-                ]
-                .into_iter()
-                .fold(1usize, usize::saturating_add);
-                let mut out = Vec::with_capacity(size);
+                // Written piecewise so large arguments are not cloned. (An
+                // exact size would take a second pass over the arguments,
+                // which costs more than the occasional reallocation.)
+                let mut out = Vec::with_capacity(32 + msg.method.len() + approx_size(&msg.args));
                 out.push(0x94);
                 msgpack::encode_value(&msg.msgid, &mut out)?;
-                msgpack::encode_value(&flags, &mut out)?;
+                msgpack::encode_value(&msg.flags.to_value(&msg.method), &mut out)?;
                 msgpack::encode_str(&msg.method, &mut out)?;
                 msgpack::encode_value(&msg.args, &mut out)?;
-                debug_assert_eq!(out.len(), size);
                 Ok(out)
             }
         }
@@ -95,5 +88,19 @@ impl Marshaller {
             Encoding::Msgpack => msgpack::decode_value(payload)?,
         };
         Message::from_value(value)
+    }
+}
+
+/// A cheap estimate of a value's encoded size, to size the buffer once for
+/// the common case of a tuple of byte strings.
+fn approx_size(value: &Value) -> usize {
+    let flat = |v: &Value| match v {
+        Value::Bytes(b) => b.len() + 5,
+        Value::Str(s) => s.len() + 5,
+        _ => 9,
+    };
+    match value {
+        Value::Tuple(items) | Value::List(items) => items.iter().map(flat).sum::<usize>() + 5,
+        other => flat(other),
     }
 }

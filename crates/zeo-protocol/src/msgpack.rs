@@ -120,66 +120,6 @@ pub fn encode_str(s: &str, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-/// The number of bytes [`encode_value`] writes for `value`, so a message is
-/// encoded into one allocation. Values msgpack cannot carry count as
-/// nothing (their encoding fails anyway).
-pub fn encoded_len(value: &Value) -> usize {
-    len_at(value, 0)
-}
-
-/// The number of bytes [`encode_str`] writes for `s`.
-pub fn encoded_str_len(s: &str) -> usize {
-    match s.len() {
-        n @ 0..=31 => 1 + n,
-        n @ 32..=0xff => 2 + n,
-        n @ 0x100..=0xffff => 3 + n,
-        n => 5 + n,
-    }
-}
-
-fn len_at(value: &Value, depth: usize) -> usize {
-    if depth > MAX_DEPTH {
-        return 0;
-    }
-    let header = |len: usize, small: usize| {
-        if len <= small {
-            1
-        } else if len <= 0xffff {
-            3
-        } else {
-            5
-        }
-    };
-    match value {
-        Value::None | Value::Bool(_) => 1,
-        Value::Int(i) => match *i {
-            -32..=0x7f => 1,
-            -0x80..=0xff => 2,
-            -0x8000..=0xffff => 3,
-            -0x8000_0000..=0xffff_ffff => 5,
-            _ => 9,
-        },
-        Value::BigInt(_) => 9,
-        Value::Float(_) => 9,
-        Value::Bytes(b) | Value::ByteArray(b) => match b.len() {
-            n @ 0..=0xff => 2 + n,
-            n @ 0x100..=0xffff => 3 + n,
-            n => 5 + n,
-        },
-        Value::Str(s) => encoded_str_len(s),
-        Value::Tuple(items) | Value::List(items) => {
-            items.iter().fold(header(items.len(), 15), |acc, v| {
-                acc.saturating_add(len_at(v, depth + 1))
-            })
-        }
-        Value::Dict(pairs) => pairs.iter().fold(header(pairs.len(), 15), |acc, (k, v)| {
-            acc.saturating_add(len_at(k, depth + 1))
-                .saturating_add(len_at(v, depth + 1))
-        }),
-        _ => 0,
-    }
-}
-
 fn len32(len: usize) -> Result<u32> {
     u32::try_from(len).map_err(|_| Error::Unencodable("msgpack lengths stop at 2**32-1".into()))
 }
@@ -361,7 +301,6 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self
             .pos
@@ -402,7 +341,6 @@ impl<'a> Reader<'a> {
         self.data.len() - self.pos
     }
 
-    #[inline(always)]
     fn item(&mut self) -> Result<Item> {
         let at = self.pos;
         let marker = Marker::from_u8(self.u8()?);
@@ -486,50 +424,7 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
     use super::*;
-
-    fn encodable() -> impl Strategy<Value = Value> {
-        let int_edges = prop_oneof![
-            -40i64..300,
-            Just(-129),
-            Just(-32768),
-            Just(-32769),
-            Just(65535),
-            Just(65536),
-            Just(i64::from(i32::MIN)),
-            Just(i64::from(i32::MIN) - 1),
-            Just(0xffff_ffff),
-            Just(0x1_0000_0000),
-            any::<i64>(),
-        ];
-        let leaf = prop_oneof![
-            Just(Value::None),
-            any::<bool>().prop_map(Value::Bool),
-            int_edges.prop_map(Value::Int),
-            Just(uint_value(u64::MAX)),
-            any::<f64>().prop_map(Value::Float),
-            (0usize..3, any::<u8>()).prop_map(|(k, b)| Value::Bytes(vec![b; [3, 300, 70_000][k]])),
-            (0usize..4).prop_map(|k| Value::Str("x".repeat([5, 40, 300, 70_000][k]))),
-        ];
-        leaf.prop_recursive(3, 40, 20, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..20).prop_map(Value::Tuple),
-                proptest::collection::vec(inner.clone(), 0..20).prop_map(Value::List),
-                proptest::collection::vec((inner.clone(), inner), 0..17).prop_map(Value::Dict),
-            ]
-        })
-    }
-
-    proptest! {
-        #[test]
-        fn encoded_len_is_exact(value in encodable()) {
-            let mut out = Vec::new();
-            encode_value(&value, &mut out).unwrap();
-            prop_assert_eq!(encoded_len(&value), out.len());
-        }
-    }
 
     fn roundtrip(v: &Value) -> Value {
         let mut out = Vec::new();
