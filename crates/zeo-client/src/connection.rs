@@ -647,7 +647,7 @@ impl Conn {
             }
         }
         let value = self.wait(rx).await?;
-        replies::load_before(&value).map_err(|e| Error::Protocol(e.to_string()))
+        replies::into_load_before(value).map_err(|e| Error::Protocol(e.to_string()))
     }
 
     /// Applies queued invalidations newer than `server_tid` and lets later
@@ -662,7 +662,7 @@ impl Conn {
     }
 
     fn on_message(&self, msg: Message) {
-        match ClientIncoming::parse(&msg) {
+        match ClientIncoming::from_message(msg) {
             Ok(ClientIncoming::Reply { msgid, result }) => {
                 let Some(key) = CallKey::from_msgid(&msgid) else {
                     warn!(?msgid, "reply with an unknown msgid");
@@ -679,8 +679,8 @@ impl Conn {
                 };
                 if let CallKey::Load(oid, _) = key {
                     if let Ok(value) = &result {
-                        match replies::load_before(value) {
-                            Ok(Some(r)) => self.shared.cache.store(oid, r.start, r.end, &r.data),
+                        match replies::load_before_ref(value) {
+                            Ok(Some(r)) => self.shared.cache.store(oid, r.start, r.end, r.data),
                             Ok(None) => {}
                             Err(e) => warn!(error = %e, "malformed loadBefore reply"),
                         }
@@ -689,8 +689,16 @@ impl Conn {
                 if let Some(hook) = entry.hook {
                     hook(&result);
                 }
-                for w in entry.waiters {
-                    let _ = w.send(result.clone());
+                // Identical loads share one request: the last waiter takes
+                // the reply itself, the others a copy.
+                let mut waiters = entry.waiters.into_iter().peekable();
+                while let Some(w) = waiters.next() {
+                    if waiters.peek().is_some() {
+                        let _ = w.send(result.clone());
+                    } else {
+                        let _ = w.send(result);
+                        break;
+                    }
                 }
             }
             Ok(ClientIncoming::Event(ClientEvent::InvalidateTransaction { tid, oids })) => {
