@@ -31,8 +31,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,7 +38,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
 use crate::hub::StorageHub;
-use crate::server::{BoundAddress, ListenAddress, Shared};
+use crate::server::{BoundAddress, ListenAddress, Listener, Shared};
 
 /// The version the report's first line names.
 pub const VERSION: &str = concat!("zeo-rs-", env!("CARGO_PKG_VERSION"));
@@ -229,67 +227,9 @@ impl MonitorReport {
     }
 }
 
-/// A bound monitor socket, not yet serving.
-#[derive(Debug)]
-pub(crate) enum MonitorListener {
-    Tcp(std::net::TcpListener),
-    Unix(std::os::unix::net::UnixListener, PathBuf),
-}
-
 /// Binds the monitor address (every address a host name resolves to).
-pub(crate) fn bind(address: &ListenAddress) -> Result<Vec<(MonitorListener, BoundAddress)>> {
-    let mut out = Vec::new();
-    match address {
-        ListenAddress::Tcp { host, port } => {
-            let host = if host.is_empty() { "0.0.0.0" } else { host };
-            let addrs: Vec<SocketAddr> = (host, *port)
-                .to_socket_addrs()
-                .map_err(|e| Error::BadAddress {
-                    address: address.to_string(),
-                    reason: e.to_string(),
-                })?
-                .collect();
-            if addrs.is_empty() {
-                return Err(Error::BadAddress {
-                    address: address.to_string(),
-                    reason: "resolves to no address".into(),
-                });
-            }
-            for addr in addrs {
-                let listener = std::net::TcpListener::bind(addr).map_err(|source| {
-                    if source.kind() == std::io::ErrorKind::AddrInUse {
-                        Error::AddressInUse(addr.to_string())
-                    } else {
-                        Error::Bind {
-                            address: addr.to_string(),
-                            source,
-                        }
-                    }
-                })?;
-                listener.set_nonblocking(true)?;
-                let local = listener.local_addr()?;
-                out.push((MonitorListener::Tcp(listener), BoundAddress::Tcp(local)));
-            }
-        }
-        ListenAddress::Unix(path) => {
-            if path.exists() {
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Err(Error::AddressInUse(path.display().to_string()));
-                }
-                std::fs::remove_file(path)?;
-            }
-            let listener =
-                std::os::unix::net::UnixListener::bind(path).map_err(|source| Error::Bind {
-                    address: path.display().to_string(),
-                    source,
-                })?;
-            listener.set_nonblocking(true)?;
-            out.push((
-                MonitorListener::Unix(listener, path.clone()),
-                BoundAddress::Unix(path.clone()),
-            ));
-        }
-    }
+pub(crate) fn bind(address: &ListenAddress) -> Result<Vec<(Listener, BoundAddress)>> {
+    let out = crate::server::bind_listeners(address)?;
     for (_, bound) in &out {
         tracing::info!(address = %bound, "monitor listening");
     }
@@ -298,10 +238,10 @@ pub(crate) fn bind(address: &ListenAddress) -> Result<Vec<(MonitorListener, Boun
 
 /// Answers monitor connections until `shutdown`; removes a Unix socket file
 /// on the way out.
-pub(crate) async fn serve(listener: MonitorListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: Listener, shared: Arc<Shared>) {
     let shutdown = shared.shutdown.clone();
     match listener {
-        MonitorListener::Tcp(l) => match tokio::net::TcpListener::from_std(l) {
+        Listener::Tcp(l) => match tokio::net::TcpListener::from_std(l) {
             Ok(l) => loop {
                 let accepted = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -319,7 +259,7 @@ pub(crate) async fn serve(listener: MonitorListener, shared: Arc<Shared>) {
             },
             Err(err) => tracing::error!(%err, "monitor listener unusable"),
         },
-        MonitorListener::Unix(l, path) => {
+        Listener::Unix(l, path) => {
             match tokio::net::UnixListener::from_std(l) {
                 Ok(l) => loop {
                     let accepted = tokio::select! {

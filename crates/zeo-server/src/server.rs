@@ -203,9 +203,67 @@ impl ServerBuilder {
     }
 }
 
-enum Listener {
+pub(crate) enum Listener {
     Tcp(std::net::TcpListener),
     Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+/// Binds `address` (every address a host name resolves to) as non-blocking
+/// standard listeners, for the ZEO port and the monitor alike; a stale Unix
+/// socket file is replaced, a live one refused.
+pub(crate) fn bind_listeners(address: &ListenAddress) -> Result<Vec<(Listener, BoundAddress)>> {
+    let mut out = Vec::new();
+    match address {
+        ListenAddress::Tcp { host, port } => {
+            let host = if host.is_empty() {
+                "0.0.0.0"
+            } else {
+                host.as_str()
+            };
+            let addrs: Vec<SocketAddr> = (host, *port)
+                .to_socket_addrs()
+                .map_err(|e| Error::BadAddress {
+                    address: address.to_string(),
+                    reason: e.to_string(),
+                })?
+                .collect();
+            if addrs.is_empty() {
+                return Err(Error::BadAddress {
+                    address: address.to_string(),
+                    reason: "resolves to no address".into(),
+                });
+            }
+            for addr in addrs {
+                let listener = std::net::TcpListener::bind(addr).map_err(|source| {
+                    if source.kind() == std::io::ErrorKind::AddrInUse {
+                        Error::AddressInUse(addr.to_string())
+                    } else {
+                        Error::Bind {
+                            address: addr.to_string(),
+                            source,
+                        }
+                    }
+                })?;
+                listener.set_nonblocking(true)?;
+                let local = listener.local_addr()?;
+                out.push((Listener::Tcp(listener), BoundAddress::Tcp(local)));
+            }
+        }
+        ListenAddress::Unix(path) => {
+            remove_stale_socket(path)?;
+            let listener =
+                std::os::unix::net::UnixListener::bind(path).map_err(|source| Error::Bind {
+                    address: path.display().to_string(),
+                    source,
+                })?;
+            listener.set_nonblocking(true)?;
+            out.push((
+                Listener::Unix(listener, path.clone()),
+                BoundAddress::Unix(path.clone()),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// A configured server: bind it, then [`Server::serve`] it.
@@ -213,7 +271,7 @@ pub struct Server {
     shared: Arc<Shared>,
     listeners: Mutex<Vec<Listener>>,
     /// `None` until the monitor address is bound.
-    monitors: Mutex<Option<Vec<crate::monitor::MonitorListener>>>,
+    monitors: Mutex<Option<Vec<Listener>>>,
 }
 
 /// Controls a running server from elsewhere (signal handlers, tests).
@@ -250,56 +308,8 @@ impl Server {
     /// Binds `address` now (so a port conflict shows before serving) and
     /// returns the addresses bound: a host name may resolve to several.
     pub fn bind(&self, address: &ListenAddress) -> Result<Vec<BoundAddress>> {
-        let mut bound = Vec::new();
-        match address {
-            ListenAddress::Tcp { host, port } => {
-                let host = if host.is_empty() {
-                    "0.0.0.0"
-                } else {
-                    host.as_str()
-                };
-                let addrs: Vec<SocketAddr> = (host, *port)
-                    .to_socket_addrs()
-                    .map_err(|e| Error::BadAddress {
-                        address: address.to_string(),
-                        reason: e.to_string(),
-                    })?
-                    .collect();
-                if addrs.is_empty() {
-                    return Err(Error::BadAddress {
-                        address: address.to_string(),
-                        reason: "resolves to no address".into(),
-                    });
-                }
-                for addr in addrs {
-                    let listener = std::net::TcpListener::bind(addr).map_err(|source| {
-                        if source.kind() == std::io::ErrorKind::AddrInUse {
-                            Error::AddressInUse(addr.to_string())
-                        } else {
-                            Error::Bind {
-                                address: addr.to_string(),
-                                source,
-                            }
-                        }
-                    })?;
-                    listener.set_nonblocking(true)?;
-                    let local = listener.local_addr()?;
-                    bound.push(BoundAddress::Tcp(local));
-                    lock(&self.listeners).push(Listener::Tcp(listener));
-                }
-            }
-            ListenAddress::Unix(path) => {
-                remove_stale_socket(path)?;
-                let listener =
-                    std::os::unix::net::UnixListener::bind(path).map_err(|source| Error::Bind {
-                        address: path.display().to_string(),
-                        source,
-                    })?;
-                listener.set_nonblocking(true)?;
-                bound.push(BoundAddress::Unix(path.clone()));
-                lock(&self.listeners).push(Listener::Unix(listener, path.clone()));
-            }
-        }
+        let (listeners, bound): (Vec<_>, Vec<_>) = bind_listeners(address)?.into_iter().unzip();
+        lock(&self.listeners).extend(listeners);
         for b in &bound {
             tracing::info!(address = %b, "listening");
         }
