@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 const REALM_PREFIX: &str = "realm ";
 
 /// Users and their password hashes, with the realm the hashes belong to.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct PasswordDatabase {
     realm: Option<String>,
     users: BTreeMap<String, String>,
@@ -370,4 +370,32 @@ pub fn update_file(
     };
     db.save(path)?;
     Ok(outcome)
+}
+
+/// Shows the realm and user names, never the password hashes: a hash is
+/// enough to log in, so it must not reach logs.
+impl std::fmt::Debug for PasswordDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordDatabase")
+            .field("realm", &self.realm)
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::PasswordDatabase;
+
+    #[test]
+    fn debug_output_hides_the_hashes() {
+        let mut db =
+            PasswordDatabase::parse("realm zeo\nalice: 0123456789abcdef0123456789abcdef01234567\n")
+                .unwrap();
+        let shown = format!("{db:?}");
+        assert!(shown.contains("alice"), "{shown}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        db = PasswordDatabase::default();
+        assert!(!format!("{db:?}").is_empty());
+    }
 }
