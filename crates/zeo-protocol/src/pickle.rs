@@ -337,12 +337,12 @@ mod direct {
                 }
                 LONG1 => {
                     let n = take(&mut pos, 1)?[0];
-                    integer(take(&mut pos, n.into())?)
+                    Value::from_le_bytes(take(&mut pos, n.into())?)
                 }
                 LONG4 => {
                     let b = take(&mut pos, 4)?;
                     let n = usize::try_from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()?;
-                    integer(take(&mut pos, n)?)
+                    Value::from_le_bytes(take(&mut pos, n)?)
                 }
                 BINFLOAT => {
                     let b = take(&mut pos, 8)?;
@@ -403,34 +403,6 @@ mod direct {
                 return None;
             }
             stack.push(value);
-        }
-    }
-
-    /// `LONG1`/`LONG4` bytes as the generic decoder gives them: `Int` when
-    /// the number fits 64 bits, else its minimal two's complement bytes.
-    fn integer(bytes: &[u8]) -> Value {
-        let mut len = bytes.len();
-        while len > 1 {
-            let last = bytes[len - 1];
-            let below_high_bit = bytes[len - 2] & 0x80;
-            if (last == 0x00 && below_high_bit == 0) || (last == 0xff && below_high_bit != 0) {
-                len -= 1;
-            } else {
-                break;
-            }
-        }
-        let min = &bytes[..len];
-        if min.len() <= 8 {
-            let fill = if min.last().is_some_and(|b| b & 0x80 != 0) {
-                0xff
-            } else {
-                0
-            };
-            let mut buf = [fill; 8];
-            buf[..min.len()].copy_from_slice(min);
-            Value::Int(i64::from_le_bytes(buf))
-        } else {
-            Value::BigInt(min.to_vec())
         }
     }
 
