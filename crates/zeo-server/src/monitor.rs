@@ -38,7 +38,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
 use crate::hub::StorageHub;
-use crate::server::{BoundAddress, ListenAddress, Listener, Shared};
+use crate::server::{accept_until_shutdown, BoundAddress, ListenAddress, Listener, Shared};
 
 /// The version the report's first line names.
 pub const VERSION: &str = concat!("zeo-rs-", env!("CARGO_PKG_VERSION"));
@@ -239,43 +239,25 @@ pub(crate) fn bind(address: &ListenAddress) -> Result<Vec<(Listener, BoundAddres
 /// Answers monitor connections until `shutdown`; removes a Unix socket file
 /// on the way out.
 pub(crate) async fn serve(listener: Listener, shared: Arc<Shared>) {
-    let shutdown = shared.shutdown.clone();
+    let shutdown = &shared.shutdown;
     match listener {
         Listener::Tcp(l) => match tokio::net::TcpListener::from_std(l) {
-            Ok(l) => loop {
-                let accepted = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    a = l.accept() => a,
+            Ok(l) => {
+                let report = |stream, _| {
+                    tokio::spawn(send_report(stream, shared.clone()));
                 };
-                match accepted {
-                    Ok((stream, _)) => {
-                        tokio::spawn(send_report(stream, shared.clone()));
-                    }
-                    Err(err) => {
-                        tracing::error!(%err, "monitor accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            },
+                accept_until_shutdown(shutdown, "monitor accept", || l.accept(), report).await
+            }
             Err(err) => tracing::error!(%err, "monitor listener unusable"),
         },
         Listener::Unix(l, path) => {
             match tokio::net::UnixListener::from_std(l) {
-                Ok(l) => loop {
-                    let accepted = tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        a = l.accept() => a,
+                Ok(l) => {
+                    let report = |stream, _| {
+                        tokio::spawn(send_report(stream, shared.clone()));
                     };
-                    match accepted {
-                        Ok((stream, _)) => {
-                            tokio::spawn(send_report(stream, shared.clone()));
-                        }
-                        Err(err) => {
-                            tracing::error!(%err, "monitor accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                },
+                    accept_until_shutdown(shutdown, "monitor accept", || l.accept(), report).await
+                }
                 Err(err) => tracing::error!(%err, "monitor listener unusable"),
             }
             let _ = std::fs::remove_file(path);

@@ -437,33 +437,49 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
 /// persistent failure does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Accepts connections until shutdown and hands each to `on_accept`; an
+/// accept error is logged under `what` and followed by [`ACCEPT_BACKOFF`].
+/// Shared by the ZEO listeners and the monitor's.
+pub(crate) async fn accept_until_shutdown<S, A, F, Fut>(
+    shutdown: &CancellationToken,
+    what: &str,
+    mut accept: F,
+    mut on_accept: impl FnMut(S, A),
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<(S, A)>>,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => on_accept(stream, peer),
+            Err(err) => {
+                tracing::error!(%err, "{what} failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
 async fn accept_tcp(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     alive: mpsc::Sender<()>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let alive = alive.clone();
-                tokio::spawn(async move {
-                    let nonce_peer = zeo_auth::python_peer_text(&peer);
-                    crate::connection::serve(shared, stream, peer.to_string(), nonce_peer).await;
-                    drop(alive);
-                });
-            }
-            Err(err) => {
-                tracing::error!(%err, "accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
+    let on_accept = |stream: tokio::net::TcpStream, peer: SocketAddr| {
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            let nonce_peer = zeo_auth::python_peer_text(&peer);
+            crate::connection::serve(shared, stream, peer.to_string(), nonce_peer).await;
+            drop(alive);
+        });
+    };
+    accept_until_shutdown(&shared.shutdown, "accept", || listener.accept(), on_accept).await;
 }
 
 async fn accept_unix(
@@ -472,28 +488,17 @@ async fn accept_unix(
     shared: Arc<Shared>,
     alive: mpsc::Sender<()>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let shared = shared.clone();
-                let alive = alive.clone();
-                let peer = path.display().to_string();
-                tokio::spawn(async move {
-                    // ZEO saw an empty peer address for Unix sockets.
-                    crate::connection::serve(shared, stream, peer, String::new()).await;
-                    drop(alive);
-                });
-            }
-            Err(err) => {
-                tracing::error!(%err, "accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
+    let on_accept = |stream: tokio::net::UnixStream, _| {
+        let shared = shared.clone();
+        let alive = alive.clone();
+        let peer = path.display().to_string();
+        tokio::spawn(async move {
+            // ZEO saw an empty peer address for Unix sockets.
+            crate::connection::serve(shared, stream, peer, String::new()).await;
+            drop(alive);
+        });
+    };
+    accept_until_shutdown(&shared.shutdown, "accept", || listener.accept(), on_accept).await;
 }
 
 #[cfg(test)]
