@@ -25,7 +25,13 @@ impl ServerProcess {
     /// Starts the binary in `cwd` with `args` and waits (10 s at most) for
     /// it to print where it listens.
     pub fn start(cwd: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(binary())
+        Self::start_program(cwd, binary(), args)
+    }
+
+    /// Like [`ServerProcess::start`], but runs `program` (e.g. `prlimit`
+    /// wrapping the binary, which it execs into, keeping the pid).
+    pub fn start_program(cwd: &Path, program: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(program)
             .args(args)
             .current_dir(cwd)
             .stdin(Stdio::null())
