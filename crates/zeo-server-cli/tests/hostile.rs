@@ -192,7 +192,11 @@ fn deep_pickle_frames_close_only_their_connection() {
         list_bomb.push(b'e');
     }
     list_bomb.push(b'.');
-    let attacks = [deep_tuple_pickle(50_000), deep_tuple_pickle(2_000_000), list_bomb];
+    let attacks = [
+        deep_tuple_pickle(50_000),
+        deep_tuple_pickle(2_000_000),
+        list_bomb,
+    ];
     for (i, attack) in attacks.iter().enumerate() {
         for registered in [false, true] {
             let (mut peer, m) = Peer::connect(server.addr());
@@ -331,7 +335,8 @@ fn big_object_database(dir: &Path) -> Tid {
     let txn = fs
         .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
         .unwrap();
-    fs.store(txn, Oid(0), Tid::ZERO, &vec![7u8; 1 << 20]).unwrap();
+    fs.store(txn, Oid(0), Tid::ZERO, &vec![7u8; 1 << 20])
+        .unwrap();
     fs.tpc_vote(txn).unwrap();
     let tid = fs.tpc_finish(txn, &mut |_| {}).unwrap();
     fs.close().unwrap();
@@ -368,7 +373,10 @@ fn clients_that_never_read_cost_bounded_memory() {
                 Err(e) => panic!("the server dropped a client that only stopped reading: {e}"),
             }
         }
-        assert!(sent < 3_000, "the server read 3,000 requests without back-pressure");
+        assert!(
+            sent < 3_000,
+            "the server read 3,000 requests without back-pressure"
+        );
         peers.push(peer);
     }
     let grown = peak(&server).saturating_sub(idle);
@@ -413,7 +421,12 @@ fn run_to_exit(dir: &Path, args: &[&str]) -> (std::process::ExitStatus, String) 
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     (status, err)
 }
 
