@@ -15,6 +15,7 @@
 use zeo_pickle::{Decoder, Protocol, Value};
 
 use crate::error::{Error, Result};
+use crate::limits::{shared_budget, MAX_MESSAGE_DEPTH};
 use crate::message::Message;
 
 const ENCODING: &str = "pickle";
@@ -70,6 +71,8 @@ pub(crate) fn encode_message(msg: &Message) -> Result<Vec<u8>> {
 /// given values it accepted.
 mod direct {
     use zeo_pickle::Value;
+
+    use crate::limits::{plain_budget, MAX_MESSAGE_DEPTH, VALUE_COST};
 
     pub const PROTO: u8 = 0x80;
     pub const MARK: u8 = b'(';
@@ -279,131 +282,205 @@ mod direct {
         }
     }
 
+    /// Why the direct reader stopped short of a value.
+    #[derive(Debug)]
+    pub enum Refusal {
+        /// Not a pickle it reads (memo, globals, Python 2 strings, dicts,
+        /// odd stack use, errors): the generic decoder decides.
+        Unhandled,
+        /// A limit on what a message may cost; the message is refused.
+        Limit(String),
+    }
+
+    /// A value on the reader's stack with its height: 0 for a scalar, one
+    /// more than its tallest item for a container.
+    struct Slot {
+        value: Value,
+        height: usize,
+    }
+
     /// Reads a pickle made of the opcodes [`write`] emits (plus `PROTO`
-    /// 2 and `LONG4`), the way the generic decoder would; `None` for anything
-    /// else (memo, globals, Python 2 strings, dicts, odd stack use, errors),
-    /// which the generic decoder then handles or rejects.
-    pub fn decode(data: &[u8]) -> Option<Value> {
+    /// 2 and `LONG4`), the way the generic decoder would.
+    ///
+    /// Every value it builds carries its nesting height, and one taller
+    /// than [`MAX_MESSAGE_DEPTH`] is refused on the spot, so no value
+    /// deeper than that ever exists (dropping one recurses per level).
+    /// What it builds is charged against [`plain_budget`].
+    pub fn decode(data: &[u8]) -> Result<Value, Refusal> {
+        use Refusal::Unhandled;
         if data.first() != Some(&PROTO) {
-            return None;
+            return Err(Unhandled);
         }
-        let mut stack: Vec<Value> = Vec::with_capacity(8);
+        let mut stack: Vec<Slot> = Vec::with_capacity(8);
         // Stack heights at each open MARK.
         let mut marks: Vec<usize> = Vec::new();
         let mut pos = 0usize;
-        let take = |pos: &mut usize, n: usize| -> Option<&[u8]> {
-            let end = pos.checked_add(n)?;
-            let bytes = data.get(*pos..end)?;
+        let budget = plain_budget(data.len());
+        let mut spent = 0usize;
+        let take = |pos: &mut usize, n: usize| -> Result<&[u8], Refusal> {
+            let end = pos.checked_add(n).ok_or(Unhandled)?;
+            let bytes = data.get(*pos..end).ok_or(Unhandled)?;
             *pos = end;
-            Some(bytes)
+            Ok(bytes)
         };
-        let u32_at = |pos: &mut usize| -> Option<usize> {
+        let u32_at = |pos: &mut usize| -> Result<usize, Refusal> {
             let b = take(pos, 4)?;
-            usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()
+            usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).map_err(|_| Unhandled)
         };
+        // A container of `items`, one level above the tallest of them.
+        let container =
+            |items: Vec<Slot>, make: fn(Vec<Value>) -> Value| -> Result<Slot, Refusal> {
+                let height = 1 + items.iter().map(|s| s.height).max().unwrap_or(0);
+                check_height(height)?;
+                Ok(Slot {
+                    value: make(items.into_iter().map(|s| s.value).collect()),
+                    height,
+                })
+            };
         loop {
-            let op = *take(&mut pos, 1)?.first()?;
+            let op = *take(&mut pos, 1)?.first().ok_or(Unhandled)?;
             // Items above the innermost MARK, which is all an opcode sees.
             let base = marks.last().copied().unwrap_or(0);
-            let value = match op {
-                PROTO => match take(&mut pos, 1)?.first()? {
-                    2 | 3 if pos == 2 => continue,
-                    _ => return None,
+            let scalar = |value: Value| Slot { value, height: 0 };
+            let slot = match op {
+                PROTO => match take(&mut pos, 1)?.first() {
+                    Some(2 | 3) if pos == 2 => continue,
+                    _ => return Err(Unhandled),
                 },
                 STOP => {
                     return match (stack.len(), marks.is_empty()) {
-                        (1, true) => stack.pop(),
-                        _ => None,
+                        (1, true) => stack.pop().map(|s| s.value).ok_or(Unhandled),
+                        _ => Err(Unhandled),
                     };
                 }
                 MARK => {
                     if marks.len() >= MAX_DEPTH {
-                        return None;
+                        return Err(Unhandled);
                     }
                     marks.push(stack.len());
                     continue;
                 }
-                NONE => Value::None,
-                NEWTRUE => Value::Bool(true),
-                NEWFALSE => Value::Bool(false),
-                BININT1 => Value::Int(take(&mut pos, 1)?[0].into()),
+                NONE => scalar(Value::None),
+                NEWTRUE => scalar(Value::Bool(true)),
+                NEWFALSE => scalar(Value::Bool(false)),
+                BININT1 => scalar(Value::Int(take(&mut pos, 1)?[0].into())),
                 BININT2 => {
                     let b = take(&mut pos, 2)?;
-                    Value::Int(u16::from_le_bytes([b[0], b[1]]).into())
+                    scalar(Value::Int(u16::from_le_bytes([b[0], b[1]]).into()))
                 }
                 BININT => {
                     let b = take(&mut pos, 4)?;
-                    Value::Int(i32::from_le_bytes([b[0], b[1], b[2], b[3]]).into())
+                    scalar(Value::Int(
+                        i32::from_le_bytes([b[0], b[1], b[2], b[3]]).into(),
+                    ))
                 }
                 LONG1 => {
                     let n = take(&mut pos, 1)?[0];
-                    Value::from_le_bytes(take(&mut pos, n.into())?)
+                    let bytes = take(&mut pos, n.into())?;
+                    spent = spent.saturating_add(bytes.len());
+                    scalar(Value::from_le_bytes(bytes))
                 }
                 LONG4 => {
                     let b = take(&mut pos, 4)?;
-                    let n = usize::try_from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()?;
-                    Value::from_le_bytes(take(&mut pos, n)?)
+                    let n = usize::try_from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .map_err(|_| Unhandled)?;
+                    let bytes = take(&mut pos, n)?;
+                    spent = spent.saturating_add(bytes.len());
+                    scalar(Value::from_le_bytes(bytes))
                 }
                 BINFLOAT => {
                     let b = take(&mut pos, 8)?;
                     let mut be = [0u8; 8];
                     be.copy_from_slice(b);
-                    Value::Float(f64::from_be_bytes(be))
+                    scalar(Value::Float(f64::from_be_bytes(be)))
                 }
                 SHORT_BINBYTES => {
                     let n = take(&mut pos, 1)?[0];
-                    Value::Bytes(take(&mut pos, n.into())?.to_vec())
+                    let bytes = take(&mut pos, n.into())?;
+                    spent = spent.saturating_add(bytes.len());
+                    scalar(Value::Bytes(bytes.to_vec()))
                 }
                 BINBYTES => {
                     let n = u32_at(&mut pos)?;
-                    Value::Bytes(take(&mut pos, n)?.to_vec())
+                    let bytes = take(&mut pos, n)?;
+                    spent = spent.saturating_add(bytes.len());
+                    scalar(Value::Bytes(bytes.to_vec()))
                 }
                 BINUNICODE => {
                     let n = u32_at(&mut pos)?;
-                    Value::Str(std::str::from_utf8(take(&mut pos, n)?).ok()?.to_owned())
+                    let text = std::str::from_utf8(take(&mut pos, n)?).map_err(|_| Unhandled)?;
+                    spent = spent.saturating_add(text.len());
+                    scalar(Value::Str(text.to_owned()))
                 }
-                EMPTY_TUPLE => Value::Tuple(Vec::new()),
-                EMPTY_LIST => Value::List(Vec::new()),
+                EMPTY_TUPLE => container(Vec::new(), Value::Tuple)?,
+                EMPTY_LIST => container(Vec::new(), Value::List)?,
                 0x85..=0x87 => {
                     let n = usize::from(op - TUPLE1) + 1;
-                    let from = stack.len().checked_sub(n).filter(|f| *f >= base)?;
-                    Value::Tuple(stack.split_off(from))
+                    let from = stack
+                        .len()
+                        .checked_sub(n)
+                        .filter(|f| *f >= base)
+                        .ok_or(Unhandled)?;
+                    container(stack.split_off(from), Value::Tuple)?
                 }
                 TUPLE => {
-                    let from = marks.pop()?;
-                    Value::Tuple(stack.split_off(from))
+                    let from = marks.pop().ok_or(Unhandled)?;
+                    container(stack.split_off(from), Value::Tuple)?
                 }
                 APPEND => {
                     if stack.len() < base + 2 {
-                        return None;
+                        return Err(Unhandled);
                     }
-                    let item = stack.pop()?;
-                    match stack.last_mut()? {
-                        Value::List(items) => items.push(item),
-                        _ => return None,
-                    }
+                    let item = stack.pop().ok_or(Unhandled)?;
+                    append(stack.last_mut().ok_or(Unhandled)?, vec![item])?;
                     continue;
                 }
                 APPENDS => {
-                    let from = marks.pop()?;
+                    let from = marks.pop().ok_or(Unhandled)?;
                     let below = marks.last().copied().unwrap_or(0);
                     if from <= below {
-                        return None;
+                        return Err(Unhandled);
                     }
                     let items = stack.split_off(from);
-                    match stack.last_mut()? {
-                        Value::List(list) => list.extend(items),
-                        _ => return None,
-                    }
+                    append(stack.last_mut().ok_or(Unhandled)?, items)?;
                     continue;
                 }
-                _ => return None,
+                _ => return Err(Unhandled),
             };
             if stack.len() >= MAX_STACK {
-                return None;
+                return Err(Unhandled);
             }
-            stack.push(value);
+            spent = spent.saturating_add(VALUE_COST);
+            if spent > budget {
+                return Err(Refusal::Limit(format!("decoded value over {budget} bytes")));
+            }
+            stack.push(slot);
         }
+    }
+
+    fn check_height(height: usize) -> Result<(), Refusal> {
+        if height > MAX_MESSAGE_DEPTH {
+            return Err(Refusal::Limit(format!(
+                "nesting deeper than {MAX_MESSAGE_DEPTH}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `APPEND`/`APPENDS` onto `target`, which must be a list; it grows
+    /// as tall as its tallest new item requires.
+    fn append(target: &mut Slot, items: Vec<Slot>) -> Result<(), Refusal> {
+        let Value::List(list) = &mut target.value else {
+            return Err(Refusal::Unhandled);
+        };
+        let height = items
+            .iter()
+            .map(|s| s.height + 1)
+            .fold(target.height, usize::max);
+        check_height(height)?;
+        target.height = height;
+        list.extend(items.into_iter().map(|s| s.value));
+        Ok(())
     }
 
     /// `BINUNICODE`, for a string [`str_size`] accepted.
@@ -437,11 +514,23 @@ mod direct {
 /// ignores them. Pickles of plain data as ZEO 5 peers write them (protocol
 /// 3, no memo) are read directly; anything else goes through the generic
 /// decoder, whose answer is the same where both apply.
+///
+/// Both readers enforce the limits of [`crate::limits`].
 pub(crate) fn decode_message_value(data: &[u8], side: Side) -> Result<Value> {
     match direct::decode(data) {
-        Some(value) => Ok(value),
-        None => decode_generic(data, side),
+        Ok(value) => Ok(value),
+        Err(direct::Refusal::Limit(limit)) => Err(Error::limit(ENCODING, limit)),
+        Err(direct::Refusal::Unhandled) => decode_generic(data, side),
     }
+}
+
+/// The generic decoder with the limits a message gets.
+fn message_decoder(data: &[u8]) -> Decoder<'_> {
+    let budget = shared_budget(data.len());
+    Decoder::new(data)
+        .with_max_depth(MAX_MESSAGE_DEPTH)
+        .with_max_work(budget)
+        .with_max_output(budget)
 }
 
 /// [`decode_message_value`] without the direct reader.
@@ -450,7 +539,7 @@ fn decode_generic(data: &[u8], side: Side) -> Result<Value> {
         Side::Server => zeo_pickle::zeo_server_find_global,
         Side::Client => client_find_global,
     };
-    let value = Decoder::new(data)
+    let value = message_decoder(data)
         .with_find_global(policy)
         .next_pickle()
         .map_err(map_err)?;
@@ -458,15 +547,26 @@ fn decode_generic(data: &[u8], side: Side) -> Result<Value> {
 }
 
 /// Decodes a pickle with no global restriction (transaction extensions,
-/// which ZODB unpickles freely).
+/// which ZODB unpickles freely), under a message's limits since a peer
+/// sent it.
 pub(crate) fn decode_any(data: &[u8]) -> Result<Value> {
-    zeo_pickle::decode(data).map_err(map_err)
+    let mut d = message_decoder(data);
+    let value = d.next_pickle().map_err(map_err)?;
+    if !d.is_at_end() {
+        return Err(map_err(zeo_pickle::Error::TrailingData {
+            offset: d.position(),
+        }));
+    }
+    Ok(value)
 }
 
 fn map_err(err: zeo_pickle::Error) -> Error {
     match err {
         zeo_pickle::Error::GlobalRejected { module, name, .. } => {
             Error::ForbiddenGlobal { module, name }
+        }
+        zeo_pickle::Error::LimitExceeded { offset, what } => {
+            Error::limit(ENCODING, format!("{what} (at byte {offset})"))
         }
         other => Error::malformed(ENCODING, other.to_string()),
     }
@@ -722,7 +822,7 @@ mod tests {
     /// Where the direct reader answers, the generic decoder gives the
     /// same value.
     fn check_decoders_agree(data: &[u8]) -> std::result::Result<(), TestCaseError> {
-        if let Some(direct) = direct::decode(data) {
+        if let Ok(direct) = direct::decode(data) {
             for side in [Side::Server, Side::Client] {
                 let generic = decode_generic(data, side).map_err(|e| e.to_string());
                 prop_assert_eq!(&generic, &Ok(direct.clone()), "{:02x?}", data);
@@ -741,7 +841,7 @@ mod tests {
             // A message of plain data never needs the generic decoder.
             let whole = msg.to_value();
             if direct::size(&whole, 0).is_some() && !has_dict(&whole) {
-                prop_assert!(direct::decode(&data).is_some());
+                prop_assert!(direct::decode(&data).is_ok());
             }
         }
 
