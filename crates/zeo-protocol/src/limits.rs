@@ -8,10 +8,10 @@
 //!   level. ZEO messages nest a handful of levels (the message tuple, its
 //!   arguments, a list of records, a dict, an exception's state), so every
 //!   decoder here refuses values nested deeper than [`MAX_MESSAGE_DEPTH`].
-//!   At 64 levels the deepest of those recursions needs about 128 KiB of
-//!   stack in an unoptimized build and far less in a release build, well
-//!   within the 2 MiB a runtime worker thread gets, with room to spare for
-//!   the callers' frames.
+//!   The decoders and encoders keep their own stacks; at 64 levels all of
+//!   those recursions together fit in a 128 KiB thread stack even in an
+//!   unoptimized build (`tests/hostile.rs`), a small part of the 2 MiB a
+//!   runtime worker thread gets.
 //! * **Memory.** The value built from a message is charged as
 //!   `size_of::<Value>()` per node plus its string and byte payloads. For
 //!   plain data (the direct pickle reader and msgpack: no shared objects)

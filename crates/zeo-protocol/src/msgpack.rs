@@ -26,14 +26,37 @@ pub const MAX_DEPTH: usize = MAX_MESSAGE_DEPTH;
 const MAX_PRESIZE: usize = 64;
 
 /// Encodes one value, appending to `out`.
+///
+/// Iterative (a stack of values still to write), so the thread's stack
+/// does not depend on the value's depth; values nested deeper than
+/// [`MAX_DEPTH`] + 1 are refused like the decoder refuses them.
 pub fn encode_value(value: &Value, out: &mut Vec<u8>) -> Result<()> {
-    encode(value, out, 0)
+    let mut todo: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((value, depth)) = todo.pop() {
+        if depth > MAX_DEPTH {
+            return Err(Error::Unencodable(format!(
+                "value nested deeper than {MAX_DEPTH}"
+            )));
+        }
+        encode_one(value, out)?;
+        match value {
+            Value::Tuple(items) | Value::List(items) => {
+                todo.extend(items.iter().rev().map(|v| (v, depth + 1)));
+            }
+            Value::Dict(pairs) => {
+                for (k, v) in pairs.iter().rev() {
+                    todo.push((v, depth + 1));
+                    todo.push((k, depth + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
-fn encode(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
-    if depth > MAX_DEPTH {
-        return Err(Error::Unencodable("value nested too deeply".into()));
-    }
+/// Writes a scalar, or a container's header (its items follow).
+fn encode_one(value: &Value, out: &mut Vec<u8>) -> Result<()> {
     match value {
         Value::None => out.push(0xc0),
         Value::Bool(false) => out.push(0xc2),
@@ -76,9 +99,6 @@ fn encode(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
                     out.extend_from_slice(&len.to_be_bytes());
                 }
             }
-            for item in items {
-                encode(item, out, depth + 1)?;
-            }
         }
         Value::Dict(pairs) => {
             let len = len32(pairs.len())?;
@@ -92,10 +112,6 @@ fn encode(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
                     out.push(0xdf);
                     out.extend_from_slice(&len.to_be_bytes());
                 }
-            }
-            for (k, v) in pairs {
-                encode(k, out, depth + 1)?;
-                encode(v, out, depth + 1)?;
             }
         }
         other => {

@@ -539,11 +539,12 @@ fn decode_generic(data: &[u8], side: Side) -> Result<Value> {
         Side::Server => zeo_pickle::zeo_server_find_global,
         Side::Client => client_find_global,
     };
-    let value = message_decoder(data)
+    let mut value = message_decoder(data)
         .with_find_global(policy)
         .next_pickle()
         .map_err(map_err)?;
-    Ok(normalize(value))
+    normalize(&mut value);
+    Ok(value)
 }
 
 /// Decodes a pickle with no global restriction (transaction extensions,
@@ -676,29 +677,26 @@ pub fn client_find_global(module: &str, name: &str) -> bool {
 /// Folds the spellings Python 2 peers use for byte strings back to bytes:
 /// `zodbpickle.binary(data)` and `copy_reg._reconstructor(zodbpickle.binary,
 /// str, data)`.
-fn normalize(value: Value) -> Value {
+///
+/// In place, so nothing is rebuilt and each level of the (depth-limited)
+/// recursion costs one small frame.
+fn normalize(value: &mut Value) {
     match value {
-        Value::Call {
-            callable,
-            args,
-            new_object,
-        } => match binary_payload(&callable, &args) {
-            Some(bytes) => Value::Bytes(bytes),
-            None => Value::Call {
-                callable: Box::new(normalize(*callable)),
-                args: Box::new(normalize(*args)),
-                new_object,
-            },
+        Value::Call { callable, args, .. } => match binary_payload(callable, args) {
+            Some(bytes) => *value = Value::Bytes(bytes),
+            None => {
+                normalize(callable);
+                normalize(args);
+            }
         },
-        Value::Tuple(items) => Value::Tuple(items.into_iter().map(normalize).collect()),
-        Value::List(items) => Value::List(items.into_iter().map(normalize).collect()),
-        Value::Dict(pairs) => Value::Dict(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (normalize(k), normalize(v)))
-                .collect(),
-        ),
-        other => other,
+        Value::Tuple(items) | Value::List(items) => items.iter_mut().for_each(normalize),
+        Value::Dict(pairs) => {
+            for (k, v) in pairs {
+                normalize(k);
+                normalize(v);
+            }
+        }
+        _ => {}
     }
 }
 
