@@ -130,8 +130,9 @@ pub(crate) struct Machine<'a, 'h> {
     find_global: Option<FindGlobal<'h>>,
     /// When set, every persistent id loaded is recorded here.
     pub(crate) persistent_ids: Option<Vec<Item>>,
-    /// Estimated bytes allocated so far (stack slots, arena nodes, memo
-    /// entries, copied strings); only ever grows, so it bounds the peak.
+    /// Bytes allocated so far (stack and arena allocations, node vectors,
+    /// memo entries, copied strings), estimated; it only ever grows, freed
+    /// allocations included, so it bounds the peak.
     work: usize,
     /// Budget for `work`, checked before every opcode.
     max_work: usize,
@@ -260,8 +261,13 @@ impl<'a, 'h> Machine<'a, 'h> {
     }
 
     fn push(&mut self, item: Item) {
-        self.charge_items(1);
+        let before = self.stack.capacity();
         self.stack.push(item);
+        // Charged by allocation, since the stack's capacity can reach twice
+        // its length.
+        if self.stack.capacity() != before {
+            self.charge_items(self.stack.capacity());
+        }
     }
 
     fn push_node(&mut self, node: Node<'a>) {
@@ -270,7 +276,11 @@ impl<'a, 'h> Machine<'a, 'h> {
     }
 
     fn alloc(&mut self, node: Node<'a>) -> NodeId {
-        self.charge(std::mem::size_of::<Node<'a>>());
+        if self.arena.len() == self.arena.capacity() {
+            // What the arena's next allocation will hold at most.
+            let grown = self.arena.capacity().saturating_mul(2).max(4);
+            self.charge(grown.saturating_mul(std::mem::size_of::<Node<'a>>()));
+        }
         if let Node::Bytes(Cow::Owned(b)) | Node::ByteArray(Cow::Owned(b)) = &node {
             self.charge(b.len());
         }
