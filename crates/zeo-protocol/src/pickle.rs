@@ -292,13 +292,6 @@ mod direct {
         Limit(String),
     }
 
-    /// A value on the reader's stack with its height: 0 for a scalar, one
-    /// more than its tallest item for a container.
-    struct Slot {
-        value: Value,
-        height: usize,
-    }
-
     /// Reads a pickle made of the opcodes [`write`] emits (plus `PROTO`
     /// 2 and `LONG4`), the way the generic decoder would.
     ///
@@ -311,7 +304,11 @@ mod direct {
         if data.first() != Some(&PROTO) {
             return Err(Unhandled);
         }
-        let mut stack: Vec<Slot> = Vec::with_capacity(8);
+        let mut stack: Vec<Value> = Vec::with_capacity(8);
+        // The height of each value on the stack: 0 for a scalar, one more
+        // than its tallest item for a container. Kept apart so containers
+        // take their items with one move, as without the bookkeeping.
+        let mut heights: Vec<usize> = Vec::with_capacity(8);
         // Stack heights at each open MARK.
         let mut marks: Vec<usize> = Vec::new();
         let mut pos = 0usize;
@@ -327,29 +324,19 @@ mod direct {
             let b = take(pos, 4)?;
             usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).map_err(|_| Unhandled)
         };
-        // A container of `items`, one level above the tallest of them.
-        let container =
-            |items: Vec<Slot>, make: fn(Vec<Value>) -> Value| -> Result<Slot, Refusal> {
-                let height = 1 + items.iter().map(|s| s.height).max().unwrap_or(0);
-                check_height(height)?;
-                Ok(Slot {
-                    value: make(items.into_iter().map(|s| s.value).collect()),
-                    height,
-                })
-            };
         loop {
             let op = *take(&mut pos, 1)?.first().ok_or(Unhandled)?;
             // Items above the innermost MARK, which is all an opcode sees.
             let base = marks.last().copied().unwrap_or(0);
-            let scalar = |value: Value| Slot { value, height: 0 };
-            let slot = match op {
+            let scalar = |value: Value| (value, 0);
+            let (value, height) = match op {
                 PROTO => match take(&mut pos, 1)?.first() {
                     Some(2 | 3) if pos == 2 => continue,
                     _ => return Err(Unhandled),
                 },
                 STOP => {
                     return match (stack.len(), marks.is_empty()) {
-                        (1, true) => stack.pop().map(|s| s.value).ok_or(Unhandled),
+                        (1, true) => stack.pop().ok_or(Unhandled),
                         _ => Err(Unhandled),
                     };
                 }
@@ -412,8 +399,8 @@ mod direct {
                     spent = spent.saturating_add(text.len());
                     scalar(Value::Str(text.to_owned()))
                 }
-                EMPTY_TUPLE => container(Vec::new(), Value::Tuple)?,
-                EMPTY_LIST => container(Vec::new(), Value::List)?,
+                EMPTY_TUPLE => (Value::Tuple(Vec::new()), 1),
+                EMPTY_LIST => (Value::List(Vec::new()), 1),
                 0x85..=0x87 => {
                     let n = usize::from(op - TUPLE1) + 1;
                     let from = stack
@@ -421,18 +408,27 @@ mod direct {
                         .checked_sub(n)
                         .filter(|f| *f >= base)
                         .ok_or(Unhandled)?;
-                    container(stack.split_off(from), Value::Tuple)?
+                    let height = container_height(&mut heights, from)?;
+                    (Value::Tuple(stack.split_off(from)), height)
                 }
                 TUPLE => {
                     let from = marks.pop().ok_or(Unhandled)?;
-                    container(stack.split_off(from), Value::Tuple)?
+                    let height = container_height(&mut heights, from)?;
+                    (Value::Tuple(stack.split_off(from)), height)
                 }
                 APPEND => {
                     if stack.len() < base + 2 {
                         return Err(Unhandled);
                     }
+                    let list_at = stack.len() - 2;
+                    if !matches!(stack[list_at], Value::List(_)) {
+                        return Err(Unhandled);
+                    }
+                    appended_height(&mut heights, list_at)?;
                     let item = stack.pop().ok_or(Unhandled)?;
-                    append(stack.last_mut().ok_or(Unhandled)?, vec![item])?;
+                    if let Some(Value::List(list)) = stack.last_mut() {
+                        list.push(item);
+                    }
                     continue;
                 }
                 APPENDS => {
@@ -441,8 +437,14 @@ mod direct {
                     if from <= below {
                         return Err(Unhandled);
                     }
+                    if !matches!(stack.get(from - 1), Some(Value::List(_))) {
+                        return Err(Unhandled);
+                    }
+                    appended_height(&mut heights, from - 1)?;
                     let items = stack.split_off(from);
-                    append(stack.last_mut().ok_or(Unhandled)?, items)?;
+                    if let Some(Value::List(list)) = stack.last_mut() {
+                        list.extend(items);
+                    }
                     continue;
                 }
                 _ => return Err(Unhandled),
@@ -454,32 +456,34 @@ mod direct {
             if spent > budget {
                 return Err(Refusal::Limit(format!("decoded value over {budget} bytes")));
             }
-            stack.push(slot);
+            stack.push(value);
+            heights.push(height);
         }
     }
 
-    fn check_height(height: usize) -> Result<(), Refusal> {
+    /// The height of a container holding the values whose heights are
+    /// `heights[from..]` (which it takes off), refused past the limit.
+    fn container_height(heights: &mut Vec<usize>, from: usize) -> Result<usize, Refusal> {
+        let height = heights
+            .get(from..)
+            .and_then(|h| h.iter().copied().max())
+            .map_or(1, |tallest| tallest + 1);
+        heights.truncate(from);
         if height > MAX_MESSAGE_DEPTH {
             return Err(Refusal::Limit(format!(
                 "nesting deeper than {MAX_MESSAGE_DEPTH}"
             )));
         }
-        Ok(())
+        Ok(height)
     }
 
-    /// `APPEND`/`APPENDS` onto `target`, which must be a list; it grows
-    /// as tall as its tallest new item requires.
-    fn append(target: &mut Slot, items: Vec<Slot>) -> Result<(), Refusal> {
-        let Value::List(list) = &mut target.value else {
-            return Err(Refusal::Unhandled);
-        };
-        let height = items
-            .iter()
-            .map(|s| s.height + 1)
-            .fold(target.height, usize::max);
-        check_height(height)?;
-        target.height = height;
-        list.extend(items.into_iter().map(|s| s.value));
+    /// Updates the height of the list at `list_at` for the items above it
+    /// (whose heights it takes off) being appended to it.
+    fn appended_height(heights: &mut Vec<usize>, list_at: usize) -> Result<(), Refusal> {
+        let items = container_height(heights, list_at + 1)?;
+        if let Some(list) = heights.last_mut() {
+            *list = (*list).max(items);
+        }
         Ok(())
     }
 
