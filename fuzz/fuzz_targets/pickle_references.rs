@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = zeo_pickle::references(data);
-    let _ = zeo_pickle::class_of(data);
-});
+mod check {
+    include!("../checks/pickle_references.rs");
+}
+
+fuzz_target!(|data: &[u8]| check::run(data));

@@ -4,23 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zeo_protocol::{ClientIncoming, Encoding, Error, Marshaller, ServerRequest};
 
-fuzz_target!(|data: &[u8]| {
-    for m in [
-        Marshaller::server(Encoding::Pickle),
-        Marshaller::client(Encoding::Pickle),
-    ] {
-        match m.decode(data) {
-            Ok(msg) => {
-                let _ = ServerRequest::parse(&msg);
-                let _ = ClientIncoming::parse(&msg);
-                let _ = m.encode(&msg);
-            }
-            Err(
-                Error::ForbiddenGlobal { .. } | Error::Malformed { .. } | Error::NotAMessage(_),
-            ) => {}
-            Err(other) => panic!("unexpected decode error kind: {other}"),
-        }
-    }
-});
+mod check {
+    include!("../checks/protocol_decode_pickle.rs");
+}
+
+fuzz_target!(|data: &[u8]| check::run(data));

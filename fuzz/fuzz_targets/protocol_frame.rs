@@ -2,37 +2,10 @@
 //! arbitrary pieces: no panic, and frames never exceed the limit.
 #![no_main]
 
-use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use tokio_util::codec::Decoder;
-use zeo_protocol::{decode_frame, ClientHandshake, Encoding, FrameCodec, ServerHandshake};
 
-fuzz_target!(|data: &[u8]| {
-    let Some((&step, data)) = data.split_first() else {
-        return;
-    };
-    let step = usize::from(step).max(1);
-    let mut codec = FrameCodec::with_max_frame(4096);
-    let mut buf = BytesMut::new();
-    'feed: for piece in data.chunks(step) {
-        buf.extend_from_slice(piece);
-        loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    assert!(frame.len() <= 4096);
-                    let _ = ServerHandshake::new(Encoding::Pickle).receive(&frame);
-                    let _ = ClientHandshake::new().receive(&frame);
-                }
-                Ok(None) => break,
-                Err(_) => break 'feed,
-            }
-        }
-    }
-    let mut rest = data;
-    while let Ok((_, next)) = decode_frame(rest) {
-        if next.len() == rest.len() {
-            break;
-        }
-        rest = next;
-    }
-});
+mod check {
+    include!("../checks/protocol_frame.rs");
+}
+
+fuzz_target!(|data: &[u8]| check::run(data));

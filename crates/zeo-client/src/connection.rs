@@ -219,17 +219,35 @@ async fn read_frame<R: AsyncRead + Unpin>(
     };
     if len > max {
         return Err(Error::Protocol(format!(
-            "frame of {len} bytes exceeds the limit of {max}"
+            "frame of {len} bytes exceeds max-message-size {max}"
         )));
     }
-    let mut buf = vec![0u8; extra + len];
-    r.read_exact(&mut buf)
+    let mut buf = read_growing(r, extra + len)
         .await
         .map_err(|e| Error::Disconnected(e.to_string()))?;
     if let Some(mac) = mac {
         mac.open_body(word, &buf)
             .map_err(|e| Error::Protocol(e.to_string()))?;
         buf.drain(..MAC_LEN);
+    }
+    Ok(buf)
+}
+
+/// Reads exactly `total` bytes into a buffer that grows as they arrive
+/// (`zeo_protocol::frame::frame_growth_target`), so a length word from the
+/// server reserves nothing by itself.
+async fn read_growing<R: AsyncRead + Unpin>(r: &mut R, total: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    while buf.len() < total {
+        if buf.len() == buf.capacity() {
+            let target = zeo_protocol::frame::frame_growth_target(buf.len(), total);
+            buf.reserve_exact(target - buf.len());
+        }
+        let room = (buf.capacity() - buf.len()).min(total - buf.len());
+        let n = (&mut *r).take(room as u64).read_buf(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
     }
     Ok(buf)
 }
@@ -784,5 +802,77 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncWriteExt, ReadBuf};
+
+    use super::*;
+
+    /// Records the most room any read offered: what the reader had reserved.
+    struct Probe<R> {
+        inner: R,
+        most_room: Arc<AtomicU64>,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncRead for Probe<R> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.most_room
+                .fetch_max(buf.remaining() as u64, Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_length_word_reserves_only_what_arrives() {
+        let claimed = 64usize << 20;
+        let payload: Vec<u8> = (0..claimed).map(|i| (i % 251) as u8).collect();
+        let wire = encode_frame(&payload).unwrap();
+        let (mut server, client) = tokio::io::duplex(1 << 16);
+        let most_room = Arc::new(AtomicU64::new(0));
+        let mut probe = Probe {
+            inner: client,
+            most_room: most_room.clone(),
+        };
+        server.write_all(&wire[..14]).await.unwrap();
+        let mut read = Box::pin(read_frame(&mut probe, 256 << 20, None));
+        let once = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+        assert!(once.is_pending());
+        let room = most_room.load(Ordering::Relaxed);
+        assert!(
+            room <= zeo_protocol::frame::FRAME_GROW_STEP as u64,
+            "{room} bytes reserved for 10 arrived"
+        );
+        let writer = tokio::spawn(async move {
+            server.write_all(&wire[14..]).await.unwrap();
+            server
+        });
+        let got = read.await.unwrap();
+        assert!(got == payload);
+        // Growth doubled with what arrived, never to the claimed length.
+        assert!(most_room.load(Ordering::Relaxed) <= (claimed / 2) as u64);
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_names_it() {
+        let (mut server, mut client) = tokio::io::duplex(64);
+        server.write_all(&(1025u32).to_be_bytes()).await.unwrap();
+        let err = read_frame(&mut client, 1024, None).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("frame of 1025 bytes exceeds max-message-size 1024"),
+            "{err}"
+        );
     }
 }

@@ -35,12 +35,18 @@ const DEFAULT_OUTPUT_PER_INPUT_BYTE: usize = 64;
 /// ```
 ///
 /// Hostile input is safe to feed: lengths are checked against the input
-/// before use, working memory grows at most linearly with the input, values
-/// nest at most [`Decoder::with_max_depth`] deep, and the decoded output
-/// (where shared objects are copied) is capped by [`Decoder::with_max_output`].
+/// before use, working memory grows at most linearly with the input (and
+/// can be capped with [`Decoder::with_max_work`]), values nest at most
+/// [`Decoder::with_max_depth`] deep, and the decoded output (where shared
+/// objects are copied) is capped by [`Decoder::with_max_output`].
+///
+/// The depth limit is what keeps the recursive operations of a [`Value`]
+/// (`Drop`, `Clone`, `PartialEq`, `Debug`) within the thread's stack: the
+/// decoder itself never recurses.
 pub struct Decoder<'a> {
     machine: Machine<'a, 'a>,
     max_depth: usize,
+    max_output: usize,
     output_left: usize,
 }
 
@@ -49,6 +55,7 @@ impl std::fmt::Debug for Decoder<'_> {
         f.debug_struct("Decoder")
             .field("position", &self.machine.position())
             .field("max_depth", &self.max_depth)
+            .field("max_output", &self.max_output)
             .field("output_left", &self.output_left)
             .finish_non_exhaustive()
     }
@@ -57,11 +64,13 @@ impl std::fmt::Debug for Decoder<'_> {
 impl<'a> Decoder<'a> {
     /// A decoder positioned at the start of `data`, allowing every global.
     pub fn new(data: &'a [u8]) -> Self {
+        let output = DEFAULT_OUTPUT_BASE
+            .saturating_add(data.len().saturating_mul(DEFAULT_OUTPUT_PER_INPUT_BYTE));
         Decoder {
             machine: Machine::new(data),
             max_depth: DEFAULT_MAX_DEPTH,
-            output_left: DEFAULT_OUTPUT_BASE
-                .saturating_add(data.len().saturating_mul(DEFAULT_OUTPUT_PER_INPUT_BYTE)),
+            max_output: output,
+            output_left: output,
         }
     }
 
@@ -86,7 +95,19 @@ impl<'a> Decoder<'a> {
     /// (default 1 MiB + 64 × input length). Each value node counts as
     /// `size_of::<Value>()` plus its string or byte payload.
     pub fn with_max_output(mut self, bytes: usize) -> Self {
+        self.max_output = bytes;
         self.output_left = bytes;
+        self
+    }
+
+    /// Caps the decoder's own working memory (its stack, memo and the
+    /// objects under construction), estimated in bytes; past it decoding
+    /// fails with [`Error::LimitExceeded`]. Unlimited by default: the
+    /// working memory is linear in the input, but one input byte can cost
+    /// around a hundred bytes, which a caller decoding untrusted input of
+    /// known purpose may want to bound more tightly.
+    pub fn with_max_work(mut self, bytes: usize) -> Self {
+        self.machine.set_max_work(bytes);
         self
     }
 
@@ -97,6 +118,7 @@ impl<'a> Decoder<'a> {
             machine: &self.machine,
             on_path: vec![false; self.machine.arena.len()],
             output_left: self.output_left,
+            max_output: self.max_output,
             max_depth: self.max_depth,
             offset: self.machine.position(),
         };
@@ -174,6 +196,7 @@ struct Materializer<'m, 'a> {
     /// means the structure contains itself.
     on_path: Vec<bool>,
     output_left: usize,
+    max_output: usize,
     max_depth: usize,
     offset: usize,
 }
@@ -196,7 +219,7 @@ impl Materializer<'_, '_> {
             }
             None => Err(Error::LimitExceeded {
                 offset: self.offset,
-                what: "decoded value too large (output budget)".into(),
+                what: format!("decoded output over {} bytes", self.max_output),
             }),
         }
     }

@@ -11,6 +11,10 @@
 //! Growth is bounded by the input: each opcode consumes at least one byte and
 //! adds at most two arena nodes and one stack or memo entry, and nothing is
 //! ever allocated from a length field before the bytes are known to exist.
+//! That still lets one input byte cost a hundred bytes of working memory
+//! (`)` makes an arena node and a stack slot), so the machine also keeps a
+//! running estimate of what it allocated and stops at a budget
+//! ([`Machine::set_max_work`]).
 //! Turning the arena into a [`crate::Value`] tree (where sharing becomes
 //! copying) is done by [`crate::decode`] under an output budget.
 
@@ -126,7 +130,16 @@ pub(crate) struct Machine<'a, 'h> {
     find_global: Option<FindGlobal<'h>>,
     /// When set, every persistent id loaded is recorded here.
     pub(crate) persistent_ids: Option<Vec<Item>>,
+    /// Bytes allocated so far (stack and arena allocations, node vectors,
+    /// memo entries, copied strings), estimated; it only ever grows, freed
+    /// allocations included, so it bounds the peak.
+    work: usize,
+    /// Budget for `work`, checked before every opcode.
+    max_work: usize,
 }
+
+/// Estimated cost of one memo entry (slot plus map overhead).
+const MEMO_ENTRY_COST: usize = 2 * std::mem::size_of::<Item>();
 
 fn utf8<'a>(offset: usize, bytes: &'a [u8], what: &str) -> Result<Cow<'a, str>, Error> {
     std::str::from_utf8(bytes)
@@ -148,7 +161,22 @@ impl<'a, 'h> Machine<'a, 'h> {
             marks: Vec::new(),
             find_global: None,
             persistent_ids: None,
+            work: 0,
+            max_work: usize::MAX,
         }
+    }
+
+    /// Caps the estimated working memory (see the module documentation).
+    pub(crate) fn set_max_work(&mut self, bytes: usize) {
+        self.max_work = bytes;
+    }
+
+    fn charge(&mut self, bytes: usize) {
+        self.work = self.work.saturating_add(bytes);
+    }
+
+    fn charge_items(&mut self, n: usize) {
+        self.charge(n.saturating_mul(std::mem::size_of::<Item>()));
     }
 
     pub(crate) fn set_find_global(&mut self, f: Option<FindGlobal<'h>>) {
@@ -233,15 +261,32 @@ impl<'a, 'h> Machine<'a, 'h> {
     }
 
     fn push(&mut self, item: Item) {
+        let before = self.stack.capacity();
         self.stack.push(item);
+        // Charged by allocation, since the stack's capacity can reach twice
+        // its length.
+        if self.stack.capacity() != before {
+            self.charge_items(self.stack.capacity());
+        }
     }
 
     fn push_node(&mut self, node: Node<'a>) {
         let id = self.alloc(node);
-        self.stack.push(Item::Node(id));
+        self.push(Item::Node(id));
     }
 
     fn alloc(&mut self, node: Node<'a>) -> NodeId {
+        if self.arena.len() == self.arena.capacity() {
+            // What the arena's next allocation will hold at most.
+            let grown = self.arena.capacity().saturating_mul(2).max(4);
+            self.charge(grown.saturating_mul(std::mem::size_of::<Node<'a>>()));
+        }
+        if let Node::Bytes(Cow::Owned(b)) | Node::ByteArray(Cow::Owned(b)) = &node {
+            self.charge(b.len());
+        }
+        if let Node::Str(Cow::Owned(s)) = &node {
+            self.charge(s.len());
+        }
         self.arena.push(node);
         self.arena.len() - 1
     }
@@ -272,6 +317,8 @@ impl<'a, 'h> Machine<'a, 'h> {
             .marks
             .pop()
             .ok_or_else(|| self.malformed("MARK expected but not found"))?;
+        // The items move to a fresh vector; the stack keeps its capacity.
+        self.charge_items(self.stack.len().saturating_sub(mark));
         Ok(self.stack.split_off(mark.min(self.stack.len())))
     }
 
@@ -352,10 +399,11 @@ impl<'a, 'h> Machine<'a, 'h> {
         }
     }
 
-    fn pairs(&self, items: Vec<Item>) -> Result<Vec<(Item, Item)>, Error> {
+    fn pairs(&mut self, items: Vec<Item>) -> Result<Vec<(Item, Item)>, Error> {
         if items.len() % 2 != 0 {
             return Err(self.malformed("odd number of items for SETITEMS/DICT"));
         }
+        self.charge_items(items.len());
         let mut out = Vec::with_capacity(items.len() / 2);
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -388,6 +436,7 @@ impl<'a, 'h> Machine<'a, 'h> {
 
     fn memo_put(&mut self, key: u64) -> Result<(), Error> {
         let item = self.top()?;
+        self.charge(MEMO_ENTRY_COST);
         self.memo.put(key, item);
         Ok(())
     }
@@ -436,6 +485,12 @@ impl<'a, 'h> Machine<'a, 'h> {
         self.marks.clear();
         loop {
             self.op_pos = self.pos;
+            if self.work > self.max_work {
+                return Err(Error::LimitExceeded {
+                    offset: self.op_pos,
+                    what: format!("pickle decoder working memory over {} bytes", self.max_work),
+                });
+            }
             let op = self.take_u8()?;
             match op {
                 PROTO => {
@@ -631,6 +686,7 @@ impl<'a, 'h> Machine<'a, 'h> {
                     if self.stack.len() < floor + n {
                         return Err(self.malformed("stack underflow"));
                     }
+                    self.charge_items(n);
                     let items = self.stack.split_off(self.stack.len() - n);
                     self.push_node(Node::Tuple(items));
                 }

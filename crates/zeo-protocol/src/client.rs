@@ -752,7 +752,7 @@ pub mod replies {
     }
 
     /// `undoLog`'s and `undoInfo`'s reply. Servers identify FileStorage
-    /// transactions by [`zeo_storage::undo_id`]; the tid is decoded from
+    /// transactions by [`zeo_storage::undo_id()`]; the tid is decoded from
     /// that id, and is [`Tid::ZERO`] for ids of another form. Keys beyond
     /// the standard ones (`id`, `time`, `user_name`, `description`, `size`)
     /// are pickled back into [`UndoEntry::extension`].

@@ -20,7 +20,7 @@ pub enum Error {
 
     /// A frame announced more bytes than the configured maximum; nothing was
     /// allocated for it.
-    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    #[error("frame of {len} bytes exceeds max-message-size {max}")]
     FrameTooLarge {
         /// The length the frame announced (or the payload length on encode).
         len: u64,
@@ -53,6 +53,16 @@ pub enum Error {
         encoding: &'static str,
         /// What is wrong.
         reason: String,
+    },
+
+    /// A message exceeds a decoding limit (nesting depth, memory budget):
+    /// it is hostile or not meant for us. Nothing more was allocated for it.
+    #[error("{encoding} message exceeds a limit: {limit}")]
+    LimitExceeded {
+        /// `"msgpack"` or `"pickle"`.
+        encoding: &'static str,
+        /// Which limit, with its value.
+        limit: String,
     },
 
     /// A pickle names a global that the receiving side refuses to resolve
@@ -126,6 +136,13 @@ impl Error {
         Error::Malformed {
             encoding,
             reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn limit(encoding: &'static str, limit: impl Into<String>) -> Self {
+        Error::LimitExceeded {
+            encoding,
+            limit: limit.into(),
         }
     }
 

@@ -3,7 +3,11 @@
 //!
 //! ZEO itself enforces no limit; we do, so that a peer cannot make us buffer
 //! up to 4 GiB. The limit is checked against the announced length before any
-//! buffer space is reserved.
+//! buffer space is reserved, and even a length within the limit reserves
+//! nothing up front: the buffer grows as the bytes arrive, by at most
+//! [`FRAME_GROW_STEP`] or what has arrived, whichever is more
+//! ([`frame_growth_target`], [`reserve_frame`]). So a peer that announces
+//! 64 MiB and sends four bytes costs four bytes and a step, not 64 MiB.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -16,6 +20,46 @@ pub const HEADER_LEN: usize = 4;
 /// Default largest payload accepted: 64 MiB, far above ZEO's largest
 /// routine messages (object records, 59000-byte blob chunks).
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// Least room made in a frame buffer for the bytes still to come: 64 KiB.
+pub const FRAME_GROW_STEP: usize = 64 * 1024;
+
+/// The capacity to give a buffer holding `have` bytes of a frame that
+/// takes `total` bytes (header included) once it is complete: doubling what
+/// arrived, by at least [`FRAME_GROW_STEP`], never past `total`. Doubling
+/// keeps the copying linear while capacity stays below twice what arrived
+/// plus one step.
+///
+/// ```
+/// use zeo_protocol::frame::{frame_growth_target, FRAME_GROW_STEP};
+///
+/// assert_eq!(frame_growth_target(4, 64 << 20), 4 + FRAME_GROW_STEP);
+/// assert_eq!(frame_growth_target(1 << 20, 64 << 20), 2 << 20);
+/// assert_eq!(frame_growth_target(60 << 20, 64 << 20), 64 << 20);
+/// ```
+pub fn frame_growth_target(have: usize, total: usize) -> usize {
+    let needed = total.saturating_sub(have);
+    have.saturating_add(needed.min(have.max(FRAME_GROW_STEP)))
+}
+
+/// Makes room in `buf`, which holds the first bytes of a frame of `total`
+/// bytes (header included), for more of it: nothing while a read's worth
+/// of room is left, otherwise a buffer of exactly
+/// [`frame_growth_target`] bytes.
+///
+/// The new buffer is allocated at its exact size and the bytes copied, as
+/// `BytesMut::reserve` may round a large request up to twice the current
+/// capacity, past the end of the frame.
+pub fn reserve_frame(buf: &mut BytesMut, total: usize) {
+    let have = buf.len();
+    let needed = total.saturating_sub(have);
+    if buf.capacity() - have >= needed.min(FRAME_GROW_STEP) {
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(frame_growth_target(have, total));
+    grown.extend_from_slice(buf);
+    *buf = grown;
+}
 
 /// Prefixes `payload` with its length.
 ///
@@ -71,6 +115,9 @@ fn frame_len(len: usize) -> Result<u32> {
 
 /// A [`Decoder`]/[`Encoder`] for ZEO's sized messages, for use with
 /// `tokio_util::codec::Framed` or directly on a [`BytesMut`].
+///
+/// While a frame is incomplete the decoder grows the buffer with
+/// [`reserve_frame`], never to the announced length at once.
 ///
 /// ```
 /// use bytes::BytesMut;
@@ -129,8 +176,7 @@ impl Decoder for FrameCodec {
         }
         let total = HEADER_LEN + len;
         if src.len() < total {
-            // Safe to reserve: `len` is within the configured limit.
-            src.reserve(total - src.len());
+            reserve_frame(src, total);
             return Ok(None);
         }
         src.advance(HEADER_LEN);

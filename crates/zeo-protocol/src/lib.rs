@@ -3,7 +3,11 @@
 //! feed it bytes and get bytes and typed values back.
 //!
 //! * [`frame`]: 4-byte big-endian length framing ([`FrameCodec`] for
-//!   `tokio_util::codec`, [`encode_frame`]/[`decode_frame`]).
+//!   `tokio_util::codec`, [`encode_frame`]/[`decode_frame`]); buffers grow
+//!   as bytes arrive, never to a peer's announced length at once.
+//! * [`limits`]: what decoding one message may cost (nesting depth
+//!   [`MAX_MESSAGE_DEPTH`], memory budgets); past a limit decoding fails
+//!   with [`Error::LimitExceeded`] naming it.
 //! * [`handshake`]: the `Z5`/`M5` version exchange and `ruok` probes
 //!   ([`ServerHandshake`], [`ClientHandshake`]).
 //! * [`Message`] and [`Marshaller`]: the `(msgid, flags, name, args)` tuple
@@ -45,6 +49,7 @@ pub mod client;
 mod error;
 pub mod frame;
 pub mod handshake;
+pub mod limits;
 mod marshal;
 mod message;
 mod msgpack;
@@ -58,6 +63,7 @@ pub use client::{ClientEvent, ClientIncoming, ClientRequest};
 pub use error::{Error, Result};
 pub use frame::{decode_frame, encode_frame, FrameCodec, DEFAULT_MAX_FRAME};
 pub use handshake::{ClientHandshake, ClientHello, Encoding, ServerHandshake};
+pub use limits::MAX_MESSAGE_DEPTH;
 pub use marshal::Marshaller;
 pub use message::{Flags, Message, REPLY};
 pub use pickle::{client_find_global, Side};

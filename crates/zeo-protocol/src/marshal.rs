@@ -81,7 +81,10 @@ impl Marshaller {
     ///
     /// [`Error::Malformed`](crate::Error::Malformed) for undecodable bytes, [`Error::ForbiddenGlobal`](crate::Error::ForbiddenGlobal)
     /// for a pickle naming a global this side refuses, [`Error::NotAMessage`](crate::Error::NotAMessage)
-    /// when the value is not a `(msgid, flags, name, args)` tuple.
+    /// when the value is not a `(msgid, flags, name, args)` tuple,
+    /// [`Error::LimitExceeded`](crate::Error::LimitExceeded) for a message
+    /// nested deeper than [`MAX_MESSAGE_DEPTH`](crate::MAX_MESSAGE_DEPTH)
+    /// or over its memory budget (see [`crate::limits`]).
     pub fn decode(&self, payload: &[u8]) -> Result<Message> {
         let value = match self.encoding {
             Encoding::Pickle => pickle::decode_message_value(payload, self.side)?,

@@ -11,22 +11,52 @@ use rmp::Marker;
 use zeo_pickle::Value;
 
 use crate::error::{Error, Result};
+use crate::limits::{plain_budget, MAX_MESSAGE_DEPTH, VALUE_COST};
 
 const ENCODING: &str = "msgpack";
 
 /// Deepest nesting a decoded value may have; protects the stack against
-/// hostile input like a long run of one-element arrays.
-pub const MAX_DEPTH: usize = 256;
+/// hostile input like a long run of one-element arrays (see
+/// [`crate::limits`]). The encoder accepts one level more, so whatever
+/// decodes re-encodes.
+pub const MAX_DEPTH: usize = MAX_MESSAGE_DEPTH;
+
+/// Most elements reserved for a container before they arrive: a header can
+/// claim four billion, and only the elements that decode take room.
+const MAX_PRESIZE: usize = 64;
 
 /// Encodes one value, appending to `out`.
+///
+/// Iterative (a stack of values still to write), so the thread's stack
+/// does not depend on the value's depth; values nested deeper than
+/// [`MAX_DEPTH`] + 1 are refused like the decoder refuses them.
 pub fn encode_value(value: &Value, out: &mut Vec<u8>) -> Result<()> {
-    encode(value, out, 0)
+    let mut todo: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((value, depth)) = todo.pop() {
+        if depth > MAX_DEPTH {
+            return Err(Error::Unencodable(format!(
+                "value nested deeper than {MAX_DEPTH}"
+            )));
+        }
+        encode_one(value, out)?;
+        match value {
+            Value::Tuple(items) | Value::List(items) => {
+                todo.extend(items.iter().rev().map(|v| (v, depth + 1)));
+            }
+            Value::Dict(pairs) => {
+                for (k, v) in pairs.iter().rev() {
+                    todo.push((v, depth + 1));
+                    todo.push((k, depth + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
-fn encode(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
-    if depth > MAX_DEPTH {
-        return Err(Error::Unencodable("value nested too deeply".into()));
-    }
+/// Writes a scalar, or a container's header (its items follow).
+fn encode_one(value: &Value, out: &mut Vec<u8>) -> Result<()> {
     match value {
         Value::None => out.push(0xc0),
         Value::Bool(false) => out.push(0xc2),
@@ -69,9 +99,6 @@ fn encode(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
                     out.extend_from_slice(&len.to_be_bytes());
                 }
             }
-            for item in items {
-                encode(item, out, depth + 1)?;
-            }
         }
         Value::Dict(pairs) => {
             let len = len32(pairs.len())?;
@@ -85,10 +112,6 @@ fn encode(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<()> {
                     out.push(0xdf);
                     out.extend_from_slice(&len.to_be_bytes());
                 }
-            }
-            for (k, v) in pairs {
-                encode(k, out, depth + 1)?;
-                encode(v, out, depth + 1)?;
             }
         }
         other => {
@@ -193,33 +216,50 @@ pub(crate) fn uint_value(u: u64) -> Value {
 ///
 /// The decoder keeps its own stack of open containers instead of recursing,
 /// so hostile nesting costs heap (bounded by [`MAX_DEPTH`]), never the
-/// thread's stack.
+/// thread's stack. Containers grow as their elements arrive (a claimed
+/// length reserves at most [`MAX_PRESIZE`] slots), and what is built is
+/// charged against the plain-data budget of [`crate::limits`].
 pub fn decode_value(data: &[u8]) -> Result<Value> {
     let mut reader = Reader { data, pos: 0 };
     let mut open: Vec<Open> = Vec::new();
+    let budget = plain_budget(data.len());
+    let mut spent = 0usize;
     let value = 'outer: loop {
-        let mut value = match reader.item()? {
+        let item = reader.item()?;
+        spent = spent
+            .saturating_add(VALUE_COST)
+            .saturating_add(match &item {
+                Item::Value(Value::Bytes(b) | Value::BigInt(b)) => b.len(),
+                Item::Value(Value::Str(s)) => s.len(),
+                _ => 0,
+            });
+        if spent > budget {
+            return Err(Error::limit(
+                ENCODING,
+                format!("decoded value over {budget} bytes"),
+            ));
+        }
+        let mut value = match item {
             Item::Value(v) => v,
-            Item::Array(0) => Value::Tuple(Vec::new()),
-            Item::Map(0) => Value::Dict(Vec::new()),
             Item::Array(n) | Item::Map(n) if open.len() >= MAX_DEPTH => {
                 let _ = n;
-                return Err(Error::malformed(ENCODING, "nested too deeply"));
+                return Err(Error::limit(
+                    ENCODING,
+                    format!("nesting deeper than {MAX_DEPTH}"),
+                ));
             }
+            Item::Array(0) => Value::Tuple(Vec::new()),
+            Item::Map(0) => Value::Dict(Vec::new()),
             Item::Array(n) => {
-                // Each element takes at least one byte, so the input bounds
-                // what we reserve whatever length it claims.
-                let cap = n.min(reader.remaining());
                 open.push(Open::Array {
-                    items: Vec::with_capacity(cap),
+                    items: Vec::with_capacity(n.min(MAX_PRESIZE)),
                     left: n,
                 });
                 continue;
             }
             Item::Map(n) => {
-                let cap = n.min(reader.remaining() / 2);
                 open.push(Open::Map {
-                    pairs: Vec::with_capacity(cap),
+                    pairs: Vec::with_capacity(n.min(MAX_PRESIZE)),
                     key: None,
                     left: n,
                 });
@@ -335,10 +375,6 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<usize> {
         usize::try_from(u32::from_be_bytes(self.array()?))
             .map_err(|_| Error::malformed(ENCODING, "length exceeds address space"))
-    }
-
-    fn remaining(&self) -> usize {
-        self.data.len() - self.pos
     }
 
     fn item(&mut self) -> Result<Item> {

@@ -15,6 +15,7 @@
 use zeo_pickle::{Decoder, Protocol, Value};
 
 use crate::error::{Error, Result};
+use crate::limits::{shared_budget, MAX_MESSAGE_DEPTH};
 use crate::message::Message;
 
 const ENCODING: &str = "pickle";
@@ -70,6 +71,8 @@ pub(crate) fn encode_message(msg: &Message) -> Result<Vec<u8>> {
 /// given values it accepted.
 mod direct {
     use zeo_pickle::Value;
+
+    use crate::limits::{plain_budget, MAX_MESSAGE_DEPTH, VALUE_COST};
 
     pub const PROTO: u8 = 0x80;
     pub const MARK: u8 = b'(';
@@ -279,131 +282,209 @@ mod direct {
         }
     }
 
+    /// Why the direct reader stopped short of a value.
+    #[derive(Debug)]
+    pub enum Refusal {
+        /// Not a pickle it reads (memo, globals, Python 2 strings, dicts,
+        /// odd stack use, errors): the generic decoder decides.
+        Unhandled,
+        /// A limit on what a message may cost; the message is refused.
+        Limit(String),
+    }
+
     /// Reads a pickle made of the opcodes [`write`] emits (plus `PROTO`
-    /// 2 and `LONG4`), the way the generic decoder would; `None` for anything
-    /// else (memo, globals, Python 2 strings, dicts, odd stack use, errors),
-    /// which the generic decoder then handles or rejects.
-    pub fn decode(data: &[u8]) -> Option<Value> {
+    /// 2 and `LONG4`), the way the generic decoder would.
+    ///
+    /// Every value it builds carries its nesting height, and one taller
+    /// than [`MAX_MESSAGE_DEPTH`] is refused on the spot, so no value
+    /// deeper than that ever exists (dropping one recurses per level).
+    /// What it builds is charged against [`plain_budget`].
+    pub fn decode(data: &[u8]) -> Result<Value, Refusal> {
+        use Refusal::Unhandled;
         if data.first() != Some(&PROTO) {
-            return None;
+            return Err(Unhandled);
         }
         let mut stack: Vec<Value> = Vec::with_capacity(8);
+        // The height of each value on the stack: 0 for a scalar, one more
+        // than its tallest item for a container. Kept apart so containers
+        // take their items with one move, as without the bookkeeping.
+        let mut heights: Vec<usize> = Vec::with_capacity(8);
         // Stack heights at each open MARK.
         let mut marks: Vec<usize> = Vec::new();
         let mut pos = 0usize;
-        let take = |pos: &mut usize, n: usize| -> Option<&[u8]> {
-            let end = pos.checked_add(n)?;
-            let bytes = data.get(*pos..end)?;
+        let budget = plain_budget(data.len());
+        let mut spent = 0usize;
+        let take = |pos: &mut usize, n: usize| -> Result<&[u8], Refusal> {
+            let end = pos.checked_add(n).ok_or(Unhandled)?;
+            let bytes = data.get(*pos..end).ok_or(Unhandled)?;
             *pos = end;
-            Some(bytes)
+            Ok(bytes)
         };
-        let u32_at = |pos: &mut usize| -> Option<usize> {
+        let u32_at = |pos: &mut usize| -> Result<usize, Refusal> {
             let b = take(pos, 4)?;
-            usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()
+            usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).map_err(|_| Unhandled)
         };
         loop {
-            let op = *take(&mut pos, 1)?.first()?;
+            let op = *take(&mut pos, 1)?.first().ok_or(Unhandled)?;
             // Items above the innermost MARK, which is all an opcode sees.
             let base = marks.last().copied().unwrap_or(0);
-            let value = match op {
-                PROTO => match take(&mut pos, 1)?.first()? {
-                    2 | 3 if pos == 2 => continue,
-                    _ => return None,
+            let scalar = |value: Value| (value, 0);
+            let (value, height) = match op {
+                PROTO => match take(&mut pos, 1)?.first() {
+                    Some(2 | 3) if pos == 2 => continue,
+                    _ => return Err(Unhandled),
                 },
                 STOP => {
                     return match (stack.len(), marks.is_empty()) {
-                        (1, true) => stack.pop(),
-                        _ => None,
+                        (1, true) => stack.pop().ok_or(Unhandled),
+                        _ => Err(Unhandled),
                     };
                 }
                 MARK => {
                     if marks.len() >= MAX_DEPTH {
-                        return None;
+                        return Err(Unhandled);
                     }
                     marks.push(stack.len());
                     continue;
                 }
-                NONE => Value::None,
-                NEWTRUE => Value::Bool(true),
-                NEWFALSE => Value::Bool(false),
-                BININT1 => Value::Int(take(&mut pos, 1)?[0].into()),
+                NONE => scalar(Value::None),
+                NEWTRUE => scalar(Value::Bool(true)),
+                NEWFALSE => scalar(Value::Bool(false)),
+                BININT1 => scalar(Value::Int(take(&mut pos, 1)?[0].into())),
                 BININT2 => {
                     let b = take(&mut pos, 2)?;
-                    Value::Int(u16::from_le_bytes([b[0], b[1]]).into())
+                    scalar(Value::Int(u16::from_le_bytes([b[0], b[1]]).into()))
                 }
                 BININT => {
                     let b = take(&mut pos, 4)?;
-                    Value::Int(i32::from_le_bytes([b[0], b[1], b[2], b[3]]).into())
+                    scalar(Value::Int(
+                        i32::from_le_bytes([b[0], b[1], b[2], b[3]]).into(),
+                    ))
                 }
                 LONG1 => {
                     let n = take(&mut pos, 1)?[0];
-                    Value::from_le_bytes(take(&mut pos, n.into())?)
+                    let bytes = take(&mut pos, n.into())?;
+                    spent = spent.saturating_add(bytes.len());
+                    scalar(Value::from_le_bytes(bytes))
                 }
                 LONG4 => {
                     let b = take(&mut pos, 4)?;
-                    let n = usize::try_from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()?;
-                    Value::from_le_bytes(take(&mut pos, n)?)
+                    let n = usize::try_from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .map_err(|_| Unhandled)?;
+                    let bytes = take(&mut pos, n)?;
+                    spent = spent.saturating_add(bytes.len());
+                    scalar(Value::from_le_bytes(bytes))
                 }
                 BINFLOAT => {
                     let b = take(&mut pos, 8)?;
                     let mut be = [0u8; 8];
                     be.copy_from_slice(b);
-                    Value::Float(f64::from_be_bytes(be))
+                    scalar(Value::Float(f64::from_be_bytes(be)))
                 }
                 SHORT_BINBYTES => {
                     let n = take(&mut pos, 1)?[0];
-                    Value::Bytes(take(&mut pos, n.into())?.to_vec())
+                    let bytes = take(&mut pos, n.into())?;
+                    spent = spent.saturating_add(bytes.len());
+                    scalar(Value::Bytes(bytes.to_vec()))
                 }
                 BINBYTES => {
                     let n = u32_at(&mut pos)?;
-                    Value::Bytes(take(&mut pos, n)?.to_vec())
+                    let bytes = take(&mut pos, n)?;
+                    spent = spent.saturating_add(bytes.len());
+                    scalar(Value::Bytes(bytes.to_vec()))
                 }
                 BINUNICODE => {
                     let n = u32_at(&mut pos)?;
-                    Value::Str(std::str::from_utf8(take(&mut pos, n)?).ok()?.to_owned())
+                    let text = std::str::from_utf8(take(&mut pos, n)?).map_err(|_| Unhandled)?;
+                    spent = spent.saturating_add(text.len());
+                    scalar(Value::Str(text.to_owned()))
                 }
-                EMPTY_TUPLE => Value::Tuple(Vec::new()),
-                EMPTY_LIST => Value::List(Vec::new()),
+                EMPTY_TUPLE => (Value::Tuple(Vec::new()), 1),
+                EMPTY_LIST => (Value::List(Vec::new()), 1),
                 0x85..=0x87 => {
                     let n = usize::from(op - TUPLE1) + 1;
-                    let from = stack.len().checked_sub(n).filter(|f| *f >= base)?;
-                    Value::Tuple(stack.split_off(from))
+                    let from = stack
+                        .len()
+                        .checked_sub(n)
+                        .filter(|f| *f >= base)
+                        .ok_or(Unhandled)?;
+                    let height = container_height(&mut heights, from)?;
+                    (Value::Tuple(stack.split_off(from)), height)
                 }
                 TUPLE => {
-                    let from = marks.pop()?;
-                    Value::Tuple(stack.split_off(from))
+                    let from = marks.pop().ok_or(Unhandled)?;
+                    let height = container_height(&mut heights, from)?;
+                    (Value::Tuple(stack.split_off(from)), height)
                 }
                 APPEND => {
                     if stack.len() < base + 2 {
-                        return None;
+                        return Err(Unhandled);
                     }
-                    let item = stack.pop()?;
-                    match stack.last_mut()? {
-                        Value::List(items) => items.push(item),
-                        _ => return None,
+                    let list_at = stack.len() - 2;
+                    if !matches!(stack[list_at], Value::List(_)) {
+                        return Err(Unhandled);
+                    }
+                    appended_height(&mut heights, list_at)?;
+                    let item = stack.pop().ok_or(Unhandled)?;
+                    if let Some(Value::List(list)) = stack.last_mut() {
+                        list.push(item);
                     }
                     continue;
                 }
                 APPENDS => {
-                    let from = marks.pop()?;
+                    let from = marks.pop().ok_or(Unhandled)?;
                     let below = marks.last().copied().unwrap_or(0);
                     if from <= below {
-                        return None;
+                        return Err(Unhandled);
                     }
+                    if !matches!(stack.get(from - 1), Some(Value::List(_))) {
+                        return Err(Unhandled);
+                    }
+                    appended_height(&mut heights, from - 1)?;
                     let items = stack.split_off(from);
-                    match stack.last_mut()? {
-                        Value::List(list) => list.extend(items),
-                        _ => return None,
+                    if let Some(Value::List(list)) = stack.last_mut() {
+                        list.extend(items);
                     }
                     continue;
                 }
-                _ => return None,
+                _ => return Err(Unhandled),
             };
             if stack.len() >= MAX_STACK {
-                return None;
+                return Err(Unhandled);
+            }
+            spent = spent.saturating_add(VALUE_COST);
+            if spent > budget {
+                return Err(Refusal::Limit(format!("decoded value over {budget} bytes")));
             }
             stack.push(value);
+            heights.push(height);
         }
+    }
+
+    /// The height of a container holding the values whose heights are
+    /// `heights[from..]` (which it takes off), refused past the limit.
+    fn container_height(heights: &mut Vec<usize>, from: usize) -> Result<usize, Refusal> {
+        let height = heights
+            .get(from..)
+            .and_then(|h| h.iter().copied().max())
+            .map_or(1, |tallest| tallest + 1);
+        heights.truncate(from);
+        if height > MAX_MESSAGE_DEPTH {
+            return Err(Refusal::Limit(format!(
+                "nesting deeper than {MAX_MESSAGE_DEPTH}"
+            )));
+        }
+        Ok(height)
+    }
+
+    /// Updates the height of the list at `list_at` for the items above it
+    /// (whose heights it takes off) being appended to it.
+    fn appended_height(heights: &mut Vec<usize>, list_at: usize) -> Result<(), Refusal> {
+        let items = container_height(heights, list_at + 1)?;
+        if let Some(list) = heights.last_mut() {
+            *list = (*list).max(items);
+        }
+        Ok(())
     }
 
     /// `BINUNICODE`, for a string [`str_size`] accepted.
@@ -437,11 +518,23 @@ mod direct {
 /// ignores them. Pickles of plain data as ZEO 5 peers write them (protocol
 /// 3, no memo) are read directly; anything else goes through the generic
 /// decoder, whose answer is the same where both apply.
+///
+/// Both readers enforce the limits of [`crate::limits`].
 pub(crate) fn decode_message_value(data: &[u8], side: Side) -> Result<Value> {
     match direct::decode(data) {
-        Some(value) => Ok(value),
-        None => decode_generic(data, side),
+        Ok(value) => Ok(value),
+        Err(direct::Refusal::Limit(limit)) => Err(Error::limit(ENCODING, limit)),
+        Err(direct::Refusal::Unhandled) => decode_generic(data, side),
     }
+}
+
+/// The generic decoder with the limits a message gets.
+fn message_decoder(data: &[u8]) -> Decoder<'_> {
+    let budget = shared_budget(data.len());
+    Decoder::new(data)
+        .with_max_depth(MAX_MESSAGE_DEPTH)
+        .with_max_work(budget)
+        .with_max_output(budget)
 }
 
 /// [`decode_message_value`] without the direct reader.
@@ -450,23 +543,35 @@ fn decode_generic(data: &[u8], side: Side) -> Result<Value> {
         Side::Server => zeo_pickle::zeo_server_find_global,
         Side::Client => client_find_global,
     };
-    let value = Decoder::new(data)
+    let mut value = message_decoder(data)
         .with_find_global(policy)
         .next_pickle()
         .map_err(map_err)?;
-    Ok(normalize(value))
+    normalize(&mut value);
+    Ok(value)
 }
 
 /// Decodes a pickle with no global restriction (transaction extensions,
-/// which ZODB unpickles freely).
+/// which ZODB unpickles freely), under a message's limits since a peer
+/// sent it.
 pub(crate) fn decode_any(data: &[u8]) -> Result<Value> {
-    zeo_pickle::decode(data).map_err(map_err)
+    let mut d = message_decoder(data);
+    let value = d.next_pickle().map_err(map_err)?;
+    if !d.is_at_end() {
+        return Err(map_err(zeo_pickle::Error::TrailingData {
+            offset: d.position(),
+        }));
+    }
+    Ok(value)
 }
 
 fn map_err(err: zeo_pickle::Error) -> Error {
     match err {
         zeo_pickle::Error::GlobalRejected { module, name, .. } => {
             Error::ForbiddenGlobal { module, name }
+        }
+        zeo_pickle::Error::LimitExceeded { offset, what } => {
+            Error::limit(ENCODING, format!("{what} (at byte {offset})"))
         }
         other => Error::malformed(ENCODING, other.to_string()),
     }
@@ -576,29 +681,26 @@ pub fn client_find_global(module: &str, name: &str) -> bool {
 /// Folds the spellings Python 2 peers use for byte strings back to bytes:
 /// `zodbpickle.binary(data)` and `copy_reg._reconstructor(zodbpickle.binary,
 /// str, data)`.
-fn normalize(value: Value) -> Value {
+///
+/// In place, so nothing is rebuilt and each level of the (depth-limited)
+/// recursion costs one small frame.
+fn normalize(value: &mut Value) {
     match value {
-        Value::Call {
-            callable,
-            args,
-            new_object,
-        } => match binary_payload(&callable, &args) {
-            Some(bytes) => Value::Bytes(bytes),
-            None => Value::Call {
-                callable: Box::new(normalize(*callable)),
-                args: Box::new(normalize(*args)),
-                new_object,
-            },
+        Value::Call { callable, args, .. } => match binary_payload(callable, args) {
+            Some(bytes) => *value = Value::Bytes(bytes),
+            None => {
+                normalize(callable);
+                normalize(args);
+            }
         },
-        Value::Tuple(items) => Value::Tuple(items.into_iter().map(normalize).collect()),
-        Value::List(items) => Value::List(items.into_iter().map(normalize).collect()),
-        Value::Dict(pairs) => Value::Dict(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (normalize(k), normalize(v)))
-                .collect(),
-        ),
-        other => other,
+        Value::Tuple(items) | Value::List(items) => items.iter_mut().for_each(normalize),
+        Value::Dict(pairs) => {
+            for (k, v) in pairs {
+                normalize(k);
+                normalize(v);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -722,7 +824,7 @@ mod tests {
     /// Where the direct reader answers, the generic decoder gives the
     /// same value.
     fn check_decoders_agree(data: &[u8]) -> std::result::Result<(), TestCaseError> {
-        if let Some(direct) = direct::decode(data) {
+        if let Ok(direct) = direct::decode(data) {
             for side in [Side::Server, Side::Client] {
                 let generic = decode_generic(data, side).map_err(|e| e.to_string());
                 prop_assert_eq!(&generic, &Ok(direct.clone()), "{:02x?}", data);
@@ -741,7 +843,7 @@ mod tests {
             // A message of plain data never needs the generic decoder.
             let whole = msg.to_value();
             if direct::size(&whole, 0).is_some() && !has_dict(&whole) {
-                prop_assert!(direct::decode(&data).is_some());
+                prop_assert!(direct::decode(&data).is_ok());
             }
         }
 

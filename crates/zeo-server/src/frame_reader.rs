@@ -7,8 +7,10 @@
 //! with nothing buffered lands in a buffer on the stack, and only the bytes
 //! that arrived move to the heap; the heap buffer is let go as soon as its
 //! last frame was taken. The rest of a frame that arrives in pieces is read
-//! straight into the heap buffer, which the codec sized for the frame after
-//! checking its announced length against the limit.
+//! straight into the heap buffer, which grows with what arrives (see
+//! `zeo_protocol::frame::reserve_frame`), never to the announced length at
+//! once: a client that announces a large frame and stalls holds only what
+//! it sent.
 //!
 //! Once a client has authenticated (ZEO 3/4 `digest`, see `docs/auth.md`)
 //! every frame must carry the MAC bit and a MAC that continues the chain;
@@ -24,6 +26,7 @@ use futures::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio_util::codec::Decoder;
 use zeo_auth::{MacState, MAC_LEN};
+use zeo_protocol::frame::reserve_frame;
 use zeo_protocol::FrameCodec;
 
 /// Bytes read at once when nothing is buffered: a whole small request, or
@@ -80,8 +83,7 @@ impl<R> FrameReader<R> {
         }
         let total = 4 + MAC_LEN + len;
         if self.buf.len() < total {
-            // Safe to reserve: `len` is within the configured limit.
-            self.buf.reserve(total - self.buf.len());
+            reserve_frame(&mut self.buf, total);
             return Ok(None);
         }
         self.buf.advance(4);
@@ -116,7 +118,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.buf = BytesMut::from(filled);
             return Poll::Ready(Ok(filled.len()));
         }
-        if self.buf.capacity() - self.buf.len() < STACK_READ {
+        // `decode` made room for the rest of a frame it saw the length of;
+        // this only covers a partial length word.
+        if self.buf.capacity() == self.buf.len() {
             self.buf.reserve(STACK_READ);
         }
         // Reads into the spare capacity; dropping it after `Pending` loses
@@ -265,5 +269,57 @@ mod tests {
             "{err}"
         );
         assert!(reader.buf.capacity() < 1024);
+    }
+
+    /// A client announcing a frame far larger than what it sends holds
+    /// only what arrived plus one growth step, sealed or not.
+    #[tokio::test]
+    async fn an_announced_length_reserves_only_what_arrives() {
+        use zeo_protocol::frame::FRAME_GROW_STEP;
+        let key = zeo_auth::SessionKey::derive(&"d".repeat(40), "n").unwrap();
+        for sealed in [false, true] {
+            let claimed = 64usize << 20;
+            let payload: Vec<u8> = (0..claimed).map(|i| i as u8).collect();
+            let wire = if sealed {
+                MacState::new(&key).seal(&payload).unwrap()
+            } else {
+                frame(&payload)
+            };
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let mut reader = FrameReader::new(server, FrameCodec::with_max_frame(256 << 20));
+            if sealed {
+                reader.install_mac(MacState::new(&key));
+            }
+            client.write_all(&wire[..10]).await.unwrap();
+            assert!(futures::poll!(reader.next()).is_pending());
+            let cap = reader.buf.capacity();
+            assert!(cap <= 10 + FRAME_GROW_STEP, "{cap} bytes for 10 arrived");
+            // Growth follows what arrives: never more than twice that plus
+            // a step.
+            let mut sent = 10;
+            for upto in [100_000, 1 << 20, 5 << 20, 20 << 20] {
+                let mut piece = &wire[sent..upto];
+                while !piece.is_empty() {
+                    let n = piece.len().min(1 << 19);
+                    client.write_all(&piece[..n]).await.unwrap();
+                    piece = &piece[n..];
+                    assert!(futures::poll!(reader.next()).is_pending());
+                }
+                sent = upto;
+                let cap = reader.buf.capacity();
+                assert!(
+                    cap <= 2 * sent + FRAME_GROW_STEP,
+                    "{cap} bytes for {sent} arrived"
+                );
+            }
+            let writer = tokio::spawn(async move {
+                client.write_all(&wire[sent..]).await.unwrap();
+                client
+            });
+            let got = reader.next().await.unwrap().unwrap();
+            assert_eq!(got.len(), claimed);
+            assert!(got[..] == payload[..]);
+            drop(writer.await.unwrap());
+        }
     }
 }

@@ -156,14 +156,14 @@ pub fn find_reachable<V: PackView>(
                 let list = reachable.extra.entry(oid).or_default();
                 if !list.contains(&target) {
                     list.push(target);
-                    extra_roots.push(target);
+                    extra_roots.push((oid, target));
                 }
             }
         }
     }
-    for pos in extra_roots {
+    for (oid, pos) in extra_roots {
         let refs = match view.record_data(pos)? {
-            Some(data) => references(&data)?,
+            Some(data) => references(&data).map_err(|e| unscannable(oid, e))?,
             None => Vec::new(),
         };
         mark_from(view, &mut reachable, refs, references)?;
@@ -179,15 +179,15 @@ fn mark_from<V: PackView>(
     roots: impl IntoIterator<Item = Oid>,
     references: ReferencesFn<'_>,
 ) -> Result<()> {
-    let mut todo: Vec<V::Pos> = Vec::new();
-    let enqueue = |oid: Oid, reachable: &mut Reachable<V::Pos>, todo: &mut Vec<V::Pos>| {
+    let mut todo: Vec<(Oid, V::Pos)> = Vec::new();
+    let enqueue = |oid: Oid, reachable: &mut Reachable<V::Pos>, todo: &mut Vec<(Oid, V::Pos)>| {
         if reachable.primary.contains_key(&oid) {
             return Ok(());
         }
         match view.current_at_pack(oid) {
             Some(pos) => {
                 reachable.primary.insert(oid, pos);
-                todo.push(pos);
+                todo.push((oid, pos));
                 Ok(())
             }
             // Packing to a time before anything was committed.
@@ -198,15 +198,24 @@ fn mark_from<V: PackView>(
     for oid in roots {
         enqueue(oid, reachable, &mut todo)?;
     }
-    while let Some(pos) = todo.pop() {
+    while let Some((from, pos)) = todo.pop() {
         let Some(data) = view.record_data(pos)? else {
             continue;
         };
-        for oid in references(&data)? {
+        for oid in references(&data).map_err(|e| unscannable(from, e))? {
             enqueue(oid, reachable, &mut todo)?;
         }
     }
     Ok(())
+}
+
+/// A record whose references cannot all be read (a malformed pickle, or
+/// one past a decoding limit) stops the pack: collecting without its
+/// references would delete objects it keeps alive.
+fn unscannable(oid: Oid, err: Error) -> Error {
+    Error::Storage(format!(
+        "pack aborted: the references of object {oid} cannot be read: {err}"
+    ))
 }
 
 #[cfg(test)]
@@ -312,5 +321,44 @@ mod tests {
         let v = View(current, data);
         let be = |d: &[u8]| -> Result<Vec<Oid>> { Ok(Oid::from_slice(d).into_iter().collect()) };
         assert_eq!(find_reachable(&v, [], &be).unwrap().len(), n as usize);
+    }
+
+    /// A record whose pickle the scanner refuses (here a decimal integer
+    /// past the digit limit, ahead of the record's one reference) makes
+    /// the pack fail and collect nothing: had it been skipped, the object
+    /// it refers to would have been deleted.
+    #[test]
+    fn a_record_past_a_scanner_limit_aborts_the_pack() {
+        use crate::interface::BeginOptions;
+        use crate::{MappingStorage, Storage, TransactionMetaData};
+
+        let class = b"\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00.".to_vec();
+        let record = |state: &[u8]| [class.as_slice(), state].concat();
+        let pid = |oid: u64| [&b"C\x08"[..], &oid.to_be_bytes(), b"Q"].concat();
+        let root = record(&[&b"\x80\x03]("[..], &pid(1), b"e."].concat());
+        let mut hostile = b"\x80\x03](L".to_vec();
+        hostile.extend(std::iter::repeat_n(b'9', 100_000));
+        hostile.extend_from_slice(b"L\n");
+        hostile.extend(pid(2));
+        hostile.extend_from_slice(b"e.");
+        let hostile = record(&hostile);
+        let leaf = record(b"\x80\x03}.");
+
+        let st = MappingStorage::new("t");
+        let meta = TransactionMetaData::default();
+        let txn = st.tpc_begin(&meta, BeginOptions::default()).unwrap();
+        for (oid, data) in [(0, &root), (1, &hostile), (2, &leaf)] {
+            st.store(txn, Oid(oid), crate::Tid::ZERO, data).unwrap();
+        }
+        st.tpc_vote(txn).unwrap();
+        st.tpc_finish(txn, &mut |_| {}).unwrap();
+
+        let err = st.pack(f64::MAX, true).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("pack aborted"), "{text}");
+        assert!(text.contains("decimal digits"), "{text}");
+        for (oid, data) in [(0, &root), (1, &hostile), (2, &leaf)] {
+            assert_eq!(&st.load(Oid(oid)).unwrap().0, data);
+        }
     }
 }
