@@ -44,7 +44,7 @@ use crate::interface::{
 use commit::CommitState;
 use format::{Reader, FIRST_TXN_POS};
 use index::OidIndex;
-use lock::LockFile;
+use lock::StorageLock;
 
 /// How to open a [`FileStorage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub struct FileStorage {
     closed: AtomicBool,
     /// A pack is running (ZODB's `_pack_is_in_progress`).
     packing: AtomicBool,
-    lock_file: Mutex<Option<LockFile>>,
+    lock_file: Mutex<Option<StorageLock>>,
 }
 
 impl std::fmt::Debug for FileStorage {
@@ -113,8 +113,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl FileStorage {
     /// Opens (or, when writable, creates) the storage at `path`.
     ///
-    /// A writable open takes `Data.fs.lock` first ([`Error::Locked`] when
-    /// another process holds it), uses `Data.fs.index` when it matches the
+    /// A writable open takes `Data.fs.lock` first, and the lock next to the
+    /// file's canonical path when `path` reaches it through a symlink or
+    /// `..` ([`Error::Locked`] when another process, or another open in this
+    /// one, holds either), uses `Data.fs.index` when it matches the
     /// file, scans the rest, and cuts off an incomplete last transaction into
     /// `Data.fs.trN`. A read-only open takes no lock and changes nothing.
     pub fn open(path: impl AsRef<Path>, options: FileStorageOptions) -> Result<FileStorage> {
@@ -127,9 +129,7 @@ impl FileStorage {
         let lock_file = if options.read_only {
             None
         } else {
-            Some(LockFile::acquire(&index_file::append_suffix(
-                &path, ".lock",
-            ))?)
+            Some(StorageLock::acquire(&path)?)
         };
         let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
 
