@@ -143,13 +143,20 @@ pub(crate) fn load(data_path: &Path) -> std::result::Result<Option<(u64, OidInde
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Unusable(format!("cannot open {}: {e}", path.display()))),
     };
-    let mut r = PickleReader {
-        inner: BufReader::with_capacity(1 << 16, file),
-        offset: 0,
-    };
-    r.decode()
+    decode(BufReader::with_capacity(1 << 16, file))
         .map(Some)
         .map_err(|why| Unusable(format!("{}: {why}", path.display())))
+}
+
+/// Decodes an index file's content: the position it is valid for and the
+/// entries. Every length is checked against [`MAX_BUCKET`] before anything
+/// is reserved, and the entries only grow with the bytes read.
+pub(crate) fn decode(r: impl Read) -> std::result::Result<(u64, OidIndex), String> {
+    PickleReader {
+        inner: r,
+        offset: 0,
+    }
+    .decode()
 }
 
 struct PickleReader<R: Read> {

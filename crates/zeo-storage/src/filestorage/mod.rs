@@ -16,11 +16,14 @@ mod check;
 mod commit;
 mod dump;
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod index_file;
 mod iteration;
 mod lock;
 mod pack;
+mod refs;
 mod scan;
 mod undo;
 
@@ -33,6 +36,7 @@ use std::sync::{
 
 pub use check::{check, CheckReport};
 pub use dump::dump;
+pub use refs::{check_refs, RefProblem, RefProblemKind, RefsReport};
 
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
