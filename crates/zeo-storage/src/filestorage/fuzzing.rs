@@ -30,7 +30,7 @@ const READ_ONLY: FileStorageOptions = FileStorageOptions {
 
 /// Reads everything a server reads from a data file: the open-time scan,
 /// every current record and its history, the transaction iterator, the
-/// undo log, `check` and `check_refs`; then a writable open (which cuts off
+/// undo log, `check`, `check_refs` and `dump`; then a writable open (which cuts off
 /// a damaged tail and writes an index) and a read-only reopen through that
 /// index.
 pub fn data_file(bytes: &[u8]) {
@@ -39,6 +39,7 @@ pub fn data_file(bytes: &[u8]) {
     std::fs::write(&path, bytes).expect("writing the input");
     let _ = check(&path);
     let _ = super::check_refs(&path, &mut |_| {});
+    let _ = super::dump(&path, &mut std::io::sink());
     if let Ok(fs) = FileStorage::open(&path, READ_ONLY) {
         read_everything(&fs);
     }
