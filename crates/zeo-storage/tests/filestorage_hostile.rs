@@ -135,3 +135,44 @@ fn lengths_claiming_more_than_the_file_reserve_nothing() {
     let grew = vm_hwm_kib().saturating_sub(before);
     assert!(grew < 64 * 1024, "peak grew by {grew} KiB");
 }
+
+#[test]
+fn a_gc_pack_meeting_an_unreadable_record_aborts_and_collects_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Data.fs");
+    let fs = FileStorage::open(&path, FileStorageOptions::default()).unwrap();
+    let meta = TransactionMetaData::default();
+    let txn = fs.tpc_begin(&meta, BeginOptions::default()).unwrap();
+    // The root refers to 1 through a record whose pickle is cut short: if
+    // pack skipped it, object 1 would look unreachable and be collected.
+    let mut root = b"\x80\x03capp\nRoot\nq\x00.\x80\x03]q\x01(C\x08".to_vec();
+    root.extend_from_slice(&1u64.to_be_bytes());
+    root.extend_from_slice(b"Qe");
+    fs.store(txn, Oid(0), Tid::ZERO, &root).unwrap();
+    fs.store(
+        txn,
+        Oid(1),
+        Tid::ZERO,
+        b"\x80\x03capp\nNode\nq\x00.\x80\x03N.",
+    )
+    .unwrap();
+    fs.tpc_vote(txn).unwrap();
+    let t1 = fs.tpc_finish(txn, &mut |_| {}).unwrap();
+    let txn = fs.tpc_begin(&meta, BeginOptions::default()).unwrap();
+    fs.store(txn, Oid(1), t1, b"\x80\x03capp\nNode\nq\x00.\x80\x03K\x01.")
+        .unwrap();
+    fs.tpc_vote(txn).unwrap();
+    fs.tpc_finish(txn, &mut |_| {}).unwrap();
+    let before = std::fs::read(&path).unwrap();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let err = fs.pack(now + 1.0, true).unwrap_err();
+    assert!(err.to_string().contains("references"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the file changed");
+    assert!(fs.load(Oid(1)).is_ok());
+    assert!(!dir.path().join("Data.fs.pack").exists());
+}
