@@ -191,3 +191,40 @@ fn enospc_while_writing_the_index_leaves_no_temporary_file() {
     assert_ne!(std::fs::read(&index).unwrap(), before);
     assert_eq!(check(&path).unwrap().transactions, 50);
 }
+
+#[test]
+fn enospc_during_pack_leaves_the_file_and_removes_the_partial_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Data.fs");
+    let (fs, faults) = open_faulty(&path);
+    let mut serial = Tid::ZERO;
+    for i in 0..20u8 {
+        serial = commit_as(&fs, &meta(), &[(0, serial, &[i; 10_000])]);
+    }
+    let before = std::fs::read(&path).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for fail in ["write", "sync"] {
+        if fail == "write" {
+            faults.fail_writes_after(5_000);
+        } else {
+            faults.heal();
+            faults.fail_next_syncs(1);
+        }
+        let err = fs.pack(now + 1.0, false).unwrap_err();
+        assert_enospc(&err);
+        assert!(!dir.path().join("Data.fs.pack").exists(), "{fail}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{fail}");
+        assert_eq!(fs.load(Oid(0)).unwrap(), (vec![19; 10_000], serial));
+    }
+    // Commits go on, and so does the pack once there is space.
+    faults.heal();
+    let last = commit_as(&fs, &meta(), &[(0, serial, b"last")]);
+    fs.pack(now + 1.0, false).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < before.len() as u64);
+    assert_eq!(fs.load(Oid(0)).unwrap(), (b"last".to_vec(), last));
+    drop(fs);
+    check(&path).unwrap();
+}
