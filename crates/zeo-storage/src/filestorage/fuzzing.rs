@@ -22,6 +22,9 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temporary directory")
 }
 
+/// Later than any tid a fuzzed file can hold in practice (year 2096).
+const PACK_TIME: f64 = 4.0e9;
+
 const READ_ONLY: FileStorageOptions = FileStorageOptions {
     read_only: true,
     create: false,
@@ -31,8 +34,8 @@ const READ_ONLY: FileStorageOptions = FileStorageOptions {
 /// Reads everything a server reads from a data file: the open-time scan,
 /// every current record and its history, the transaction iterator, the
 /// undo log, `check`, `check_refs` and `dump`; then a writable open (which cuts off
-/// a damaged tail and writes an index) and a read-only reopen through that
-/// index.
+/// a damaged tail and writes an index), packs with and without garbage
+/// collection, and a read-only reopen through the index written.
 pub fn data_file(bytes: &[u8]) {
     let dir = scratch();
     let path = dir.path().join("Data.fs");
@@ -45,6 +48,12 @@ pub fn data_file(bytes: &[u8]) {
     }
     if let Ok(fs) = FileStorage::open(&path, FileStorageOptions::default()) {
         read_everything(&fs);
+        // Packs to the end of time, with and without garbage collection:
+        // every reference and backpointer of the file is followed.
+        if fs.pack(PACK_TIME, true).is_ok() {
+            read_everything(&fs);
+        }
+        let _ = fs.pack(PACK_TIME, false);
         drop(fs);
         if let Ok(fs) = FileStorage::open(&path, READ_ONLY) {
             read_everything(&fs);
