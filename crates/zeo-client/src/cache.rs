@@ -967,6 +967,26 @@ impl Inner {
     }
 }
 
+/// Replays `bytes` as the persistent cache file of storage `"1"` in `dir`
+/// and reads from the result: the entry point of the `client_cache_replay`
+/// fuzz target and of the test that replays its corpus. Not API.
+#[doc(hidden)]
+pub fn fuzz_replay(dir: &Path, bytes: &[u8]) {
+    let path = dir.join("fuzz-1.zec");
+    if fs::write(&path, bytes).is_err() {
+        return;
+    }
+    if let Ok(cache) = ClientCache::open(&path, "1", 1 << 20) {
+        let _ = (cache.last_tid(), cache.len(), cache.stats());
+        for oid in 0..8 {
+            let _ = cache.load(Oid(oid));
+            let _ = cache.load_before(Oid(oid), Tid(u64::MAX));
+        }
+        cache.store(Oid(1), Tid(u64::MAX - 1), None, b"after replay");
+        let _ = cache.sync();
+    }
+}
+
 fn read_up_to(mut file: &File, buf: &mut [u8]) -> io::Result<usize> {
     io::Seek::seek(&mut file, io::SeekFrom::Start(0))?;
     let mut got = 0;

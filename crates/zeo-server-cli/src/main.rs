@@ -48,6 +48,11 @@ enum Command {
     Check {
         /// The Data.fs file.
         path: PathBuf,
+        /// Also decode every current object record and check that every
+        /// object it references exists, like ZODB's fsrefs; each problem is
+        /// printed as one line and makes the exit status 1.
+        #[arg(long)]
+        refs: bool,
     },
     /// Print a Data.fs in ZODB's fsdump format.
     Dump {
@@ -107,7 +112,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { path }) => check(&path),
+        Some(Command::Check { path, refs }) => check(&path, refs),
         Some(Command::Dump { path }) => dump(&path),
         Some(Command::Pack { path, days, no_gc }) => pack(&path, days, !no_gc),
         Some(Command::Passwd(args)) => passwd::passwd(args),
@@ -121,7 +126,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, refs: bool) -> ExitCode {
     match zeo_storage::filestorage::check(path) {
         Ok(report) => {
             println!(
@@ -132,7 +137,38 @@ fn check(path: &Path) -> ExitCode {
                 report.last_tid,
                 report.size
             );
+            if refs {
+                return check_refs(path);
+            }
             ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{}: {err}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_refs(path: &Path) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let report = zeo_storage::filestorage::check_refs(path, &mut |problem| {
+        let _ = writeln!(out, "{}: {problem}", path.display());
+    });
+    match report {
+        Ok(r) => {
+            let _ = writeln!(
+                out,
+                "{}: refs: {} objects, {} references, {} problems",
+                path.display(),
+                r.objects,
+                r.references,
+                r.problems
+            );
+            if r.problems == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(err) => {
             eprintln!("{}: {err}", path.display());

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use crate::error::{Error, Result};
@@ -21,6 +20,7 @@ use crate::interface::{
 };
 use crate::timestamp::TimeStamp;
 
+use super::fault::Io;
 use super::format::{
     DataHeader, Reader, TxnHeader, DATA_HEADER_LEN, STATUS_CHECKPOINT, TXN_HEADER_LEN,
 };
@@ -36,14 +36,16 @@ const TMP_KEEP: u64 = 64 << 20;
 /// The data records of the active transaction, in the order they will be
 /// written: the first part in a temporary file, the tail in a buffer.
 pub(crate) struct Staged {
+    io: Io,
     file: Option<File>,
     flushed: u64,
     buf: Vec<u8>,
 }
 
 impl Staged {
-    fn new(file: Option<File>) -> Self {
+    fn new(file: Option<File>, io: Io) -> Self {
         Staged {
+            io,
             file,
             flushed: 0,
             buf: Vec::new(),
@@ -65,8 +67,8 @@ impl Staged {
             self.spill()?;
         }
         if bytes.len() > STAGE_BUFFER {
-            self.tmp()?
-                .write_all_at(bytes, self.flushed)
+            self.io
+                .write_all_at(self.tmp()?, bytes, self.flushed)
                 .map_err(|e| Error::io("writing the commit temporary file", e))?;
             self.flushed += bytes.len() as u64;
         } else {
@@ -77,8 +79,8 @@ impl Staged {
 
     fn spill(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
-            self.tmp()?
-                .write_all_at(&self.buf, self.flushed)
+            self.io
+                .write_all_at(self.tmp()?, &self.buf, self.flushed)
                 .map_err(|e| Error::io("writing the commit temporary file", e))?;
             self.flushed += self.buf.len() as u64;
             self.buf.clear();
@@ -177,7 +179,7 @@ pub(crate) struct CommitState {
 }
 
 impl CommitState {
-    pub(crate) fn new(ltid: Tid, read_only: bool, data_path: &Path) -> Result<Self> {
+    pub(crate) fn new(ltid: Tid, read_only: bool, data_path: &Path, io: Io) -> Result<Self> {
         let file = if read_only {
             None
         } else {
@@ -192,7 +194,7 @@ impl CommitState {
         };
         Ok(CommitState {
             active: None,
-            staged: Staged::new(file),
+            staged: Staged::new(file, io),
             next_handle: 1,
             last_ts: ltid,
             dirty_tail: false,
@@ -209,6 +211,12 @@ impl FileStorage {
         self.check_open()?;
         if self.read_only {
             return Err(Error::ReadOnly);
+        }
+        if let Some(why) = lock(&self.write_failure).as_ref() {
+            return Err(Error::Storage(format!(
+                "{}: writes refused until the storage is reopened: {why}",
+                self.path.display()
+            )));
         }
         Ok(())
     }
@@ -487,7 +495,7 @@ impl FileStorage {
             head.extend_from_slice(&a.meta.extension);
             let mut at = base;
             if staged.flushed > 0 {
-                file.write_all_at(&head, at).map_err(io)?;
+                self.io.write_all_at(&file, &head, at).map_err(io)?;
                 at += head.len() as u64;
                 head.clear();
                 let mut chunk = vec![0u8; COPY_CHUNK];
@@ -498,14 +506,14 @@ impl FileStorage {
                         .tmp()?
                         .read_exact_at(&mut chunk[..n], off)
                         .map_err(|e| Error::io("reading the commit temporary file", e))?;
-                    file.write_all_at(&chunk[..n], at).map_err(io)?;
+                    self.io.write_all_at(&file, &chunk[..n], at).map_err(io)?;
                     at += n as u64;
                     off += n as u64;
                 }
             }
             head.extend_from_slice(&staged.buf);
             head.extend_from_slice(&tlen.to_be_bytes());
-            file.write_all_at(&head, at).map_err(io)?;
+            self.io.write_all_at(&file, &head, at).map_err(io)?;
             Ok(())
         };
         let mut res = Ok(());
@@ -546,21 +554,26 @@ impl FileStorage {
             }
         };
         let file = Arc::clone(&self.read_published().file);
-        let durable = file
-            .write_all_at(&[status], base + 16)
-            .and_then(|_| file.sync_all());
+        let durable = self
+            .io
+            .write_all_at(&file, &[status], base + 16)
+            .and_then(|_| self.io.sync_all(&file));
         if let Err(e) = durable {
-            // Like ZODB, a failure here leaves the storage unusable; cut
-            // the transaction off so a restart does not see it either.
+            // A failed fsync is never retried: the kernel may have dropped
+            // the dirty pages and would report the next one as a success.
+            // The transaction fails, its bytes are cut off (or, failing
+            // that, flagged 'c' again so that an open cuts them off), and
+            // the storage serves reads but refuses writes until reopened.
             tracing::error!(
-                "{}: failure finishing transaction {tid}: {e}; closing",
+                "{}: failure finishing transaction {tid}: {e}; refusing writes until reopened",
                 self.path.display()
             );
             if file.set_len(base).is_err() {
+                let _ = file.write_all_at(&[STATUS_CHECKPOINT], base + 16);
                 st.dirty_tail = true;
             }
             st.active = None;
-            self.closed.store(true, Ordering::Release);
+            *lock(&self.write_failure) = Some(format!("a commit's fsync failed: {e}"));
             self.commit_done.notify_all();
             return Err(Error::io(
                 format!("committing transaction to {}", self.path.display()),

@@ -167,16 +167,58 @@ pub(crate) fn pickle_class_name(data: &[u8]) -> (String, String) {
     }
 }
 
+/// Deepest tuple nesting [`class_tuple`] builds; class metadata is two
+/// levels deep (`((module, name), args)`), plus whatever `args` holds.
+const MAX_CLASS_TUPLE_HEIGHT: u32 = 32;
+
 /// Decodes the `((module, name), args)` / `(module, name)` class metadata
 /// forms that do not start with GLOBAL; `None` for anything else.
+///
+/// The pickle comes from the file, so it is hostile input: tuples nest at
+/// most [`MAX_CLASS_TUPLE_HEIGHT`] deep (which also bounds the recursion of
+/// dropping them), and memo copies are charged against a budget linear in
+/// the input, so `TUPLE1` chains and repeated `BINGET`s cannot exhaust the
+/// stack or memory.
 fn class_tuple(d: &[u8]) -> Option<(String, String)> {
     #[derive(Clone)]
     enum V {
         Str(String),
         Other,
         Mark,
-        Tuple(Vec<V>),
+        /// Items, height, weight (nodes plus string bytes).
+        Tuple(Vec<V>, u32, usize),
     }
+    impl V {
+        fn height(&self) -> u32 {
+            match self {
+                V::Tuple(_, h, _) => *h,
+                _ => 0,
+            }
+        }
+        fn weight(&self) -> usize {
+            match self {
+                V::Tuple(_, _, w) => *w,
+                V::Str(s) => 1 + s.len(),
+                _ => 1,
+            }
+        }
+    }
+    let tuple = |items: Vec<V>| -> Option<V> {
+        let height = 1 + items.iter().map(V::height).max().unwrap_or(0);
+        if height > MAX_CLASS_TUPLE_HEIGHT {
+            return None;
+        }
+        let weight = items
+            .iter()
+            .map(V::weight)
+            .fold(1usize, usize::saturating_add);
+        Some(V::Tuple(items, height, weight))
+    };
+    let mut budget = 4096usize.saturating_add(d.len().saturating_mul(4));
+    let mut copy = |v: &V| -> Option<V> {
+        budget = budget.checked_sub(v.weight())?;
+        Some(v.clone())
+    };
     let mut stack: Vec<V> = Vec::new();
     let mut memo: std::collections::HashMap<u32, V> = std::collections::HashMap::new();
     let mut i = 0usize;
@@ -235,45 +277,47 @@ fn class_tuple(d: &[u8]) -> Option<(String, String)> {
                 take(&mut i, 4)?;
                 stack.push(V::Other);
             }
-            b')' => stack.push(V::Tuple(Vec::new())),
+            b')' => stack.push(tuple(Vec::new())?),
             0x85..=0x87 => {
                 let n = usize::from(op - 0x84);
                 let at = stack.len().checked_sub(n)?;
                 let items = stack.split_off(at);
-                stack.push(V::Tuple(items));
+                stack.push(tuple(items)?);
             }
             b't' => {
                 let items = pop_mark(&mut stack)?;
-                stack.push(V::Tuple(items));
+                stack.push(tuple(items)?);
             }
             b'q' => {
                 let k = u32::from(*take(&mut i, 1)?.first()?);
-                memo.insert(k, stack.last()?.clone());
+                memo.insert(k, copy(stack.last()?)?);
             }
             b'r' => {
                 let k = u32::from_le_bytes(take(&mut i, 4)?.try_into().ok()?);
-                memo.insert(k, stack.last()?.clone());
+                memo.insert(k, copy(stack.last()?)?);
             }
             0x94 => {
                 let k = memo.len() as u32;
-                memo.insert(k, stack.last()?.clone());
+                memo.insert(k, copy(stack.last()?)?);
             }
             b'h' => {
                 let k = u32::from(*take(&mut i, 1)?.first()?);
-                stack.push(memo.get(&k)?.clone());
+                stack.push(copy(memo.get(&k)?)?);
             }
             b'j' => {
                 let k = u32::from_le_bytes(take(&mut i, 4)?.try_into().ok()?);
-                stack.push(memo.get(&k)?.clone());
+                stack.push(copy(memo.get(&k)?)?);
             }
             b'.' => break,
             _ => return None,
         }
     }
     let top = stack.pop()?;
-    let V::Tuple(items) = top else { return None };
+    let V::Tuple(items, ..) = top else {
+        return None;
+    };
     let pair = match items.first()? {
-        V::Tuple(inner) => inner.clone(),
+        V::Tuple(inner, ..) => inner.clone(),
         _ => items,
     };
     match pair.as_slice() {
@@ -319,5 +363,30 @@ mod tests {
             pickle_class_name(b"\x80\x03Q."),
             (String::new(), String::new())
         );
+    }
+
+    #[test]
+    fn class_names_of_hostile_pickles_cost_little() {
+        // 1,000,000 TUPLE1s: a million-deep tuple if built (and a stack
+        // overflow when dropped).
+        let mut deep = vec![0x80, 3, b'N'];
+        deep.extend(std::iter::repeat_n(0x85u8, 1_000_000));
+        deep.push(b'.');
+        assert_eq!(pickle_class_name(&deep), (String::new(), String::new()));
+        // A tuple doubled through the memo 40 times: 2^40 nodes if copied.
+        let mut bomb = vec![0x80, 3, b'N', b'q', 0];
+        for _ in 0..40 {
+            bomb.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+        }
+        bomb.push(b'.');
+        assert_eq!(pickle_class_name(&bomb), (String::new(), String::new()));
+        // Moderate nesting in the arguments still names the class.
+        let mut args = vec![
+            0x80, 3, b'X', 1, 0, 0, 0, b'm', b'X', 1, 0, 0, 0, b'C', 0x86,
+        ];
+        args.push(b'N');
+        args.extend(std::iter::repeat_n(0x85u8, 20));
+        args.extend_from_slice(&[0x86, b'.']);
+        assert_eq!(pickle_class_name(&args), ("m".into(), "C".into()));
     }
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+use super::fault::Io;
 use super::index::OidIndex;
 
 /// Positions are stored in 6 bytes.
@@ -37,19 +38,54 @@ pub(crate) fn append_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// Writes the index for a file whose committed size is `pos`: first to
 /// `Data.fs.index.index_tmp` (ZODB's name), synced, then renamed over
 /// `Data.fs.index`. Returns `false` (and writes nothing) when a position does
-/// not fit the format's 48 bits.
-pub(crate) fn save(data_path: &Path, pos: u64, index: &OidIndex) -> Result<bool> {
+/// not fit the format's 48 bits. On failure the temporary file is removed
+/// and `Data.fs.index`, if any, is left as it was or removed: never a
+/// partial index under either name.
+pub(crate) fn save(data_path: &Path, pos: u64, index: &OidIndex, io: &Io) -> Result<bool> {
     if pos > MAX_POS || index.iter().any(|(_, p)| p > MAX_POS) {
         return Ok(false);
     }
     let final_path = index_path(data_path);
     let tmp_path = append_suffix(&final_path, ".index_tmp");
-    let io = |what: &str, e| Error::io(format!("{what} {}", tmp_path.display()), e);
-    let file = File::create(&tmp_path).map_err(|e| io("creating", e))?;
-    let mut out = BufWriter::with_capacity(1 << 16, file);
+    let written = write_tmp(&tmp_path, pos, index, io);
+    if let Err(e) = written {
+        if let Err(rm) = fs::remove_file(&tmp_path) {
+            if rm.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {}: {rm}", tmp_path.display());
+            }
+        }
+        return Err(e);
+    }
+    match fs::remove_file(&final_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(Error::io(format!("removing {}", final_path.display()), e));
+        }
+    }
+    fs::rename(&tmp_path, &final_path).map_err(|e| {
+        let _ = fs::remove_file(&tmp_path);
+        Error::io(
+            format!(
+                "renaming {} to {}",
+                tmp_path.display(),
+                final_path.display()
+            ),
+            e,
+        )
+    })?;
+    Ok(true)
+}
+
+/// Writes and syncs the whole index to `tmp_path`.
+fn write_tmp(tmp_path: &Path, pos: u64, index: &OidIndex, io: &Io) -> Result<()> {
+    let err = |what: &str, e| Error::io(format!("{what} {}", tmp_path.display()), e);
+    let file = File::create(tmp_path).map_err(|e| err("creating", e))?;
+    let mut out = BufWriter::with_capacity(1 << 16, io.writer(&file));
     let mut buf = Vec::with_capacity(MAX_BUCKET + 32);
     encode_pos(pos, &mut buf);
-    out.write_all(&buf).map_err(|e| io("writing", e))?;
+    out.write_all(&buf).map_err(|e| err("writing", e))?;
 
     let mut entries = index.iter().peekable();
     while let Some((first_oid, _)) = entries.peek().copied() {
@@ -70,31 +106,13 @@ pub(crate) fn save(data_path: &Path, pos: u64, index: &OidIndex) -> Result<bool>
         suffixes.extend_from_slice(&positions);
         encode_bytes(&suffixes, &mut buf);
         buf.extend_from_slice(&[0x86, b'.']);
-        out.write_all(&buf).map_err(|e| io("writing", e))?;
+        out.write_all(&buf).map_err(|e| err("writing", e))?;
     }
     out.write_all(&[0x80, 3, b'N', b'.'])
-        .map_err(|e| io("writing", e))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| io("writing", e.into_error()))?;
-    file.sync_all().map_err(|e| io("syncing", e))?;
-    drop(file);
-    match fs::remove_file(&final_path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("removing {}", final_path.display()), e)),
-    }
-    fs::rename(&tmp_path, &final_path).map_err(|e| {
-        Error::io(
-            format!(
-                "renaming {} to {}",
-                tmp_path.display(),
-                final_path.display()
-            ),
-            e,
-        )
-    })?;
-    Ok(true)
+        .map_err(|e| err("writing", e))?;
+    out.flush().map_err(|e| err("writing", e))?;
+    drop(out);
+    io.sync_all(&file).map_err(|e| err("syncing", e))
 }
 
 /// The pickle of the int `pos` with its PROTO header and STOP.
@@ -143,13 +161,20 @@ pub(crate) fn load(data_path: &Path) -> std::result::Result<Option<(u64, OidInde
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Unusable(format!("cannot open {}: {e}", path.display()))),
     };
-    let mut r = PickleReader {
-        inner: BufReader::with_capacity(1 << 16, file),
-        offset: 0,
-    };
-    r.decode()
+    decode(BufReader::with_capacity(1 << 16, file))
         .map(Some)
         .map_err(|why| Unusable(format!("{}: {why}", path.display())))
+}
+
+/// Decodes an index file's content: the position it is valid for and the
+/// entries. Every length is checked against [`MAX_BUCKET`] before anything
+/// is reserved, and the entries only grow with the bytes read.
+pub(crate) fn decode(r: impl Read) -> std::result::Result<(u64, OidIndex), String> {
+    PickleReader {
+        inner: r,
+        offset: 0,
+    }
+    .decode()
 }
 
 struct PickleReader<R: Read> {
@@ -335,6 +360,7 @@ impl<R: Read> PickleReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn matches_the_python_sample() {
@@ -342,7 +368,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("prepack.fs");
         let index = OidIndex::from_sorted(vec![(0, 1520), (1, 672), (2, 1132), (3, 1378)]);
-        assert!(save(&data, 1661, &index).unwrap());
+        assert!(save(&data, 1661, &index, &Io::default()).unwrap());
         let bytes = fs::read(index_path(&data)).unwrap();
         let mut want = vec![
             0x80, 3, 0x4d, 0x7d, 0x06, 0x2e, 0x80, 3, 0x43, 6, 0, 0, 0, 0, 0, 0, 0x43, 0x20,
@@ -366,7 +392,7 @@ mod tests {
     fn empty_index_is_nine_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("e.fs");
-        assert!(save(&data, 4, &OidIndex::new()).unwrap());
+        assert!(save(&data, 4, &OidIndex::new(), &Io::default()).unwrap());
         assert_eq!(
             fs::read(index_path(&data)).unwrap(),
             [0x80, 3, 0x4b, 4, 0x2e, 0x80, 3, 0x4e, 0x2e]
@@ -409,7 +435,7 @@ mod tests {
         let data = dir.path().join("big.fs");
         let entries: Vec<(u64, u64)> = (0..70_000u64).map(|o| (o, 100 + o * 50)).collect();
         let index = OidIndex::from_sorted(entries.clone());
-        assert!(save(&data, 100 + 70_000 * 50, &index).unwrap());
+        assert!(save(&data, 100 + 70_000 * 50, &index, &Io::default()).unwrap());
         let (_, back) = load(&data).unwrap().unwrap();
         assert_eq!(back.iter().collect::<Vec<_>>(), entries);
     }
@@ -427,5 +453,37 @@ mod tests {
             fs::write(index_path(&data), junk).unwrap();
             assert!(load(&data).is_err(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file_and_the_old_index_alone() {
+        use super::super::fault::FaultInjector;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("Data.fs");
+        let old = OidIndex::from_sorted(vec![(1, 4)]);
+        assert!(save(&data, 100, &old, &Io::default()).unwrap());
+        let before = fs::read(index_path(&data)).unwrap();
+        let tmp = append_suffix(&index_path(&data), ".index_tmp");
+        let big = OidIndex::from_sorted((0..200_000u64).map(|o| (o, 4 + o)).collect());
+        let faults = FaultInjector::new();
+        let io = Io::with(Some(Arc::clone(&faults)));
+        // Out of space in the middle of the writes, then at the sync.
+        for fail in [0u8, 1] {
+            if fail == 0 {
+                faults.fail_writes_after(100_000);
+            } else {
+                faults.heal();
+                faults.fail_next_syncs(1);
+            }
+            let err = save(&data, 1 << 30, &big, &io).unwrap_err();
+            assert!(err.to_string().contains("No space left on device"), "{err}");
+            assert!(!tmp.exists(), "index_tmp left behind");
+            assert_eq!(fs::read(index_path(&data)).unwrap(), before);
+        }
+        assert_eq!(faults.injected(), 2);
+        faults.heal();
+        assert!(save(&data, 1 << 30, &big, &io).unwrap());
+        assert!(!tmp.exists());
+        assert_eq!(load(&data).unwrap().unwrap().1.len(), 200_000);
     }
 }

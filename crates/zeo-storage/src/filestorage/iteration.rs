@@ -5,6 +5,7 @@
 //! `dump` uses the lenient mode, which stops where `FileIterator` stops so
 //! that its output matches fsdump's line for line.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -231,6 +232,12 @@ impl TxnScanner {
     ) -> Result<Vec<RawRecord>> {
         let mut out = Vec::new();
         let mut pos = tpos + h.header_len();
+        // Records of one transaction whose backpointers lead to the same
+        // data would each get a copy of it: a damaged or hostile file could
+        // turn a few bytes of backpointers into gigabytes. Distinct data is
+        // bounded by the file; repeated data by this budget.
+        let mut resolved = HashSet::new();
+        let mut repeated_budget = MAX_REPEATED_DATA;
         while pos < tend {
             let d = r.data_header(pos)?;
             let len = d.record_len().unwrap_or(u64::MAX);
@@ -252,9 +259,24 @@ impl TxnScanner {
             } else if d.back == 0 {
                 (None, None)
             } else {
-                let data = r.load_back(d.oid, d.back, pos)?.map(|b| b.data);
+                let back = r.load_back(d.oid, d.back, pos)?;
+                if let Some(b) = &back {
+                    if !resolved.insert(b.pos) {
+                        repeated_budget = repeated_budget
+                            .checked_sub(b.data.len() as u64)
+                            .ok_or_else(|| {
+                                r.error(
+                                    pos,
+                                    format!(
+                                        "the backpointers of transaction {tpos} repeat more than \
+                                         {MAX_REPEATED_DATA} bytes of data"
+                                    ),
+                                )
+                            })?;
+                    }
+                }
                 let data_txn = r.data_header_for(d.back, d.oid)?.tid;
-                (data, Some(data_txn))
+                (back.map(|b| b.data), Some(data_txn))
             };
             out.push(RawRecord {
                 pos,
@@ -268,6 +290,11 @@ impl TxnScanner {
         Ok(out)
     }
 }
+
+/// How many bytes of data the records of one transaction may repeat through
+/// backpointers to the same record (which no sound file does more than a
+/// few times).
+const MAX_REPEATED_DATA: u64 = 64 << 20;
 
 fn next_pos(r: &Reader<'_>, pos: u64, h: &TxnHeader) -> Result<u64> {
     pos.checked_add(h.tlen)

@@ -2,6 +2,14 @@
 //! Python process and this one exclude each other: an exclusive,
 //! non-blocking `flock` on the file (never truncated before locking), and
 //! once locked, the content `" <pid>\n"`. The file is left in place on close.
+//!
+//! `<path as given>.lock` alone lets a second writer in through another name
+//! for the same file (a symlink, `dir/../Data.fs`, another relative path), so
+//! a storage also locks `<canonical path>.lock` when that is another file.
+//! Both are keyed by path, not by the data file's inode, so they stay valid
+//! across pack's switch to a new file. `flock` locks belong to an open file
+//! description, so two opens in one process exclude each other as two
+//! processes do.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -10,11 +18,81 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+use super::index_file::append_suffix;
+
 /// A held lock; dropping it releases the lock.
 #[derive(Debug)]
 pub(crate) struct LockFile {
     file: File,
     path: PathBuf,
+}
+
+/// The locks of one writable storage: `<path as given>.lock` and, when it
+/// is another file, `<canonical path>.lock`.
+#[derive(Debug)]
+pub(crate) struct StorageLock {
+    _given: LockFile,
+    _canonical: Option<LockFile>,
+}
+
+impl StorageLock {
+    /// Locks the storage at `data_path` (the data file need not exist yet)
+    /// or fails with [`Error::Locked`] naming the lock file that is held.
+    pub fn acquire(data_path: &Path) -> Result<StorageLock> {
+        let given = LockFile::acquire(&append_suffix(data_path, ".lock"))?;
+        let canonical = match canonical_data_path(data_path) {
+            Some(real) => {
+                let real_lock = append_suffix(&real, ".lock");
+                if same_file(&given.file, &real_lock) {
+                    None
+                } else {
+                    Some(LockFile::acquire(&real_lock)?)
+                }
+            }
+            // Unresolvable (a parent directory vanished): the open that
+            // follows fails anyway.
+            None => None,
+        };
+        Ok(StorageLock {
+            _given: given,
+            _canonical: canonical,
+        })
+    }
+}
+
+/// Whether `path` names the file `file` has open.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The absolute path with no symlink, `.` or `..` that `path` leads to,
+/// also when the file (or the target of a dangling symlink) does not exist
+/// yet; `None` when no directory on the way can be resolved.
+pub(crate) fn canonical_data_path(path: &Path) -> Option<PathBuf> {
+    let mut path = path.to_path_buf();
+    // Bounded as the kernel bounds symlink chains (ELOOP after 40).
+    for _ in 0..40 {
+        if let Ok(real) = std::fs::canonicalize(&path) {
+            return Some(real);
+        }
+        let parent = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match std::fs::read_link(&path) {
+            // A dangling symlink: where the data file will be created.
+            Ok(target) => path = parent.join(target),
+            Err(_) => {
+                let name = path.file_name()?;
+                return Some(std::fs::canonicalize(&parent).ok()?.join(name));
+            }
+        }
+    }
+    None
 }
 
 impl LockFile {
@@ -84,5 +162,51 @@ mod tests {
         let again = LockFile::acquire(&p).unwrap();
         drop(again);
         assert!(p.exists());
+    }
+
+    #[test]
+    fn another_name_for_the_same_file_is_excluded() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("Data.fs");
+        std::fs::write(&data, b"FS30").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(&data, dir.path().join("link.fs")).unwrap();
+        let held = StorageLock::acquire(&dir.path().join("link.fs")).unwrap();
+        // Through the real name, `..` and another symlink.
+        for other in [
+            data.clone(),
+            dir.path().join("sub/../Data.fs"),
+            dir.path().join("sub/../link.fs"),
+        ] {
+            match StorageLock::acquire(&other) {
+                Err(Error::Locked { path }) => assert!(
+                    ["Data.fs.lock", "link.fs.lock"]
+                        .contains(&path.file_name().unwrap().to_str().unwrap()),
+                    "{other:?}: {path:?}"
+                ),
+                other => panic!("expected Locked, got {other:?}"),
+            }
+        }
+        drop(held);
+        let again = StorageLock::acquire(&dir.path().join("sub/../Data.fs")).unwrap();
+        drop(again);
+    }
+
+    #[test]
+    fn canonical_path_of_missing_files_and_dangling_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let real_dir = std::fs::canonicalize(dir.path()).unwrap();
+        assert_eq!(
+            canonical_data_path(&dir.path().join("new.fs")).unwrap(),
+            real_dir.join("new.fs")
+        );
+        std::os::unix::fs::symlink("target.fs", dir.path().join("dangling.fs")).unwrap();
+        assert_eq!(
+            canonical_data_path(&dir.path().join("dangling.fs")).unwrap(),
+            real_dir.join("target.fs")
+        );
+        std::os::unix::fs::symlink("loop.fs", dir.path().join("loop.fs")).unwrap();
+        assert!(canonical_data_path(&dir.path().join("loop.fs")).is_none());
+        assert!(canonical_data_path(&dir.path().join("no/such/dir/x.fs")).is_none());
     }
 }

@@ -15,12 +15,16 @@
 mod check;
 mod commit;
 mod dump;
+mod fault;
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod index_file;
 mod iteration;
 mod lock;
 mod pack;
+mod refs;
 mod scan;
 mod undo;
 
@@ -33,6 +37,9 @@ use std::sync::{
 
 pub use check::{check, CheckReport};
 pub use dump::dump;
+#[doc(hidden)]
+pub use fault::FaultInjector;
+pub use refs::{check_refs, RefProblem, RefProblemKind, RefsReport};
 
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
@@ -42,9 +49,10 @@ use crate::interface::{
 };
 
 use commit::CommitState;
+use fault::Io;
 use format::{Reader, FIRST_TXN_POS};
 use index::OidIndex;
-use lock::LockFile;
+use lock::StorageLock;
 
 /// How to open a [`FileStorage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +102,12 @@ pub struct FileStorage {
     closed: AtomicBool,
     /// A pack is running (ZODB's `_pack_is_in_progress`).
     packing: AtomicBool,
-    lock_file: Mutex<Option<LockFile>>,
+    lock_file: Mutex<Option<StorageLock>>,
+    /// Writes and syncs go through here (a fault-injection seam for tests).
+    io: Io,
+    /// Set when a commit's fsync failed: the storage refuses writes until it
+    /// is reopened, since what the kernel kept of the file is unknown.
+    write_failure: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for FileStorage {
@@ -113,12 +126,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl FileStorage {
     /// Opens (or, when writable, creates) the storage at `path`.
     ///
-    /// A writable open takes `Data.fs.lock` first ([`Error::Locked`] when
-    /// another process holds it), uses `Data.fs.index` when it matches the
+    /// A writable open takes `Data.fs.lock` first, and the lock next to the
+    /// file's canonical path when `path` reaches it through a symlink or
+    /// `..` ([`Error::Locked`] when another process, or another open in this
+    /// one, holds either), uses `Data.fs.index` when it matches the
     /// file, scans the rest, and cuts off an incomplete last transaction into
     /// `Data.fs.trN`. A read-only open takes no lock and changes nothing.
     pub fn open(path: impl AsRef<Path>, options: FileStorageOptions) -> Result<FileStorage> {
-        let path = path.as_ref().to_path_buf();
+        Self::open_with_io(path.as_ref(), options, Io::default())
+    }
+
+    /// [`FileStorage::open`] with every write and sync of the commit path
+    /// and the index file going through `faults`. For tests; not API.
+    #[doc(hidden)]
+    pub fn open_with_faults(
+        path: impl AsRef<Path>,
+        options: FileStorageOptions,
+        faults: Arc<FaultInjector>,
+    ) -> Result<FileStorage> {
+        Self::open_with_io(path.as_ref(), options, Io::with(Some(faults)))
+    }
+
+    fn open_with_io(path: &Path, options: FileStorageOptions, io: Io) -> Result<FileStorage> {
+        let path = path.to_path_buf();
         if options.read_only && options.create {
             return Err(Error::InvalidArgument(
                 "can't create a read-only file".into(),
@@ -127,14 +157,12 @@ impl FileStorage {
         let lock_file = if options.read_only {
             None
         } else {
-            Some(LockFile::acquire(&index_file::append_suffix(
-                &path, ".lock",
-            ))?)
+            Some(StorageLock::acquire(&path)?)
         };
-        let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
+        let io_err = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
 
         let file = if options.read_only {
-            File::open(&path).map_err(|e| io("opening", e))?
+            File::open(&path).map_err(|e| io_err("opening", e))?
         } else if options.create {
             let f = OpenOptions::new()
                 .read(true)
@@ -142,7 +170,7 @@ impl FileStorage {
                 .create(true)
                 .truncate(true)
                 .open(&path)
-                .map_err(|e| io("creating", e))?;
+                .map_err(|e| io_err("creating", e))?;
             sync_parent_dir(&path);
             f
         } else {
@@ -153,7 +181,7 @@ impl FileStorage {
                 .create(true)
                 .truncate(false)
                 .open(&path)
-                .map_err(|e| io("opening", e))?;
+                .map_err(|e| io_err("opening", e))?;
             if !existed {
                 sync_parent_dir(&path);
             }
@@ -180,7 +208,7 @@ impl FileStorage {
         };
         if was_empty && !options.read_only {
             // An empty file got its magic from the scan; make it durable.
-            file.sync_all().map_err(|e| io("syncing", e))?;
+            file.sync_all().map_err(|e| io_err("syncing", e))?;
         }
         index.compact();
         let max_oid = scan::max_oid(&index);
@@ -202,12 +230,19 @@ impl FileStorage {
                 pos: end.pos,
                 ltid: end.ltid,
             }),
-            commit: Mutex::new(CommitState::new(end.ltid, options.read_only, &path)?),
+            commit: Mutex::new(CommitState::new(
+                end.ltid,
+                options.read_only,
+                &path,
+                io.clone(),
+            )?),
             commit_done: Condvar::new(),
             max_oid: AtomicU64::new(max_oid.0),
             closed: AtomicBool::new(false),
             packing: AtomicBool::new(false),
             lock_file: Mutex::new(lock_file),
+            io,
+            write_failure: Mutex::new(None),
             path,
         };
         if !used_saved_index && !options.read_only {
@@ -260,7 +295,7 @@ impl FileStorage {
             return;
         }
         let p = self.read_published();
-        match index_file::save(&self.path, p.pos, &p.index) {
+        match index_file::save(&self.path, p.pos, &p.index, &self.io) {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
                 "{}: positions beyond 48 bits; no index file written",

@@ -43,7 +43,6 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -53,6 +52,7 @@ use crate::gc::{self, PackView, Reachable};
 use crate::ids::{Oid, Tid};
 use crate::timestamp::TimeStamp;
 
+use super::fault::Io;
 use super::format::{
     DataHeader, Reader, TxnHeader, FIRST_TXN_POS, MAGIC, STATUS_CHECKPOINT, STATUS_COMMITTED,
     STATUS_PACKED, STATUS_UNDONE, TXN_HEADER_LEN, TXN_TRAILER_LEN,
@@ -182,7 +182,7 @@ fn build_and_switch(fs: &FileStorage, stop: Tid, gc: bool, pack_path: &Path) -> 
     };
     drop(scan.current);
 
-    let mut copier = Copier::new(pack_path)?;
+    let mut copier = Copier::new(pack_path, fs.io.clone())?;
     let opos = copier.copy_to_pack_time(&r, scan.packpos, &reachable)?;
     drop(reachable);
     if opos == scan.packpos {
@@ -230,8 +230,8 @@ fn finish_locked(fs: &FileStorage, file: &File, ipos: u64, mut copier: Copier) -
     } = copier;
     out.flush()?;
     let new_end = out.pos();
-    out.file
-        .sync_all()
+    out.io
+        .sync_all(&out.file)
         .map_err(|e| Error::io(format!("syncing {}", out.path.display()), e))?;
     index.compact();
 
@@ -501,6 +501,7 @@ impl PackView for View<'_> {
 
 /// `Data.fs.pack` being written: appends go through a buffer.
 struct Output {
+    io: Io,
     file: File,
     path: PathBuf,
     /// Bytes already in the file.
@@ -509,7 +510,7 @@ struct Output {
 }
 
 impl Output {
-    fn create(path: &Path) -> Result<Self> {
+    fn create(path: &Path, io: Io) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -518,6 +519,7 @@ impl Output {
             .open(path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let mut out = Output {
+            io,
             file,
             path: path.to_path_buf(),
             flushed: 0,
@@ -531,7 +533,7 @@ impl Output {
         self.flushed + self.buf.len() as u64
     }
 
-    fn io(&self, e: std::io::Error) -> Error {
+    fn io_error(&self, e: std::io::Error) -> Error {
         Error::io(format!("writing {}", self.path.display()), e)
     }
 
@@ -540,9 +542,9 @@ impl Output {
             self.flush()?;
         }
         if bytes.len() > OUT_BUFFER {
-            self.file
-                .write_all_at(bytes, self.flushed)
-                .map_err(|e| self.io(e))?;
+            self.io
+                .write_all_at(&self.file, bytes, self.flushed)
+                .map_err(|e| self.io_error(e))?;
             self.flushed += bytes.len() as u64;
         } else {
             self.buf.extend_from_slice(bytes);
@@ -552,9 +554,9 @@ impl Output {
 
     fn flush(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
-            self.file
-                .write_all_at(&self.buf, self.flushed)
-                .map_err(|e| self.io(e))?;
+            self.io
+                .write_all_at(&self.file, &self.buf, self.flushed)
+                .map_err(|e| self.io_error(e))?;
             self.flushed += self.buf.len() as u64;
             self.buf.clear();
         }
@@ -577,10 +579,14 @@ impl Output {
             }
             Ok(())
         } else if at + 8 <= self.flushed {
-            self.file.write_all_at(&bytes, at).map_err(|e| self.io(e))
+            self.io
+                .write_all_at(&self.file, &bytes, at)
+                .map_err(|e| self.io_error(e))
         } else {
             self.flush()?;
-            self.file.write_all_at(&bytes, at).map_err(|e| self.io(e))
+            self.io
+                .write_all_at(&self.file, &bytes, at)
+                .map_err(|e| self.io_error(e))
         }
     }
 
@@ -604,9 +610,9 @@ struct Copier {
 }
 
 impl Copier {
-    fn new(path: &Path) -> Result<Self> {
+    fn new(path: &Path, io: Io) -> Result<Self> {
         Ok(Copier {
-            out: Output::create(path)?,
+            out: Output::create(path, io)?,
             index: OidIndex::new(),
             txns: Vec::new(),
             txns_sorted: true,

@@ -1,0 +1,59 @@
+//! Replays the committed corpus (and any crash inputs) of the
+//! `client_cache_replay` fuzz target through the same entry point, so CI
+//! checks them on stable Rust without cargo-fuzz.
+//!
+//! `cargo test -p zeo-client --test fuzz_corpus -- --ignored` rewrites the
+//! seed files from caches written here.
+
+use std::path::{Path, PathBuf};
+
+use zeo_client::ClientCache;
+use zeo_storage::{Oid, Tid};
+
+fn target_dir(kind: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz")
+        .join(kind)
+        .join("client_cache_replay")
+}
+
+#[test]
+fn client_cache_replay_corpus_replays() {
+    let mut inputs = Vec::new();
+    for kind in ["corpus", "artifacts"] {
+        if let Ok(dir) = std::fs::read_dir(target_dir(kind)) {
+            inputs.extend(dir.map(|e| e.unwrap().path()).filter(|p| p.is_file()));
+        }
+    }
+    assert!(!inputs.is_empty(), "the seed corpus is committed");
+    inputs.sort();
+    for p in inputs {
+        let dir = tempfile::tempdir().unwrap();
+        zeo_client::cache::fuzz_replay(dir.path(), &std::fs::read(&p).unwrap());
+    }
+}
+
+#[test]
+#[ignore = "rewrites the committed seed corpus"]
+fn write_seed_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fuzz-1.zec");
+    {
+        let c = ClientCache::open(&path, "1", 1 << 20).unwrap();
+        c.store(Oid(0), Tid(5), None, b"root state");
+        c.store(Oid(1), Tid(3), Some(Tid(5)), b"old revision");
+        c.store(Oid(1), Tid(5), None, b"new revision");
+        c.store(Oid(2), Tid(5), None, &[7u8; 300]);
+        c.set_last_tid(Tid(5)).unwrap();
+        c.apply_invalidations(Tid(6), &[Oid(2)]).unwrap();
+        c.sync().unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let out = target_dir("corpus");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("sample"), &bytes).unwrap();
+    std::fs::write(out.join("torn-tail"), &bytes[..bytes.len() - 5]).unwrap();
+    let fresh = dir.path().join("fresh-1.zec");
+    drop(ClientCache::open(&fresh, "1", 1 << 20).unwrap());
+    std::fs::write(out.join("fresh"), std::fs::read(&fresh).unwrap()).unwrap();
+}
