@@ -7,6 +7,14 @@
 //! invalidations must not stall on a slow client. Instead the queue's size
 //! is bounded in bytes, and a client that lets it overflow is disconnected.
 //!
+//! What keeps a queue small is the connection's reader: it stops reading
+//! requests while the queue holds more than the pause threshold
+//! ([`Outbox::is_paused`], [`Outbox::wait_unpaused`]), or while the
+//! server-wide [`OutputBudget`] is exceeded, so a client that sends
+//! requests without reading the replies gets no further than the threshold
+//! plus one reply. Streamed replies can wait for room with
+//! [`Outbox::reserve`] instead of queueing everything at once.
+//!
 //! After a client authenticates, every frame carries a MAC chained over all
 //! earlier frames, so MACs must be computed in exactly the order frames
 //! reach the wire. The writer task computes them as it frames each payload,
@@ -33,14 +41,133 @@ pub fn encode(encoding: Encoding, message: &Message) -> Result<Bytes, zeo_protoc
         .map(Bytes::from)
 }
 
+/// The server-wide account of output queued and not yet written, over all
+/// connections.
+#[derive(Debug)]
+pub struct OutputBudget {
+    queued: AtomicUsize,
+    peak: AtomicUsize,
+    max_total: usize,
+    /// Set while `queued` is above `max_total`, so the warning is logged
+    /// once per episode rather than once per message.
+    over: AtomicBool,
+    drained: Notify,
+}
+
+impl OutputBudget {
+    /// A budget pausing every connection's reads above `max_total` queued
+    /// bytes (0 = no cap).
+    pub fn new(max_total: usize) -> Arc<Self> {
+        Arc::new(OutputBudget {
+            queued: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            max_total,
+            over: AtomicBool::new(false),
+            drained: Notify::new(),
+        })
+    }
+
+    /// Bytes queued over all connections right now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// The most bytes ever queued at once over all connections.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Acquire)
+    }
+
+    /// Whether reads are paused server-wide.
+    pub fn is_exceeded(&self) -> bool {
+        self.max_total != 0 && self.queued() > self.max_total
+    }
+
+    fn charge(&self, len: usize) {
+        let now = self.queued.fetch_add(len, Ordering::AcqRel) + len;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+        if self.max_total != 0 && now > self.max_total && !self.over.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                queued = now,
+                limit = self.max_total,
+                "queued output exceeds max-total-backlog; no connection's requests are read until it drains"
+            );
+        }
+    }
+
+    fn release(&self, len: usize) {
+        let old = self.queued.fetch_sub(len, Ordering::AcqRel);
+        if self.max_total != 0 && old > self.max_total && old - len <= self.max_total {
+            self.over.store(false, Ordering::Release);
+            self.drained.notify_waiters();
+        }
+    }
+}
+
+/// The byte limits of one connection's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Above this many queued bytes the connection's requests are not read
+    /// ([`crate::ServerSettings::reply_backlog_pause`]).
+    pub pause: usize,
+    /// Above this many queued bytes the client is disconnected
+    /// ([`crate::ServerSettings::max_outgoing_backlog`]).
+    pub max_backlog: usize,
+}
+
+impl OutboxLimits {
+    /// No limit at all (tests, and writers of bounded output).
+    pub const UNLIMITED: OutboxLimits = OutboxLimits {
+        pause: usize::MAX,
+        max_backlog: usize::MAX,
+    };
+}
+
+/// The counters a connection's queue and its queued messages share.
+#[derive(Debug)]
+struct Counters {
+    backlog: AtomicUsize,
+    drained: Notify,
+    budget: Arc<OutputBudget>,
+}
+
+impl Counters {
+    fn charge(self: &Arc<Self>, len: usize) -> (Charge, usize) {
+        let queued = self.backlog.fetch_add(len, Ordering::AcqRel) + len;
+        self.budget.charge(len);
+        let charge = Charge {
+            len,
+            counters: self.clone(),
+        };
+        (charge, queued)
+    }
+}
+
+/// The bytes one queued message counts for, given back when the message
+/// is written or dropped unwritten (a closed connection), so the counts
+/// cannot drift whichever way a message leaves the queue.
+#[derive(Debug)]
+struct Charge {
+    len: usize,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.counters.backlog.fetch_sub(self.len, Ordering::AcqRel);
+        self.counters.budget.release(self.len);
+        self.counters.drained.notify_waiters();
+    }
+}
+
 /// The queue of messages for one client.
 #[derive(Debug)]
 pub struct Outbox {
     conn: ConnId,
+    peer: String,
     encoding: Encoding,
     tx: mpsc::UnboundedSender<Queued>,
-    backlog: Arc<AtomicUsize>,
-    max_backlog: usize,
+    counters: Arc<Counters>,
+    limits: OutboxLimits,
     closed: AtomicBool,
     close_notify: Notify,
 }
@@ -49,13 +176,12 @@ pub struct Outbox {
 #[derive(Debug)]
 pub struct OutboxReceiver {
     rx: mpsc::UnboundedReceiver<Queued>,
-    backlog: Arc<AtomicUsize>,
 }
 
 /// What travels from the outbox to the writer task.
 enum Queued {
     /// An encoded message, without its length word.
-    Payload(Bytes),
+    Payload(Bytes, Charge),
     /// Seal every later payload with this MAC chain.
     StartMac(Box<MacState>),
 }
@@ -63,31 +189,38 @@ enum Queued {
 impl std::fmt::Debug for Queued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Queued::Payload(p) => write!(f, "Payload({} bytes)", p.len()),
+            Queued::Payload(p, _) => write!(f, "Payload({} bytes)", p.len()),
             Queued::StartMac(_) => f.write_str("StartMac"),
         }
     }
 }
 
 impl Outbox {
-    /// A queue for connection `conn`, and its receiving end for the writer.
+    /// A queue for connection `conn` with `peer` (named in log lines),
+    /// accounted in `budget`, and its receiving end for the writer.
     pub fn new(
         conn: ConnId,
+        peer: impl Into<String>,
         encoding: Encoding,
-        max_backlog: usize,
+        limits: OutboxLimits,
+        budget: Arc<OutputBudget>,
     ) -> (Arc<Self>, OutboxReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
         let outbox = Arc::new(Outbox {
             conn,
+            peer: peer.into(),
             encoding,
             tx,
-            backlog: backlog.clone(),
-            max_backlog,
+            counters: Arc::new(Counters {
+                backlog: AtomicUsize::new(0),
+                drained: Notify::new(),
+                budget,
+            }),
+            limits,
             closed: AtomicBool::new(false),
             close_notify: Notify::new(),
         });
-        (outbox, OutboxReceiver { rx, backlog })
+        (outbox, OutboxReceiver { rx })
     }
 
     /// The connection this queue belongs to.
@@ -100,23 +233,80 @@ impl Outbox {
         self.encoding
     }
 
+    /// Bytes queued and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.counters.backlog.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection's requests should wait: its own queue is over
+    /// the pause threshold, or the server-wide budget is exceeded.
+    pub fn is_paused(&self) -> bool {
+        self.backlog() > self.limits.pause || self.counters.budget.is_exceeded()
+    }
+
+    /// Resolves once [`Outbox::is_paused`] is false or the connection was
+    /// asked to close.
+    pub async fn wait_unpaused(&self) {
+        self.wait_for(|| !self.is_paused()).await;
+    }
+
+    /// Waits until `bytes` more can be queued without going over the pause
+    /// threshold (or the queue is empty, so a message larger than the
+    /// threshold still goes out) and the server-wide budget is not
+    /// exceeded. For output produced piecemeal, such as a blob sent in
+    /// chunks: reserve before producing each piece, then send it. Returns
+    /// false if the connection was asked to close meanwhile.
+    pub async fn reserve(&self, bytes: usize) -> bool {
+        self.wait_for(|| {
+            let backlog = self.backlog();
+            (backlog == 0 || backlog.saturating_add(bytes) <= self.limits.pause)
+                && !self.counters.budget.is_exceeded()
+        })
+        .await;
+        !self.is_closed()
+    }
+
+    /// Waits until `ready()` holds or the connection is closing. Both
+    /// notifications are armed before `ready` is checked, so a write that
+    /// drains the queue in between cannot be missed.
+    async fn wait_for(&self, ready: impl Fn() -> bool) {
+        loop {
+            let own = self.counters.drained.notified();
+            let global = self.counters.budget.drained.notified();
+            let closed = self.close_notify.notified();
+            tokio::pin!(own, global, closed);
+            own.as_mut().enable();
+            global.as_mut().enable();
+            closed.as_mut().enable();
+            if self.is_closed() || ready() {
+                return;
+            }
+            tokio::select! {
+                _ = own => {}
+                _ = global => {}
+                _ = closed => {}
+            }
+        }
+    }
+
     /// Queues an already encoded message (payload without length prefix).
     pub fn send_encoded(&self, payload: Bytes) {
         if self.is_closed() {
             return;
         }
-        let len = payload.len();
-        let queued = self.backlog.fetch_add(len, Ordering::AcqRel) + len;
-        if queued > self.max_backlog {
+        let (charge, queued) = self.counters.charge(payload.len());
+        if queued > self.limits.max_backlog {
             tracing::warn!(
                 conn = self.conn,
+                peer = %self.peer,
                 queued,
-                "client does not read its messages; disconnecting"
+                limit = self.limits.max_backlog,
+                "client does not read its messages: queued output exceeds max-client-backlog; disconnecting"
             );
             self.close();
             return;
         }
-        if self.tx.send(Queued::Payload(payload)).is_err() {
+        if self.tx.send(Queued::Payload(payload, charge)).is_err() {
             self.close();
         }
     }
@@ -203,11 +393,10 @@ impl OutboxReceiver {
             if batch.frames.is_empty() {
                 continue;
             }
-            let drained = batch.payload_bytes;
             sink.write_all_buf(&mut batch).await?;
             sink.flush().await?;
+            // Dropping the written frames gives their bytes back.
             batch.clear();
-            self.backlog.fetch_sub(drained, Ordering::AcqRel);
         }
         sink.shutdown().await
     }
@@ -236,11 +425,10 @@ impl Header {
 /// [`Buf`] from `frames[at]`, `offset` bytes in.
 #[derive(Default)]
 struct Batch {
-    frames: Vec<(Header, Bytes)>,
+    frames: Vec<(Header, Bytes, Charge)>,
     at: usize,
     offset: usize,
     remaining: usize,
-    payload_bytes: usize,
 }
 
 impl Batch {
@@ -248,7 +436,7 @@ impl Batch {
     /// on.
     fn accept(&mut self, queued: Queued, mac: &mut Option<MacState>) -> std::io::Result<()> {
         match queued {
-            Queued::Payload(payload) => self.push(payload, mac.as_mut()),
+            Queued::Payload(payload, charge) => self.push(payload, charge, mac.as_mut()),
             Queued::StartMac(state) => {
                 *mac = Some(*state);
                 Ok(())
@@ -256,7 +444,12 @@ impl Batch {
         }
     }
 
-    fn push(&mut self, payload: Bytes, mac: Option<&mut MacState>) -> std::io::Result<()> {
+    fn push(
+        &mut self,
+        payload: Bytes,
+        charge: Charge,
+        mac: Option<&mut MacState>,
+    ) -> std::io::Result<()> {
         let mut header = Header {
             bytes: [0; 4 + MAC_LEN],
             len: 4,
@@ -276,8 +469,7 @@ impl Batch {
             }
         }
         self.remaining += header.len + payload.len();
-        self.payload_bytes += payload.len();
-        self.frames.push((header, payload));
+        self.frames.push((header, payload, charge));
         Ok(())
     }
 
@@ -289,13 +481,12 @@ impl Batch {
         self.at = 0;
         self.offset = 0;
         self.remaining = 0;
-        self.payload_bytes = 0;
     }
 
     /// The unwritten part of frame `i`, whose first `skip` bytes are gone:
     /// header and payload as two slices.
     fn parts(&self, i: usize, skip: usize) -> [&[u8]; 2] {
-        let (header, payload) = &self.frames[i];
+        let (header, payload, _) = &self.frames[i];
         let header = header.as_slice();
         if skip < header.len() {
             [&header[skip..], payload]
@@ -345,7 +536,7 @@ impl Buf for Batch {
         assert!(cnt <= self.remaining, "advanced past the end of a batch");
         self.remaining -= cnt;
         while cnt > 0 {
-            let (header, payload) = &self.frames[self.at];
+            let (header, payload, _) = &self.frames[self.at];
             let left = header.len + payload.len() - self.offset;
             if cnt < left {
                 self.offset += cnt;
@@ -415,12 +606,16 @@ mod tests {
         }
     }
 
+    fn unlimited(budget: Arc<OutputBudget>) -> (Arc<Outbox>, OutboxReceiver) {
+        Outbox::new(1, "test", Encoding::Pickle, OutboxLimits::UNLIMITED, budget)
+    }
+
     async fn written(step: usize, vectored: bool, payloads: &[Vec<u8>]) -> (Vec<u8>, usize) {
-        let (outbox, receiver) = Outbox::new(1, Encoding::Pickle, usize::MAX);
+        let budget = OutputBudget::new(0);
+        let (outbox, receiver) = unlimited(budget.clone());
         for p in payloads {
             outbox.send_encoded(Bytes::from(p.clone()));
         }
-        let backlog = receiver.backlog.clone();
         drop(outbox);
         let mut sink = Trickle {
             out: Vec::new(),
@@ -429,7 +624,7 @@ mod tests {
             writes: 0,
         };
         receiver.write_all(&mut sink).await.unwrap();
-        assert_eq!(backlog.load(Ordering::Acquire), 0);
+        assert_eq!(budget.queued(), 0);
         (sink.out, sink.writes)
     }
 
@@ -456,7 +651,7 @@ mod tests {
         let key = zeo_auth::SessionKey::derive(&"a".repeat(40), "nonce").unwrap();
         let payloads: Vec<Vec<u8>> = (1..40u8).map(|i| vec![i; i as usize * 11]).collect();
         for (step, vectored) in [(usize::MAX, true), (7, true), (5, false)] {
-            let (outbox, receiver) = Outbox::new(1, Encoding::Pickle, usize::MAX);
+            let (outbox, receiver) = unlimited(OutputBudget::new(0));
             outbox.send_encoded(Bytes::from_static(b"plain"));
             outbox.start_mac(MacState::new(&key));
             for p in &payloads {
