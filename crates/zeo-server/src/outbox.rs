@@ -685,4 +685,113 @@ mod tests {
         let (_, writes) = written(usize::MAX, true, &payloads).await;
         assert_eq!(writes, 1);
     }
+
+    fn limited(pause: usize, budget: Arc<OutputBudget>) -> (Arc<Outbox>, OutboxReceiver) {
+        let limits = OutboxLimits {
+            pause,
+            max_backlog: usize::MAX,
+        };
+        Outbox::new(1, "test", Encoding::Pickle, limits, budget)
+    }
+
+    #[tokio::test]
+    async fn reserve_waits_until_the_writer_makes_room() {
+        let budget = OutputBudget::new(0);
+        let (outbox, receiver) = limited(100, budget.clone());
+        outbox.send_encoded(Bytes::from(vec![1; 80]));
+        assert!(!outbox.is_paused());
+        // 80 queued + 30 would pass the 100-byte threshold.
+        let mut reserve = Box::pin(outbox.reserve(30));
+        assert!(futures::poll!(reserve.as_mut()).is_pending());
+        // A chunk that fits goes through at once.
+        assert!(outbox.reserve(20).await);
+        let (sink, mut peer) = tokio::io::duplex(1024);
+        let writer = tokio::spawn(receiver.write_all(sink));
+        assert!(reserve.await);
+        outbox.send_encoded(Bytes::from(vec![2; 30]));
+        drop(outbox);
+        writer.await.unwrap().unwrap();
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 4 + 80 + 4 + 30);
+        assert_eq!(budget.queued(), 0);
+        // Reserving kept the queue within its threshold throughout.
+        assert!(budget.peak() <= 100, "{}", budget.peak());
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_the_threshold_can_be_reserved_on_an_empty_queue() {
+        let (outbox, _receiver) = limited(100, OutputBudget::new(0));
+        assert!(outbox.reserve(1000).await);
+    }
+
+    #[tokio::test]
+    async fn reserve_and_pauses_end_when_the_connection_closes() {
+        let (outbox, _receiver) = limited(10, OutputBudget::new(0));
+        outbox.send_encoded(Bytes::from(vec![1; 50]));
+        assert!(outbox.is_paused());
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.reserve(5).await })
+        };
+        outbox.close();
+        assert!(!waiter.await.unwrap());
+        outbox.wait_unpaused().await;
+    }
+
+    #[tokio::test]
+    async fn the_server_wide_budget_pauses_every_queue_until_it_drains() {
+        let budget = OutputBudget::new(100);
+        let (a, a_rx) = limited(usize::MAX, budget.clone());
+        let (b, _b_rx) = limited(usize::MAX, budget.clone());
+        a.send_encoded(Bytes::from(vec![1; 150]));
+        assert!(budget.is_exceeded());
+        assert!(a.is_paused() && b.is_paused(), "both wait for the total");
+        let resumed = {
+            let b = b.clone();
+            tokio::spawn(async move { b.wait_unpaused().await })
+        };
+        let (sink, mut peer) = tokio::io::duplex(1024);
+        drop(a);
+        a_rx.write_all(sink).await.unwrap();
+        resumed.await.unwrap();
+        assert!(!b.is_paused());
+        assert_eq!(budget.queued(), 0);
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 154);
+    }
+
+    #[tokio::test]
+    async fn unwritten_messages_give_their_bytes_back() {
+        let budget = OutputBudget::new(0);
+        let (outbox, receiver) = limited(usize::MAX, budget.clone());
+        outbox.send_encoded(Bytes::from(vec![1; 70]));
+        drop(receiver);
+        assert_eq!(budget.queued(), 0, "dropped with the writer");
+        // Queued after the writer is gone: refused, and given back.
+        outbox.send_encoded(Bytes::from(vec![1; 30]));
+        assert_eq!(budget.queued(), 0);
+        assert_eq!(outbox.backlog(), 0);
+        assert!(outbox.is_closed());
+    }
+
+    #[test]
+    fn a_queue_past_max_backlog_is_closed() {
+        let budget = OutputBudget::new(0);
+        let limits = OutboxLimits {
+            pause: 10,
+            max_backlog: 100,
+        };
+        let (outbox, _receiver) = Outbox::new(1, "test", Encoding::Pickle, limits, budget.clone());
+        outbox.send_encoded(Bytes::from(vec![1; 60]));
+        assert!(!outbox.is_closed());
+        outbox.send_encoded(Bytes::from(vec![1; 60]));
+        assert!(outbox.is_closed());
+        assert_eq!(budget.queued(), 60, "the refused message is not counted");
+    }
 }
