@@ -9,8 +9,8 @@
 //!
 //! What keeps a queue small is the connection's reader: it stops reading
 //! requests while the queue holds more than the pause threshold
-//! ([`Outbox::is_paused`], [`Outbox::wait_unpaused`]), or while the
-//! server-wide [`OutputBudget`] is exceeded, so a client that sends
+//! ([`Outbox::is_paused`], [`Outbox::wait_unpaused`]), or holds anything
+//! while the server-wide [`OutputBudget`] is exceeded, so a client that sends
 //! requests without reading the replies gets no further than the threshold
 //! plus one reply. Streamed replies can wait for room with
 //! [`Outbox::reserve`] instead of queueing everything at once.
@@ -89,7 +89,7 @@ impl OutputBudget {
             tracing::warn!(
                 queued = now,
                 limit = self.max_total,
-                "queued output exceeds max-total-backlog; no connection's requests are read until it drains"
+                "queued output exceeds max-total-backlog; connections with output queued are not read until it drains"
             );
         }
     }
@@ -239,9 +239,16 @@ impl Outbox {
     }
 
     /// Whether the connection's requests should wait: its own queue is over
-    /// the pause threshold, or the server-wide budget is exceeded.
+    /// the pause threshold, or the server-wide budget is exceeded and this
+    /// queue is not empty.
+    ///
+    /// A connection whose queue is empty is not held back by the budget:
+    /// it is not what fills it, and holding it back would let clients that
+    /// never read stall every other client for good. It gets one request
+    /// read, and waits again until that reply has been written.
     pub fn is_paused(&self) -> bool {
-        self.backlog() > self.limits.pause || self.counters.budget.is_exceeded()
+        let backlog = self.backlog();
+        backlog > self.limits.pause || (backlog > 0 && self.counters.budget.is_exceeded())
     }
 
     /// Resolves once [`Outbox::is_paused`] is false or the connection was
@@ -250,17 +257,18 @@ impl Outbox {
         self.wait_for(|| !self.is_paused()).await;
     }
 
-    /// Waits until `bytes` more can be queued without going over the pause
-    /// threshold (or the queue is empty, so a message larger than the
-    /// threshold still goes out) and the server-wide budget is not
-    /// exceeded. For output produced piecemeal, such as a blob sent in
+    /// Waits until the queue is empty, or `bytes` more can be queued
+    /// without going over the pause threshold while the server-wide budget
+    /// is not exceeded (so a piece larger than the threshold still goes
+    /// out, one at a time). For output produced piecemeal, such as a blob sent in
     /// chunks: reserve before producing each piece, then send it. Returns
     /// false if the connection was asked to close meanwhile.
     pub async fn reserve(&self, bytes: usize) -> bool {
         self.wait_for(|| {
             let backlog = self.backlog();
-            (backlog == 0 || backlog.saturating_add(bytes) <= self.limits.pause)
-                && !self.counters.budget.is_exceeded()
+            backlog == 0
+                || (backlog.saturating_add(bytes) <= self.limits.pause
+                    && !self.counters.budget.is_exceeded())
         })
         .await;
         !self.is_closed()
@@ -746,9 +754,14 @@ mod tests {
         let budget = OutputBudget::new(100);
         let (a, a_rx) = limited(usize::MAX, budget.clone());
         let (b, _b_rx) = limited(usize::MAX, budget.clone());
+        let (idle, _idle_rx) = limited(usize::MAX, budget.clone());
         a.send_encoded(Bytes::from(vec![1; 150]));
+        b.send_encoded(Bytes::from(vec![1; 10]));
         assert!(budget.is_exceeded());
         assert!(a.is_paused() && b.is_paused(), "both wait for the total");
+        assert!(!idle.is_paused(), "an empty queue is not held back");
+        assert!(idle.reserve(1000).await);
+        assert!(futures::poll!(Box::pin(b.reserve(1))).is_pending());
         let resumed = {
             let b = b.clone();
             tokio::spawn(async move { b.wait_unpaused().await })
@@ -758,7 +771,7 @@ mod tests {
         a_rx.write_all(sink).await.unwrap();
         resumed.await.unwrap();
         assert!(!b.is_paused());
-        assert_eq!(budget.queued(), 0);
+        assert_eq!(budget.queued(), 10);
         let mut out = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut out)
             .await

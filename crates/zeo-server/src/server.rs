@@ -117,7 +117,19 @@ pub(crate) struct Shared {
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) budget: Arc<OutputBudget>,
     connections: Mutex<ConnectionCount>,
+    refusals: Mutex<RefusalLog>,
     bound: Mutex<Vec<BoundAddress>>,
+}
+
+/// Fewest seconds between two log lines about refused connections: a peer
+/// connecting in a loop past a cap must not fill the log.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When a refused connection was last logged, and how many were not since.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<std::time::Instant>,
+    unlogged: u64,
 }
 
 /// The connections being served, in all and per peer IP address.
@@ -175,6 +187,25 @@ impl Shared {
             shared: self.clone(),
             ip,
         })
+    }
+
+    /// Logs a connection refused by [`Shared::admit`], at most once per
+    /// [`REFUSAL_LOG_INTERVAL`], with a count of those not logged.
+    fn log_refusal(&self, peer: &dyn fmt::Display, reason: &str) {
+        let mut log = lock(&self.refusals);
+        let now = std::time::Instant::now();
+        if log
+            .last
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL)
+        {
+            log.unlogged += 1;
+            return;
+        }
+        log.last = Some(now);
+        let unlogged = std::mem::take(&mut log.unlogged);
+        drop(log);
+        // Dropping the stream closes it before anything is read.
+        tracing::warn!(%peer, unlogged, "refusing a connection: {reason}");
     }
 
     /// How many connections are served.
@@ -263,6 +294,7 @@ impl ServerBuilder {
             shared: Arc::new(Shared {
                 budget,
                 connections: Mutex::new(ConnectionCount::default()),
+                refusals: Mutex::new(RefusalLog::default()),
                 settings: self.settings,
                 hubs,
                 shutdown: CancellationToken::new(),
@@ -578,8 +610,7 @@ async fn accept_tcp(
         let slot = match shared.admit(Some(peer.ip())) {
             Ok(slot) => slot,
             Err(reason) => {
-                // Dropping the stream closes it before anything is read.
-                tracing::warn!(%peer, "refusing a connection: {reason}");
+                shared.log_refusal(&peer, &reason);
                 return;
             }
         };
@@ -607,7 +638,7 @@ async fn accept_unix(
         let slot = match shared.admit(None) {
             Ok(slot) => slot,
             Err(reason) => {
-                tracing::warn!(%peer, "refusing a connection: {reason}");
+                shared.log_refusal(&peer, &reason);
                 return;
             }
         };

@@ -47,8 +47,10 @@ pub struct ServerSettings {
     /// resumes once the client has taken enough to get below it.
     pub reply_backlog_pause: usize,
     /// While more than this many bytes of output wait to be sent over all
-    /// connections together, no connection's requests are read
-    /// (`max-total-backlog`; 0 = no server-wide cap).
+    /// connections together, no connection with output still queued has
+    /// its requests read (`max-total-backlog`; 0 = no server-wide cap). A
+    /// connection with nothing queued gets one request at a time read, so
+    /// clients that never read cannot stall the others for good.
     pub max_total_backlog: usize,
     /// Most connections served at once (`max-connections`; 0 = no cap).
     /// Connections beyond it are closed as soon as they are accepted.

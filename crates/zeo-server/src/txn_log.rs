@@ -389,6 +389,16 @@ fn decode(r: &mut impl Read) -> io::Result<TxnOp> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn logged_len_is_what_a_push_adds() {
+        let mut log = TxnLog::new(usize::MAX, None);
+        for op in sample() {
+            let before = log.size();
+            log.push(&op).unwrap();
+            assert_eq!(log.size() - before, op.logged_len(), "{op:?}");
+        }
+    }
+
     fn sample() -> Vec<TxnOp> {
         vec![
             TxnOp::Store {

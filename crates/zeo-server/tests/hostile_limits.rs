@@ -103,6 +103,40 @@ async fn max_total_backlog_bounds_the_output_of_all_connections() {
 }
 
 #[tokio::test]
+async fn clients_that_never_read_cannot_stall_the_others_at_max_total_backlog() {
+    let settings = ServerSettings {
+        reply_backlog_pause: 256 * MIB,
+        max_outgoing_backlog: 256 * MIB,
+        max_total_backlog: 2 * MIB,
+        ..ServerSettings::default()
+    };
+    let server = TestServer::with_storage(settings, storage_with_a_big_object()).await;
+    let mut greedy = server.client().await;
+    let mut other = server.client().await;
+    flood_loads(&mut greedy, 64).await;
+    // Wait (bounded in steps and time) until the greedy client's unread
+    // replies fill the server-wide budget.
+    let deadline = std::time::Instant::now() + WAIT;
+    for _ in 0..10_000_000 {
+        if server.handle.queued_output() > 2 * MIB || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(server.handle.queued_output() > 2 * MIB);
+    // A client with nothing queued is still served, one request at a time.
+    for _ in 0..3 {
+        ping(&mut other).await;
+        other.load(BIG).await.unwrap().unwrap();
+    }
+    // The greedy one stopped well short of its 64 MiB.
+    let peak = server.handle.peak_queued_output();
+    assert!(peak <= 4 * MIB + 64 * 1024, "peak queued output {peak}");
+    drop(greedy);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_past_max_client_backlog_is_disconnected_and_others_are_served() {
     // The pause threshold above the cap: only the cap can stop this client.
     let settings = ServerSettings {
