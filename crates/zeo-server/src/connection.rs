@@ -810,7 +810,9 @@ impl Conn {
         // Walk the storage on a blocking thread, holding the publication lock
         // shared so no commit slips between the walk and the reply.
         let outbox = self.outbox.clone();
+        let pending = outbox.pending_reply();
         tokio::task::spawn_blocking(move || {
+            let _pending = pending;
             let guard = hub.read_publication();
             let walked = (|| -> Result<Option<(zeo_storage::Tid, Vec<Oid>)>, StorageError> {
                 let mut oids = std::collections::BTreeSet::new();
@@ -840,7 +842,9 @@ impl Conn {
         // Packing is allowed on read-only connections, as in ZEO.
         let hub = self.hub()?.clone();
         let outbox = self.outbox.clone();
+        let pending = outbox.pending_reply();
         tokio::task::spawn_blocking(move || {
+            let _pending = pending;
             tracing::info!(time, "pack started");
             let result = hub.storage().pack(time, hub.pack_gc());
             match &result {
@@ -877,7 +881,9 @@ impl Conn {
             return Ok(Outcome::Reply(Value::Tuple(Vec::new())));
         }
         let outbox = self.outbox.clone();
+        let pending = outbox.pending_reply();
         tokio::task::spawn_blocking(move || {
+            let _pending = pending;
             let spec = spec.flatten();
             let filter = |entry: &zeo_storage::UndoEntry| match &spec {
                 None => true,

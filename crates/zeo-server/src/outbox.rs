@@ -122,12 +122,33 @@ impl OutboxLimits {
     };
 }
 
+/// Most replies of one connection that may be in preparation by background
+/// tasks at once (undo logs, packs, invalidation scans) before its
+/// requests stop being read: each task may produce a large reply that
+/// nothing else accounts for until it is queued.
+pub const MAX_PENDING_REPLIES: usize = 4;
+
 /// The counters a connection's queue and its queued messages share.
 #[derive(Debug)]
 struct Counters {
     backlog: AtomicUsize,
+    pending: AtomicUsize,
     drained: Notify,
     budget: Arc<OutputBudget>,
+}
+
+/// A reply a background task is preparing for a connection, counted by
+/// [`Outbox::is_paused`] until the guard is dropped.
+#[derive(Debug)]
+pub struct PendingReply {
+    counters: Arc<Counters>,
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+        self.counters.drained.notify_waiters();
+    }
 }
 
 impl Counters {
@@ -213,6 +234,7 @@ impl Outbox {
             tx,
             counters: Arc::new(Counters {
                 backlog: AtomicUsize::new(0),
+                pending: AtomicUsize::new(0),
                 drained: Notify::new(),
                 budget,
             }),
@@ -246,9 +268,23 @@ impl Outbox {
     /// it is not what fills it, and holding it back would let clients that
     /// never read stall every other client for good. It gets one request
     /// read, and waits again until that reply has been written.
+    ///
+    /// Also paused: a connection with [`MAX_PENDING_REPLIES`] replies in
+    /// preparation ([`Outbox::pending_reply`]).
     pub fn is_paused(&self) -> bool {
         let backlog = self.backlog();
-        backlog > self.limits.pause || (backlog > 0 && self.counters.budget.is_exceeded())
+        backlog > self.limits.pause
+            || (backlog > 0 && self.counters.budget.is_exceeded())
+            || self.counters.pending.load(Ordering::Acquire) >= MAX_PENDING_REPLIES
+    }
+
+    /// Counts a reply that a background task will queue later; hold the
+    /// guard until it is queued.
+    pub fn pending_reply(&self) -> PendingReply {
+        self.counters.pending.fetch_add(1, Ordering::AcqRel);
+        PendingReply {
+            counters: self.counters.clone(),
+        }
     }
 
     /// Resolves once [`Outbox::is_paused`] is false or the connection was
@@ -806,5 +842,21 @@ mod tests {
         outbox.send_encoded(Bytes::from(vec![1; 60]));
         assert!(outbox.is_closed());
         assert_eq!(budget.queued(), 60, "the refused message is not counted");
+    }
+
+    #[tokio::test]
+    async fn replies_in_preparation_pause_reading_until_they_are_queued() {
+        let (outbox, _receiver) = limited(usize::MAX, OutputBudget::new(0));
+        let guards: Vec<_> = (0..MAX_PENDING_REPLIES)
+            .map(|_| outbox.pending_reply())
+            .collect();
+        assert!(outbox.is_paused());
+        let resumed = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.wait_unpaused().await })
+        };
+        drop(guards);
+        resumed.await.unwrap();
+        assert!(!outbox.is_paused());
     }
 }
