@@ -132,6 +132,8 @@ pub const MAX_PENDING_REPLIES: usize = 4;
 #[derive(Debug)]
 struct Counters {
     backlog: AtomicUsize,
+    /// The part of `backlog` that is replies.
+    replies: AtomicUsize,
     pending: AtomicUsize,
     drained: Notify,
     budget: Arc<OutputBudget>,
@@ -152,14 +154,20 @@ impl Drop for PendingReply {
 }
 
 impl Counters {
-    fn charge(self: &Arc<Self>, len: usize) -> (Charge, usize) {
-        let queued = self.backlog.fetch_add(len, Ordering::AcqRel) + len;
+    /// Counts `len` bytes of a reply (or not); returns the guard and the
+    /// queue's size before them.
+    fn charge(self: &Arc<Self>, len: usize, reply: bool) -> (Charge, usize) {
+        let before = self.backlog.fetch_add(len, Ordering::AcqRel);
+        if reply {
+            self.replies.fetch_add(len, Ordering::AcqRel);
+        }
         self.budget.charge(len);
         let charge = Charge {
             len,
+            reply,
             counters: self.clone(),
         };
-        (charge, queued)
+        (charge, before)
     }
 }
 
@@ -169,11 +177,15 @@ impl Counters {
 #[derive(Debug)]
 struct Charge {
     len: usize,
+    reply: bool,
     counters: Arc<Counters>,
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
+        if self.reply {
+            self.counters.replies.fetch_sub(self.len, Ordering::AcqRel);
+        }
         self.counters.backlog.fetch_sub(self.len, Ordering::AcqRel);
         self.counters.budget.release(self.len);
         self.counters.drained.notify_waiters();
@@ -234,6 +246,7 @@ impl Outbox {
             tx,
             counters: Arc::new(Counters {
                 backlog: AtomicUsize::new(0),
+                replies: AtomicUsize::new(0),
                 pending: AtomicUsize::new(0),
                 drained: Notify::new(),
                 budget,
@@ -333,17 +346,38 @@ impl Outbox {
         }
     }
 
-    /// Queues an already encoded message (payload without length prefix).
+    /// Queues an already encoded message (payload without length prefix)
+    /// that is not a reply: an invalidation or an `info` message.
     pub fn send_encoded(&self, payload: Bytes) {
+        self.queue(payload, false);
+    }
+
+    /// Queues an encoded message, or closes the connection when its queue
+    /// is stuck past `max_backlog`.
+    ///
+    /// A reply is refused only if the queue was over the cap before it,
+    /// so one reply larger than the cap (a big object) still goes to a
+    /// client that reads. Other messages are refused once the queue minus
+    /// its replies is over the cap: they are what keeps growing while a
+    /// client does not read (its replies stop at the pause threshold),
+    /// and a large reply on its way out must not cost a reading client
+    /// its connection when an invalidation follows it.
+    fn queue(&self, payload: Bytes, reply: bool) {
         if self.is_closed() {
             return;
         }
-        let (charge, queued) = self.counters.charge(payload.len());
-        if queued > self.limits.max_backlog {
+        let len = payload.len();
+        let (charge, before) = self.counters.charge(len, reply);
+        let counted = if reply {
+            before
+        } else {
+            (before + len).saturating_sub(self.counters.replies.load(Ordering::Acquire))
+        };
+        if counted > self.limits.max_backlog {
             tracing::warn!(
                 conn = self.conn,
                 peer = %self.peer,
-                queued,
+                queued = before + len,
                 limit = self.limits.max_backlog,
                 "client does not read its messages: queued output exceeds max-client-backlog; disconnecting"
             );
@@ -368,14 +402,14 @@ impl Outbox {
     /// replaced by ZEO's `ValueError("Couldn't pickle response")`.
     pub fn send(&self, message: &Message) {
         match encode(self.encoding, message) {
-            Ok(frame) => self.send_encoded(frame),
+            Ok(frame) => self.queue(frame, message.is_reply()),
             Err(err) => {
                 tracing::error!(conn = self.conn, %err, method = %message.method, "unencodable message");
                 if message.is_reply() {
                     let fallback =
                         Reply::error(message.msgid.clone(), &WireError::unencodable_reply());
                     if let Ok(frame) = encode(self.encoding, &fallback) {
-                        self.send_encoded(frame);
+                        self.queue(frame, true);
                     }
                 }
             }
@@ -858,5 +892,42 @@ mod tests {
         drop(guards);
         resumed.await.unwrap();
         assert!(!outbox.is_paused());
+    }
+
+    fn reply_of(len: usize) -> Message {
+        Reply::value(Value::Int(1), Value::Bytes(vec![0; len]))
+    }
+
+    #[test]
+    fn one_reply_larger_than_max_backlog_goes_out_but_a_stuck_queue_is_closed() {
+        let budget = OutputBudget::new(0);
+        let limits = OutboxLimits {
+            pause: 10,
+            max_backlog: 100,
+        };
+        let (outbox, _receiver) = Outbox::new(1, "test", Encoding::Pickle, limits, budget);
+        // A big object's reply on an empty queue is what the client asked for.
+        outbox.send(&reply_of(1000));
+        assert!(!outbox.is_closed());
+        // An invalidation behind it is not held against the client ...
+        outbox.send_encoded(Bytes::from(vec![1; 60]));
+        assert!(!outbox.is_closed());
+        // ... but once such messages alone pass the cap, it is stuck.
+        outbox.send_encoded(Bytes::from(vec![1; 60]));
+        assert!(outbox.is_closed());
+    }
+
+    #[test]
+    fn a_reply_behind_a_queue_over_max_backlog_closes_it() {
+        let limits = OutboxLimits {
+            pause: usize::MAX,
+            max_backlog: 100,
+        };
+        let (outbox, _receiver) =
+            Outbox::new(1, "test", Encoding::Pickle, limits, OutputBudget::new(0));
+        outbox.send(&reply_of(150));
+        assert!(!outbox.is_closed());
+        outbox.send(&reply_of(10));
+        assert!(outbox.is_closed());
     }
 }

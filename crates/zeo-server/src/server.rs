@@ -269,6 +269,16 @@ impl ServerBuilder {
         if self.storages.is_empty() {
             return Err(Error::NoStorages);
         }
+        let s = &self.settings;
+        if s.reply_backlog_pause >= s.max_outgoing_backlog {
+            // Replies would then reach the cap before reading pauses: a
+            // client pipelining loads could be disconnected for it.
+            tracing::warn!(
+                reply_backlog_pause = s.reply_backlog_pause,
+                max_client_backlog = s.max_outgoing_backlog,
+                "reply-backlog-pause is not below max-client-backlog: clients that pipeline requests may be disconnected"
+            );
+        }
         let timeout = self.settings.transaction_timeout.is_some();
         let mut hubs = BTreeMap::new();
         for (name, storage, pack_gc) in self.storages {

@@ -40,7 +40,10 @@ pub struct ServerSettings {
     /// considered stuck and disconnected (`max-client-backlog`). Replies
     /// stop growing the queue at [`ServerSettings::reply_backlog_pause`];
     /// what can still push it this far is output queued without waiting:
-    /// invalidations and `info` messages from other clients' commits.
+    /// invalidations and `info` messages from other clients' commits. A
+    /// reply counts only if the queue was over this before it, so one
+    /// reply larger than the cap still goes out; keep it above
+    /// `reply_backlog_pause`.
     pub max_outgoing_backlog: usize,
     /// A connection's requests are not read while more than this many bytes
     /// of its output wait to be sent (`reply-backlog-pause`); reading

@@ -157,6 +157,30 @@ async fn a_client_past_max_client_backlog_is_disconnected_and_others_are_served(
 }
 
 #[tokio::test]
+async fn an_object_larger_than_max_client_backlog_can_still_be_loaded() {
+    let settings = ServerSettings {
+        reply_backlog_pause: MIB / 4,
+        max_outgoing_backlog: MIB / 2,
+        ..ServerSettings::default()
+    };
+    let server = TestServer::with_storage(settings, storage_with_a_big_object()).await;
+    let mut reader = server.client().await;
+    let mut writer = server.client().await;
+    flood_loads(&mut reader, 3).await;
+    // Invalidations queued behind the big replies do not count them.
+    let oid = writer.new_oids().await[0];
+    let tid = writer
+        .commit(1, &[(oid, Tid::ZERO, b"small".to_vec())])
+        .await
+        .unwrap();
+    read_loads(&mut reader, 3).await;
+    let (got, oids) = invalidation(&reader.next_event("invalidateTransaction").await);
+    assert_eq!((got, oids), (tid, vec![oid]));
+    ping(&mut reader).await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn commits_are_not_held_up_by_a_client_whose_reads_are_paused() {
     let settings = ServerSettings {
         reply_backlog_pause: MIB,
