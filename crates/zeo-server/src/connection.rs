@@ -1364,16 +1364,18 @@ impl PauseLog {
         }
         self.last_logged = Some(now);
         let backlog = outbox.backlog();
-        let limit = if backlog > settings.reply_backlog_pause {
-            "reply-backlog-pause"
+        let reason = if backlog > settings.reply_backlog_pause {
+            "its queued output is over reply-backlog-pause"
+        } else if backlog > 0 && outbox.is_paused() && settings.max_total_backlog != 0 {
+            "the server's queued output is over max-total-backlog"
         } else {
-            "max-total-backlog"
+            "too many of its replies are in preparation"
         };
         tracing::info!(
             %peer,
             backlog,
             earlier_pauses = std::mem::take(&mut self.unlogged),
-            "client reads its replies slower than it sends requests: not reading its requests until its output drains below {limit}"
+            "not reading the client's requests for now: {reason}"
         );
     }
 
