@@ -30,6 +30,24 @@ pub const MIN_MAX_MESSAGE_SIZE: ByteSize = ByteSize(ByteSize::MB);
 /// Largest accepted `max-message-size`: the frame length is a `u32`.
 pub const MAX_MAX_MESSAGE_SIZE: ByteSize = ByteSize(u32::MAX as u64);
 
+/// Default `reply-backlog-pause` (ours): 4 MiB.
+pub const DEFAULT_REPLY_BACKLOG_PAUSE: ByteSize = ByteSize(4 * ByteSize::MB);
+
+/// Default `max-client-backlog` (ours): 64 MiB.
+pub const DEFAULT_MAX_CLIENT_BACKLOG: ByteSize = ByteSize(64 * ByteSize::MB);
+
+/// Default `max-total-backlog` (ours): 256 MiB.
+pub const DEFAULT_MAX_TOTAL_BACKLOG: ByteSize = ByteSize(256 * ByteSize::MB);
+
+/// Default `max-connections` (ours).
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+
+/// Default `max-connections-per-address` (ours).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u64 = 256;
+
+/// Default `login-timeout` (ours): 60 seconds.
+pub const DEFAULT_LOGIN_TIMEOUT: Interval = Interval(60);
+
 /// The `<zeo>` section: how the server listens and behaves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZeoConfig {
@@ -67,6 +85,31 @@ pub struct ZeoConfig {
     pub authentication_realm: Option<String>,
     /// ZEO 4 server key; parsed for compatibility, it has no effect.
     pub drop_cache_rather_verify: bool,
+    /// Stop reading a connection's requests while more than this much of
+    /// its output waits to be sent (ours; default 4MB).
+    pub reply_backlog_pause: ByteSize,
+    /// Disconnect a client whose queued output grows past this (ours;
+    /// default 64MB).
+    pub max_client_backlog: ByteSize,
+    /// Stop reading every connection's requests while more than this much
+    /// output waits to be sent over all connections (ours; default 256MB;
+    /// 0 = no cap).
+    pub max_total_backlog: ByteSize,
+    /// Most connections served at once (ours; default 1024; 0 = no cap).
+    pub max_connections: u64,
+    /// Most connections served at once from one IP address (ours; default
+    /// 256; 0 = no cap).
+    pub max_connections_per_address: u64,
+    /// Most bytes one transaction may stage before its vote (ours; `None`,
+    /// written `0` or left out, = no cap).
+    pub max_transaction_size: Option<ByteSize>,
+    /// How long a connection may take to register (and log in, with
+    /// authentication) before it is closed (ours; default 60s; `0s`
+    /// disables).
+    pub login_timeout: Interval,
+    /// With authentication configured, let `ruok` answer the full status
+    /// rather than liveness only (ours; default false).
+    pub public_status: bool,
 }
 
 impl ZeoConfig {
@@ -88,6 +131,14 @@ impl ZeoConfig {
             authentication_database: None,
             authentication_realm: None,
             drop_cache_rather_verify: false,
+            reply_backlog_pause: DEFAULT_REPLY_BACKLOG_PAUSE,
+            max_client_backlog: DEFAULT_MAX_CLIENT_BACKLOG,
+            max_total_backlog: DEFAULT_MAX_TOTAL_BACKLOG,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_transaction_size: None,
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
+            public_status: false,
         }
     }
 }
@@ -126,6 +177,14 @@ const ZEO_KEYS: &[KeySpec] = &[
     key("authentication-database"),
     key("authentication-realm"),
     key("drop-cache-rather-verify"),
+    key("reply-backlog-pause"),
+    key("max-client-backlog"),
+    key("max-total-backlog"),
+    key("max-connections"),
+    key("max-connections-per-address"),
+    key("max-transaction-size"),
+    key("login-timeout"),
+    key("public-status"),
 ];
 
 /// zdaemon's `<runner>` keys (`zdaemon/component.xml`).
@@ -169,6 +228,21 @@ pub(crate) fn parse_max_message_size(s: &str) -> Result<ByteSize, String> {
     Ok(size)
 }
 
+/// A byte size that must not be zero.
+fn parse_nonzero_size(s: &str) -> Result<ByteSize, String> {
+    let size = s.parse::<ByteSize>()?;
+    if size.0 == 0 {
+        return Err("must be more than 0 bytes".into());
+    }
+    Ok(size)
+}
+
+/// A byte size where `0` means "no limit".
+fn parse_optional_size(s: &str) -> Result<Option<ByteSize>, String> {
+    let size = s.parse::<ByteSize>()?;
+    Ok((size.0 != 0).then_some(size))
+}
+
 fn parse_age(s: &str) -> Result<f64, String> {
     let v = parse_float(s)?;
     if !v.is_finite() || v < 0.0 {
@@ -204,6 +278,28 @@ impl ZeoConfig {
             authentication_database: c.path("authentication-database"),
             authentication_realm: c.string("authentication-realm"),
             drop_cache_rather_verify: c.bool("drop-cache-rather-verify")?.unwrap_or(false),
+            reply_backlog_pause: c
+                .get("reply-backlog-pause", parse_nonzero_size)?
+                .unwrap_or(DEFAULT_REPLY_BACKLOG_PAUSE),
+            max_client_backlog: c
+                .get("max-client-backlog", parse_nonzero_size)?
+                .unwrap_or(DEFAULT_MAX_CLIENT_BACKLOG),
+            max_total_backlog: c
+                .parsed("max-total-backlog")?
+                .unwrap_or(DEFAULT_MAX_TOTAL_BACKLOG),
+            max_connections: c
+                .count("max-connections")?
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_address: c
+                .count("max-connections-per-address")?
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
+            max_transaction_size: c
+                .get("max-transaction-size", parse_optional_size)?
+                .flatten(),
+            login_timeout: c
+                .get("login-timeout", parse_timeout)?
+                .unwrap_or(DEFAULT_LOGIN_TIMEOUT),
+            public_status: c.bool("public-status")?.unwrap_or(false),
         })
     }
 }

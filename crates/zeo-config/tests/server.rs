@@ -390,6 +390,55 @@ fn missing_pieces() {
 }
 
 #[test]
+fn resource_limit_keys_default_and_parse() {
+    use zeo_config::server::*;
+    let z = server("<zeo>\naddress 1\n</zeo>\n<mappingstorage/>\n").zeo;
+    assert_eq!(z.reply_backlog_pause, ByteSize(4 << 20));
+    assert_eq!(z.reply_backlog_pause, DEFAULT_REPLY_BACKLOG_PAUSE);
+    assert_eq!(z.max_client_backlog, ByteSize(64 << 20));
+    assert_eq!(z.max_total_backlog, ByteSize(256 << 20));
+    assert_eq!(z.max_connections, 1024);
+    assert_eq!(z.max_connections_per_address, 256);
+    assert_eq!(z.max_transaction_size, None);
+    assert_eq!(z.login_timeout, Interval(60));
+    assert!(!z.public_status);
+
+    let z = server(
+        "<zeo>
+  address 1
+  reply-backlog-pause 1MB
+  max-client-backlog 16MB
+  max-total-backlog 0
+  max-connections 10
+  max-connections-per-address 0
+  max-transaction-size 2GB
+  login-timeout 2m
+  public-status yes
+</zeo>
+<mappingstorage/>
+",
+    )
+    .zeo;
+    assert_eq!(z.reply_backlog_pause, ByteSize(1 << 20));
+    assert_eq!(z.max_client_backlog, ByteSize(16 << 20));
+    assert_eq!(z.max_total_backlog, ByteSize(0));
+    assert_eq!(z.max_connections, 10);
+    assert_eq!(z.max_connections_per_address, 0);
+    assert_eq!(z.max_transaction_size, Some(ByteSize(2 << 30)));
+    assert_eq!(z.login_timeout, Interval(120));
+    assert!(z.public_status);
+
+    // Zero means "no cap" for the transaction size and "off" for the
+    // login timeout.
+    let z = server(
+        "<zeo>\naddress 1\nmax-transaction-size 0\nlogin-timeout 0\n</zeo>\n<mappingstorage/>\n",
+    )
+    .zeo;
+    assert_eq!(z.max_transaction_size, None);
+    assert_eq!(z.login_timeout, Interval(0));
+}
+
+#[test]
 fn bad_values() {
     let cases = [
         ("address host:99999", "port 99999 is out of range"),
@@ -405,6 +454,14 @@ fn bad_values() {
         ("address 1\nmax-message-size 1KB", "must be between"),
         ("address 1\nmax-message-size 8GB", "must be between"),
         ("address 1\nmonitor-address [::1", "unterminated"),
+        ("address 1\nreply-backlog-pause 0", "more than 0"),
+        ("address 1\nmax-client-backlog 0", "more than 0"),
+        ("address 1\nmax-total-backlog lots", "not a byte size"),
+        ("address 1\nmax-connections -1", "must not be negative"),
+        ("address 1\nmax-connections-per-address x", "not an integer"),
+        ("address 1\nmax-transaction-size 1TB", "not a byte size"),
+        ("address 1\nlogin-timeout 1.5", "not a time interval"),
+        ("address 1\npublic-status perhaps", "not a boolean"),
     ];
     for (body, reason) in cases {
         let text = format!("<zeo>\n{body}\n</zeo>\n<mappingstorage/>\n");

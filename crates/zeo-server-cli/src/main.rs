@@ -272,6 +272,17 @@ fn plan(
         settings.transaction_timeout = zeo.transaction_timeout.map(|t| t.as_duration());
         settings.max_message_size =
             usize::try_from(zeo.max_message_size.bytes()).unwrap_or(usize::MAX);
+        let size = |s: zeo_config::ByteSize| usize::try_from(s.bytes()).unwrap_or(usize::MAX);
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        settings.reply_backlog_pause = size(zeo.reply_backlog_pause);
+        settings.max_outgoing_backlog = size(zeo.max_client_backlog);
+        settings.max_total_backlog = size(zeo.max_total_backlog);
+        settings.max_connections = count(zeo.max_connections);
+        settings.max_connections_per_address = count(zeo.max_connections_per_address);
+        settings.max_transaction_size = zeo.max_transaction_size.map(|s| s.bytes());
+        settings.login_timeout =
+            (zeo.login_timeout.seconds() > 0).then(|| zeo.login_timeout.as_duration());
+        settings.public_status = zeo.public_status;
         settings.msgpack = zeo
             .msgpack
             .unwrap_or_else(|| std::env::var_os("ZEO_MSGPACK").is_some_and(|v| !v.is_empty()));

@@ -39,6 +39,10 @@ pub struct OpenTxn {
     /// Conflicts the last vote reported, by oid, with the index of the store
     /// in the log that caused them (superseded when the client re-stores).
     pub conflicts: BTreeMap<Oid, u64>,
+    /// Why the transaction can no longer commit, once it went past
+    /// `max-transaction-size`: later writes are dropped unlogged and the
+    /// vote fails with this message.
+    pub rejected: Option<String>,
 }
 
 /// What a vote came to.
@@ -70,6 +74,7 @@ impl OpenTxn {
             storage_txn: None,
             invalidated: Vec::new(),
             conflicts: BTreeMap::new(),
+            rejected: None,
         }
     }
 

@@ -36,13 +36,15 @@ use crate::commit_lock::{Acquired, CommitGuard, ConnId};
 use crate::frame_reader::FrameReader;
 use crate::hub::StorageHub;
 use crate::iterators::{IterError, Iterators};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxLimits};
 use crate::server::Shared;
 use crate::stats::StorageStats;
 use crate::txn_log::{TxnLog, TxnOp};
 
-/// How long a client has to answer the server's greeting.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Fewest seconds between two log lines about one connection's reads
+/// being paused, so a client that keeps hitting the threshold cannot fill
+/// the log.
+const PAUSE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a connection that holds the commit lock may go on after
 /// shutdown began, so that a commit between vote and finish can complete.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -94,6 +96,11 @@ async fn run<S>(shared: Arc<Shared>, stream: S, id: ConnId, peer: String, nonce_
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    // Handshake, login and register must all happen before this.
+    let login_deadline = shared
+        .settings
+        .login_timeout
+        .map(|t| tokio::time::Instant::now() + t);
     let (read_half, mut write_half) = tokio::io::split(stream);
     let codec = FrameCodec::with_max_frame(shared.settings.max_message_size);
     let mut reader = FrameReader::new(read_half, codec);
@@ -114,19 +121,19 @@ where
     // answered the greeting.
     let hello = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
-        hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()) => hello,
-    };
-    let hello = match hello {
-        Err(_) => {
-            tracing::info!("no handshake; closing");
+        _ = sleep_until(login_deadline) => {
+            tracing::warn!(%peer, "no handshake within login-timeout; closing");
             return;
         }
-        Ok(None) => return,
-        Ok(Some(Err(err))) => {
+        hello = reader.next() => hello,
+    };
+    let hello = match hello {
+        None => return,
+        Some(Err(err)) => {
             tracing::warn!(%err, "bad handshake frame; closing");
             return;
         }
-        Ok(Some(Ok(frame))) => frame,
+        Some(Ok(frame)) => frame,
     };
     let encoding = match handshake.receive(&hello) {
         Ok(ClientHello::Ruok) => {
@@ -143,7 +150,11 @@ where
     };
     tracing::info!(?encoding, "connected");
 
-    let (outbox, receiver) = Outbox::new(id, encoding, shared.settings.max_outgoing_backlog);
+    let limits = OutboxLimits {
+        pause: shared.settings.reply_backlog_pause,
+        max_backlog: shared.settings.max_outgoing_backlog,
+    };
+    let (outbox, receiver) = Outbox::new(id, &peer, encoding, limits, shared.budget.clone());
     let mut writer = tokio::spawn(async move {
         if let Err(err) = receiver.write_all(write_half).await {
             tracing::debug!(%err, "write failed");
@@ -173,7 +184,7 @@ where
         iterators: Iterators::default(),
     };
 
-    conn.read_loop(&mut reader).await;
+    conn.read_loop(&mut reader, login_deadline).await;
     conn.disconnect().await;
     drop(conn);
     drop(outbox);
@@ -186,6 +197,14 @@ where
         writer.abort();
     }
     tracing::info!("disconnected");
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> std::io::Result<()> {
@@ -228,23 +247,40 @@ enum Event {
     Frame(Option<Result<bytes::BytesMut, zeo_protocol::Error>>),
     Granted(CommitGuard),
     Timeout,
+    LoginTimeout,
+    Resumed,
     Shutdown,
     Closed,
 }
 
 impl Conn {
-    async fn read_loop<R>(&mut self, reader: &mut FrameReader<R>)
-    where
+    /// Reads and handles requests until the connection ends. Until it has
+    /// registered, the connection ends at `login_deadline`. While its
+    /// output is backed up (see [`Outbox::is_paused`]) no request is read;
+    /// everything else (lock grants, timeouts, shutdown) still happens.
+    async fn read_loop<R>(
+        &mut self,
+        reader: &mut FrameReader<R>,
+        login_deadline: Option<tokio::time::Instant>,
+    ) where
         R: AsyncRead + Unpin,
     {
         let shutdown = self.shared.shutdown.clone();
         let outbox = self.outbox.clone();
         let mut drain_until: Option<Instant> = None;
+        let mut pause = PauseLog::default();
         loop {
             if drain_until.is_some() && self.lock.is_none() {
                 return;
             }
             let deadline = self.deadline(drain_until);
+            let login = login_deadline.filter(|_| self.hub.is_none());
+            let paused = outbox.is_paused();
+            if paused {
+                pause.started(&self.peer, &outbox, &self.shared.settings);
+            } else {
+                pause.ended();
+            }
             let waiting = self.waiting.as_mut().map(|(f, _)| f);
             let event = tokio::select! {
                 biased;
@@ -252,10 +288,21 @@ impl Conn {
                 _ = shutdown.cancelled(), if drain_until.is_none() => Event::Shutdown,
                 guard = async { match waiting { Some(f) => f.await, None => std::future::pending().await } } => Event::Granted(guard),
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => Event::Timeout,
-                frame = reader.next() => Event::Frame(frame),
+                _ = sleep_until(login), if login.is_some() => Event::LoginTimeout,
+                _ = outbox.wait_unpaused(), if paused => Event::Resumed,
+                frame = reader.next(), if !paused => Event::Frame(frame),
             };
             match event {
                 Event::Closed => return,
+                Event::Resumed => {}
+                Event::LoginTimeout => {
+                    let what = match self.auth {
+                        Auth::Pending(_) => "log in and register",
+                        _ => "register",
+                    };
+                    tracing::warn!(peer = %self.peer, "did not {what} within login-timeout; closing");
+                    return;
+                }
                 Event::Shutdown => {
                     if self.lock.is_none() {
                         return;
@@ -594,12 +641,12 @@ impl Conn {
                 serial,
                 data,
                 txn,
-            } => self.log_op(txn, TxnOp::Store { oid, serial, data }, true),
+            } => self.log_op(txn, TxnOp::Store { oid, serial, data }, true, oneway),
             R::CheckCurrentSerial { oid, serial, txn } => {
-                self.log_op(txn, TxnOp::CheckCurrent { oid, serial }, false)
+                self.log_op(txn, TxnOp::CheckCurrent { oid, serial }, false, oneway)
             }
             R::DeleteObject { oid, serial, txn } => {
-                self.log_op(txn, TxnOp::Delete { oid, serial }, true)
+                self.log_op(txn, TxnOp::Delete { oid, serial }, true, oneway)
             }
             R::Restorea {
                 oid,
@@ -616,8 +663,11 @@ impl Conn {
                     prev_txn,
                 },
                 true,
+                oneway,
             ),
-            R::Undoa { undo_id, txn } => self.log_op(txn, TxnOp::Undo { id: undo_id }, false),
+            R::Undoa { undo_id, txn } => {
+                self.log_op(txn, TxnOp::Undo { id: undo_id }, false, oneway)
+            }
             R::StoreBlobStart
             | R::StoreBlobChunk { .. }
             | R::StoreBlobEnd { .. }
@@ -760,7 +810,9 @@ impl Conn {
         // Walk the storage on a blocking thread, holding the publication lock
         // shared so no commit slips between the walk and the reply.
         let outbox = self.outbox.clone();
+        let pending = outbox.pending_reply();
         tokio::task::spawn_blocking(move || {
+            let _pending = pending;
             let guard = hub.read_publication();
             let walked = (|| -> Result<Option<(zeo_storage::Tid, Vec<Oid>)>, StorageError> {
                 let mut oids = std::collections::BTreeSet::new();
@@ -790,7 +842,9 @@ impl Conn {
         // Packing is allowed on read-only connections, as in ZEO.
         let hub = self.hub()?.clone();
         let outbox = self.outbox.clone();
+        let pending = outbox.pending_reply();
         tokio::task::spawn_blocking(move || {
+            let _pending = pending;
             tracing::info!(time, "pack started");
             let result = hub.storage().pack(time, hub.pack_gc());
             match &result {
@@ -827,7 +881,9 @@ impl Conn {
             return Ok(Outcome::Reply(Value::Tuple(Vec::new())));
         }
         let outbox = self.outbox.clone();
+        let pending = outbox.pending_reply();
         tokio::task::spawn_blocking(move || {
+            let _pending = pending;
             let spec = spec.flatten();
             let filter = |entry: &zeo_storage::UndoEntry| match &spec {
                 None => true,
@@ -905,13 +961,43 @@ impl Conn {
         }
     }
 
-    fn log_op(&mut self, id: TxnId, op: TxnOp, counts_as_store: bool) -> Handled {
+    fn log_op(&mut self, id: TxnId, op: TxnOp, counts_as_store: bool, oneway: bool) -> Handled {
         let voted = self.lock.is_some() || self.waiting.is_some();
+        let shared = self.shared.clone();
+        let settings = &shared.settings;
+        let limit = settings.max_transaction_size;
+        let peer = self.peer.clone();
         let txn = self.check_txn(id)?;
         if voted {
             return Err(WireError::storage_transaction(
                 "transaction is already voting",
             ));
+        }
+        if txn.rejected.is_some() {
+            // Already failed: the vote reports it; nothing more is kept.
+            return Ok(Outcome::Reply(Value::None));
+        }
+        let staged = txn.log.size().saturating_add(op.logged_len());
+        if let Some(limit) = limit.filter(|l| staged > *l) {
+            let message = format!(
+                "transaction too large: {staged} bytes staged, over max-transaction-size ({limit} bytes)"
+            );
+            tracing::warn!(%peer, staged, limit, "transaction exceeds max-transaction-size; dropping its data");
+            // Drops what was staged, in memory or in a spill file.
+            txn.log = TxnLog::new(
+                settings.commit_log_spill_threshold,
+                settings.temporary_directory.clone(),
+            );
+            txn.conflicts.clear();
+            let error = too_large(&message);
+            txn.rejected = Some(message);
+            // A one-way store has nobody to answer, and an error would
+            // close the connection: the vote carries the error instead.
+            return if oneway {
+                Ok(Outcome::Sent)
+            } else {
+                Err(error)
+            };
         }
         txn.push_store(op)
             .map_err(|e| wire(StorageError::io("writing the commit log", e)))?;
@@ -924,7 +1010,10 @@ impl Conn {
     }
 
     async fn vote(&mut self, id: TxnId, msgid: Value) -> Handled {
-        self.check_txn(id)?;
+        if let Some(message) = &self.check_txn(id)?.rejected {
+            // The client aborts after a failed vote, as after any other.
+            return Err(too_large(message));
+        }
         if self.lock.is_some() {
             return Err(WireError::storage_transaction("Already voting (locked)"));
         }
@@ -1240,6 +1329,59 @@ fn protocol_error(err: zeo_protocol::Error) -> WireError {
         "ZODB.POSException.StorageError",
         vec![Value::Str(err.to_string())],
     )
+}
+
+/// The error of a transaction past `max-transaction-size`.
+fn too_large(message: &str) -> WireError {
+    WireError::with_args(
+        "ZODB.POSException.StorageError",
+        vec![Value::Str(message.to_owned())],
+    )
+}
+
+/// Logs the start of a pause in reading a connection's requests, at most
+/// once per [`PAUSE_LOG_INTERVAL`].
+#[derive(Default)]
+struct PauseLog {
+    active: bool,
+    last_logged: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl PauseLog {
+    fn started(&mut self, peer: &str, outbox: &Outbox, settings: &crate::ServerSettings) {
+        if self.active {
+            return;
+        }
+        self.active = true;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|t| now.duration_since(t) < PAUSE_LOG_INTERVAL)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        self.last_logged = Some(now);
+        let backlog = outbox.backlog();
+        let reason = if backlog > settings.reply_backlog_pause {
+            "its queued output is over reply-backlog-pause"
+        } else if backlog > 0 && outbox.is_paused() && settings.max_total_backlog != 0 {
+            "the server's queued output is over max-total-backlog"
+        } else {
+            "too many of its replies are in preparation"
+        };
+        tracing::info!(
+            %peer,
+            backlog,
+            earlier_pauses = std::mem::take(&mut self.unlogged),
+            "not reading the client's requests for now: {reason}"
+        );
+    }
+
+    fn ended(&mut self) {
+        self.active = false;
+    }
 }
 
 fn read_only_error() -> WireError {

@@ -41,6 +41,11 @@ pub enum Error {
     #[error("address {0} already in use")]
     AddressInUse(String),
 
+    /// Something other than a socket is at a Unix socket address: it is
+    /// left alone, and the server does not start.
+    #[error("address {0} in use / not a socket: refusing to replace it")]
+    NotASocket(String),
+
     /// `serve` was called on a server that serves already.
     #[error("the server is already serving")]
     AlreadyServing,

@@ -23,6 +23,10 @@
 //!
 //! ```
 //!
+//! The report needs no login, so a bare port (`monitor-address 8101`)
+//! binds `127.0.0.1` only; listening elsewhere takes an explicit host
+//! (`0.0.0.0:8101`).
+//!
 //! ZEO 4 deprecated this in favour of `server_status` and ZEO 5 removed it;
 //! zeo-rs keeps it for monitoring scripts written against ZEO 3/4 (e.g. the
 //! Munin plugins). The numbers are the same as `server_status`'s.
@@ -227,13 +231,24 @@ impl MonitorReport {
     }
 }
 
-/// Binds the monitor address (every address a host name resolves to).
+/// Binds the monitor address (every address a host name resolves to). A
+/// bare port means `127.0.0.1`, not every interface: the report needs no
+/// login, so exposing it takes an explicit host.
 pub(crate) fn bind(address: &ListenAddress) -> Result<Vec<(Listener, BoundAddress)>> {
-    let out = crate::server::bind_listeners(address)?;
+    let address = loopback_by_default(address);
+    let out = crate::server::bind_listeners(&address)?;
     for (_, bound) in &out {
         tracing::info!(address = %bound, "monitor listening");
     }
     Ok(out)
+}
+
+/// `address`, with an empty TCP host replaced by `127.0.0.1`.
+pub fn loopback_by_default(address: &ListenAddress) -> ListenAddress {
+    match address {
+        ListenAddress::Tcp { host, port } if host.is_empty() => ListenAddress::localhost(*port),
+        other => other.clone(),
+    }
 }
 
 /// Answers monitor connections until `shutdown`; removes a Unix socket file

@@ -7,6 +7,14 @@
 //! invalidations must not stall on a slow client. Instead the queue's size
 //! is bounded in bytes, and a client that lets it overflow is disconnected.
 //!
+//! What keeps a queue small is the connection's reader: it stops reading
+//! requests while the queue holds more than the pause threshold
+//! ([`Outbox::is_paused`], [`Outbox::wait_unpaused`]), or holds anything
+//! while the server-wide [`OutputBudget`] is exceeded, so a client that sends
+//! requests without reading the replies gets no further than the threshold
+//! plus one reply. Streamed replies can wait for room with
+//! [`Outbox::reserve`] instead of queueing everything at once.
+//!
 //! After a client authenticates, every frame carries a MAC chained over all
 //! earlier frames, so MACs must be computed in exactly the order frames
 //! reach the wire. The writer task computes them as it frames each payload,
@@ -33,14 +41,166 @@ pub fn encode(encoding: Encoding, message: &Message) -> Result<Bytes, zeo_protoc
         .map(Bytes::from)
 }
 
+/// The server-wide account of output queued and not yet written, over all
+/// connections.
+#[derive(Debug)]
+pub struct OutputBudget {
+    queued: AtomicUsize,
+    peak: AtomicUsize,
+    max_total: usize,
+    /// Set while `queued` is above `max_total`, so the warning is logged
+    /// once per episode rather than once per message.
+    over: AtomicBool,
+    drained: Notify,
+}
+
+impl OutputBudget {
+    /// A budget pausing every connection's reads above `max_total` queued
+    /// bytes (0 = no cap).
+    pub fn new(max_total: usize) -> Arc<Self> {
+        Arc::new(OutputBudget {
+            queued: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            max_total,
+            over: AtomicBool::new(false),
+            drained: Notify::new(),
+        })
+    }
+
+    /// Bytes queued over all connections right now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// The most bytes ever queued at once over all connections.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Acquire)
+    }
+
+    /// Whether reads are paused server-wide.
+    pub fn is_exceeded(&self) -> bool {
+        self.max_total != 0 && self.queued() > self.max_total
+    }
+
+    fn charge(&self, len: usize) {
+        let now = self.queued.fetch_add(len, Ordering::AcqRel) + len;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+        if self.max_total != 0 && now > self.max_total && !self.over.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                queued = now,
+                limit = self.max_total,
+                "queued output exceeds max-total-backlog; connections with output queued are not read until it drains"
+            );
+        }
+    }
+
+    fn release(&self, len: usize) {
+        let old = self.queued.fetch_sub(len, Ordering::AcqRel);
+        if self.max_total != 0 && old > self.max_total && old - len <= self.max_total {
+            self.over.store(false, Ordering::Release);
+            self.drained.notify_waiters();
+        }
+    }
+}
+
+/// The byte limits of one connection's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Above this many queued bytes the connection's requests are not read
+    /// ([`crate::ServerSettings::reply_backlog_pause`]).
+    pub pause: usize,
+    /// Above this many queued bytes the client is disconnected
+    /// ([`crate::ServerSettings::max_outgoing_backlog`]).
+    pub max_backlog: usize,
+}
+
+impl OutboxLimits {
+    /// No limit at all (tests, and writers of bounded output).
+    pub const UNLIMITED: OutboxLimits = OutboxLimits {
+        pause: usize::MAX,
+        max_backlog: usize::MAX,
+    };
+}
+
+/// Most replies of one connection that may be in preparation by background
+/// tasks at once (undo logs, packs, invalidation scans) before its
+/// requests stop being read: each task may produce a large reply that
+/// nothing else accounts for until it is queued.
+pub const MAX_PENDING_REPLIES: usize = 4;
+
+/// The counters a connection's queue and its queued messages share.
+#[derive(Debug)]
+struct Counters {
+    backlog: AtomicUsize,
+    /// The part of `backlog` that is replies.
+    replies: AtomicUsize,
+    pending: AtomicUsize,
+    drained: Notify,
+    budget: Arc<OutputBudget>,
+}
+
+/// A reply a background task is preparing for a connection, counted by
+/// [`Outbox::is_paused`] until the guard is dropped.
+#[derive(Debug)]
+pub struct PendingReply {
+    counters: Arc<Counters>,
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+        self.counters.drained.notify_waiters();
+    }
+}
+
+impl Counters {
+    /// Counts `len` bytes of a reply (or not); returns the guard and the
+    /// queue's size before them.
+    fn charge(self: &Arc<Self>, len: usize, reply: bool) -> (Charge, usize) {
+        let before = self.backlog.fetch_add(len, Ordering::AcqRel);
+        if reply {
+            self.replies.fetch_add(len, Ordering::AcqRel);
+        }
+        self.budget.charge(len);
+        let charge = Charge {
+            len,
+            reply,
+            counters: self.clone(),
+        };
+        (charge, before)
+    }
+}
+
+/// The bytes one queued message counts for, given back when the message
+/// is written or dropped unwritten (a closed connection), so the counts
+/// cannot drift whichever way a message leaves the queue.
+#[derive(Debug)]
+struct Charge {
+    len: usize,
+    reply: bool,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if self.reply {
+            self.counters.replies.fetch_sub(self.len, Ordering::AcqRel);
+        }
+        self.counters.backlog.fetch_sub(self.len, Ordering::AcqRel);
+        self.counters.budget.release(self.len);
+        self.counters.drained.notify_waiters();
+    }
+}
+
 /// The queue of messages for one client.
 #[derive(Debug)]
 pub struct Outbox {
     conn: ConnId,
+    peer: String,
     encoding: Encoding,
     tx: mpsc::UnboundedSender<Queued>,
-    backlog: Arc<AtomicUsize>,
-    max_backlog: usize,
+    counters: Arc<Counters>,
+    limits: OutboxLimits,
     closed: AtomicBool,
     close_notify: Notify,
 }
@@ -49,13 +209,12 @@ pub struct Outbox {
 #[derive(Debug)]
 pub struct OutboxReceiver {
     rx: mpsc::UnboundedReceiver<Queued>,
-    backlog: Arc<AtomicUsize>,
 }
 
 /// What travels from the outbox to the writer task.
 enum Queued {
     /// An encoded message, without its length word.
-    Payload(Bytes),
+    Payload(Bytes, Charge),
     /// Seal every later payload with this MAC chain.
     StartMac(Box<MacState>),
 }
@@ -63,31 +222,40 @@ enum Queued {
 impl std::fmt::Debug for Queued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Queued::Payload(p) => write!(f, "Payload({} bytes)", p.len()),
+            Queued::Payload(p, _) => write!(f, "Payload({} bytes)", p.len()),
             Queued::StartMac(_) => f.write_str("StartMac"),
         }
     }
 }
 
 impl Outbox {
-    /// A queue for connection `conn`, and its receiving end for the writer.
+    /// A queue for connection `conn` with `peer` (named in log lines),
+    /// accounted in `budget`, and its receiving end for the writer.
     pub fn new(
         conn: ConnId,
+        peer: impl Into<String>,
         encoding: Encoding,
-        max_backlog: usize,
+        limits: OutboxLimits,
+        budget: Arc<OutputBudget>,
     ) -> (Arc<Self>, OutboxReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
         let outbox = Arc::new(Outbox {
             conn,
+            peer: peer.into(),
             encoding,
             tx,
-            backlog: backlog.clone(),
-            max_backlog,
+            counters: Arc::new(Counters {
+                backlog: AtomicUsize::new(0),
+                replies: AtomicUsize::new(0),
+                pending: AtomicUsize::new(0),
+                drained: Notify::new(),
+                budget,
+            }),
+            limits,
             closed: AtomicBool::new(false),
             close_notify: Notify::new(),
         });
-        (outbox, OutboxReceiver { rx, backlog })
+        (outbox, OutboxReceiver { rx })
     }
 
     /// The connection this queue belongs to.
@@ -100,23 +268,123 @@ impl Outbox {
         self.encoding
     }
 
-    /// Queues an already encoded message (payload without length prefix).
+    /// Bytes queued and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.counters.backlog.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection's requests should wait: its own queue is over
+    /// the pause threshold, or the server-wide budget is exceeded and this
+    /// queue is not empty.
+    ///
+    /// A connection whose queue is empty is not held back by the budget:
+    /// it is not what fills it, and holding it back would let clients that
+    /// never read stall every other client for good. It gets one request
+    /// read, and waits again until that reply has been written.
+    ///
+    /// Also paused: a connection with [`MAX_PENDING_REPLIES`] replies in
+    /// preparation ([`Outbox::pending_reply`]).
+    pub fn is_paused(&self) -> bool {
+        let backlog = self.backlog();
+        backlog > self.limits.pause
+            || (backlog > 0 && self.counters.budget.is_exceeded())
+            || self.counters.pending.load(Ordering::Acquire) >= MAX_PENDING_REPLIES
+    }
+
+    /// Counts a reply that a background task will queue later; hold the
+    /// guard until it is queued.
+    pub fn pending_reply(&self) -> PendingReply {
+        self.counters.pending.fetch_add(1, Ordering::AcqRel);
+        PendingReply {
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Resolves once [`Outbox::is_paused`] is false or the connection was
+    /// asked to close.
+    pub async fn wait_unpaused(&self) {
+        self.wait_for(|| !self.is_paused()).await;
+    }
+
+    /// Waits until the queue is empty, or `bytes` more can be queued
+    /// without going over the pause threshold while the server-wide budget
+    /// is not exceeded (so a piece larger than the threshold still goes
+    /// out, one at a time). For output produced piecemeal, such as a blob sent in
+    /// chunks: reserve before producing each piece, then send it. Returns
+    /// false if the connection was asked to close meanwhile.
+    pub async fn reserve(&self, bytes: usize) -> bool {
+        self.wait_for(|| {
+            let backlog = self.backlog();
+            backlog == 0
+                || (backlog.saturating_add(bytes) <= self.limits.pause
+                    && !self.counters.budget.is_exceeded())
+        })
+        .await;
+        !self.is_closed()
+    }
+
+    /// Waits until `ready()` holds or the connection is closing. Both
+    /// notifications are armed before `ready` is checked, so a write that
+    /// drains the queue in between cannot be missed.
+    async fn wait_for(&self, ready: impl Fn() -> bool) {
+        loop {
+            let own = self.counters.drained.notified();
+            let global = self.counters.budget.drained.notified();
+            let closed = self.close_notify.notified();
+            tokio::pin!(own, global, closed);
+            own.as_mut().enable();
+            global.as_mut().enable();
+            closed.as_mut().enable();
+            if self.is_closed() || ready() {
+                return;
+            }
+            tokio::select! {
+                _ = own => {}
+                _ = global => {}
+                _ = closed => {}
+            }
+        }
+    }
+
+    /// Queues an already encoded message (payload without length prefix)
+    /// that is not a reply: an invalidation or an `info` message.
     pub fn send_encoded(&self, payload: Bytes) {
+        self.queue(payload, false);
+    }
+
+    /// Queues an encoded message, or closes the connection when its queue
+    /// is stuck past `max_backlog`.
+    ///
+    /// A reply is refused only if the queue was over the cap before it,
+    /// so one reply larger than the cap (a big object) still goes to a
+    /// client that reads. Other messages are refused once the queue minus
+    /// its replies is over the cap: they are what keeps growing while a
+    /// client does not read (its replies stop at the pause threshold),
+    /// and a large reply on its way out must not cost a reading client
+    /// its connection when an invalidation follows it.
+    fn queue(&self, payload: Bytes, reply: bool) {
         if self.is_closed() {
             return;
         }
         let len = payload.len();
-        let queued = self.backlog.fetch_add(len, Ordering::AcqRel) + len;
-        if queued > self.max_backlog {
+        let (charge, before) = self.counters.charge(len, reply);
+        let counted = if reply {
+            before
+        } else {
+            (before + len).saturating_sub(self.counters.replies.load(Ordering::Acquire))
+        };
+        if counted > self.limits.max_backlog {
             tracing::warn!(
                 conn = self.conn,
-                queued,
-                "client does not read its messages; disconnecting"
+                peer = %self.peer,
+                queued = before + len,
+                limit = self.limits.max_backlog,
+                "client does not read its messages: queued output exceeds max-client-backlog; disconnecting"
             );
             self.close();
             return;
         }
-        if self.tx.send(Queued::Payload(payload)).is_err() {
+        if self.tx.send(Queued::Payload(payload, charge)).is_err() {
             self.close();
         }
     }
@@ -134,14 +402,14 @@ impl Outbox {
     /// replaced by ZEO's `ValueError("Couldn't pickle response")`.
     pub fn send(&self, message: &Message) {
         match encode(self.encoding, message) {
-            Ok(frame) => self.send_encoded(frame),
+            Ok(frame) => self.queue(frame, message.is_reply()),
             Err(err) => {
                 tracing::error!(conn = self.conn, %err, method = %message.method, "unencodable message");
                 if message.is_reply() {
                     let fallback =
                         Reply::error(message.msgid.clone(), &WireError::unencodable_reply());
                     if let Ok(frame) = encode(self.encoding, &fallback) {
-                        self.send_encoded(frame);
+                        self.queue(frame, true);
                     }
                 }
             }
@@ -203,11 +471,10 @@ impl OutboxReceiver {
             if batch.frames.is_empty() {
                 continue;
             }
-            let drained = batch.payload_bytes;
             sink.write_all_buf(&mut batch).await?;
             sink.flush().await?;
+            // Dropping the written frames gives their bytes back.
             batch.clear();
-            self.backlog.fetch_sub(drained, Ordering::AcqRel);
         }
         sink.shutdown().await
     }
@@ -236,11 +503,10 @@ impl Header {
 /// [`Buf`] from `frames[at]`, `offset` bytes in.
 #[derive(Default)]
 struct Batch {
-    frames: Vec<(Header, Bytes)>,
+    frames: Vec<(Header, Bytes, Charge)>,
     at: usize,
     offset: usize,
     remaining: usize,
-    payload_bytes: usize,
 }
 
 impl Batch {
@@ -248,7 +514,7 @@ impl Batch {
     /// on.
     fn accept(&mut self, queued: Queued, mac: &mut Option<MacState>) -> std::io::Result<()> {
         match queued {
-            Queued::Payload(payload) => self.push(payload, mac.as_mut()),
+            Queued::Payload(payload, charge) => self.push(payload, charge, mac.as_mut()),
             Queued::StartMac(state) => {
                 *mac = Some(*state);
                 Ok(())
@@ -256,7 +522,12 @@ impl Batch {
         }
     }
 
-    fn push(&mut self, payload: Bytes, mac: Option<&mut MacState>) -> std::io::Result<()> {
+    fn push(
+        &mut self,
+        payload: Bytes,
+        charge: Charge,
+        mac: Option<&mut MacState>,
+    ) -> std::io::Result<()> {
         let mut header = Header {
             bytes: [0; 4 + MAC_LEN],
             len: 4,
@@ -276,8 +547,7 @@ impl Batch {
             }
         }
         self.remaining += header.len + payload.len();
-        self.payload_bytes += payload.len();
-        self.frames.push((header, payload));
+        self.frames.push((header, payload, charge));
         Ok(())
     }
 
@@ -289,13 +559,12 @@ impl Batch {
         self.at = 0;
         self.offset = 0;
         self.remaining = 0;
-        self.payload_bytes = 0;
     }
 
     /// The unwritten part of frame `i`, whose first `skip` bytes are gone:
     /// header and payload as two slices.
     fn parts(&self, i: usize, skip: usize) -> [&[u8]; 2] {
-        let (header, payload) = &self.frames[i];
+        let (header, payload, _) = &self.frames[i];
         let header = header.as_slice();
         if skip < header.len() {
             [&header[skip..], payload]
@@ -345,7 +614,7 @@ impl Buf for Batch {
         assert!(cnt <= self.remaining, "advanced past the end of a batch");
         self.remaining -= cnt;
         while cnt > 0 {
-            let (header, payload) = &self.frames[self.at];
+            let (header, payload, _) = &self.frames[self.at];
             let left = header.len + payload.len() - self.offset;
             if cnt < left {
                 self.offset += cnt;
@@ -415,12 +684,16 @@ mod tests {
         }
     }
 
+    fn unlimited(budget: Arc<OutputBudget>) -> (Arc<Outbox>, OutboxReceiver) {
+        Outbox::new(1, "test", Encoding::Pickle, OutboxLimits::UNLIMITED, budget)
+    }
+
     async fn written(step: usize, vectored: bool, payloads: &[Vec<u8>]) -> (Vec<u8>, usize) {
-        let (outbox, receiver) = Outbox::new(1, Encoding::Pickle, usize::MAX);
+        let budget = OutputBudget::new(0);
+        let (outbox, receiver) = unlimited(budget.clone());
         for p in payloads {
             outbox.send_encoded(Bytes::from(p.clone()));
         }
-        let backlog = receiver.backlog.clone();
         drop(outbox);
         let mut sink = Trickle {
             out: Vec::new(),
@@ -429,7 +702,7 @@ mod tests {
             writes: 0,
         };
         receiver.write_all(&mut sink).await.unwrap();
-        assert_eq!(backlog.load(Ordering::Acquire), 0);
+        assert_eq!(budget.queued(), 0);
         (sink.out, sink.writes)
     }
 
@@ -456,7 +729,7 @@ mod tests {
         let key = zeo_auth::SessionKey::derive(&"a".repeat(40), "nonce").unwrap();
         let payloads: Vec<Vec<u8>> = (1..40u8).map(|i| vec![i; i as usize * 11]).collect();
         for (step, vectored) in [(usize::MAX, true), (7, true), (5, false)] {
-            let (outbox, receiver) = Outbox::new(1, Encoding::Pickle, usize::MAX);
+            let (outbox, receiver) = unlimited(OutputBudget::new(0));
             outbox.send_encoded(Bytes::from_static(b"plain"));
             outbox.start_mac(MacState::new(&key));
             for p in &payloads {
@@ -489,5 +762,172 @@ mod tests {
         let payloads = vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()];
         let (_, writes) = written(usize::MAX, true, &payloads).await;
         assert_eq!(writes, 1);
+    }
+
+    fn limited(pause: usize, budget: Arc<OutputBudget>) -> (Arc<Outbox>, OutboxReceiver) {
+        let limits = OutboxLimits {
+            pause,
+            max_backlog: usize::MAX,
+        };
+        Outbox::new(1, "test", Encoding::Pickle, limits, budget)
+    }
+
+    #[tokio::test]
+    async fn reserve_waits_until_the_writer_makes_room() {
+        let budget = OutputBudget::new(0);
+        let (outbox, receiver) = limited(100, budget.clone());
+        outbox.send_encoded(Bytes::from(vec![1; 80]));
+        assert!(!outbox.is_paused());
+        // 80 queued + 30 would pass the 100-byte threshold.
+        let mut reserve = Box::pin(outbox.reserve(30));
+        assert!(futures::poll!(reserve.as_mut()).is_pending());
+        // A chunk that fits goes through at once.
+        assert!(outbox.reserve(20).await);
+        let (sink, mut peer) = tokio::io::duplex(1024);
+        let writer = tokio::spawn(receiver.write_all(sink));
+        assert!(reserve.await);
+        outbox.send_encoded(Bytes::from(vec![2; 30]));
+        drop(outbox);
+        writer.await.unwrap().unwrap();
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 4 + 80 + 4 + 30);
+        assert_eq!(budget.queued(), 0);
+        // Reserving kept the queue within its threshold throughout.
+        assert!(budget.peak() <= 100, "{}", budget.peak());
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_the_threshold_can_be_reserved_on_an_empty_queue() {
+        let (outbox, _receiver) = limited(100, OutputBudget::new(0));
+        assert!(outbox.reserve(1000).await);
+    }
+
+    #[tokio::test]
+    async fn reserve_and_pauses_end_when_the_connection_closes() {
+        let (outbox, _receiver) = limited(10, OutputBudget::new(0));
+        outbox.send_encoded(Bytes::from(vec![1; 50]));
+        assert!(outbox.is_paused());
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.reserve(5).await })
+        };
+        outbox.close();
+        assert!(!waiter.await.unwrap());
+        outbox.wait_unpaused().await;
+    }
+
+    #[tokio::test]
+    async fn the_server_wide_budget_pauses_every_queue_until_it_drains() {
+        let budget = OutputBudget::new(100);
+        let (a, a_rx) = limited(usize::MAX, budget.clone());
+        let (b, _b_rx) = limited(usize::MAX, budget.clone());
+        let (idle, _idle_rx) = limited(usize::MAX, budget.clone());
+        a.send_encoded(Bytes::from(vec![1; 150]));
+        b.send_encoded(Bytes::from(vec![1; 10]));
+        assert!(budget.is_exceeded());
+        assert!(a.is_paused() && b.is_paused(), "both wait for the total");
+        assert!(!idle.is_paused(), "an empty queue is not held back");
+        assert!(idle.reserve(1000).await);
+        assert!(futures::poll!(Box::pin(b.reserve(1))).is_pending());
+        let resumed = {
+            let b = b.clone();
+            tokio::spawn(async move { b.wait_unpaused().await })
+        };
+        let (sink, mut peer) = tokio::io::duplex(1024);
+        drop(a);
+        a_rx.write_all(sink).await.unwrap();
+        resumed.await.unwrap();
+        assert!(!b.is_paused());
+        assert_eq!(budget.queued(), 10);
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 154);
+    }
+
+    #[tokio::test]
+    async fn unwritten_messages_give_their_bytes_back() {
+        let budget = OutputBudget::new(0);
+        let (outbox, receiver) = limited(usize::MAX, budget.clone());
+        outbox.send_encoded(Bytes::from(vec![1; 70]));
+        drop(receiver);
+        assert_eq!(budget.queued(), 0, "dropped with the writer");
+        // Queued after the writer is gone: refused, and given back.
+        outbox.send_encoded(Bytes::from(vec![1; 30]));
+        assert_eq!(budget.queued(), 0);
+        assert_eq!(outbox.backlog(), 0);
+        assert!(outbox.is_closed());
+    }
+
+    #[test]
+    fn a_queue_past_max_backlog_is_closed() {
+        let budget = OutputBudget::new(0);
+        let limits = OutboxLimits {
+            pause: 10,
+            max_backlog: 100,
+        };
+        let (outbox, _receiver) = Outbox::new(1, "test", Encoding::Pickle, limits, budget.clone());
+        outbox.send_encoded(Bytes::from(vec![1; 60]));
+        assert!(!outbox.is_closed());
+        outbox.send_encoded(Bytes::from(vec![1; 60]));
+        assert!(outbox.is_closed());
+        assert_eq!(budget.queued(), 60, "the refused message is not counted");
+    }
+
+    #[tokio::test]
+    async fn replies_in_preparation_pause_reading_until_they_are_queued() {
+        let (outbox, _receiver) = limited(usize::MAX, OutputBudget::new(0));
+        let guards: Vec<_> = (0..MAX_PENDING_REPLIES)
+            .map(|_| outbox.pending_reply())
+            .collect();
+        assert!(outbox.is_paused());
+        let resumed = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.wait_unpaused().await })
+        };
+        drop(guards);
+        resumed.await.unwrap();
+        assert!(!outbox.is_paused());
+    }
+
+    fn reply_of(len: usize) -> Message {
+        Reply::value(Value::Int(1), Value::Bytes(vec![0; len]))
+    }
+
+    #[test]
+    fn one_reply_larger_than_max_backlog_goes_out_but_a_stuck_queue_is_closed() {
+        let budget = OutputBudget::new(0);
+        let limits = OutboxLimits {
+            pause: 10,
+            max_backlog: 100,
+        };
+        let (outbox, _receiver) = Outbox::new(1, "test", Encoding::Pickle, limits, budget);
+        // A big object's reply on an empty queue is what the client asked for.
+        outbox.send(&reply_of(1000));
+        assert!(!outbox.is_closed());
+        // An invalidation behind it is not held against the client ...
+        outbox.send_encoded(Bytes::from(vec![1; 60]));
+        assert!(!outbox.is_closed());
+        // ... but once such messages alone pass the cap, it is stuck.
+        outbox.send_encoded(Bytes::from(vec![1; 60]));
+        assert!(outbox.is_closed());
+    }
+
+    #[test]
+    fn a_reply_behind_a_queue_over_max_backlog_closes_it() {
+        let limits = OutboxLimits {
+            pause: usize::MAX,
+            max_backlog: 100,
+        };
+        let (outbox, _receiver) =
+            Outbox::new(1, "test", Encoding::Pickle, limits, OutputBudget::new(0));
+        outbox.send(&reply_of(150));
+        assert!(!outbox.is_closed());
+        outbox.send(&reply_of(10));
+        assert!(outbox.is_closed());
     }
 }

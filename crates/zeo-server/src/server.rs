@@ -1,9 +1,9 @@
 //! Building a server, binding its listeners and running it on the host's
 //! tokio runtime.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::AtomicU64;
@@ -17,6 +17,7 @@ use zeo_storage::Storage;
 
 use crate::error::{Error, Result};
 use crate::hub::StorageHub;
+use crate::outbox::OutputBudget;
 use crate::settings::ServerSettings;
 
 /// Where to listen, as ZEO's `address` option spells it: `PORT` (all
@@ -114,12 +115,111 @@ pub(crate) struct Shared {
     pub(crate) hubs: BTreeMap<String, Arc<StorageHub>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) next_conn_id: AtomicU64,
+    pub(crate) budget: Arc<OutputBudget>,
+    connections: Mutex<ConnectionCount>,
+    refusals: Mutex<RefusalLog>,
     bound: Mutex<Vec<BoundAddress>>,
 }
 
+/// Fewest seconds between two log lines about refused connections: a peer
+/// connecting in a loop past a cap must not fill the log.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When a refused connection was last logged, and how many were not since.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+/// The connections being served, in all and per peer IP address.
+#[derive(Default)]
+struct ConnectionCount {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// A served connection's place in [`ConnectionCount`], given back on drop.
+pub(crate) struct ConnectionSlot {
+    shared: Arc<Shared>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut count = lock(&self.shared.connections);
+        count.total = count.total.saturating_sub(1);
+        if let Some(ip) = self.ip {
+            if let Some(n) = count.per_address.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    count.per_address.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 impl Shared {
-    /// The JSON status document `ruok` answers with.
+    /// Takes a place for a new connection from `ip` (`None` for a Unix
+    /// socket), or says which limit refuses it.
+    pub(crate) fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnectionSlot, String> {
+        let max_total = self.settings.max_connections;
+        let max_per = self.settings.max_connections_per_address;
+        let mut count = lock(&self.connections);
+        if max_total != 0 && count.total >= max_total {
+            return Err(format!(
+                "{} connections already served (max-connections {max_total})",
+                count.total
+            ));
+        }
+        if let Some(ip) = ip {
+            let n = count.per_address.get(&ip).copied().unwrap_or(0);
+            if max_per != 0 && n >= max_per {
+                return Err(format!(
+                    "{n} connections already served from {ip} (max-connections-per-address {max_per})"
+                ));
+            }
+            *count.per_address.entry(ip).or_insert(0) += 1;
+        }
+        count.total += 1;
+        Ok(ConnectionSlot {
+            shared: self.clone(),
+            ip,
+        })
+    }
+
+    /// Logs a connection refused by [`Shared::admit`], at most once per
+    /// [`REFUSAL_LOG_INTERVAL`], with a count of those not logged.
+    fn log_refusal(&self, peer: &dyn fmt::Display, reason: &str) {
+        let mut log = lock(&self.refusals);
+        let now = std::time::Instant::now();
+        if log
+            .last
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL)
+        {
+            log.unlogged += 1;
+            return;
+        }
+        log.last = Some(now);
+        let unlogged = std::mem::take(&mut log.unlogged);
+        drop(log);
+        // Dropping the stream closes it before anything is read.
+        tracing::warn!(%peer, unlogged, "refusing a connection: {reason}");
+    }
+
+    /// How many connections are served.
+    fn connection_count(&self) -> usize {
+        lock(&self.connections).total
+    }
+
+    /// The JSON document `ruok` answers with: the status of every storage,
+    /// or, when clients must authenticate and `public-status` is off, `{}`,
+    /// which tells a health checker the server is alive and nothing else.
     pub(crate) fn ruok(&self) -> Vec<u8> {
+        if self.settings.authentication.is_some() && !self.settings.public_status {
+            return b"{}".to_vec();
+        }
         let statuses: Vec<_> = self
             .hubs
             .iter()
@@ -169,6 +269,16 @@ impl ServerBuilder {
         if self.storages.is_empty() {
             return Err(Error::NoStorages);
         }
+        let s = &self.settings;
+        if s.reply_backlog_pause >= s.max_outgoing_backlog {
+            // Replies would then reach the cap before reading pauses: a
+            // client pipelining loads could be disconnected for it.
+            tracing::warn!(
+                reply_backlog_pause = s.reply_backlog_pause,
+                max_client_backlog = s.max_outgoing_backlog,
+                "reply-backlog-pause is not below max-client-backlog: clients that pipeline requests may be disconnected"
+            );
+        }
         let timeout = self.settings.transaction_timeout.is_some();
         let mut hubs = BTreeMap::new();
         for (name, storage, pack_gc) in self.storages {
@@ -189,8 +299,12 @@ impl ServerBuilder {
                 return Err(Error::DuplicateStorage(name));
             }
         }
+        let budget = OutputBudget::new(self.settings.max_total_backlog);
         Ok(Server {
             shared: Arc::new(Shared {
+                budget,
+                connections: Mutex::new(ConnectionCount::default()),
+                refusals: Mutex::new(RefusalLog::default()),
                 settings: self.settings,
                 hubs,
                 shutdown: CancellationToken::new(),
@@ -292,6 +406,23 @@ impl ServerHandle {
     /// The addresses the server listens on.
     pub fn local_addrs(&self) -> Vec<BoundAddress> {
         lock(&self.shared.bound).clone()
+    }
+
+    /// Bytes of output queued for clients and not yet written, over all
+    /// connections.
+    pub fn queued_output(&self) -> usize {
+        self.shared.budget.queued()
+    }
+
+    /// The most bytes of output ever queued at once over all connections.
+    pub fn peak_queued_output(&self) -> usize {
+        self.shared.budget.peak()
+    }
+
+    /// How many client connections are being served (accepted and not yet
+    /// closed; monitor connections are not counted).
+    pub fn connections(&self) -> usize {
+        self.shared.connection_count()
     }
 
     /// The `server_status` numbers of a storage, as `ruok` reports them.
@@ -422,13 +553,29 @@ impl Server {
     }
 }
 
+/// Makes room for a Unix socket at `path`: a socket file nobody answers
+/// at is left over from a server that died, and is removed. Anything else
+/// at the path (a regular file such as the database, a directory, a
+/// symlink) is refused, never removed.
 fn remove_stale_socket(path: &Path) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::Bind {
+                address: path.display().to_string(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::NotASocket(path.display().to_string()));
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(Error::AddressInUse(path.display().to_string()));
     }
+    tracing::info!(path = %path.display(), "removing a stale socket");
     std::fs::remove_file(path)?;
     Ok(())
 }
@@ -470,12 +617,20 @@ async fn accept_tcp(
     alive: mpsc::Sender<()>,
 ) {
     let on_accept = |stream: tokio::net::TcpStream, peer: SocketAddr| {
+        let slot = match shared.admit(Some(peer.ip())) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                shared.log_refusal(&peer, &reason);
+                return;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
             let nonce_peer = zeo_auth::python_peer_text(&peer);
             crate::connection::serve(shared, stream, peer.to_string(), nonce_peer).await;
+            drop(slot);
             drop(alive);
         });
     };
@@ -489,12 +644,20 @@ async fn accept_unix(
     alive: mpsc::Sender<()>,
 ) {
     let on_accept = |stream: tokio::net::UnixStream, _| {
+        let peer = path.display().to_string();
+        let slot = match shared.admit(None) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                shared.log_refusal(&peer, &reason);
+                return;
+            }
+        };
         let shared = shared.clone();
         let alive = alive.clone();
-        let peer = path.display().to_string();
         tokio::spawn(async move {
             // ZEO saw an empty peer address for Unix sockets.
             crate::connection::serve(shared, stream, peer, String::new()).await;
+            drop(slot);
             drop(alive);
         });
     };

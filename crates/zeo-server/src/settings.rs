@@ -7,6 +7,19 @@ use std::time::Duration;
 
 use zeo_auth::ServerAuthenticator;
 
+/// Default [`ServerSettings::reply_backlog_pause`]: 4 MiB.
+pub const DEFAULT_REPLY_BACKLOG_PAUSE: usize = 4 * 1024 * 1024;
+/// Default [`ServerSettings::max_outgoing_backlog`]: 64 MiB.
+pub const DEFAULT_MAX_CLIENT_BACKLOG: usize = 64 * 1024 * 1024;
+/// Default [`ServerSettings::max_total_backlog`]: 256 MiB.
+pub const DEFAULT_MAX_TOTAL_BACKLOG: usize = 256 * 1024 * 1024;
+/// Default [`ServerSettings::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default [`ServerSettings::max_connections_per_address`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+/// Default [`ServerSettings::login_timeout`]: 60 seconds.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How the server behaves towards every storage and client.
 #[derive(Clone)]
 pub struct ServerSettings {
@@ -24,8 +37,45 @@ pub struct ServerSettings {
     /// Largest message accepted from a client, in bytes.
     pub max_message_size: usize,
     /// Largest amount of encoded output queued for one client before it is
-    /// considered stuck and disconnected.
+    /// considered stuck and disconnected (`max-client-backlog`). Replies
+    /// stop growing the queue at [`ServerSettings::reply_backlog_pause`];
+    /// what can still push it this far is output queued without waiting:
+    /// invalidations and `info` messages from other clients' commits. A
+    /// reply counts only if the queue was over this before it, so one
+    /// reply larger than the cap still goes out; keep it above
+    /// `reply_backlog_pause`.
     pub max_outgoing_backlog: usize,
+    /// A connection's requests are not read while more than this many bytes
+    /// of its output wait to be sent (`reply-backlog-pause`); reading
+    /// resumes once the client has taken enough to get below it.
+    pub reply_backlog_pause: usize,
+    /// While more than this many bytes of output wait to be sent over all
+    /// connections together, no connection with output still queued has
+    /// its requests read (`max-total-backlog`; 0 = no server-wide cap). A
+    /// connection with nothing queued gets one request at a time read, so
+    /// clients that never read cannot stall the others for good.
+    pub max_total_backlog: usize,
+    /// Most connections served at once (`max-connections`; 0 = no cap).
+    /// Connections beyond it are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Most connections served at once from one peer IP address
+    /// (`max-connections-per-address`; 0 = no cap). Unix-socket peers are
+    /// not counted per address.
+    pub max_connections_per_address: usize,
+    /// Largest number of bytes one transaction may stage between
+    /// `tpc_begin` and `vote` (`max-transaction-size`; `None` = no cap).
+    /// A transaction past it fails at its vote with a `StorageError` naming
+    /// the limit, and what it staged is dropped at once.
+    pub max_transaction_size: Option<u64>,
+    /// How long a connection may take from being accepted to registering
+    /// with a storage, logging in first when authentication is configured
+    /// (`login-timeout`; `None` = no limit). It is closed after that.
+    pub login_timeout: Option<Duration>,
+    /// With authentication configured, whether `ruok` answers the full
+    /// status (storage names, counters, last transaction) rather than
+    /// liveness only (`public-status`). Without authentication `ruok`
+    /// always answers the full status, as ZEO does.
+    pub public_status: bool,
     /// Announce msgpack (`M5`) instead of pickle (`Z5`) in the handshake.
     /// Clients choose either way: the server speaks whichever they answer.
     pub msgpack: bool,
@@ -54,6 +104,16 @@ impl fmt::Debug for ServerSettings {
             .field("transaction_timeout", &self.transaction_timeout)
             .field("max_message_size", &self.max_message_size)
             .field("max_outgoing_backlog", &self.max_outgoing_backlog)
+            .field("reply_backlog_pause", &self.reply_backlog_pause)
+            .field("max_total_backlog", &self.max_total_backlog)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_address",
+                &self.max_connections_per_address,
+            )
+            .field("max_transaction_size", &self.max_transaction_size)
+            .field("login_timeout", &self.login_timeout)
+            .field("public_status", &self.public_status)
             .field("msgpack", &self.msgpack)
             .field(
                 "commit_log_spill_threshold",
@@ -77,7 +137,14 @@ impl Default for ServerSettings {
             invalidation_age: None,
             transaction_timeout: None,
             max_message_size: zeo_protocol::DEFAULT_MAX_FRAME,
-            max_outgoing_backlog: 512 * 1024 * 1024,
+            max_outgoing_backlog: DEFAULT_MAX_CLIENT_BACKLOG,
+            reply_backlog_pause: DEFAULT_REPLY_BACKLOG_PAUSE,
+            max_total_backlog: DEFAULT_MAX_TOTAL_BACKLOG,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_transaction_size: None,
+            login_timeout: Some(DEFAULT_LOGIN_TIMEOUT),
+            public_status: false,
             msgpack: false,
             commit_log_spill_threshold: crate::txn_log::DEFAULT_SPILL_THRESHOLD,
             temporary_directory: None,

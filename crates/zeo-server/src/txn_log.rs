@@ -60,6 +60,22 @@ pub enum TxnOp {
     },
 }
 
+impl TxnOp {
+    /// How many bytes the operation adds to a commit log.
+    pub fn logged_len(&self) -> u64 {
+        const KEY: u64 = 1 + 8 + 8;
+        let len = |b: &[u8]| 4 + b.len() as u64;
+        match self {
+            TxnOp::Store { data, .. } => KEY + len(data),
+            TxnOp::Delete { .. } | TxnOp::CheckCurrent { .. } => KEY,
+            TxnOp::Restore { data, prev_txn, .. } => {
+                KEY + 1 + data.as_deref().map_or(0, len) + prev_txn.map_or(0, |_| 8)
+            }
+            TxnOp::Undo { id } => 1 + len(id),
+        }
+    }
+}
+
 const TAG_STORE: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_CHECK: u8 = 3;
@@ -372,6 +388,16 @@ fn decode(r: &mut impl Read) -> io::Result<TxnOp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_len_is_what_a_push_adds() {
+        let mut log = TxnLog::new(usize::MAX, None);
+        for op in sample() {
+            let before = log.size();
+            log.push(&op).unwrap();
+            assert_eq!(log.size() - before, op.logged_len(), "{op:?}");
+        }
+    }
 
     fn sample() -> Vec<TxnOp> {
         vec![
