@@ -38,7 +38,8 @@ const DEFAULT_OUTPUT_PER_INPUT_BYTE: usize = 64;
 /// before use, working memory grows at most linearly with the input (and
 /// can be capped with [`Decoder::with_max_work`]), values nest at most
 /// [`Decoder::with_max_depth`] deep, and the decoded output (where shared
-/// objects are copied) is capped by [`Decoder::with_max_output`].
+/// objects are copied) is capped by [`Decoder::with_max_output`], the
+/// copies alone by [`Decoder::with_max_copied_output`].
 ///
 /// The depth limit is what keeps the recursive operations of a [`Value`]
 /// (`Drop`, `Clone`, `PartialEq`, `Debug`) within the thread's stack: the
@@ -48,6 +49,8 @@ pub struct Decoder<'a> {
     max_depth: usize,
     max_output: usize,
     output_left: usize,
+    max_copies: usize,
+    copies_left: usize,
 }
 
 impl std::fmt::Debug for Decoder<'_> {
@@ -57,6 +60,7 @@ impl std::fmt::Debug for Decoder<'_> {
             .field("max_depth", &self.max_depth)
             .field("max_output", &self.max_output)
             .field("output_left", &self.output_left)
+            .field("max_copies", &self.max_copies)
             .finish_non_exhaustive()
     }
 }
@@ -71,6 +75,8 @@ impl<'a> Decoder<'a> {
             max_depth: DEFAULT_MAX_DEPTH,
             max_output: output,
             output_left: output,
+            max_copies: usize::MAX,
+            copies_left: usize::MAX,
         }
     }
 
@@ -100,6 +106,20 @@ impl<'a> Decoder<'a> {
         self
     }
 
+    /// Caps, in bytes counted as for [`Decoder::with_max_output`], the part
+    /// of the output that repeats an object the pickle shares: a memo
+    /// reference (`GET`) to an object already built makes a second copy of
+    /// it in the tree, which is how a few bytes of input can stand for
+    /// megabytes of output. Unlimited by default (only the output budget
+    /// applies). Pickles written without a memo (ZEO's messages, Python's
+    /// pickler in fast mode) make no copies, so a tight cap here bounds
+    /// amplification without refusing large trees of fresh values.
+    pub fn with_max_copied_output(mut self, bytes: usize) -> Self {
+        self.max_copies = bytes;
+        self.copies_left = bytes;
+        self
+    }
+
     /// Caps the decoder's own working memory (its stack, memo and the
     /// objects under construction), estimated in bytes; past it decoding
     /// fails with [`Error::LimitExceeded`]. Unlimited by default: the
@@ -117,13 +137,17 @@ impl<'a> Decoder<'a> {
         let mut m = Materializer {
             machine: &self.machine,
             on_path: vec![false; self.machine.arena.len()],
+            built: vec![false; self.machine.arena.len()],
             output_left: self.output_left,
             max_output: self.max_output,
+            copies_left: self.copies_left,
+            max_copies: self.max_copies,
             max_depth: self.max_depth,
             offset: self.machine.position(),
         };
         let v = m.value(root, 0)?;
         self.output_left = m.output_left;
+        self.copies_left = m.copies_left;
         Ok(v)
     }
 
@@ -195,33 +219,49 @@ struct Materializer<'m, 'a> {
     /// Nodes between the root and the node being built: meeting one again
     /// means the structure contains itself.
     on_path: Vec<bool>,
+    /// Nodes already built once: building one again is a copy.
+    built: Vec<bool>,
     output_left: usize,
     max_output: usize,
+    copies_left: usize,
+    max_copies: usize,
     max_depth: usize,
     offset: usize,
 }
 
 /// Work items of the materializer.
 enum Task {
-    /// Produce the value of this item (pushing it on the value stack).
-    Visit(Item, usize),
+    /// Produce the value of this item (pushing it on the value stack), at
+    /// this depth; `true` when it is part of a copy of a shared object.
+    Visit(Item, usize, bool),
     /// The children of this node are on the value stack: assemble it.
     Finish(NodeId),
 }
 
 impl Materializer<'_, '_> {
-    fn charge(&mut self, payload: usize) -> Result<(), Error> {
+    fn charge(&mut self, payload: usize, copy: bool) -> Result<(), Error> {
         let cost = std::mem::size_of::<Value>().saturating_add(payload);
         match self.output_left.checked_sub(cost) {
-            Some(left) => {
-                self.output_left = left;
-                Ok(())
+            Some(left) => self.output_left = left,
+            None => {
+                return Err(Error::LimitExceeded {
+                    offset: self.offset,
+                    what: format!("decoded output over {} bytes", self.max_output),
+                })
             }
-            None => Err(Error::LimitExceeded {
-                offset: self.offset,
-                what: format!("decoded output over {} bytes", self.max_output),
-            }),
         }
+        if copy {
+            match self.copies_left.checked_sub(cost) {
+                Some(left) => self.copies_left = left,
+                None => {
+                    return Err(Error::LimitExceeded {
+                        offset: self.offset,
+                        what: format!("copies of shared objects over {} bytes", self.max_copies),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     fn dangling(&self) -> Error {
@@ -230,12 +270,12 @@ impl Materializer<'_, '_> {
 
     fn value(&mut self, root: Item, depth: usize) -> Result<Value, Error> {
         let machine = self.machine;
-        let mut tasks = vec![Task::Visit(root, depth)];
+        let mut tasks = vec![Task::Visit(root, depth, false)];
         let mut values: Vec<Value> = Vec::new();
         while let Some(task) = tasks.pop() {
             match task {
-                Task::Visit(item, depth) => {
-                    self.charge(0)?;
+                Task::Visit(item, depth, copy) => {
+                    self.charge(0, copy)?;
                     let id = match item {
                         Item::None => {
                             values.push(Value::None);
@@ -262,6 +302,10 @@ impl Materializer<'_, '_> {
                         });
                     }
                     let node = machine.node(id).ok_or_else(|| self.dangling())?;
+                    let copy = match self.built.get_mut(id) {
+                        Some(built) => copy || std::mem::replace(built, true),
+                        None => return Err(self.dangling()),
+                    };
                     let leaf = match node {
                         Node::BigInt(b) => Some((b.len(), Value::BigInt(b.clone()))),
                         Node::Bytes(b) => Some((b.len(), Value::Bytes(b.to_vec()))),
@@ -277,7 +321,7 @@ impl Materializer<'_, '_> {
                         _ => None,
                     };
                     if let Some((payload, v)) = leaf {
-                        self.charge(payload)?;
+                        self.charge(payload, copy)?;
                         values.push(v);
                         continue;
                     }
@@ -294,12 +338,12 @@ impl Materializer<'_, '_> {
                     let d = depth + 1;
                     // Children are pushed last-first so they finish in order.
                     let visit = |tasks: &mut Vec<Task>, items: &[Item]| {
-                        tasks.extend(items.iter().rev().map(|&i| Task::Visit(i, d)));
+                        tasks.extend(items.iter().rev().map(|&i| Task::Visit(i, d, copy)));
                     };
                     let visit_pairs = |tasks: &mut Vec<Task>, items: &[(Item, Item)]| {
                         for &(k, v) in items.iter().rev() {
-                            tasks.push(Task::Visit(v, d));
-                            tasks.push(Task::Visit(k, d));
+                            tasks.push(Task::Visit(v, d, copy));
+                            tasks.push(Task::Visit(k, d, copy));
                         }
                     };
                     match node {
@@ -313,11 +357,11 @@ impl Materializer<'_, '_> {
                         Node::PersistentId(pid) => visit(&mut tasks, &[*pid]),
                         Node::ListItems { object, items } => {
                             visit(&mut tasks, items);
-                            tasks.push(Task::Visit(*object, d));
+                            tasks.push(Task::Visit(*object, d, copy));
                         }
                         Node::DictItems { object, items } => {
                             visit_pairs(&mut tasks, items);
-                            tasks.push(Task::Visit(*object, d));
+                            tasks.push(Task::Visit(*object, d, copy));
                         }
                         Node::BigInt(_)
                         | Node::Bytes(_)

@@ -23,6 +23,22 @@
 //!   can only copy, so there the decoder's working memory and its output
 //!   each get [`MESSAGE_BUDGET_BASE`] plus one byte per input byte: a memo
 //!   bomb costs at most about three times its size on top of the frame.
+//!
+//!   Those are a server's budgets, for requests from peers it does not
+//!   trust. A client reads replies from the server it chose, and some are
+//!   legitimately large trees of short strings (an `undoLog` or `history`
+//!   of thousands of entries, dicts whose keys cost more as values than as
+//!   bytes), so on the client side both budgets grow by
+//!   [`CLIENT_BYTES_PER_INPUT_BYTE`] per input byte instead: memory stays
+//!   proportional to a frame, which `max-message-size` bounds. What memo
+//!   references copy is capped apart, on both sides, at
+//!   [`MESSAGE_BUDGET_BASE`] plus one byte per input byte
+//!   ([`copy_budget`]): ZEO peers pickle messages without a memo, so only
+//!   an attacker's message makes copies, and a memo bomb costs at most
+//!   about three times its size on top of the frame whichever side reads
+//!   it.
+
+use crate::pickle::Side;
 
 /// Deepest nesting of a decoded message (the message tuple itself is level
 /// one). See the module documentation for why 64.
@@ -36,14 +52,32 @@ pub const MESSAGE_BUDGET_BASE: usize = 4 << 20;
 /// reader, msgpack).
 pub const PLAIN_BYTES_PER_INPUT_BYTE: usize = 8;
 
-/// Output budget of a plain-data decoder for an `input_len`-byte message.
-pub(crate) fn plain_budget(input_len: usize) -> usize {
-    MESSAGE_BUDGET_BASE.saturating_add(input_len.saturating_mul(PLAIN_BYTES_PER_INPUT_BYTE))
+/// Per input byte part of both budgets when a client decodes a reply.
+pub const CLIENT_BYTES_PER_INPUT_BYTE: usize = 16;
+
+/// Output budget of a plain-data decoder for an `input_len`-byte message
+/// decoded by `side`.
+pub(crate) fn plain_budget(input_len: usize, side: Side) -> usize {
+    let per_byte = match side {
+        Side::Server => PLAIN_BYTES_PER_INPUT_BYTE,
+        Side::Client => CLIENT_BYTES_PER_INPUT_BYTE,
+    };
+    MESSAGE_BUDGET_BASE.saturating_add(input_len.saturating_mul(per_byte))
 }
 
 /// Working-memory and output budget (each) of the generic pickle decoder
-/// for an `input_len`-byte message.
-pub(crate) fn shared_budget(input_len: usize) -> usize {
+/// for an `input_len`-byte message decoded by `side`.
+pub(crate) fn shared_budget(input_len: usize, side: Side) -> usize {
+    let per_byte = match side {
+        Side::Server => 1,
+        Side::Client => CLIENT_BYTES_PER_INPUT_BYTE,
+    };
+    MESSAGE_BUDGET_BASE.saturating_add(input_len.saturating_mul(per_byte))
+}
+
+/// Budget for the copies memo references make (see the module
+/// documentation), either side.
+pub(crate) fn copy_budget(input_len: usize) -> usize {
     MESSAGE_BUDGET_BASE.saturating_add(input_len)
 }
 

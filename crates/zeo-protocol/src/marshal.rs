@@ -44,6 +44,12 @@ impl Marshaller {
         Self::new(encoding, Side::Client)
     }
 
+    /// Which peer this marshaller decodes for (its global policy and
+    /// budgets).
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
     /// The encoding in use.
     pub fn encoding(&self) -> Encoding {
         self.encoding
@@ -88,7 +94,7 @@ impl Marshaller {
     pub fn decode(&self, payload: &[u8]) -> Result<Message> {
         let value = match self.encoding {
             Encoding::Pickle => pickle::decode_message_value(payload, self.side)?,
-            Encoding::Msgpack => msgpack::decode_value(payload)?,
+            Encoding::Msgpack => msgpack::decode_value_for(payload, self.side)?,
         };
         Message::from_value(value)
     }

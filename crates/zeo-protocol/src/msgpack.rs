@@ -12,6 +12,7 @@ use zeo_pickle::Value;
 
 use crate::error::{Error, Result};
 use crate::limits::{plain_budget, MAX_MESSAGE_DEPTH, VALUE_COST};
+use crate::pickle::Side;
 
 const ENCODING: &str = "msgpack";
 
@@ -219,10 +220,16 @@ pub(crate) fn uint_value(u: u64) -> Value {
 /// thread's stack. Containers grow as their elements arrive (a claimed
 /// length reserves at most [`MAX_PRESIZE`] slots), and what is built is
 /// charged against the plain-data budget of [`crate::limits`].
+#[cfg(test)]
 pub fn decode_value(data: &[u8]) -> Result<Value> {
+    decode_value_for(data, Side::Server)
+}
+
+/// [`decode_value`] under the budget of `side` ([`crate::limits`]).
+pub fn decode_value_for(data: &[u8], side: Side) -> Result<Value> {
     let mut reader = Reader { data, pos: 0 };
     let mut open: Vec<Open> = Vec::new();
-    let budget = plain_budget(data.len());
+    let budget = plain_budget(data.len(), side);
     let mut spent = 0usize;
     let value = 'outer: loop {
         let item = reader.item()?;

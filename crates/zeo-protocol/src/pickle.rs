@@ -15,7 +15,7 @@
 use zeo_pickle::{Decoder, Protocol, Value};
 
 use crate::error::{Error, Result};
-use crate::limits::{shared_budget, MAX_MESSAGE_DEPTH};
+use crate::limits::{copy_budget, shared_budget, MAX_MESSAGE_DEPTH};
 use crate::message::Message;
 
 const ENCODING: &str = "pickle";
@@ -299,7 +299,7 @@ mod direct {
     /// than [`MAX_MESSAGE_DEPTH`] is refused on the spot, so no value
     /// deeper than that ever exists (dropping one recurses per level).
     /// What it builds is charged against [`plain_budget`].
-    pub fn decode(data: &[u8]) -> Result<Value, Refusal> {
+    pub fn decode(data: &[u8], side: super::Side) -> Result<Value, Refusal> {
         use Refusal::Unhandled;
         if data.first() != Some(&PROTO) {
             return Err(Unhandled);
@@ -312,7 +312,7 @@ mod direct {
         // Stack heights at each open MARK.
         let mut marks: Vec<usize> = Vec::new();
         let mut pos = 0usize;
-        let budget = plain_budget(data.len());
+        let budget = plain_budget(data.len(), side);
         let mut spent = 0usize;
         let take = |pos: &mut usize, n: usize| -> Result<&[u8], Refusal> {
             let end = pos.checked_add(n).ok_or(Unhandled)?;
@@ -521,7 +521,7 @@ mod direct {
 ///
 /// Both readers enforce the limits of [`crate::limits`].
 pub(crate) fn decode_message_value(data: &[u8], side: Side) -> Result<Value> {
-    match direct::decode(data) {
+    match direct::decode(data, side) {
         Ok(value) => Ok(value),
         Err(direct::Refusal::Limit(limit)) => Err(Error::limit(ENCODING, limit)),
         Err(direct::Refusal::Unhandled) => decode_generic(data, side),
@@ -529,12 +529,13 @@ pub(crate) fn decode_message_value(data: &[u8], side: Side) -> Result<Value> {
 }
 
 /// The generic decoder with the limits a message gets.
-fn message_decoder(data: &[u8]) -> Decoder<'_> {
-    let budget = shared_budget(data.len());
+fn message_decoder(data: &[u8], side: Side) -> Decoder<'_> {
+    let budget = shared_budget(data.len(), side);
     Decoder::new(data)
         .with_max_depth(MAX_MESSAGE_DEPTH)
         .with_max_work(budget)
         .with_max_output(budget)
+        .with_max_copied_output(copy_budget(data.len()))
 }
 
 /// [`decode_message_value`] without the direct reader.
@@ -543,7 +544,7 @@ fn decode_generic(data: &[u8], side: Side) -> Result<Value> {
         Side::Server => zeo_pickle::zeo_server_find_global,
         Side::Client => client_find_global,
     };
-    let mut value = message_decoder(data)
+    let mut value = message_decoder(data, side)
         .with_find_global(policy)
         .next_pickle()
         .map_err(map_err)?;
@@ -555,7 +556,7 @@ fn decode_generic(data: &[u8], side: Side) -> Result<Value> {
 /// which ZODB unpickles freely), under a message's limits since a peer
 /// sent it.
 pub(crate) fn decode_any(data: &[u8]) -> Result<Value> {
-    let mut d = message_decoder(data);
+    let mut d = message_decoder(data, Side::Server);
     let value = d.next_pickle().map_err(map_err)?;
     if !d.is_at_end() {
         return Err(map_err(zeo_pickle::Error::TrailingData {
@@ -824,7 +825,7 @@ mod tests {
     /// Where the direct reader answers, the generic decoder gives the
     /// same value.
     fn check_decoders_agree(data: &[u8]) -> std::result::Result<(), TestCaseError> {
-        if let Ok(direct) = direct::decode(data) {
+        if let Ok(direct) = direct::decode(data, Side::Server) {
             for side in [Side::Server, Side::Client] {
                 let generic = decode_generic(data, side).map_err(|e| e.to_string());
                 prop_assert_eq!(&generic, &Ok(direct.clone()), "{:02x?}", data);
@@ -843,7 +844,7 @@ mod tests {
             // A message of plain data never needs the generic decoder.
             let whole = msg.to_value();
             if direct::size(&whole, 0).is_some() && !has_dict(&whole) {
-                prop_assert!(direct::decode(&data).is_ok());
+                prop_assert!(direct::decode(&data, Side::Server).is_ok());
             }
         }
 
@@ -898,7 +899,7 @@ mod tests {
         ];
         for msg in messages {
             let data = encode_message(&msg).unwrap();
-            let direct = direct::decode(&data).expect("read directly");
+            let direct = direct::decode(&data, Side::Server).expect("read directly");
             assert_eq!(Message::from_value(direct).unwrap(), msg);
             check_decoders_agree(&data).unwrap();
         }

@@ -200,3 +200,39 @@ fn an_oversized_frame_names_max_message_size() {
         "frame of 1025 bytes exceeds max-message-size 1024"
     );
 }
+
+/// An `undoLog` reply as a ZEO server sends it: thousands of small dicts
+/// with short keys, a tree that costs many times its bytes once decoded.
+fn undo_log_reply(entries: usize) -> Message {
+    let entry = |i: usize| {
+        Value::Dict(vec![
+            (Value::str("id"), Value::bytes((i as u64).to_be_bytes())),
+            (Value::str("time"), Value::Float(1.7e9 + i as f64)),
+            (Value::str("user_name"), Value::str("")),
+            (Value::str("description"), Value::str("")),
+            (Value::str("size"), Value::Int(120)),
+        ])
+    };
+    Message::reply(
+        Value::Int(7),
+        Value::List((0..entries).map(entry).collect()),
+    )
+}
+
+#[test]
+fn a_client_reads_large_trees_of_small_values_from_its_server() {
+    for encoding in [Encoding::Pickle, Encoding::Msgpack] {
+        let reply = undo_log_reply(100_000);
+        let payload = Marshaller::server(encoding).encode(&reply).unwrap();
+        let decoded = Marshaller::client(encoding).decode(&payload).unwrap();
+        assert_eq!(
+            decoded
+                .args
+                .as_list()
+                .or(decoded.args.as_tuple())
+                .map(<[Value]>::len),
+            Some(100_000),
+            "{encoding:?}"
+        );
+    }
+}

@@ -186,11 +186,9 @@ fn deep_pickle_frames_close_only_their_connection() {
     // the generic decoder each take.
     let mut list_bomb = vec![0x80, 3];
     for _ in 0..50_000 {
-        list_bomb.extend_from_slice(&[b']', b'(']);
+        list_bomb.extend_from_slice(b"](");
     }
-    for _ in 0..50_000 {
-        list_bomb.push(b'e');
-    }
+    list_bomb.extend(std::iter::repeat_n(b'e', 50_000));
     list_bomb.push(b'.');
     let attacks = [
         deep_tuple_pickle(50_000),
