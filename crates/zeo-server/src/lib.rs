@@ -42,5 +42,8 @@ pub mod stats;
 pub mod txn_log;
 
 pub use error::{Error, Result};
-pub use server::{BoundAddress, ListenAddress, Server, ServerBuilder, ServerHandle};
+pub use server::{
+    BackgroundServer, BoundAddress, ListenAddress, RunningServer, Server, ServerBuilder,
+    ServerHandle,
+};
 pub use settings::ServerSettings;
