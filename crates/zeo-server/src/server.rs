@@ -485,7 +485,7 @@ impl ServerHandle {
     /// Starts a graceful shutdown: stop accepting, let a commit between vote
     /// and finish complete for a few seconds, abort the other transactions,
     /// close every connection, close the storages. [`Server::serve`] returns
-    /// when that is done.
+    /// when that is done, and [`ServerHandle::stopped`] waits for it.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
     }
