@@ -769,7 +769,8 @@ impl Drop for RunningServer {
 /// [`Server::start_background`], for programs that are not async.
 /// [`BackgroundServer::shutdown`] (or dropping it outside async code) stops
 /// it and waits until the storages are closed; dropped inside async code,
-/// it only starts the shutdown and stops its runtime without waiting.
+/// it starts the shutdown, which finishes on a thread of its own
+/// ([`ServerHandle::stopped`] tells when).
 #[must_use = "dropping a BackgroundServer shuts the server down"]
 pub struct BackgroundServer {
     /// Both `None` once shut down.
@@ -819,15 +820,37 @@ impl BackgroundServer {
 
 impl Drop for BackgroundServer {
     fn drop(&mut self) {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            // Blocking here would panic: start the shutdown and leave the
-            // runtime's threads to get as far as they can.
-            drop(self.running.take());
-            if let Some(runtime) = self.runtime.take() {
+        if tokio::runtime::Handle::try_current().is_err() {
+            if let Err(err) = self.stop() {
+                tracing::error!(%err, "shutting down the server");
+            }
+            return;
+        }
+        // Blocking inside async code would panic: the shutdown finishes on
+        // a thread of its own, and `ServerHandle::stopped` tells when.
+        let (Some(runtime), Some(running)) = (self.runtime.take(), self.running.take()) else {
+            return;
+        };
+        running.handle.shutdown();
+        // Shared rather than moved in: a thread that fails to start drops
+        // its closure here, and a runtime dropped in async code panics.
+        let cell = Arc::new(Mutex::new(Some((runtime, running))));
+        let on_thread = cell.clone();
+        let spawned = std::thread::Builder::new()
+            .name("zeo-server-shutdown".into())
+            .spawn(move || {
+                let Some((runtime, running)) = lock(&on_thread).take() else {
+                    return;
+                };
+                if let Err(err) = runtime.block_on(running.shutdown()) {
+                    tracing::error!(%err, "shutting down the server");
+                }
+            });
+        if spawned.is_err() {
+            if let Some((runtime, running)) = lock(&cell).take() {
+                drop(running);
                 runtime.shutdown_background();
             }
-        } else if let Err(err) = self.stop() {
-            tracing::error!(%err, "shutting down the server");
         }
     }
 }

@@ -213,3 +213,21 @@ fn dropping_a_background_server_outside_async_code_waits_for_the_storages() {
     assert!(handle.is_stopped());
     open_writable(&path).expect("the lock is released once the drop returns");
 }
+
+#[tokio::test]
+async fn dropping_a_background_server_inside_async_code_still_closes_the_storages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Data.fs");
+    let server = ServerBuilder::new(ServerSettings::default())
+        .storage("1", Arc::new(open_writable(&path).unwrap()))
+        .build()
+        .unwrap();
+    server.bind(&ListenAddress::localhost(0)).unwrap();
+    let background = server.start_background().unwrap();
+    let handle = background.handle().clone();
+    drop(background); // must not panic although this is async code
+    tokio::time::timeout(WAIT, handle.stopped())
+        .await
+        .expect("the shutdown finishes on its own thread");
+    open_writable(&path).expect("the storage was closed, not merely dropped");
+}
