@@ -37,6 +37,29 @@ impl ServerAddress {
     }
 }
 
+impl From<std::net::SocketAddr> for ServerAddress {
+    /// Connects to this IP address and port, e.g. what an embedded
+    /// server's `BoundAddress::tcp()` reports.
+    fn from(addr: std::net::SocketAddr) -> Self {
+        ServerAddress::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl From<PathBuf> for ServerAddress {
+    fn from(path: PathBuf) -> Self {
+        ServerAddress::Unix(path)
+    }
+}
+
+impl From<&std::path::Path> for ServerAddress {
+    fn from(path: &std::path::Path) -> Self {
+        ServerAddress::Unix(path.to_owned())
+    }
+}
+
 impl fmt::Display for ServerAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -50,6 +50,11 @@ pub enum Error {
     #[error("the server is already serving")]
     AlreadyServing,
 
+    /// The task serving the server ended before its shutdown finished
+    /// (its runtime shut down, or it was aborted).
+    #[error("the server task ended before its shutdown finished: {0}")]
+    Stopped(String),
+
     /// Closing a storage at shutdown failed.
     #[error("closing storage {name:?}: {source}")]
     Close {

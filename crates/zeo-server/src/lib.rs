@@ -3,8 +3,9 @@
 //! Serves [`zeo_storage::Storage`] implementations to Python ZEO 5/6 clients
 //! (and ours) over TCP or Unix sockets, on the host's tokio runtime:
 //!
-//! ```no_run
-//! # async fn run() -> Result<(), zeo_server::Error> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), zeo_server::Error> {
 //! use std::sync::Arc;
 //! use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
 //! use zeo_storage::MappingStorage;
@@ -14,9 +15,18 @@
 //!     .build()?;
 //! let bound = server.bind(&ListenAddress::localhost(0))?;
 //! println!("listening on {}", bound[0]);
-//! server.serve(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! let running = server.spawn();
+//! assert_eq!(running.port(), bound[0].port());
+//! // ... clients connect to 127.0.0.1 on that port ...
+//! running.shutdown().await // the storages are closed once this returns
 //! # }
 //! ```
+//!
+//! [`Server::spawn`] returns a [`RunningServer`] whose `shutdown().await`
+//! waits until every storage is closed; [`Server::serve`] runs the same
+//! loop in place until a given future resolves; programs that are not async
+//! use [`Server::start_background`]. `docs/server.md` ("Embedding it")
+//! walks through a complete program with a client.
 //!
 //! Each connection runs in its own task, with a writer task draining an
 //! ordered outbox. Each storage has a [`hub::StorageHub`]: the commit lock
@@ -42,5 +52,24 @@ pub mod stats;
 pub mod txn_log;
 
 pub use error::{Error, Result};
-pub use server::{BoundAddress, ListenAddress, Server, ServerBuilder, ServerHandle};
+pub use server::{
+    BackgroundServer, BoundAddress, ListenAddress, RunningServer, Server, ServerBuilder,
+    ServerHandle,
+};
 pub use settings::ServerSettings;
+
+/// The Rust examples of `docs/server.md`, compiled and run as
+/// documentation tests so that the guide cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/server.md")]
+pub struct ServerGuide;
+
+/// The Rust examples of `docs/configuration.md`, should it grow any.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/configuration.md")]
+pub struct ConfigurationGuide;
+
+/// The Rust examples of the top-level `README.md`, should it grow any.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct Readme;

@@ -44,6 +44,54 @@ impl ListenAddress {
             port,
         }
     }
+
+    /// The TCP port asked for (0 meaning "any free port"), `None` for a
+    /// Unix socket.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            ListenAddress::Tcp { port, .. } => Some(*port),
+            ListenAddress::Unix(_) => None,
+        }
+    }
+}
+
+impl From<SocketAddr> for ListenAddress {
+    /// Listens on exactly this IP address and port.
+    fn from(addr: SocketAddr) -> Self {
+        ListenAddress::Tcp {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl From<PathBuf> for ListenAddress {
+    fn from(path: PathBuf) -> Self {
+        ListenAddress::Unix(path)
+    }
+}
+
+impl From<&Path> for ListenAddress {
+    fn from(path: &Path) -> Self {
+        ListenAddress::Unix(path.to_owned())
+    }
+}
+
+impl From<&BoundAddress> for ListenAddress {
+    /// The same address again, with the port the system picked: what a
+    /// restarted server binds to be found where the previous one was.
+    fn from(bound: &BoundAddress) -> Self {
+        match bound {
+            BoundAddress::Tcp(addr) => (*addr).into(),
+            BoundAddress::Unix(path) => path.as_path().into(),
+        }
+    }
+}
+
+impl From<BoundAddress> for ListenAddress {
+    fn from(bound: BoundAddress) -> Self {
+        (&bound).into()
+    }
 }
 
 impl FromStr for ListenAddress {
@@ -100,6 +148,41 @@ pub enum BoundAddress {
     Unix(PathBuf),
 }
 
+impl BoundAddress {
+    /// The TCP port listened on (the one the system picked when asked for
+    /// port 0), `None` for a Unix socket.
+    pub fn port(&self) -> Option<u16> {
+        self.tcp().map(|addr| addr.port())
+    }
+
+    /// The TCP socket address, `None` for a Unix socket. A client connects
+    /// to it as is (`zeo_client::ServerAddress` converts `From` it), except
+    /// that a server listening on every interface reports `0.0.0.0` or
+    /// `::`, where a local client connects to the loopback address and
+    /// [`BoundAddress::port`].
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            BoundAddress::Tcp(addr) => Some(*addr),
+            BoundAddress::Unix(_) => None,
+        }
+    }
+
+    /// The Unix socket's path, `None` for TCP. `zeo_client::ServerAddress`
+    /// converts `From` it.
+    pub fn unix(&self) -> Option<&Path> {
+        match self {
+            BoundAddress::Tcp(_) => None,
+            BoundAddress::Unix(path) => Some(path),
+        }
+    }
+}
+
+impl From<SocketAddr> for BoundAddress {
+    fn from(addr: SocketAddr) -> Self {
+        BoundAddress::Tcp(addr)
+    }
+}
+
 impl fmt::Display for BoundAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -114,6 +197,9 @@ pub(crate) struct Shared {
     pub(crate) settings: ServerSettings,
     pub(crate) hubs: BTreeMap<String, Arc<StorageHub>>,
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when [`Server::serve`] returns (the storages are closed
+    /// by then) or is dropped.
+    stopped: CancellationToken,
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) budget: Arc<OutputBudget>,
     connections: Mutex<ConnectionCount>,
@@ -308,6 +394,7 @@ impl ServerBuilder {
                 settings: self.settings,
                 hubs,
                 shutdown: CancellationToken::new(),
+                stopped: CancellationToken::new(),
                 next_conn_id: AtomicU64::new(1),
                 bound: Mutex::new(Vec::new()),
             }),
@@ -398,7 +485,7 @@ impl ServerHandle {
     /// Starts a graceful shutdown: stop accepting, let a commit between vote
     /// and finish complete for a few seconds, abort the other transactions,
     /// close every connection, close the storages. [`Server::serve`] returns
-    /// when that is done.
+    /// when that is done, and [`ServerHandle::stopped`] waits for it.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
     }
@@ -406,6 +493,25 @@ impl ServerHandle {
     /// The addresses the server listens on.
     pub fn local_addrs(&self) -> Vec<BoundAddress> {
         lock(&self.shared.bound).clone()
+    }
+
+    /// The first TCP port the server listens on (the one the system picked
+    /// for port 0), `None` if it listens on Unix sockets only.
+    pub fn port(&self) -> Option<u16> {
+        first_port(&self.shared)
+    }
+
+    /// Waits until [`Server::serve`] has finished: listeners closed, every
+    /// connection gone, every storage closed (or `serve` failed or was
+    /// dropped). Never resolves if the server is never served.
+    pub async fn stopped(&self) {
+        self.shared.stopped.cancelled().await;
+    }
+
+    /// Whether [`Server::serve`] has finished (see
+    /// [`ServerHandle::stopped`]).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.is_cancelled()
     }
 
     /// Bytes of output queued for clients and not yet written, over all
@@ -429,6 +535,10 @@ impl ServerHandle {
     pub fn status(&self, storage: &str) -> Option<zeo_protocol::ServerStatus> {
         self.shared.hubs.get(storage).map(|h| h.status())
     }
+}
+
+fn first_port(shared: &Shared) -> Option<u16> {
+    lock(&shared.bound).iter().find_map(BoundAddress::port)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -469,6 +579,50 @@ impl Server {
         lock(&self.shared.bound).clone()
     }
 
+    /// The first TCP port bound so far (the one the system picked for port
+    /// 0), `None` if only Unix sockets are bound.
+    pub fn port(&self) -> Option<u16> {
+        first_port(&self.shared)
+    }
+
+    /// Serves in a task of the current tokio runtime until
+    /// [`RunningServer::shutdown`] (or [`ServerHandle::shutdown`], or
+    /// dropping the [`RunningServer`]). Bind first: what is bound is
+    /// listened on as soon as this returns.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as `tokio::spawn` does; use
+    /// [`Server::spawn_on`] or [`Server::start_background`] there.
+    pub fn spawn(self) -> RunningServer {
+        self.spawn_on(&tokio::runtime::Handle::current())
+    }
+
+    /// Like [`Server::spawn`], on the given runtime.
+    pub fn spawn_on(self, runtime: &tokio::runtime::Handle) -> RunningServer {
+        let handle = self.handle();
+        let task = runtime.spawn(self.serve(std::future::pending()));
+        RunningServer {
+            handle,
+            task: Some(task),
+        }
+    }
+
+    /// Serves on a runtime of its own (a multi-threaded tokio runtime,
+    /// threads named `zeo-server`), for programs that are not async:
+    /// [`BackgroundServer::shutdown`] stops it and closes the storages.
+    pub fn start_background(self) -> Result<BackgroundServer> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("zeo-server")
+            .build()?;
+        let running = self.spawn_on(runtime.handle());
+        Ok(BackgroundServer {
+            runtime: Some(runtime),
+            running: Some(running),
+        })
+    }
+
     /// A handle to shut the server down from elsewhere.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
@@ -480,6 +634,9 @@ impl Server {
     /// [`ServerHandle::shutdown`] is called, then shuts down gracefully and
     /// closes the storages. Runs on the caller's tokio runtime.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        // Whichever way this returns, or if it is dropped, waiters on
+        // `ServerHandle::stopped` must not wait forever.
+        let _stopped = self.shared.stopped.clone().drop_guard();
         let listeners = std::mem::take(&mut *lock(&self.listeners));
         self.bind_monitor()?;
         let monitors = lock(&self.monitors).take().unwrap_or_default();
@@ -550,6 +707,151 @@ impl Server {
             }
         }
         result
+    }
+}
+
+/// A server serving in a task, from [`Server::spawn`]: shut it down with
+/// [`RunningServer::shutdown`], which returns once the storages are closed.
+/// Dropping it starts the shutdown without waiting for it.
+#[must_use = "dropping a RunningServer shuts the server down"]
+pub struct RunningServer {
+    handle: ServerHandle,
+    /// `None` once awaited.
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl RunningServer {
+    /// A handle for signal handlers and status queries; it outlives this.
+    pub fn handle(&self) -> &ServerHandle {
+        &self.handle
+    }
+
+    /// The addresses the server listens on.
+    pub fn local_addrs(&self) -> Vec<BoundAddress> {
+        self.handle.local_addrs()
+    }
+
+    /// The first TCP port the server listens on, `None` if it listens on
+    /// Unix sockets only.
+    pub fn port(&self) -> Option<u16> {
+        self.handle.port()
+    }
+
+    /// Shuts the server down gracefully (see [`ServerHandle::shutdown`])
+    /// and waits until every connection and storage is closed; a storage
+    /// that fails to close is the error returned.
+    pub async fn shutdown(self) -> Result<()> {
+        self.handle.shutdown();
+        self.wait().await
+    }
+
+    /// Waits until the server stops for another reason (a
+    /// [`ServerHandle::shutdown`] elsewhere), with the storages closed.
+    pub async fn wait(mut self) -> Result<()> {
+        let task = self.task.take().expect("awaited only once");
+        match task.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => Err(Error::Stopped(err.to_string())),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.handle.shutdown();
+        }
+    }
+}
+
+/// A server serving on a runtime of its own, from
+/// [`Server::start_background`], for programs that are not async.
+/// [`BackgroundServer::shutdown`] (or dropping it outside async code) stops
+/// it and waits until the storages are closed; dropped inside async code,
+/// it starts the shutdown, which finishes on a thread of its own
+/// ([`ServerHandle::stopped`] tells when).
+#[must_use = "dropping a BackgroundServer shuts the server down"]
+pub struct BackgroundServer {
+    /// Both `None` once shut down.
+    runtime: Option<tokio::runtime::Runtime>,
+    running: Option<RunningServer>,
+}
+
+impl BackgroundServer {
+    /// A handle for status queries and shutdown from elsewhere.
+    pub fn handle(&self) -> &ServerHandle {
+        self.running().handle()
+    }
+
+    /// The addresses the server listens on.
+    pub fn local_addrs(&self) -> Vec<BoundAddress> {
+        self.running().local_addrs()
+    }
+
+    /// The first TCP port the server listens on, `None` if it listens on
+    /// Unix sockets only.
+    pub fn port(&self) -> Option<u16> {
+        self.running().port()
+    }
+
+    /// Shuts the server down gracefully and blocks until every connection
+    /// and storage is closed, then stops the runtime.
+    ///
+    /// # Panics
+    ///
+    /// When called from async code (blocking there would stall its
+    /// runtime); async programs use [`Server::spawn`].
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    fn running(&self) -> &RunningServer {
+        self.running.as_ref().expect("present until shut down")
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let (Some(runtime), Some(running)) = (self.runtime.take(), self.running.take()) else {
+            return Ok(());
+        };
+        runtime.block_on(running.shutdown())
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            if let Err(err) = self.stop() {
+                tracing::error!(%err, "shutting down the server");
+            }
+            return;
+        }
+        // Blocking inside async code would panic: the shutdown finishes on
+        // a thread of its own, and `ServerHandle::stopped` tells when.
+        let (Some(runtime), Some(running)) = (self.runtime.take(), self.running.take()) else {
+            return;
+        };
+        running.handle.shutdown();
+        // Shared rather than moved in: a thread that fails to start drops
+        // its closure here, and a runtime dropped in async code panics.
+        let cell = Arc::new(Mutex::new(Some((runtime, running))));
+        let on_thread = cell.clone();
+        let spawned = std::thread::Builder::new()
+            .name("zeo-server-shutdown".into())
+            .spawn(move || {
+                let Some((runtime, running)) = lock(&on_thread).take() else {
+                    return;
+                };
+                if let Err(err) = runtime.block_on(running.shutdown()) {
+                    tracing::error!(%err, "shutting down the server");
+                }
+            });
+        if spawned.is_err() {
+            if let Some((runtime, running)) = lock(&cell).take() {
+                drop(running);
+                runtime.shutdown_background();
+            }
+        }
     }
 }
 
@@ -695,5 +997,37 @@ mod tests {
         assert!("host:http".parse::<ListenAddress>().is_err());
         assert!("".parse::<ListenAddress>().is_err());
         assert!("99999".parse::<ListenAddress>().is_err());
+    }
+
+    #[test]
+    fn bound_addresses_tell_their_port_and_convert() {
+        let v4: SocketAddr = "127.0.0.1:8100".parse().unwrap();
+        let v6: SocketAddr = "[::1]:8101".parse().unwrap();
+        let tcp = BoundAddress::from(v4);
+        assert_eq!(tcp.port(), Some(8100));
+        assert_eq!(tcp.tcp(), Some(v4));
+        assert_eq!(tcp.unix(), None);
+        assert_eq!(tcp.to_string(), "127.0.0.1:8100");
+        assert_eq!(ListenAddress::from(&tcp), ListenAddress::localhost(8100));
+
+        let unix = BoundAddress::Unix("/run/zeo.sock".into());
+        assert_eq!(unix.port(), None);
+        assert_eq!(unix.tcp(), None);
+        assert_eq!(unix.unix(), Some(Path::new("/run/zeo.sock")));
+        assert_eq!(
+            ListenAddress::from(unix.clone()),
+            ListenAddress::Unix("/run/zeo.sock".into())
+        );
+        assert_eq!(ListenAddress::from(unix).port(), None);
+
+        // Displayed, an IPv6 address parses back to the same listen address.
+        let listen = ListenAddress::from(BoundAddress::Tcp(v6));
+        assert_eq!(listen.port(), Some(8101));
+        assert_eq!(listen.to_string(), "[::1]:8101");
+        assert_eq!(listen.to_string().parse::<ListenAddress>().unwrap(), listen);
+        assert_eq!(
+            ListenAddress::from(PathBuf::from("var/zeo.sock")).to_string(),
+            "var/zeo.sock"
+        );
     }
 }
