@@ -118,8 +118,13 @@ impl Value {
     }
 
     /// A ZODB persistent reference to `oid`, the way `ZODB.serialize`
-    /// writes one: `(oid, class)` when the class is known, the bare 8-byte
-    /// oid otherwise.
+    /// writes one: `(oid, class)` when the class is known (pass
+    /// [`ClassName::global`](crate::zodb::ClassName::global)), the bare
+    /// 8-byte oid otherwise. Read it back with [`Value::reference_oid`].
+    ///
+    /// `oid` is the oid's 64-bit number: for a `zeo_storage::Oid`, its
+    /// `.0` (this crate sits below the storage crate and cannot name its
+    /// type; `zeo_client::records` has `Oid`-typed helpers).
     pub fn persistent_ref(oid: u64, class: Option<Value>) -> Value {
         let oid = Value::Bytes(oid.to_be_bytes().to_vec());
         Value::PersistentId(Box::new(match class {
