@@ -58,7 +58,7 @@ fn fake_server(listener: TcpListener, attack: Attack, done: mpsc::Sender<bool>) 
             // (msgid, False, '.reply', <deep value>)
             let mut p = vec![0x80, 3];
             p.push(b'(');
-            p.extend_from_slice(&[b'J']);
+            p.extend_from_slice(b"J");
             p.extend_from_slice(&match &msg.msgid {
                 zeo_pickle::Value::Int(n) => (*n as i32).to_le_bytes(),
                 other => panic!("msgid {other:?}"),
