@@ -159,3 +159,13 @@ pub use error::{is_client_disconnected, Error, ErrorKind, Result};
 pub use iteration::TransactionStream;
 pub use options::{ClientOptions, ConflictInfo, ConflictResolver, ServerAddress};
 pub use storage::ClientStorage;
+
+/// `docs/client.md`, whose examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/client.md")]
+pub struct ClientGuide;
+
+/// `docs/rust-records.md`, whose examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/rust-records.md")]
+pub struct RustRecordsGuide;

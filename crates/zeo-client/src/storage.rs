@@ -93,6 +93,18 @@ impl ClientStorage {
         }
     }
 
+    /// Closes the connection and syncs the cache, as
+    /// [`AsyncClientStorage::close`] (the same as the trait's `close`,
+    /// without importing [`Storage`]; dropping the client closes it too,
+    /// ignoring errors).
+    ///
+    /// # Errors
+    ///
+    /// The cache could not be written to its file.
+    pub fn close(&self) -> Result<()> {
+        self.client.close()
+    }
+
     /// The async client this wraps (sharing connection and cache).
     pub fn as_async(&self) -> &AsyncClientStorage {
         &self.client
@@ -340,7 +352,7 @@ impl Storage for ClientStorage {
     }
 
     fn close(&self) -> zeo_storage::Result<()> {
-        st(self.client.close())
+        st(ClientStorage::close(self))
     }
 }
 
