@@ -457,7 +457,7 @@ impl AsyncClientStorage {
     /// `undoLog(first, last)`: undoable transactions, newest first, with
     /// `first`/`last` as in [`Storage::undo_log`].
     ///
-    /// Servers identify FileStorage transactions by [`zeo_storage::undo_id`];
+    /// Servers identify FileStorage transactions by [`zeo_storage::undo_id()`];
     /// the tid is decoded from that id, and is [`Tid::ZERO`] for ids of
     /// another form.
     ///
