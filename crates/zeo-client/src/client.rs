@@ -170,8 +170,19 @@ fn protocol_error(e: zeo_protocol::Error) -> Error {
 }
 
 impl AsyncClientStorage {
+    /// The same as [`AsyncClientStorage::connect`], under the name the
+    /// blocking [`crate::ClientStorage::open`] has.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncClientStorage::connect`].
+    pub async fn open(options: ClientOptions) -> Result<Self> {
+        Self::connect(options).await
+    }
+
     /// Opens the cache, starts connecting, and (when `options.wait`) waits
-    /// up to `options.wait_timeout` for a verified connection.
+    /// up to `options.wait_timeout` for a verified connection (or, with
+    /// `options.fail_fast`, until every address refused once).
     ///
     /// # Errors
     ///
@@ -508,8 +519,12 @@ impl AsyncClientStorage {
         let extension = zeo_protocol::reply::extension_dict(&meta.extension)
             .map_err(|e| zeo_storage::Error::InvalidArgument(e.to_string()))?;
         let wait = self.inner.options.wait_timeout;
+        // One deadline for the slot and the connection together.
+        let deadline = tokio::time::Instant::now() + wait;
         let permit =
-            match tokio::time::timeout(wait, self.inner.txn_slot.clone().acquire_owned()).await {
+            match tokio::time::timeout_at(deadline, self.inner.txn_slot.clone().acquire_owned())
+                .await
+            {
                 Ok(Ok(p)) => p,
                 Ok(Err(_)) => return Err(Error::Closed),
                 Err(_) => return Err(self.slot_timeout(wait).into()),
@@ -518,7 +533,9 @@ impl AsyncClientStorage {
             _permit: permit,
             info: self.inner.txn_info.clone(),
         };
-        let conn = self.conn(wait).await?;
+        let conn = self
+            .conn(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await?;
         if conn.read_only() {
             return Err(zeo_storage::Error::ReadOnly.into());
         }
@@ -894,9 +911,8 @@ impl AsyncClientStorage {
     }
 
     /// Closes the connection and stops reconnecting; the cache is synced.
-    /// Closing again does nothing. Dropping the last clone does not close:
-    /// the connection task holds no reference, so it stops by itself, but
-    /// the cache is synced only here.
+    /// Closing again does nothing. Call it when done: dropping the clones
+    /// does not stop a connected client's background task.
     ///
     /// # Errors
     ///
