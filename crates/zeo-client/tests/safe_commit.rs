@@ -319,3 +319,23 @@ impl LoadAsync for ClientStorage {
         rt.block_on(async move { client.load(oid).await.unwrap_err() })
     }
 }
+
+#[test]
+fn the_persistent_cache_path_follows_the_storage_set_after_it() {
+    let (dir, server) = server();
+    let mut options = server.options();
+    options.storage = "not-this-one".into();
+    options.persistent_cache("app", Some(dir.path().to_owned()));
+    options.storage = "1".into();
+    let expected = dir.path().join("app-1.zec");
+    assert_eq!(options.effective_cache_path().unwrap(), expected);
+    let client = ClientStorage::open(options).unwrap();
+    client
+        .commit(&CommitOptions::new(), |txn| {
+            txn.store_record(Oid::ROOT, Tid::ZERO, &counter(3))
+        })
+        .unwrap();
+    client.close().unwrap();
+    assert!(expected.is_file());
+    assert!(!dir.path().join("app-not-this-one.zec").exists());
+}
