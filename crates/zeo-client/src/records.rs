@@ -79,38 +79,11 @@ impl AsyncClientStorage {
     ///
     /// Loads that fail, records that are not buckets, the limits.
     pub async fn btree_items(&self, state: &Value, max_items: usize) -> Result<Items> {
-        // Inline trees need no load; otherwise the chain is walked here,
-        // since the closure of `btree_items` cannot await.
-        let mut pending = Vec::new();
-        let first = btree_items(state, max_items, |oid| {
-            pending.push(oid);
-            Err(Error::Closed)
-        });
-        let Some(start) = pending.pop() else {
-            return first;
-        };
-        let mut out = Items::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut next = Some(start);
-        while let Some(oid) = next {
-            if !seen.insert(oid) || seen.len() > max_items.max(1) {
-                return Err(zeo_pickle::Error::Shape(format!(
-                    "OOBTree bucket chain loops or exceeds {max_items} buckets at oid {oid:#x}"
-                ))
-                .into());
-            }
-            let (record, _) = self.load_record(Oid(oid)).await?;
-            let (items, following) = bucket_items(&record.state)?;
-            if out.len().saturating_add(items.len()) > max_items {
-                return Err(zeo_pickle::Error::LimitExceeded {
-                    offset: 0,
-                    what: format!("OOBTree items: more than {max_items}"),
-                }
-                .into());
-            }
-            out.extend(items);
-            next = following;
+        let mut walk = BTreeWalk::new(state, max_items)?;
+        while let Some(oid) = walk.next_bucket() {
+            let (data, _) = self.load(Oid(oid)).await?;
+            walk.feed(&data)?;
         }
-        Ok(out)
+        Ok(walk.into_items())
     }
 }

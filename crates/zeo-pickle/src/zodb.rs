@@ -353,7 +353,8 @@ pub fn bucket_items(state: &Value) -> Result<(Items, Option<u64>), Error> {
 /// iteratively, each bucket loaded once, and stops with
 /// [`Error::LimitExceeded`] past `max_items` pairs or as many buckets (see
 /// [`DEFAULT_MAX_BTREE_ITEMS`]), or with [`Error::Shape`] if the chain
-/// loops.
+/// loops. [`BTreeWalk`] is the same walk for callers whose loads cannot be
+/// a closure (async code).
 ///
 /// # Errors
 ///
@@ -364,44 +365,125 @@ pub fn btree_items<E: From<Error>>(
     max_items: usize,
     mut load: impl FnMut(u64) -> Result<Vec<u8>, E>,
 ) -> Result<Items, E> {
-    let mut out = Vec::new();
-    let mut next = match state {
-        Value::None => return Ok(out),
-        Value::Tuple(parts) => match parts.as_slice() {
-            // A single bucket saved inline: `((bucket_state,),)`.
-            [inline] => match inline.as_tuple() {
-                Some([bucket]) => {
-                    let (items, _) = bucket_items(bucket)?;
-                    check_items(items.len(), max_items)?;
-                    return Ok(items);
-                }
-                _ => return Err(shape("OOBTree inline state is not ((bucket,),)").into()),
-            },
-            // `(children, first_bucket)`.
-            [_, first] => Some(
-                first
-                    .reference_oid()
-                    .ok_or_else(|| shape("OOBTree first bucket is not a reference"))?,
-            ),
-            _ => return Err(shape("not an OOBTree state").into()),
-        },
-        other => return Err(shape(format!("not an OOBTree state: {}", other.type_name())).into()),
-    };
-    let mut seen = HashSet::new();
-    while let Some(oid) = next {
-        if !seen.insert(oid) {
-            return Err(shape(format!("OOBTree bucket chain loops at oid {oid:#x}")).into());
-        }
-        if seen.len() > max_items.max(1) {
-            return Err(limit(format!("OOBTree buckets: more than {max_items}")).into());
-        }
-        let record = Record::decode(&load(oid)?)?;
-        let (items, following) = bucket_items(&record.state)?;
-        check_items(out.len().saturating_add(items.len()), max_items)?;
-        out.extend(items);
-        next = following;
+    let mut walk = BTreeWalk::new(state, max_items)?;
+    while let Some(oid) = walk.next_bucket() {
+        walk.feed(&load(oid)?)?;
     }
-    Ok(out)
+    Ok(walk.into_items())
+}
+
+/// An `OOBTree` read bucket by bucket: ask [`BTreeWalk::next_bucket`] for
+/// the oid to load, give its record to [`BTreeWalk::feed`], until there is
+/// none; then [`BTreeWalk::into_items`]. Limits and checks as
+/// [`btree_items`].
+///
+/// ```
+/// use zeo_pickle::zodb::{BTreeWalk, Record, OOBUCKET};
+/// use zeo_pickle::Value;
+///
+/// // A tree whose first (and only) bucket is object 5.
+/// let tree = Value::Tuple(vec![
+///     Value::Tuple(vec![Value::persistent_ref(5, None)]),
+///     Value::persistent_ref(5, None),
+/// ]);
+/// let bucket = Record::new(OOBUCKET, Value::Tuple(vec![Value::Tuple(vec!["k".into(), 1.into()])]));
+/// let mut walk = BTreeWalk::new(&tree, 100)?;
+/// while let Some(oid) = walk.next_bucket() {
+///     assert_eq!(oid, 5);
+///     walk.feed(&bucket.encode()?)?;
+/// }
+/// assert_eq!(walk.into_items(), [(Value::str("k"), Value::Int(1))]);
+/// # Ok::<(), zeo_pickle::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct BTreeWalk {
+    items: Items,
+    next: Option<u64>,
+    seen: HashSet<u64>,
+    max_items: usize,
+}
+
+impl BTreeWalk {
+    /// Starts reading the tree whose record state is `state`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shape`] for a state that is not an `OOBTree`'s, or the
+    /// item limit for an inline bucket.
+    pub fn new(state: &Value, max_items: usize) -> Result<BTreeWalk, Error> {
+        let mut walk = BTreeWalk {
+            items: Items::new(),
+            next: None,
+            seen: HashSet::new(),
+            max_items,
+        };
+        match state {
+            Value::None => {}
+            Value::Tuple(parts) => match parts.as_slice() {
+                // A single bucket saved inline: `((bucket_state,),)`.
+                [inline] => match inline.as_tuple() {
+                    Some([bucket]) => {
+                        let (items, _) = bucket_items(bucket)?;
+                        check_items(items.len(), max_items)?;
+                        walk.items = items;
+                    }
+                    _ => return Err(shape("OOBTree inline state is not ((bucket,),)")),
+                },
+                // `(children, first_bucket)`.
+                [_, first] => {
+                    walk.next = Some(
+                        first
+                            .reference_oid()
+                            .ok_or_else(|| shape("OOBTree first bucket is not a reference"))?,
+                    );
+                }
+                _ => return Err(shape("not an OOBTree state")),
+            },
+            other => {
+                return Err(shape(format!(
+                    "not an OOBTree state: {}",
+                    other.type_name()
+                )))
+            }
+        }
+        Ok(walk)
+    }
+
+    /// The oid of the bucket to load next, if any.
+    pub fn next_bucket(&self) -> Option<u64> {
+        self.next
+    }
+
+    /// Takes in the record of the bucket [`BTreeWalk::next_bucket`] named.
+    ///
+    /// # Errors
+    ///
+    /// A record that is not a bucket, a chain that loops, the limits.
+    pub fn feed(&mut self, record: &[u8]) -> Result<(), Error> {
+        let Some(oid) = self.next.take() else {
+            return Err(shape("OOBTree walk fed a bucket it did not ask for"));
+        };
+        if !self.seen.insert(oid) {
+            return Err(shape(format!("OOBTree bucket chain loops at oid {oid:#x}")));
+        }
+        if self.seen.len() > self.max_items.max(1) {
+            return Err(limit(format!(
+                "OOBTree buckets: more than {}",
+                self.max_items
+            )));
+        }
+        let record = Record::decode(record)?;
+        let (items, following) = bucket_items(&record.state)?;
+        check_items(self.items.len().saturating_add(items.len()), self.max_items)?;
+        self.items.extend(items);
+        self.next = following;
+        Ok(())
+    }
+
+    /// The pairs read so far (all of them once no bucket is left).
+    pub fn into_items(self) -> Items {
+        self.items
+    }
 }
 
 fn check_items(n: usize, max: usize) -> Result<(), Error> {

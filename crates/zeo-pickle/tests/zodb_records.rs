@@ -185,3 +185,22 @@ fn records_built_here_have_python_layout() {
         Err(Error::TrailingData { .. })
     ));
 }
+
+proptest::proptest! {
+    /// Arbitrary bytes as a tree, a bucket or a root: errors, never panics,
+    /// and a walk over them loads at most `max_items` buckets.
+    #[test]
+    fn arbitrary_records_fail_cleanly(data in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+        if let Ok(record) = Record::decode(&data) {
+            let _ = record.mapping_items();
+            let _ = record.list_items();
+            let _ = bucket_items(&record.state);
+            let mut loads = 0;
+            let _ = btree_items::<Error>(&record.state, 3, |_| {
+                loads += 1;
+                Ok(data.clone())
+            });
+            proptest::prop_assert!(loads <= 4);
+        }
+    }
+}
