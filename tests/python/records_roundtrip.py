@@ -1,6 +1,9 @@
 """Reads what a Rust client stored through a ZEO server, then writes back.
 
-Usage: records_roundtrip.py PORT check-and-write | check-final
+Usage: records_roundtrip.py PORT|DATA_FS check-and-write | check-final
+
+With a port, it connects to the ZEO server there; with a path, it opens that
+Data.fs read-only (after the server stopped).
 
 check-and-write: asserts the root Rust wrote (a PersistentMapping with a
 title and a PersistentList), then adds a string, an item to the list and an
@@ -13,14 +16,19 @@ import sys
 import transaction
 import ZEO
 import ZODB
+import ZODB.FileStorage
 from BTrees.OOBTree import OOBTree
 from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 
 
 def main():
-    port, phase = int(sys.argv[1]), sys.argv[2]
-    db = ZODB.DB(ZEO.client(('127.0.0.1', port), wait_timeout=30))
+    where, phase = sys.argv[1], sys.argv[2]
+    if where.isdigit():
+        storage = ZEO.client(('127.0.0.1', int(where)), wait_timeout=30)
+    else:
+        storage = ZODB.FileStorage.FileStorage(where, read_only=True)
+    db = ZODB.DB(storage)
     try:
         conn = db.open()
         root = conn.root()

@@ -2,7 +2,8 @@
 //! holding a `PersistentList` through our server, Python's ZODB (ZEO 6
 //! client) reads and changes them and adds an `OOBTree`, and Rust reads
 //! all of it back — list items, strings, the tree through its buckets —
-//! then changes the root again for Python to check.
+//! then changes the root again for Python to check, through the server
+//! and in the Data.fs it wrote.
 //!
 //! Needs the venv `cargo xtask venv` creates; fails (never skips) without it.
 
@@ -17,11 +18,13 @@ use zeo_server::ServerSettings;
 use zeo_storage::{Oid, Tid};
 use zeo_testkit::{python6, run_python, script, stdout_of};
 
-fn python(port: u16, phase: &str, cwd: &std::path::Path) -> String {
+/// Runs the script against the server on `where_` (a port) or on a
+/// Data.fs (a path).
+fn python(where_: &str, phase: &str, cwd: &std::path::Path) -> String {
     let out = run_python(
         &python6(),
         &script("records_roundtrip.py"),
-        &[port.to_string(), phase.to_owned()],
+        &[where_, phase],
         cwd,
     );
     stdout_of(&out, "records_roundtrip.py").trim().to_owned()
@@ -54,7 +57,7 @@ fn records_written_here_read_in_python_and_back() {
     // Python asserts our records, then writes its own.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut notices = client.subscribe();
-    let tree_hex = python(server.port, "check-and-write", dir.path());
+    let tree_hex = python(&server.port.to_string(), "check-and-write", dir.path());
     let tree_oid = Oid(u64::from_str_radix(&tree_hex, 16).unwrap());
 
     // Python's commit reaches us as an invalidation of the root and the
@@ -123,7 +126,14 @@ fn records_written_here_read_in_python_and_back() {
             txn.store_record(todo, serial, &list)
         })
         .unwrap();
-    assert_eq!(python(server.port, "check-final", dir.path()), "ok");
+    let port = server.port.to_string();
+    assert_eq!(python(&port, "check-final", dir.path()), "ok");
     client.close().unwrap();
+    // And the file our server wrote opens in Python's FileStorage.
+    let data_fs = server.path.clone();
     server.stop();
+    assert_eq!(
+        python(data_fs.to_str().unwrap(), "check-final", dir.path()),
+        "ok"
+    );
 }
