@@ -1028,13 +1028,7 @@ async fn manage(weak: std::sync::Weak<Inner>) {
                 inner.shared.notify(Notice::Disconnected);
             }
             Err(e) => {
-                let errors = inner.rounds.borrow().errors.join("; ");
-                let error = if errors.is_empty() {
-                    e.to_string()
-                } else {
-                    errors
-                };
-                warn!(name = %inner.name, %error, retry_in = ?delay, "could not connect");
+                warn!(name = %inner.name, error = %e, retry_in = ?delay, "could not connect");
                 let closed = inner.close_notify.notified();
                 tokio::select! {
                     _ = tokio::time::sleep(jitter(delay)) => {}
@@ -1096,12 +1090,18 @@ async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Co
         }
     }
     let Some(conn) = fallback else {
+        // With several addresses, the log line names every reason.
+        let error = if errors.len() > 1 {
+            Error::Disconnected(errors.join("; "))
+        } else {
+            last_error
+        };
         inner.rounds.send_modify(|r| {
             r.count += 1;
             r.errors = errors;
             r.all_refused = all_refused;
         });
-        return Err(last_error);
+        return Err(error);
     };
     if writable_only && conn.read_only() {
         conn.close();
