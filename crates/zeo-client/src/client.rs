@@ -123,8 +123,6 @@ impl Drop for SlotPermit {
 /// The outcome of the latest connection round that failed.
 #[derive(Clone, Debug, Default)]
 struct FailedRound {
-    /// Failed rounds so far.
-    count: u64,
     /// `address: error` for each address tried.
     errors: Vec<String>,
     /// Whether every address refused the connection.
@@ -1097,7 +1095,6 @@ async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Co
             last_error
         };
         inner.rounds.send_modify(|r| {
-            r.count += 1;
             r.errors = errors;
             r.all_refused = all_refused;
         });
