@@ -32,8 +32,10 @@ where
 {
     let client = AsyncClientStorage::connect(options).await?;
     let outcome = work(client.clone()).await;
-    client.close();
-    outcome
+    let closed = client.close();
+    let value = outcome?;
+    closed?;
+    Ok(value)
 }
 
 /// `up`: healthy when a verified connection comes up within `limit`, the

@@ -27,6 +27,8 @@ use crate::error::CliError;
     about = "ZEO client tools: health check, pack, status, object inspection and benchmarks"
 )]
 struct Cli {
+    // `[IPV6]` is --help text, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Server address: HOST:PORT, PORT, [IPV6]:PORT or a Unix socket path.
     /// Repeat for replicas of the same storage; the first to answer wins.
     #[arg(

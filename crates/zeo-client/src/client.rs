@@ -48,17 +48,21 @@ pub struct ClientStats {
 ///
 /// ```no_run
 /// # async fn demo() -> zeo_client::Result<()> {
-/// use zeo_client::{AsyncClientStorage, ClientOptions, ServerAddress};
-/// use zeo_storage::{BeginOptions, Oid, Tid, TransactionMetaData};
+/// use zeo_client::records::{Record, Value};
+/// use zeo_client::{AsyncClientStorage, ClientOptions, CommitOptions, ServerAddress};
+/// use zeo_storage::{Oid, Tid};
 ///
 /// let client = AsyncClientStorage::connect(ClientOptions::new(vec![ServerAddress::localhost(8100)])).await?;
 /// let oid = client.new_oid().await?;
-/// let txn = client.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).await?;
-/// client.store(txn, oid, Tid::ZERO, b"record")?;
-/// client.tpc_vote(txn).await?;
-/// let tid = client.tpc_finish(txn).await?;
-/// assert_eq!(client.load(oid).await?, (b"record".to_vec(), tid));
-/// client.close();
+/// let record = Record::persistent_list([Value::Int(1)]);
+/// let ((), tid) = client
+///     .commit(&CommitOptions::new(), |txn| {
+///         let record = record.clone();
+///         async move { txn.store_record(oid, Tid::ZERO, &record) }
+///     })
+///     .await?;
+/// assert_eq!(client.load_record(oid).await?, (record, tid));
+/// client.close()?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -77,7 +81,12 @@ struct Inner {
     oids: tokio::sync::Mutex<Vec<Oid>>,
     txn_slot: Arc<Semaphore>,
     txn: Mutex<Option<TxnState>>,
+    /// What the open transaction is, for the error of a `tpc_begin` that
+    /// gives up waiting for it; kept until the slot is released.
+    txn_info: Arc<Mutex<Option<OpenTxn>>>,
     next_txn: AtomicU64,
+    /// How the last failed connection round went, per address.
+    rounds: watch::Sender<FailedRound>,
     txn_id_base: i64,
     server_loads: AtomicU64,
     connections: AtomicU64,
@@ -91,7 +100,36 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-struct TxnState {
+/// The open transaction, as a waiting `tpc_begin` describes it.
+struct OpenTxn {
+    handle: TxnHandle,
+    description: String,
+    begun: tokio::time::Instant,
+    vote_failed: Option<String>,
+}
+
+/// Clears [`Inner::txn_info`] when the transaction slot is released.
+struct SlotPermit {
+    _permit: OwnedSemaphorePermit,
+    info: Arc<Mutex<Option<OpenTxn>>>,
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        *self.info.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// The outcome of the latest connection round that failed.
+#[derive(Clone, Debug, Default)]
+struct FailedRound {
+    /// `address: error` for each address tried.
+    errors: Vec<String>,
+    /// Whether every address refused the connection.
+    all_refused: bool,
+}
+
+pub(crate) struct TxnState {
     handle: TxnHandle,
     id: TxnId,
     conn: Arc<Conn>,
@@ -101,7 +139,7 @@ struct TxnState {
     server_resolved: HashSet<Oid>,
     /// Objects this client resolved and re-stored.
     client_resolved: Vec<Oid>,
-    _permit: OwnedSemaphorePermit,
+    _permit: SlotPermit,
 }
 
 /// A value that differs between calls and between processes on this
@@ -130,8 +168,19 @@ fn protocol_error(e: zeo_protocol::Error) -> Error {
 }
 
 impl AsyncClientStorage {
+    /// The same as [`AsyncClientStorage::connect`], under the name the
+    /// blocking [`crate::ClientStorage::open`] has.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncClientStorage::connect`].
+    pub async fn open(options: ClientOptions) -> Result<Self> {
+        Self::connect(options).await
+    }
+
     /// Opens the cache, starts connecting, and (when `options.wait`) waits
-    /// up to `options.wait_timeout` for a verified connection.
+    /// up to `options.wait_timeout` for a verified connection (or, with
+    /// `options.fail_fast`, until every address refused once).
     ///
     /// # Errors
     ///
@@ -143,7 +192,7 @@ impl AsyncClientStorage {
         if options.servers.is_empty() {
             return Err(Error::Config("no server address".into()));
         }
-        let cache = match &options.cache_path {
+        let cache = match &options.effective_cache_path() {
             Some(path) => ClientCache::open(path, &options.storage, options.cache_size)?,
             None => ClientCache::memory(options.cache_size),
         };
@@ -166,6 +215,8 @@ impl AsyncClientStorage {
             oids: tokio::sync::Mutex::new(Vec::new()),
             txn_slot: Arc::new(Semaphore::new(1)),
             txn: Mutex::new(None),
+            txn_info: Arc::new(Mutex::new(None)),
+            rounds: watch::channel(FailedRound::default()).0,
             next_txn: AtomicU64::new(1),
             // Transaction ids only need to be unique per connection; a
             // random base keeps them unlike any other client's in logs.
@@ -180,7 +231,7 @@ impl AsyncClientStorage {
                 .wait_connected(client.inner.options.wait_timeout)
                 .await
             {
-                client.close();
+                let _ = client.close();
                 return Err(e);
             }
         }
@@ -274,19 +325,48 @@ impl AsyncClientStorage {
             return Err(Error::Closed);
         }
         let mut rx = self.inner.current.subscribe();
-        let outcome = tokio::time::timeout(
-            timeout,
-            rx.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_closed())),
-        )
-        .await
-        .map(|r| r.map(|c| c.clone()));
+        let mut rounds = self.inner.rounds.subscribe();
+        let fail_fast = self.inner.options.fail_fast;
+        let refused = async {
+            if !fail_fast {
+                return std::future::pending().await;
+            }
+            // The latest round counts too: it is cleared on connecting.
+            let errors = rounds
+                .wait_for(|r| r.all_refused)
+                .await
+                .map(|r| r.errors.join("; "));
+            match errors {
+                Ok(errors) => errors,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let connected = rx.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_closed()));
+        let outcome = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                c = connected => Ok(c.map(|c| c.clone())),
+                errors = refused => Err(errors),
+            }
+        })
+        .await;
         match outcome {
-            Ok(Ok(c)) => c.ok_or_else(|| Error::Disconnected("not connected".into())),
-            Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::Disconnected(format!(
-                "timed out after {timeout:?} waiting for a connection to {}",
-                self.inner.name
+            Ok(Ok(Ok(c))) => c.ok_or_else(|| Error::Disconnected("not connected".into())),
+            Ok(Ok(Err(_))) => Err(Error::Closed),
+            Ok(Err(errors)) => Err(Error::Disconnected(format!(
+                "every server refused the connection (fail_fast): {errors}"
             ))),
+            Err(_) => {
+                let last = self.inner.rounds.borrow().errors.join("; ");
+                let last = if last.is_empty() {
+                    String::new()
+                } else {
+                    format!("; last errors: {last}")
+                };
+                Err(Error::Disconnected(format!(
+                    "timed out after {timeout:?} waiting for a connection to {}{last}",
+                    self.inner.name
+                )))
+            }
         }
     }
 
@@ -415,9 +495,17 @@ impl AsyncClientStorage {
     /// at a time per client) and a connection, then sends a one-way
     /// `tpc_begin`.
     ///
+    /// Every `tpc_begin` must be followed by `tpc_finish` or `tpc_abort`,
+    /// also after a failed `tpc_vote`: until then the slot stays taken.
+    /// Waiting for the slot is bounded by `wait_timeout`, after which the
+    /// call fails naming the transaction still open. The `commit` helpers
+    /// ([`AsyncClientStorage::commit`]) abort for you.
+    ///
     /// # Errors
     ///
-    /// Read-only, no connection, or an extension that is not a pickled dict.
+    /// Read-only, no connection, `StorageTransactionError` when another
+    /// transaction stays open for `wait_timeout`, or an extension that is
+    /// not a pickled dict.
     pub async fn tpc_begin(
         &self,
         meta: &TransactionMetaData,
@@ -428,14 +516,24 @@ impl AsyncClientStorage {
         }
         let extension = zeo_protocol::reply::extension_dict(&meta.extension)
             .map_err(|e| zeo_storage::Error::InvalidArgument(e.to_string()))?;
-        let permit = self
-            .inner
-            .txn_slot
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Closed)?;
-        let conn = self.conn(self.inner.options.wait_timeout).await?;
+        let wait = self.inner.options.wait_timeout;
+        // One deadline for the slot and the connection together.
+        let deadline = tokio::time::Instant::now() + wait;
+        let permit =
+            match tokio::time::timeout_at(deadline, self.inner.txn_slot.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => return Err(self.slot_timeout(wait).into()),
+            };
+        let permit = SlotPermit {
+            _permit: permit,
+            info: self.inner.txn_info.clone(),
+        };
+        let conn = self
+            .conn(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await?;
         if conn.read_only() {
             return Err(zeo_storage::Error::ReadOnly.into());
         }
@@ -450,6 +548,16 @@ impl AsyncClientStorage {
             options.status,
         ))?;
         let handle = TxnHandle(n);
+        *self
+            .inner
+            .txn_info
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(OpenTxn {
+            handle,
+            description: String::from_utf8_lossy(&meta.description).into_owned(),
+            begun: tokio::time::Instant::now(),
+            vote_failed: None,
+        });
         *self.inner.txn.lock().unwrap_or_else(|e| e.into_inner()) = Some(TxnState {
             handle,
             id,
@@ -460,6 +568,42 @@ impl AsyncClientStorage {
             _permit: permit,
         });
         Ok(handle)
+    }
+
+    /// The error of a `tpc_begin` that waited `wait` for the slot.
+    fn slot_timeout(&self, wait: Duration) -> zeo_storage::Error {
+        let info = self
+            .inner
+            .txn_info
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let what = match info.as_ref() {
+            Some(t) => format!(
+                "transaction {} ({:?}, begun {:?} ago{}) is still open: call tpc_abort (or tpc_finish) on it",
+                t.handle.0,
+                t.description,
+                t.begun.elapsed(),
+                t.vote_failed
+                    .as_ref()
+                    .map(|e| format!(", its vote failed: {e}"))
+                    .unwrap_or_default()
+            ),
+            None => "another transaction is still finishing".into(),
+        };
+        zeo_storage::Error::Transaction(format!(
+            "tpc_begin gave up after waiting {wait:?} (wait_timeout): {what}"
+        ))
+    }
+
+    fn note_vote_failure(&self, txn: TxnHandle, e: &Error) {
+        let mut info = self
+            .inner
+            .txn_info
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = info.as_mut().filter(|t| t.handle == txn) {
+            t.vote_failed = Some(e.to_string());
+        }
     }
 
     /// Runs `f` on the open transaction `txn`, checking that its connection
@@ -567,6 +711,14 @@ impl AsyncClientStorage {
     /// conflict (the object's cached current revision is dropped, as ZEO
     /// does), other vote errors, or [`Error::Disconnected`].
     pub async fn tpc_vote(&self, txn: TxnHandle) -> Result<Vec<Oid>> {
+        let result = self.vote_rounds(txn).await;
+        if let Err(e) = &result {
+            self.note_vote_failure(txn, e);
+        }
+        result
+    }
+
+    async fn vote_rounds(&self, txn: TxnHandle) -> Result<Vec<Oid>> {
         for _ in 0..MAX_VOTE_ROUNDS {
             let (conn, id) = self.with_txn(txn, |s| Ok((s.conn.clone(), s.id)))?;
             let reply = conn.call(|msgid| ClientRequest::vote(msgid, id)).await;
@@ -711,16 +863,26 @@ impl AsyncClientStorage {
 
     /// Aborts the transaction (ignored when `txn` is not the open one).
     pub async fn tpc_abort(&self, txn: TxnHandle) {
-        let state = {
-            let mut guard = self.inner.txn.lock().unwrap_or_else(|e| e.into_inner());
-            match guard.take() {
-                Some(s) if s.handle == txn => s,
-                other => {
-                    *guard = other;
-                    return;
-                }
+        if let Some(state) = self.take_txn(txn) {
+            Self::abort_state(state).await;
+        }
+    }
+
+    /// Takes `txn` out of the transaction slot, if it is the open one.
+    pub(crate) fn take_txn(&self, txn: TxnHandle) -> Option<TxnState> {
+        let mut guard = self.inner.txn.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.take() {
+            Some(s) if s.handle == txn => Some(s),
+            other => {
+                *guard = other;
+                None
             }
-        };
+        }
+    }
+
+    /// Tells the server to abort a transaction taken from the slot; the
+    /// slot is free once `state` is dropped.
+    pub(crate) async fn abort_state(state: TxnState) {
         if !state.conn.is_closed() {
             let id = state.id;
             if let Err(e) = state
@@ -747,18 +909,25 @@ impl AsyncClientStorage {
     }
 
     /// Closes the connection and stops reconnecting; the cache is synced.
-    pub fn close(&self) {
+    /// Closing again does nothing. Call it when done: dropping the clones
+    /// does not stop a connected client's background task.
+    ///
+    /// # Errors
+    ///
+    /// The cache could not be written to its file (the client is closed
+    /// all the same).
+    pub fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return;
+            return Ok(());
         }
         self.inner.close_notify.notify_waiters();
         let conn = self.inner.current.send_replace(None);
         if let Some(c) = conn {
             c.close();
         }
-        if let Err(e) = self.cache().sync() {
+        self.cache().sync().inspect_err(|e| {
             warn!(error = %e, "syncing the client cache on close");
-        }
+        })
     }
 
     /// Whether [`AsyncClientStorage::close`] was called.
@@ -882,6 +1051,8 @@ async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Co
     }
     let mut fallback: Option<Arc<Conn>> = None;
     let mut last_error = Error::Disconnected("no server address".into());
+    let mut errors = Vec::new();
+    let mut all_refused = true;
     while let Some(joined) = attempts.join_next().await {
         match joined {
             Ok(Ok(conn)) => {
@@ -900,11 +1071,35 @@ async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Co
                     fallback = Some(conn);
                 }
             }
-            Ok(Err(e)) => last_error = e,
-            Err(e) => last_error = Error::Disconnected(format!("connection attempt failed: {e}")),
+            Ok(Err((e, refused))) => {
+                all_refused &= refused;
+                errors.push(match &e {
+                    // Already `address: reason`.
+                    Error::Disconnected(m) => m.clone(),
+                    other => other.to_string(),
+                });
+                last_error = e;
+            }
+            Err(e) => {
+                all_refused = false;
+                last_error = Error::Disconnected(format!("connection attempt failed: {e}"));
+                errors.push(last_error.to_string());
+            }
         }
     }
-    let conn = fallback.ok_or(last_error)?;
+    let Some(conn) = fallback else {
+        // With several addresses, the log line names every reason.
+        let error = if errors.len() > 1 {
+            Error::Disconnected(errors.join("; "))
+        } else {
+            last_error
+        };
+        inner.rounds.send_modify(|r| {
+            r.errors = errors;
+            r.all_refused = all_refused;
+        });
+        return Err(error);
+    };
     if writable_only && conn.read_only() {
         conn.close();
         return Err(Error::Disconnected("no writable server".into()));
@@ -914,6 +1109,10 @@ async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Co
         return Err(e);
     }
     inner.connections.fetch_add(1, Ordering::Relaxed);
+    inner.rounds.send_modify(|r| {
+        r.errors.clear();
+        r.all_refused = false;
+    });
     info!(address = %conn.address, read_only = conn.read_only(), "connected");
     inner.current.send_replace(Some(conn.clone()));
     inner.shared.notify(Notice::Connected {

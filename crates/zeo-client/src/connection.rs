@@ -429,31 +429,47 @@ impl Conn {
         options: &ClientOptions,
         shared: Arc<Shared>,
         generation: u64,
-    ) -> Result<Arc<Conn>> {
+    ) -> Result<Arc<Conn>, (Error, bool)> {
+        let stream = match tokio::time::timeout(SETUP_TIMEOUT, open_stream(address)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                // Nothing listens there: the one failure `fail_fast` acts on.
+                let refused = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                );
+                return Err((disconnected(format!("{address}: {e}")), refused));
+            }
+            Err(_) => {
+                return Err((
+                    disconnected(format!("{address}: timed out connecting")),
+                    false,
+                ))
+            }
+        };
         let opened = tokio::time::timeout(
             SETUP_TIMEOUT,
-            Self::open_inner(address, options, shared.clone(), generation),
+            Self::open_inner(stream, address, options, shared.clone(), generation),
         )
         .await
-        .map_err(|_| disconnected(format!("{address}: timed out connecting")))?;
+        .map_err(|_| disconnected(format!("{address}: timed out connecting")))
+        .and_then(|r| r);
         if let Err(Error::Auth(reason)) = &opened {
             shared.notify(Notice::AuthenticationFailed {
                 address: address.to_string(),
                 reason: reason.clone(),
             });
         }
-        opened
+        opened.map_err(|e| (e, false))
     }
 
     async fn open_inner(
+        stream: Box<dyn Stream>,
         address: &ServerAddress,
         options: &ClientOptions,
         shared: Arc<Shared>,
         generation: u64,
     ) -> Result<Arc<Conn>> {
-        let stream = open_stream(address)
-            .await
-            .map_err(|e| disconnected(format!("{address}: {e}")))?;
         let (mut rd, mut wr) = tokio::io::split(stream);
         let greeting = read_frame(&mut rd, 64, None).await?;
         let (encoding, answer) = ClientHandshake::new()

@@ -74,6 +74,11 @@ pub enum Error {
     #[error("invalid client configuration: {0}")]
     Config(String),
 
+    /// A record could not be decoded or encoded (the `load_record` and
+    /// `store_record` helpers).
+    #[error(transparent)]
+    Record(#[from] zeo_pickle::Error),
+
     /// The client was closed.
     #[error("the client storage is closed")]
     Closed,
@@ -84,6 +89,88 @@ impl Error {
     /// after reconnection may cure.
     pub fn is_disconnected(&self) -> bool {
         matches!(self, Error::Disconnected(_))
+    }
+
+    /// Whether the error is a write or read conflict (`ConflictError` or
+    /// its subclass `ReadConflictError`): retrying the whole transaction
+    /// may succeed.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Storage(e) if e.is_conflict())
+    }
+
+    /// Whether the error is `ReadOnlyError`: the client or the server it
+    /// reached does not accept writes.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Error::Storage(e) if e.is_read_only())
+    }
+
+    /// Whether the error is `POSKeyError`: no such object or revision.
+    pub fn is_pos_key(&self) -> bool {
+        matches!(self, Error::Storage(e) if e.is_pos_key())
+    }
+}
+
+/// The questions an application asks of an error, answered the same way
+/// for both clients' errors: [`Error`] (from [`crate::AsyncClientStorage`],
+/// [`crate::ClientStorage::open`] and the commit helpers) and
+/// [`zeo_storage::Error`] (from [`crate::ClientStorage`] through the
+/// [`zeo_storage::Storage`] trait, where a lost connection is
+/// `Storage("ClientDisconnected: ...")`).
+///
+/// ```
+/// use zeo_client::ErrorKind;
+/// use zeo_storage::{Oid, Tid};
+///
+/// let conflict = zeo_storage::Error::Conflict { oid: Oid(1), committed: Tid(2), old: Tid(1) };
+/// let lost: zeo_storage::Error = zeo_client::Error::Disconnected("connection lost".into()).into();
+/// assert!(conflict.is_conflict() && !conflict.is_disconnected());
+/// assert!(lost.is_disconnected());
+/// // The same answers from the async client's error type.
+/// let conflict = zeo_client::Error::from(conflict);
+/// assert!(ErrorKind::is_conflict(&conflict));
+/// assert!(zeo_client::Error::Disconnected("x".into()).is_disconnected());
+/// assert!(zeo_client::Error::from(zeo_storage::Error::ReadOnly).is_read_only());
+/// assert!(zeo_client::Error::from(zeo_storage::Error::pos_key(Oid(9))).is_pos_key());
+/// ```
+pub trait ErrorKind {
+    /// A write or read conflict: retry the transaction.
+    fn is_conflict(&self) -> bool;
+    /// No connection to a server (`ClientDisconnected`): retry after
+    /// reconnection.
+    fn is_disconnected(&self) -> bool;
+    /// Writes are refused (`ReadOnlyError`).
+    fn is_read_only(&self) -> bool;
+    /// No such object or revision (`POSKeyError`).
+    fn is_pos_key(&self) -> bool;
+}
+
+impl ErrorKind for Error {
+    fn is_conflict(&self) -> bool {
+        Error::is_conflict(self)
+    }
+    fn is_disconnected(&self) -> bool {
+        Error::is_disconnected(self)
+    }
+    fn is_read_only(&self) -> bool {
+        Error::is_read_only(self)
+    }
+    fn is_pos_key(&self) -> bool {
+        Error::is_pos_key(self)
+    }
+}
+
+impl ErrorKind for zeo_storage::Error {
+    fn is_conflict(&self) -> bool {
+        zeo_storage::Error::is_conflict(self)
+    }
+    fn is_disconnected(&self) -> bool {
+        is_client_disconnected(self)
+    }
+    fn is_read_only(&self) -> bool {
+        zeo_storage::Error::is_read_only(self)
+    }
+    fn is_pos_key(&self) -> bool {
+        zeo_storage::Error::is_pos_key(self)
     }
 }
 

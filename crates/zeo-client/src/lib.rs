@@ -14,13 +14,27 @@
 //!
 //! See `docs/client.md` for the behaviour in detail.
 //!
-//! A round trip through an in-process server:
+//! Errors: [`AsyncClientStorage`] and the helpers return [`Error`];
+//! [`ClientStorage`] returns `zeo_storage::Error` through the
+//! [`zeo_storage::Storage`] trait. Ask either the same questions through
+//! [`ErrorKind`] (`is_conflict`, `is_disconnected`, `is_read_only`,
+//! `is_pos_key`).
+//!
+//! Logs go through [`tracing`](https://docs.rs/tracing): connection
+//! attempts, disconnections and cache trouble are only visible once the
+//! application installs a subscriber (e.g. `tracing_subscriber::fmt::init()`).
+//!
+//! A round trip through an in-process server, storing the root object the
+//! way a Python application does (a `PersistentMapping`, holding a
+//! reference to a `PersistentList`; see `docs/rust-records.md`):
 //!
 //! ```
 //! use std::sync::Arc;
-//! use zeo_client::{ClientOptions, ClientStorage, ServerAddress};
+//! use zeo_client::records::{oid_of, reference, Record, PERSISTENT_LIST};
+//! use zeo_client::{ClientOptions, ClientStorage, CommitOptions, ServerAddress};
+//! use zeo_pickle::Value;
 //! use zeo_server::{BoundAddress, ListenAddress, ServerBuilder, ServerSettings};
-//! use zeo_storage::{BeginOptions, MappingStorage, Storage, Tid, TransactionMetaData};
+//! use zeo_storage::{MappingStorage, Oid, Storage, Tid};
 //!
 //! let rt = tokio::runtime::Runtime::new().unwrap();
 //! let server = ServerBuilder::new(ServerSettings::default())
@@ -38,14 +52,30 @@
 //! rt.spawn(server.serve(std::future::pending()));
 //!
 //! let storage = ClientStorage::open(ClientOptions::new(vec![ServerAddress::localhost(port)])).unwrap();
-//! let oid = storage.new_oid().unwrap();
-//! let txn = storage.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
-//! storage.store(txn, oid, Tid::ZERO, b"some record").unwrap();
-//! storage.tpc_vote(txn).unwrap();
-//! let tid = storage.tpc_finish(txn, &mut |_| {}).unwrap();
-//! assert_eq!(storage.load(oid).unwrap(), (b"some record".to_vec(), tid));
+//! let options = CommitOptions::new().user("demo").description("create the root");
+//! let (list_oid, tid) = storage
+//!     .commit(&options, |txn| {
+//!         let list_oid = txn.new_oid()?;
+//!         let list = Record::persistent_list([Value::str("first"), Value::Int(2)]);
+//!         txn.store_record(list_oid, Tid::ZERO, &list)?;
+//!         let root = Record::persistent_mapping([
+//!             (Value::str("title"), Value::str("demo")),
+//!             (Value::str("items"), reference(list_oid, PERSISTENT_LIST)),
+//!         ]);
+//!         txn.store_record(Oid::ROOT, Tid::ZERO, &root)?;
+//!         Ok(list_oid)
+//!     })
+//!     .unwrap();
+//!
+//! let (root, serial) = storage.load_record(Oid::ROOT).unwrap();
+//! assert_eq!(serial, tid);
+//! assert_eq!(root.mapping_get("title").and_then(Value::as_str), Some("demo"));
+//! let items = root.mapping_get("items").and_then(oid_of).unwrap();
+//! assert_eq!(items, list_oid);
+//! let (list, _) = storage.load_record(items).unwrap();
+//! assert_eq!(list.list_items().unwrap(), [Value::str("first"), Value::Int(2)]);
 //! assert_eq!(storage.last_transaction(), tid);
-//! drop(storage);
+//! storage.close().unwrap();
 //! handle.shutdown();
 //! ```
 //!
@@ -55,6 +85,8 @@
 //! ```
 //! use std::sync::Arc;
 //! use zeo_client::{ClientOptions, ClientStorage, ServerAddress};
+//! use zeo_client::records::Record;
+//! use zeo_pickle::Value;
 //! use zeo_server::{BoundAddress, ListenAddress, ServerBuilder, ServerSettings};
 //! use zeo_storage::filestorage::FileStorageOptions;
 //! use zeo_storage::{BeginOptions, FileStorage, Storage, Tid, TransactionMetaData, UndoEntry};
@@ -77,15 +109,17 @@
 //! rt.spawn(server.serve(std::future::pending()));
 //! let storage = ClientStorage::open(ClientOptions::new(vec![ServerAddress::localhost(port)])).unwrap();
 //!
-//! let commit = |description: &str, serial: Tid, data: &[u8]| {
+//! // The root, a PersistentMapping, with a different "n" in each transaction.
+//! let root = |n: i64| Record::persistent_mapping([(Value::str("n"), Value::Int(n))]).encode().unwrap();
+//! let commit = |description: &str, serial: Tid, n: i64| {
 //!     let meta = TransactionMetaData { description: description.into(), ..Default::default() };
 //!     let txn = storage.tpc_begin(&meta, BeginOptions::default()).unwrap();
-//!     storage.store(txn, zeo_storage::Oid::ROOT, serial, data).unwrap();
+//!     storage.store(txn, zeo_storage::Oid::ROOT, serial, &root(n)).unwrap();
 //!     storage.tpc_vote(txn).unwrap();
-//!     storage.tpc_finish(txn, &mut |_| {}).unwrap()
+//!     storage.finish(txn).unwrap()
 //! };
-//! let t1 = commit("first", Tid::ZERO, b"one");
-//! let t2 = commit("second", t1, b"two");
+//! let t1 = commit("first", Tid::ZERO, 1);
+//! let t2 = commit("second", t1, 2);
 //!
 //! // Transactions come one at a time, each with its data records.
 //! let tids: Vec<Tid> = storage.iterator(None, None).unwrap().map(|t| t.unwrap().tid).collect();
@@ -99,9 +133,9 @@
 //! let txn = storage.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).unwrap();
 //! storage.undo(txn, &entry.id).unwrap();
 //! assert_eq!(storage.tpc_vote(txn).unwrap(), [zeo_storage::Oid::ROOT]);
-//! let t3 = storage.tpc_finish(txn, &mut |_| {}).unwrap();
-//! assert_eq!(storage.load(zeo_storage::Oid::ROOT).unwrap(), (b"one".to_vec(), t3));
-//! drop(storage);
+//! let t3 = storage.finish(txn).unwrap();
+//! assert_eq!(storage.load(zeo_storage::Oid::ROOT).unwrap(), (root(1), t3));
+//! storage.close().unwrap();
 //! handle.shutdown();
 //! ```
 
@@ -109,16 +143,29 @@
 
 pub mod cache;
 mod client;
+mod commit;
 mod connection;
 pub mod error;
 mod iteration;
 mod options;
+pub mod records;
 mod storage;
 
 pub use cache::{CacheStats, ClientCache};
 pub use client::{AsyncClientStorage, ClientStats};
+pub use commit::{AsyncTransaction, CommitOptions, Transaction};
 pub use connection::Notice;
-pub use error::{is_client_disconnected, Error, Result};
+pub use error::{is_client_disconnected, Error, ErrorKind, Result};
 pub use iteration::TransactionStream;
 pub use options::{ClientOptions, ConflictInfo, ConflictResolver, ServerAddress};
 pub use storage::ClientStorage;
+
+/// `docs/client.md`, whose examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/client.md")]
+pub struct ClientGuide;
+
+/// `docs/rust-records.md`, whose examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/rust-records.md")]
+pub struct RustRecordsGuide;

@@ -153,9 +153,19 @@ pub struct ClientOptions {
     pub storage: String,
     /// Cache capacity in bytes.
     pub cache_size: u64,
-    /// A persistent cache file; `None` for a transient in-memory cache.
-    /// [`ClientOptions::persistent_cache`] derives it from `client`/`var`.
+    /// A persistent cache file; `None` for a transient in-memory cache
+    /// (unless [`cache_client`](ClientOptions::cache_client) is set).
     pub cache_path: Option<PathBuf>,
+    /// ZEO's `client` name for a persistent cache: when set and
+    /// [`cache_path`](ClientOptions::cache_path) is not, the cache file is
+    /// `<cache_var>/<cache_client>-<storage>.zec`, derived when the client
+    /// opens (so `storage` may be set before or after). Set by
+    /// [`ClientOptions::persistent_cache`].
+    pub cache_client: Option<String>,
+    /// ZEO's `var`: the directory of the cache file named after
+    /// [`cache_client`](ClientOptions::cache_client); `None` is the current
+    /// directory.
+    pub cache_var: Option<PathBuf>,
     /// The name [`zeo_storage::Storage::name`] reports; empty means the
     /// server addresses.
     pub name: String,
@@ -166,6 +176,12 @@ pub struct ClientOptions {
     pub max_disconnect_poll: Duration,
     /// Whether starting waits for a verified connection.
     pub wait: bool,
+    /// Give up at once, rather than after `wait_timeout`, when a whole
+    /// round of connection attempts fails because every address refused
+    /// the connection (nothing listens there, or the Unix socket does not
+    /// exist). Applies to opening and to calls waiting for a connection.
+    /// Off by default: a server that is restarting refuses for a moment.
+    pub fail_fast: bool,
     /// How long a call that needs the server waits for a connection.
     pub wait_timeout: Duration,
     /// Register read-only; writes fail with a read-only error.
@@ -203,6 +219,7 @@ impl fmt::Debug for ClientOptions {
             .field("read_only", &self.read_only)
             .field("read_only_fallback", &self.read_only_fallback)
             .field("wait", &self.wait)
+            .field("fail_fast", &self.fail_fast)
             .field("wait_timeout", &self.wait_timeout)
             .field("username", &self.username)
             .field("realm", &self.realm)
@@ -218,10 +235,13 @@ impl ClientOptions {
             storage: "1".into(),
             cache_size: DEFAULT_CACHE_SIZE,
             cache_path: None,
+            cache_client: None,
+            cache_var: None,
             name: String::new(),
             min_disconnect_poll: Duration::from_secs(1),
             max_disconnect_poll: Duration::from_secs(30),
             wait: true,
+            fail_fast: false,
             wait_timeout: Duration::from_secs(30),
             read_only: false,
             read_only_fallback: false,
@@ -236,15 +256,37 @@ impl ClientOptions {
     }
 
     /// Uses the persistent cache ZEO would: `<var>/<client>-<storage>.zec`
-    /// (`var` defaults to the current directory).
+    /// (`var` defaults to the current directory). The path is derived when
+    /// the client opens, from the `storage` set by then.
+    ///
+    /// ```
+    /// use zeo_client::{ClientOptions, ServerAddress};
+    /// let mut options = ClientOptions::new(vec![ServerAddress::localhost(8100)]);
+    /// options.persistent_cache("app", Some("/var/cache/app".into()));
+    /// options.storage = "main".into();
+    /// assert_eq!(options.effective_cache_path().unwrap(), std::path::Path::new("/var/cache/app/app-main.zec"));
+    /// ```
     pub fn persistent_cache(&mut self, client: &str, var: Option<PathBuf>) -> &mut Self {
-        let var = var.unwrap_or_else(|| PathBuf::from("."));
-        self.cache_path = Some(crate::ClientCache::persistent_path(
+        self.cache_path = None;
+        self.cache_client = Some(client.to_owned());
+        self.cache_var = var;
+        self
+    }
+
+    /// The cache file the client opens: [`cache_path`](ClientOptions::cache_path),
+    /// else the one named by [`cache_client`](ClientOptions::cache_client)
+    /// and the current `storage`, else `None` (an in-memory cache).
+    pub fn effective_cache_path(&self) -> Option<PathBuf> {
+        if let Some(path) = &self.cache_path {
+            return Some(path.clone());
+        }
+        let client = self.cache_client.as_deref()?;
+        let var = self.cache_var.clone().unwrap_or_else(|| PathBuf::from("."));
+        Some(crate::ClientCache::persistent_path(
             &var,
             client,
             &self.storage,
-        ));
-        self
+        ))
     }
 
     /// The name the storage reports.

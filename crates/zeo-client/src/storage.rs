@@ -30,17 +30,28 @@ use crate::ClientCache;
 
 /// A blocking ZEO client storage.
 ///
+/// Transactions are easiest with [`ClientStorage::commit`], which aborts
+/// on every failure; the two-phase commit calls of the trait are there too
+/// (then every `tpc_begin` needs a `tpc_finish` or a `tpc_abort`, even
+/// after a failed vote).
+///
 /// ```no_run
+/// use zeo_client::records::{Record, Value};
 /// use zeo_client::{ClientOptions, ClientStorage, ServerAddress};
 /// use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 ///
 /// let storage = ClientStorage::open(ClientOptions::new(vec![ServerAddress::localhost(8100)]))?;
+/// let record = Record::persistent_list([Value::Int(1)]).encode()?;
 /// let txn = storage.tpc_begin(&TransactionMetaData::default(), BeginOptions::default())?;
 /// let oid = storage.new_oid()?;
-/// storage.store(txn, oid, Tid::ZERO, b"record")?;
-/// storage.tpc_vote(txn)?;
-/// let tid = storage.tpc_finish(txn, &mut |_| {})?;
-/// assert_eq!(storage.load(oid)?, (b"record".to_vec(), tid));
+/// let tid = match storage.store(txn, oid, Tid::ZERO, &record).and_then(|()| storage.tpc_vote(txn)) {
+///     Ok(_) => storage.finish(txn)?,
+///     Err(e) => {
+///         storage.tpc_abort(txn);
+///         return Err(e.into());
+///     }
+/// };
+/// assert_eq!(storage.load(oid)?, (record, tid));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
@@ -70,12 +81,28 @@ impl ClientStorage {
         })
     }
 
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.block(f)
+    }
+
     fn block<F: std::future::Future>(&self, f: F) -> F::Output {
         match &self.runtime {
             Some(rt) => rt.block_on(f),
             // Only reachable during drop.
             None => futures_lite_block(f),
         }
+    }
+
+    /// Closes the connection and syncs the cache, as
+    /// [`AsyncClientStorage::close`] (the same as the trait's `close`,
+    /// without importing [`Storage`]; dropping the client closes it too,
+    /// ignoring errors).
+    ///
+    /// # Errors
+    ///
+    /// The cache could not be written to its file.
+    pub fn close(&self) -> Result<()> {
+        self.client.close()
     }
 
     /// The async client this wraps (sharing connection and cache).
@@ -155,7 +182,7 @@ fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
 
 impl Drop for ClientStorage {
     fn drop(&mut self) {
-        self.client.close();
+        let _ = self.client.close();
         if let Some(rt) = self.runtime.take() {
             if let Ok(rt) = Arc::try_unwrap(rt) {
                 // Safe from any context, unlike dropping the runtime.
@@ -325,8 +352,7 @@ impl Storage for ClientStorage {
     }
 
     fn close(&self) -> zeo_storage::Result<()> {
-        self.client.close();
-        Ok(())
+        st(ClientStorage::close(self))
     }
 }
 
@@ -431,7 +457,7 @@ impl AsyncClientStorage {
     /// `undoLog(first, last)`: undoable transactions, newest first, with
     /// `first`/`last` as in [`Storage::undo_log`].
     ///
-    /// Servers identify FileStorage transactions by [`zeo_storage::undo_id`];
+    /// Servers identify FileStorage transactions by [`zeo_storage::undo_id()`];
     /// the tid is decoded from that id, and is [`Tid::ZERO`] for ids of
     /// another form.
     ///

@@ -82,6 +82,10 @@ pub enum Error {
     /// A ZODB persistent reference that has no usable oid.
     #[error("pickle: bad persistent reference: {0}")]
     BadReference(String),
+    /// A ZODB record whose state does not have the shape its class (or the
+    /// accessor used) requires.
+    #[error("pickle: unexpected record shape: {0}")]
+    Shape(String),
     /// A value that the chosen protocol cannot express.
     #[error("pickle: cannot encode: {0}")]
     Unencodable(String),

@@ -8,6 +8,10 @@
 //!   pickler does.
 //! * [`references`], [`class_of`] and [`encode_record`] know the layout of
 //!   ZODB object records (two pickles sharing one memo).
+//! * [`zodb`] reads and writes the records of the classes every ZODB
+//!   database has (`PersistentMapping`, `PersistentList`, `OOBTree`), so
+//!   that Rust and Python programs can share data; `docs/rust-records.md`
+//!   is the guide.
 //!
 //! Python 2 byte strings (`STRING`, `BINSTRING`, `SHORT_BINSTRING`) decode
 //! to [`Value::Bytes`], as ZODB reads them (`encoding='ASCII',
@@ -22,6 +26,7 @@ mod opcodes;
 mod record;
 mod text;
 pub mod value;
+pub mod zodb;
 
 pub use decode::{decode, decode_prefix, zeo_server_find_global, Decoder, DEFAULT_MAX_DEPTH};
 pub use encode::{encode, Encoder, Protocol, MAX_ENCODE_DEPTH};

@@ -112,6 +112,23 @@ fn text_of(v: &Value) -> Option<String> {
 /// Builds an object record the way ZODB's `ObjectWriter` does: protocol 3,
 /// one memo for both pickles, `class_meta` (usually [`Value::global`] of
 /// the class) then `state` (with references as [`Value::persistent_ref`]).
+/// [`crate::zodb::Record`] wraps this for the common classes.
+///
+/// ```
+/// use zeo_pickle::{class_of, encode_record, references, Value};
+///
+/// // A PersistentMapping (the root's class) holding a reference to oid 1.
+/// let class = Value::global("persistent.mapping", "PersistentMapping");
+/// let list = Value::global("persistent.list", "PersistentList");
+/// let state = Value::Dict(vec![(
+///     Value::str("data"),
+///     Value::Dict(vec![(Value::str("items"), Value::persistent_ref(1, Some(list)))]),
+/// )]);
+/// let record = encode_record(&class, &state)?;
+/// assert_eq!(class_of(&record), Some(("persistent.mapping".into(), "PersistentMapping".into())));
+/// assert_eq!(references(&record)?, [1]);
+/// # Ok::<(), zeo_pickle::Error>(())
+/// ```
 pub fn encode_record(class_meta: &Value, state: &Value) -> Result<Vec<u8>, Error> {
     let mut e = Encoder::new(Protocol::V3).with_memo(true);
     e.dump(class_meta)?;

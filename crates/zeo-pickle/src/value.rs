@@ -118,8 +118,13 @@ impl Value {
     }
 
     /// A ZODB persistent reference to `oid`, the way `ZODB.serialize`
-    /// writes one: `(oid, class)` when the class is known, the bare 8-byte
-    /// oid otherwise.
+    /// writes one: `(oid, class)` when the class is known (pass
+    /// [`ClassName::global`](crate::zodb::ClassName::global)), the bare
+    /// 8-byte oid otherwise. Read it back with [`Value::reference_oid`].
+    ///
+    /// `oid` is the oid's 64-bit number: for a `zeo_storage::Oid`, its
+    /// `.0` (this crate sits below the storage crate and cannot name its
+    /// type; `zeo_client::records` has `Oid`-typed helpers).
     pub fn persistent_ref(oid: u64, class: Option<Value>) -> Value {
         let oid = Value::Bytes(oid.to_be_bytes().to_vec());
         Value::PersistentId(Box::new(match class {
@@ -229,5 +234,40 @@ impl Value {
             | Value::DictItems { .. } => "object",
             Value::PersistentId(_) => "persistent reference",
         }
+    }
+}
+
+/// A `str`.
+impl From<&str> for Value {
+    fn from(s: &str) -> Value {
+        Value::Str(s.to_owned())
+    }
+}
+
+/// A `str`.
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Value::Str(s)
+    }
+}
+
+/// An `int`.
+impl From<i64> for Value {
+    fn from(n: i64) -> Value {
+        Value::Int(n)
+    }
+}
+
+/// A `bool`.
+impl From<bool> for Value {
+    fn from(b: bool) -> Value {
+        Value::Bool(b)
+    }
+}
+
+/// A `float`.
+impl From<f64> for Value {
+    fn from(f: f64) -> Value {
+        Value::Float(f)
     }
 }

@@ -147,6 +147,23 @@ impl Error {
         }
     }
 
+    /// Whether this is a write or read conflict (`ConflictError` or its
+    /// subclass `ReadConflictError`): the transaction may succeed if
+    /// retried from fresh data.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. } | Error::ReadConflict { .. })
+    }
+
+    /// Whether this is `ReadOnlyError`.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Error::ReadOnly)
+    }
+
+    /// Whether this is `POSKeyError`.
+    pub fn is_pos_key(&self) -> bool {
+        matches!(self, Error::PosKey { .. })
+    }
+
     /// A POSKeyError for an oid.
     pub fn pos_key(oid: Oid) -> Self {
         Error::PosKey { oid, serial: None }
