@@ -33,23 +33,17 @@
 //! use zeo_client::records::{oid_of, reference, Record, PERSISTENT_LIST};
 //! use zeo_client::{ClientOptions, ClientStorage, CommitOptions, ServerAddress};
 //! use zeo_pickle::Value;
-//! use zeo_server::{BoundAddress, ListenAddress, ServerBuilder, ServerSettings};
+//! use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
 //! use zeo_storage::{MappingStorage, Oid, Storage, Tid};
 //!
-//! let rt = tokio::runtime::Runtime::new().unwrap();
 //! let server = ServerBuilder::new(ServerSettings::default())
 //!     .storage("1", Arc::new(MappingStorage::new("1")))
 //!     .build()
 //!     .unwrap();
-//! let port = {
-//!     let _runtime = rt.enter();
-//!     match &server.bind(&ListenAddress::localhost(0)).unwrap()[0] {
-//!         BoundAddress::Tcp(addr) => addr.port(),
-//!         other => panic!("{other}"),
-//!     }
-//! };
-//! let handle = server.handle();
-//! rt.spawn(server.serve(std::future::pending()));
+//! server.bind(&ListenAddress::localhost(0)).unwrap(); // the system picks a port
+//! // The server on a runtime of its own, for a program that is not async.
+//! let background = server.start_background().unwrap();
+//! let port = background.port().unwrap();
 //!
 //! let storage = ClientStorage::open(ClientOptions::new(vec![ServerAddress::localhost(port)])).unwrap();
 //! let options = CommitOptions::new().user("demo").description("create the root");
@@ -76,7 +70,8 @@
 //! assert_eq!(list.list_items().unwrap(), [Value::str("first"), Value::Int(2)]);
 //! assert_eq!(storage.last_transaction(), tid);
 //! storage.close().unwrap();
-//! handle.shutdown();
+//! // Returns once the server's storages are closed.
+//! background.shutdown().unwrap();
 //! ```
 //!
 //! Iteration, the undo log (filtered here, since a filter cannot travel to
@@ -87,26 +82,19 @@
 //! use zeo_client::{ClientOptions, ClientStorage, ServerAddress};
 //! use zeo_client::records::Record;
 //! use zeo_pickle::Value;
-//! use zeo_server::{BoundAddress, ListenAddress, ServerBuilder, ServerSettings};
+//! use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
 //! use zeo_storage::filestorage::FileStorageOptions;
 //! use zeo_storage::{BeginOptions, FileStorage, Storage, Tid, TransactionMetaData, UndoEntry};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let file = FileStorage::open(&dir.path().join("Data.fs"), FileStorageOptions::default()).unwrap();
-//! let rt = tokio::runtime::Runtime::new().unwrap();
 //! let server = ServerBuilder::new(ServerSettings::default())
 //!     .storage("1", Arc::new(file))
 //!     .build()
 //!     .unwrap();
-//! let port = {
-//!     let _runtime = rt.enter();
-//!     match &server.bind(&ListenAddress::localhost(0)).unwrap()[0] {
-//!         BoundAddress::Tcp(addr) => addr.port(),
-//!         other => panic!("{other}"),
-//!     }
-//! };
-//! let handle = server.handle();
-//! rt.spawn(server.serve(std::future::pending()));
+//! server.bind(&ListenAddress::localhost(0)).unwrap();
+//! let background = server.start_background().unwrap();
+//! let port = background.port().unwrap();
 //! let storage = ClientStorage::open(ClientOptions::new(vec![ServerAddress::localhost(port)])).unwrap();
 //!
 //! // The root, a PersistentMapping, with a different "n" in each transaction.
@@ -136,7 +124,8 @@
 //! let t3 = storage.finish(txn).unwrap();
 //! assert_eq!(storage.load(zeo_storage::Oid::ROOT).unwrap(), (root(1), t3));
 //! storage.close().unwrap();
-//! handle.shutdown();
+//! // Returns once the server's storages are closed.
+//! background.shutdown().unwrap();
 //! ```
 
 #![warn(missing_docs)]

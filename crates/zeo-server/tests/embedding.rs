@@ -97,7 +97,7 @@ async fn spawn_learn_the_port_connect_and_shutdown_releases_the_lock() {
         reopened.load(Oid::ROOT).unwrap(),
         (b"written by the client".to_vec(), second)
     );
-    client.close();
+    client.close().unwrap();
     drop(handle);
 }
 
@@ -161,7 +161,7 @@ async fn spawn_on_a_unix_socket() {
         .unwrap()
         .unwrap();
     client.ping().await.unwrap();
-    client.close();
+    client.close().unwrap();
 
     tokio::time::timeout(WAIT, running.shutdown())
         .await
