@@ -5,32 +5,21 @@
 //! `cargo test -p zeo-client --test fuzz_corpus -- --ignored` rewrites the
 //! seed files from caches written here.
 
-use std::path::{Path, PathBuf};
-
 use zeo_client::ClientCache;
 use zeo_storage::{Oid, Tid};
 
-fn target_dir(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz")
-        .join(kind)
-        .join("client_cache_replay")
+mod replay {
+    include!("../../../fuzz/checks/replay.rs");
 }
+
+use replay::{kept_inputs_dir, replay};
 
 #[test]
 fn client_cache_replay_corpus_replays() {
-    let mut inputs = Vec::new();
-    for kind in ["corpus", "artifacts"] {
-        if let Ok(dir) = std::fs::read_dir(target_dir(kind)) {
-            inputs.extend(dir.map(|e| e.unwrap().path()).filter(|p| p.is_file()));
-        }
-    }
-    assert!(!inputs.is_empty(), "the seed corpus is committed");
-    inputs.sort();
-    for p in inputs {
+    replay("client_cache_replay", |data| {
         let dir = tempfile::tempdir().unwrap();
-        zeo_client::cache::fuzz_replay(dir.path(), &std::fs::read(&p).unwrap());
-    }
+        zeo_client::cache::fuzz_replay(dir.path(), data);
+    });
 }
 
 #[test]
@@ -49,7 +38,7 @@ fn write_seed_corpus() {
         c.sync().unwrap();
     }
     let bytes = std::fs::read(&path).unwrap();
-    let out = target_dir("corpus");
+    let out = kept_inputs_dir("corpus", "client_cache_replay");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("sample"), &bytes).unwrap();
     std::fs::write(out.join("torn-tail"), &bytes[..bytes.len() - 5]).unwrap();

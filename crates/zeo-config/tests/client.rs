@@ -273,7 +273,9 @@ fn docs_client_example_parses() {
     )
     .unwrap();
     let after = doc.split("### Client example").nth(1).unwrap();
-    let block = after.split("```").nth(1).unwrap();
+    // The fenced block, without its info string (e.g. `text`).
+    let fenced = after.split("```").nth(1).unwrap();
+    let block = fenced.split_once('\n').map_or(fenced, |(_, body)| body);
     let c = ClientConfig::from_str(block, "configuration.md").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         c.servers,

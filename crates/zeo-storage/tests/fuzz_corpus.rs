@@ -5,49 +5,27 @@
 //! `cargo test -p zeo-storage --test fuzz_corpus -- --ignored` rewrites the
 //! seed files from storages built here.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use zeo_pickle::{encode_record, Value};
 use zeo_storage::filestorage::{fuzzing, FileStorage, FileStorageOptions};
 use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Oid, Storage, Tid, TransactionMetaData};
 
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
+mod replay {
+    include!("../../../fuzz/checks/replay.rs");
 }
 
-/// Every file of `fuzz/corpus/<target>` and `fuzz/artifacts/<target>`;
-/// at least one (the seeds are committed).
-fn inputs(target: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for kind in ["corpus", "artifacts"] {
-        let Ok(dir) = std::fs::read_dir(fuzz_dir().join(kind).join(target)) else {
-            continue;
-        };
-        for e in dir {
-            let p = e.unwrap().path();
-            if p.is_file() {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    assert!(!out.is_empty(), "no corpus for {target}");
-    out
-}
+use replay::{kept_inputs_dir, replay};
 
 #[test]
 fn filestorage_data_corpus_replays() {
-    for p in inputs("filestorage_data") {
-        fuzzing::data_file(&std::fs::read(&p).unwrap());
-    }
+    replay("filestorage_data", fuzzing::data_file);
 }
 
 #[test]
 fn filestorage_index_corpus_replays() {
-    for p in inputs("filestorage_index") {
-        fuzzing::index_file(&std::fs::read(&p).unwrap());
-    }
+    replay("filestorage_index", fuzzing::index_file);
 }
 
 fn record(class: &str, refs: &[u64]) -> Vec<u8> {
@@ -115,7 +93,7 @@ fn write_seed_corpus() {
     build_sample(&path);
     let data = std::fs::read(&path).unwrap();
     let index = std::fs::read(dir.path().join("Data.fs.index")).unwrap();
-    let out = fuzz_dir().join("corpus/filestorage_data");
+    let out = kept_inputs_dir("corpus", "filestorage_data");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("sample"), &data).unwrap();
     std::fs::write(out.join("empty-storage"), b"FS30").unwrap();
@@ -126,7 +104,7 @@ fn write_seed_corpus() {
         fuzzing::sample_data_file(),
     )
     .unwrap();
-    let out = fuzz_dir().join("corpus/filestorage_index");
+    let out = kept_inputs_dir("corpus", "filestorage_index");
     std::fs::create_dir_all(&out).unwrap();
     // Index files are checked against the fuzzing module's sample.
     let d2 = tempfile::tempdir().unwrap();
