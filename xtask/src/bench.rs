@@ -319,12 +319,131 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         scratch.check_alive(if name == "py" { "runzeo" } else { "zeo-server" })?;
     }
 
+    // How long a well-behaved client waits while others never read.
+    let mut slow: Vec<(&str, f64, f64, u64, u64)> = Vec::new();
+    process::header(&format!(
+        "ping p50 while {SLOW_READERS} clients send loads and never read their replies"
+    ));
+    for (name, port, pid) in servers {
+        let addr = format!("127.0.0.1:{port}");
+        let ping = || -> Result<f64, String> {
+            let out = capture(
+                Command::new(&client_bin).args([
+                    "--server",
+                    &addr,
+                    "bench",
+                    "--json",
+                    "--clients",
+                    "1",
+                    "--duration",
+                    &duration,
+                    "--workloads",
+                    "ping",
+                ]),
+                Duration::from_secs_f64(60.0 + options.duration),
+            )?;
+            out.lines()
+                .find_map(|l| field(l, "p50_us")?.parse::<f64>().ok())
+                .ok_or_else(|| format!("no ping result in {out:?}"))
+        };
+        let quiet = ping()?;
+        let before = vm_rss_kib(pid)?;
+        let readers = slow_readers(port, SLOW_READERS)?;
+        let loaded = ping();
+        let during = vm_rss_kib(pid);
+        drop(readers);
+        let (loaded, during) = (loaded?, during?);
+        println!(
+            "{name}: ping p50 {:.3} ms quiet, {:.3} ms with slow readers; RSS {before} -> {during} KiB",
+            quiet / 1e3,
+            loaded / 1e3
+        );
+        slow.push((name, quiet, loaded, before, during));
+        scratch.check_alive(if name == "py" { "runzeo" } else { "zeo-server" })?;
+    }
+
     process::header(
         "Results (ratio = zeo-server / Python server; higher is better except memory and latency)",
     );
     print_table(options, &counts, &results, &rss, fsync);
+    for (name, quiet, loaded, before, during) in slow {
+        println!(
+            "{:<45} {:>8.3} ms p50 with {SLOW_READERS} slow readers, {:.1}x its quiet p50; RSS {} -> {} MiB",
+            format!("ping, {}", server_title(name)),
+            loaded / 1e3,
+            loaded / quiet.max(1.0),
+            before / 1024,
+            during / 1024
+        );
+    }
     drop(scratch);
     Ok(())
+}
+
+/// Clients in the slow-reader measurement.
+const SLOW_READERS: usize = 3;
+
+/// Requests each slow reader sends at most: 100 MB of replies for the
+/// prepared 1 KiB object, bounded so a server that buffers every reply
+/// (as Python's does) holds a known amount.
+const SLOW_READER_REQUESTS: usize = 100_000;
+
+/// `n` raw `Z5` connections that register, send up to
+/// [`SLOW_READER_REQUESTS`] `loadBefore` calls of oid 1 and never read a
+/// reply; they stay connected until dropped. Sending stops early when the
+/// server stops reading (its back-pressure, or full socket buffers).
+fn slow_readers(port: u16, n: usize) -> Result<Vec<TcpStream>, String> {
+    // Protocol 3 pickles of (msgid, False, method, args), as a stock client
+    // writes them (no memo).
+    fn call(msgid: u8, method: &str, args: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, 3, b'(', b'J', msgid, 0, 0, 0, 0x89, b'X'];
+        p.extend_from_slice(&(method.len() as u32).to_le_bytes());
+        p.extend_from_slice(method.as_bytes());
+        p.extend_from_slice(args);
+        p.extend_from_slice(b"t.");
+        let mut frame = (p.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&p);
+        frame
+    }
+    let register = call(1, "register", b"X\x01\x00\x00\x001\x89\x86");
+    let mut args = vec![b'C', 8];
+    args.extend_from_slice(&1u64.to_be_bytes());
+    args.extend_from_slice(&[b'C', 8]);
+    args.extend_from_slice(&(i64::MAX as u64).to_be_bytes());
+    args.push(0x86);
+    let load = call(2, "loadBefore", &args);
+    let batch: Vec<u8> = load.repeat(1000);
+    let io = |e: std::io::Error| format!("slow reader on port {port}: {e}");
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(io)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(io)?;
+        s.set_write_timeout(Some(Duration::from_secs(2)))
+            .map_err(io)?;
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).map_err(io)?;
+        let mut greeting = vec![0u8; u32::from_be_bytes(len).min(16) as usize];
+        s.read_exact(&mut greeting).map_err(io)?;
+        s.write_all(&[0, 0, 0, 2, b'Z', b'5']).map_err(io)?;
+        s.write_all(&register).map_err(io)?;
+        for _ in 0..SLOW_READER_REQUESTS / 1000 {
+            match s.write_all(&batch) {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        out.push(s);
+    }
+    Ok(out)
 }
 
 fn server_title(name: &str) -> &'static str {
