@@ -95,13 +95,7 @@ fn fake_server(listener: TcpListener, attack: Attack, done: mpsc::Sender<bool>) 
 /// Peak virtual size of this process: what a reservation costs under
 /// `ulimit -v` or `vm.overcommit_memory=2`, even before it is touched.
 fn peak() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmPeak:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
+    zeo_testkit::proc_status_kib(None, "VmPeak") * 1024
 }
 
 fn attacked(attack: Attack) -> (zeo_client::Error, bool) {

@@ -19,12 +19,7 @@ const CONFIG: &str = "<zeo>\n  address 127.0.0.1:0\n  authentication-protocol di
 /// Writes the configuration and adds alice with `zeo-server passwd -C`.
 fn configure(dir: &Path) {
     std::fs::write(dir.join("zeo.conf"), CONFIG).unwrap();
-    let out = Command::new(binary())
-        .args(["passwd", "-C", "zeo.conf", "alice", "s3cret"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    add_user(dir, "alice", "s3cret");
     let db = std::fs::read_to_string(dir.join("auth.db")).unwrap();
     assert!(db.starts_with("realm zeo\nalice: "), "{db}");
 }

@@ -15,7 +15,7 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -50,19 +50,9 @@ fn start_configured(dir: &Path, zeo_lines: &str, msgpack: bool) -> ServerProcess
     start(dir, &["-C", "zeo.conf"])
 }
 
-/// A field of `/proc/PID/status`, in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 /// Peak resident bytes of the server so far.
 fn peak(server: &ServerProcess) -> u64 {
-    status_kib(server.child.id(), "VmHWM") * 1024
+    zeo_testkit::proc_status_kib(Some(server.child.id()), "VmHWM") * 1024
 }
 
 /// A raw peer that speaks frames and nothing else.
@@ -212,7 +202,7 @@ fn deep_pickle_frames_close_only_their_connection() {
 fn deep_pickle_frames_before_login_close_only_their_connection() {
     let dir = zeo_testkit::TempDir::new().unwrap();
     std::fs::write(dir.path().join("zeo.conf"), AUTH_CONFIG).unwrap();
-    add_user(dir.path());
+    add_user(dir.path(), "alice", "s3cret");
     let mut server = start(dir.path(), &["-C", "zeo.conf"]);
     let (mut peer, _) = Peer::connect(server.addr());
     peer.send(&deep_tuple_pickle(50_000));
@@ -403,37 +393,15 @@ fn clients_that_never_read_cost_bounded_memory() {
     assert_serves(&mut server);
 }
 
-/// Runs the binary to completion (20 s at most) and returns its status and
-/// stderr.
+/// Runs the binary to completion ([`PATIENCE`] at most) and returns its
+/// status and stderr.
 fn run_to_exit(dir: &Path, args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(binary())
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("zeo-server {args:?} kept running");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status, err)
+    let out =
+        zeo_testkit::run_with_timeout(Command::new(binary()).args(args).current_dir(dir), PATIENCE);
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -485,20 +453,11 @@ const AUTH_CONFIG: &str = "<zeo>\n  address 127.0.0.1:0\n  authentication-protoc
                            login-timeout 2s\n</zeo>\n\
                            <filestorage 1>\n  path Data.fs\n</filestorage>\n";
 
-fn add_user(dir: &Path) {
-    let out = Command::new(binary())
-        .args(["passwd", "-C", "zeo.conf", "alice", "s3cret"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 #[test]
 fn with_authentication_ruok_tells_liveness_only() {
     let dir = zeo_testkit::TempDir::new().unwrap();
     std::fs::write(dir.path().join("zeo.conf"), AUTH_CONFIG).unwrap();
-    add_user(dir.path());
+    add_user(dir.path(), "alice", "s3cret");
     let server = start(dir.path(), &["-C", "zeo.conf"]);
     let status = ruok(server.addr());
     let json: zeo_testkit::serde_json::Value = zeo_testkit::serde_json::from_str(&status).unwrap();
@@ -511,7 +470,7 @@ fn with_authentication_ruok_tells_liveness_only() {
 fn peers_that_never_log_in_are_closed() {
     let dir = zeo_testkit::TempDir::new().unwrap();
     std::fs::write(dir.path().join("zeo.conf"), AUTH_CONFIG).unwrap();
-    add_user(dir.path());
+    add_user(dir.path(), "alice", "s3cret");
     let server = start(dir.path(), &["-C", "zeo.conf"]);
     // One peer never answers the greeting, one answers and then stays
     // silent. Both are closed once login-timeout (2 s) passes.

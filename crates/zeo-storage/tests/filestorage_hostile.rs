@@ -18,9 +18,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Peak resident memory of this process, from `/proc/self/status`.
 fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    zeo_testkit::proc_status_kib(None, "VmHWM")
 }
 
 /// One transaction with a 1 MiB record of oid 1; returns (tid, record pos).

@@ -226,6 +226,25 @@ pub fn stdout_of(output: &Output, what: &str) -> String {
         .unwrap_or_else(|e| panic!("{what} printed invalid UTF-8: {e}"))
 }
 
+/// A `kB` field of `/proc/<pid>/status` (`None`: this process), in KiB:
+/// `VmHWM` (peak resident size), `VmPeak` (peak virtual size), `VmRSS`.
+///
+/// # Panics
+///
+/// When the file cannot be read (the process is gone) or has no such field.
+pub fn proc_status_kib(pid: Option<u32>, field: &str) -> u64 {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {path}"))
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///
 /// The port is released before returning, so another process may take it

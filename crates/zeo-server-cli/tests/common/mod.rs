@@ -130,6 +130,17 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Adds `user` to the password database `zeo.conf` in `dir` names, with
+/// `zeo-server passwd -C zeo.conf`.
+pub fn add_user(dir: &Path, user: &str, password: &str) {
+    let out = Command::new(binary())
+        .args(["passwd", "-C", "zeo.conf", user, password])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// Asks a server `ruok` and returns the JSON text.
 pub fn ruok(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
