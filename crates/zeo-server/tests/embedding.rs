@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use zeo_client::{AsyncClientStorage, ClientOptions, ClientStorage, ServerAddress};
-use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
+use zeo_server::{ListenAddress, Server, ServerBuilder, ServerSettings};
 use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 
@@ -18,6 +18,17 @@ fn open_writable(path: &Path) -> zeo_storage::Result<FileStorage> {
 }
 
 /// Commits `data` as the root object straight into `storage`.
+/// A server for the FileStorage at `path` as storage `1`, bound to a free
+/// port of 127.0.0.1.
+fn tcp_server(path: &Path) -> Server {
+    let server = ServerBuilder::new(ServerSettings::default())
+        .storage("1", Arc::new(open_writable(path).unwrap()))
+        .build()
+        .unwrap();
+    server.bind(&ListenAddress::localhost(0)).unwrap();
+    server
+}
+
 fn commit_root(storage: &dyn Storage, serial: Tid, data: &[u8]) -> Tid {
     let txn = storage
         .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
@@ -105,11 +116,7 @@ async fn spawn_learn_the_port_connect_and_shutdown_releases_the_lock() {
 async fn dropping_a_running_server_shuts_it_down() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("Data.fs");
-    let server = ServerBuilder::new(ServerSettings::default())
-        .storage("1", Arc::new(open_writable(&path).unwrap()))
-        .build()
-        .unwrap();
-    server.bind(&ListenAddress::localhost(0)).unwrap();
+    let server = tcp_server(&path);
     let running = server.spawn();
     let handle = running.handle().clone();
     assert!(!handle.is_stopped());
@@ -174,11 +181,7 @@ async fn spawn_on_a_unix_socket() {
 fn a_background_server_for_blocking_programs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("Data.fs");
-    let server = ServerBuilder::new(ServerSettings::default())
-        .storage("1", Arc::new(open_writable(&path).unwrap()))
-        .build()
-        .unwrap();
-    server.bind(&ListenAddress::localhost(0)).unwrap();
+    let server = tcp_server(&path);
     let background = server.start_background().unwrap();
     let port = background.port().unwrap();
     let handle = background.handle().clone();
@@ -201,11 +204,7 @@ fn a_background_server_for_blocking_programs() {
 fn dropping_a_background_server_outside_async_code_waits_for_the_storages() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("Data.fs");
-    let server = ServerBuilder::new(ServerSettings::default())
-        .storage("1", Arc::new(open_writable(&path).unwrap()))
-        .build()
-        .unwrap();
-    server.bind(&ListenAddress::localhost(0)).unwrap();
+    let server = tcp_server(&path);
     let background = server.start_background().unwrap();
     let handle = background.handle().clone();
     assert_locked(&path);
@@ -218,11 +217,7 @@ fn dropping_a_background_server_outside_async_code_waits_for_the_storages() {
 async fn dropping_a_background_server_inside_async_code_still_closes_the_storages() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("Data.fs");
-    let server = ServerBuilder::new(ServerSettings::default())
-        .storage("1", Arc::new(open_writable(&path).unwrap()))
-        .build()
-        .unwrap();
-    server.bind(&ListenAddress::localhost(0)).unwrap();
+    let server = tcp_server(&path);
     let background = server.start_background().unwrap();
     let handle = background.handle().clone();
     drop(background); // must not panic although this is async code
