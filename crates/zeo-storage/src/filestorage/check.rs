@@ -7,10 +7,9 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::ids::Tid;
 
-use super::format::{
-    format_error, Window, DATA_HEADER_LEN, MAGIC, STATUS_CHECKPOINT, STATUS_UNDONE, TXN_HEADER_LEN,
-};
+use super::format::{format_error, FIRST_TXN_POS, MAGIC};
 use super::scan::file_len;
+use super::walker::{Dialect, Next, Walker};
 
 /// What [`check`] found in a sound file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,13 +35,12 @@ pub struct CheckReport {
 pub fn check(path: &Path) -> Result<CheckReport> {
     let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let size = file_len(&file, path)?;
-    let fail = |pos: u64, reason: String| -> Error { format_error(path, pos, reason) };
     if size == 0 {
-        return Err(fail(0, "empty file".into()));
+        return Err(format_error(path, 0, "empty file"));
     }
-    let mut win = Window::new(&file, path, size);
-    if win.array::<4>(0)?.as_ref() != Some(MAGIC) {
-        return Err(fail(0, "invalid file header".into()));
+    let mut walk = Walker::new(&file, path, size, FIRST_TXN_POS, Tid::ZERO, Dialect::Fstest);
+    if walk.array::<4>(0)?.as_ref() != Some(MAGIC) {
+        return Err(format_error(path, 0, "invalid file header"));
     }
     let mut report = CheckReport {
         transactions: 0,
@@ -50,90 +48,13 @@ pub fn check(path: &Path) -> Result<CheckReport> {
         last_tid: Tid::ZERO,
         size,
     };
-    let mut pos = 4u64;
-    let mut ltid = Tid::ZERO;
-    while pos < size {
-        let Some(h) = win.array::<{ TXN_HEADER_LEN as usize }>(pos)? else {
-            return Err(fail(pos, format!("truncated at {pos}")));
-        };
-        let h = super::format::TxnHeader::parse(&h);
-        if h.tid <= ltid {
-            return Err(fail(
-                pos,
-                format!("time-stamp reduction at {pos}: {} <= {}", h.tid, ltid),
-            ));
+    while let Next::Txn(txn) = walk.next_txn()? {
+        while walk.next_record()?.is_some() {
+            report.data_records += 1;
         }
-        ltid = h.tid;
-        let tend = match pos.checked_add(h.tlen) {
-            Some(e) if e.checked_add(8).is_some_and(|x| x <= size) => e,
-            _ => {
-                return Err(fail(
-                    pos,
-                    format!("truncated possibly because of damaged records at {pos}"),
-                ))
-            }
-        };
-        if h.status == STATUS_CHECKPOINT {
-            return Err(fail(
-                pos,
-                format!("checkpoint flag was not cleared at {pos}"),
-            ));
-        }
-        if !b" up".contains(&h.status) {
-            return Err(fail(
-                pos,
-                format!("has invalid status {:?} at {pos}", h.status as char),
-            ));
-        }
-        if h.header_len() > h.tlen {
-            return Err(fail(
-                pos,
-                format!("has an invalid transaction header at {pos}"),
-            ));
-        }
-        let tpos = pos;
-        if h.status != STATUS_UNDONE {
-            let mut dpos = tpos + h.header_len();
-            while dpos < tend {
-                let Some(raw) = win.array::<{ DATA_HEADER_LEN as usize }>(dpos)? else {
-                    return Err(fail(dpos, format!("truncated at {dpos}")));
-                };
-                let tloc = u64::from_be_bytes(raw[24..32].try_into().unwrap_or_default());
-                let vlen = u16::from_be_bytes([raw[32], raw[33]]);
-                let plen = u64::from_be_bytes(raw[34..42].try_into().unwrap_or_default());
-                let mut dlen = DATA_HEADER_LEN.checked_add(if plen == 0 { 8 } else { plen });
-                if vlen != 0 {
-                    dlen = dlen.and_then(|d| d.checked_add(16 + u64::from(vlen)));
-                }
-                if tloc != tpos {
-                    return Err(fail(dpos, format!("data record exceeds transaction record at {dpos}: tloc {tloc} != tpos {tpos}")));
-                }
-                let next = dlen.and_then(|d| dpos.checked_add(d));
-                match next {
-                    Some(n) if n <= tend => dpos = n,
-                    _ => {
-                        return Err(fail(
-                            dpos,
-                            format!(
-                            "has data records that extend beyond the transaction record; end at {}",
-                            next.map_or_else(|| "overflow".to_string(), |n| n.to_string())
-                        ),
-                        ))
-                    }
-                }
-                report.data_records += 1;
-            }
-        }
-        let rtl = win.array::<8>(tend)?.map(u64::from_be_bytes);
-        if rtl != Some(h.tlen) {
-            return Err(fail(
-                tend,
-                format!("has inconsistent transaction length at {tend}"),
-            ));
-        }
-        pos = tend + 8;
+        walk.finish_txn()?;
         report.transactions += 1;
-        report.last_tid = h.tid;
+        report.last_tid = txn.header.tid;
     }
     Ok(report)
 }

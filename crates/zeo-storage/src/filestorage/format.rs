@@ -2,8 +2,8 @@
 //! serialize them, and a positional reader that turns every short read or
 //! out-of-range length into an [`Error::Format`] naming the offset.
 //!
-//! Everything here is shared by the storage, the scan at open, iteration,
-//! `check`, `dump` and pack, so it only depends on a `&File` and never on
+//! Everything here is shared by the storage, the walker (`check`, the scan
+//! at open, pack), iteration, `dump`, so it only depends on a `&File` and never on
 //! the storage's locks.
 
 use std::cell::RefCell;
@@ -211,6 +211,16 @@ impl<'a> Reader<'a> {
     /// The limit reads stay below.
     pub fn end(&self) -> u64 {
         self.end
+    }
+
+    /// The file read.
+    pub fn file(&self) -> &'a File {
+        self.file
+    }
+
+    /// The file's name in errors.
+    pub fn path(&self) -> &'a Path {
+        self.path
     }
 
     /// A format error at `pos`.
@@ -521,16 +531,29 @@ pub(crate) fn check_magic(path: &Path, magic: &[u8]) -> Result<()> {
 
 /// A forward-reading window over a file for sequential scans: small reads
 /// are served from a large buffer instead of one system call each.
+///
+/// The buffer is refilled with a large read while the reads asked for are
+/// close together (small records), and with a small one once they jump
+/// far apart (large records whose data the walk skips): reading ahead
+/// then would only copy data nobody looks at.
 pub(crate) struct Window<'a> {
     file: &'a File,
     path: &'a Path,
     size: u64,
     buf: Vec<u8>,
     start: u64,
+    /// Position of the previous request, to tell a dense walk from a
+    /// sparse one.
+    last: u64,
 }
 
 impl<'a> Window<'a> {
     const CAPACITY: usize = 1 << 20;
+    /// Refill size when requests are far apart: a transaction header with
+    /// its metadata, or a record header, and whatever small records follow.
+    const SPARSE_READ: usize = 4 << 10;
+    /// Distance between two requests beyond which the walk counts as sparse.
+    const SPARSE_STRIDE: u64 = 32 << 10;
 
     /// A window over the first `size` bytes of `file`.
     pub fn new(file: &'a File, path: &'a Path, size: u64) -> Self {
@@ -540,6 +563,7 @@ impl<'a> Window<'a> {
             size,
             buf: Vec::new(),
             start: 0,
+            last: 0,
         }
     }
 
@@ -551,8 +575,15 @@ impl<'a> Window<'a> {
             _ => return Ok(None),
         };
         let have = self.start + self.buf.len() as u64;
+        let sparse = pos.abs_diff(self.last) > Self::SPARSE_STRIDE;
+        self.last = pos;
         if pos < self.start || stop > have {
-            let want = (Self::CAPACITY.max(n) as u64).min(self.size - pos);
+            let read_ahead = if sparse {
+                Self::SPARSE_READ
+            } else {
+                Self::CAPACITY
+            };
+            let want = (read_ahead.max(n) as u64).min(self.size - pos);
             self.buf.resize(want as usize, 0);
             self.file
                 .read_exact_at(&mut self.buf, pos)

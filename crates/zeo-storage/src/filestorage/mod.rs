@@ -27,6 +27,7 @@ mod pack;
 mod refs;
 mod scan;
 mod undo;
+mod walker;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};

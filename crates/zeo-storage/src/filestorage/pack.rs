@@ -54,11 +54,11 @@ use crate::timestamp::TimeStamp;
 
 use super::fault::Io;
 use super::format::{
-    DataHeader, Reader, TxnHeader, FIRST_TXN_POS, MAGIC, STATUS_CHECKPOINT, STATUS_COMMITTED,
-    STATUS_PACKED, STATUS_UNDONE, TXN_HEADER_LEN, TXN_TRAILER_LEN,
+    DataHeader, Reader, TxnHeader, FIRST_TXN_POS, MAGIC, STATUS_PACKED, TXN_HEADER_LEN,
 };
 use super::index::OidIndex;
 use super::index_file::{append_suffix, index_path};
+use super::walker::{Dialect, Next, Txn, Walker};
 use super::{lock, sync_parent_dir, FileStorage};
 
 /// Output bytes buffered before a write.
@@ -300,35 +300,25 @@ struct PackScan {
 /// position was packed already, and so is what follows it).
 fn scan_to_pack_time(r: &Reader<'_>, stop: Tid) -> Result<Option<PackScan>> {
     let mut current: HashMap<u64, u64> = HashMap::new();
-    let mut checker = Checker { ltid: Tid::ZERO };
-    let mut pos = FIRST_TXN_POS;
+    let mut walk = Walker::over(r, FIRST_TXN_POS, Tid::ZERO, Dialect::Pack).stop_after(stop);
     let mut unpacked = false;
     let mut last_status = None;
-    while pos < r.end() {
-        let th = r.txn_header(pos)?;
-        if th.tid > stop {
-            break;
-        }
-        checker.check_txn(r, pos, &th)?;
-        if th.status != STATUS_PACKED {
+    while let Next::Txn(txn) = walk.next_txn()? {
+        if txn.header.status != STATUS_PACKED {
             unpacked = true;
         }
-        last_status = Some(th.status);
-        let tend = pos + th.tlen;
-        let tpos = pos;
-        pos += th.header_len();
-        while pos < tend {
-            let dh = r.data_header(pos)?;
-            let len = check_data(r, &th, tpos, &dh, pos)?;
+        last_status = Some(txn.header.status);
+        while let Some(rec) = walk.next_record()? {
+            let dh = rec.header;
             if dh.plen > 0 || dh.back != 0 {
-                current.insert(dh.oid.0, pos);
+                current.insert(dh.oid.0, rec.pos);
             } else {
                 current.remove(&dh.oid.0);
             }
-            pos += len;
         }
-        pos = check_trailer(r, tend, &th)?;
+        walk.finish_txn()?;
     }
+    let pos = walk.pos();
     if !unpacked {
         let next_status = if pos < r.end() {
             Some(r.txn_header(pos)?.status)
@@ -342,7 +332,7 @@ fn scan_to_pack_time(r: &Reader<'_>, stop: Tid) -> Result<Option<PackScan>> {
     Ok(Some(PackScan {
         current,
         packpos: pos,
-        ltid: checker.ltid,
+        ltid: walk.ltid(),
     }))
 }
 
@@ -350,125 +340,17 @@ fn scan_to_pack_time(r: &Reader<'_>, stop: Tid) -> Result<Option<PackScan>> {
 /// order (`GC.findReachableFromFuture`'s scan).
 fn future_backpointers(r: &Reader<'_>, packpos: u64, ltid: Tid) -> Result<Vec<(Oid, u64)>> {
     let mut out = Vec::new();
-    let mut checker = Checker { ltid };
-    let mut pos = packpos;
-    while pos < r.end() {
-        let th = r.txn_header(pos)?;
-        checker.check_txn(r, pos, &th)?;
-        let tend = pos + th.tlen;
-        let tpos = pos;
-        pos += th.header_len();
-        while pos < tend {
-            let dh = r.data_header(pos)?;
-            let len = check_data(r, &th, tpos, &dh, pos)?;
+    let mut walk = Walker::over(r, packpos, ltid, Dialect::Pack);
+    while let Next::Txn(_) = walk.next_txn()? {
+        while let Some(rec) = walk.next_record()? {
+            let dh = rec.header;
             if dh.back != 0 && dh.back < packpos {
                 out.push((dh.oid, dh.back));
             }
-            pos += len;
         }
-        pos = check_trailer(r, tend, &th)?;
+        walk.finish_txn()?;
     }
     Ok(out)
-}
-
-/// ZODB's `checkTxn`, with the last tid seen.
-struct Checker {
-    ltid: Tid,
-}
-
-impl Checker {
-    fn check_txn(&mut self, r: &Reader<'_>, pos: u64, th: &TxnHeader) -> Result<()> {
-        if th.tid <= self.ltid {
-            return Err(r.error(
-                pos,
-                format!("time-stamp reduction: {} <= {}", th.tid, self.ltid),
-            ));
-        }
-        self.ltid = th.tid;
-        if th.status == STATUS_CHECKPOINT {
-            return Err(r.error(pos, "transaction with checkpoint flag set"));
-        }
-        if ![STATUS_COMMITTED, STATUS_PACKED, STATUS_UNDONE].contains(&th.status) {
-            return Err(r.error(
-                pos,
-                format!("invalid transaction status: {:?}", th.status as char),
-            ));
-        }
-        check_txn_shape(r, pos, th)
-    }
-}
-
-/// A transaction's length covers its header and stays inside the data.
-fn check_txn_shape(r: &Reader<'_>, pos: u64, th: &TxnHeader) -> Result<()> {
-    if th.tlen < th.header_len() {
-        return Err(r.error(
-            pos,
-            format!(
-                "invalid transaction header: txnlen ({}) < headerlen({})",
-                th.tlen,
-                th.header_len()
-            ),
-        ));
-    }
-    match pos
-        .checked_add(th.tlen)
-        .and_then(|e| e.checked_add(TXN_TRAILER_LEN))
-    {
-        Some(e) if e <= r.end() => Ok(()),
-        _ => Err(r.error(
-            pos,
-            format!(
-                "transaction length {} runs past the end of the data at {}",
-                th.tlen,
-                r.end()
-            ),
-        )),
-    }
-}
-
-/// ZODB's `checkData`; returns the record's length.
-fn check_data(r: &Reader<'_>, th: &TxnHeader, tpos: u64, dh: &DataHeader, pos: u64) -> Result<u64> {
-    if dh.tloc != tpos {
-        return Err(r.error(
-            pos,
-            format!(
-                "data record does not point to transaction header: {} != {tpos}",
-                dh.tloc
-            ),
-        ));
-    }
-    let len = dh
-        .record_len()
-        .ok_or_else(|| r.error(pos, "data record length overflows"))?;
-    if pos.checked_add(len).is_none_or(|e| e > tpos + th.tlen) {
-        return Err(r.error(
-            pos,
-            format!(
-                "data record size exceeds transaction size at {}",
-                tpos + th.tlen
-            ),
-        ));
-    }
-    if dh.prev >= pos {
-        return Err(r.error(pos, format!("invalid previous pointer: {}", dh.prev)));
-    }
-    if dh.back >= pos {
-        return Err(r.error(pos, format!("invalid back pointer: {}", dh.back)));
-    }
-    Ok(len)
-}
-
-/// Checks the redundant length closing the transaction that ends at `tend`;
-/// returns the position after it.
-fn check_trailer(r: &Reader<'_>, tend: u64, th: &TxnHeader) -> Result<u64> {
-    let tl = r.read_u64(tend, "redundant transaction length")?;
-    if tl != th.tlen {
-        return Err(r.error(
-            tend,
-            format!("redundant transaction length does not match initial transaction length: {tl} != {}", th.tlen),
-        ));
-    }
-    Ok(tend + TXN_TRAILER_LEN)
 }
 
 /// The file as of the pack time, for the reachability walk.
@@ -672,24 +554,22 @@ impl Copier {
         packpos: u64,
         reachable: &Reachable<u64>,
     ) -> Result<u64> {
-        let mut pos = FIRST_TXN_POS;
+        let mut walk = Walker::over(r, FIRST_TXN_POS, Tid::ZERO, Dialect::Pack).shape_only();
         let mut new_pos = FIRST_TXN_POS;
-        while pos < packpos {
-            let th = r.txn_header(pos)?;
-            check_txn_shape(r, pos, &th)?;
-            let tpos = pos;
-            let tend = pos + th.tlen;
+        while walk.pos() < packpos {
+            let Next::Txn(txn) = walk.next_txn()? else {
+                break;
+            };
+            let th = txn.header;
             let mut new_tpos = None;
-            pos += th.header_len();
-            while pos < tend {
-                let h = r.data_header(pos)?;
-                let len = check_data(r, &th, tpos, &h, pos)?;
+            while let Some(rec) = walk.next_record()? {
+                let (pos, h) = (rec.pos, rec.header);
                 if reachable.is_reachable(h.oid, pos) {
                     let here_txn = match new_tpos {
                         Some(p) => p,
                         None => {
                             let p = self.out.pos();
-                            self.write_txn_header(r, tpos, &th, STATUS_PACKED)?;
+                            self.write_txn_header(r, txn.pos, &th, STATUS_PACKED)?;
                             new_tpos = Some(p);
                             p
                         }
@@ -711,39 +591,35 @@ impl Copier {
                     self.index.insert(h.oid.0, self.out.pos());
                     self.write_record(&new, data.as_deref())?;
                 }
-                pos += len;
             }
             if let Some(p) = new_tpos {
                 self.end_txn(p, th.tlen)?;
                 self.push_txn(th.tid, p);
                 new_pos = self.out.pos();
             }
-            pos = check_trailer(r, tend, &th)?;
+            walk.finish_txn()?;
         }
         Ok(new_pos)
     }
 
     /// `copyRest`: every transaction from `ipos` to the reader's end,
     /// whole. Returns the input position reached (the reader's end).
-    fn copy_rest(&mut self, r: &Reader<'_>, mut ipos: u64) -> Result<u64> {
-        while ipos < r.end() {
-            ipos = self.copy_one(r, ipos)?;
+    fn copy_rest(&mut self, r: &Reader<'_>, ipos: u64) -> Result<u64> {
+        let mut walk = Walker::over(r, ipos, Tid::ZERO, Dialect::Pack).shape_only();
+        while let Next::Txn(txn) = walk.next_txn()? {
+            self.copy_one(r, &mut walk, txn)?;
         }
-        Ok(ipos)
+        Ok(walk.pos())
     }
 
     /// `copyOne`: one transaction after the pack position.
-    fn copy_one(&mut self, r: &Reader<'_>, ipos: u64) -> Result<u64> {
-        let th = r.txn_header(ipos)?;
-        check_txn_shape(r, ipos, &th)?;
+    fn copy_one(&mut self, r: &Reader<'_>, walk: &mut Walker<'_>, txn: Txn) -> Result<()> {
+        let (ipos, th) = (txn.pos, txn.header);
         let new_tpos = self.out.pos();
         self.write_txn_header(r, ipos, &th, th.status)?;
-        let tend = ipos + th.tlen;
-        let mut pos = ipos + th.header_len();
         let mut tindex: Vec<(u64, u64)> = Vec::new();
-        while pos < tend {
-            let h = r.data_header(pos)?;
-            let len = check_data(r, &th, ipos, &h, pos)?;
+        while let Some(rec) = walk.next_record()? {
+            let (pos, h) = (rec.pos, rec.header);
             let (data, prev_txn) = if h.plen > 0 {
                 (Some(r.record_data(pos, &h)?), None)
             } else if h.back != 0 {
@@ -778,7 +654,6 @@ impl Copier {
                 },
             };
             self.write_record(&new, data.as_deref())?;
-            pos += len;
         }
         let new_tlen = self.end_txn(new_tpos, th.tlen)?;
         if new_tlen != th.tlen {
@@ -792,7 +667,7 @@ impl Copier {
         for (oid, p) in tindex {
             self.index.insert(oid, p);
         }
-        check_trailer(r, tend, &th)
+        walk.finish_txn()
     }
 
     /// `PackCopier._resolve_backpointer`: the position in the new file of

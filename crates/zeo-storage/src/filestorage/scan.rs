@@ -1,5 +1,5 @@
 //! Opening a Data.fs: the forward scan that builds (or extends) the index
-//! (`read_index`), the sanity check that decides whether a saved
+//! (`read_index`, walking with the recovery rules of [`super::walker`]), the sanity check that decides whether a saved
 //! `Data.fs.index` can be trusted (`_check_sanity`), and the truncation of an
 //! incomplete last transaction into `Data.fs.trN` (`_truncate`).
 
@@ -12,12 +12,12 @@ use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
 
 use super::format::{
-    check_magic, format_error, DataHeader, Reader, TxnHeader, Window, DATA_HEADER_LEN,
-    FIRST_TXN_POS, MAGIC, STATUS_CHECKPOINT, STATUS_COMMITTED, STATUS_PACKED, STATUS_UNDONE,
-    TXN_HEADER_LEN, TXN_TRAILER_LEN,
+    check_magic, format_error, Reader, FIRST_TXN_POS, MAGIC, STATUS_COMMITTED, STATUS_PACKED,
+    STATUS_UNDONE, TXN_TRAILER_LEN,
 };
 use super::index::OidIndex;
 use super::index_file::append_suffix;
+use super::walker::{Dialect, Next, Walker};
 
 /// Where a scan ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub(crate) fn read_index(
     path: &Path,
     index: &mut OidIndex,
     start: u64,
-    mut ltid: Tid,
+    ltid: Tid,
     read_only: bool,
 ) -> Result<ScanEnd> {
     let file_size = file_len(file, path)?;
@@ -63,8 +63,8 @@ pub(crate) fn read_index(
             format!("file is shorter than the indexed size {start}"),
         ));
     }
-    let mut win = Window::new(file, path, file_size);
-    match win.array::<4>(0)? {
+    let mut walk = Walker::new(file, path, file_size, start, ltid, Dialect::Recovery);
+    match walk.array::<4>(0)? {
         Some(m) => check_magic(path, &m)?,
         None => {
             return Err(format_error(
@@ -75,196 +75,56 @@ pub(crate) fn read_index(
         }
     }
 
-    let mut pos = start;
     let mut tindex: Vec<(u64, u64)> = Vec::new();
     loop {
-        if pos >= file_size {
-            break;
-        }
-        let Some(raw) = win.array::<{ TXN_HEADER_LEN as usize }>(pos)? else {
-            tracing::warn!(
-                "{} truncated at {pos}: partial transaction header",
-                path.display()
-            );
-            if !read_only {
-                cut(file, path, pos)?;
+        match walk.next_txn()? {
+            Next::End => break,
+            Next::Cut(pos) => {
+                if !read_only {
+                    cut(file, path, pos)?;
+                }
+                break;
             }
-            break;
-        };
-        let h = TxnHeader::parse(&raw);
-        if h.tid <= ltid {
-            tracing::warn!("{} time-stamp reduction at {pos}", path.display());
-        }
-
-        let incomplete = pos
-            .checked_add(h.tlen)
-            .and_then(|e| e.checked_add(TXN_TRAILER_LEN))
-            .is_none_or(|e| e > file_size);
-        if (incomplete || h.status == STATUS_CHECKPOINT)
-            && complete_txn_after(&mut win, pos, file_size)?
-        {
-            // ZODB would cut everything from here on, but a sound
-            // transaction ends the file: this is damage in the middle.
-            return Err(format_error(
-                path,
-                pos,
-                if incomplete {
-                    format!("transaction length {} runs past the end of the file, but later transactions follow", h.tlen)
-                } else {
-                    "checkpoint flag set on a transaction that is not the last".to_string()
-                },
-            ));
-        }
-        if incomplete || h.status == STATUS_CHECKPOINT {
-            tracing::warn!(
-                "{} truncated, possibly due to damaged records at {pos}",
-                path.display()
-            );
-            if !read_only {
-                truncate_to_tr(file, path, pos, file_size)?;
-            }
-            break;
-        }
-        if ![STATUS_COMMITTED, STATUS_UNDONE, STATUS_PACKED].contains(&h.status) {
-            tracing::warn!(
-                "{} has invalid status {:?} at {pos}",
-                path.display(),
-                h.status as char
-            );
-        }
-        if h.tlen < h.header_len() {
-            // Either damage in the middle or junk at the end: the last 8
-            // bytes tell which, as in ZODB.
-            let rtl = match win.array::<8>(file_size - 8)? {
-                Some(b) => u64::from_be_bytes(b),
-                None => 0,
-            };
-            if file_size.saturating_sub(rtl) < pos || rtl < TXN_HEADER_LEN {
-                tracing::error!(
-                    "{} has invalid transaction header at {pos}; truncating junk at the end",
-                    path.display()
-                );
+            Next::SaveAndCut(pos) => {
                 if !read_only {
                     truncate_to_tr(file, path, pos, file_size)?;
                 }
                 break;
             }
-            return Err(format_error(
-                path,
-                pos,
-                format!(
-                    "invalid transaction header: length {} is less than header length {}",
-                    h.tlen,
-                    h.header_len()
-                ),
-            ));
+            Next::Txn(_) => {}
         }
-
-        let tpos = pos;
-        let tend = tpos + h.tlen;
-        if h.status == STATUS_UNDONE {
-            check_trailer(&mut win, path, tend, h.tlen)?;
-            pos = tend + TXN_TRAILER_LEN;
-            ltid = h.tid;
-            continue;
-        }
-
-        pos = tpos + h.header_len();
-        while pos < tend {
-            let Some(raw) = win.array::<{ DATA_HEADER_LEN as usize }>(pos)? else {
-                return Err(format_error(
-                    path,
-                    pos,
-                    "data record header runs past the end of the file",
-                ));
-            };
-            let d = DataHeader::parse(&raw).map_err(|vlen| {
-                format_error(
-                    path,
-                    pos,
-                    format!("data record has version length {vlen}; versions are not supported"),
-                )
-            })?;
-            let dlen = d
-                .record_len()
-                .ok_or_else(|| format_error(path, pos, "data record length overflows"))?;
-            if pos.checked_add(dlen).is_none_or(|e| e > tend) || d.tloc != tpos {
-                return Err(format_error(
-                    path,
-                    pos,
-                    format!(
-                        "data record exceeds transaction record at {tpos} (tloc {}, length {dlen})",
-                        d.tloc
-                    ),
-                ));
-            }
+        while let Some(rec) = walk.next_record()? {
+            let d = rec.header;
             let indexed = index.get(d.oid.0).unwrap_or(0);
             if indexed != d.prev {
                 if d.prev != 0 {
-                    tracing::error!("{} incorrect previous pointer at {pos}", path.display());
+                    tracing::error!(
+                        "{} incorrect previous pointer at {}",
+                        path.display(),
+                        rec.pos
+                    );
                 } else {
-                    tracing::warn!("{} incorrect previous pointer at {pos}", path.display());
+                    tracing::warn!(
+                        "{} incorrect previous pointer at {}",
+                        path.display(),
+                        rec.pos
+                    );
                 }
             }
-            tindex.push((d.oid.0, pos));
-            pos += dlen;
+            tindex.push((d.oid.0, rec.pos));
         }
-        if pos != tend {
-            return Err(format_error(
-                path,
-                tpos,
-                "data records don't add up to the transaction length",
-            ));
-        }
-        check_trailer(&mut win, path, tend, h.tlen)?;
-        pos = tend + TXN_TRAILER_LEN;
+        walk.finish_txn()?;
         // Unlike ZODB, the last tid is that of the last *complete*
         // transaction: a cut-off one never existed for clients.
-        ltid = h.tid;
         for &(oid, p) in &tindex {
             index.insert(oid, p);
         }
         tindex.clear();
     }
-    Ok(ScanEnd { pos, ltid })
-}
-
-/// Whether the file ends with a complete transaction that starts after
-/// `pos` (its redundant length leads back to a header that agrees).
-fn complete_txn_after(win: &mut Window<'_>, pos: u64, file_size: u64) -> Result<bool> {
-    let Some(rtl) = file_size
-        .checked_sub(TXN_TRAILER_LEN)
-        .map(|p| (p, win.array::<8>(p)))
-    else {
-        return Ok(false);
-    };
-    let (trailer_pos, rtl) = (rtl.0, rtl.1?.map(u64::from_be_bytes));
-    let Some(rtl) = rtl else { return Ok(false) };
-    let Some(start) = trailer_pos.checked_sub(rtl) else {
-        return Ok(false);
-    };
-    if start <= pos || rtl < TXN_HEADER_LEN {
-        return Ok(false);
-    }
-    Ok(match win.array::<{ TXN_HEADER_LEN as usize }>(start)? {
-        Some(raw) => {
-            let h = TxnHeader::parse(&raw);
-            h.tlen == rtl && [STATUS_COMMITTED, STATUS_PACKED, STATUS_UNDONE].contains(&h.status)
-        }
-        None => false,
+    Ok(ScanEnd {
+        pos: walk.pos(),
+        ltid: walk.ltid(),
     })
-}
-
-fn check_trailer(win: &mut Window<'_>, path: &Path, tend: u64, tlen: u64) -> Result<()> {
-    let rtl = win.array::<8>(tend)?.map(u64::from_be_bytes);
-    if rtl != Some(tlen) {
-        return Err(format_error(
-            path,
-            tend,
-            format!("redundant transaction length check failed: {rtl:?} != {tlen}"),
-        ));
-    }
-    Ok(())
 }
 
 /// The size of `file`.
