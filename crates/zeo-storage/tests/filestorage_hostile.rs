@@ -86,6 +86,16 @@ fn repeated_backpointers_do_not_multiply_memory() {
     // Within the budget (64 MiB) plus one record, not 400 MiB.
     let grew = vm_hwm_kib().saturating_sub(before);
     assert!(grew < 100 * 1024, "peak grew by {grew} KiB");
+    // A walk that reads no data finds the same damage.
+    match fs.last_invalidations(10) {
+        Err(Error::Format { reason, .. }) => {
+            assert!(reason.contains("repeat more than"), "{reason}")
+        }
+        other => panic!(
+            "expected a format error, got {:?}",
+            other.as_ref().map(|_| ())
+        ),
+    }
     // A few repeats are accepted and each record gets the data.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("Data.fs");

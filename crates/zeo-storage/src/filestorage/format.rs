@@ -423,7 +423,27 @@ impl<'a> Reader<'a> {
     /// `_loadBack_impl` does; `None` when the chain ends in a "no data"
     /// record (or `back` is 0). Every hop must point strictly backwards from
     /// `from`, which keeps a corrupt file from looping.
-    pub fn load_back(&self, oid: Oid, mut back: u64, mut from: u64) -> Result<Option<BackData>> {
+    pub fn load_back(&self, oid: Oid, back: u64, from: u64) -> Result<Option<BackData>> {
+        let Some((pos, h)) = self.back_target(oid, back, from)? else {
+            return Ok(None);
+        };
+        let data = self.record_data(pos, &h)?;
+        Ok(Some(BackData {
+            data,
+            tid: h.tid,
+            pos,
+            tloc: h.tloc,
+        }))
+    }
+
+    /// [`Reader::load_back`] without reading the data: the position and
+    /// header of the record holding it, its length checked against the end.
+    pub fn back_target(
+        &self,
+        oid: Oid,
+        mut back: u64,
+        mut from: u64,
+    ) -> Result<Option<(u64, DataHeader)>> {
         loop {
             if back == 0 {
                 return Ok(None);
@@ -435,13 +455,7 @@ impl<'a> Reader<'a> {
             }
             let h = self.data_header_for(back, oid)?;
             if h.plen > 0 {
-                let data = self.record_data(back, &h)?;
-                return Ok(Some(BackData {
-                    data,
-                    tid: h.tid,
-                    pos: back,
-                    tloc: h.tloc,
-                }));
+                return Ok(Some((back, h)));
             }
             from = back;
             back = h.back;
@@ -563,7 +577,9 @@ impl<'a> Window<'a> {
             size,
             buf: Vec::new(),
             start: 0,
-            last: 0,
+            // The first read counts as sparse: it reads little until the
+            // walk shows its records are small.
+            last: u64::MAX,
         }
     }
 

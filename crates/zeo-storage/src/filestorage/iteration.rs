@@ -56,6 +56,9 @@ pub(crate) struct TxnScanner {
     end: u64,
     stop: Option<Tid>,
     strict: bool,
+    /// Whether records get their data (and transactions their metadata);
+    /// without, the walk reads headers only.
+    with_data: bool,
     done: bool,
 }
 
@@ -76,12 +79,22 @@ impl TxnScanner {
             end,
             stop,
             strict,
+            with_data: true,
             done: false,
         };
         if let Some(start) = start {
             s.pos = s.find_start(start)?;
         }
         Ok(s)
+    }
+
+    /// Reads headers only: records come without their data (`data` and
+    /// `data_txn` are `None`) and transactions without their metadata, for
+    /// walks that need only tids and oids. Damage is found as it would be
+    /// with the data, since every length and backpointer is still checked.
+    pub fn headers_only(mut self) -> Self {
+        self.with_data = false;
+        self
     }
 
     fn reader(&self) -> Reader<'_> {
@@ -203,7 +216,11 @@ impl TxnScanner {
             if h.status == STATUS_UNDONE {
                 continue;
             }
-            let meta = r.txn_meta(pos, &h)?;
+            let meta = if self.with_data {
+                r.txn_meta(pos, &h)?
+            } else {
+                TransactionMetaData::default()
+            };
             let records = self.records(&r, pos, &h, tend)?;
             return Ok(Some(RawTxn {
                 tpos: pos,
@@ -255,15 +272,20 @@ impl TxnScanner {
                 break;
             }
             let (data, data_txn) = if d.plen > 0 {
-                (Some(r.record_data(pos, &d)?), None)
+                let data = if self.with_data {
+                    Some(r.record_data(pos, &d)?)
+                } else {
+                    None
+                };
+                (data, None)
             } else if d.back == 0 {
                 (None, None)
             } else {
-                let back = r.load_back(d.oid, d.back, pos)?;
-                if let Some(b) = &back {
-                    if !resolved.insert(b.pos) {
+                let target = r.back_target(d.oid, d.back, pos)?;
+                if let Some((target_pos, target_header)) = &target {
+                    if !resolved.insert(*target_pos) {
                         repeated_budget = repeated_budget
-                            .checked_sub(b.data.len() as u64)
+                            .checked_sub(target_header.plen)
                             .ok_or_else(|| {
                                 r.error(
                                     pos,
@@ -276,7 +298,15 @@ impl TxnScanner {
                     }
                 }
                 let data_txn = r.data_header_for(d.back, d.oid)?.tid;
-                (back.map(|b| b.data), Some(data_txn))
+                if !self.with_data {
+                    (None, None)
+                } else {
+                    let data = match target {
+                        Some((p, h)) => Some(r.record_data(p, &h)?),
+                        None => None,
+                    };
+                    (data, Some(data_txn))
+                }
             };
             out.push(RawRecord {
                 pos,

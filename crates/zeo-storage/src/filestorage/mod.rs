@@ -604,7 +604,8 @@ impl Storage for FileStorage {
         let Some(first) = first else {
             return Ok(Vec::new());
         };
-        let scanner = iteration::TxnScanner::new(file, &self.path, end, Some(first), None, true)?;
+        let scanner = iteration::TxnScanner::new(file, &self.path, end, Some(first), None, true)?
+            .headers_only();
         scanner
             .map(|txn| txn.map(|t| (t.tid, t.records.iter().map(|r| r.oid).collect())))
             .collect()
