@@ -7,12 +7,16 @@
 //! The committing process is this test binary itself, re-executed to run
 //! only [`crash_child`] (an ignored test that does nothing unless the parent
 //! sets [`CHILD_PATH`]). The child prints `COMMITTED <seq> <tid>` after each
-//! `tpc_finish` returns, so the parent knows what was promised durable.
+//! `tpc_finish` returns, so the parent knows what was promised durable, and
+//! `STAGE <seq> <stage>` as it enters each step of a commit. The parent
+//! kills it when it reads a randomly chosen one of these lines: kills land
+//! in every step of the commit, by event rather than after a guessed delay.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -82,7 +86,9 @@ fn crash_child() {
             description: description_of(seq).into_bytes(),
             extension: Vec::new(),
         };
+        stage(seq, "begin");
         let txn = st.tpc_begin(&meta, BeginOptions::default()).unwrap();
+        stage(seq, "store");
         for oid in oids_of(seq) {
             let serial = match st.load(Oid(oid)) {
                 Ok((_, tid)) => tid,
@@ -91,7 +97,9 @@ fn crash_child() {
             };
             st.store(txn, Oid(oid), serial, &data_of(seq, oid)).unwrap();
         }
+        stage(seq, "vote");
         st.tpc_vote(txn).unwrap();
+        stage(seq, "finish");
         let tid = st.tpc_finish(txn, &mut |_| {}).unwrap();
         let mut out = stdout.lock();
         // A leading newline keeps the line parseable after the harness's
@@ -102,8 +110,19 @@ fn crash_child() {
     }
 }
 
-/// What one child promised: seq -> tid.
-fn run_child_and_kill(path: &Path, start: u64, delay: Duration) -> BTreeMap<u64, u64> {
+/// Tells the parent the child is entering `step` of transaction `seq`.
+fn stage(seq: u64, step: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\nSTAGE {seq} {step}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Kills a child that has not printed `kill_after` lines by then.
+const STALL: Duration = Duration::from_secs(15);
+
+/// What one child promised: seq -> tid. The child is killed when it has
+/// printed `kill_after` `STAGE`/`COMMITTED` lines.
+fn run_child_and_kill(path: &Path, start: u64, kill_after: usize) -> BTreeMap<u64, u64> {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args([
@@ -127,11 +146,16 @@ fn run_child_and_kill(path: &Path, start: u64, delay: Duration) -> BTreeMap<u64,
         text
     });
     let stdout = child.stdout.take().unwrap();
+    let (events, seen) = mpsc::channel();
     let reader = thread::spawn(move || {
         let mut promised = BTreeMap::new();
         for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
             let line = String::from_utf8_lossy(&line);
+            if line.starts_with("STAGE ") || line.starts_with("COMMITTED ") {
+                // The parent may have stopped listening: it kills anyway.
+                let _ = events.send(());
+            }
             let Some(rest) = line.strip_prefix("COMMITTED ") else {
                 continue;
             };
@@ -143,12 +167,19 @@ fn run_child_and_kill(path: &Path, start: u64, delay: Duration) -> BTreeMap<u64,
         }
         promised
     });
-    thread::sleep(delay);
-    if let Some(status) = child.try_wait().unwrap() {
-        panic!(
-            "the child exited by itself ({status}):\n{}",
-            errors.join().unwrap()
-        );
+    let deadline = Instant::now() + STALL;
+    for n in 0..kill_after {
+        if seen
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            panic!(
+                "the child printed {n} of {kill_after} lines, then stopped ({status}):\n{}",
+                errors.join().unwrap()
+            );
+        }
     }
     // Child::kill sends SIGKILL: no destructor, no flush, no close.
     child.kill().unwrap();
@@ -225,8 +256,9 @@ fn kills_during_commits_lose_nothing() {
     let mut rounds = 0;
     let mut unannounced = 0;
     while rounds < ROUNDS && started.elapsed() < BUDGET - Duration::from_secs(2) {
-        let delay = Duration::from_millis(rng.random_range(10..150));
-        let new = run_child_and_kill(&path, next, delay);
+        // Up to a dozen transactions of five lines each.
+        let kill_after = rng.random_range(1..=60);
+        let new = run_child_and_kill(&path, next, kill_after);
         for (&seq, &tid) in &new {
             assert!(seq >= next, "child reused sequence number {seq}");
             promised.insert(seq, tid);

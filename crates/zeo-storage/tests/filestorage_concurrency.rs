@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -40,35 +40,32 @@ fn readers_proceed_while_a_commit_is_between_vote_and_finish() {
     }
     fs.tpc_vote(txn).unwrap();
 
-    // The commit is stuck between vote and finish: readers see t1 only.
-    let stop = Arc::new(AtomicBool::new(false));
-    let loads = Arc::new(AtomicU64::new(0));
+    // The commit is stuck between vote and finish: readers see t1 only,
+    // and each finishes its loads (a reader blocked by the commit would
+    // never report).
+    let (done_tx, done_rx) = mpsc::channel();
     let readers: Vec<_> = (0..4)
         .map(|r| {
-            let (fs, stop, loads) = (Arc::clone(&fs), Arc::clone(&stop), Arc::clone(&loads));
+            let (fs, done) = (Arc::clone(&fs), done_tx.clone());
             thread::spawn(move || {
                 let mut i = r;
-                while !stop.load(Ordering::Relaxed) {
+                for _ in 0..500 {
                     let oid = i % 200;
                     let (d, tid) = fs.load(Oid(oid)).unwrap();
                     assert_eq!(tid, t1);
                     assert_eq!(d, format!("object {oid} v1").into_bytes());
                     assert_eq!(fs.last_transaction(), t1);
-                    loads.fetch_add(1, Ordering::Relaxed);
                     i += 7;
                 }
+                let _ = done.send(r);
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while loads.load(Ordering::Relaxed) < 2000 {
-        assert!(
-            Instant::now() < deadline,
-            "readers made no progress while a commit was voted"
-        );
-        thread::sleep(Duration::from_millis(5));
+    for _ in 0..readers.len() {
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("readers made no progress while a commit was voted");
     }
-    stop.store(true, Ordering::Relaxed);
     for r in readers {
         r.join().unwrap();
     }
@@ -119,11 +116,17 @@ fn a_second_tpc_begin_waits_for_the_first_transaction() {
             fs.tpc_finish(txn, &mut |_| {}).unwrap()
         })
     };
-    thread::sleep(Duration::from_millis(200));
+    // Until the second tpc_begin either returns or is seen waiting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs.commit_waiters() == 0 && !began.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "second tpc_begin never ran");
+        thread::yield_now();
+    }
     assert!(
         !began.load(Ordering::SeqCst),
         "second tpc_begin did not wait"
     );
+    assert_eq!(fs.commit_waiters(), 1);
     fs.tpc_vote(first).unwrap();
     let t1 = fs.tpc_finish(first, &mut |_| {}).unwrap();
     let t2 = waiter.join().unwrap();

@@ -2,7 +2,7 @@
 //! and switched while readers and committers carry on.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -485,9 +485,11 @@ fn commits_from_another_thread_during_a_pack_are_kept() {
     let pack_time = BASE + secs - 0.5;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
     let committer = {
         let fs = Arc::clone(&fs);
         let stop = Arc::clone(&stop);
+        let committed = Arc::clone(&committed);
         std::thread::spawn(move || {
             let mut done = Vec::new();
             let mut n = 0u64;
@@ -497,19 +499,27 @@ fn commits_from_another_thread_during_a_pack_are_kept() {
                 let tid = commit_now(&fs, "late", &[(oid, data.clone())]);
                 done.push((Instant::now(), oid, tid, data));
                 n += 1;
+                committed.store(n, Ordering::Release);
             }
             done
         })
     };
     // Let the committer get going, then pack while it runs.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
     while fs.last_transaction() < at(secs) {
+        assert!(Instant::now() < deadline, "the committer never committed");
         std::thread::yield_now();
     }
     let started = Instant::now();
     fs.pack(pack_time, true).unwrap();
     let ended = Instant::now();
     // A few commits after the switch too.
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    let at_switch = committed.load(Ordering::Acquire);
+    let deadline = ended + std::time::Duration::from_secs(10);
+    while committed.load(Ordering::Acquire) < at_switch + 3 {
+        assert!(Instant::now() < deadline, "no commits after the pack");
+        std::thread::yield_now();
+    }
     stop.store(true, Ordering::Release);
     let done = committer.join().unwrap();
 

@@ -16,11 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::thread;
-use std::time::Duration;
 
 use zeo_storage::filestorage::{check, dump, FileStorage, FileStorageOptions};
-use zeo_storage::{BeginOptions, Error, Oid, Storage, Tid, TransactionMetaData};
+use zeo_storage::{BeginOptions, Error, Oid, Storage, Tid, TimeStamp, TransactionMetaData};
 use zeo_testkit::serde_json::{self, json, Value};
 use zeo_testkit::{python5, python6, run_python, script, stdout_of, TempDir};
 
@@ -557,7 +555,16 @@ fn meta(user: &str, description: &str, extension: &[u8]) -> TransactionMetaData 
 
 /// Commits `stores` (oid, data); serials come from the storage itself.
 fn commit(st: &FileStorage, m: &TransactionMetaData, stores: &[(u64, &[u8])]) -> Tid {
-    let txn = st.tpc_begin(m, BeginOptions::default()).unwrap();
+    commit_with(st, m, stores, BeginOptions::default())
+}
+
+fn commit_with(
+    st: &FileStorage,
+    m: &TransactionMetaData,
+    stores: &[(u64, &[u8])],
+    options: BeginOptions,
+) -> Tid {
+    let txn = st.tpc_begin(m, options).unwrap();
     for &(oid, data) in stores {
         let serial = match st.load(Oid(oid)) {
             Ok((_, tid)) => tid,
@@ -638,15 +645,20 @@ fn write_history(st: &FileStorage, p: &Payloads) -> f64 {
     assert!(matches!(st.load(Oid(doomed)), Err(Error::PosKey { .. })));
 
     // Phase two, clearly after the pack time.
-    // Tids follow the clock, so a pack time 15 ms after the last one and
-    // sleeps on either side separate the phases.
+    // A pack time 15 ms after the last transaction, and a first late
+    // transaction given a tid 25 ms after that: the tids that follow it
+    // are later still, so the phases are apart whatever the clock does.
     let pack_time = st.last_transaction().unix_time() + 0.015;
-    thread::sleep(Duration::from_millis(40));
+    let first_late = TimeStamp::from_unix(pack_time + 0.025).tid();
     for (i, (oid, data)) in p.older.iter().skip(1).take(3).enumerate() {
-        commit(
+        commit_with(
             st,
             &meta("late", &format!("late edit {i}"), b""),
             &[(*oid, data)],
+            BeginOptions {
+                tid: (i == 0).then_some(first_late),
+                ..BeginOptions::default()
+            },
         );
     }
     commit(

@@ -267,12 +267,15 @@ impl FileStorage {
             )));
         }
         let mut st = self.commit_state();
-        while st.active.is_some() {
-            st = self
-                .commit_done
-                .wait(st)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.check_open()?;
+        if st.active.is_some() {
+            let _waiting = CountedWait::new(&self.commit_waiters);
+            while st.active.is_some() {
+                st = self
+                    .commit_done
+                    .wait(st)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                self.check_open()?;
+            }
         }
         let (base, ltid) = {
             let p = self.read_published();
@@ -661,4 +664,21 @@ fn find_data(r: &Reader<'_>, tpos: u64, oid: Oid, data: &[u8]) -> Result<u64> {
     } else {
         0
     })
+}
+
+/// Counts a `tpc_begin` waiting for the commit lock while it waits, so a
+/// test can see it wait instead of guessing from elapsed time.
+struct CountedWait<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> CountedWait<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CountedWait(count)
+    }
+}
+
+impl Drop for CountedWait<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }

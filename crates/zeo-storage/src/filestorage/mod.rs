@@ -31,7 +31,7 @@ mod walker;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{
     Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
@@ -98,6 +98,8 @@ pub struct FileStorage {
     published: RwLock<Published>,
     commit: Mutex<CommitState>,
     commit_done: Condvar,
+    /// `tpc_begin` calls waiting for the commit lock.
+    commit_waiters: AtomicUsize,
     /// The highest oid in use; `new_oid` hands out the next one.
     max_oid: AtomicU64,
     closed: AtomicBool,
@@ -146,6 +148,13 @@ impl FileStorage {
         faults: Arc<FaultInjector>,
     ) -> Result<FileStorage> {
         Self::open_with_io(path.as_ref(), options, Io::with(Some(faults)))
+    }
+
+    /// How many `tpc_begin` calls are waiting for the transaction in
+    /// progress to end. For tests; not API.
+    #[doc(hidden)]
+    pub fn commit_waiters(&self) -> usize {
+        self.commit_waiters.load(Ordering::SeqCst)
     }
 
     fn open_with_io(path: &Path, options: FileStorageOptions, io: Io) -> Result<FileStorage> {
@@ -238,6 +247,7 @@ impl FileStorage {
                 io.clone(),
             )?),
             commit_done: Condvar::new(),
+            commit_waiters: AtomicUsize::new(0),
             max_oid: AtomicU64::new(max_oid.0),
             closed: AtomicBool::new(false),
             packing: AtomicBool::new(false),
