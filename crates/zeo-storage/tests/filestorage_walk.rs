@@ -19,20 +19,11 @@ const READ_ONLY: FileStorageOptions = FileStorageOptions {
 const TXNS: u64 = 24;
 const RECORD: usize = 256 << 10;
 
-/// Bytes this thread has read through system calls so far.
-fn thread_rchar() -> u64 {
-    let io = std::fs::read_to_string("/proc/thread-self/io").expect("reading /proc/thread-self/io");
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("an rchar line")
-}
-
 /// Bytes read by `f` on this thread.
 fn bytes_read<T>(f: impl FnOnce() -> T) -> (T, u64) {
-    let before = thread_rchar();
+    let before = zeo_testkit::thread_read_bytes();
     let out = f();
-    (out, thread_rchar() - before)
+    (out, zeo_testkit::thread_read_bytes() - before)
 }
 
 /// `TXNS` transactions, each storing a large record of oid 1 and a small

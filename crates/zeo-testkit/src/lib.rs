@@ -245,6 +245,22 @@ pub fn proc_status_kib(pid: Option<u32>, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in {path}"))
 }
 
+/// Bytes the calling thread has read through system calls so far (`rchar`
+/// of `/proc/thread-self/io`), page-cache hits included: what a walk reads,
+/// unaffected by other threads of the process.
+///
+/// # Panics
+///
+/// When the file cannot be read or has no `rchar` line.
+pub fn thread_read_bytes() -> u64 {
+    let path = "/proc/thread-self/io";
+    let io = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rchar in {path}"))
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///
 /// The port is released before returning, so another process may take it

@@ -575,3 +575,182 @@ fn parse_with_version(raw: &[u8; DATA_HEADER_LEN as usize]) -> (DataHeader, u16)
     });
     (header, vlen)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filestorage::format::MAGIC;
+
+    /// A transaction at `tpos` with one record per `(oid, data)`.
+    fn txn(tpos: u64, tid: u64, status: u8, records: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        let mut pos = tpos + TXN_HEADER_LEN;
+        for &(oid, data) in records {
+            let h = DataHeader {
+                oid: Oid(oid),
+                tid: Tid(tid),
+                prev: 0,
+                tloc: tpos,
+                plen: data.len() as u64,
+                back: 0,
+            };
+            h.write_record(Some(data), &mut body);
+            pos += h.record_len().unwrap();
+        }
+        let tlen = pos - tpos;
+        let header = TxnHeader {
+            tid: Tid(tid),
+            tlen,
+            status,
+            ulen: 0,
+            dlen: 0,
+            elen: 0,
+        };
+        let mut out = header.to_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&tlen.to_be_bytes());
+        out
+    }
+
+    /// A file of transactions with these tids and statuses, two records
+    /// each; returns it and the position of each transaction.
+    fn file(txns: &[(u64, u8)]) -> (Vec<u8>, Vec<u64>) {
+        let mut bytes = MAGIC.to_vec();
+        let mut positions = Vec::new();
+        for &(tid, status) in txns {
+            positions.push(bytes.len() as u64);
+            let t = txn(
+                bytes.len() as u64,
+                tid,
+                status,
+                &[(1, b"one"), (tid, b"two")],
+            );
+            bytes.extend_from_slice(&t);
+        }
+        (bytes, positions)
+    }
+
+    /// Walks `bytes` in `dialect`: the transactions' (tid, record count)
+    /// and how the walk ended.
+    fn walk(
+        bytes: &[u8],
+        dialect: Dialect,
+        setup: impl FnOnce(Walker<'_>) -> Walker<'_>,
+    ) -> (Vec<(u64, usize)>, Result<Next>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Data.fs");
+        std::fs::write(&path, bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let mut w = setup(Walker::new(
+            &file,
+            &path,
+            bytes.len() as u64,
+            4,
+            Tid::ZERO,
+            dialect,
+        ));
+        let mut seen = Vec::new();
+        let end = loop {
+            match w.next_txn() {
+                Ok(Next::Txn(t)) => {
+                    let mut n = 0;
+                    loop {
+                        match w.next_record() {
+                            Ok(Some(_)) => n += 1,
+                            Ok(None) => break,
+                            Err(e) => return (seen, Err(e), w.pos()),
+                        }
+                    }
+                    if let Err(e) = w.finish_txn() {
+                        return (seen, Err(e), w.pos());
+                    }
+                    seen.push((t.header.tid.0, n));
+                }
+                other => break other,
+            }
+        };
+        (seen, end, w.pos())
+    }
+
+    fn reason(r: &Result<Next>) -> String {
+        match r {
+            Err(Error::Format { reason, .. }) => reason.clone(),
+            other => panic!("expected a format error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stop_after_ends_the_walk_before_checking_the_later_transaction() {
+        let (bytes, at) = file(&[(10, b' '), (20, b' '), (30, STATUS_CHECKPOINT)]);
+        let (seen, end, pos) = walk(&bytes, Dialect::Pack, |w| w.stop_after(Tid(20)));
+        assert_eq!(seen, [(10, 2), (20, 2)]);
+        assert_eq!((end.unwrap(), pos), (Next::End, at[2]));
+        let (seen, end, _) = walk(&bytes, Dialect::Pack, |w| w);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(reason(&end), "transaction with checkpoint flag set");
+    }
+
+    #[test]
+    fn each_dialect_words_a_time_stamp_reduction_as_its_tool_does() {
+        let (bytes, at) = file(&[(10, b' '), (30, b' '), (20, b' ')]);
+        let (_, end, _) = walk(&bytes, Dialect::Fstest, |w| w);
+        assert_eq!(
+            reason(&end),
+            format!(
+                "time-stamp reduction at {}: {} <= {}",
+                at[2],
+                Tid(20),
+                Tid(30)
+            )
+        );
+        let (_, end, _) = walk(&bytes, Dialect::Pack, |w| w);
+        assert_eq!(
+            reason(&end),
+            format!("time-stamp reduction: {} <= {}", Tid(20), Tid(30))
+        );
+        // The scan at open only logs it; pack's copier does not look.
+        let (seen, end, _) = walk(&bytes, Dialect::Recovery, |w| w);
+        assert_eq!((seen.len(), end.unwrap()), (3, Next::End));
+        let (seen, end, _) = walk(&bytes, Dialect::Pack, |w| w.shape_only());
+        assert_eq!((seen.len(), end.unwrap()), (3, Next::End));
+    }
+
+    #[test]
+    fn recovery_cuts_a_partial_header_and_saves_an_incomplete_transaction() {
+        let (mut bytes, _) = file(&[(10, b' '), (20, b' ')]);
+        let sound = bytes.len() as u64;
+        bytes.extend_from_slice(&[0u8; 10]);
+        let (seen, end, pos) = walk(&bytes, Dialect::Recovery, |w| w);
+        assert_eq!(
+            (seen.len(), end.unwrap(), pos),
+            (2, Next::Cut(sound), sound)
+        );
+        let (_, end, _) = walk(&bytes, Dialect::Fstest, |w| w);
+        assert_eq!(reason(&end), format!("truncated at {sound}"));
+
+        let (mut bytes, _) = file(&[(10, b' '), (20, b' ')]);
+        let t = txn(sound, 30, b' ', &[(5, b"five")]);
+        bytes.extend_from_slice(&t[..t.len() - 3]);
+        let (seen, end, pos) = walk(&bytes, Dialect::Recovery, |w| w);
+        assert_eq!(
+            (seen.len(), end.unwrap(), pos),
+            (2, Next::SaveAndCut(sound), sound)
+        );
+        let (_, end, _) = walk(&bytes, Dialect::Pack, |w| w);
+        assert!(reason(&end).contains("runs past the end of the data"));
+    }
+
+    #[test]
+    fn records_of_undone_transactions_are_walked_by_pack_only() {
+        let (bytes, _) = file(&[(10, b' '), (20, STATUS_UNDONE)]);
+        for (dialect, records) in [
+            (Dialect::Fstest, 0),
+            (Dialect::Recovery, 0),
+            (Dialect::Pack, 2),
+        ] {
+            let (seen, end, _) = walk(&bytes, dialect, |w| w);
+            assert_eq!(seen, [(10, 2), (20, records)], "{dialect:?}");
+            assert_eq!(end.unwrap(), Next::End);
+        }
+    }
+}
