@@ -8,13 +8,13 @@ use crate::error::Result;
 use crate::gc::Reachable;
 use crate::ids::{Oid, Tid};
 
-use super::super::fault::Io;
-use super::super::format::{
+use super::output::Output;
+use crate::filestorage::fault::Io;
+use crate::filestorage::format::{
     DataHeader, Reader, TxnHeader, FIRST_TXN_POS, STATUS_PACKED, TXN_HEADER_LEN,
 };
-use super::super::index::OidIndex;
-use super::super::walker::{Dialect, Next, Txn, Walker};
-use super::output::Output;
+use crate::filestorage::index::OidIndex;
+use crate::filestorage::walker::{Dialect, Next, Txn, Walker};
 
 /// Writes the new file and the index that goes with it.
 pub(super) struct Copier {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-use super::super::fault::Io;
-use super::super::format::{Reader, MAGIC};
+use crate::filestorage::fault::Io;
+use crate::filestorage::format::{Reader, MAGIC};
 
 /// Output bytes buffered before a write.
 const OUT_BUFFER: usize = 1 << 20;

@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::gc::{self, PackView, Reachable};
 use crate::ids::{Oid, Tid};
 
-use super::super::format::{Reader, FIRST_TXN_POS, STATUS_PACKED};
-use super::super::walker::{Dialect, Next, Walker};
+use crate::filestorage::format::{Reader, FIRST_TXN_POS, STATUS_PACKED};
+use crate::filestorage::walker::{Dialect, Next, Walker};
 
 /// What the scan up to the pack time found (`GC.buildPackIndex`).
 pub(super) struct PackScan {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-use super::super::index_file::append_suffix;
+use crate::filestorage::index_file::append_suffix;
 
 /// Makes `Data.fs.old` the old file and `Data.fs` the packed one.
 pub(super) fn switch_files(path: &Path, pack_path: &Path) -> Result<()> {
