@@ -29,7 +29,7 @@ use zeo_protocol::{
     Call, ClientHello, Encoding, FrameCodec, Incoming, Marshaller, Message, ServerHandshake,
     ServerRequest, StorageInfo, TxnId, WireError,
 };
-use zeo_storage::{Error as StorageError, Oid, TransactionMetaData, TxnStatus};
+use zeo_storage::{require, Error as StorageError, Oid, TransactionMetaData, TxnStatus};
 
 use crate::commit::{self, OpenTxn, VoteOutcome};
 use crate::commit_lock::{Acquired, CommitGuard, ConnId};
@@ -604,7 +604,10 @@ impl Conn {
                     .map_err(protocol_error)
             }
             R::RecordIternext { next } => {
-                let found = self.hub()?.storage().record_iternext(next).map_err(wire)?;
+                let storage = self.hub()?.storage();
+                let found = require(storage.as_record_iteration(), "record_iternext")
+                    .and_then(|r| r.record_iternext(next))
+                    .map_err(wire)?;
                 Ok(Outcome::Reply(
                     found.as_ref().map_or(Value::None, replies::record_iternext),
                 ))
@@ -768,20 +771,21 @@ impl Conn {
     fn get_info(&self) -> Handled {
         let hub = self.hub()?;
         let storage = hub.storage();
-        let undo = storage.supports_undo();
+        let capabilities = storage.capabilities();
         // Blob interfaces are left out: advertising them would make clients
         // send blobs this server cannot store.
-        let interfaces = StorageInfo::file_storage_interfaces()
+        let interfaces = capabilities
+            .zodb_interfaces()
             .into_iter()
             .filter(|(_, name)| !name.starts_with("IBlob"))
-            .filter(|(_, name)| undo || name != "IStorageUndoable")
+            .map(|(module, name)| (module.to_owned(), name.to_owned()))
             .collect();
         let info = StorageInfo {
             length: storage.len(),
             size: storage.size(),
             name: storage.name().to_owned(),
-            supports_undo: undo,
-            supports_record_iternext: true,
+            supports_undo: capabilities.undo,
+            supports_record_iternext: capabilities.record_iteration,
             interfaces,
         };
         Ok(Outcome::Reply(replies::get_info(&info)))
@@ -817,7 +821,8 @@ impl Conn {
             let walked = (|| -> Result<Option<(zeo_storage::Tid, Vec<Oid>)>, StorageError> {
                 let mut oids = std::collections::BTreeSet::new();
                 let mut latest = None;
-                for txn in hub.storage().iterator(Some(tid.next()), None)? {
+                let iteration = require(hub.storage().as_iteration(), "iterator")?;
+                for txn in iteration.iterator(Some(tid.next()), None)? {
                     let txn = txn?;
                     oids.extend(txn.records.iter().map(|r| r.oid));
                     latest = Some(txn.tid);
@@ -846,7 +851,8 @@ impl Conn {
         tokio::task::spawn_blocking(move || {
             let _pending = pending;
             tracing::info!(time, "pack started");
-            let result = hub.storage().pack(time, hub.pack_gc());
+            let result =
+                require(hub.storage().as_pack(), "pack").and_then(|p| p.pack(time, hub.pack_gc()));
             match &result {
                 Ok(()) => {
                     tracing::info!(time, "pack complete");
@@ -877,7 +883,7 @@ impl Conn {
         oneway: bool,
     ) -> Handled {
         let hub = self.hub()?.clone();
-        if !hub.storage().supports_undo() {
+        if hub.storage().as_undo().is_none() {
             return Ok(Outcome::Reply(Value::Tuple(Vec::new())));
         }
         let outbox = self.outbox.clone();
@@ -889,9 +895,8 @@ impl Conn {
                 None => true,
                 Some(spec) => replies::undo_entry(entry).is_ok_and(|d| spec.matches(&d)),
             };
-            let result = hub
-                .storage()
-                .undo_log(first, last, Some(&filter))
+            let result = require(hub.storage().as_undo(), "undoLog")
+                .and_then(|u| u.undo_log(first, last, Some(&filter)))
                 .map_err(wire)
                 .and_then(|entries| replies::undo_log(&entries).map_err(protocol_error));
             if !oneway {
@@ -1451,7 +1456,7 @@ mod tests {
 
     #[test]
     fn loads_answer_as_the_storage_search_does() {
-        use zeo_storage::{MappingStorage, Storage, Tid};
+        use zeo_storage::{ExternalGc, MappingStorage, Storage, Tid};
         let storage = MappingStorage::new("1");
         let commit = |oid: Oid, serial: Tid, data: Option<&[u8]>| {
             let h = storage

@@ -20,6 +20,10 @@ use std::thread;
 use std::time::Duration;
 
 use zeo_storage::filestorage::{check, dump, FileStorage, FileStorageOptions};
+use zeo_storage::ExternalGc;
+use zeo_storage::Iteration;
+use zeo_storage::Pack;
+use zeo_storage::Undo;
 use zeo_storage::{BeginOptions, Error, Oid, Storage, Tid, TransactionMetaData};
 use zeo_testkit::serde_json::{self, json, Value};
 use zeo_testkit::{python5, python6, run_python, script, stdout_of, TempDir};

@@ -854,6 +854,7 @@ mod tests {
 
     use super::*;
     use crate::filestorage::FileStorageOptions;
+    use crate::interface::Undo;
     use crate::interface::{BeginOptions, Storage, TransactionMetaData};
 
     fn commit(fs: &FileStorage, tid: Option<Tid>, stores: &[(u64, &[u8])]) -> Tid {

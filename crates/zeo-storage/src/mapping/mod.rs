@@ -10,6 +10,9 @@
 //! [`Storage::size`] reported is the exact length the `Data.fs` would have.
 //! That is what makes it the model the FileStorage is tested against.
 //!
+//! The model's records and commit live here; each capability has a module
+//! of its own (`undo`, `pack`, `restore`, `iteration`, `external_gc`).
+//!
 //! `tests/model_zodb.rs` replays random operation sequences on ZODB's own
 //! FileStorage and checks that every outcome and observation is identical.
 //!
@@ -39,15 +42,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use crate::error::{Error, Result};
+use crate::filestorage::check_metadata_lengths;
 use crate::gc::{self, PackView, Reachable};
 use crate::ids::{Oid, Tid};
 use crate::interface::{
-    check_metadata_lengths, undo_log_bounds, BeginOptions, CurrentRecord, DataRecord, HistoryEntry,
-    LoadedRevision, Storage, TransactionIter, TransactionMetaData, TransactionRecord, TxnHandle,
-    TxnStatus, UndoEntry, UndoFilter,
+    undo_log_bounds, BeginOptions, CurrentRecord, DataRecord, ExternalGc, HistoryEntry, Iteration,
+    LoadedRevision, Pack, RecordIteration, Restore, Storage, TransactionIter, TransactionMetaData,
+    TransactionRecord, TxnHandle, TxnStatus, Undo, UndoEntry, UndoFilter,
 };
 use crate::timestamp::TimeStamp;
 use crate::undo_id::{tid_from_undo_id, undo_id};
+
+mod external_gc;
+mod iteration;
+mod pack;
+mod restore;
+mod undo;
 
 /// Bytes of a Data.fs file header (the magic).
 const FILE_HEADER_LEN: u64 = 4;
@@ -352,305 +362,6 @@ impl MappingStorage {
     }
 }
 
-/// The data and position of the record an undo compares against
-/// (`_undoDataInfo`): inline data, or where its backpointer leads.
-struct CurrentInfo {
-    pointer: Option<RecId>,
-    data: Option<Arc<[u8]>>,
-}
-
-fn current_info(id: RecId, rec: &Record) -> CurrentInfo {
-    match &rec.payload {
-        Payload::Data(d) => CurrentInfo {
-            pointer: Some(id),
-            data: Some(d.clone()),
-        },
-        Payload::Back(b) => CurrentInfo {
-            pointer: Some(*b),
-            data: None,
-        },
-        Payload::Nothing => CurrentInfo {
-            pointer: None,
-            data: None,
-        },
-    }
-}
-
-fn undo_error(reason: &str, oid: Oid) -> Error {
-    Error::Undo {
-        reason: reason.to_string(),
-        oid: Some(oid),
-    }
-}
-
-/// Decides the record that undoes one record of the undone transaction
-/// (`_transactionalUndoRecord`, without conflict resolution).
-fn undo_record(
-    committed: &Committed,
-    pending: &Pending,
-    pos: RecId,
-    rec: &Record,
-) -> Result<Payload> {
-    let oid = rec.oid;
-    let tpos = pending.tindex.get(&oid).copied();
-    let ipos = committed.index.get(&oid).copied();
-    let mut copy = true;
-    if tpos.or(ipos) != Some(pos) {
-        let current = match (tpos, ipos) {
-            (Some(t), _) => {
-                let r = pending
-                    .records
-                    .get(t.idx)
-                    .ok_or_else(|| Error::Storage(format!("dangling staged record {t:?}")))?;
-                current_info(t, r)
-            }
-            (None, Some(i)) => current_info(i, committed.record(i)?),
-            (None, None) => return Err(undo_error("_loadBack() failed", oid)),
-        };
-        if current.pointer != Some(pos) {
-            let load_failed = || undo_error("_loadBack() failed", oid);
-            let undone = committed.resolve(pos)?.ok_or_else(load_failed)?;
-            let now = match current.data {
-                Some(d) => d,
-                None => {
-                    let p = current.pointer.ok_or_else(load_failed)?;
-                    committed.resolve(p)?.ok_or_else(load_failed)?
-                }
-            };
-            if undone != now {
-                copy = false;
-                if rec.prev.is_none() {
-                    return Err(undo_error(
-                        "Can't undo an add transaction followed by conflicting transactions.",
-                        oid,
-                    ));
-                }
-            }
-        }
-    }
-    match rec.prev {
-        None => Ok(Payload::Nothing),
-        Some(pre) if copy => Ok(Payload::Back(pre)),
-        Some(pre) => {
-            if committed.resolve(pre)?.is_none() {
-                return Err(undo_error("_loadBack() failed", oid));
-            }
-            Err(undo_error(
-                "Some data were modified by a later transaction",
-                oid,
-            ))
-        }
-    }
-}
-
-/// Looks up the revision current at the pack time for the reachability walk.
-struct PackIndexView<'a> {
-    committed: &'a Committed,
-    current: &'a BTreeMap<Oid, RecId>,
-}
-
-impl PackView for PackIndexView<'_> {
-    type Pos = RecId;
-
-    fn current_at_pack(&self, oid: Oid) -> Option<RecId> {
-        self.current.get(&oid).copied()
-    }
-
-    fn nothing_at_pack(&self) -> bool {
-        self.current.is_empty()
-    }
-
-    fn record_data(&self, pos: RecId) -> Result<Option<Cow<'_, [u8]>>> {
-        Ok(self.committed.resolve(pos)?.map(|d| Cow::Owned(d.to_vec())))
-    }
-}
-
-/// Computes the packed state, `Ok(None)` when the pack changes nothing
-/// (redundant, or nothing to free). See [`crate::gc`] for the rule.
-fn pack_state(
-    committed: &Committed,
-    stop: Tid,
-    gc_enabled: bool,
-    references: gc::ReferencesFn<'_>,
-) -> Result<Option<Committed>> {
-    let before: Vec<&Arc<Txn>> = committed.txns.range(..=stop).map(|(_, t)| t).collect();
-    let after: Vec<&Arc<Txn>> = committed
-        .txns
-        .range(stop.next()..)
-        .map(|(_, t)| t)
-        .collect();
-
-    let mut current: BTreeMap<Oid, RecId> = BTreeMap::new();
-    let mut unpacked = false;
-    for txn in &before {
-        if txn.status != TxnStatus::Packed {
-            unpacked = true;
-        }
-        for (idx, rec) in txn.records.iter().enumerate() {
-            match rec.payload {
-                Payload::Nothing => {
-                    current.remove(&rec.oid);
-                }
-                _ => {
-                    current.insert(rec.oid, RecId { txn: txn.tid, idx });
-                }
-            }
-        }
-    }
-    if !unpacked {
-        // ZODB's redundant-pack check looks at the first transaction after
-        // the pack time, or at the last one scanned when there is none.
-        if let Some(next) = after.first().or(before.last()) {
-            if next.status == TxnStatus::Packed {
-                return Ok(None);
-            }
-        }
-    }
-
-    let reachable = if gc_enabled {
-        let view = PackIndexView {
-            committed,
-            current: &current,
-        };
-        let future = after.iter().flat_map(|txn| {
-            txn.records.iter().filter_map(|rec| match rec.payload {
-                Payload::Back(b) if b.txn <= stop => Some((rec.oid, b)),
-                _ => None,
-            })
-        });
-        gc::find_reachable(&view, future, references)?
-    } else {
-        Reachable::from_current(current.iter().map(|(o, p)| (*o, *p)))
-    };
-
-    let mut out = Committed {
-        last_tid: committed.last_tid,
-        ..Committed::default()
-    };
-    let mut input_pos = FILE_HEADER_LEN;
-    let mut output_pos = FILE_HEADER_LEN;
-    for txn in &before {
-        input_pos += txn.tlen() + TXN_TRAILER_LEN;
-        let mut records = Vec::new();
-        for (idx, rec) in txn.records.iter().enumerate() {
-            if !reachable.is_reachable(rec.oid, RecId { txn: txn.tid, idx }) {
-                continue;
-            }
-            let payload = match committed.resolve(RecId { txn: txn.tid, idx })? {
-                Some(d) if !d.is_empty() => Payload::Data(d),
-                _ => Payload::Nothing,
-            };
-            out.index.insert(
-                rec.oid,
-                RecId {
-                    txn: txn.tid,
-                    idx: records.len(),
-                },
-            );
-            records.push(Record {
-                oid: rec.oid,
-                tid: rec.tid,
-                prev: None,
-                payload,
-            });
-        }
-        if records.is_empty() {
-            continue;
-        }
-        let packed = Txn {
-            tid: txn.tid,
-            status: TxnStatus::Packed,
-            meta: txn.meta.clone(),
-            records,
-        };
-        output_pos += packed.tlen() + TXN_TRAILER_LEN;
-        out.txns.insert(packed.tid, Arc::new(packed));
-    }
-    if input_pos == output_pos {
-        // Nothing would be freed: ZODB abandons the pack, statuses included.
-        return Ok(None);
-    }
-
-    for txn in &after {
-        let mut records = Vec::with_capacity(txn.records.len());
-        let mut tindex = HashMap::new();
-        for rec in &txn.records {
-            let (data, prev_txn) = match &rec.payload {
-                Payload::Data(d) => (Some(d.clone()), None),
-                Payload::Back(b) => (committed.resolve(*b)?, Some(committed.record(*b)?.tid)),
-                Payload::Nothing => (None, None),
-            };
-            // A target transaction that did not survive (possible without
-            // GC) makes ZODB's packer fail; the data goes inline instead.
-            let back = prev_txn
-                .and_then(|t| out.txns.get(&t))
-                .and_then(|target| first_matching_record(target, rec.oid, data.as_deref()));
-            let payload = match (back, data) {
-                (Some(b), _) => Payload::Back(b),
-                (None, None) => Payload::Nothing,
-                (None, Some(d)) => Payload::Data(d),
-            };
-            tindex.insert(
-                rec.oid,
-                RecId {
-                    txn: txn.tid,
-                    idx: records.len(),
-                },
-            );
-            records.push(Record {
-                oid: rec.oid,
-                tid: rec.tid,
-                prev: out.index.get(&rec.oid).copied(),
-                payload,
-            });
-        }
-        let copied = Txn {
-            tid: txn.tid,
-            status: txn.status,
-            meta: txn.meta.clone(),
-            records,
-        };
-        // Inlined data can change the transaction's length, which ZODB's
-        // packer asserts against; the copy simply has its new length.
-        output_pos += copied.tlen() + TXN_TRAILER_LEN;
-        out.index.extend(tindex);
-        out.txns.insert(copied.tid, Arc::new(copied));
-    }
-    out.size = output_pos;
-    Ok(Some(out))
-}
-
-/// The packer's `_data_find`: the first record of `oid` in `txn`, accepted
-/// when it is itself a backpointer or holds exactly `data`.
-fn first_matching_record(txn: &Txn, oid: Oid, data: Option<&[u8]>) -> Option<RecId> {
-    let (idx, rec) = txn.records.iter().enumerate().find(|(_, r)| r.oid == oid)?;
-    let id = RecId { txn: txn.tid, idx };
-    match (&rec.payload, data) {
-        (Payload::Back(_) | Payload::Nothing, _) => Some(id),
-        (Payload::Data(d), Some(want)) if **d == *want => Some(id),
-        _ => None,
-    }
-}
-
-/// `restore`'s `_data_find`: the last record of `oid` in `txn`, accepted
-/// when it holds exactly `data` or is a backpointer. Unlike ZODB, a record
-/// saying the object does not exist is not accepted: pointing at it would
-/// lose the data being restored.
-fn last_matching_record(txn: &Txn, oid: Oid, data: &[u8]) -> Option<RecId> {
-    let (idx, rec) = txn
-        .records
-        .iter()
-        .enumerate()
-        .rev()
-        .find(|(_, r)| r.oid == oid)?;
-    let id = RecId { txn: txn.tid, idx };
-    match &rec.payload {
-        Payload::Back(_) => Some(id),
-        Payload::Data(d) if **d == *data => Some(id),
-        Payload::Data(_) | Payload::Nothing => None,
-    }
-}
-
 impl Storage for MappingStorage {
     fn name(&self) -> &str {
         &self.name
@@ -806,8 +517,8 @@ impl Storage for MappingStorage {
         Ok(handle)
     }
 
-    fn transaction_tid(&self, txn: TxnHandle) -> Result<Tid> {
-        self.with_pending(txn, "transaction_tid", false, |p, _| Ok(p.tid))
+    fn transaction_tid(&self, txn: TxnHandle) -> Result<Option<Tid>> {
+        self.with_pending(txn, "transaction_tid", false, |p, _| Ok(Some(p.tid)))
     }
 
     fn store(&self, txn: TxnHandle, oid: Oid, serial: Tid, data: &[u8]) -> Result<()> {
@@ -851,139 +562,6 @@ impl Storage for MappingStorage {
                 });
             }
             Ok(())
-        })
-    }
-
-    fn delete_object(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
-        self.with_pending(txn, "delete_object", true, |p, c| {
-            let old = *c.index.get(&oid).ok_or_else(|| Error::pos_key(oid))?;
-            let committed = c.record(old)?.tid;
-            if committed != serial {
-                return Err(Error::Conflict {
-                    oid,
-                    committed,
-                    old: serial,
-                });
-            }
-            p.push(Record {
-                oid,
-                tid: p.tid,
-                prev: Some(old),
-                payload: Payload::Nothing,
-            });
-            Ok(())
-        })
-    }
-
-    fn restore(
-        &self,
-        txn: TxnHandle,
-        oid: Oid,
-        serial: Tid,
-        data: Option<&[u8]>,
-        prev_txn: Option<Tid>,
-    ) -> Result<()> {
-        if data.is_some_and(<[u8]>::is_empty) {
-            return Err(Error::InvalidArgument(
-                "cannot restore an empty data record".into(),
-            ));
-        }
-        self.with_pending(txn, "restore", true, |p, c| {
-            self.raise_max_oid(oid);
-            // `prev_txn` is a hint, as ZODB documents it (its code raises
-            // UndoError for a transaction no longer in the file); only data
-            // can be pointed to (ZODB would point a "no data" restore at
-            // whatever record it finds, or fail with a TypeError).
-            let back = match (prev_txn, data) {
-                (Some(t), Some(d)) => c
-                    .txns
-                    .get(&t)
-                    .and_then(|target| last_matching_record(target, oid, d)),
-                _ => None,
-            };
-            let payload = match (back, data) {
-                (Some(b), _) => Payload::Back(b),
-                (None, None) => Payload::Nothing,
-                (None, Some(d)) => Payload::Data(d.into()),
-            };
-            let prev = c.index.get(&oid).copied();
-            p.push(Record {
-                oid,
-                tid: serial,
-                prev,
-                payload,
-            });
-            Ok(())
-        })
-    }
-
-    fn undo(&self, txn: TxnHandle, undo_id: &[u8]) -> Result<Vec<Oid>> {
-        self.with_pending(txn, "undo", true, |p, c| {
-            let invalid = || Error::Undo {
-                reason: "Invalid transaction id".into(),
-                oid: None,
-            };
-            let tid = tid_from_undo_id(undo_id).ok_or_else(invalid)?;
-            let undone = c.txns.get(&tid).ok_or_else(invalid)?;
-            if undone.status != TxnStatus::Committed {
-                return Err(Error::Undo {
-                    reason: "non-undoable transaction".into(),
-                    oid: None,
-                });
-            }
-            let mut staged: Vec<Record> = Vec::new();
-            let mut local: Vec<(Oid, RecId)> = Vec::new();
-            let mut failures: Vec<(Oid, Error)> = Vec::new();
-            for (idx, rec) in undone.records.iter().enumerate() {
-                // A later record of the same object gets a second chance.
-                failures.retain(|(o, _)| *o != rec.oid);
-                match undo_record(c, p, RecId { txn: tid, idx }, rec) {
-                    Ok(payload) => {
-                        let id = RecId {
-                            txn: p.tid,
-                            idx: p.records.len() + staged.len(),
-                        };
-                        local.push((rec.oid, id));
-                        staged.push(Record {
-                            oid: rec.oid,
-                            tid: p.tid,
-                            prev: c.index.get(&rec.oid).copied(),
-                            payload,
-                        });
-                    }
-                    Err(e @ Error::Undo { .. }) => failures.push((rec.oid, e)),
-                    Err(e) => return Err(e),
-                }
-            }
-            // As FileStorage reports them: every failure in one message,
-            // naming the first object that failed.
-            if let Some((first, _)) = failures.first() {
-                let reason = failures
-                    .iter()
-                    .map(|(_, e)| match e {
-                        Error::Undo {
-                            reason,
-                            oid: Some(o),
-                        } => format!("{reason} (oid {o})"),
-                        Error::Undo { reason, oid: None } => reason.clone(),
-                        other => other.to_string(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                return Err(Error::Undo {
-                    reason,
-                    oid: Some(*first),
-                });
-            }
-            let mut oids = Vec::new();
-            for (oid, id) in local {
-                if !oids.contains(&oid) {
-                    oids.push(oid);
-                }
-                p.tindex.insert(oid, id);
-            }
-            p.records.extend(staged);
-            Ok(oids)
         })
     }
 
@@ -1050,118 +628,18 @@ impl Storage for MappingStorage {
         }
     }
 
-    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TransactionIter<'_>> {
-        let c = self.snapshot()?;
-        let lo = start.unwrap_or(Tid::ZERO);
-        let txns: Vec<Arc<Txn>> = match stop {
-            Some(hi) if hi < lo => Vec::new(),
-            Some(hi) => c.txns.range(lo..=hi).map(|(_, t)| t.clone()).collect(),
-            None => c.txns.range(lo..).map(|(_, t)| t.clone()).collect(),
-        };
-        Ok(Box::new(txns.into_iter().map(move |txn| {
-            let mut records = Vec::with_capacity(txn.records.len());
-            for rec in &txn.records {
-                let (data, data_txn) = match &rec.payload {
-                    Payload::Data(d) => (Some(d.to_vec()), None),
-                    Payload::Back(b) => {
-                        (c.resolve(*b)?.map(|d| d.to_vec()), Some(c.record(*b)?.tid))
-                    }
-                    Payload::Nothing => (None, None),
-                };
-                records.push(DataRecord {
-                    oid: rec.oid,
-                    tid: rec.tid,
-                    data,
-                    data_txn,
-                });
-            }
-            Ok(TransactionRecord {
-                tid: txn.tid,
-                status: txn.status,
-                meta: txn.meta.clone(),
-                records,
-            })
-        })))
+    fn may_block(&self) -> bool {
+        false
     }
 
-    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
-        let c = self.snapshot()?;
-        let mut keys = c.index.range(next.unwrap_or(Oid::ZERO)..);
-        let Some((oid, id)) = keys.next() else {
-            return Ok(None);
-        };
-        let rec = c.record(*id)?;
-        let data = c.record_data(rec)?.to_vec();
-        Ok(Some(CurrentRecord {
-            oid: *oid,
-            tid: rec.tid,
-            data,
-            next: keys.next().map(|(o, _)| *o),
-        }))
-    }
-
-    fn supports_undo(&self) -> bool {
-        true
-    }
-
-    fn undo_log(
-        &self,
-        first: i64,
-        last: i64,
-        filter: Option<UndoFilter<'_>>,
-    ) -> Result<Vec<UndoEntry>> {
-        let c = self.snapshot()?;
-        let (first, last) = undo_log_bounds(first, last);
-        let mut out = Vec::new();
-        let mut i = 0usize;
-        for txn in c.txns.values().rev() {
-            if i >= last {
-                break;
-            }
-            match txn.status {
-                TxnStatus::Packed => break,
-                TxnStatus::Committed => {}
-                TxnStatus::Checkpoint | TxnStatus::Undone => continue,
-            }
-            let entry = c.undo_entry(txn);
-            if filter.is_none_or(|f| f(&entry)) {
-                if i >= first {
-                    out.push(entry);
-                }
-                i += 1;
-            }
-        }
-        Ok(out)
-    }
-
-    fn pack(&self, pack_time: f64, gc: bool) -> Result<()> {
-        self.check_open()?;
-        let stop = TimeStamp::from_unix(pack_time).tid();
-        if stop == Tid::ZERO {
-            return Err(Error::FileStorage("Invalid pack time".into()));
-        }
-        if self.read_committed().index.is_empty() {
-            return Ok(());
-        }
-        // Like ZODB's packer, hold the commit lock while rewriting, so no
-        // transaction commits meanwhile; readers go on.
-        let mut guard = self.lock_commit();
-        while guard.pending.is_some() {
-            self.check_open()?;
-            guard = self
-                .commit_free
-                .wait(guard)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        self.check_open()?;
-        let committed = self.read_committed().clone();
-        if let Some(packed) = pack_state(&committed, stop, gc, &*self.references)? {
-            self.install(packed);
-        }
-        drop(guard);
-        self.commit_free.notify_one();
-        Ok(())
-    }
+    crate::provide_capabilities!(
+        undo,
+        restore,
+        iteration,
+        record_iteration,
+        pack,
+        external_gc
+    );
 
     fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
