@@ -235,3 +235,9 @@ impl Storage for CurrentOnly {
         Ok(())
     }
 }
+
+/// The Rust examples of `docs/backends.md`, compiled and run as
+/// documentation tests so that the guide cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/backends.md")]
+pub struct BackendsGuide;
