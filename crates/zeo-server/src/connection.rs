@@ -744,7 +744,12 @@ impl Conn {
         oneway: bool,
     ) -> Option<Handled> {
         use ServerRequest as R;
-        let hub = self.hub.clone().filter(|h| h.storage().may_block())?;
+        // Checked before cloning: this runs for every request.
+        let hub = self
+            .hub
+            .as_ref()
+            .filter(|h| h.storage().may_block())?
+            .clone();
         let published = matches!(request, R::LoadBefore { .. });
         let read: storage_calls::Read = match *request {
             R::LoadBefore { oid, before } => {
