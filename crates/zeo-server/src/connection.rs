@@ -1206,9 +1206,8 @@ impl Conn {
         );
         let result = match joined {
             Ok(r) => r,
-            Err(err) => Err(StorageError::Storage(format!(
-                "tpc_finish task failed: {err}"
-            ))),
+            // The panic stays the error's source.
+            Err(err) => Err(StorageError::other(err)),
         };
         match result {
             Ok(tid) => {

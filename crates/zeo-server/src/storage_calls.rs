@@ -37,9 +37,11 @@ pub(crate) struct Panicked(String);
 
 impl std::fmt::Display for Panicked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "panicked: {}", self.0)
+        write!(f, "storage call panicked: {}", self.0)
     }
 }
+
+impl std::error::Error for Panicked {}
 
 fn describe(payload: Box<dyn std::any::Any + Send>) -> Panicked {
     let text = payload
