@@ -253,7 +253,7 @@ impl Storage for ClientStorage {
     }
 
     fn transaction_tid(&self, txn: TxnHandle) -> zeo_storage::Result<Option<Tid>> {
-        st(self.client.transaction_tid(txn)).map(Some)
+        st(self.client.transaction_tid(txn))
     }
 
     fn store(&self, txn: TxnHandle, oid: Oid, serial: Tid, data: &[u8]) -> zeo_storage::Result<()> {
