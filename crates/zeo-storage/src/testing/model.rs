@@ -4,10 +4,12 @@
 //! replays one sequence on two storages that must agree on every outcome.
 //!
 //! Transactions use explicit tids one second apart (so a pack time can fall
-//! exactly between two transactions), which takes the [`Restore`]
+//! exactly between two transactions) on storages with the [`Restore`]
 //! capability; outcomes are compared by transaction index, never by raw
-//! tid. A capability a storage lacks makes its operations fail with
-//! `Unsupported`, which the other storage then has to report too. The
+//! tid. [`ops_for`] generates only the operations a storage's capabilities
+//! allow; a capability it lacks makes its observations report
+//! `Unsupported`, which the other storage then has to report too, so
+//! compare storages of the same capabilities (and history). The
 //! crate's tests also replay the language on ZODB's own FileStorage, so the
 //! text formats here are mirrored by a Python script.
 //!
@@ -26,7 +28,7 @@
 use proptest::prelude::*;
 
 use super::{b64, meta, record, Fixture};
-use crate::{require, BeginOptions, Error, Oid, Storage, Tid, TimeStamp, TxnStatus};
+use crate::{require, BeginOptions, Capabilities, Error, Oid, Storage, Tid, TimeStamp, TxnStatus};
 
 /// Objects the operations touch.
 pub const OBJECTS: u64 = 6;
@@ -155,6 +157,32 @@ pub fn op() -> impl Strategy<Value = Op> {
 /// Random operation sequences.
 pub fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op(), 1..30)
+}
+
+/// Random operation sequences using only what a storage with
+/// `capabilities` can do: no undo, restore, deletion or pack steps it
+/// lacks.
+pub fn ops_for(capabilities: Capabilities) -> impl Strategy<Value = Vec<Op>> {
+    ops().prop_map(move |ops| {
+        ops.into_iter()
+            .filter(|op| capabilities.pack || !matches!(op, Op::Pack { .. }))
+            .map(|op| match op {
+                Op::Commit { steps, finish } => Op::Commit {
+                    steps: steps
+                        .into_iter()
+                        .filter(|step| match step {
+                            Step::Undo { .. } => capabilities.undo,
+                            Step::Restore { .. } => capabilities.restore,
+                            Step::Delete { .. } => capabilities.external_gc,
+                            Step::Store { .. } | Step::CheckCurrent { .. } => true,
+                        })
+                        .collect(),
+                    finish,
+                },
+                pack => pack,
+            })
+            .collect()
+    })
 }
 
 /// The script line(s) of one operation for the Python replayer; `tid` is
@@ -330,8 +358,11 @@ impl<'a, S: Storage + ?Sized> Side<'a, S> {
         let s = self.storage;
         match op {
             Op::Commit { steps, finish } => {
+                // Explicit tids need the restore capability; without it
+                // the storage picks its own, and outcomes still compare by
+                // transaction index.
                 let options = BeginOptions {
-                    tid: Some(next_tid),
+                    tid: s.as_restore().map(|_| next_tid),
                     status: TxnStatus::Committed,
                 };
                 let t = match s.tpc_begin(&meta("op"), options) {
