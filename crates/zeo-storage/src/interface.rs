@@ -656,6 +656,20 @@ pub trait Blobs: Send + Sync {
     /// The blob of one committed revision; [`Error::PosKey`] when that
     /// revision has no blob.
     fn load_blob(&self, oid: Oid, serial: Tid) -> Result<BlobData>;
+
+    /// Copies a revision in with its blob, like [`Restore::restore`]
+    /// (`IBlobStorageRestoreable`); `None` when the revision has no blob.
+    fn restore_blob(
+        &self,
+        txn: TxnHandle,
+        oid: Oid,
+        serial: Tid,
+        data: Option<&[u8]>,
+        blob: Option<BlobSource>,
+    ) -> Result<()> {
+        let _ = (txn, oid, serial, data, blob);
+        Err(Error::Unsupported("restoreBlob"))
+    }
 }
 
 /// Which capabilities a storage has: what a server advertises in
@@ -694,6 +708,8 @@ impl Capabilities {
     pub fn zodb_interfaces(&self) -> Vec<(&'static str, &'static str)> {
         let z = "ZODB.interfaces";
         [
+            // Restoring blobs: `Blobs::restore_blob` on a backend that
+            // also restores records.
             (self.blobs && self.restore, (z, "IBlobStorageRestoreable")),
             (self.blobs, (z, "IBlobStorage")),
             (self.restore, (z, "IStorageRestoreable")),
