@@ -897,15 +897,14 @@ impl AsyncClientStorage {
         }
     }
 
-    /// The tid a transaction commits under is only known at finish for a
-    /// network client.
-    pub fn transaction_tid(&self, txn: TxnHandle) -> Result<Tid> {
-        self.with_txn(txn, |_| {
-            Err(zeo_storage::Error::Transaction(
-                "a ZEO client learns the transaction's tid at tpc_finish".into(),
-            )
-            .into())
-        })
+    /// The tid a transaction commits under: `None`, since a network client
+    /// learns it only from `tpc_finish`.
+    ///
+    /// # Errors
+    ///
+    /// `StorageTransactionError` when `txn` is not the current transaction.
+    pub fn transaction_tid(&self, txn: TxnHandle) -> Result<Option<Tid>> {
+        self.with_txn(txn, |_| Ok(None))
     }
 
     /// Closes the connection and stops reconnecting; the cache is synced.

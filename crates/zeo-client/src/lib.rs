@@ -84,7 +84,7 @@
 //! use zeo_pickle::Value;
 //! use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
 //! use zeo_storage::filestorage::FileStorageOptions;
-//! use zeo_storage::{BeginOptions, FileStorage, Storage, Tid, TransactionMetaData, UndoEntry};
+//! use zeo_storage::{BeginOptions, FileStorage, Iteration, Storage, Tid, TransactionMetaData, Undo, UndoEntry};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let file = FileStorage::open(&dir.path().join("Data.fs"), FileStorageOptions::default()).unwrap();
@@ -114,7 +114,7 @@
 //! assert_eq!(tids, [t1, t2]);
 //!
 //! // Undo the second transaction, found through a filter.
-//! assert!(storage.supports_undo());
+//! assert!(storage.as_undo().is_some(), "the server supports undo");
 //! let second = |e: &UndoEntry| e.description == b"second";
 //! let entry = storage.undo_log(0, -20, Some(&second)).unwrap().remove(0);
 //! assert_eq!(entry.tid, t2);

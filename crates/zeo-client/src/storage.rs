@@ -17,8 +17,9 @@ use tokio::sync::broadcast;
 use zeo_pickle::Value;
 use zeo_protocol::{client::replies, ClientRequest};
 use zeo_storage::{
-    BeginOptions, CurrentRecord, HistoryEntry, LoadedRevision, Oid, Storage, Tid, TransactionIter,
-    TransactionMetaData, TransactionRecord, TxnHandle, UndoEntry, UndoFilter,
+    BeginOptions, CurrentRecord, ExternalGc, HistoryEntry, Iteration, LoadedRevision, Oid, Pack,
+    RecordIteration, Restore, Storage, Tid, TransactionIter, TransactionMetaData,
+    TransactionRecord, TxnHandle, Undo, UndoEntry, UndoFilter,
 };
 
 use crate::client::{AsyncClientStorage, ClientStats};
@@ -251,7 +252,7 @@ impl Storage for ClientStorage {
         st(self.block(self.client.tpc_begin(meta, options)))
     }
 
-    fn transaction_tid(&self, txn: TxnHandle) -> zeo_storage::Result<Tid> {
+    fn transaction_tid(&self, txn: TxnHandle) -> zeo_storage::Result<Option<Tid>> {
         st(self.client.transaction_tid(txn))
     }
 
@@ -266,25 +267,6 @@ impl Storage for ClientStorage {
         serial: Tid,
     ) -> zeo_storage::Result<()> {
         st(self.client.check_current_serial(txn, oid, serial))
-    }
-
-    fn delete_object(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> zeo_storage::Result<()> {
-        st(self.client.delete_object(txn, oid, serial))
-    }
-
-    fn restore(
-        &self,
-        txn: TxnHandle,
-        oid: Oid,
-        serial: Tid,
-        data: Option<&[u8]>,
-        prev_txn: Option<Tid>,
-    ) -> zeo_storage::Result<()> {
-        st(self.client.restore(txn, oid, serial, data, prev_txn))
-    }
-
-    fn undo(&self, txn: TxnHandle, undo_id: &[u8]) -> zeo_storage::Result<Vec<Oid>> {
-        st(self.client.undo(txn, undo_id))
     }
 
     fn tpc_vote(&self, txn: TxnHandle) -> zeo_storage::Result<Vec<Oid>> {
@@ -305,24 +287,21 @@ impl Storage for ClientStorage {
         self.block(self.client.tpc_abort(txn));
     }
 
-    /// Transactions from the server, fetched lazily one at a time (each
-    /// with all its records); see [`AsyncClientStorage::iterator`]. The
-    /// iterator ends after its first error; dropping it early tells the
-    /// server to discard its side.
-    fn iterator(
-        &self,
-        start: Option<Tid>,
-        stop: Option<Tid>,
-    ) -> zeo_storage::Result<TransactionIter<'_>> {
-        let stream = st(self.block(self.client.iterator(start, stop)))?;
-        Ok(Box::new(BlockingTransactions {
-            storage: self,
-            stream,
-        }))
+    fn close(&self) -> zeo_storage::Result<()> {
+        st(ClientStorage::close(self))
     }
 
-    fn record_iternext(&self, next: Option<Oid>) -> zeo_storage::Result<Option<CurrentRecord>> {
-        st(self.block(self.client.record_iternext(next)))
+    /// Undo as the server offers it (its `supportsUndo`).
+    fn as_undo(&self) -> Option<&dyn Undo> {
+        self.client.supports_undo().then_some(self as &dyn Undo)
+    }
+
+    zeo_storage::provide_capabilities!(restore, iteration, record_iteration, pack, external_gc);
+}
+
+impl Undo for ClientStorage {
+    fn undo(&self, txn: TxnHandle, undo_id: &[u8]) -> zeo_storage::Result<Vec<Oid>> {
+        st(self.client.undo(txn, undo_id))
     }
 
     fn undo_log(
@@ -339,20 +318,57 @@ impl Storage for ClientStorage {
             Some(filter) => st(self.block(self.client.undo_log_matching(first, last, filter))),
         }
     }
+}
 
-    fn supports_undo(&self) -> bool {
-        self.client.supports_undo()
+impl Restore for ClientStorage {
+    fn restore(
+        &self,
+        txn: TxnHandle,
+        oid: Oid,
+        serial: Tid,
+        data: Option<&[u8]>,
+        prev_txn: Option<Tid>,
+    ) -> zeo_storage::Result<()> {
+        st(self.client.restore(txn, oid, serial, data, prev_txn))
     }
+}
 
+impl Iteration for ClientStorage {
+    /// Transactions from the server, fetched lazily one at a time (each
+    /// with all its records); see [`AsyncClientStorage::iterator`]. The
+    /// iterator ends after its first error; dropping it early tells the
+    /// server to discard its side.
+    fn iterator(
+        &self,
+        start: Option<Tid>,
+        stop: Option<Tid>,
+    ) -> zeo_storage::Result<TransactionIter<'_>> {
+        let stream = st(self.block(self.client.iterator(start, stop)))?;
+        Ok(Box::new(BlockingTransactions {
+            storage: self,
+            stream,
+        }))
+    }
+}
+
+impl RecordIteration for ClientStorage {
+    fn record_iternext(&self, next: Option<Oid>) -> zeo_storage::Result<Option<CurrentRecord>> {
+        st(self.block(self.client.record_iternext(next)))
+    }
+}
+
+impl Pack for ClientStorage {
     /// Packs on the server and waits for it. `gc` cannot be sent: ZEO's
     /// `pack` has no such argument, and the server decides (ZEO servers
     /// always collect garbage when the storage can).
     fn pack(&self, pack_time: f64, _gc: bool) -> zeo_storage::Result<()> {
         st(self.block(self.client.pack(pack_time)))
     }
+}
 
-    fn close(&self) -> zeo_storage::Result<()> {
-        st(ClientStorage::close(self))
+impl ExternalGc for ClientStorage {
+    fn delete_object(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> zeo_storage::Result<()> {
+        st(self.client.delete_object(txn, oid, serial))
     }
 }
 
@@ -391,7 +407,7 @@ impl AsyncClientStorage {
     }
 
     /// `undo_log(first, last)` with a filter applied here: the entries the
-    /// filter accepts, sliced like [`Storage::undo_log`] (`first` and `last`
+    /// filter accepts, sliced like [`Undo::undo_log`] (`first` and `last`
     /// count accepted entries, as in FileStorage's own filtered search).
     ///
     /// The server's log is read in pages of 100 until enough entries match
@@ -455,7 +471,7 @@ impl AsyncClientStorage {
     }
 
     /// `undoLog(first, last)`: undoable transactions, newest first, with
-    /// `first`/`last` as in [`Storage::undo_log`].
+    /// `first`/`last` as in [`Undo::undo_log`].
     ///
     /// Servers identify FileStorage transactions by [`zeo_storage::undo_id()`];
     /// the tid is decoded from that id, and is [`Tid::ZERO`] for ids of

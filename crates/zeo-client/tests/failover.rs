@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use common::{commit_with, TestServer};
 use zeo_client::{is_client_disconnected, ClientStorage, Notice, ServerAddress};
 use zeo_server::ServerSettings;
+use zeo_storage::Iteration;
+use zeo_storage::Undo;
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 use zeo_testkit::free_port;
 

@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use zeo_client::{ClientOptions, ClientStorage, Notice, ServerAddress};
+use zeo_storage::Iteration;
+use zeo_storage::Pack;
+use zeo_storage::Undo;
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 use zeo_testkit::{free_port, python6, run_with_timeout, stdout_of};
 
@@ -381,7 +384,7 @@ fn storage_api_against_python(msgpack: bool) {
     let (build, change) = (tids[1], tids[3]);
 
     let client = ClientStorage::open(options(port)).unwrap();
-    assert!(client.supports_undo());
+    assert!(client.as_undo().is_some());
 
     // Iteration of Python-written transactions, record for record.
     let ours: Vec<String> = client

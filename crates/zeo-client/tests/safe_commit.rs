@@ -12,6 +12,7 @@ use zeo_client::{
     AsyncClientStorage, ClientOptions, ClientStorage, CommitOptions, ErrorKind, ServerAddress,
 };
 use zeo_server::ServerSettings;
+use zeo_storage::Undo;
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 
 fn counter(n: i64) -> Record {

@@ -12,6 +12,10 @@ use common::{commit_with, TestServer};
 use zeo_client::{ClientStorage, ConflictInfo};
 use zeo_pickle::{Protocol, Value};
 use zeo_server::ServerSettings;
+use zeo_storage::Iteration;
+use zeo_storage::Pack;
+use zeo_storage::RecordIteration;
+use zeo_storage::Undo;
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData, TxnStatus, UndoEntry};
 
 fn meta(description: &str) -> TransactionMetaData {
@@ -161,7 +165,7 @@ fn undo_is_applied_and_invalidates_the_cache() {
     let (_dir, server) = start();
     let a = ClientStorage::open(server.options()).unwrap();
     let b = ClientStorage::open(server.options()).unwrap();
-    assert!(a.supports_undo(), "FileStorage supports undo");
+    assert!(a.as_undo().is_some(), "FileStorage supports undo");
     let oid = a.new_oid().unwrap();
     let t1 = commit_with(&a, &meta("create"), &[(oid, Tid::ZERO, b"v1")]).unwrap();
     let t2 = commit_with(&a, &meta("change"), &[(oid, t1, b"v2")]).unwrap();

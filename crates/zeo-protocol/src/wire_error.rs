@@ -361,9 +361,8 @@ impl From<&StorageError> for WireError {
             | StorageError::InvalidArgument(msg)
             | StorageError::Key(msg)
             | StorageError::Storage(msg) => args(vec![s(msg)]),
-            StorageError::Io { .. } | StorageError::Closed => {
-                args(vec![Value::Str(err.to_string())])
-            }
+            // I/O, closed, and whatever a backend reports: its message.
+            _ => args(vec![Value::Str(err.to_string())]),
         }
     }
 }

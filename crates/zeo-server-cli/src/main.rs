@@ -18,7 +18,7 @@ use zeo_config::{LogHandler, LogPath, ServerConfig, SocketAddress, StorageKind};
 use zeo_server::logging::{level_filter, PythonFormat, ReopenableFile};
 use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
 use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
-use zeo_storage::{MappingStorage, Storage};
+use zeo_storage::{MappingStorage, Pack, Storage};
 
 mod passwd;
 

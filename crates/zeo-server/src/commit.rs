@@ -7,7 +7,7 @@ use std::sync::Arc;
 use zeo_protocol::reply::VoteConflict;
 use zeo_protocol::TxnId;
 use zeo_storage::{
-    BeginOptions, Error, Oid, Storage, Tid, TransactionMetaData, TxnHandle, TxnStatus,
+    require, BeginOptions, Error, Oid, Storage, Tid, TransactionMetaData, TxnHandle, TxnStatus,
 };
 
 use crate::commit_lock::ConnId;
@@ -157,7 +157,8 @@ impl OpenTxn {
                     Err(err) => return Err(err),
                 },
                 TxnOp::Delete { oid, serial } => {
-                    storage.delete_object(h, oid, serial)?;
+                    require(storage.as_external_gc(), "deleteObject")?
+                        .delete_object(h, oid, serial)?;
                     invalidated.insert(oid);
                 }
                 TxnOp::CheckCurrent { oid, serial } => {
@@ -169,11 +170,17 @@ impl OpenTxn {
                     data,
                     prev_txn,
                 } => {
-                    storage.restore(h, oid, serial, data.as_deref(), prev_txn)?;
+                    require(storage.as_restore(), "restore")?.restore(
+                        h,
+                        oid,
+                        serial,
+                        data.as_deref(),
+                        prev_txn,
+                    )?;
                     invalidated.insert(oid);
                 }
                 TxnOp::Undo { id } => {
-                    let oids = storage.undo(h, &id)?;
+                    let oids = require(storage.as_undo(), "undo")?.undo(h, &id)?;
                     invalidated.extend(oids.iter().copied());
                     serials.extend(oids);
                 }
@@ -205,7 +212,8 @@ impl OpenTxn {
 /// Finishes a voted transaction: the storage commits, and inside its
 /// `on_commit` callback the hub publishes the invalidations under the
 /// exclusive publication lock, which is held until the storage has made the
-/// transaction visible. Runs on a blocking thread.
+/// transaction visible. Both halves of the storage's finish run here, back
+/// to back, under the commit lock.
 pub fn finish(
     hub: &Arc<StorageHub>,
     conn: ConnId,
@@ -214,10 +222,13 @@ pub fn finish(
 ) -> Result<Tid, Error> {
     let oids: crate::invalidations::OidList = oids.into();
     let mut publication = None;
-    let result = hub.storage().tpc_finish(handle, &mut |tid| {
-        let guard = hub.write_publication();
-        hub.publish_commit(&guard, conn, tid, oids.clone());
-        publication = Some(guard);
+    let storage = hub.storage();
+    let result = storage.tpc_finish_submit(handle).and_then(|submitted| {
+        storage.tpc_finish_durable(submitted, &mut |tid| {
+            let guard = hub.write_publication();
+            hub.publish_commit(&guard, conn, tid, oids.clone());
+            publication = Some(guard);
+        })
     });
     // Only now may loads see the new transaction.
     drop(publication);

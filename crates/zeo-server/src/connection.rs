@@ -29,7 +29,7 @@ use zeo_protocol::{
     Call, ClientHello, Encoding, FrameCodec, Incoming, Marshaller, Message, ServerHandshake,
     ServerRequest, StorageInfo, TxnId, WireError,
 };
-use zeo_storage::{Error as StorageError, Oid, TransactionMetaData, TxnStatus};
+use zeo_storage::{require, Error as StorageError, Oid, TransactionMetaData, TxnStatus};
 
 use crate::commit::{self, OpenTxn, VoteOutcome};
 use crate::commit_lock::{Acquired, CommitGuard, ConnId};
@@ -39,6 +39,7 @@ use crate::iterators::{IterError, Iterators};
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::server::Shared;
 use crate::stats::StorageStats;
+use crate::storage_calls::{self, run_storage};
 use crate::txn_log::{TxnLog, TxnOp};
 
 /// Fewest seconds between two log lines about one connection's reads
@@ -566,6 +567,9 @@ impl Conn {
 
     async fn dispatch(&mut self, request: ServerRequest, msgid: Value, oneway: bool) -> Handled {
         use ServerRequest as R;
+        if let Some(handled) = self.read_off_runtime(&request, &msgid, oneway) {
+            return handled;
+        }
         match request {
             R::Register { storage, read_only } => self.register(&storage, read_only, msgid, oneway),
             R::GetInfo => self.get_info(),
@@ -604,7 +608,10 @@ impl Conn {
                     .map_err(protocol_error)
             }
             R::RecordIternext { next } => {
-                let found = self.hub()?.storage().record_iternext(next).map_err(wire)?;
+                let storage = self.hub()?.storage();
+                let found = require(storage.as_record_iteration(), "record_iternext")
+                    .and_then(|r| r.record_iternext(next))
+                    .map_err(wire)?;
                 Ok(Outcome::Reply(
                     found.as_ref().map_or(Value::None, replies::record_iternext),
                 ))
@@ -728,6 +735,62 @@ impl Conn {
 
     /// Queues a reply right away (while the caller still holds whatever
     /// guard makes it consistent).
+    /// Serves the read requests of a backend that may block on the blocking
+    /// pool (see `storage_calls`); `None` for every other request.
+    fn read_off_runtime(
+        &self,
+        request: &ServerRequest,
+        msgid: &Value,
+        oneway: bool,
+    ) -> Option<Handled> {
+        use ServerRequest as R;
+        // Checked before cloning: this runs for every request.
+        let hub = self
+            .hub
+            .as_ref()
+            .filter(|h| h.storage().may_block())?
+            .clone();
+        let published = matches!(request, R::LoadBefore { .. });
+        let read: storage_calls::Read = match *request {
+            R::LoadBefore { oid, before } => {
+                StorageStats::bump(&hub.stats().loads);
+                Box::new(move |s| {
+                    let found = load_before(s, oid, before).map_err(wire)?;
+                    Ok(replies::load_before(found.as_ref()))
+                })
+            }
+            R::LoadSerial { oid, serial } => {
+                Box::new(move |s| s.load_serial(oid, serial).map(Value::Bytes).map_err(wire))
+            }
+            R::GetTid { oid } => Box::new(move |s| s.get_tid(oid).map(replies::tid).map_err(wire)),
+            R::History { oid, size } => Box::new(move |s| {
+                let entries = s.history(oid, size).map_err(wire)?;
+                replies::history(&entries).map_err(protocol_error)
+            }),
+            R::RecordIternext { next } => Box::new(move |s| {
+                let found = require(s.as_record_iteration(), "record_iternext")
+                    .and_then(|r| r.record_iternext(next))
+                    .map_err(wire)?;
+                Ok(found.as_ref().map_or(Value::None, replies::record_iternext))
+            }),
+            R::NewOids { n } if !self.read_only => Box::new(move |s| {
+                let n = n.clamp(1, zeo_protocol::MAX_NEW_OIDS);
+                let oids = (0..n).map(|_| s.new_oid()).collect::<Result<Vec<Oid>, _>>();
+                Ok(replies::oid_list(&oids.map_err(wire)?))
+            }),
+            _ => return None,
+        };
+        storage_calls::reply_from_blocking(
+            hub,
+            self.outbox.clone(),
+            msgid.clone(),
+            oneway,
+            published,
+            read,
+        );
+        Some(Ok(Outcome::Sent))
+    }
+
     fn send_now(&self, msgid: Value, oneway: bool, value: Value) -> Handled {
         if !oneway {
             self.outbox.reply(msgid, value);
@@ -768,20 +831,21 @@ impl Conn {
     fn get_info(&self) -> Handled {
         let hub = self.hub()?;
         let storage = hub.storage();
-        let undo = storage.supports_undo();
+        let capabilities = storage.capabilities();
         // Blob interfaces are left out: advertising them would make clients
         // send blobs this server cannot store.
-        let interfaces = StorageInfo::file_storage_interfaces()
+        let interfaces = capabilities
+            .zodb_interfaces()
             .into_iter()
             .filter(|(_, name)| !name.starts_with("IBlob"))
-            .filter(|(_, name)| undo || name != "IStorageUndoable")
+            .map(|(module, name)| (module.to_owned(), name.to_owned()))
             .collect();
         let info = StorageInfo {
             length: storage.len(),
             size: storage.size(),
             name: storage.name().to_owned(),
-            supports_undo: undo,
-            supports_record_iternext: true,
+            supports_undo: capabilities.undo,
+            supports_record_iternext: capabilities.record_iteration,
             interfaces,
         };
         Ok(Outcome::Reply(replies::get_info(&info)))
@@ -817,7 +881,8 @@ impl Conn {
             let walked = (|| -> Result<Option<(zeo_storage::Tid, Vec<Oid>)>, StorageError> {
                 let mut oids = std::collections::BTreeSet::new();
                 let mut latest = None;
-                for txn in hub.storage().iterator(Some(tid.next()), None)? {
+                let iteration = require(hub.storage().as_iteration(), "iterator")?;
+                for txn in iteration.iterator(Some(tid.next()), None)? {
                     let txn = txn?;
                     oids.extend(txn.records.iter().map(|r| r.oid));
                     latest = Some(txn.tid);
@@ -846,7 +911,8 @@ impl Conn {
         tokio::task::spawn_blocking(move || {
             let _pending = pending;
             tracing::info!(time, "pack started");
-            let result = hub.storage().pack(time, hub.pack_gc());
+            let result =
+                require(hub.storage().as_pack(), "pack").and_then(|p| p.pack(time, hub.pack_gc()));
             match &result {
                 Ok(()) => {
                     tracing::info!(time, "pack complete");
@@ -877,7 +943,7 @@ impl Conn {
         oneway: bool,
     ) -> Handled {
         let hub = self.hub()?.clone();
-        if !hub.storage().supports_undo() {
+        if hub.storage().as_undo().is_none() {
             return Ok(Outcome::Reply(Value::Tuple(Vec::new())));
         }
         let outbox = self.outbox.clone();
@@ -889,9 +955,8 @@ impl Conn {
                 None => true,
                 Some(spec) => replies::undo_entry(entry).is_ok_and(|d| spec.matches(&d)),
             };
-            let result = hub
-                .storage()
-                .undo_log(first, last, Some(&filter))
+            let result = require(hub.storage().as_undo(), "undoLog")
+                .and_then(|u| u.undo_log(first, last, Some(&filter)))
                 .map_err(wire)
                 .and_then(|entries| replies::undo_log(&entries).map_err(protocol_error));
             if !oneway {
@@ -1048,7 +1113,7 @@ impl Conn {
             "preparing to commit"
         );
         let storage = hub.storage().clone();
-        let small = txn.is_small();
+        let small = storage_calls::may_run_inline(&*storage, txn.is_small());
         let started = Instant::now();
         let joined = run_storage(small, move || {
             let outcome = txn.vote(&*storage);
@@ -1126,7 +1191,10 @@ impl Conn {
             .as_mut()
             .map(|t| std::mem::take(&mut t.invalidated))
             .unwrap_or_default();
-        let small = self.txn.as_ref().is_some_and(|t| t.is_small());
+        let small = storage_calls::may_run_inline(
+            &**hub.storage(),
+            self.txn.as_ref().is_some_and(|t| t.is_small()),
+        );
         let conn = self.id;
         let hub2 = hub.clone();
         let started = Instant::now();
@@ -1138,9 +1206,8 @@ impl Conn {
         );
         let result = match joined {
             Ok(r) => r,
-            Err(err) => Err(StorageError::Storage(format!(
-                "tpc_finish task failed: {err}"
-            ))),
+            // The panic stays the error's source.
+            Err(err) => Err(StorageError::other(err)),
         };
         match result {
             Ok(tid) => {
@@ -1188,7 +1255,7 @@ impl Conn {
         if let Some(txn) = self.txn.as_ref() {
             if let Some(handle) = txn.storage_txn {
                 let storage = hub.storage().clone();
-                let small = txn.is_small();
+                let small = storage_calls::may_run_inline(&*storage, txn.is_small());
                 if let Err(err) = run_storage(small, move || storage.tpc_abort(handle)).await {
                     tracing::error!(%err, "tpc_abort task failed");
                 }
@@ -1252,54 +1319,6 @@ fn load_before(
         })),
         _ => storage.load_before(oid, before),
     }
-}
-
-/// A storage call that panicked.
-#[derive(Debug)]
-struct Panicked(String);
-
-impl std::fmt::Display for Panicked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "panicked: {}", self.0)
-    }
-}
-
-/// Runs a storage call of a transaction under the commit lock (vote,
-/// finish, abort), which may wait for the disk.
-///
-/// A small transaction's call runs right here on a multi-threaded runtime:
-/// it writes a bounded amount to the page cache at vote and syncs it once
-/// at finish, and while it does, the runtime's other workers take over the
-/// tasks queued on this one. Commits are latency-bound, and a trip to the
-/// blocking pool and back costs two thread wake-ups per call, more than
-/// the call itself at vote and a quarter of a small commit in all.
-/// Large transactions, and every call on a current-thread runtime (where no
-/// other worker could take over), go to the blocking pool. A panic comes
-/// back as an error either way, so the connection still cleans up.
-async fn run_storage<F, R>(small: bool, f: F) -> Result<R, Panicked>
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    let describe = |payload: Box<dyn std::any::Any + Send>| {
-        let text = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown cause".to_owned());
-        Panicked(text)
-    };
-    if small && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(describe);
-    }
-    tokio::task::spawn_blocking(f).await.map_err(|err| {
-        if err.is_panic() {
-            describe(err.into_panic())
-        } else {
-            Panicked(err.to_string())
-        }
-    })
 }
 
 fn pickle_extension(extension: &Value) -> Result<Vec<u8>, WireError> {
@@ -1435,23 +1454,9 @@ fn log_conflicts(conflicts: &[VoteConflict]) {
 mod tests {
     use super::*;
 
-    async fn panics_come_back_as_errors(small: bool) {
-        assert_eq!(run_storage(small, || 7).await.unwrap(), 7);
-        let err = run_storage(small, || -> u8 { panic!("storage exploded") })
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("storage exploded"), "{err}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn storage_calls_on_a_multi_threaded_runtime() {
-        panics_come_back_as_errors(true).await;
-        panics_come_back_as_errors(false).await;
-    }
-
     #[test]
     fn loads_answer_as_the_storage_search_does() {
-        use zeo_storage::{MappingStorage, Storage, Tid};
+        use zeo_storage::{ExternalGc, MappingStorage, Storage, Tid};
         let storage = MappingStorage::new("1");
         let commit = |oid: Oid, serial: Tid, data: Option<&[u8]>| {
             let h = storage
@@ -1481,11 +1486,5 @@ mod tests {
             (current.data, current.start, current.end),
             (b"a2".to_vec(), t2, None)
         );
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn storage_calls_on_a_current_thread_runtime() {
-        panics_come_back_as_errors(true).await;
-        panics_come_back_as_errors(false).await;
     }
 }

@@ -62,16 +62,17 @@ impl StorageHub {
         timeout_enabled: bool,
     ) -> Self {
         let last = storage.last_transaction();
-        let recent = storage
-            .last_invalidations(invalidation_queue_size.max(1))
-            .unwrap_or_else(|e| {
-                tracing::warn!(
-                    "storage {}: cannot read its recent transactions ({e}); \
+        let recent = crate::storage_calls::off_runtime(&*storage, || {
+            storage.last_invalidations(invalidation_queue_size.max(1))
+        })
+        .unwrap_or_else(|e| {
+            tracing::warn!(
+                "storage {}: cannot read its recent transactions ({e}); \
                      clients older than its last transaction will drop their caches",
-                    storage.name()
-                );
-                Vec::new()
-            });
+                storage.name()
+            );
+            Vec::new()
+        });
         StorageHub {
             name: name.into(),
             storage,

@@ -67,7 +67,9 @@ impl Iterators {
         std::thread::Builder::new()
             .name("zeo-iterator".into())
             .spawn(move || {
-                let iter = match storage.iterator(start, stop) {
+                let iter = match zeo_storage::require(storage.as_iteration(), "iterator")
+                    .and_then(|i| i.iterator(start, stop))
+                {
                     Ok(iter) => iter,
                     Err(err) => {
                         let _ = tx.blocking_send(Err(err));

@@ -49,6 +49,7 @@ pub mod outbox;
 mod server;
 pub mod settings;
 pub mod stats;
+mod storage_calls;
 pub mod txn_log;
 
 pub use error::{Error, Result};

@@ -692,7 +692,7 @@ impl Server {
             let storage = hub.storage().clone();
             let closed = tokio::task::spawn_blocking(move || storage.close())
                 .await
-                .unwrap_or_else(|e| Err(zeo_storage::Error::Storage(e.to_string())));
+                .unwrap_or_else(|e| Err(zeo_storage::Error::other(e)));
             match closed {
                 Ok(()) => tracing::info!(storage = %name, "closed storage"),
                 Err(source) => {

@@ -13,7 +13,23 @@ use crate::ids::{Oid, Tid};
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything a storage operation can fail with.
+///
+/// The enum is `#[non_exhaustive]`: backends outside this crate report their
+/// own failures through [`Error::Transient`] (retry may succeed) or
+/// [`Error::Other`] (it will not), keeping the underlying error as the
+/// [`source`](std::error::Error::source) rather than flattening it to text.
+///
+/// ```
+/// use zeo_storage::Error;
+///
+/// let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "db down");
+/// let err = Error::transient(refused);
+/// assert!(err.is_transient());
+/// assert_eq!(err.python_class(), "ZODB.POSException.TransientError");
+/// assert!(std::error::Error::source(&err).is_some());
+/// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// `ZODB.POSException.POSKeyError`: no such object, or no such revision.
     #[error("POSKeyError: {oid}{}", .serial.map(|s| format!(" serial {s}")).unwrap_or_default())]
@@ -117,7 +133,25 @@ pub enum Error {
     /// The storage was closed.
     #[error("StorageError: the storage is closed")]
     Closed,
+
+    /// `ZODB.POSException.Unsupported`: the backend lacks the capability
+    /// the call needs (undo on a history-free storage, say).
+    #[error("Unsupported: {0}")]
+    Unsupported(&'static str),
+
+    /// `ZODB.POSException.TransientError`: a failure that retrying the
+    /// transaction may get past (a lost database connection, a timeout).
+    #[error("TransientError: {0}")]
+    Transient(#[source] BoxError),
+
+    /// `ZODB.POSException.StorageError` for any other failure of a backend,
+    /// with the backend's own error kept as the source.
+    #[error("StorageError: {0}")]
+    Other(#[source] BoxError),
 }
+
+/// A backend's own error, boxed for [`Error::Transient`] and [`Error::Other`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 impl Error {
     /// Wraps an I/O error with what was being done.
@@ -144,6 +178,9 @@ impl Error {
             Error::Key(_) => "builtins.KeyError",
             Error::Storage(_) | Error::Closed => "ZODB.POSException.StorageError",
             Error::Io { .. } => "ZODB.POSException.StorageSystemError",
+            Error::Unsupported(_) => "ZODB.POSException.Unsupported",
+            Error::Transient(_) => "ZODB.POSException.TransientError",
+            Error::Other(_) => "ZODB.POSException.StorageError",
         }
     }
 
@@ -162,6 +199,22 @@ impl Error {
     /// Whether this is `POSKeyError`.
     pub fn is_pos_key(&self) -> bool {
         matches!(self, Error::PosKey { .. })
+    }
+
+    /// Whether retrying the transaction may succeed: a conflict or a
+    /// [`Error::Transient`] failure.
+    pub fn is_transient(&self) -> bool {
+        self.is_conflict() || matches!(self, Error::Transient(_))
+    }
+
+    /// Wraps a backend error that retrying may get past.
+    pub fn transient(source: impl Into<BoxError>) -> Self {
+        Error::Transient(source.into())
+    }
+
+    /// Wraps any other backend error, keeping it as the source.
+    pub fn other(source: impl Into<BoxError>) -> Self {
+        Error::Other(source.into())
     }
 
     /// A POSKeyError for an oid.

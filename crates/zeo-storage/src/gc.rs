@@ -221,6 +221,7 @@ fn unscannable(oid: Oid, err: Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::interface::Pack;
     use std::collections::BTreeMap;
 
     /// Records are `oid -> (pos, data)`; data is a list of referenced oids,

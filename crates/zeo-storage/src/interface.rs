@@ -1,6 +1,33 @@
-//! The storage contract: what ZODB calls `IStorage` together with
-//! `IStorageIteration`, `IStorageUndoable`, `IStorageCurrentRecordIteration`,
-//! `IExternalGC` and `IStorageRestoreable`.
+//! The storage contract: a small core trait, [`Storage`] (ZODB's
+//! `IStorage`), and one trait per optional capability, reached through the
+//! core trait's `as_*` accessors:
+//!
+//! | capability | trait | ZODB interface |
+//! |---|---|---|
+//! | undo | [`Undo`] | `IStorageUndoable` |
+//! | restore / copy | [`Restore`] | `IStorageRestoreable` |
+//! | iteration | [`Iteration`] | `IStorageIteration` |
+//! | current-record iteration | [`RecordIteration`] | `IStorageCurrentRecordIteration` |
+//! | pack / GC | [`Pack`] | (`IStorage.pack`) |
+//! | external GC | [`ExternalGc`] | `IExternalGC` |
+//! | blobs | [`Blobs`] | `IBlobStorage` |
+//!
+//! A backend implements the core and the capabilities it has; callers ask
+//! [`Storage::capabilities`] (or an accessor) and get
+//! [`Error::Unsupported`] from [`require`] when a capability is missing.
+//!
+//! ## Calls that may block
+//!
+//! [`Storage::may_block`] says whether the backend's calls can wait on
+//! something other than local memory and the page cache (a network round
+//! trip, a synchronous database driver, a lock held across I/O). A server
+//! runs every call of such a backend on a blocking thread, never on an async
+//! runtime worker; a backend that answers `false` (FileStorage,
+//! MappingStorage) may be called right on a worker thread, which saves two
+//! thread wake-ups per call. Whatever it answers, the accessors `name`,
+//! `is_read_only`, `size`, `len`, `last_transaction`, `may_block` and the
+//! `as_*` capability accessors must answer from memory without blocking:
+//! they are called anywhere.
 //!
 //! Two-phase commit follows ZODB: `tpc_begin` takes the storage's commit lock
 //! and returns a [`TxnHandle`] that every later call of that transaction
@@ -20,8 +47,16 @@ use crate::ids::{Oid, Tid};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct TxnHandle(pub u64);
 
-/// The transaction status byte kept in a Data.fs transaction header.
+/// A committed transaction's status, ZODB's
+/// `IStorageTransactionInformation.status` (a one-character string there;
+/// the same character travels in ZEO's `tpc_begin` and iterator replies).
+///
+/// Only [`TxnStatus::Committed`] and [`TxnStatus::Packed`] mean anything
+/// to a backend other than FileStorage: a backend with no use for the
+/// distinction reports `Committed` and may refuse to commit as anything
+/// else.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+#[non_exhaustive]
 pub enum TxnStatus {
     /// `' '`: an ordinary committed transaction.
     #[default]
@@ -36,7 +71,7 @@ pub enum TxnStatus {
 }
 
 impl TxnStatus {
-    /// The status byte as it stands in the file and on the wire.
+    /// The status character as ZODB and the ZEO wire spell it.
     pub fn as_byte(self) -> u8 {
         match self {
             TxnStatus::Committed => b' ',
@@ -46,7 +81,7 @@ impl TxnStatus {
         }
     }
 
-    /// Parses a status byte.
+    /// Parses a status character.
     pub fn from_byte(b: u8) -> Option<Self> {
         match b {
             b' ' => Some(TxnStatus::Committed),
@@ -85,7 +120,7 @@ pub struct BeginOptions {
     /// Commit under this tid instead of a fresh one (`tpc_begin(txn, tid)`).
     /// It must be later than the last transaction.
     pub tid: Option<Tid>,
-    /// The status byte to write at finish (copying can write `Packed`).
+    /// The status to commit with (copying can commit `Packed`).
     pub status: TxnStatus,
 }
 
@@ -117,10 +152,10 @@ pub struct HistoryEntry {
     pub size: u64,
 }
 
-/// One undoable transaction, as [`Storage::undo_log`] lists it.
+/// One undoable transaction, as [`Undo::undo_log`] lists it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UndoEntry {
-    /// The opaque id to pass to [`Storage::undo`]: [`crate::undo_id()`] of the
+    /// The opaque id to pass to [`Undo::undo`]: [`crate::undo_id()`] of the
     /// tid for both storages here, as ZODB's FileStorage writes it.
     pub id: Vec<u8>,
     /// The transaction's tid.
@@ -152,7 +187,7 @@ pub struct DataRecord {
     pub data_txn: Option<Tid>,
 }
 
-/// One transaction, as [`Storage::iterator`] yields it.
+/// One transaction, as [`Iteration::iterator`] yields it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransactionRecord {
     /// The transaction id.
@@ -165,7 +200,7 @@ pub struct TransactionRecord {
     pub records: Vec<DataRecord>,
 }
 
-/// One current record, as [`Storage::record_iternext`] yields it.
+/// One current record, as [`RecordIteration::record_iternext`] yields it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CurrentRecord {
     /// The object.
@@ -178,17 +213,52 @@ pub struct CurrentRecord {
     pub next: Option<Oid>,
 }
 
-/// Which transactions [`Storage::undo_log`] lists.
+/// Which transactions [`Undo::undo_log`] lists.
 pub type UndoFilter<'a> = &'a dyn Fn(&UndoEntry) -> bool;
 
 /// An iterator over transactions, oldest first.
 pub type TransactionIter<'a> = Box<dyn Iterator<Item = Result<TransactionRecord>> + Send + 'a>;
 
-/// The contract every storage keeps: FileStorage, MappingStorage, and the
-/// network client.
+/// A transaction whose `tpc_finish` was submitted
+/// ([`Storage::tpc_finish_submit`]) and is waiting to be made durable
+/// ([`Storage::tpc_finish_durable`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    /// The transaction.
+    pub txn: TxnHandle,
+    /// Its tid, when the submission already fixed it.
+    pub tid: Option<Tid>,
+}
+
+/// The contract every storage keeps: the reads, the object ids and the
+/// two-phase commit of ZODB's `IStorage`. Everything else is a capability
+/// (see the [module documentation](self)).
 ///
 /// Implementations are `Send + Sync`; any number of threads may read while one
 /// transaction commits.
+///
+/// # Two-phase commit
+///
+/// `tpc_begin` takes the storage's commit lock and returns a [`TxnHandle`]
+/// that every later call of that transaction names; `tpc_finish` or
+/// `tpc_abort` releases it. Calls naming a handle that is not the current
+/// transaction fail with [`Error::Transaction`], except `tpc_abort`, which
+/// ignores them as ZODB does. The tid may be chosen at `tpc_begin`, at vote,
+/// or only at finish (as a database that assigns it in its own commit does):
+/// [`Storage::transaction_tid`] answers `None` until it is chosen, and
+/// finish returns it.
+///
+/// Finishing has two halves so that a backend can sync several
+/// transactions at once (group commit): [`Storage::tpc_finish_submit`]
+/// fixes the transaction's place in the commit order and may release the
+/// commit lock; [`Storage::tpc_finish_durable`] waits until it is durable,
+/// runs the publication callback, and only then makes it visible to
+/// readers. Callbacks of successive transactions run in commit order. A
+/// backend that syncs each transaction on its own implements only
+/// [`Storage::tpc_finish`], which the defaults of the two halves call.
+///
+/// Reads (`load*`, `history`, iteration) never wait for a commit in
+/// progress: they see the last finished transaction.
 pub trait Storage: Send + Sync {
     /// An informational name (FileStorage: the file's path).
     fn name(&self) -> &str;
@@ -210,6 +280,14 @@ pub trait Storage: Send + Sync {
     /// The last committed transaction, [`Tid::ZERO`] when there is none.
     fn last_transaction(&self) -> Tid;
 
+    /// Whether calls other than the cheap accessors may block the calling
+    /// thread on anything but memory and local disk (see the [module
+    /// documentation](self)). `true` unless the backend says otherwise: a
+    /// server then runs its calls on blocking threads only.
+    fn may_block(&self) -> bool {
+        true
+    }
+
     /// The current revision of an object: its data and tid.
     fn load(&self, oid: Oid) -> Result<(Vec<u8>, Tid)>;
 
@@ -217,7 +295,8 @@ pub trait Storage: Send + Sync {
     /// object exists but has no revision that old.
     fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<LoadedRevision>>;
 
-    /// The data of one exact revision.
+    /// The data of one exact revision. A history-free backend may answer
+    /// only for the current revision ([`Error::PosKey`] for the others).
     fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>>;
 
     /// The tid of an object's current revision.
@@ -225,74 +304,97 @@ pub trait Storage: Send + Sync {
         self.load(oid).map(|(_, tid)| tid)
     }
 
-    /// Up to `size` revisions of an object, newest first.
-    fn history(&self, oid: Oid, size: usize) -> Result<Vec<HistoryEntry>>;
+    /// Up to `size` revisions of an object, newest first. The default,
+    /// for history-free backends, lists the current revision only, with
+    /// no transaction metadata.
+    fn history(&self, oid: Oid, size: usize) -> Result<Vec<HistoryEntry>> {
+        let (data, tid) = self.load(oid)?;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(vec![HistoryEntry {
+            tid,
+            time: tid.unix_time(),
+            user: Vec::new(),
+            description: Vec::new(),
+            extension: Vec::new(),
+            size: data.len() as u64,
+        }])
+    }
 
     /// Allocates a new object id.
     fn new_oid(&self) -> Result<Oid>;
 
     /// Starts a two-phase commit, waiting while another one is in progress.
+    /// [`BeginOptions`] other than the defaults are for copying and
+    /// restoring; a backend without [`Restore`] may refuse them with
+    /// [`Error::Unsupported`].
     fn tpc_begin(&self, meta: &TransactionMetaData, options: BeginOptions) -> Result<TxnHandle>;
 
-    /// The tid the transaction will commit under, known from `tpc_begin` on.
-    fn transaction_tid(&self, txn: TxnHandle) -> Result<Tid>;
+    /// The tid the transaction will commit under, `Ok(None)` while the
+    /// backend has not chosen it yet (it may wait until finish).
+    fn transaction_tid(&self, txn: TxnHandle) -> Result<Option<Tid>>;
 
     /// Stages a new revision. `serial` is the revision the data was based on
     /// ([`Tid::ZERO`] for a new object); a stale serial fails with
-    /// [`Error::Conflict`].
+    /// [`Error::Conflict`], at the latest by the vote.
     fn store(&self, txn: TxnHandle, oid: Oid, serial: Tid, data: &[u8]) -> Result<()>;
 
     /// Fails with [`Error::ReadConflict`] unless `serial` is the object's
     /// current revision; the commit lock keeps it current until finish.
     fn check_current_serial(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()>;
 
-    /// Stages a record saying the object no longer exists (`IExternalGC`).
-    fn delete_object(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()>;
-
-    /// Copies a revision in without conflict checks (`IStorageRestoreable`).
-    /// `data` `None` writes a "no data" record. With `prev_txn`, a storage may
-    /// point to identical data in that transaction instead of copying it.
-    fn restore(
-        &self,
-        txn: TxnHandle,
-        oid: Oid,
-        serial: Tid,
-        data: Option<&[u8]>,
-        prev_txn: Option<Tid>,
-    ) -> Result<()>;
-
-    /// Stages the undo of the transaction `undo_id` names (an id from
-    /// [`Storage::undo_log`]); returns the oids it changes.
-    fn undo(&self, txn: TxnHandle, undo_id: &[u8]) -> Result<Vec<Oid>>;
-
-    /// Makes the transaction durable up to the final flip; returns the oids
-    /// whose data differs from what was stored (resolved conflicts).
+    /// Makes the transaction ready to commit; returns the oids whose data
+    /// differs from what was stored (resolved conflicts, undone objects).
     fn tpc_vote(&self, txn: TxnHandle) -> Result<Vec<Oid>>;
 
-    /// Commits. `on_commit` runs with the new tid once the transaction is
-    /// durable (after the fsync) but before readers can see it, while the
+    /// Commits in one step. `on_commit` runs with the new tid once the
+    /// transaction is durable but before readers can see it, while the
     /// storage still holds its commit lock. A server queues invalidations
     /// there, so that no client can load a revision before it has been sent
-    /// the invalidations that precede it, and no client hears of a tid that a
-    /// crash could still take back.
+    /// the invalidations that precede it, and no client hears of a tid that
+    /// a crash could still take back.
     fn tpc_finish(&self, txn: TxnHandle, on_commit: &mut dyn FnMut(Tid)) -> Result<Tid>;
+
+    /// The first half of finishing: fixes the transaction's place in the
+    /// commit order. After it returns, the transaction can no longer fail
+    /// for a reason of its own; a group-committing backend has released its
+    /// commit lock (the next transaction may begin) but may not have synced.
+    /// The default does nothing and leaves the work to
+    /// [`Storage::tpc_finish_durable`].
+    fn tpc_finish_submit(&self, txn: TxnHandle) -> Result<Submitted> {
+        Ok(Submitted { txn, tid: None })
+    }
+
+    /// The second half: waits until the submitted transaction is durable,
+    /// runs `on_commit` with its tid (as [`Storage::tpc_finish`] does, and
+    /// in commit order), then makes it visible and returns the tid. The
+    /// default calls [`Storage::tpc_finish`].
+    fn tpc_finish_durable(
+        &self,
+        submitted: Submitted,
+        on_commit: &mut dyn FnMut(Tid),
+    ) -> Result<Tid> {
+        self.tpc_finish(submitted.txn, on_commit)
+    }
 
     /// Discards the transaction; ignored when `txn` is not the current one.
     fn tpc_abort(&self, txn: TxnHandle);
 
-    /// Transactions with `start <= tid <= stop`, oldest first.
-    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TransactionIter<'_>>;
-
     /// The tids and changed oids of the last `count` transactions, oldest
     /// first (ZODB's `lastInvalidations`): what a server seeds its
     /// invalidation queue with at start, so clients that missed only those
-    /// transactions keep their caches across a server restart.
+    /// transactions keep their caches across a server restart. The default
+    /// walks [`Iteration`], and is empty without it.
     fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
-        let mut last = std::collections::VecDeque::with_capacity(count.min(1024));
+        let Some(iteration) = self.as_iteration() else {
+            return Ok(Vec::new());
+        };
         if count == 0 {
             return Ok(Vec::new());
         }
-        for txn in self.iterator(None, None)? {
+        let mut last = std::collections::VecDeque::with_capacity(count.min(1024));
+        for txn in iteration.iterator(None, None)? {
             let txn = txn?;
             if last.len() == count {
                 last.pop_front();
@@ -302,14 +404,155 @@ pub trait Storage: Send + Sync {
         Ok(last.into())
     }
 
-    /// The current record of the first object with an oid `>= next` (from
-    /// the lowest when `None`); `Ok(None)` when the storage is empty.
-    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>>;
+    /// Releases files, connections and locks; later calls fail with
+    /// [`Error::Closed`].
+    fn close(&self) -> Result<()>;
 
-    /// Whether [`Storage::undo`] and [`Storage::undo_log`] work.
-    fn supports_undo(&self) -> bool {
-        false
+    /// Undo, when the backend keeps history and can undo it.
+    fn as_undo(&self) -> Option<&dyn Undo> {
+        None
     }
+
+    /// Restoring and copying records verbatim.
+    fn as_restore(&self) -> Option<&dyn Restore> {
+        None
+    }
+
+    /// Iterating over committed transactions.
+    fn as_iteration(&self) -> Option<&dyn Iteration> {
+        None
+    }
+
+    /// Iterating over current records by oid.
+    fn as_record_iteration(&self) -> Option<&dyn RecordIteration> {
+        None
+    }
+
+    /// Packing away old revisions (and unreachable objects).
+    fn as_pack(&self) -> Option<&dyn Pack> {
+        None
+    }
+
+    /// Deleting objects that an outside collector found unreachable.
+    fn as_external_gc(&self) -> Option<&dyn ExternalGc> {
+        None
+    }
+
+    /// Storing and loading blobs.
+    fn as_blobs(&self) -> Option<&dyn Blobs> {
+        None
+    }
+
+    /// The capabilities the accessors report.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            undo: self.as_undo().is_some(),
+            restore: self.as_restore().is_some(),
+            iteration: self.as_iteration().is_some(),
+            record_iteration: self.as_record_iteration().is_some(),
+            pack: self.as_pack().is_some(),
+            external_gc: self.as_external_gc().is_some(),
+            blobs: self.as_blobs().is_some(),
+        }
+    }
+}
+
+/// Writes a [`Storage`] impl's `as_*` accessors for the capabilities the
+/// type implements itself: any of `undo`, `restore`, `iteration`,
+/// `record_iteration`, `pack`, `external_gc`, `blobs`.
+///
+/// ```
+/// # use zeo_storage::*;
+/// # struct Mine(MappingStorage);
+/// # impl Pack for Mine {
+/// #     fn pack(&self, t: f64, gc: bool) -> Result<()> { self.0.pack(t, gc) }
+/// # }
+/// impl Storage for Mine {
+///     // name, load, tpc_begin, ... as every backend.
+/// #   fn name(&self) -> &str { self.0.name() }
+/// #   fn is_read_only(&self) -> bool { false }
+/// #   fn size(&self) -> u64 { self.0.size() }
+/// #   fn len(&self) -> u64 { self.0.len() }
+/// #   fn last_transaction(&self) -> Tid { self.0.last_transaction() }
+/// #   fn load(&self, oid: Oid) -> Result<(Vec<u8>, Tid)> { self.0.load(oid) }
+/// #   fn load_before(&self, oid: Oid, t: Tid) -> Result<Option<LoadedRevision>> { self.0.load_before(oid, t) }
+/// #   fn load_serial(&self, oid: Oid, t: Tid) -> Result<Vec<u8>> { self.0.load_serial(oid, t) }
+/// #   fn new_oid(&self) -> Result<Oid> { self.0.new_oid() }
+/// #   fn tpc_begin(&self, m: &TransactionMetaData, o: BeginOptions) -> Result<TxnHandle> { self.0.tpc_begin(m, o) }
+/// #   fn transaction_tid(&self, t: TxnHandle) -> Result<Option<Tid>> { self.0.transaction_tid(t) }
+/// #   fn store(&self, t: TxnHandle, oid: Oid, s: Tid, d: &[u8]) -> Result<()> { self.0.store(t, oid, s, d) }
+/// #   fn check_current_serial(&self, t: TxnHandle, oid: Oid, s: Tid) -> Result<()> { self.0.check_current_serial(t, oid, s) }
+/// #   fn tpc_vote(&self, t: TxnHandle) -> Result<Vec<Oid>> { self.0.tpc_vote(t) }
+/// #   fn tpc_finish(&self, t: TxnHandle, f: &mut dyn FnMut(Tid)) -> Result<Tid> { self.0.tpc_finish(t, f) }
+/// #   fn tpc_abort(&self, t: TxnHandle) { self.0.tpc_abort(t) }
+/// #   fn close(&self) -> Result<()> { self.0.close() }
+///     zeo_storage::provide_capabilities!(pack);
+/// }
+///
+/// let mine = Mine(MappingStorage::new("m"));
+/// assert!(mine.capabilities().pack);
+/// assert!(!mine.capabilities().undo);
+/// ```
+#[macro_export]
+macro_rules! provide_capabilities {
+    ($($capability:ident),* $(,)?) => {
+        $($crate::provide_capabilities!(@one $capability);)*
+    };
+    (@one undo) => {
+        fn as_undo(&self) -> Option<&dyn $crate::Undo> {
+            Some(self)
+        }
+    };
+    (@one restore) => {
+        fn as_restore(&self) -> Option<&dyn $crate::Restore> {
+            Some(self)
+        }
+    };
+    (@one iteration) => {
+        fn as_iteration(&self) -> Option<&dyn $crate::Iteration> {
+            Some(self)
+        }
+    };
+    (@one record_iteration) => {
+        fn as_record_iteration(&self) -> Option<&dyn $crate::RecordIteration> {
+            Some(self)
+        }
+    };
+    (@one pack) => {
+        fn as_pack(&self) -> Option<&dyn $crate::Pack> {
+            Some(self)
+        }
+    };
+    (@one external_gc) => {
+        fn as_external_gc(&self) -> Option<&dyn $crate::ExternalGc> {
+            Some(self)
+        }
+    };
+    (@one blobs) => {
+        fn as_blobs(&self) -> Option<&dyn $crate::Blobs> {
+            Some(self)
+        }
+    };
+}
+
+/// The capability a call needs, or [`Error::Unsupported`] naming it.
+///
+/// ```
+/// use zeo_storage::{interface::require, MappingStorage, Storage};
+///
+/// let storage = MappingStorage::new("demo");
+/// let pack = require(storage.as_pack(), "pack").unwrap();
+/// pack.pack(0.0, false).unwrap();
+/// ```
+pub fn require<'a, T: ?Sized>(capability: Option<&'a T>, what: &'static str) -> Result<&'a T> {
+    capability.ok_or(Error::Unsupported(what))
+}
+
+/// `IStorageUndoable`: undoing committed transactions.
+pub trait Undo: Send + Sync {
+    /// Stages the undo of the transaction `undo_id` names (an id from
+    /// [`Undo::undo_log`]); returns the oids it changes.
+    fn undo(&self, txn: TxnHandle, undo_id: &[u8]) -> Result<Vec<Oid>>;
 
     /// Undoable transactions, newest first, sliced like ZODB's
     /// `undoLog(first, last)`: a negative `last` means "`-last` entries".
@@ -318,32 +561,169 @@ pub trait Storage: Send + Sync {
         first: i64,
         last: i64,
         filter: Option<UndoFilter<'_>>,
-    ) -> Result<Vec<UndoEntry>> {
-        let _ = (first, last, filter);
-        Ok(Vec::new())
-    }
+    ) -> Result<Vec<UndoEntry>>;
+}
 
+/// `IStorageRestoreable`: copying revisions in verbatim, with their tids
+/// (`tpc_begin` with [`BeginOptions::tid`]).
+pub trait Restore: Send + Sync {
+    /// Copies a revision in without conflict checks. `data` `None` writes a
+    /// "no data" record. With `prev_txn`, a storage may point to identical
+    /// data in that transaction instead of copying it.
+    fn restore(
+        &self,
+        txn: TxnHandle,
+        oid: Oid,
+        serial: Tid,
+        data: Option<&[u8]>,
+        prev_txn: Option<Tid>,
+    ) -> Result<()>;
+}
+
+/// `IStorageIteration`: committed transactions in order.
+pub trait Iteration: Send + Sync {
+    /// Transactions with `start <= tid <= stop`, oldest first.
+    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TransactionIter<'_>>;
+}
+
+/// `IStorageCurrentRecordIteration`: the current records in oid order.
+pub trait RecordIteration: Send + Sync {
+    /// The current record of the first object with an oid `>= next` (from
+    /// the lowest when `None`); `Ok(None)` when the storage is empty.
+    fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>>;
+}
+
+/// Packing: discarding history, and with `gc` unreachable objects.
+pub trait Pack: Send + Sync {
     /// Discards revisions that stopped being current before `pack_time`
     /// (Unix seconds) and, with `gc`, objects unreachable from the root.
     fn pack(&self, pack_time: f64, gc: bool) -> Result<()>;
-
-    /// Releases files and locks; later calls fail with [`Error::Closed`].
-    fn close(&self) -> Result<()>;
 }
 
-/// Checks the 16-bit limits a Data.fs header imposes on transaction metadata,
-/// with the messages ZODB gives.
-pub fn check_metadata_lengths(meta: &TransactionMetaData) -> Result<()> {
-    if meta.user.len() > usize::from(u16::MAX) {
-        return Err(Error::FileStorage("user name too long".into()));
+/// `IExternalGC`: deleting objects a collector outside the storage found
+/// unreachable.
+pub trait ExternalGc: Send + Sync {
+    /// Stages a record saying the object no longer exists; `serial` must be
+    /// its current revision.
+    fn delete_object(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()>;
+}
+
+/// Where a blob's bytes come from when it is stored.
+#[non_exhaustive]
+pub enum BlobSource {
+    /// A file the caller wrote in [`Blobs::temporary_directory`]; the
+    /// storage takes ownership of it (renames it into place, or removes it
+    /// when the transaction aborts). The caller must not touch it again.
+    File(std::path::PathBuf),
+    /// A stream the storage reads to its end during the call.
+    Stream(Box<dyn std::io::Read + Send>),
+}
+
+/// How a committed blob revision is handed out.
+#[non_exhaustive]
+pub enum BlobData {
+    /// A file that stays valid, unchanged, until the revision is packed
+    /// away; readers must not write it.
+    Path(std::path::PathBuf),
+    /// A stream of the blob's bytes.
+    Reader(Box<dyn std::io::Read + Send>),
+}
+
+/// `IBlobStorage`: objects with a large binary body kept beside the record.
+///
+/// Blob revisions are immutable and named by `(oid, tid)`: a file-based
+/// backend lays them out as ZODB's bushy layout does (one directory level
+/// per oid byte, `<tid>.blob` inside), so undo can hard-link or copy the
+/// older revision's file under the new tid, and pack removes the files of
+/// the revisions it discards. Temporary files belong to the storage from the
+/// moment they are handed to [`Blobs::store_blob`]: it removes them on
+/// abort and on close.
+pub trait Blobs: Send + Sync {
+    /// A directory on the same file system as the blob store, where callers
+    /// write blob files before storing them (so that storing is a rename).
+    fn temporary_directory(&self) -> &std::path::Path;
+
+    /// Stages a new revision with its blob, like [`Storage::store`].
+    fn store_blob(
+        &self,
+        txn: TxnHandle,
+        oid: Oid,
+        serial: Tid,
+        data: &[u8],
+        blob: BlobSource,
+    ) -> Result<()>;
+
+    /// The blob of one committed revision; [`Error::PosKey`] when that
+    /// revision has no blob.
+    fn load_blob(&self, oid: Oid, serial: Tid) -> Result<BlobData>;
+
+    /// Copies a revision in with its blob, like [`Restore::restore`]
+    /// (`IBlobStorageRestoreable`); `None` when the revision has no blob.
+    fn restore_blob(
+        &self,
+        txn: TxnHandle,
+        oid: Oid,
+        serial: Tid,
+        data: Option<&[u8]>,
+        blob: Option<BlobSource>,
+    ) -> Result<()> {
+        let _ = (txn, oid, serial, data, blob);
+        Err(Error::Unsupported("restoreBlob"))
     }
-    if meta.description.len() > usize::from(u16::MAX) {
-        return Err(Error::FileStorage("description too long".into()));
+}
+
+/// Which capabilities a storage has: what a server advertises in
+/// `get_info` and what the contract suite tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// [`Undo`].
+    pub undo: bool,
+    /// [`Restore`].
+    pub restore: bool,
+    /// [`Iteration`].
+    pub iteration: bool,
+    /// [`RecordIteration`].
+    pub record_iteration: bool,
+    /// [`Pack`].
+    pub pack: bool,
+    /// [`ExternalGc`].
+    pub external_gc: bool,
+    /// [`Blobs`].
+    pub blobs: bool,
+}
+
+impl Capabilities {
+    /// The ZODB interfaces (`(module, name)`, most specific first, as ZODB
+    /// lists them) a storage with these capabilities provides.
+    ///
+    /// ```
+    /// use zeo_storage::{MappingStorage, Storage};
+    ///
+    /// let names: Vec<_> = MappingStorage::new("m").capabilities().zodb_interfaces()
+    ///     .into_iter().map(|(_, name)| name).collect();
+    /// assert!(names.contains(&"IStorageUndoable"));
+    /// assert_eq!(names.last(), Some(&"Interface"));
+    /// ```
+    pub fn zodb_interfaces(&self) -> Vec<(&'static str, &'static str)> {
+        let z = "ZODB.interfaces";
+        [
+            // Restoring blobs: `Blobs::restore_blob` on a backend that
+            // also restores records.
+            (self.blobs && self.restore, (z, "IBlobStorageRestoreable")),
+            (self.blobs, (z, "IBlobStorage")),
+            (self.restore, (z, "IStorageRestoreable")),
+            (self.iteration, (z, "IStorageIteration")),
+            (self.undo, (z, "IStorageUndoable")),
+            (self.record_iteration, (z, "IStorageCurrentRecordIteration")),
+            (self.external_gc, (z, "IExternalGC")),
+            (true, (z, "IStorage")),
+            (true, ("zope.interface", "Interface")),
+        ]
+        .into_iter()
+        .filter_map(|(has, name)| has.then_some(name))
+        .collect()
     }
-    if meta.extension.len() > usize::from(u16::MAX) {
-        return Err(Error::FileStorage("too much extension data".into()));
-    }
-    Ok(())
 }
 
 /// Resolves ZODB's `undoLog(first, last)` slice bounds: a negative `last`

@@ -12,16 +12,19 @@ pub mod gc;
 pub mod ids;
 pub mod interface;
 pub mod mapping;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod timestamp;
 pub mod undo_id;
 
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use filestorage::FileStorage;
 pub use ids::{Oid, Tid};
 pub use interface::{
-    BeginOptions, CurrentRecord, DataRecord, HistoryEntry, LoadedRevision, Storage,
-    TransactionIter, TransactionMetaData, TransactionRecord, TxnHandle, TxnStatus, UndoEntry,
-    UndoFilter,
+    require, BeginOptions, BlobData, BlobSource, Blobs, Capabilities, CurrentRecord, DataRecord,
+    ExternalGc, HistoryEntry, Iteration, LoadedRevision, Pack, RecordIteration, Restore, Storage,
+    Submitted, TransactionIter, TransactionMetaData, TransactionRecord, TxnHandle, TxnStatus, Undo,
+    UndoEntry, UndoFilter,
 };
 pub use mapping::MappingStorage;
 pub use timestamp::TimeStamp;

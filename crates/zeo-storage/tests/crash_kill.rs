@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use zeo_storage::filestorage::{check, FileStorage, FileStorageOptions};
+use zeo_storage::Iteration;
 use zeo_storage::{BeginOptions, Error, Oid, Storage, Tid, TransactionMetaData};
 use zeo_testkit::TempDir;
 

@@ -7,6 +7,10 @@ use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Error, Oid, Storage, Tid, TransactionMetaData, TxnStatus};
 
 use common::{commit_as, open};
+use zeo_storage::ExternalGc;
+use zeo_storage::Iteration;
+use zeo_storage::RecordIteration;
+use zeo_storage::Undo;
 
 fn meta(user: &str, desc: &str) -> TransactionMetaData {
     TransactionMetaData {
@@ -178,7 +182,7 @@ fn on_commit_sees_the_tid_before_readers_do() {
     let txn = fs
         .tpc_begin(&meta("", ""), BeginOptions::default())
         .unwrap();
-    let tid = fs.transaction_tid(txn).unwrap();
+    let tid = fs.transaction_tid(txn).unwrap().unwrap();
     fs.store(txn, Oid(0), Tid::ZERO, b"root").unwrap();
     fs.tpc_vote(txn).unwrap();
     let mut seen = None;
@@ -544,7 +548,7 @@ fn begin_with_tid_and_status() {
             },
         )
         .unwrap();
-    assert_eq!(fs.transaction_tid(txn).unwrap(), tid);
+    assert_eq!(fs.transaction_tid(txn).unwrap().unwrap(), tid);
     fs.store(txn, Oid(0), Tid::ZERO, b"root").unwrap();
     fs.tpc_vote(txn).unwrap();
     assert_eq!(fs.tpc_finish(txn, &mut |_| {}).unwrap(), tid);
@@ -576,7 +580,7 @@ fn dump_lists_transactions_like_fsdump() {
     let t1 = fs
         .tpc_begin(&meta("alice", "it's"), BeginOptions::default())
         .unwrap();
-    let tid = fs.transaction_tid(t1).unwrap();
+    let tid = fs.transaction_tid(t1).unwrap().unwrap();
     fs.store(t1, Oid(0), Tid::ZERO, root).unwrap();
     fs.tpc_vote(t1).unwrap();
     fs.tpc_finish(t1, &mut |_| {}).unwrap();

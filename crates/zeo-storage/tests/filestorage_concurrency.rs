@@ -12,6 +12,7 @@ use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Oid, Storage, Tid, TransactionMetaData};
 
 use common::commit_as;
+use zeo_storage::Iteration;
 
 fn commit(fs: &FileStorage, stores: &[(u64, Tid, &[u8])]) -> Tid {
     commit_as(fs, &TransactionMetaData::default(), stores)

@@ -6,6 +6,10 @@ use std::path::Path;
 
 use zeo_storage::filestorage::{check, dump, FileStorage, FileStorageOptions};
 use zeo_storage::interface::BeginOptions;
+use zeo_storage::ExternalGc;
+use zeo_storage::Iteration;
+use zeo_storage::RecordIteration;
+use zeo_storage::Undo;
 use zeo_storage::{Oid, Storage, Tid, TransactionMetaData};
 
 fn build(path: &Path) -> Vec<u8> {

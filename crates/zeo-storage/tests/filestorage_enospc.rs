@@ -12,6 +12,8 @@ use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Error, Oid, Storage, Tid, TransactionMetaData};
 
 use common::{commit_as, open};
+use zeo_storage::Iteration;
+use zeo_storage::Pack;
 
 fn open_faulty(path: &Path) -> (FileStorage, Arc<FaultInjector>) {
     let faults = FaultInjector::new();

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use zeo_storage::filestorage::{check, FileStorage, FileStorageOptions};
 use zeo_storage::interface::BeginOptions;
+use zeo_storage::Iteration;
+use zeo_storage::Pack;
 use zeo_storage::{Error, Oid, Storage, Tid, TransactionMetaData};
 
 const READ_ONLY: FileStorageOptions = FileStorageOptions {

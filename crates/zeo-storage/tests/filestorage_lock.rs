@@ -8,6 +8,7 @@ use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
 use zeo_storage::{Error, Oid, Storage, Tid, TransactionMetaData};
 
 use common::{commit_as, open};
+use zeo_storage::Pack;
 
 fn try_open(path: &Path) -> zeo_storage::Result<FileStorage> {
     FileStorage::open(path, FileStorageOptions::default())

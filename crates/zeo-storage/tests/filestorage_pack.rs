@@ -9,6 +9,9 @@ use std::time::Instant;
 use zeo_pickle::Value;
 use zeo_storage::filestorage::{check, FileStorage, FileStorageOptions};
 use zeo_storage::interface::BeginOptions;
+use zeo_storage::Iteration;
+use zeo_storage::Pack;
+use zeo_storage::Undo;
 use zeo_storage::{
     Error, Oid, Storage, Tid, TimeStamp, TransactionMetaData, TransactionRecord, TxnStatus,
 };

@@ -11,6 +11,7 @@ use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Error, Oid, Storage, Tid, TransactionMetaData};
 
 use common::commit_as;
+use zeo_storage::Iteration;
 
 fn open(path: &Path) -> Result<FileStorage, Error> {
     FileStorage::open(path, FileStorageOptions::default())

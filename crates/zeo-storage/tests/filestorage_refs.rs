@@ -10,6 +10,7 @@ use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Oid, Storage, Tid, TransactionMetaData};
 
 use common::open;
+use zeo_storage::ExternalGc;
 
 fn record(class: &str, refs: &[u64]) -> Vec<u8> {
     let state = Value::List(

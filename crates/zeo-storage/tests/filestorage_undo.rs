@@ -10,6 +10,9 @@ use zeo_storage::interface::BeginOptions;
 use zeo_storage::{Error, Oid, Storage, Tid, TransactionMetaData, UndoEntry};
 
 use common::{commit_as, open};
+use zeo_storage::Iteration;
+use zeo_storage::Restore;
+use zeo_storage::Undo;
 
 fn meta(desc: &str) -> TransactionMetaData {
     TransactionMetaData {
@@ -297,7 +300,7 @@ fn restore_copies_records_and_points_back_to_identical_data() {
     // data None writes a no-data record; an unknown prev_txn is a hint only.
     let dst = open(&dst_path);
     let txn = dst.tpc_begin(&meta("r"), BeginOptions::default()).unwrap();
-    let tid = dst.transaction_tid(txn).unwrap();
+    let tid = dst.transaction_tid(txn).unwrap().unwrap();
     dst.restore(txn, Oid(1), tid, None, None).unwrap();
     dst.restore(txn, Oid(7), tid, Some(b"seven"), Some(Tid(12345)))
         .unwrap();

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use zeo_storage::filestorage::{check, FileStorage, FileStorageOptions};
 use zeo_storage::interface::BeginOptions;
-use zeo_storage::{Oid, Storage, Tid, TransactionMetaData};
+use zeo_storage::{Iteration, Oid, Storage, Tid, TransactionMetaData, Undo};
 
 const READ_ONLY: FileStorageOptions = FileStorageOptions {
     read_only: true,

@@ -17,6 +17,8 @@ mod replay {
 }
 
 use replay::{kept_inputs_dir, replay};
+use zeo_storage::ExternalGc;
+use zeo_storage::Undo;
 
 #[test]
 fn filestorage_data_corpus_replays() {

@@ -6,14 +6,12 @@
 //! FileStorage is property-tested against. It needs the Python venv that
 //! `cargo xtask test` prepares, and fails (rather than skips) without it.
 
-mod model;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use model::ops::{op_tid, ops, script, Side};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use zeo_storage::testing::model::{op_tid, ops, script, Side};
 
 /// Sequences replayed per run (`MODEL_ZODB_CASES` overrides), and the seed
 /// they come from (`MODEL_ZODB_SEED`, any text, overrides).
@@ -290,7 +288,7 @@ fn mapping_storage_matches_zodb_filestorage() {
     let mut cases = Vec::new();
     for case in 0..case_count() {
         let ops = strategy.new_tree(&mut runner).unwrap().current();
-        let model = model::support::mapping_storage();
+        let model = zeo_storage::testing::mapping_storage();
         let mut side = Side::new(&*model);
         input.push_str(&format!("case {case}\n"));
         expected.push(format!("case {case}"));

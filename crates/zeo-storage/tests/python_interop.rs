@@ -18,6 +18,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use zeo_storage::filestorage::{check, dump, FileStorage, FileStorageOptions};
+use zeo_storage::ExternalGc;
+use zeo_storage::Iteration;
+use zeo_storage::Pack;
+use zeo_storage::Undo;
 use zeo_storage::{BeginOptions, Error, Oid, Storage, Tid, TimeStamp, TransactionMetaData};
 use zeo_testkit::serde_json::{self, json, Value};
 use zeo_testkit::{python5, python6, run_python, script, stdout_of, TempDir};

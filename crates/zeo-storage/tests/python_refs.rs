@@ -7,6 +7,7 @@ use std::process::Command;
 use zeo_pickle::{encode_record, Value};
 use zeo_storage::filestorage::{check_refs, FileStorage, FileStorageOptions, RefProblemKind};
 use zeo_storage::interface::BeginOptions;
+use zeo_storage::ExternalGc;
 use zeo_storage::{Oid, Storage, Tid, TransactionMetaData};
 use zeo_testkit::python6;
 

@@ -13,11 +13,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, MutexGuard};
 
+use super::check_metadata_lengths;
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
-use crate::interface::{
-    check_metadata_lengths, BeginOptions, TransactionMetaData, TxnHandle, TxnStatus,
-};
+use crate::interface::{BeginOptions, TransactionMetaData, TxnHandle, TxnStatus};
 use crate::timestamp::TimeStamp;
 
 use super::fault::Io;

@@ -623,6 +623,7 @@ impl<'a> Window<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::interface::Undo;
 
     #[test]
     fn txn_header_round_trip() {

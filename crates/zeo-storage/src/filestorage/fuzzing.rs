@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::interface::{BeginOptions, Storage, TransactionMetaData};
+use crate::interface::{
+    BeginOptions, Iteration, Pack, RecordIteration, Storage, TransactionMetaData, Undo,
+};
 use crate::{Oid, Tid};
 
 use super::{check, index_file, FileStorage, FileStorageOptions};

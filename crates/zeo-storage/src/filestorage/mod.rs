@@ -45,8 +45,9 @@ pub use refs::{check_refs, RefProblem, RefProblemKind, RefsReport};
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
 use crate::interface::{
-    BeginOptions, CurrentRecord, HistoryEntry, LoadedRevision, Storage, TransactionIter,
-    TransactionMetaData, TxnHandle, UndoEntry, UndoFilter,
+    BeginOptions, CurrentRecord, ExternalGc, HistoryEntry, Iteration, LoadedRevision, Pack,
+    RecordIteration, Restore, Storage, TransactionIter, TransactionMetaData, TxnHandle, Undo,
+    UndoEntry, UndoFilter,
 };
 
 use commit::CommitState;
@@ -532,8 +533,8 @@ impl Storage for FileStorage {
         self.begin(meta, options)
     }
 
-    fn transaction_tid(&self, txn: TxnHandle) -> Result<Tid> {
-        self.txn_tid(txn)
+    fn transaction_tid(&self, txn: TxnHandle) -> Result<Option<Tid>> {
+        self.txn_tid(txn).map(Some)
     }
 
     fn store(&self, txn: TxnHandle, oid: Oid, serial: Tid, data: &[u8]) -> Result<()> {
@@ -553,25 +554,6 @@ impl Storage for FileStorage {
         Ok(())
     }
 
-    fn delete_object(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
-        self.delete_record(txn, oid, serial)
-    }
-
-    fn restore(
-        &self,
-        txn: TxnHandle,
-        oid: Oid,
-        serial: Tid,
-        data: Option<&[u8]>,
-        prev_txn: Option<Tid>,
-    ) -> Result<()> {
-        self.restore_record(txn, oid, serial, data, prev_txn)
-    }
-
-    fn undo(&self, txn: TxnHandle, undo_id: &[u8]) -> Result<Vec<Oid>> {
-        self.undo_txn(txn, undo_id)
-    }
-
     fn tpc_vote(&self, txn: TxnHandle) -> Result<Vec<Oid>> {
         self.vote(txn)
     }
@@ -582,13 +564,6 @@ impl Storage for FileStorage {
 
     fn tpc_abort(&self, txn: TxnHandle) {
         self.abort(txn)
-    }
-
-    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TransactionIter<'_>> {
-        let (file, end) = self.snapshot()?;
-        Ok(Box::new(iteration::TxnScanner::new(
-            file, &self.path, end, start, stop, true,
-        )?))
     }
 
     fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
@@ -621,6 +596,77 @@ impl Storage for FileStorage {
             .collect()
     }
 
+    fn may_block(&self) -> bool {
+        // Reads hit the page cache and a commit's writes and one fsync are
+        // bounded by the transaction: the server's inline fast path.
+        false
+    }
+
+    crate::provide_capabilities!(
+        undo,
+        restore,
+        iteration,
+        record_iteration,
+        pack,
+        external_gc
+    );
+
+    fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.abort_for_close();
+        self.save_index();
+        drop(lock(&self.lock_file).take());
+        Ok(())
+    }
+}
+
+impl Undo for FileStorage {
+    fn undo(&self, txn: TxnHandle, undo_id: &[u8]) -> Result<Vec<Oid>> {
+        self.undo_txn(txn, undo_id)
+    }
+
+    fn undo_log(
+        &self,
+        first: i64,
+        last: i64,
+        filter: Option<UndoFilter<'_>>,
+    ) -> Result<Vec<UndoEntry>> {
+        if self.packing.load(Ordering::Acquire) {
+            return Err(Error::Undo {
+                reason: "Undo is currently disabled for database maintenance.<p>".into(),
+                oid: None,
+            });
+        }
+        let (file, end) = self.snapshot()?;
+        undo::undo_log(&self.reader(&file, end), first, last, filter)
+    }
+}
+
+impl Restore for FileStorage {
+    fn restore(
+        &self,
+        txn: TxnHandle,
+        oid: Oid,
+        serial: Tid,
+        data: Option<&[u8]>,
+        prev_txn: Option<Tid>,
+    ) -> Result<()> {
+        self.restore_record(txn, oid, serial, data, prev_txn)
+    }
+}
+
+impl Iteration for FileStorage {
+    fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TransactionIter<'_>> {
+        let (file, end) = self.snapshot()?;
+        Ok(Box::new(iteration::TxnScanner::new(
+            file, &self.path, end, start, stop, true,
+        )?))
+    }
+}
+
+impl RecordIteration for FileStorage {
     fn record_iternext(&self, next: Option<Oid>) -> Result<Option<CurrentRecord>> {
         self.check_open()?;
         let (oid, following) = {
@@ -639,40 +685,33 @@ impl Storage for FileStorage {
             next: following.map(Oid),
         }))
     }
+}
 
-    fn supports_undo(&self) -> bool {
-        true
-    }
-
-    fn undo_log(
-        &self,
-        first: i64,
-        last: i64,
-        filter: Option<UndoFilter<'_>>,
-    ) -> Result<Vec<UndoEntry>> {
-        if self.packing.load(Ordering::Acquire) {
-            return Err(Error::Undo {
-                reason: "Undo is currently disabled for database maintenance.<p>".into(),
-                oid: None,
-            });
-        }
-        let (file, end) = self.snapshot()?;
-        undo::undo_log(&self.reader(&file, end), first, last, filter)
-    }
-
+impl Pack for FileStorage {
     fn pack(&self, pack_time: f64, gc: bool) -> Result<()> {
         pack::pack(self, pack_time, gc)
     }
+}
 
-    fn close(&self) -> Result<()> {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        self.abort_for_close();
-        self.save_index();
-        drop(lock(&self.lock_file).take());
-        Ok(())
+impl ExternalGc for FileStorage {
+    fn delete_object(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
+        self.delete_record(txn, oid, serial)
     }
+}
+
+/// Checks the 16-bit limits a Data.fs header imposes on transaction metadata,
+/// with the messages ZODB's FileStorage gives.
+pub(crate) fn check_metadata_lengths(meta: &TransactionMetaData) -> Result<()> {
+    if meta.user.len() > usize::from(u16::MAX) {
+        return Err(Error::FileStorage("user name too long".into()));
+    }
+    if meta.description.len() > usize::from(u16::MAX) {
+        return Err(Error::FileStorage("description too long".into()));
+    }
+    if meta.extension.len() > usize::from(u16::MAX) {
+        return Err(Error::FileStorage("too much extension data".into()));
+    }
+    Ok(())
 }
 
 impl Drop for FileStorage {

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use super::*;
 use crate::filestorage::FileStorageOptions;
 use crate::ids::Oid;
+use crate::interface::Undo;
 use crate::interface::{BeginOptions, Storage, TransactionMetaData};
 
 fn commit(fs: &FileStorage, tid: Option<Tid>, stores: &[(u64, &[u8])]) -> Tid {

@@ -1,19 +1,39 @@
-//! The operation language of the model tests (shared by
-//! `model_proptest.rs` and `model_zodb.rs`): random operations, how a
+//! The model-based differential runner: random operation sequences, how a
 //! storage runs them, and everything observable about a storage afterwards,
-//! in terms that do not depend on which storage ran them. The same language
-//! is replayed on ZODB's own FileStorage by `model_zodb.rs`, so the text
-//! formats here are mirrored by its Python script.
-#![allow(dead_code)]
+//! in terms that do not depend on which storage ran them; [`check_pair`]
+//! replays one sequence on two storages that must agree on every outcome.
+//!
+//! Transactions use explicit tids one second apart (so a pack time can fall
+//! exactly between two transactions) on storages with the [`Restore`]
+//! capability; outcomes are compared by transaction index, never by raw
+//! tid. [`ops_for`] generates only the operations a storage's capabilities
+//! allow; a capability it lacks makes its observations report
+//! `Unsupported`, which the other storage then has to report too, so
+//! compare storages of the same capabilities (and history). The
+//! crate's tests also replay the language on ZODB's own FileStorage, so the
+//! text formats here are mirrored by a Python script.
+//!
+//! ```
+//! use proptest::test_runner::{Config, TestRunner};
+//! use zeo_storage::testing::{mapping_storage, model};
+//!
+//! let mut runner = TestRunner::new(Config { cases: 4, ..Config::default() });
+//! runner
+//!     .run(&model::ops(), |ops| model::check_pair(mapping_storage, mapping_storage, &ops))
+//!     .unwrap();
+//! ```
+//!
+//! [`Restore`]: crate::Restore
 
 use proptest::prelude::*;
 
-use super::support::{b64, meta, record};
-use zeo_storage::{BeginOptions, Error, Oid, Storage, Tid, TimeStamp, TxnStatus};
+use super::{b64, meta, record, Fixture};
+use crate::{require, BeginOptions, Capabilities, Error, Oid, Storage, Tid, TimeStamp, TxnStatus};
 
 /// Objects the operations touch.
 pub const OBJECTS: u64 = 6;
 
+/// Which serial a step passes for its object.
 #[derive(Clone, Copy, Debug)]
 pub enum Serial {
     /// The object's latest revision (what a well-behaved client sends).
@@ -34,47 +54,77 @@ impl Serial {
     }
 }
 
+/// One call inside a transaction. Oids are numbers below [`OBJECTS`];
+/// transactions are named by their index among the committed ones.
 #[derive(Clone, Debug)]
 pub enum Step {
+    /// Store a record referencing `refs` with a one-byte payload.
     Store {
+        /// The object.
         oid: u64,
+        /// The serial passed.
         serial: Serial,
+        /// The objects the record references.
         refs: Vec<u64>,
+        /// What tells revisions apart.
         payload: u8,
     },
+    /// Delete the object (external GC).
     Delete {
+        /// The object.
         oid: u64,
+        /// The serial passed.
         serial: Serial,
     },
+    /// Check the object's serial is current.
     CheckCurrent {
+        /// The object.
         oid: u64,
+        /// The serial passed.
         serial: Serial,
     },
     /// Undo the committed transaction with this index (modulo their number).
     Undo {
+        /// Index of the transaction to undo.
         txn: usize,
     },
     /// Restore a revision, pointing back at a committed transaction or not.
     Restore {
+        /// The object.
         oid: u64,
+        /// The payload, `None` for a "no data" record.
         data: Option<u8>,
+        /// Index of the transaction `prev_txn` names.
         prev_txn: Option<usize>,
     },
 }
 
+/// One operation on a storage.
 #[derive(Clone, Debug)]
 pub enum Op {
     /// One transaction; `finish == false` aborts it after the vote.
-    Commit { steps: Vec<Step>, finish: bool },
+    Commit {
+        /// The calls between `tpc_begin` and the vote.
+        steps: Vec<Step>,
+        /// Whether to finish (or abort) after the vote.
+        finish: bool,
+    },
     /// Pack to half a second after the committed transaction with this index
     /// (modulo their number; `None`: before the first), with or without GC.
-    Pack { after: Option<usize>, gc: bool },
+    Pack {
+        /// Index of the transaction to pack after.
+        after: Option<usize>,
+        /// Whether to collect garbage.
+        gc: bool,
+    },
 }
 
+/// Random serials, mostly current.
 pub fn serial() -> impl Strategy<Value = Serial> {
     prop_oneof![6 => Just(Serial::Current), 1 => Just(Serial::Stale), 1 => Just(Serial::Zero)]
 }
 
+/// Random steps.
 pub fn step() -> impl Strategy<Value = Step> {
     let oid = 0..OBJECTS;
     prop_oneof![
@@ -94,6 +144,7 @@ pub fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// Random operations.
 pub fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (prop::collection::vec(step(), 0..5), prop::bool::weighted(0.85))
@@ -103,8 +154,35 @@ pub fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Random operation sequences.
 pub fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op(), 1..30)
+}
+
+/// Random operation sequences using only what a storage with
+/// `capabilities` can do: no undo, restore, deletion or pack steps it
+/// lacks.
+pub fn ops_for(capabilities: Capabilities) -> impl Strategy<Value = Vec<Op>> {
+    ops().prop_map(move |ops| {
+        ops.into_iter()
+            .filter(|op| capabilities.pack || !matches!(op, Op::Pack { .. }))
+            .map(|op| match op {
+                Op::Commit { steps, finish } => Op::Commit {
+                    steps: steps
+                        .into_iter()
+                        .filter(|step| match step {
+                            Step::Undo { .. } => capabilities.undo,
+                            Step::Restore { .. } => capabilities.restore,
+                            Step::Delete { .. } => capabilities.external_gc,
+                            Step::Store { .. } | Step::CheckCurrent { .. } => true,
+                        })
+                        .collect(),
+                    finish,
+                },
+                pack => pack,
+            })
+            .collect()
+    })
 }
 
 /// The script line(s) of one operation for the Python replayer; `tid` is
@@ -214,6 +292,7 @@ pub fn digest(data: &[u8]) -> String {
     format!("{}:{h:016x}", data.len())
 }
 
+/// The time of the first operation's transaction.
 pub fn base_time() -> f64 {
     TimeStamp::from_parts(2020, 1, 1, 0, 0, 0.0).unix_time()
 }
@@ -225,11 +304,14 @@ pub fn op_tid(n: usize) -> Tid {
 
 /// One storage under test and the tids it committed, by index.
 pub struct Side<'a, S: Storage + ?Sized> {
+    /// The storage.
     pub storage: &'a S,
+    /// The tids it committed, oldest first.
     pub tids: Vec<Tid>,
 }
 
 impl<'a, S: Storage + ?Sized> Side<'a, S> {
+    /// A storage that committed nothing yet.
     pub fn new(storage: &'a S) -> Self {
         Side {
             storage,
@@ -245,6 +327,7 @@ impl<'a, S: Storage + ?Sized> Side<'a, S> {
         }
     }
 
+    /// An error in storage-neutral terms, tids as indexes.
     pub fn ix_err(&self, e: &Error) -> String {
         let mut out = kind(e);
         for t in &self.tids {
@@ -275,8 +358,11 @@ impl<'a, S: Storage + ?Sized> Side<'a, S> {
         let s = self.storage;
         match op {
             Op::Commit { steps, finish } => {
+                // Explicit tids need the restore capability; without it
+                // the storage picks its own, and outcomes still compare by
+                // transaction index.
                 let options = BeginOptions {
-                    tid: Some(next_tid),
+                    tid: s.as_restore().map(|_| next_tid),
                     status: TxnStatus::Committed,
                 };
                 let t = match s.tpc_begin(&meta("op"), options) {
@@ -299,7 +385,8 @@ impl<'a, S: Storage + ?Sized> Side<'a, S> {
                         }
                         Step::Delete { oid, serial } => {
                             let serial = self.serial(Oid(*oid), *serial);
-                            s.delete_object(t, Oid(*oid), serial)
+                            require(s.as_external_gc(), "deleteObject")
+                                .and_then(|g| g.delete_object(t, Oid(*oid), serial))
                                 .map(|()| "ok".to_string())
                         }
                         Step::CheckCurrent { oid, serial } => {
@@ -308,11 +395,13 @@ impl<'a, S: Storage + ?Sized> Side<'a, S> {
                                 .map(|()| "ok".to_string())
                         }
                         Step::Undo { txn } => match self.txn_tid(*txn) {
-                            Some(tid) => s.undo(t, &b64(tid)).map(|oids| {
-                                let oids: Vec<String> =
-                                    oids.iter().map(|o| o.0.to_string()).collect();
-                                format!("[{}]", oids.join(","))
-                            }),
+                            Some(tid) => require(s.as_undo(), "undo")
+                                .and_then(|u| u.undo(t, &b64(tid)))
+                                .map(|oids| {
+                                    let oids: Vec<String> =
+                                        oids.iter().map(|o| o.0.to_string()).collect();
+                                    format!("[{}]", oids.join(","))
+                                }),
                             None => Ok("nothing".into()),
                         },
                         Step::Restore {
@@ -322,7 +411,10 @@ impl<'a, S: Storage + ?Sized> Side<'a, S> {
                         } => {
                             let data = data.map(|d| record(&[], &[d]));
                             let prev = prev_txn.and_then(|i| self.txn_tid(i));
-                            s.restore(t, Oid(*oid), next_tid, data.as_deref(), prev)
+                            require(s.as_restore(), "restore")
+                                .and_then(|r| {
+                                    r.restore(t, Oid(*oid), next_tid, data.as_deref(), prev)
+                                })
                                 .map(|()| "ok".to_string())
                         }
                     };
@@ -360,7 +452,7 @@ impl<'a, S: Storage + ?Sized> Side<'a, S> {
                     Some(tid) => tid.unix_time() + 0.5,
                     None => base_time() - 0.5,
                 };
-                match s.pack(at, *gc) {
+                match require(s.as_pack(), "pack").and_then(|p| p.pack(at, *gc)) {
                     Ok(()) => "packed".into(),
                     Err(e) => format!("pack {}", self.ix_err(&e)),
                 }
@@ -419,7 +511,9 @@ impl<'a, S: Storage + ?Sized> Side<'a, S> {
                 }
                 Err(e) => format!("history {o} {}", self.ix_err(&e)),
             });
-            out.push(match s.record_iternext(Some(oid)) {
+            let found = require(s.as_record_iteration(), "record_iternext")
+                .and_then(|r| r.record_iternext(Some(oid)));
+            out.push(match found {
                 Ok(Some(r)) => format!(
                     "iternext {o} {} {} {} {}",
                     r.oid.0,
@@ -431,7 +525,8 @@ impl<'a, S: Storage + ?Sized> Side<'a, S> {
                 Err(e) => format!("iternext {o} {}", self.ix_err(&e)),
             });
         }
-        out.push(match s.undo_log(0, -1000, None) {
+        let log = require(s.as_undo(), "undoLog").and_then(|u| u.undo_log(0, -1000, None));
+        out.push(match log {
             Ok(log) => {
                 let l: Vec<String> = log
                     .iter()
@@ -441,7 +536,7 @@ impl<'a, S: Storage + ?Sized> Side<'a, S> {
             }
             Err(e) => format!("undolog {}", self.ix_err(&e)),
         });
-        match s.iterator(None, None) {
+        match require(s.as_iteration(), "iterator").and_then(|i| i.iterator(None, None)) {
             Ok(it) => {
                 for txn in it {
                     out.push(match txn {
@@ -474,4 +569,108 @@ impl<'a, S: Storage + ?Sized> Side<'a, S> {
         }
         out
     }
+}
+
+/// Applies `ops` to both storages and fails at the first disagreement.
+pub fn run_against<A: Storage, B: Storage>(a: &A, b: &B, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut a = Side::new(a);
+    let mut b = Side::new(b);
+    for (n, op) in ops.iter().enumerate() {
+        let tid = op_tid(n);
+        let before = a.observe();
+        let (ra, rb) = (a.apply(op, tid), b.apply(op, tid));
+        prop_assert_eq!(&ra, &rb, "op {} {:?}", n, op);
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!("OUTCOME {ra}");
+        }
+        let (oa, ob) = (a.observe(), b.observe());
+        for (la, lb) in oa.iter().zip(&ob) {
+            prop_assert_eq!(la, lb, "after op {} {:?}", n, op);
+        }
+        prop_assert_eq!(oa.len(), ob.len(), "after op {} {:?}", n, op);
+        check_model_invariants(&a, op, &ra, &before, &oa)?;
+    }
+    Ok(())
+}
+
+/// Properties of the model on its own, so that comparing a storage with
+/// itself still tests something.
+pub fn check_model_invariants<S: Storage>(
+    side: &Side<'_, S>,
+    op: &Op,
+    outcome: &str,
+    before: &[String],
+    after: &[String],
+) -> Result<(), TestCaseError> {
+    match op {
+        Op::Commit { steps, finish } if *finish && outcome.ends_with("committed") => {
+            // The last store of each object is what loads return now.
+            let tid = *side.tids.last().unwrap();
+            let mut last = std::collections::HashMap::new();
+            for step in steps {
+                match step {
+                    Step::Store {
+                        oid, refs, payload, ..
+                    } => {
+                        let refs: Vec<Oid> = refs.iter().map(|o| Oid(*o)).collect();
+                        last.insert(*oid, Some(record(&refs, &[*payload])));
+                    }
+                    _ => {
+                        let oid = match step {
+                            Step::Delete { oid, .. } | Step::Restore { oid, .. } => Some(*oid),
+                            _ => None,
+                        };
+                        if let Some(oid) = oid {
+                            last.insert(oid, None);
+                        }
+                        if matches!(step, Step::Undo { .. }) {
+                            last.clear();
+                            break;
+                        }
+                    }
+                }
+            }
+            for (oid, data) in last {
+                if let Some(data) = data {
+                    prop_assert_eq!(side.storage.load(Oid(oid)).unwrap(), (data, tid));
+                }
+            }
+            prop_assert_eq!(side.storage.last_transaction(), tid);
+        }
+        Op::Commit { .. } => {
+            // Nothing committed: nothing observable changed.
+            prop_assert_eq!(before, after, "uncommitted {:?} changed the storage", op);
+        }
+        Op::Pack { .. } if outcome != "packed" => {
+            prop_assert_eq!(before, after, "failed pack changed the storage");
+        }
+        Op::Pack { .. } => {
+            // Packing never changes what is current, nor the last tid.
+            let current = |lines: &[String]| -> Vec<String> {
+                lines
+                    .iter()
+                    .filter(|l| l.starts_with("load ") || l.starts_with("last "))
+                    .filter(|l| !l.ends_with("POSKeyError"))
+                    .cloned()
+                    .collect()
+            };
+            let (was, now) = (current(before), current(after));
+            // Objects may disappear (garbage), but surviving ones are unchanged.
+            for line in &now {
+                prop_assert!(was.contains(line), "pack changed {}", line);
+            }
+            prop_assert!(!side.tids.is_empty() || was == now);
+        }
+    }
+    Ok(())
+}
+
+/// Two storages to compare, each freshly made.
+pub fn check_pair<A: Storage, B: Storage>(
+    make_a: impl Fn() -> Fixture<A>,
+    make_b: impl Fn() -> Fixture<B>,
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
+    let (a, b) = (make_a(), make_b());
+    run_against(&*a, &*b, ops)
 }
