@@ -47,6 +47,7 @@ pub mod logging;
 pub mod monitor;
 pub mod outbox;
 mod server;
+mod session;
 pub mod settings;
 pub mod stats;
 pub mod txn_log;
