@@ -535,6 +535,61 @@ impl ServerHandle {
     pub fn status(&self, storage: &str) -> Option<zeo_protocol::ServerStatus> {
         self.shared.hubs.get(storage).map(|h| h.status())
     }
+
+    /// Serves one stream that is already connected: a socket accepted
+    /// elsewhere (inherited, or behind a TLS acceptor) or an in-memory
+    /// pipe. The connection is counted against `max-connections` and
+    /// follows every rule a listener's connection does; `peer` names it in
+    /// the log. Run the returned future (usually with `tokio::spawn`); it
+    /// ends when the connection does. A server that is shutting down
+    /// closes the stream at once, and [`Server::serve`] does not wait for
+    /// connections served this way.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), zeo_server::Error> {
+    /// use std::sync::Arc;
+    /// use tokio::io::AsyncReadExt;
+    /// use zeo_server::{ServerBuilder, ServerSettings};
+    /// use zeo_storage::MappingStorage;
+    ///
+    /// let server = ServerBuilder::new(ServerSettings::default())
+    ///     .storage("1", Arc::new(MappingStorage::new("1")))
+    ///     .build()?;
+    /// let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    /// let connection = tokio::spawn(server.handle().serve_stream(ours, "pipe"));
+    /// // The server greets first: a 4-byte length, then "M5" or "Z5".
+    /// let mut theirs = theirs;
+    /// let mut greeting = [0u8; 6];
+    /// theirs.read_exact(&mut greeting).await?;
+    /// assert_eq!(&greeting[4..], b"Z5");
+    /// drop(theirs);
+    /// connection.await.unwrap();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn serve_stream<S>(
+        &self,
+        stream: S,
+        peer: impl Into<String>,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let peer = peer.into();
+        async move {
+            let slot = match shared.admit(None) {
+                Ok(slot) => slot,
+                Err(reason) => {
+                    shared.log_refusal(&peer, &reason);
+                    return;
+                }
+            };
+            crate::connection::serve(shared, stream, peer, String::new()).await;
+            drop(slot);
+        }
+    }
 }
 
 fn first_port(shared: &Shared) -> Option<u16> {
