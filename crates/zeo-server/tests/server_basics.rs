@@ -215,9 +215,9 @@ async fn get_info_new_oids_history_and_blob_refusal() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn conflicts_come_back_from_vote_and_the_client_can_resolve_them() {
-    let server = TestServer::start(ServerSettings::default()).await;
+    let mut server = PipeServer::start(ServerSettings::default());
     let mut a = server.client().await;
     let mut b = server.client().await;
     let t1 = a
@@ -248,7 +248,7 @@ async fn conflicts_come_back_from_vote_and_the_client_can_resolve_them() {
             .unwrap();
         (a, t3)
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    until_idle().await;
     assert!(
         !a_commit.is_finished(),
         "a committed while b was resolving its conflicts"
@@ -308,9 +308,9 @@ async fn read_conflicts_fail_the_vote() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn votes_queue_behind_the_lock_holder_and_see_its_invalidations_first() {
-    let server = TestServer::start(ServerSettings::default()).await;
+    let mut server = PipeServer::start(ServerSettings::default());
     let mut a = server.client().await;
     let mut b = server.client().await;
     let mut c = server.client().await;
@@ -326,7 +326,7 @@ async fn votes_queue_behind_the_lock_holder_and_see_its_invalidations_first() {
     let c_vote = c.send_vote(3).await;
     // Nothing comes back while a holds the lock; b still answers pings.
     assert_eq!(b.call("ping", vec![]).await.unwrap(), Value::None);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_idle().await;
     let status = server.handle.status("1").unwrap();
     assert_eq!(status.waiting, 2);
     assert!(status.lock_time.is_some());
@@ -355,13 +355,13 @@ async fn votes_queue_behind_the_lock_holder_and_see_its_invalidations_first() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn transaction_timeout_cuts_off_a_hung_client() {
     let settings = ServerSettings {
-        transaction_timeout: Some(Duration::from_millis(300)),
+        transaction_timeout: Some(Duration::from_secs(5)),
         ..Default::default()
     };
-    let server = TestServer::start(settings).await;
+    let mut server = PipeServer::start(settings);
     let mut hung = server.client().await;
     let mut good = server.client().await;
     hung.begin(1).await;
@@ -369,12 +369,17 @@ async fn transaction_timeout_cuts_off_a_hung_client() {
     assert!(hung.vote(1).await.unwrap().is_empty());
     // The hung client never finishes; the other one's vote waits, then
     // proceeds once the timeout closed the hung connection.
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let t = good
         .commit(2, &[(Oid(2), Tid::ZERO, b"ok".to_vec())])
         .await
         .unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    // On the paused clock the wait is exactly the timeout.
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
     assert!(hung.closed().await);
     assert!(
         good.load(Oid(1)).await.is_err(),
@@ -387,9 +392,9 @@ async fn transaction_timeout_cuts_off_a_hung_client() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn disconnect_mid_commit_releases_the_lock() {
-    let server = TestServer::start(ServerSettings::default()).await;
+    let mut server = PipeServer::start(ServerSettings::default());
     let mut a = server.client().await;
     let mut b = server.client().await;
     a.begin(1).await;

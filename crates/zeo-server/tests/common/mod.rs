@@ -62,13 +62,27 @@ impl TestServer {
     }
 
     pub async fn stop(self) {
-        self.handle.shutdown();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        stop(&self.handle, self.task).await;
     }
+}
+
+/// Shuts a server down and waits until its storages are closed.
+async fn stop(handle: &ServerHandle, task: tokio::task::JoinHandle<zeo_server::Result<()>>) {
+    handle.shutdown();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Returns once every task is waiting, on a runtime whose clock is paused:
+/// the paused clock moves only when nothing else can run (tokio does not
+/// move it while blocking-pool work is under way), so the millisecond below
+/// passes only then. This is how a pipe test says "the server has done all
+/// it can" without sleeping.
+pub async fn until_idle() {
+    let _ = tokio::time::timeout(Duration::from_millis(1), std::future::pending::<()>()).await;
 }
 
 /// A server served over in-memory pipes: no socket, so tests can run on a
@@ -115,6 +129,10 @@ impl PipeServer {
         let (mut c, _task) = self.connect().await;
         c.register("1", false).await.unwrap();
         c
+    }
+
+    pub async fn stop(self) {
+        stop(&self.handle, self.task).await;
     }
 }
 
