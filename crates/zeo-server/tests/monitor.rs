@@ -94,12 +94,7 @@ async fn reports_counters_per_storage_sorted_by_name() {
     assert_eq!(one.lock_held_for, None);
     assert_eq!(one.start, before.storages["1"].start);
 
-    handle.shutdown();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop(&handle, task).await;
     // The monitor stops with the server.
     let BoundAddress::Tcp(m) = monitor[0] else {
         unreachable!()
@@ -135,11 +130,6 @@ async fn listens_on_a_unix_socket_and_serve_binds_it_when_asked_to() {
     let report =
         MonitorReport::parse(&read_report(&BoundAddress::Unix(path.clone())).await).unwrap();
     assert_eq!(report.storages.len(), 1);
-    handle.shutdown();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop(&handle, task).await;
     assert!(!path.exists(), "socket file removed at shutdown");
 }

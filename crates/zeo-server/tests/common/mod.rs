@@ -67,7 +67,7 @@ impl TestServer {
 }
 
 /// Shuts a server down and waits until its storages are closed.
-async fn stop(handle: &ServerHandle, task: tokio::task::JoinHandle<zeo_server::Result<()>>) {
+pub async fn stop(handle: &ServerHandle, task: tokio::task::JoinHandle<zeo_server::Result<()>>) {
     handle.shutdown();
     tokio::time::timeout(WAIT, task)
         .await
