@@ -170,14 +170,10 @@ impl TxnLog {
         self.superseded.insert(index);
     }
 
+    #[cfg(test)]
     /// How many operations were logged.
     pub fn len(&self) -> u64 {
         self.ops
-    }
-
-    /// Whether nothing was logged.
-    pub fn is_empty(&self) -> bool {
-        self.ops == 0
     }
 
     /// How many stores, deletions and restores were logged.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use common::*;
 use tokio::io::AsyncReadExt;
-use zeo_server::monitor::MonitorReport;
+use zeo_server::MonitorReport;
 use zeo_server::{BoundAddress, ListenAddress, ServerBuilder, ServerSettings};
 use zeo_storage::{MappingStorage, Oid, Tid};
 
