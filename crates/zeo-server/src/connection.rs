@@ -42,7 +42,9 @@ use crate::hub::StorageHub;
 use crate::iterators::{IterError, Iterators};
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::server::Shared;
-use crate::session::{Begin, Ended, Expiry, Finish, Held, Session, SessionConfig, VoteStep};
+use crate::session::{
+    Begin, Ended, Expiry, Finish, Held, Session, SessionConfig, Staged, VoteStep,
+};
 use crate::stats::StorageStats;
 use crate::txn_log::{TxnLog, TxnOp};
 
@@ -168,6 +170,7 @@ where
         read_only: shared.settings.read_only,
         transaction_timeout: shared.settings.transaction_timeout,
         login_deadline: login_deadline.map(tokio::time::Instant::into_std),
+        max_transaction_size: shared.settings.max_transaction_size,
     });
     let mut conn = Conn {
         id,
@@ -854,37 +857,25 @@ impl Conn {
     }
 
     fn log_op(&mut self, id: TxnId, op: TxnOp, counts_as_store: bool, oneway: bool) -> Handled {
-        let shared = self.shared.clone();
-        let settings = &shared.settings;
-        let limit = settings.max_transaction_size;
-        let peer = self.peer.clone();
-        let txn = self.session.stage(id)?;
-        if txn.rejected.is_some() {
+        let txn = match self.session.stage_write(id, op.logged_len())? {
+            Staged::Log(txn) => txn,
             // Already failed: the vote reports it; nothing more is kept.
-            return Ok(Outcome::Reply(Value::None));
-        }
-        let staged = txn.log.size().saturating_add(op.logged_len());
-        if let Some(limit) = limit.filter(|l| staged > *l) {
-            let message = format!(
-                "transaction too large: {staged} bytes staged, over max-transaction-size ({limit} bytes)"
-            );
-            tracing::warn!(%peer, staged, limit, "transaction exceeds max-transaction-size; dropping its data");
-            // Drops what was staged, in memory or in a spill file.
-            txn.log = TxnLog::new(
-                settings.commit_log_spill_threshold,
-                settings.temporary_directory.clone(),
-            );
-            txn.conflicts.clear();
-            let error = WireError::storage_error(&message);
-            txn.rejected = Some(message);
-            // A one-way store has nobody to answer, and an error would
-            // close the connection: the vote carries the error instead.
-            return if oneway {
-                Ok(Outcome::Sent)
-            } else {
-                Err(error)
-            };
-        }
+            Staged::Dropped => return Ok(Outcome::Reply(Value::None)),
+            Staged::Rejected {
+                staged,
+                limit,
+                error,
+            } => {
+                tracing::warn!(peer = %self.peer, staged, limit, "transaction exceeds max-transaction-size; dropping its data");
+                // A one-way store has nobody to answer, and an error would
+                // close the connection: the vote carries the error instead.
+                return if oneway {
+                    Ok(Outcome::Sent)
+                } else {
+                    Err(error)
+                };
+            }
+        };
         txn.push_store(op)
             .map_err(|e| wire(StorageError::io("writing the commit log", e)))?;
         if counts_as_store {

@@ -106,6 +106,27 @@ pub(crate) enum Begin {
     Duplicate,
 }
 
+/// Where a write (`storea`, `deleteObject`, `undoa`, ...) goes.
+#[derive(Debug)]
+pub(crate) enum Staged<'a> {
+    /// Into this transaction's log.
+    Log(&'a mut OpenTxn),
+    /// Nowhere: the transaction went past `max-transaction-size` earlier,
+    /// and its vote reports that.
+    Dropped,
+    /// Nowhere: this write takes the transaction past
+    /// `max-transaction-size`. What it logged is dropped and its vote will
+    /// fail; the error answers a call that expects a reply.
+    Rejected {
+        /// Bytes the log would hold with this write.
+        staged: u64,
+        /// `max-transaction-size`.
+        limit: u64,
+        /// The `StorageError` to answer with.
+        error: WireError,
+    },
+}
+
 /// What a `vote` needs next.
 #[derive(Debug)]
 pub(crate) enum VoteStep<L> {
@@ -157,6 +178,8 @@ pub(crate) struct SessionConfig {
     pub(crate) transaction_timeout: Option<Duration>,
     /// When the client must have registered.
     pub(crate) login_deadline: Option<Instant>,
+    /// Most bytes one transaction may log (`max-transaction-size`).
+    pub(crate) max_transaction_size: Option<u64>,
 }
 
 /// One client session: authentication, registration and the transaction
@@ -168,6 +191,7 @@ pub(crate) struct Session<L, W> {
     read_only: bool,
     transaction_timeout: Option<Duration>,
     login_deadline: Option<Instant>,
+    max_transaction_size: Option<u64>,
     phase: Phase<L, W>,
 }
 
@@ -184,6 +208,7 @@ impl<L, W> Session<L, W> {
             read_only: config.read_only,
             transaction_timeout: config.transaction_timeout,
             login_deadline: config.login_deadline,
+            max_transaction_size: config.max_transaction_size,
             phase: Phase::Idle,
         }
     }
@@ -394,7 +419,7 @@ impl<L, W> Session<L, W> {
 
     /// The transaction a write (`storea`, `deleteObject`, `undoa`, ...)
     /// goes to: open or resolving conflicts, not voting.
-    pub(crate) fn stage(&mut self, id: TxnId) -> Result<&mut OpenTxn, WireError> {
+    fn stage(&mut self, id: TxnId) -> Result<&mut OpenTxn, WireError> {
         let voting = matches!(
             self.phase,
             Phase::AwaitingLock { .. } | Phase::Voting(_) | Phase::Voted { .. }
@@ -406,6 +431,34 @@ impl<L, W> Session<L, W> {
             ));
         }
         Ok(txn)
+    }
+
+    /// A write of `len` logged bytes to transaction `id`, within
+    /// `max-transaction-size`.
+    pub(crate) fn stage_write(&mut self, id: TxnId, len: u64) -> Result<Staged<'_>, WireError> {
+        let max = self.max_transaction_size;
+        let txn = self.stage(id)?;
+        if txn.rejected.is_some() {
+            return Ok(Staged::Dropped);
+        }
+        let staged = txn.log.size().saturating_add(len);
+        match max.filter(|limit| staged > *limit) {
+            None => Ok(Staged::Log(txn)),
+            Some(limit) => {
+                let message = format!(
+                    "transaction too large: {staged} bytes staged, over max-transaction-size ({limit} bytes)"
+                );
+                txn.log.discard();
+                txn.conflicts.clear();
+                let error = WireError::storage_error(&message);
+                txn.rejected = Some(message);
+                Ok(Staged::Rejected {
+                    staged,
+                    limit,
+                    error,
+                })
+            }
+        }
     }
 
     /// `vote(id)`.
@@ -878,17 +931,56 @@ mod tests {
     }
 
     #[test]
-    fn a_rejected_transaction_fails_its_vote() {
-        let mut s = begun(T1);
-        s.stage(T1).unwrap().rejected = Some("transaction too large".into());
-        assert_eq!(
-            s.vote(T1).unwrap_err(),
-            WireError::storage_error("transaction too large")
+    fn a_transaction_past_max_transaction_size_is_rejected_once_and_fails_its_vote() {
+        let mut s = session(SessionConfig {
+            max_transaction_size: Some(100),
+            ..SessionConfig::default()
+        });
+        s.register(false, false).unwrap();
+        s.begin(T1, || txn(T1)).unwrap();
+        match s.stage_write(T1, 60).unwrap() {
+            Staged::Log(txn) => {
+                let op = crate::txn_log::TxnOp::Store {
+                    oid: Oid(1),
+                    serial: zeo_storage::Tid::ZERO,
+                    data: vec![0; 40],
+                };
+                txn.push_store(op).unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        let logged = match s.phase() {
+            Phase::Open(txn) => txn.log.size(),
+            other => panic!("{other:?}"),
+        };
+        let message = format!(
+            "transaction too large: {} bytes staged, over max-transaction-size (100 bytes)",
+            logged + 60
         );
+        match s.stage_write(T1, 60).unwrap() {
+            Staged::Rejected {
+                staged,
+                limit,
+                error,
+            } => {
+                assert_eq!((staged, limit), (logged + 60, 100));
+                assert_eq!(error, WireError::storage_error(&message));
+            }
+            other => panic!("{other:?}"),
+        }
+        match s.phase() {
+            Phase::Open(txn) => assert_eq!(txn.log.size(), 0, "what was logged is dropped"),
+            other => panic!("{other:?}"),
+        }
+        // Later writes go nowhere, quietly; the vote fails with the reason.
+        assert!(matches!(s.stage_write(T1, 1).unwrap(), Staged::Dropped));
+        assert_eq!(s.vote(T1).unwrap_err(), WireError::storage_error(&message));
         assert!(
             matches!(s.phase(), Phase::Open(_)),
             "the client aborts next"
         );
+        // A write to another transaction is still a mismatch.
+        assert_eq!(s.stage_write(T2, 1).unwrap_err(), mismatch(Some(T1), T2));
     }
 
     #[test]
