@@ -52,9 +52,6 @@ use crate::txn_log::{TxnLog, TxnOp};
 /// being paused, so a client that keeps hitting the threshold cannot fill
 /// the log.
 const PAUSE_LOG_INTERVAL: Duration = Duration::from_secs(60);
-/// How long a connection that holds the commit lock may go on after
-/// shutdown began, so that a commit between vote and finish can complete.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long queued output may take to drain once a connection ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -255,24 +252,24 @@ impl Conn {
     {
         let shutdown = self.shared.shutdown.clone();
         let outbox = self.outbox.clone();
-        let mut drain_until: Option<std::time::Instant> = None;
         let mut pause = PauseLog::default();
         loop {
-            if drain_until.is_some() && !self.session.is_voted() {
+            if self.session.drained() {
                 return;
             }
-            let deadline = self.session.deadline(drain_until);
+            let deadline = self.session.deadline();
             let paused = outbox.is_paused();
             if paused {
                 pause.started(&self.peer, &outbox, &self.shared.settings);
             } else {
                 pause.ended();
             }
+            let draining = self.session.is_draining();
             let waiting = self.session.waiting();
             let event = tokio::select! {
                 biased;
                 _ = outbox.closed() => Event::Closed,
-                _ = shutdown.cancelled(), if drain_until.is_none() => Event::Shutdown,
+                _ = shutdown.cancelled(), if !draining => Event::Shutdown,
                 guard = async { match waiting { Some(f) => f.await, None => std::future::pending().await } } => Event::Granted(guard),
                 _ = sleep_until(deadline.map(|(d, _)| d.into())) => Event::Expired(deadline.map_or(Expiry::Drain, |(_, why)| why)),
                 _ = outbox.wait_unpaused(), if paused => Event::Resumed,
@@ -287,10 +284,9 @@ impl Conn {
                     return;
                 }
                 Event::Shutdown => {
-                    if !self.session.is_voted() {
+                    if !self.session.shutdown(now()) {
                         return;
                     }
-                    drain_until = Some(now() + SHUTDOWN_GRACE);
                 }
                 Event::Expired(Expiry::Drain) => {
                     tracing::warn!("shutting down: aborting a transaction that did not finish");

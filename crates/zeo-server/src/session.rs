@@ -25,6 +25,10 @@ use zeo_storage::{Oid, TxnHandle};
 
 use crate::commit::OpenTxn;
 
+/// How long a session that holds the commit lock may go on after shutdown
+/// began, so that a commit between vote and finish can complete.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Where a connection stands with authentication.
 #[derive(Debug)]
 pub(crate) enum Auth {
@@ -192,6 +196,9 @@ pub(crate) struct Session<L, W> {
     transaction_timeout: Option<Duration>,
     login_deadline: Option<Instant>,
     max_transaction_size: Option<u64>,
+    /// Set once the server began shutting down while this session held the
+    /// commit lock: the end of its grace.
+    drain_until: Option<Instant>,
     phase: Phase<L, W>,
 }
 
@@ -209,6 +216,7 @@ impl<L, W> Session<L, W> {
             transaction_timeout: config.transaction_timeout,
             login_deadline: config.login_deadline,
             max_transaction_size: config.max_transaction_size,
+            drain_until: None,
             phase: Phase::Idle,
         }
     }
@@ -306,12 +314,36 @@ impl<L, W> Session<L, W> {
         Ok(())
     }
 
-    // Time.
+    // Time and shutdown.
+
+    /// The server began shutting down at `now`. A session whose vote
+    /// succeeded gets [`SHUTDOWN_GRACE`] to finish; the others end at once.
+    /// Returns whether the session goes on.
+    pub(crate) fn shutdown(&mut self, now: Instant) -> bool {
+        if !self.is_voted() {
+            return false;
+        }
+        self.drain_until.get_or_insert(now + SHUTDOWN_GRACE);
+        true
+    }
+
+    /// Whether the server is shutting down and this session is only still
+    /// there to finish its commit.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.drain_until.is_some()
+    }
+
+    /// Whether the session should end now: shutting down, and its commit
+    /// finished or aborted.
+    pub(crate) fn drained(&self) -> bool {
+        self.is_draining() && !self.is_voted()
+    }
 
     /// The next deadline and what passing it means: `login-timeout` until
     /// registered, `transaction-timeout` while holding the commit lock, and
-    /// the end of shutdown's grace (`drain_until`), whichever comes first.
-    pub(crate) fn deadline(&self, drain_until: Option<Instant>) -> Option<(Instant, Expiry)> {
+    /// the end of shutdown's grace, whichever comes first.
+    pub(crate) fn deadline(&self) -> Option<(Instant, Expiry)> {
+        let drain_until = self.drain_until;
         let login = self
             .login_deadline
             .filter(|_| !self.registered)
@@ -855,7 +887,7 @@ mod tests {
             s.finish(T1),
             Err(WireError::assertion_error("finished called wo lock"))
         );
-        assert_eq!(s.deadline(None), None, "no timeout before the lock");
+        assert_eq!(s.deadline(), None, "no timeout before the lock");
         assert!(!s.is_voted());
 
         let granted = t0 + Duration::from_secs(100);
@@ -864,7 +896,7 @@ mod tests {
         assert!(s.waiting().is_none());
         s.voted(txn, lock);
         assert_eq!(
-            s.deadline(None),
+            s.deadline(),
             Some((granted + Duration::from_secs(30), Expiry::Transaction))
         );
     }
@@ -890,7 +922,7 @@ mod tests {
         s.conflicted(txn, lock);
         assert!(!s.is_voted());
         assert_eq!(
-            s.deadline(None),
+            s.deadline(),
             Some((t0 + Duration::from_secs(30), Expiry::Transaction))
         );
         // The client re-stores its resolutions, then votes again with the
@@ -992,38 +1024,64 @@ mod tests {
             ..SessionConfig::default()
         });
         assert_eq!(
-            s.deadline(None),
+            s.deadline(),
             Some((t0 + Duration::from_secs(10), Expiry::Login))
         );
-        // Shutdown's grace may end first.
-        let drain = t0 + Duration::from_secs(5);
-        assert_eq!(s.deadline(Some(drain)), Some((drain, Expiry::Drain)));
+        // A shutdown ends a session without a voted commit at once.
+        assert!(!s.shutdown(t0));
+        assert!(!s.is_draining());
         s.register(false, false).unwrap();
-        assert_eq!(s.deadline(None), None, "registered: no login deadline");
+        assert_eq!(s.deadline(), None, "registered: no login deadline");
     }
 
     #[test]
     fn transaction_deadline_and_drain_on_a_simulated_clock() {
         let t0 = Instant::now();
         let mut s = begun(T1);
-        assert_eq!(s.deadline(None), None, "an open transaction has no timeout");
+        assert_eq!(s.deadline(), None, "an open transaction has no timeout");
         voted(&mut s, T1, t0);
         let timeout = t0 + Duration::from_secs(30);
-        assert_eq!(s.deadline(None), Some((timeout, Expiry::Transaction)));
-        // The earlier of the two wins; on a tie the drain names the cause.
-        let early = t0 + Duration::from_secs(5);
-        assert_eq!(s.deadline(Some(early)), Some((early, Expiry::Drain)));
-        let late = t0 + Duration::from_secs(60);
-        assert_eq!(s.deadline(Some(late)), Some((timeout, Expiry::Transaction)));
-        assert_eq!(s.deadline(Some(timeout)), Some((timeout, Expiry::Drain)));
+        assert_eq!(s.deadline(), Some((timeout, Expiry::Transaction)));
         let _ = s.end();
-        assert_eq!(s.deadline(None), None);
+        assert_eq!(s.deadline(), None);
         // Without a configured timeout nothing expires.
         let mut s = session(SessionConfig::default());
         s.register(false, false).unwrap();
         s.begin(T1, || txn(T1)).unwrap();
         voted(&mut s, T1, t0);
-        assert_eq!(s.deadline(None), None);
+        assert_eq!(s.deadline(), None);
         assert_eq!(s.transaction_timeout(), None);
+    }
+
+    /// A voted session shut down at `t0 + shutdown_at` (timeout 30 s from
+    /// `t0`).
+    fn shut_down_after_vote(shutdown_at: u64) -> (TestSession, Instant) {
+        let t0 = Instant::now();
+        let mut s = begun(T1);
+        voted(&mut s, T1, t0);
+        assert!(s.shutdown(t0 + Duration::from_secs(shutdown_at)));
+        (s, t0)
+    }
+
+    #[test]
+    fn shutdown_grace_on_a_simulated_clock() {
+        let secs = Duration::from_secs;
+        // The grace ends before the transaction timeout.
+        let (mut s, t0) = shut_down_after_vote(0);
+        assert!(s.is_draining() && !s.drained());
+        assert_eq!(s.deadline(), Some((t0 + SHUTDOWN_GRACE, Expiry::Drain)));
+        // A second shutdown does not extend the grace.
+        assert!(s.shutdown(t0 + secs(3)));
+        assert_eq!(s.deadline(), Some((t0 + SHUTDOWN_GRACE, Expiry::Drain)));
+        // Finishing within it ends the session.
+        assert!(matches!(s.finish(T1), Ok(Finish::Run { .. })));
+        let _ = s.end();
+        assert!(s.drained());
+        // The timeout comes first.
+        let (s, t0) = shut_down_after_vote(60);
+        assert_eq!(s.deadline(), Some((t0 + secs(30), Expiry::Transaction)));
+        // On a tie the drain names the cause.
+        let (s, t0) = shut_down_after_vote(25);
+        assert_eq!(s.deadline(), Some((t0 + secs(30), Expiry::Drain)));
     }
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -11,7 +12,8 @@ use zeo_pickle::Value;
 use zeo_protocol::client::replies::VoteItem;
 use zeo_protocol::{Encoding, FrameCodec};
 use zeo_server::ServerSettings;
-use zeo_storage::{Oid, Tid};
+use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
+use zeo_storage::{Oid, Storage, Tid};
 
 #[tokio::test]
 async fn greeting_follows_the_msgpack_setting_and_client_choice_wins() {
@@ -437,6 +439,67 @@ async fn read_only_server_refuses_writes_but_packs() {
     c.begin(1).await;
     assert!(c.closed().await);
     server.stop().await;
+}
+
+/// A server on a FileStorage in `dir` with a voted transaction on
+/// `voter`, shut down.
+async fn shut_down_after_a_vote(dir: &std::path::Path) -> (PipeServer, Client, Client) {
+    let storage = FileStorage::open(dir.join("Data.fs"), FileStorageOptions::default()).unwrap();
+    let mut server = PipeServer::with_storage(ServerSettings::default(), Arc::new(storage));
+    let mut voter = server.client().await;
+    let idle = server.client().await;
+    voter.begin(1).await;
+    voter.store(1, Oid(1), Tid::ZERO, b"late").await;
+    assert!(voter.vote(1).await.unwrap().is_empty());
+    server.handle.shutdown();
+    (server, voter, idle)
+}
+
+/// Waits until the server closed its storage, then reads object 1 back
+/// from the file.
+async fn after_stop(
+    server: PipeServer,
+    dir: &std::path::Path,
+) -> zeo_storage::Result<(Vec<u8>, Tid)> {
+    tokio::time::timeout(WAIT, server.handle.stopped())
+        .await
+        .unwrap();
+    let options = FileStorageOptions {
+        read_only: true,
+        ..FileStorageOptions::default()
+    };
+    FileStorage::open(dir.join("Data.fs"), options)
+        .unwrap()
+        .load(Oid(1))
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_a_voted_commit_finish_and_closes_the_others_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut voter, mut idle) = shut_down_after_a_vote(dir.path()).await;
+    let started = tokio::time::Instant::now();
+    assert!(idle.closed().await);
+    assert_eq!(started.elapsed(), Duration::ZERO, "closed at once");
+    let tid = voter.finish(1).await.unwrap();
+    assert!(voter.closed().await, "closed once its commit finished");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    // serve waited for the pipe connections before closing the storage.
+    let loaded = after_stop(server, dir.path()).await.unwrap();
+    assert_eq!(loaded, (b"late".to_vec(), tid));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_aborts_a_voted_commit_that_does_not_finish_within_five_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut voter, _idle) = shut_down_after_a_vote(dir.path()).await;
+    let started = tokio::time::Instant::now();
+    assert!(voter.closed().await);
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    let missing = after_stop(server, dir.path()).await.unwrap_err();
+    assert!(
+        matches!(missing, zeo_storage::Error::PosKey { .. }),
+        "the commit was aborted: {missing}"
+    );
 }
 
 #[tokio::test]
