@@ -502,6 +502,30 @@ async fn shutdown_aborts_a_voted_commit_that_does_not_finish_within_five_seconds
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn streams_served_directly_count_against_max_connections() {
+    use tokio::io::AsyncReadExt;
+    let settings = ServerSettings {
+        max_connections: 1,
+        ..ServerSettings::default()
+    };
+    let mut server = PipeServer::start(settings);
+    let first = server.client().await;
+    assert_eq!(server.handle.connections(), 1);
+    // The second is closed before anything is written to it.
+    let (mut ours, theirs) = tokio::io::duplex(1024);
+    tokio::spawn(server.handle.serve_stream(theirs, "second"));
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT, ours.read_to_end(&mut got)).await;
+    assert_eq!(read.unwrap().unwrap(), 0, "refused: no greeting");
+    // Once the first leaves, a new one is served.
+    drop(first);
+    until_idle().await;
+    assert_eq!(server.handle.connections(), 0);
+    let _again = server.client().await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn registration_rules() {
     let server = TestServer::start(ServerSettings::default()).await;
