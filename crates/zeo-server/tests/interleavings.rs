@@ -2,8 +2,9 @@
 //! pipes on a current-thread runtime with a paused clock.
 //!
 //! Each step one client does one thing (load, `lastTransaction`, begin and
-//! store, vote, finish, abort, disconnect, reconnect, or let its voted
-//! transaction run past `transaction-timeout`), then every client reads
+//! store, vote, resolve conflicts and vote again, finish, abort, disconnect,
+//! reconnect, or let its transaction hold the lock past
+//! `transaction-timeout`), then every client reads
 //! what the server sent until the server is idle. After every message the
 //! ordering invariants of `docs/ARCHITECTURE.md` are checked:
 //!
@@ -12,7 +13,11 @@
 //!   replies over all clients come in tid order;
 //! * no load answers a revision newer than what the client was told, nor
 //!   presents a revision as current after an invalidation superseding it;
-//! * no `lastTransaction` answer runs ahead of the invalidations sent.
+//! * no `lastTransaction` answer runs ahead of the invalidations sent;
+//! * a vote that waits once the server is idle waits for a lock a live
+//!   client holds, no two clients hold it, and a vote after resolving
+//!   conflicts under the kept lock does not conflict again;
+//! * a transaction left past `transaction-timeout` loses its connection.
 //!
 //! At the end of each seed every committed object is loaded back and must
 //! hold the data of its last commit.
@@ -72,14 +77,26 @@ enum Txn {
     Voting {
         id: TxnId,
         stores: Vec<(Oid, Vec<u8>)>,
+        /// A vote after resolving conflicts under the kept lock: it must
+        /// not conflict again.
+        resolved: bool,
     },
     Voted {
         id: TxnId,
         stores: Vec<(Oid, Vec<u8>)>,
     },
-    /// The vote reported conflicts: the client gives up and aborts, as
-    /// an application does with a conflict it cannot resolve.
+    /// The vote reported conflicts, and the server kept the commit lock:
+    /// the client re-stores against the committed serials and votes again,
+    /// or gives up and aborts.
     Conflicted {
+        id: TxnId,
+        stores: Vec<(Oid, Vec<u8>)>,
+        /// Each conflicting object and the serial committed meanwhile.
+        conflicts: Vec<(Oid, Tid)>,
+    },
+    /// The vote failed; the server ended the transaction. The client
+    /// aborts.
+    Failed {
         id: TxnId,
     },
     Finishing,
@@ -124,6 +141,7 @@ struct Sim {
 struct Seen {
     commits: u64,
     conflicts: u64,
+    resolutions: u64,
     lock_waits: u64,
     timeouts: u64,
     loads: u64,
@@ -133,6 +151,7 @@ impl Seen {
     fn add(&mut self, other: Seen) {
         self.commits += other.commits;
         self.conflicts += other.conflicts;
+        self.resolutions += other.resolutions;
         self.lock_waits += other.lock_waits;
         self.timeouts += other.timeouts;
         self.loads += other.loads;
@@ -200,7 +219,9 @@ impl Sim {
             (Txn::Voted { .. }, 4..=64) => "finish",
             (Txn::Voted { .. }, 65..=69) => "timeout",
             (Txn::Open { .. } | Txn::Voted { .. }, 85..=99) => "abort",
-            (Txn::Conflicted { .. }, _) => "abort",
+            (Txn::Conflicted { .. }, 4..=59) => "resolve",
+            (Txn::Conflicted { .. }, 60..=62) => "timeout",
+            (Txn::Conflicted { .. } | Txn::Failed { .. }, _) => "abort",
             _ => "listen",
         };
         let line = format!("{step}: c{c} {action} {oid} ({:?})", conn.txn);
@@ -247,7 +268,37 @@ impl Sim {
                 let msgid = conn.client.msgid();
                 conn.asked.insert(msgid, Asked::Vote);
                 conn.client.send(&ClientRequest::vote(msgid, id)).await;
-                conn.txn = Txn::Voting { id, stores };
+                conn.txn = Txn::Voting {
+                    id,
+                    stores,
+                    resolved: false,
+                };
+            }
+            "resolve" => {
+                let Txn::Conflicted {
+                    id,
+                    mut stores,
+                    conflicts,
+                } = std::mem::replace(&mut conn.txn, Txn::None)
+                else {
+                    unreachable!()
+                };
+                for (oid, committed) in conflicts {
+                    let data = format!("{}:r{}", id.0, stores.len()).into_bytes();
+                    conn.client
+                        .send(&ClientRequest::storea(oid, committed, &data, id))
+                        .await;
+                    stores.retain(|(o, _)| *o != oid);
+                    stores.push((oid, data));
+                }
+                let msgid = conn.client.msgid();
+                conn.asked.insert(msgid, Asked::Vote);
+                conn.client.send(&ClientRequest::vote(msgid, id)).await;
+                conn.txn = Txn::Voting {
+                    id,
+                    stores,
+                    resolved: true,
+                };
             }
             "finish" => {
                 let Txn::Voted { id, stores } = std::mem::replace(&mut conn.txn, Txn::None) else {
@@ -265,7 +316,8 @@ impl Sim {
                     Txn::Open { id, .. }
                     | Txn::Voting { id, .. }
                     | Txn::Voted { id, .. }
-                    | Txn::Conflicted { id } => id,
+                    | Txn::Conflicted { id, .. }
+                    | Txn::Failed { id } => id,
                     _ => unreachable!(),
                 };
                 let msgid = conn.client.msgid();
@@ -376,26 +428,53 @@ impl Sim {
             }
             Asked::Abort => {}
             Asked::Vote => {
-                let conflicted = match &result {
-                    Ok(v) => replies::vote(v)
-                        .unwrap()
-                        .iter()
-                        .any(|i| matches!(i, VoteItem::Conflict(_))),
-                    Err(e) if e.class.ends_with("ConflictError") => true,
+                let items = match &result {
+                    Ok(v) => Some(replies::vote(v).unwrap()),
+                    Err(e) if e.class.ends_with("ConflictError") => None,
                     Err(e) => self.fail(&format!("c{c}: vote failed: {e:?}")),
                 };
                 let conn = self.conns[c].as_mut().unwrap();
-                let Txn::Voting { id, stores } = std::mem::replace(&mut conn.txn, Txn::None) else {
+                let Txn::Voting {
+                    id,
+                    stores,
+                    resolved,
+                } = std::mem::replace(&mut conn.txn, Txn::None)
+                else {
                     return; // aborted while waiting for the lock
                 };
-                if conflicted {
-                    self.seen.conflicts += 1;
-                }
-                conn.txn = if conflicted {
-                    conn.serials.clear();
-                    Txn::Conflicted { id }
-                } else {
-                    Txn::Voted { id, stores }
+                let conflicts: Option<Vec<(Oid, Tid)>> = items.map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|i| match i {
+                            VoteItem::Conflict(k) => Some((k.oid, k.committed)),
+                            VoteItem::Changed(_) => None,
+                        })
+                        .collect()
+                });
+                conn.txn = match conflicts {
+                    Some(conflicts) if conflicts.is_empty() => {
+                        if resolved {
+                            self.seen.resolutions += 1;
+                        }
+                        Txn::Voted { id, stores }
+                    }
+                    other => {
+                        if resolved {
+                            self.fail(&format!(
+                                "c{c}: conflicts again after resolving under the kept lock"
+                            ));
+                        }
+                        self.seen.conflicts += 1;
+                        conn.serials.clear();
+                        match other {
+                            Some(conflicts) => Txn::Conflicted {
+                                id,
+                                stores,
+                                conflicts,
+                            },
+                            None => Txn::Failed { id },
+                        }
+                    }
                 };
             }
             Asked::Finish(stores) => {
@@ -557,6 +636,7 @@ fn random_interleavings_keep_the_ordering_invariants() {
         assert!(
             seen.commits > 0
                 && seen.conflicts > 0
+                && seen.resolutions > 0
                 && seen.lock_waits > 0
                 && seen.timeouts > 0
                 && seen.loads > 0,
