@@ -265,14 +265,7 @@ impl Sim {
                 let Txn::Open { id, stores } = std::mem::replace(&mut conn.txn, Txn::None) else {
                     unreachable!()
                 };
-                let msgid = conn.client.msgid();
-                conn.asked.insert(msgid, Asked::Vote);
-                conn.client.send(&ClientRequest::vote(msgid, id)).await;
-                conn.txn = Txn::Voting {
-                    id,
-                    stores,
-                    resolved: false,
-                };
+                send_vote(conn, id, stores, false).await;
             }
             "resolve" => {
                 let Txn::Conflicted {
@@ -291,14 +284,7 @@ impl Sim {
                     stores.retain(|(o, _)| *o != oid);
                     stores.push((oid, data));
                 }
-                let msgid = conn.client.msgid();
-                conn.asked.insert(msgid, Asked::Vote);
-                conn.client.send(&ClientRequest::vote(msgid, id)).await;
-                conn.txn = Txn::Voting {
-                    id,
-                    stores,
-                    resolved: true,
-                };
+                send_vote(conn, id, stores, true).await;
             }
             "finish" => {
                 let Txn::Voted { id, stores } = std::mem::replace(&mut conn.txn, Txn::None) else {
@@ -541,6 +527,17 @@ impl Sim {
         let conn = self.conns[c].as_mut().unwrap();
         conn.serials.insert(oid, rev.start);
     }
+}
+
+async fn send_vote(conn: &mut Conn, id: TxnId, stores: Vec<(Oid, Vec<u8>)>, resolved: bool) {
+    let msgid = conn.client.msgid();
+    conn.asked.insert(msgid, Asked::Vote);
+    conn.client.send(&ClientRequest::vote(msgid, id)).await;
+    conn.txn = Txn::Voting {
+        id,
+        stores,
+        resolved,
+    };
 }
 
 async fn store(conn: &mut Conn, oid: Oid) {
