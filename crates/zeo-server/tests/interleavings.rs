@@ -30,6 +30,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -37,10 +38,13 @@ use zeo_pickle::Value;
 use zeo_protocol::client::replies::{self, VoteItem};
 use zeo_protocol::{ClientRequest, Message, TxnId};
 use zeo_server::ServerSettings;
-use zeo_storage::{Oid, Tid, TxnStatus};
+use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
+use zeo_storage::{MappingStorage, Oid, Storage, Tid, TxnStatus};
 
 const DEFAULT_SEEDS: u64 = 200;
 const DEFAULT_STEPS: usize = 500;
+/// Seeds run against a FileStorage (each commit syncs the disk).
+const DEFAULT_FILE_SEEDS: u64 = 20;
 const CLIENTS: usize = 3;
 const OBJECTS: u64 = 4;
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -159,10 +163,10 @@ impl Seen {
 }
 
 impl Sim {
-    fn new(seed: u64, settings: ServerSettings) -> Self {
+    fn new(seed: u64, settings: ServerSettings, storage: Arc<dyn Storage>) -> Self {
         Sim {
             rng: Rng(seed),
-            server: PipeServer::start(settings),
+            server: PipeServer::with_storage(settings, storage),
             conns: (0..CLIENTS).map(|_| None).collect(),
             history: BTreeMap::new(),
             last_finish: Tid::ZERO,
@@ -554,26 +558,43 @@ async fn store(conn: &mut Conn, oid: Oid) {
 }
 
 /// Loads every object back: each holds the data of its last commit.
-async fn check_final_state(sim: &mut Sim) {
+/// Returns what each holds.
+async fn check_final_state(sim: &mut Sim) -> BTreeMap<Oid, (Tid, Vec<u8>)> {
     let mut last: BTreeMap<Oid, (Tid, Vec<u8>)> = BTreeMap::new();
     for ((oid, tid), data) in &sim.history {
         last.insert(*oid, (*tid, data.clone()));
     }
     let mut reader = sim.server.client().await;
-    for (oid, (tid, data)) in last {
-        let rev = reader.load(oid).await.unwrap().unwrap();
-        if (rev.start, &rev.data) != (tid, &data) {
+    for (oid, (tid, data)) in &last {
+        let rev = reader.load(*oid).await.unwrap().unwrap();
+        if (rev.start, &rev.data) != (*tid, data) {
             sim.fail(&format!("{oid} ends at {} rather than {tid}", rev.start));
         }
     }
+    last
 }
 
-async fn run_seed(seed: u64, steps: usize) -> Seen {
+/// The storage a run serves.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Mapping,
+    /// A FileStorage in a temporary directory, read back from the file
+    /// once the server closed it.
+    File,
+}
+
+async fn run_seed(seed: u64, steps: usize, backend: Backend) -> Seen {
     let settings = ServerSettings {
         transaction_timeout: Some(TXN_TIMEOUT),
         ..ServerSettings::default()
     };
-    let mut sim = Sim::new(seed, settings);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Data.fs");
+    let storage: Arc<dyn Storage> = match backend {
+        Backend::Mapping => Arc::new(MappingStorage::new("test")),
+        Backend::File => Arc::new(FileStorage::open(&path, FileStorageOptions::default()).unwrap()),
+    };
+    let mut sim = Sim::new(seed, settings, storage);
     for c in 0..CLIENTS {
         sim.connect(c).await;
     }
@@ -585,9 +606,23 @@ async fn run_seed(seed: u64, steps: usize) -> Seen {
     for c in 0..CLIENTS {
         sim.conns[c] = None;
     }
-    check_final_state(&mut sim).await;
+    let last = check_final_state(&mut sim).await;
     sim.server.handle.shutdown();
     sim.server.handle.stopped().await;
+    if let Backend::File = backend {
+        let options = FileStorageOptions {
+            read_only: true,
+            ..FileStorageOptions::default()
+        };
+        let file = FileStorage::open(&path, options).unwrap();
+        for (oid, (tid, data)) in last {
+            if file.load(oid).unwrap() != (data, tid) {
+                sim.fail(&format!(
+                    "{oid} in the reopened file is not its last commit"
+                ));
+            }
+        }
+    }
     sim.seen
 }
 
@@ -601,33 +636,48 @@ fn env_number(name: &str) -> Option<u64> {
 
 /// Runs one seed on a fresh current-thread runtime with a paused clock,
 /// naming the seed when it fails.
-fn run_reported(seed: u64, steps: usize) -> Seen {
+fn run_reported(seed: u64, steps: usize, backend: Backend) -> Seen {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .unwrap();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(run_seed(seed, steps))
+        runtime.block_on(run_seed(seed, steps, backend))
     }));
     outcome.unwrap_or_else(|panic| {
-        eprintln!("interleavings failed: rerun with ZEO_INTERLEAVINGS_SEED={seed} ZEO_INTERLEAVINGS_STEPS={steps}");
+        eprintln!("interleavings failed on {backend:?}: rerun with ZEO_INTERLEAVINGS_SEED={seed} ZEO_INTERLEAVINGS_STEPS={steps}");
         std::panic::resume_unwind(panic)
     })
 }
 
-#[test]
-fn random_interleavings_keep_the_ordering_invariants() {
+/// Runs the seeds the environment asks for (`default_seeds` of them
+/// unless told) on `backend`.
+fn run_budget(backend: Backend, default_seeds: u64) -> (Seen, usize) {
     let steps = env_number("ZEO_INTERLEAVINGS_STEPS").map_or(DEFAULT_STEPS, |n| n as usize);
     let seeds = match env_number("ZEO_INTERLEAVINGS_SEED") {
         Some(seed) => seed..seed + 1,
-        None => 0..env_number("ZEO_INTERLEAVINGS_SEEDS").unwrap_or(DEFAULT_SEEDS),
+        None => 0..env_number("ZEO_INTERLEAVINGS_SEEDS").unwrap_or(default_seeds),
     };
     let mut seen = Seen::default();
     for seed in seeds {
-        seen.add(run_reported(seed, steps));
+        seen.add(run_reported(seed, steps, backend));
     }
-    eprintln!("interleavings: {seen:?}");
+    eprintln!("interleavings on {backend:?}: {seen:?}");
+    (seen, steps)
+}
+
+/// A few seeds against a FileStorage: the same invariants with real disk
+/// writes and fsyncs under the lock, and the file read back at the end.
+#[test]
+fn random_interleavings_on_a_file_storage() {
+    let (seen, _) = run_budget(Backend::File, DEFAULT_FILE_SEEDS);
+    assert!(seen.commits > 0, "{seen:?}");
+}
+
+#[test]
+fn random_interleavings_keep_the_ordering_invariants() {
+    let (seen, steps) = run_budget(Backend::Mapping, DEFAULT_SEEDS);
     // The default budget must reach every situation at least once.
     if steps >= DEFAULT_STEPS {
         assert!(
@@ -653,7 +703,8 @@ fn the_checks_catch_a_reply_ahead_of_the_invalidations() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut sim = Sim::new(0, ServerSettings::default());
+        let storage = Arc::new(MappingStorage::new("test"));
+        let mut sim = Sim::new(0, ServerSettings::default(), storage);
         sim.connect(0).await;
         let conn = sim.conns[0].as_mut().unwrap();
         conn.asked.insert(99, Asked::LastTransaction);
