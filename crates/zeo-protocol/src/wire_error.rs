@@ -114,6 +114,42 @@ impl WireError {
         )
     }
 
+    /// `ZODB.POSException.StorageError(message)`: a request the server
+    /// could not carry out (a transaction over `max-transaction-size`, a
+    /// failed vote, a reply it cannot build, too many open iterators).
+    pub fn storage_error(message: &str) -> Self {
+        Self::with_args("ZODB.POSException.StorageError", vec![s(message)])
+    }
+
+    /// `ZODB.POSException.ReadOnlyError()`: a write on a read-only
+    /// connection or storage.
+    pub fn read_only() -> Self {
+        Self::from(&StorageError::ReadOnly)
+    }
+
+    /// `ZODB.POSException.Unsupported(message)`: a feature the server does
+    /// not offer (blobs).
+    pub fn unsupported(message: &str) -> Self {
+        Self::with_args("ZODB.POSException.Unsupported", vec![s(message)])
+    }
+
+    /// `ZEO.Exceptions.AuthError(message)`: `register` before logging in.
+    pub fn auth_error(message: &str) -> Self {
+        Self::with_args("ZEO.Exceptions.AuthError", vec![s(message)])
+    }
+
+    /// What a failed `auth_response` raises: `builtins.LookupError` for a
+    /// user the password database does not know, `builtins.ValueError` for
+    /// anything else (a stale challenge, a malformed response).
+    pub fn login_failed(unknown_user: bool, message: &str) -> Self {
+        let class = if unknown_user {
+            "builtins.LookupError"
+        } else {
+            "builtins.ValueError"
+        };
+        Self::with_args(class, vec![s(message)])
+    }
+
     /// A `ConflictError` with its attribute dict. `class_name` is the
     /// dotted class of the conflicting object when known (ZODB derives it
     /// from the stored pickle), `None` otherwise.

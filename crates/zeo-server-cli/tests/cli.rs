@@ -73,11 +73,10 @@ fn sigusr2_reopens_a_renamed_log_file() {
     assert!(first.contains("INFO listening"), "{first}");
     std::fs::rename(&log, dir.path().join("zeo.log.1")).unwrap();
     server.signal(libc::SIGUSR2);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !log.exists() {
-        assert!(std::time::Instant::now() < deadline, "log not reopened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_for_file(&log, Duration::from_secs(10), || false),
+        "log not reopened"
+    );
     let _ = ruok(server.addr());
     server.signal(libc::SIGTERM);
     assert!(server.wait().0.success());

@@ -13,7 +13,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use zeo_testkit::serde_json::{self, Value};
@@ -379,20 +379,13 @@ fn transaction_timeout_cuts_off_a_hung_voter() {
 /// Waits (30 s at most) for a marker file the restart script writes,
 /// failing early with the script's output when it has already ended.
 fn await_marker(path: &Path, script: &std::thread::JoinHandle<Value>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
-        assert!(
-            !script.is_finished(),
-            "restart.py ended before writing {}",
-            path.display()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "restart.py did not write {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let appeared = wait_for_file(path, Duration::from_secs(30), || script.is_finished());
+    assert!(
+        appeared,
+        "restart.py did not write {} (ended: {})",
+        path.display(),
+        script.is_finished()
+    );
 }
 
 /// Writes a marker file atomically (the script polls for it).

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
@@ -52,7 +52,6 @@ struct Waiter {
 pub struct CommitGuard {
     lock: Arc<CommitLock>,
     conn: ConnId,
-    acquired: Instant,
 }
 
 /// A place in the commit lock's queue. Awaiting [`LockWait::granted`] yields
@@ -113,6 +112,7 @@ impl CommitLock {
     }
 
     /// The connection holding the lock.
+    #[cfg(test)]
     pub fn holder(&self) -> Option<ConnId> {
         self.state().holder.map(|h| h.conn)
     }
@@ -128,6 +128,7 @@ impl CommitLock {
     }
 
     /// Whether `conn` is queued.
+    #[cfg(test)]
     pub fn is_waiting(&self, conn: ConnId) -> bool {
         self.state().waiters.iter().any(|w| w.conn == conn)
     }
@@ -161,21 +162,7 @@ impl CommitLock {
 
 impl CommitGuard {
     fn new(lock: Arc<CommitLock>, conn: ConnId) -> Self {
-        CommitGuard {
-            lock,
-            conn,
-            acquired: Instant::now(),
-        }
-    }
-
-    /// When the lock was granted, for the transaction timeout.
-    pub fn acquired(&self) -> Instant {
-        self.acquired
-    }
-
-    /// The connection holding it.
-    pub fn conn(&self) -> ConnId {
-        self.conn
+        CommitGuard { lock, conn }
     }
 }
 

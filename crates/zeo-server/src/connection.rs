@@ -8,26 +8,30 @@
 //! read-only work (`pack`, `undoLog`, `undoInfo`, invalidation-age scans)
 //! runs in its own task and replies when done.
 //!
+//! What a request may do and where the transaction stands are decided by
+//! the connection's [`Session`], which does no I/O; this file reads frames,
+//! runs storage calls and queues replies.
+//!
 //! When the server requires ZEO 3/4 `digest` authentication, a client must
 //! log in between the handshake and `register` (`getAuthProtocol`,
 //! `auth_get_challenge`, `auth_response`; see `docs/auth.md`). Those names
-//! are not ZEO 5 methods, so they are answered here from the raw message,
-//! before typed parsing. From the `True` answer on, the outbox seals and the
-//! frame reader checks every frame.
+//! are not ZEO 5 methods, so they are recognised as
+//! [`zeo_protocol::LoginRequest`]s before typed parsing. From the `True`
+//! answer on, the outbox seals and the frame reader checks every frame.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use futures::{Future, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use zeo_auth::{Challenge, MacState};
+use zeo_auth::MacState;
 use zeo_pickle::Value;
 use zeo_protocol::reply::{self as replies, VoteConflict};
 use zeo_protocol::{
-    Call, ClientHello, Encoding, FrameCodec, Incoming, Marshaller, Message, ServerHandshake,
-    ServerRequest, StorageInfo, TxnId, WireError,
+    login, Call, ClientHello, Encoding, FrameCodec, Incoming, LoginMethod, LoginRequest,
+    Marshaller, Message, ServerHandshake, ServerRequest, StorageInfo, TxnId, WireError,
 };
 use zeo_storage::{require, Error as StorageError, Oid, TransactionMetaData, TxnStatus};
 
@@ -38,6 +42,9 @@ use crate::hub::StorageHub;
 use crate::iterators::{IterError, Iterators};
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::server::Shared;
+use crate::session::{
+    Begin, Ended, Expiry, Finish, Held, Session, SessionConfig, Staged, VoteStep,
+};
 use crate::stats::StorageStats;
 use crate::storage_calls::{self, run_storage};
 use crate::txn_log::{TxnLog, TxnOp};
@@ -46,14 +53,8 @@ use crate::txn_log::{TxnLog, TxnOp};
 /// being paused, so a client that keeps hitting the threshold cannot fill
 /// the log.
 const PAUSE_LOG_INTERVAL: Duration = Duration::from_secs(60);
-/// How long a connection that holds the commit lock may go on after
-/// shutdown began, so that a commit between vote and finish can complete.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long queued output may take to drain once a connection ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The ZEO 3/4 login methods, answered before typed parsing.
-const AUTH_METHODS: [&str; 3] = ["getAuthProtocol", "auth_get_challenge", "auth_response"];
 
 /// What the error text of blob methods says.
 const NO_BLOBS: &str = "blobs are not supported by this server";
@@ -70,14 +71,14 @@ enum Outcome {
 
 type Handled = Result<Outcome, WireError>;
 
-/// Where a connection stands with authentication.
-enum Auth {
-    /// The server does not require it.
-    Off,
-    /// Required and not done yet; the challenge issued last, if any.
-    Pending(Option<Challenge>),
-    /// Done: every frame in both directions carries a MAC.
-    Done,
+/// The session of a live connection: the real commit lock, and a place in
+/// its queue as a future.
+type ConnSession = Session<CommitGuard, LockFuture>;
+
+/// The current time on tokio's clock (paused in tests), as the session
+/// takes it.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Serves one accepted stream until the client leaves, misbehaves, or the
@@ -162,30 +163,28 @@ where
         }
     });
 
-    let auth = match shared.settings.authentication {
-        Some(_) => Auth::Pending(None),
-        None => Auth::Off,
-    };
+    let session = Session::new(SessionConfig {
+        auth_required: shared.settings.authentication.is_some(),
+        read_only: shared.settings.read_only,
+        transaction_timeout: shared.settings.transaction_timeout,
+        login_deadline: login_deadline.map(tokio::time::Instant::into_std),
+        max_transaction_size: shared.settings.max_transaction_size,
+    });
     let mut conn = Conn {
         id,
         peer,
         nonce_peer,
-        auth,
+        session,
         recv_mac: None,
         label: None,
         marshaller: Marshaller::server(encoding),
-        read_only: shared.settings.read_only,
         shared: shared.clone(),
         outbox: outbox.clone(),
         hub: None,
-        txn: None,
-        lock: None,
-        conflict_lock: None,
-        waiting: None,
         iterators: Iterators::default(),
     };
 
-    conn.read_loop(&mut reader, login_deadline).await;
+    conn.read_loop(&mut reader).await;
     conn.disconnect().await;
     drop(conn);
     drop(outbox);
@@ -222,98 +221,80 @@ struct Conn {
     id: ConnId,
     peer: String,
     nonce_peer: String,
-    auth: Auth,
+    session: ConnSession,
     /// The receiving MAC chain, from a successful login until the reader
     /// takes it over.
     recv_mac: Option<MacState>,
     label: Option<String>,
     marshaller: Marshaller,
-    read_only: bool,
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
     hub: Option<Arc<StorageHub>>,
-    txn: Option<Box<OpenTxn>>,
-    lock: Option<CommitGuard>,
-    /// The commit lock kept after a vote answered with conflicts, until
-    /// the client votes again or aborts. The client's resolutions are then
-    /// checked against a state no other commit can move meanwhile; letting
-    /// go here lets busy writers starve a resolving client, and ZEO's client
-    /// calls `tpc_finish` anyway after nine conflicting votes.
-    conflict_lock: Option<CommitGuard>,
-    waiting: Option<(LockFuture, Value)>,
     iterators: Iterators,
 }
 
 enum Event {
     Frame(Option<Result<bytes::BytesMut, zeo_protocol::Error>>),
     Granted(CommitGuard),
-    Timeout,
-    LoginTimeout,
+    Expired(Expiry),
     Resumed,
     Shutdown,
     Closed,
 }
 
 impl Conn {
-    /// Reads and handles requests until the connection ends. Until it has
-    /// registered, the connection ends at `login_deadline`. While its
-    /// output is backed up (see [`Outbox::is_paused`]) no request is read;
-    /// everything else (lock grants, timeouts, shutdown) still happens.
-    async fn read_loop<R>(
-        &mut self,
-        reader: &mut FrameReader<R>,
-        login_deadline: Option<tokio::time::Instant>,
-    ) where
+    /// Reads and handles requests until the connection ends (at the
+    /// session's deadlines among others). While its output is backed up
+    /// (see [`Outbox::is_paused`]) no request is read; everything else
+    /// (lock grants, timeouts, shutdown) still happens.
+    async fn read_loop<R>(&mut self, reader: &mut FrameReader<R>)
+    where
         R: AsyncRead + Unpin,
     {
         let shutdown = self.shared.shutdown.clone();
         let outbox = self.outbox.clone();
-        let mut drain_until: Option<Instant> = None;
         let mut pause = PauseLog::default();
         loop {
-            if drain_until.is_some() && self.lock.is_none() {
+            if self.session.drained() {
                 return;
             }
-            let deadline = self.deadline(drain_until);
-            let login = login_deadline.filter(|_| self.hub.is_none());
+            let deadline = self.session.deadline();
             let paused = outbox.is_paused();
             if paused {
                 pause.started(&self.peer, &outbox, &self.shared.settings);
             } else {
                 pause.ended();
             }
-            let waiting = self.waiting.as_mut().map(|(f, _)| f);
+            let draining = self.session.is_draining();
+            let waiting = self.session.waiting();
             let event = tokio::select! {
                 biased;
                 _ = outbox.closed() => Event::Closed,
-                _ = shutdown.cancelled(), if drain_until.is_none() => Event::Shutdown,
+                _ = shutdown.cancelled(), if !draining => Event::Shutdown,
                 guard = async { match waiting { Some(f) => f.await, None => std::future::pending().await } } => Event::Granted(guard),
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d.into()).await, None => std::future::pending().await } } => Event::Timeout,
-                _ = sleep_until(login), if login.is_some() => Event::LoginTimeout,
+                _ = sleep_until(deadline.map(|(d, _)| d.into())) => Event::Expired(deadline.map_or(Expiry::Drain, |(_, why)| why)),
                 _ = outbox.wait_unpaused(), if paused => Event::Resumed,
                 frame = reader.next(), if !paused => Event::Frame(frame),
             };
             match event {
                 Event::Closed => return,
                 Event::Resumed => {}
-                Event::LoginTimeout => {
-                    let what = match self.auth {
-                        Auth::Pending(_) => "log in and register",
-                        _ => "register",
-                    };
+                Event::Expired(Expiry::Login) => {
+                    let what = self.session.awaited();
                     tracing::warn!(peer = %self.peer, "did not {what} within login-timeout; closing");
                     return;
                 }
                 Event::Shutdown => {
-                    if self.lock.is_none() {
+                    if !self.session.shutdown(now()) {
                         return;
                     }
-                    drain_until = Some(Instant::now() + SHUTDOWN_GRACE);
                 }
-                Event::Timeout => {
-                    if drain_until.is_some_and(|d| d <= Instant::now()) {
-                        tracing::warn!("shutting down: aborting a transaction that did not finish");
-                    } else if let Some(timeout) = self.shared.settings.transaction_timeout {
+                Event::Expired(Expiry::Drain) => {
+                    tracing::warn!("shutting down: aborting a transaction that did not finish");
+                    return;
+                }
+                Event::Expired(Expiry::Transaction) => {
+                    if let Some(timeout) = self.session.transaction_timeout() {
                         tracing::error!(
                             "Transaction timeout after {} seconds",
                             timeout.as_secs_f64()
@@ -322,10 +303,9 @@ impl Conn {
                     return;
                 }
                 Event::Granted(guard) => {
-                    let Some((_, msgid)) = self.waiting.take() else {
-                        continue;
-                    };
-                    self.run_vote(guard, msgid).await;
+                    if let Some((txn, lock, msgid)) = self.session.lock_granted(guard, now()) {
+                        self.run_vote(txn, lock, msgid).await;
+                    }
                 }
                 Event::Frame(None) => return,
                 Event::Frame(Some(Err(err))) => {
@@ -346,20 +326,6 @@ impl Conn {
         }
     }
 
-    /// When the connection must stop waiting: the transaction timeout while
-    /// holding the lock, or the end of the shutdown grace.
-    fn deadline(&self, drain_until: Option<Instant>) -> Option<Instant> {
-        let held = self.lock.as_ref().or(self.conflict_lock.as_ref());
-        let timeout = match (held, self.shared.settings.transaction_timeout) {
-            (Some(guard), Some(t)) => Some(guard.acquired() + t),
-            _ => None,
-        };
-        match (timeout, drain_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
     /// Decodes and dispatches one message; false closes the connection.
     async fn handle_frame(&mut self, payload: &[u8]) -> bool {
         let message = match self.marshaller.decode(payload) {
@@ -369,8 +335,8 @@ impl Conn {
                 return false;
             }
         };
-        if !message.is_heartbeat() && AUTH_METHODS.contains(&message.method.as_str()) {
-            return self.handle_auth(message);
+        if let Some(method) = LoginMethod::of(&message) {
+            return self.handle_login(method, message);
         }
         let call = match ServerRequest::parse(&message) {
             Ok(Incoming::Heartbeat) => return true,
@@ -378,7 +344,7 @@ impl Conn {
             Err(zeo_protocol::Error::BadArguments { method, reason }) => {
                 let oneway = message.flags != zeo_protocol::Flags::None;
                 tracing::error!(%method, %reason, oneway, "bad arguments");
-                if oneway || (self.hub.is_none() && method != "register") {
+                if self.session.bad_arguments_close(&method, oneway) {
                     return false;
                 }
                 self.outbox.reply_error(
@@ -398,11 +364,8 @@ impl Conn {
             request,
         } = call;
         let method = request.method();
-        let allowed = match request {
-            ServerRequest::Register { .. } => self.hub.is_none(),
-            _ => self.hub.is_some(),
-        };
-        if !allowed {
+        let is_register = matches!(request, ServerRequest::Register { .. });
+        if !self.session.request_allowed(is_register) {
             tracing::error!(method, "Invalid method; closing");
             return false;
         }
@@ -427,63 +390,53 @@ impl Conn {
         }
     }
 
-    /// Answers one of [`AUTH_METHODS`]; false closes the connection.
-    fn handle_auth(&mut self, message: Message) -> bool {
-        let method = message.method.as_str();
+    /// Answers a login call; false closes the connection.
+    fn handle_login(&mut self, method: LoginMethod, message: Message) -> bool {
         let oneway = message.flags != zeo_protocol::Flags::None;
-        let authenticator = self.shared.settings.authentication.clone();
-        // Logging in happens once, before register, with calls that expect
-        // answers. A server without authentication knows only
-        // getAuthProtocol (answering None), as ZEO 4 did.
-        let in_order = match (&self.auth, method) {
-            (_, "getAuthProtocol") => true,
-            (Auth::Pending(_), _) => self.hub.is_none(),
-            _ => false,
-        };
-        if oneway || !in_order {
-            tracing::error!(method, oneway, "Invalid method; closing");
+        if !self.session.login_allowed(method, oneway) {
+            tracing::error!(method = method.name(), oneway, "Invalid method; closing");
             return false;
         }
-        let args: &[Value] = match &message.args {
-            Value::Tuple(items) | Value::List(items) => items,
-            _ => &[],
-        };
-        let wanted = usize::from(method == "auth_response");
-        if args.len() != wanted {
-            tracing::error!(method, given = args.len(), "bad arguments");
-            self.outbox.reply_error(
-                message.msgid,
-                &WireError::type_error(&format!(
-                    "{method}() takes {wanted} argument(s) but {} were given",
-                    args.len()
-                )),
-            );
-            return true;
-        }
-        let result = match (method, authenticator) {
-            ("getAuthProtocol", auth) => Ok(match auth {
-                Some(_) => Value::Str(zeo_auth::PROTOCOL.into()),
-                None => Value::None,
-            }),
-            ("auth_get_challenge", Some(auth)) => {
-                let challenge = auth.challenge(&self.nonce_peer, SystemTime::now());
-                let reply = Value::Tuple(vec![
-                    Value::Str(challenge.realm.clone()),
-                    Value::Str(challenge.challenge.clone()),
-                    Value::Str(challenge.key_nonce.clone()),
-                ]);
-                self.auth = Auth::Pending(Some(challenge));
-                Ok(reply)
+        let request = match LoginRequest::parse(method, &message) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::error!(method = method.name(), ?error.fields, "bad arguments");
+                self.outbox.reply_error(message.msgid, &error);
+                return true;
             }
-            ("auth_response", Some(auth)) => return self.auth_response(&auth, message.msgid, args),
+        };
+        let authenticator = self.shared.settings.authentication.clone();
+        let msgid = message.msgid;
+        match (request, authenticator) {
+            (LoginRequest::GetAuthProtocol, auth) => {
+                let protocol = auth.as_ref().map(|_| zeo_auth::PROTOCOL);
+                self.outbox.reply(msgid, login::protocol_reply(protocol));
+            }
+            (LoginRequest::GetChallenge, Some(auth)) => {
+                let challenge = auth.challenge(&self.nonce_peer, SystemTime::now());
+                let reply = login::challenge_reply(
+                    &challenge.realm,
+                    &challenge.challenge,
+                    &challenge.key_nonce,
+                );
+                self.session.challenge_issued(challenge);
+                self.outbox.reply(msgid, reply);
+            }
+            (
+                LoginRequest::Response {
+                    user,
+                    challenge,
+                    response,
+                },
+                Some(auth),
+            ) => {
+                let issued = self.session.take_challenge();
+                self.auth_response(&auth, msgid, issued, &user, &challenge, &response);
+            }
             _ => {
-                tracing::error!(method, "Invalid method; closing");
+                tracing::error!(method = method.name(), "Invalid method; closing");
                 return false;
             }
-        };
-        match result {
-            Ok(value) => self.outbox.reply(message.msgid, value),
-            Err(error) => self.outbox.reply_error(message.msgid, &error),
         }
         true
     }
@@ -494,39 +447,12 @@ impl Conn {
         &mut self,
         auth: &zeo_auth::ServerAuthenticator,
         msgid: Value,
-        args: &[Value],
-    ) -> bool {
-        let text = |v: &Value| match v {
-            Value::Str(s) => Some(s.clone()),
-            Value::Bytes(b) => String::from_utf8(b.clone()).ok(),
-            _ => None,
-        };
-        let parts = match args.first() {
-            Some(Value::Tuple(items) | Value::List(items)) if items.len() == 3 => {
-                items.iter().map(text).collect::<Option<Vec<String>>>()
-            }
-            _ => None,
-        };
-        let Some([user, challenge, response]) = parts.and_then(|p| <[String; 3]>::try_from(p).ok())
-        else {
-            tracing::error!("auth_response: not a (user, challenge, response) tuple");
-            self.outbox.reply_error(
-                msgid,
-                &WireError::type_error(
-                    "auth_response() takes a (user, challenge, response) tuple of strings",
-                ),
-            );
-            return true;
-        };
-        // A challenge answers one response: another try needs a new one.
-        let issued = match std::mem::replace(&mut self.auth, Auth::Pending(None)) {
-            Auth::Pending(issued) => issued,
-            other => {
-                self.auth = other;
-                None
-            }
-        };
-        match auth.verify(issued.as_ref(), &user, &challenge, &response) {
+        issued: Option<zeo_auth::Challenge>,
+        user: &str,
+        challenge: &str,
+        response: &str,
+    ) {
+        match auth.verify(issued.as_ref(), user, challenge, response) {
             Ok(Some(key)) => {
                 tracing::info!(%user, "authenticated");
                 // The answer itself goes out plain: the client switches its
@@ -534,7 +460,7 @@ impl Conn {
                 self.outbox.reply(msgid, Value::Bool(true));
                 self.outbox.start_mac(MacState::new(&key));
                 self.recv_mac = Some(MacState::new(&key));
-                self.auth = Auth::Done;
+                self.session.logged_in();
             }
             Ok(None) => {
                 tracing::warn!(%user, "authentication failed: wrong password");
@@ -542,17 +468,11 @@ impl Conn {
             }
             Err(err) => {
                 tracing::warn!(%user, %err, "authentication failed");
-                let class = match err {
-                    zeo_auth::Error::NoSuchUser(_) => "builtins.LookupError",
-                    _ => "builtins.ValueError",
-                };
-                self.outbox.reply_error(
-                    msgid,
-                    &WireError::with_args(class, vec![Value::Str(err.to_string())]),
-                );
+                let unknown = matches!(err, zeo_auth::Error::NoSuchUser(_));
+                self.outbox
+                    .reply_error(msgid, &WireError::login_failed(unknown, &err.to_string()));
             }
         }
-        true
     }
 
     fn hub(&self) -> Result<&Arc<StorageHub>, WireError> {
@@ -617,8 +537,8 @@ impl Conn {
                 ))
             }
             R::NewOids { n } => {
-                if self.read_only {
-                    return Err(read_only_error());
+                if self.session.is_read_only() {
+                    return Err(WireError::read_only());
                 }
                 let storage = self.hub()?.storage();
                 let n = n.clamp(1, zeo_protocol::MAX_NEW_OIDS);
@@ -679,7 +599,7 @@ impl Conn {
             | R::StoreBlobChunk { .. }
             | R::StoreBlobEnd { .. }
             | R::StoreBlobShared { .. }
-            | R::SendBlob { .. } => Err(no_blobs()),
+            | R::SendBlob { .. } => Err(WireError::unsupported(NO_BLOBS)),
             R::Vote { txn } => self.vote(txn, msgid).await,
             R::TpcFinish { txn } => self.tpc_finish(txn, msgid, oneway).await,
             R::TpcAbort { txn } => self
@@ -773,7 +693,7 @@ impl Conn {
                     .map_err(wire)?;
                 Ok(found.as_ref().map_or(Value::None, replies::record_iternext))
             }),
-            R::NewOids { n } if !self.read_only => Box::new(move |s| {
+            R::NewOids { n } if !self.session.is_read_only() => Box::new(move |s| {
                 let n = n.clamp(1, zeo_protocol::MAX_NEW_OIDS);
                 let oids = (0..n).map(|_| s.new_oid()).collect::<Result<Vec<Oid>, _>>();
                 Ok(replies::oid_list(&oids.map_err(wire)?))
@@ -799,24 +719,21 @@ impl Conn {
     }
 
     fn register(&mut self, name: &str, read_only: bool, msgid: Value, oneway: bool) -> Handled {
-        if matches!(self.auth, Auth::Pending(_)) {
+        if let Err(error) = self.session.may_register() {
             tracing::warn!(storage = name, "register before authentication");
-            return Err(WireError::with_args(
-                "ZEO.Exceptions.AuthError",
-                vec![Value::Str(
-                    "Client was never authenticated with server!".into(),
-                )],
-            ));
+            return Err(error);
         }
         let Some(hub) = self.shared.hubs.get(name).cloned() else {
             tracing::warn!(storage = name, "unknown storage");
             return Err(WireError::value_error(&format!("unknown storage: {name}")));
         };
-        if !read_only && (self.read_only || hub.storage().is_read_only()) {
-            return Err(read_only_error());
-        }
-        self.read_only |= read_only;
-        tracing::info!(storage = name, read_only = self.read_only, "registered");
+        self.session
+            .register(read_only, hub.storage().is_read_only())?;
+        tracing::info!(
+            storage = name,
+            read_only = self.session.is_read_only(),
+            "registered"
+        );
         // Joining the client set and reading the last transaction form one
         // step: every commit after it reaches this client as an invalidation.
         let guard = hub.read_publication();
@@ -978,92 +895,48 @@ impl Conn {
         tid: Option<zeo_storage::Tid>,
         status: TxnStatus,
     ) -> Handled {
-        if self.read_only {
-            return Err(read_only_error());
-        }
-        if let Some(txn) = &self.txn {
-            if txn.id == id {
-                tracing::info!(txn = %id, "duplicate tpc_begin");
-                return Ok(Outcome::Reply(Value::None));
-            }
-            return Err(WireError::storage_transaction(
-                "Multiple simultaneous tpc_begin requests from one client.",
-            ));
-        }
-        let extension = pickle_extension(&extension)?;
-        let meta = TransactionMetaData {
-            user,
-            description,
-            extension,
-        };
         let settings = &self.shared.settings;
-        let log = TxnLog::new(
-            settings.commit_log_spill_threshold,
-            settings.temporary_directory.clone(),
-        );
-        self.txn = Some(Box::new(OpenTxn::new(id, meta, tid, status, log)));
-        if let Some(stats) = self.stats() {
-            stats.active_txns.fetch_add(1, Ordering::Relaxed);
+        let begun = self.session.begin(id, || {
+            let extension = pickle_extension(&extension)?;
+            let meta = TransactionMetaData {
+                user,
+                description,
+                extension,
+            };
+            let log = TxnLog::new(
+                settings.commit_log_spill_threshold,
+                settings.temporary_directory.clone(),
+            );
+            Ok(OpenTxn::new(id, meta, tid, status, log))
+        })?;
+        if begun == Begin::Started {
+            if let Some(stats) = self.stats() {
+                stats.active_txns.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(Outcome::Reply(Value::None))
     }
 
-    /// ZEO's `_check_tid(id, exc=StorageTransactionError)`.
-    fn check_txn(&mut self, id: TxnId) -> Result<&mut OpenTxn, WireError> {
-        if self.read_only {
-            return Err(read_only_error());
-        }
-        match self.txn.as_deref_mut() {
-            None => {
-                tracing::warn!(txn = %id, "no current transaction");
-                Err(WireError::transaction_mismatch(None, id))
-            }
-            Some(txn) if txn.id != id => {
-                tracing::warn!(txn = %id, current = %txn.id, "not the current transaction");
-                Err(WireError::transaction_mismatch(Some(txn.id), id))
-            }
-            Some(txn) => Ok(txn),
-        }
-    }
-
     fn log_op(&mut self, id: TxnId, op: TxnOp, counts_as_store: bool, oneway: bool) -> Handled {
-        let voted = self.lock.is_some() || self.waiting.is_some();
-        let shared = self.shared.clone();
-        let settings = &shared.settings;
-        let limit = settings.max_transaction_size;
-        let peer = self.peer.clone();
-        let txn = self.check_txn(id)?;
-        if voted {
-            return Err(WireError::storage_transaction(
-                "transaction is already voting",
-            ));
-        }
-        if txn.rejected.is_some() {
+        let txn = match self.session.stage_write(id, op.logged_len())? {
+            Staged::Log(txn) => txn,
             // Already failed: the vote reports it; nothing more is kept.
-            return Ok(Outcome::Reply(Value::None));
-        }
-        let staged = txn.log.size().saturating_add(op.logged_len());
-        if let Some(limit) = limit.filter(|l| staged > *l) {
-            let message = format!(
-                "transaction too large: {staged} bytes staged, over max-transaction-size ({limit} bytes)"
-            );
-            tracing::warn!(%peer, staged, limit, "transaction exceeds max-transaction-size; dropping its data");
-            // Drops what was staged, in memory or in a spill file.
-            txn.log = TxnLog::new(
-                settings.commit_log_spill_threshold,
-                settings.temporary_directory.clone(),
-            );
-            txn.conflicts.clear();
-            let error = too_large(&message);
-            txn.rejected = Some(message);
-            // A one-way store has nobody to answer, and an error would
-            // close the connection: the vote carries the error instead.
-            return if oneway {
-                Ok(Outcome::Sent)
-            } else {
-                Err(error)
-            };
-        }
+            Staged::Dropped => return Ok(Outcome::Reply(Value::None)),
+            Staged::Rejected {
+                staged,
+                limit,
+                error,
+            } => {
+                tracing::warn!(peer = %self.peer, staged, limit, "transaction exceeds max-transaction-size; dropping its data");
+                // A one-way store has nobody to answer, and an error would
+                // close the connection: the vote carries the error instead.
+                return if oneway {
+                    Ok(Outcome::Sent)
+                } else {
+                    Err(error)
+                };
+            }
+        };
         txn.push_store(op)
             .map_err(|e| wire(StorageError::io("writing the commit log", e)))?;
         if counts_as_store {
@@ -1075,27 +948,20 @@ impl Conn {
     }
 
     async fn vote(&mut self, id: TxnId, msgid: Value) -> Handled {
-        if let Some(message) = &self.check_txn(id)?.rejected {
-            // The client aborts after a failed vote, as after any other.
-            return Err(too_large(message));
-        }
-        if self.lock.is_some() {
-            return Err(WireError::storage_transaction("Already voting (locked)"));
-        }
-        if self.waiting.is_some() {
-            return Err(WireError::storage_transaction("Already voting (waiting)"));
-        }
-        if let Some(guard) = self.conflict_lock.take() {
-            self.run_vote(guard, msgid).await;
-            return Ok(Outcome::Sent);
-        }
-        let hub = self.hub()?.clone();
-        match hub.commit_lock().acquire(self.id) {
-            Acquired::Now(guard) => {
-                self.run_vote(guard, msgid).await;
-            }
-            Acquired::Queued(wait) => {
-                self.waiting = Some((Box::pin(wait.granted()), msgid));
+        match self.session.vote(id)? {
+            VoteStep::Run(txn, lock) => self.run_vote(txn, lock, msgid).await,
+            VoteStep::Acquire => {
+                let hub = self.hub()?.clone();
+                match hub.commit_lock().acquire(self.id) {
+                    Acquired::Now(guard) => {
+                        if let Some((txn, lock)) = self.session.start_vote(guard, now()) {
+                            self.run_vote(txn, lock, msgid).await;
+                        }
+                    }
+                    Acquired::Queued(wait) => {
+                        self.session.queue_for_lock(Box::pin(wait.granted()), msgid);
+                    }
+                }
             }
         }
         Ok(Outcome::Sent)
@@ -1103,8 +969,8 @@ impl Conn {
 
     /// Replays the transaction into the storage under the commit lock and
     /// replies to the vote.
-    async fn run_vote(&mut self, guard: CommitGuard, msgid: Value) {
-        let (Some(hub), Some(mut txn)) = (self.hub.clone(), self.txn.take()) else {
+    async fn run_vote(&mut self, mut txn: Box<OpenTxn>, lock: Held<CommitGuard>, msgid: Value) {
+        let Some(hub) = self.hub.clone() else {
             return;
         };
         tracing::debug!(
@@ -1114,7 +980,7 @@ impl Conn {
         );
         let storage = hub.storage().clone();
         let small = storage_calls::may_run_inline(&*storage, txn.is_small());
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let joined = run_storage(small, move || {
             let outcome = txn.vote(&*storage);
             (txn, outcome)
@@ -1129,30 +995,24 @@ impl Conn {
             Ok(pair) => pair,
             Err(err) => {
                 tracing::error!(%err, "vote task failed");
-                self.finish_txn(&hub);
-                self.outbox.reply_error(
-                    msgid,
-                    &WireError::with_args(
-                        "ZODB.POSException.StorageError",
-                        vec![Value::Str("vote failed".into())],
-                    ),
-                );
+                drop(lock);
+                self.end_txn(&hub).await;
+                self.outbox
+                    .reply_error(msgid, &WireError::storage_error("vote failed"));
                 self.outbox.close();
                 return;
             }
         };
         match outcome {
             Ok(VoteOutcome::Voted(serials)) => {
-                self.txn = Some(txn);
-                self.lock = Some(guard);
+                self.session.voted(txn, lock);
                 self.outbox.reply(msgid, replies::oid_list(&serials));
             }
             Ok(VoteOutcome::Conflicts(conflicts)) => {
                 // The storage transaction was aborted; the client resolves
                 // and votes again within the same ZEO transaction, still
                 // holding the lock.
-                self.txn = Some(txn);
-                self.conflict_lock = Some(guard);
+                self.session.conflicted(txn, lock);
                 self.outbox
                     .reply(msgid, replies::vote_conflicts(&conflicts));
                 log_conflicts(&conflicts);
@@ -1168,36 +1028,27 @@ impl Conn {
                     tracing::warn!(%err, "vote failed");
                 }
                 drop(txn);
-                drop(guard);
-                self.end_txn(&hub);
+                drop(lock);
+                self.end_txn(&hub).await;
                 self.outbox.reply_error(msgid, &wire(err));
             }
         }
     }
 
     async fn tpc_finish(&mut self, id: TxnId, msgid: Value, oneway: bool) -> Handled {
-        match &self.txn {
-            Some(txn) if txn.id == id && !self.read_only => {}
-            // ZEO answers None when the id is not the open transaction.
-            _ => return Ok(Outcome::Reply(Value::None)),
-        }
         let hub = self.hub()?.clone();
-        let handle = match self.txn.as_ref().and_then(|t| t.storage_txn) {
-            Some(h) if self.lock.is_some() => h,
-            _ => return Err(WireError::assertion_error("finished called wo lock")),
+        let (handle, oids, small) = match self.session.finish(id)? {
+            Finish::NotOpen => return Ok(Outcome::Reply(Value::None)),
+            Finish::Run {
+                handle,
+                oids,
+                small,
+            } => (handle, oids, small),
         };
-        let oids = self
-            .txn
-            .as_mut()
-            .map(|t| std::mem::take(&mut t.invalidated))
-            .unwrap_or_default();
-        let small = storage_calls::may_run_inline(
-            &**hub.storage(),
-            self.txn.as_ref().is_some_and(|t| t.is_small()),
-        );
+        let small = storage_calls::may_run_inline(&**hub.storage(), small);
         let conn = self.id;
         let hub2 = hub.clone();
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let joined = run_storage(small, move || commit::finish(&hub2, conn, handle, oids)).await;
         tracing::debug!(
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -1217,10 +1068,9 @@ impl Conn {
                 if !oneway {
                     self.outbox.reply(msgid, replies::tid(tid));
                 }
-                self.txn = None;
-                self.end_txn(&hub);
-                // Released only after the reply is queued, as ZEO does.
-                self.lock = None;
+                // The lock is released only after the reply is queued, as
+                // ZEO does.
+                self.end_txn(&hub).await;
                 Ok(Outcome::Sent)
             }
             Err(err) => {
@@ -1229,68 +1079,58 @@ impl Conn {
                 if let Err(err) = run_storage(small, move || storage.tpc_abort(handle)).await {
                     tracing::error!(%err, "tpc_abort task failed");
                 }
-                self.txn = None;
-                self.end_txn(&hub);
-                self.lock = None;
+                self.end_txn(&hub).await;
                 Err(wire(err))
             }
         }
     }
 
     async fn tpc_abort(&mut self, id: TxnId) -> Result<(), WireError> {
-        match &self.txn {
-            Some(txn) if txn.id == id && !self.read_only => {}
-            _ => return Ok(()),
+        if !self.session.aborts(id) {
+            return Ok(());
         }
         let hub = self.hub()?.clone();
         StorageStats::bump(&hub.stats().aborts);
-        self.abort_current(&hub).await;
+        self.end_txn(&hub).await;
         Ok(())
     }
 
-    /// Aborts the open transaction (storage side too) and lets go of the
-    /// commit lock or the place in its queue.
-    async fn abort_current(&mut self, hub: &Arc<StorageHub>) {
-        self.waiting = None;
-        if let Some(txn) = self.txn.as_ref() {
-            if let Some(handle) = txn.storage_txn {
-                let storage = hub.storage().clone();
-                let small = storage_calls::may_run_inline(&*storage, txn.is_small());
-                if let Err(err) = run_storage(small, move || storage.tpc_abort(handle)).await {
-                    tracing::error!(%err, "tpc_abort task failed");
-                }
+    /// Ends the session's transaction in whatever phase: leaves the lock's
+    /// queue, aborts the storage transaction if one is begun, then lets go
+    /// of the commit lock. Every way a transaction ends comes here.
+    async fn end_txn(&mut self, hub: &Arc<StorageHub>) {
+        let Some(Ended {
+            storage_txn,
+            small,
+            lock,
+        }) = self.session.end()
+        else {
+            return;
+        };
+        if let Some(handle) = storage_txn {
+            let storage = hub.storage().clone();
+            let small = storage_calls::may_run_inline(&*storage, small);
+            if let Err(err) = run_storage(small, move || storage.tpc_abort(handle)).await {
+                tracing::error!(%err, "tpc_abort task failed");
             }
         }
-        self.finish_txn(hub);
-    }
-
-    fn finish_txn(&mut self, hub: &Arc<StorageHub>) {
-        self.waiting = None;
-        let had = self.txn.take().is_some();
-        self.lock = None;
-        self.conflict_lock = None;
-        if had {
-            self.end_txn(hub);
-        }
-    }
-
-    fn end_txn(&self, hub: &Arc<StorageHub>) {
+        drop(lock);
         hub.stats().active_txns.fetch_sub(1, Ordering::Relaxed);
     }
 
     async fn disconnect(&mut self) {
         if let Some(hub) = self.hub.clone() {
-            if self.txn.is_some() {
+            if self.session.has_txn() {
                 tracing::info!(
                     "disconnected during {} transaction",
-                    if self.lock.is_some() {
+                    if self.session.is_voted() {
                         "locked"
                     } else {
                         "unlocked"
                     }
                 );
                 StorageStats::bump(&hub.stats().aborts);
-                self.abort_current(&hub).await;
+                self.end_txn(&hub).await;
             }
             hub.remove_client(self.id);
         }
@@ -1344,18 +1184,7 @@ fn wire(err: StorageError) -> WireError {
 }
 
 fn protocol_error(err: zeo_protocol::Error) -> WireError {
-    WireError::with_args(
-        "ZODB.POSException.StorageError",
-        vec![Value::Str(err.to_string())],
-    )
-}
-
-/// The error of a transaction past `max-transaction-size`.
-fn too_large(message: &str) -> WireError {
-    WireError::with_args(
-        "ZODB.POSException.StorageError",
-        vec![Value::Str(message.to_owned())],
-    )
+    WireError::storage_error(&err.to_string())
 }
 
 /// Logs the start of a pause in reading a connection's requests, at most
@@ -1403,27 +1232,13 @@ impl PauseLog {
     }
 }
 
-fn read_only_error() -> WireError {
-    WireError::from(&StorageError::ReadOnly)
-}
-
-fn no_blobs() -> WireError {
-    WireError::with_args(
-        "ZODB.POSException.Unsupported",
-        vec![Value::Str(NO_BLOBS.into())],
-    )
-}
-
 fn iter_error(err: IterError) -> WireError {
     match err {
         IterError::Unknown(id) => WireError::key_error(Value::Int(id)),
         IterError::OutOfOrder(tid) => WireError::exception(&format!(
             "Out-of-order request for record iterator for transaction {tid}"
         )),
-        IterError::TooMany => WireError::with_args(
-            "ZODB.POSException.StorageError",
-            vec![Value::Str("too many open iterators".into())],
-        ),
+        IterError::TooMany => WireError::storage_error("too many open iterators"),
         IterError::Storage(err) => wire(err),
     }
 }

@@ -65,7 +65,7 @@ pub enum Error {
         source: zeo_storage::Error,
     },
 
-    /// A monitor report (see [`crate::monitor`]) that does not parse.
+    /// A monitor report (see [`crate::MonitorReport`]) that does not parse.
     #[error("monitor report line {line}: {reason}")]
     MonitorReport {
         /// 1-based line number.

@@ -101,11 +101,6 @@ impl StorageHub {
         self.pack_gc
     }
 
-    /// The name clients register with (`'1'` by default).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The storage.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
@@ -145,11 +140,6 @@ impl StorageHub {
     /// How many clients are registered.
     pub fn client_count(&self) -> usize {
         lock(&self.clients).len()
-    }
-
-    /// Every registered client's outbox.
-    pub fn clients(&self) -> Vec<Arc<Outbox>> {
-        lock(&self.clients).values().cloned().collect()
     }
 
     /// The `getInvalidations` answer from the queue alone.
@@ -245,13 +235,6 @@ impl StorageHub {
             waiting: self.commit_lock.waiting() as u64,
             timeout_thread_alive: self.timeout_enabled.then_some(true),
             last_transaction: self.storage.last_transaction(),
-        }
-    }
-
-    /// Closes every client connection (server shutdown).
-    pub fn close_all_clients(&self) {
-        for outbox in self.clients() {
-            outbox.close();
         }
     }
 }

@@ -63,14 +63,10 @@ impl InvalidationQueue {
         self.entries.front().map(|(tid, _)| *tid)
     }
 
+    #[cfg(test)]
     /// How many transactions are kept.
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    /// Whether the queue is empty (never, after construction).
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// The answer to `getInvalidations(client_tid)`: the newest tid and every

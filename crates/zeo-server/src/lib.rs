@@ -28,31 +28,42 @@
 //! use [`Server::start_background`]. `docs/server.md` ("Embedding it")
 //! walks through a complete program with a client.
 //!
+//! The public surface is what an embedder needs: [`ServerBuilder`] and
+//! [`ServerSettings`] to configure, [`Server`] to bind and serve,
+//! [`RunningServer`], [`BackgroundServer`] and [`ServerHandle`] to control
+//! and observe it (including [`ServerHandle::serve_stream`] for streams
+//! accepted elsewhere), [`Error`], [`MonitorReport`] for the monitor's
+//! format and [`logging`] for ZEO's log format. Everything else (the
+//! per-connection session, the commit lock, the invalidation queue, the
+//! outbox) is private to the crate; `docs/ARCHITECTURE.md` maps it.
+//!
 //! Each connection runs in its own task, with a writer task draining an
-//! ordered outbox. Each storage has a [`hub::StorageHub`]: the commit lock
-//! taken at `vote`, the invalidation queue, the registered clients and the
-//! counters. See `docs/server.md` for the ordering invariant that ties loads
-//! and invalidations together.
+//! ordered outbox. Each storage has a hub: the commit lock taken at `vote`,
+//! the invalidation queue, the registered clients and the counters. See
+//! `docs/server.md` for the ordering invariant that ties loads and
+//! invalidations together.
 #![warn(missing_docs)]
 
-pub mod commit;
-pub mod commit_lock;
+mod commit;
+mod commit_lock;
 mod connection;
-pub mod error;
+mod error;
 mod frame_reader;
-pub mod hub;
-pub mod invalidations;
-pub mod iterators;
+mod hub;
+mod invalidations;
+mod iterators;
 pub mod logging;
-pub mod monitor;
-pub mod outbox;
+mod monitor;
+mod outbox;
 mod server;
-pub mod settings;
-pub mod stats;
+mod session;
+mod settings;
+mod stats;
 mod storage_calls;
-pub mod txn_log;
+mod txn_log;
 
 pub use error::{Error, Result};
+pub use monitor::{MonitorReport, MonitorStats};
 pub use server::{
     BackgroundServer, BoundAddress, ListenAddress, RunningServer, Server, ServerBuilder,
     ServerHandle,

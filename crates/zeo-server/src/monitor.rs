@@ -79,7 +79,7 @@ pub struct MonitorStats {
 
 impl MonitorStats {
     /// The current numbers of a storage, as of `now`.
-    pub fn of(hub: &StorageHub, now: SystemTime) -> Self {
+    pub(crate) fn of(hub: &StorageHub, now: SystemTime) -> Self {
         let s = hub.status();
         let lock_held_for = s.lock_time.map(|since| {
             let now = now
@@ -134,7 +134,7 @@ pub struct MonitorReport {
 
 impl MonitorReport {
     /// The report for `hubs` as of now.
-    pub fn of<'a>(hubs: impl IntoIterator<Item = (&'a str, &'a StorageHub)>) -> Self {
+    pub(crate) fn of<'a>(hubs: impl IntoIterator<Item = (&'a str, &'a StorageHub)>) -> Self {
         let now = SystemTime::now();
         MonitorReport {
             version: VERSION.to_owned(),

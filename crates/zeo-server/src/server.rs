@@ -203,6 +203,9 @@ pub(crate) struct Shared {
     pub(crate) next_conn_id: AtomicU64,
     pub(crate) budget: Arc<OutputBudget>,
     connections: Mutex<ConnectionCount>,
+    /// Woken whenever a connection ends, so shutdown can wait for the
+    /// last one, however it was accepted.
+    connection_ended: tokio::sync::Notify,
     refusals: Mutex<RefusalLog>,
     bound: Mutex<Vec<BoundAddress>>,
 }
@@ -233,6 +236,7 @@ pub(crate) struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        let _wake = WakeOnDrop(&self.shared.connection_ended);
         let mut count = lock(&self.shared.connections);
         count.total = count.total.saturating_sub(1);
         if let Some(ip) = self.ip {
@@ -246,7 +250,32 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// Wakes every waiter of a `Notify` when dropped: after the lock it was
+/// created before has been released.
+struct WakeOnDrop<'a>(&'a tokio::sync::Notify);
+
+impl Drop for WakeOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.notify_waiters();
+    }
+}
+
 impl Shared {
+    /// Waits until no connection is served: those of the listeners and
+    /// those given to [`ServerHandle::serve_stream`].
+    async fn no_connections(&self) {
+        loop {
+            let ended = self.connection_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the count is read, so no wake-up is lost.
+            ended.as_mut().enable();
+            if self.connection_count() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
     /// Takes a place for a new connection from `ip` (`None` for a Unix
     /// socket), or says which limit refuses it.
     pub(crate) fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnectionSlot, String> {
@@ -390,6 +419,7 @@ impl ServerBuilder {
             shared: Arc::new(Shared {
                 budget,
                 connections: Mutex::new(ConnectionCount::default()),
+                connection_ended: tokio::sync::Notify::new(),
                 refusals: Mutex::new(RefusalLog::default()),
                 settings: self.settings,
                 hubs,
@@ -534,6 +564,61 @@ impl ServerHandle {
     /// The `server_status` numbers of a storage, as `ruok` reports them.
     pub fn status(&self, storage: &str) -> Option<zeo_protocol::ServerStatus> {
         self.shared.hubs.get(storage).map(|h| h.status())
+    }
+
+    /// Serves one stream that is already connected: a socket accepted
+    /// elsewhere (inherited, or behind a TLS acceptor) or an in-memory
+    /// pipe. The connection is counted against `max-connections` and
+    /// follows every rule a listener's connection does; `peer` names it in
+    /// the log. Run the returned future (usually with `tokio::spawn`); it
+    /// ends when the connection does. A server that is shutting down
+    /// closes the stream at once; [`Server::serve`] waits for the
+    /// connection, as for the listeners' ones, before closing the storages.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), zeo_server::Error> {
+    /// use std::sync::Arc;
+    /// use tokio::io::AsyncReadExt;
+    /// use zeo_server::{ServerBuilder, ServerSettings};
+    /// use zeo_storage::MappingStorage;
+    ///
+    /// let server = ServerBuilder::new(ServerSettings::default())
+    ///     .storage("1", Arc::new(MappingStorage::new("1")))
+    ///     .build()?;
+    /// let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    /// let connection = tokio::spawn(server.handle().serve_stream(ours, "pipe"));
+    /// // The server greets first: a 4-byte length, then "M5" or "Z5".
+    /// let mut theirs = theirs;
+    /// let mut greeting = [0u8; 6];
+    /// theirs.read_exact(&mut greeting).await?;
+    /// assert_eq!(&greeting[4..], b"Z5");
+    /// drop(theirs);
+    /// connection.await.unwrap();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn serve_stream<S>(
+        &self,
+        stream: S,
+        peer: impl Into<String>,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let peer = peer.into();
+        async move {
+            let slot = match shared.admit(None) {
+                Ok(slot) => slot,
+                Err(reason) => {
+                    shared.log_refusal(&peer, &reason);
+                    return;
+                }
+            };
+            crate::connection::serve(shared, stream, peer, String::new()).await;
+            drop(slot);
+        }
     }
 }
 
@@ -683,6 +768,7 @@ impl Server {
         }
         // Every connection watches the token; wait until all are gone.
         let _ = alive_rx.recv().await;
+        self.shared.no_connections().await;
         for path in socket_files {
             let _ = std::fs::remove_file(path);
         }

@@ -84,7 +84,7 @@ pub struct ServerSettings {
     /// Where commit logs spill to (the system temporary directory if `None`).
     pub temporary_directory: Option<PathBuf>,
     /// Where the ZEO 3/4 monitor server listens (`monitor-address`); no
-    /// monitor when `None`. See [`crate::monitor`].
+    /// monitor when `None`. See [`crate::MonitorReport`].
     pub monitor_address: Option<crate::ListenAddress>,
     /// ZEO 3/4 `digest` authentication (`authentication-protocol digest`):
     /// when set, a client must log in before `register`, and every later

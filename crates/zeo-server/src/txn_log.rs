@@ -114,6 +114,12 @@ impl TxnLog {
         }
     }
 
+    /// Drops everything logged, in memory or in a spill file, keeping
+    /// where a new spill would go.
+    pub fn discard(&mut self) {
+        *self = TxnLog::new(self.spill_threshold, self.spill_dir.take());
+    }
+
     /// Appends an operation and returns its index.
     pub fn push(&mut self, op: &TxnOp) -> io::Result<u64> {
         let len = match &mut self.file {
@@ -170,14 +176,10 @@ impl TxnLog {
         self.superseded.insert(index);
     }
 
+    #[cfg(test)]
     /// How many operations were logged.
     pub fn len(&self) -> u64 {
         self.ops
-    }
-
-    /// Whether nothing was logged.
-    pub fn is_empty(&self) -> bool {
-        self.ops == 0
     }
 
     /// How many stores, deletions and restores were logged.

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -11,7 +12,8 @@ use zeo_pickle::Value;
 use zeo_protocol::client::replies::VoteItem;
 use zeo_protocol::{Encoding, FrameCodec};
 use zeo_server::ServerSettings;
-use zeo_storage::{Oid, Tid};
+use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
+use zeo_storage::{Oid, Storage, Tid};
 
 #[tokio::test]
 async fn greeting_follows_the_msgpack_setting_and_client_choice_wins() {
@@ -215,9 +217,9 @@ async fn get_info_new_oids_history_and_blob_refusal() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn conflicts_come_back_from_vote_and_the_client_can_resolve_them() {
-    let server = TestServer::start(ServerSettings::default()).await;
+    let mut server = PipeServer::start(ServerSettings::default());
     let mut a = server.client().await;
     let mut b = server.client().await;
     let t1 = a
@@ -248,7 +250,7 @@ async fn conflicts_come_back_from_vote_and_the_client_can_resolve_them() {
             .unwrap();
         (a, t3)
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    until_idle().await;
     assert!(
         !a_commit.is_finished(),
         "a committed while b was resolving its conflicts"
@@ -308,9 +310,9 @@ async fn read_conflicts_fail_the_vote() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn votes_queue_behind_the_lock_holder_and_see_its_invalidations_first() {
-    let server = TestServer::start(ServerSettings::default()).await;
+    let mut server = PipeServer::start(ServerSettings::default());
     let mut a = server.client().await;
     let mut b = server.client().await;
     let mut c = server.client().await;
@@ -326,7 +328,7 @@ async fn votes_queue_behind_the_lock_holder_and_see_its_invalidations_first() {
     let c_vote = c.send_vote(3).await;
     // Nothing comes back while a holds the lock; b still answers pings.
     assert_eq!(b.call("ping", vec![]).await.unwrap(), Value::None);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_idle().await;
     let status = server.handle.status("1").unwrap();
     assert_eq!(status.waiting, 2);
     assert!(status.lock_time.is_some());
@@ -355,13 +357,13 @@ async fn votes_queue_behind_the_lock_holder_and_see_its_invalidations_first() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn transaction_timeout_cuts_off_a_hung_client() {
     let settings = ServerSettings {
-        transaction_timeout: Some(Duration::from_millis(300)),
+        transaction_timeout: Some(Duration::from_secs(5)),
         ..Default::default()
     };
-    let server = TestServer::start(settings).await;
+    let mut server = PipeServer::start(settings);
     let mut hung = server.client().await;
     let mut good = server.client().await;
     hung.begin(1).await;
@@ -369,12 +371,17 @@ async fn transaction_timeout_cuts_off_a_hung_client() {
     assert!(hung.vote(1).await.unwrap().is_empty());
     // The hung client never finishes; the other one's vote waits, then
     // proceeds once the timeout closed the hung connection.
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let t = good
         .commit(2, &[(Oid(2), Tid::ZERO, b"ok".to_vec())])
         .await
         .unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    // On the paused clock the wait is exactly the timeout.
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
     assert!(hung.closed().await);
     assert!(
         good.load(Oid(1)).await.is_err(),
@@ -387,9 +394,9 @@ async fn transaction_timeout_cuts_off_a_hung_client() {
     server.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn disconnect_mid_commit_releases_the_lock() {
-    let server = TestServer::start(ServerSettings::default()).await;
+    let mut server = PipeServer::start(ServerSettings::default());
     let mut a = server.client().await;
     let mut b = server.client().await;
     a.begin(1).await;
@@ -431,6 +438,91 @@ async fn read_only_server_refuses_writes_but_packs() {
     // tpc_begin is one-way: refusing it closes the connection.
     c.begin(1).await;
     assert!(c.closed().await);
+    server.stop().await;
+}
+
+/// A server on a FileStorage in `dir` with a voted transaction on
+/// `voter`, shut down.
+async fn shut_down_after_a_vote(dir: &std::path::Path) -> (PipeServer, Client, Client) {
+    let storage = FileStorage::open(dir.join("Data.fs"), FileStorageOptions::default()).unwrap();
+    let mut server = PipeServer::with_storage(ServerSettings::default(), Arc::new(storage));
+    let mut voter = server.client().await;
+    let idle = server.client().await;
+    voter.begin(1).await;
+    voter.store(1, Oid(1), Tid::ZERO, b"late").await;
+    assert!(voter.vote(1).await.unwrap().is_empty());
+    server.handle.shutdown();
+    (server, voter, idle)
+}
+
+/// Waits until the server closed its storage, then reads object 1 back
+/// from the file.
+async fn after_stop(
+    server: PipeServer,
+    dir: &std::path::Path,
+) -> zeo_storage::Result<(Vec<u8>, Tid)> {
+    tokio::time::timeout(WAIT, server.handle.stopped())
+        .await
+        .unwrap();
+    let options = FileStorageOptions {
+        read_only: true,
+        ..FileStorageOptions::default()
+    };
+    FileStorage::open(dir.join("Data.fs"), options)
+        .unwrap()
+        .load(Oid(1))
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_a_voted_commit_finish_and_closes_the_others_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut voter, mut idle) = shut_down_after_a_vote(dir.path()).await;
+    let started = tokio::time::Instant::now();
+    assert!(idle.closed().await);
+    assert_eq!(started.elapsed(), Duration::ZERO, "closed at once");
+    let tid = voter.finish(1).await.unwrap();
+    assert!(voter.closed().await, "closed once its commit finished");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    // serve waited for the pipe connections before closing the storage.
+    let loaded = after_stop(server, dir.path()).await.unwrap();
+    assert_eq!(loaded, (b"late".to_vec(), tid));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_aborts_a_voted_commit_that_does_not_finish_within_five_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut voter, _idle) = shut_down_after_a_vote(dir.path()).await;
+    let started = tokio::time::Instant::now();
+    assert!(voter.closed().await);
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    let missing = after_stop(server, dir.path()).await.unwrap_err();
+    assert!(
+        matches!(missing, zeo_storage::Error::PosKey { .. }),
+        "the commit was aborted: {missing}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn streams_served_directly_count_against_max_connections() {
+    use tokio::io::AsyncReadExt;
+    let settings = ServerSettings {
+        max_connections: 1,
+        ..ServerSettings::default()
+    };
+    let mut server = PipeServer::start(settings);
+    let first = server.client().await;
+    assert_eq!(server.handle.connections(), 1);
+    // The second is closed before anything is written to it.
+    let (mut ours, theirs) = tokio::io::duplex(1024);
+    tokio::spawn(server.handle.serve_stream(theirs, "second"));
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT, ours.read_to_end(&mut got)).await;
+    assert_eq!(read.unwrap().unwrap(), 0, "refused: no greeting");
+    // Once the first leaves, a new one is served.
+    drop(first);
+    until_idle().await;
+    assert_eq!(server.handle.connections(), 0);
+    let _again = server.client().await;
     server.stop().await;
 }
 

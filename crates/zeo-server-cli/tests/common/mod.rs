@@ -18,7 +18,9 @@ pub struct ServerProcess {
     pub child: Child,
     /// Every "listening on" address it printed.
     pub addrs: Vec<String>,
-    stderr: std::thread::JoinHandle<String>,
+    /// Everything it wrote to stderr, sent when the pipe closes: when
+    /// the process has exited.
+    stderr: mpsc::Receiver<String>,
 }
 
 impl ServerProcess {
@@ -41,10 +43,11 @@ impl ServerProcess {
             .expect("start zeo-server");
         let stdout = child.stdout.take().unwrap();
         let mut err_pipe = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
+        let (err_tx, stderr) = mpsc::channel();
+        std::thread::spawn(move || {
             let mut s = String::new();
             let _ = err_pipe.read_to_string(&mut s);
-            s
+            let _ = err_tx.send(s);
         });
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -66,7 +69,7 @@ impl ServerProcess {
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    let err = stderr.join().unwrap_or_default();
+                    let err = stderr.recv().unwrap_or_default();
                     panic!("zeo-server did not report its address; stderr:\n{err}");
                 }
             }
@@ -108,17 +111,13 @@ impl ServerProcess {
     /// Waits (10 s at most) for the process to exit; returns its status and
     /// what it wrote to stderr.
     pub fn wait(mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
-                return (status, stderr.join().unwrap_or_default());
-            }
-            if Instant::now() > deadline {
+        // Its stderr closes when it exits: that is the event waited for.
+        match self.stderr.recv_timeout(Duration::from_secs(10)) {
+            Ok(stderr) => (self.child.wait().unwrap(), stderr),
+            Err(_) => {
                 let _ = self.child.kill();
                 panic!("zeo-server did not exit");
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -153,4 +152,47 @@ pub fn ruok(addr: SocketAddr) -> String {
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     s.read_exact(&mut body).unwrap();
     String::from_utf8(body).unwrap()
+}
+
+/// Waits (at most `patience`) until `path` exists, woken by inotify on its
+/// directory rather than by polling; `give_up` is asked every half second
+/// (e.g. whether the process that should create the file has ended).
+/// Returns whether the file appeared.
+pub fn wait_for_file(path: &Path, patience: Duration, give_up: impl Fn() -> bool) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = std::ffi::CString::new(dir.unwrap_or(Path::new(".")).as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain system calls on a descriptor this function owns.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    assert!(fd >= 0, "inotify_init1 failed");
+    let mask = libc::IN_CREATE | libc::IN_MOVED_TO;
+    // SAFETY: `dir` is a valid C string; `fd` is ours.
+    let watch = unsafe { libc::inotify_add_watch(fd, dir.as_ptr(), mask) };
+    assert!(watch >= 0, "inotify_add_watch failed");
+    let deadline = Instant::now() + patience;
+    let mut buf = [0u8; 4096];
+    // Checked after the watch is in place, so no creation is missed.
+    let found = loop {
+        if path.exists() {
+            break true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || give_up() {
+            break path.exists();
+        }
+        let slice = left.min(Duration::from_millis(500)).as_millis() as libc::c_int;
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the events read are discarded.
+        unsafe {
+            libc::poll(&mut pfd, 1, slice.max(1));
+            while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+        }
+    };
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    found
 }

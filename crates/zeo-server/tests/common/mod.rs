@@ -1,4 +1,6 @@
-//! An in-process server and a small raw client built on zeo-protocol.
+//! An in-process server and a small raw client built on zeo-protocol,
+//! over TCP on 127.0.0.1 or over in-memory pipes ([`PipeServer`]) for
+//! tests on a paused clock.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -7,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use zeo_pickle::Value;
@@ -61,18 +62,86 @@ impl TestServer {
     }
 
     pub async fn stop(self) {
-        self.handle.shutdown();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        stop(&self.handle, self.task).await;
     }
 }
 
+/// Shuts a server down and waits until its storages are closed.
+pub async fn stop(handle: &ServerHandle, task: tokio::task::JoinHandle<zeo_server::Result<()>>) {
+    handle.shutdown();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Returns once every task is waiting, on a runtime whose clock is paused:
+/// the paused clock moves only when nothing else can run (tokio does not
+/// move it while blocking-pool work is under way), so the millisecond below
+/// passes only then. This is how a pipe test says "the server has done all
+/// it can" without sleeping.
+pub async fn until_idle() {
+    let _ = tokio::time::timeout(Duration::from_millis(1), std::future::pending::<()>()).await;
+}
+
+/// A server served over in-memory pipes: no socket, so tests can run on a
+/// current-thread runtime with a paused clock.
+pub struct PipeServer {
+    pub handle: ServerHandle,
+    pub storage: Arc<dyn Storage>,
+    pub task: tokio::task::JoinHandle<zeo_server::Result<()>>,
+    connections: usize,
+}
+
+impl PipeServer {
+    pub fn start(settings: ServerSettings) -> Self {
+        Self::with_storage(settings, Arc::new(MappingStorage::new("test")))
+    }
+
+    pub fn with_storage(settings: ServerSettings, storage: Arc<dyn Storage>) -> Self {
+        let server = ServerBuilder::new(settings)
+            .storage("1", storage.clone())
+            .build()
+            .unwrap();
+        let handle = server.handle();
+        let task = tokio::spawn(server.serve(std::future::pending()));
+        PipeServer {
+            handle,
+            storage,
+            task,
+            connections: 0,
+        }
+    }
+
+    /// A new connection, greeted and not yet registered, and the task
+    /// serving it.
+    pub async fn connect(&mut self) -> (Client, tokio::task::JoinHandle<()>) {
+        self.connections += 1;
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let peer = format!("pipe-{}", self.connections);
+        let task = tokio::spawn(self.handle.serve_stream(theirs, peer));
+        (Client::over(ours, None).await, task)
+    }
+
+    /// A new registered connection.
+    pub async fn client(&mut self) -> Client {
+        let (mut c, _task) = self.connect().await;
+        c.register("1", false).await.unwrap();
+        c
+    }
+
+    pub async fn stop(self) {
+        stop(&self.handle, self.task).await;
+    }
+}
+
+type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
+type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
+
 pub struct Client {
-    reader: FramedRead<OwnedReadHalf, FrameCodec>,
-    pub writer: OwnedWriteHalf,
+    reader: FramedRead<BoxRead, FrameCodec>,
+    pub writer: BoxWrite,
     pub marshaller: Marshaller,
     next_msgid: i64,
     /// Every message received, in arrival order.
@@ -87,8 +156,17 @@ impl Client {
     pub async fn connect(addr: SocketAddr, prefer: Option<Encoding>) -> Self {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        let (r, mut w) = stream.into_split();
-        let mut reader = FramedRead::new(r, FrameCodec::new());
+        Self::over(stream, prefer).await
+    }
+
+    /// Answers the greeting on any connected stream.
+    pub async fn over<S>(stream: S, prefer: Option<Encoding>) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (r, w) = tokio::io::split(stream);
+        let mut w: BoxWrite = Box::new(w);
+        let mut reader = FramedRead::new(Box::new(r) as BoxRead, FrameCodec::new());
         let greeting = tokio::time::timeout(WAIT, reader.next())
             .await
             .unwrap()
@@ -134,6 +212,24 @@ impl Client {
             return Some(m);
         }
         self.read().await
+    }
+
+    /// The next message if one comes within `within` (on the paused clock
+    /// of a pipe test: once the server has nothing left to do): `Some(None)`
+    /// when the server closed, `None` when nothing came.
+    pub async fn recv_within(&mut self, within: Duration) -> Option<Option<Message>> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(Some(m));
+        }
+        match tokio::time::timeout(within, self.reader.next()).await {
+            Err(_) => None,
+            Ok(None) | Ok(Some(Err(_))) => Some(None),
+            Ok(Some(Ok(frame))) => {
+                let m = self.marshaller.decode(&frame).unwrap();
+                self.log.push(m.clone());
+                Some(Some(m))
+            }
+        }
     }
 
     async fn read(&mut self) -> Option<Message> {
@@ -312,7 +408,7 @@ impl Client {
     }
 }
 
-fn result_of(m: Message) -> Result<Value, WireError> {
+pub fn result_of(m: Message) -> Result<Value, WireError> {
     if m.flags != zeo_protocol::Flags::None {
         Err(WireError::from_value(&m.args).expect("error reply shape"))
     } else {
