@@ -136,9 +136,13 @@ mod commit;
 mod connection;
 pub mod error;
 mod iteration;
+mod manager;
 mod options;
+mod reconnect;
 pub mod records;
 mod storage;
+mod verify;
+mod vote;
 
 pub use cache::{CacheStats, ClientCache};
 pub use client::{AsyncClientStorage, ClientStats};
