@@ -35,7 +35,7 @@ use zeo_storage::{LoadedRevision, Oid, Tid};
 
 use crate::cache::ClientCache;
 use crate::error::{Error, Result};
-use crate::options::{ClientOptions, ServerAddress};
+use crate::options::{ClientOptions, ServerAddress, Transport};
 
 /// What the client tells the application.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,10 +181,13 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-async fn open_stream(address: &ServerAddress) -> std::io::Result<Box<dyn Stream>> {
+async fn open_stream(
+    address: &ServerAddress,
+    options: &ClientOptions,
+) -> std::io::Result<Box<dyn Transport>> {
+    if let Some(connect) = &options.connector {
+        return connect(address).await;
+    }
     match address {
         ServerAddress::Tcp { host, port } => {
             let host = if host.is_empty() {
@@ -437,7 +440,8 @@ impl Conn {
         shared: Arc<Shared>,
         generation: u64,
     ) -> Result<Arc<Conn>, (Error, bool)> {
-        let stream = match tokio::time::timeout(SETUP_TIMEOUT, open_stream(address)).await {
+        let stream = match tokio::time::timeout(SETUP_TIMEOUT, open_stream(address, options)).await
+        {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 // Nothing listens there: the one failure `fail_fast` acts on.
@@ -471,7 +475,7 @@ impl Conn {
     }
 
     async fn open_inner(
-        stream: Box<dyn Stream>,
+        stream: Box<dyn Transport>,
         address: &ServerAddress,
         options: &ClientOptions,
         shared: Arc<Shared>,
