@@ -254,6 +254,35 @@ async fn an_idle_connection_sends_heartbeats_on_the_interval() {
     client.close().unwrap();
 }
 
+/// After a digest login every frame is sealed, heartbeats included: the
+/// server checks the MAC chain across three heartbeats and a call, and the
+/// client checks the server's sealed reply.
+#[tokio::test(start_paused = true)]
+async fn heartbeats_are_sealed_in_the_mac_chain_after_a_login() {
+    let (net, server) = one_server();
+    let mut options = net.options(vec![server]);
+    options.username = Some("alice".into());
+    options.password = Some("s3cret".into());
+    options.heartbeat_interval = Duration::from_secs(20);
+    let client = AsyncClientStorage::connect(options);
+    let server_side = async {
+        let mut conn = net.accept().await;
+        conn.handshake().await;
+        conn.login("alice", "s3cret").await;
+        let register = conn.expect("register").await;
+        conn.reply(&register, reply::tid(Tid(5))).await;
+        conn.answer_get_info().await;
+        conn
+    };
+    let (client, mut conn) = tokio::join!(client, server_side);
+    let client = client.unwrap();
+    for _ in 0..3 {
+        assert!(conn.next_message().await.unwrap().is_heartbeat());
+    }
+    load_into_cache(&client, &mut conn, Oid(1), b"sealed", Tid(4)).await;
+    client.close().unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_read_only_fallback_moves_to_a_writable_server_when_one_appears() {
     let net = Net::new();

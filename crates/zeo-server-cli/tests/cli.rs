@@ -76,6 +76,7 @@ fn sigusr2_reopens_a_renamed_log_file() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !log.exists() {
         assert!(std::time::Instant::now() < deadline, "log not reopened");
+        // allow-sleep: not yet on a paused clock or an awaited event
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = ruok(server.addr());

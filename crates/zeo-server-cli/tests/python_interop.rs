@@ -391,6 +391,7 @@ fn await_marker(path: &Path, script: &std::thread::JoinHandle<Value>) {
             "restart.py did not write {}",
             path.display()
         );
+        // allow-sleep: not yet on a paused clock or an awaited event
         std::thread::sleep(Duration::from_millis(20));
     }
 }

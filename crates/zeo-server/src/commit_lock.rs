@@ -293,9 +293,11 @@ mod tests {
         let t2 = tokio::spawn(async move {
             let g = w2.granted().await;
             o2.lock().unwrap().push(2);
+            // allow-sleep: not yet on a paused clock or an awaited event
             tokio::time::sleep(Duration::from_millis(20)).await;
             drop(g);
         });
+        // allow-sleep: not yet on a paused clock or an awaited event
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
             order.lock().unwrap().is_empty(),

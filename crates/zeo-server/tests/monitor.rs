@@ -126,6 +126,7 @@ async fn listens_on_a_unix_socket_and_serve_binds_it_when_asked_to() {
     let deadline = std::time::Instant::now() + WAIT;
     while !path.exists() {
         assert!(std::time::Instant::now() < deadline, "monitor never bound");
+        // allow-sleep: not yet on a paused clock or an awaited event
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let report =

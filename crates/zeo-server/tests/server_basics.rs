@@ -248,6 +248,7 @@ async fn conflicts_come_back_from_vote_and_the_client_can_resolve_them() {
             .unwrap();
         (a, t3)
     });
+    // allow-sleep: not yet on a paused clock or an awaited event
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(
         !a_commit.is_finished(),
@@ -326,6 +327,7 @@ async fn votes_queue_behind_the_lock_holder_and_see_its_invalidations_first() {
     let c_vote = c.send_vote(3).await;
     // Nothing comes back while a holds the lock; b still answers pings.
     assert_eq!(b.call("ping", vec![]).await.unwrap(), Value::None);
+    // allow-sleep: not yet on a paused clock or an awaited event
     tokio::time::sleep(Duration::from_millis(100)).await;
     let status = server.handle.status("1").unwrap();
     assert_eq!(status.waiting, 2);

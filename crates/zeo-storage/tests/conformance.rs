@@ -52,6 +52,7 @@ fn oid(n: u64) -> Oid {
 /// Sleeps so that the next transaction's time is clearly later than `tid`,
 /// and returns a pack time between the two.
 fn pack_time_after(tid: Tid) -> f64 {
+    // allow-sleep: not yet on a paused clock or an awaited event
     thread::sleep(Duration::from_millis(20));
     tid.unix_time() + 0.005
 }

@@ -143,6 +143,7 @@ fn run_child_and_kill(path: &Path, start: u64, delay: Duration) -> BTreeMap<u64,
         }
         promised
     });
+    // allow-sleep: the child must be killed while it is still committing
     thread::sleep(delay);
     if let Some(status) = child.try_wait().unwrap() {
         panic!(

@@ -66,6 +66,7 @@ fn readers_proceed_while_a_commit_is_between_vote_and_finish() {
             Instant::now() < deadline,
             "readers made no progress while a commit was voted"
         );
+        // allow-sleep: not yet on a paused clock or an awaited event
         thread::sleep(Duration::from_millis(5));
     }
     stop.store(true, Ordering::Relaxed);
@@ -119,6 +120,7 @@ fn a_second_tpc_begin_waits_for_the_first_transaction() {
             fs.tpc_finish(txn, &mut |_| {}).unwrap()
         })
     };
+    // allow-sleep: not yet on a paused clock or an awaited event
     thread::sleep(Duration::from_millis(200));
     assert!(
         !began.load(Ordering::SeqCst),

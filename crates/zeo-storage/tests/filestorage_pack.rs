@@ -509,6 +509,7 @@ fn commits_from_another_thread_during_a_pack_are_kept() {
     fs.pack(pack_time, true).unwrap();
     let ended = Instant::now();
     // A few commits after the switch too.
+    // allow-sleep: not yet on a paused clock or an awaited event
     std::thread::sleep(std::time::Duration::from_millis(20));
     stop.store(true, Ordering::Release);
     let done = committer.join().unwrap();

@@ -641,6 +641,7 @@ fn write_history(st: &FileStorage, p: &Payloads) -> f64 {
     // Tids follow the clock, so a pack time 15 ms after the last one and
     // sleeps on either side separate the phases.
     let pack_time = st.last_transaction().unix_time() + 0.015;
+    // allow-sleep: not yet on a paused clock or an awaited event
     thread::sleep(Duration::from_millis(40));
     for (i, (oid, data)) in p.older.iter().skip(1).take(3).enumerate() {
         commit(

@@ -109,7 +109,10 @@ pub struct FakeServer {
     pub address: String,
     rd: ReadHalf<DuplexStream>,
     wr: WriteHalf<DuplexStream>,
-    codec: FrameCodec,
+    /// Frames from the client.
+    incoming: FrameCodec,
+    /// Frames to the client.
+    outgoing: FrameCodec,
     buf: BytesMut,
     marshaller: Marshaller,
 }
@@ -121,7 +124,8 @@ impl FakeServer {
             address,
             rd,
             wr,
-            codec: FrameCodec::new(),
+            incoming: FrameCodec::new(),
+            outgoing: FrameCodec::new(),
             buf: BytesMut::new(),
             marshaller: Marshaller::server(Encoding::Pickle),
         }
@@ -131,7 +135,7 @@ impl FakeServer {
     async fn frame(&mut self) -> Option<BytesMut> {
         tokio::time::timeout(STEP, async {
             loop {
-                if let Some(frame) = self.codec.decode(&mut self.buf).expect("a valid frame") {
+                if let Some(frame) = self.incoming.decode(&mut self.buf).expect("a valid frame") {
                     return Some(frame);
                 }
                 if self.rd.read_buf(&mut self.buf).await.ok()? == 0 {
@@ -144,7 +148,7 @@ impl FakeServer {
     }
 
     async fn write(&mut self, payload: &[u8]) {
-        let frame = self.codec.encode_vec(payload).unwrap();
+        let frame = self.outgoing.encode_vec(payload).unwrap();
         // A client that went away is the test's business, not a failure
         // here.
         let _ = self.wr.write_all(&frame).await;
@@ -159,6 +163,40 @@ impl FakeServer {
             ClientHello::Accepted(encoding) => self.marshaller = Marshaller::server(encoding),
             other => panic!("unexpected hello {other:?}"),
         }
+    }
+
+    /// Asks for ZEO 3/4 `digest` authentication and accepts `user` with
+    /// `password`; from the answer on, frames in both directions are
+    /// sealed, and a frame from the client whose MAC does not continue the
+    /// chain fails the test.
+    pub async fn login(&mut self, user: &str, password: &str) {
+        let protocol = self.expect("getAuthProtocol").await;
+        self.reply(&protocol, Value::Str(zeo_auth::PROTOCOL.into()))
+            .await;
+        let challenge = zeo_auth::Challenge {
+            realm: "zeo".into(),
+            challenge: "c0ffee".into(),
+            key_nonce: "n0nce".into(),
+        };
+        let asked = self.expect("auth_get_challenge").await;
+        let answer = Value::Tuple(
+            [&challenge.realm, &challenge.challenge, &challenge.key_nonce]
+                .map(|s| Value::Str(s.clone()))
+                .to_vec(),
+        );
+        self.reply(&asked, answer).await;
+        let proof = zeo_auth::ClientProof::new(user, password, None, &challenge).unwrap();
+        let response = self.expect("auth_response").await;
+        let args = response.call_args().unwrap();
+        let Value::Tuple(fields) = &args[0] else {
+            panic!("auth_response({args:?})")
+        };
+        assert_eq!(fields[2], Value::Str(proof.response.clone()));
+        self.reply(&response, Value::Bool(true)).await;
+        self.incoming
+            .install_mac(zeo_auth::MacState::new(&proof.session_key));
+        self.outgoing
+            .install_mac(zeo_auth::MacState::new(&proof.session_key));
     }
 
     /// The next message from the client, heartbeats included; `None` once

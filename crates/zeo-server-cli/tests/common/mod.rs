@@ -118,6 +118,7 @@ impl ServerProcess {
                 let _ = self.child.kill();
                 panic!("zeo-server did not exit");
             }
+            // allow-sleep: not yet on a paused clock or an awaited event
             std::thread::sleep(Duration::from_millis(20));
         }
     }
