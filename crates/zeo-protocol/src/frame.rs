@@ -341,3 +341,94 @@ impl Encoder<Bytes> for FrameCodec {
         self.encode(&payload[..], dst)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeo_auth::{MacState, SessionKey};
+
+    fn key() -> SessionKey {
+        SessionKey::derive(&"f".repeat(40), "nonce").unwrap()
+    }
+
+    fn sealed_pair() -> (FrameCodec, FrameCodec) {
+        let (mut sender, mut receiver) = (FrameCodec::new(), FrameCodec::with_max_frame(1024));
+        sender.install_mac(MacState::new(&key()));
+        receiver.install_mac(MacState::new(&key()));
+        (sender, receiver)
+    }
+
+    #[test]
+    fn sealed_headers_are_what_the_mac_chain_seals() {
+        let mut codec = FrameCodec::new();
+        codec.install_mac(MacState::new(&key()));
+        let mut chain = MacState::new(&key());
+        for payload in [&b"one"[..], b"two", &[7; 300]] {
+            let header = codec.header(payload).unwrap();
+            assert_eq!(header.as_bytes(), chain.seal_header(payload).unwrap());
+        }
+        // Unsealed, the header is the length word alone.
+        let plain = FrameCodec::new().header(&[0; 300]).unwrap();
+        assert_eq!(plain.as_bytes(), 300u32.to_be_bytes());
+        // An empty payload cannot be sealed.
+        assert!(codec.header(b"").is_err());
+    }
+
+    #[test]
+    fn sealed_frames_split_anywhere_decode_in_order() {
+        let (mut sender, mut receiver) = sealed_pair();
+        let mut wire = Vec::new();
+        for payload in [&b"a"[..], b"bc", &[5; 900]] {
+            wire.extend(sender.encode_vec(payload).unwrap());
+        }
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for piece in wire.chunks(7) {
+            buf.extend_from_slice(piece);
+            while let Some(frame) = receiver.decode(&mut buf).unwrap() {
+                got.push(frame.to_vec());
+            }
+        }
+        assert_eq!(got, vec![b"a".to_vec(), b"bc".to_vec(), vec![5; 900]]);
+    }
+
+    #[test]
+    fn a_sealed_frame_over_the_limit_is_refused_before_buffering() {
+        let (_, mut receiver) = sealed_pair();
+        let word = 1025u32 | zeo_auth::MAC_BIT;
+        let mut buf = BytesMut::from(&word.to_be_bytes()[..]);
+        let err = receiver.decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::FrameTooLarge {
+                    len: 1025,
+                    max: 1024
+                }
+            ),
+            "{err}"
+        );
+        assert!(buf.capacity() < 64, "{}", buf.capacity());
+    }
+
+    #[test]
+    fn a_replayed_or_unsealed_frame_fails_and_so_does_everything_after() {
+        let (mut sender, mut receiver) = sealed_pair();
+        let first = sender.encode_vec(b"first").unwrap();
+        let second = sender.encode_vec(b"second").unwrap();
+        let mut buf = BytesMut::from(&first[..]);
+        assert_eq!(&receiver.decode(&mut buf).unwrap().unwrap()[..], b"first");
+        // The same frame again does not continue the chain.
+        buf.extend_from_slice(&first);
+        let err = receiver.decode(&mut buf).unwrap_err();
+        assert!(err.to_string().contains("MAC failed"), "{err}");
+        // The failure is final, even for the frame that was due.
+        let mut buf = BytesMut::from(&second[..]);
+        assert!(receiver.decode(&mut buf).is_err());
+        // A frame without the MAC bit is refused as such.
+        let (_, mut fresh) = sealed_pair();
+        let mut plain = BytesMut::from(&encode_frame(b"plain").unwrap()[..]);
+        let err = fresh.decode(&mut plain).unwrap_err();
+        assert!(err.to_string().contains("without MAC"), "{err}");
+    }
+}
