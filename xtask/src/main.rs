@@ -21,8 +21,9 @@ usage: cargo xtask <command>
 
 commands:
   test [--no-lint] [FILTER...] [-- ARGS...]
-        Prepare the Python venvs, check formatting, run clippy with warnings
-        denied, then run every test (cargo-nextest when installed, else
+        Prepare the Python venvs, check that no test sleeps on the wall
+        clock, check formatting, run clippy with warnings denied, then run
+        every test (cargo-nextest when installed, else
         `cargo test`) and the doc tests. FILTERs select tests by name; ARGS
         after `--` go to the test harness (e.g. `--include-ignored`).
         --no-lint skips the formatting and clippy steps.

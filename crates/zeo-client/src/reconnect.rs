@@ -324,4 +324,18 @@ mod tests {
         assert!(matches!(err, Error::Auth(_)));
         assert!(!failed.unwrap().all_refused);
     }
+
+    #[test]
+    fn a_lost_attempt_is_not_a_refusal() {
+        let mut round: Round<Fake> = Round::new(false, false);
+        round.failed(Error::Disconnected("a:1: refused".into()), true);
+        round.lost("task panicked");
+        let (err, failed, _) = round.finish().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("connection attempt failed: task panicked"),
+            "{err}"
+        );
+        assert!(!failed.unwrap().all_refused);
+    }
 }
