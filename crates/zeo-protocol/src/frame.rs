@@ -135,6 +135,36 @@ impl FrameHeader {
     }
 }
 
+/// The header to write before `payload`, sealed with `mac` when given (which
+/// advances that MAC chain): for writers that keep the MAC chain themselves
+/// rather than a [`FrameCodec`].
+///
+/// ```
+/// let header = zeo_protocol::frame::frame_header(b"Z5", None).unwrap();
+/// assert_eq!(header.as_bytes(), b"\0\0\0\x02");
+/// ```
+///
+/// # Errors
+///
+/// As [`FrameCodec::header`].
+pub fn frame_header(payload: &[u8], mac: Option<&mut MacState>) -> Result<FrameHeader> {
+    let mut header = FrameHeader {
+        bytes: [0; MAX_HEADER_LEN],
+        len: HEADER_LEN,
+    };
+    match mac {
+        Some(mac) => {
+            header.bytes = mac.seal_header(payload).map_err(refused)?;
+            header.len = MAX_HEADER_LEN;
+        }
+        None => {
+            let len = frame_len(payload.len())?;
+            header.bytes[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+        }
+    }
+    Ok(header)
+}
+
 /// A MAC that is missing or does not verify: the stream is not what the
 /// authenticated peer sent, so the connection cannot go on. Reported as
 /// invalid data on the stream, which is what it is.
@@ -245,21 +275,7 @@ impl FrameCodec {
     /// also for an empty payload (which cannot be authenticated) or after
     /// a failure.
     pub fn header(&mut self, payload: &[u8]) -> Result<FrameHeader> {
-        let mut header = FrameHeader {
-            bytes: [0; MAX_HEADER_LEN],
-            len: HEADER_LEN,
-        };
-        match self.mac.as_mut() {
-            Some(mac) => {
-                header.bytes = mac.seal_header(payload).map_err(refused)?;
-                header.len = MAX_HEADER_LEN;
-            }
-            None => {
-                let len = frame_len(payload.len())?;
-                header.bytes[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
-            }
-        }
-        Ok(header)
+        frame_header(payload, self.mac.as_mut())
     }
 
     /// The whole frame for `payload`, header and payload in one buffer.
