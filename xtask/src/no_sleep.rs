@@ -17,8 +17,8 @@
 //! What is allowed:
 //! * a sleep in a function that runs on a paused clock: one whose
 //!   attributes say `start_paused = true`, or whose body calls
-//!   `time::pause()` before the sleep. Such a sleep only advances virtual
-//!   time;
+//!   `time::pause()` or builds its runtime with `.start_paused(true)`
+//!   before the sleep. Such a sleep only advances virtual time;
 //! * a sleep on a line that carries, or follows a line that carries, the
 //!   marker `allow-sleep:` with a reason after it, for the rare real need
 //!   (a child process that must be killed mid-write, a port a child process
@@ -177,7 +177,8 @@ fn calls_sleep(code: &str) -> bool {
 
 /// Whether line `at` belongs to a function that runs on a paused clock:
 /// the nearest function definition above it has `start_paused = true` in
-/// its attributes, or its body calls `time::pause()` before line `at`.
+/// its attributes, or its body calls `time::pause()` or builds a runtime
+/// with `.start_paused(true)` before line `at`.
 fn on_paused_clock(lines: &[&str], at: usize) -> bool {
     let Some(def) = (0..=at).rev().find(|&i| is_fn_definition(lines[i])) else {
         return false;
@@ -190,7 +191,10 @@ fn on_paused_clock(lines: &[&str], at: usize) -> bool {
             t.starts_with("#[") || t.starts_with("///") || t.starts_with("//")
         })
         .any(|l| l.contains("start_paused = true"));
-    attributes || lines[def..at].iter().any(|l| l.contains("time::pause()"))
+    attributes
+        || lines[def..at]
+            .iter()
+            .any(|l| l.contains("time::pause()") || l.contains(".start_paused(true)"))
 }
 
 fn is_fn_definition(line: &str) -> bool {
@@ -259,6 +263,12 @@ async fn paused_by_hand() {
 #[tokio::test]
 async fn real_time() {
     tokio::time::sleep(d).await;
+}
+
+#[test]
+fn own_runtime() {
+    let rt = Builder::new_current_thread().enable_time().start_paused(true).build();
+    rt.block_on(async { tokio::time::sleep(d).await });
 }
 ";
         assert_eq!(lines(source), vec![14]);
