@@ -101,15 +101,8 @@ async fn a_reconnect_verifies_the_cache_before_serving_it() {
     notice(&mut notices, |n| (n == Notice::Disconnected).then_some(())).await;
     let mut conn = net.accept().await;
     assert_eq!(lost.elapsed(), Duration::ZERO);
-    conn.handshake().await;
-    let register = conn.expect("register").await;
-    conn.reply(&register, reply::tid(Tid(9))).await;
     // The cache knows up to 5: it asks what changed since.
-    let asked = conn.expect("getInvalidations").await;
-    assert_eq!(asked.call_args().unwrap()[0], reply::tid(Tid(5)));
-    conn.reply(&asked, reply::invalidations(Some((Tid(9), &[oid]))))
-        .await;
-    conn.answer_get_info().await;
+    conn.accept_verifying(Tid(9), Tid(5), &[oid]).await;
     let (tid, oids) = notice(&mut notices, |n| match n {
         Notice::Invalidated { tid, oids } => Some((tid, oids)),
         _ => None,
@@ -236,6 +229,45 @@ async fn an_unresolved_conflict_fails_the_vote_and_drops_the_cached_revision() {
         conn.reply(&abort, Value::None).await;
     };
     tokio::join!(client.tpc_abort(txn), server_side);
+    client.close().unwrap();
+}
+
+/// A `tpc_finish` that fails leaves the client unsure of what the server
+/// committed: it drops the connection, and the reconnect verifies the
+/// cache from the last tid it knows.
+#[tokio::test(start_paused = true)]
+async fn a_failed_finish_reconnects_and_verifies_the_cache() {
+    let (net, server) = one_server();
+    let (client, mut conn) = connected(&net, net.options(vec![server]), Tid(5)).await;
+    let oid = Oid(4);
+    load_into_cache(&client, &mut conn, oid, b"v1", Tid(3)).await;
+    let txn = begin_and_store(&client, &mut conn, oid, b"maybe").await;
+    let server_side = async {
+        let vote = conn.expect("vote").await;
+        conn.reply(&vote, Value::None).await;
+    };
+    let (voted, ()) = tokio::join!(client.tpc_vote(txn), server_side);
+    voted.unwrap();
+    let server_side = async {
+        let finish = conn.expect("tpc_finish").await;
+        let failed =
+            zeo_protocol::WireError::from(&zeo_storage::Error::Storage("disk full".into()));
+        conn.send(&zeo_protocol::Reply::error(finish.msgid.clone(), &failed))
+            .await;
+        conn.closed().await;
+    };
+    let (finished, ()) = tokio::join!(client.tpc_finish(txn), server_side);
+    assert!(finished.unwrap_err().to_string().contains("disk full"));
+    assert_eq!(
+        client.cache().load(oid),
+        Some((b"v1".to_vec(), Tid(3))),
+        "nothing cached as committed"
+    );
+    let mut conn = net.accept().await;
+    conn.accept_verifying(Tid(6), Tid(5), &[oid]).await;
+    client.wait_connected(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(client.last_transaction(), Tid(6));
+    assert_eq!(client.cache().load(oid), None, "the stale revision is gone");
     client.close().unwrap();
 }
 

@@ -245,6 +245,20 @@ impl FakeServer {
         self.answer_get_info().await;
     }
 
+    /// Handshake and `register` answered with `last`, for a client whose
+    /// cache knows up to `since`: it must ask `getInvalidations(since)`,
+    /// which is answered with `oids` changed up to `last`; then `get_info`.
+    pub async fn accept_verifying(&mut self, last: Tid, since: Tid, oids: &[Oid]) {
+        self.handshake().await;
+        let register = self.expect("register").await;
+        self.reply(&register, reply::tid(last)).await;
+        let asked = self.expect("getInvalidations").await;
+        assert_eq!(asked.call_args().unwrap()[0], reply::tid(since));
+        self.reply(&asked, reply::invalidations(Some((last, oids))))
+            .await;
+        self.answer_get_info().await;
+    }
+
     /// Answers `get_info` with a small storage.
     pub async fn answer_get_info(&mut self) {
         let info = self.expect("get_info").await;
