@@ -7,6 +7,7 @@
 //! local run means a green CI run. See `docs/testing.md`.
 
 mod bench;
+mod no_sleep;
 mod process;
 mod venv;
 
@@ -20,11 +21,15 @@ usage: cargo xtask <command>
 
 commands:
   test [--no-lint] [FILTER...] [-- ARGS...]
-        Prepare the Python venvs, check formatting, run clippy with warnings
-        denied, then run every test (cargo-nextest when installed, else
+        Prepare the Python venvs, check that no test sleeps on the wall
+        clock, check formatting, run clippy with warnings denied, then run
+        every test (cargo-nextest when installed, else
         `cargo test`) and the doc tests. FILTERs select tests by name; ARGS
         after `--` go to the test harness (e.g. `--include-ignored`).
         --no-lint skips the formatting and clippy steps.
+  no-sleep
+        Only the no-sleep check: list every test that sleeps on the wall
+        clock (docs/testing.md).
   venv  Only prepare the Python venvs under target/python.
   bench [--duration S] [--clients 1,4,8] [--objects N] [--idle N] [--keep]
         Build zeo-server and zeo-client in release and compare them with
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
     let result = match command.as_deref() {
         Some("test") => TestOptions::parse(rest).and_then(|o| test(&o)),
         Some("venv") if rest.is_empty() => venvs().map(|_| ()),
+        Some("no-sleep") if rest.is_empty() => no_sleep_check(),
         Some("bench") => {
             bench::BenchOptions::parse(rest).and_then(|o| bench::run(&o, &workspace_root(), cargo))
         }
@@ -132,6 +138,25 @@ impl TestOptions {
     }
 }
 
+/// Lists every wall-clock sleep in tests; fails when there is one.
+fn no_sleep_check() -> Result<(), String> {
+    let offenders = no_sleep::scan(&workspace_root())?;
+    for o in &offenders {
+        println!("{}:{}: {}", o.path.display(), o.line, o.text);
+    }
+    if offenders.is_empty() {
+        println!("no test sleeps on the wall clock");
+        Ok(())
+    } else {
+        Err(format!(
+            "{} wall-clock sleep(s) in tests: drive time with a paused clock, wait \
+             for an event, or mark a real need with `// {} <reason>`",
+            offenders.len(),
+            no_sleep::MARKER
+        ))
+    }
+}
+
 /// One finished step, for the closing summary.
 struct Outcome {
     step: &'static str,
@@ -146,6 +171,16 @@ fn test(options: &TestOptions) -> Result<(), String> {
     let pythons = venvs()?;
     let mut outcomes = Vec::new();
     let mut counts = TestCounts::default();
+    // Cheap and independent of the build: runs with or without --no-lint.
+    process::header("no wall-clock sleeps in tests");
+    let t = Instant::now();
+    let result = no_sleep_check();
+    outcomes.push(Outcome {
+        step: "no-sleep check",
+        seconds: t.elapsed().as_secs_f64(),
+        error: result.err(),
+    });
+
     let mut step = |name: &'static str, cmd: &mut Command| {
         process::header(name);
         let t = Instant::now();

@@ -1,15 +1,15 @@
-//! [`AsyncClientStorage`]: the client on the caller's tokio runtime —
-//! connection management, cache verification, loads and two-phase commit.
+//! [`AsyncClientStorage`]: the client on the caller's tokio runtime — its
+//! API, loads and two-phase commit. The background connection manager is
+//! `manager.rs`; the rules it follows (`reconnect.rs`, `verify.rs`) and
+//! those of the vote (`vote.rs`) are decided apart from any I/O.
 
-use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tracing::warn;
 use zeo_pickle::Value;
 use zeo_protocol::{client::replies, ClientRequest, TxnId};
 use zeo_storage::{
@@ -19,11 +19,10 @@ use zeo_storage::{
 use crate::cache::{CacheStats, ClientCache};
 use crate::connection::{Conn, Notice, ReplyHook, Shared};
 use crate::error::{Error, Result};
+use crate::manager::manage;
 use crate::options::{ClientOptions, ConflictInfo};
-
-/// How many rounds of client-side conflict resolution a vote tries (ZEO's
-/// limit).
-const MAX_VOTE_ROUNDS: usize = 9;
+use crate::reconnect::FailedRound;
+use crate::vote::{TxnWrites, Vote, VoteFailure, VoteStep};
 
 /// Counters of what the client did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,14 +69,16 @@ pub struct AsyncClientStorage {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    options: ClientOptions,
-    name: String,
-    shared: Arc<Shared>,
-    current: watch::Sender<Option<Arc<Conn>>>,
-    generation: AtomicU64,
-    closed: AtomicBool,
-    close_notify: Notify,
+/// What the clones of a client share, its connection manager included.
+pub(crate) struct Inner {
+    pub(crate) options: ClientOptions,
+    pub(crate) name: String,
+    pub(crate) shared: Arc<Shared>,
+    /// The verified connection, once there is one.
+    pub(crate) current: watch::Sender<Option<Arc<Conn>>>,
+    pub(crate) generation: AtomicU64,
+    pub(crate) closed: AtomicBool,
+    pub(crate) close_notify: Notify,
     oids: tokio::sync::Mutex<Vec<Oid>>,
     txn_slot: Arc<Semaphore>,
     txn: Mutex<Option<TxnState>>,
@@ -86,10 +87,10 @@ struct Inner {
     txn_info: Arc<Mutex<Option<OpenTxn>>>,
     next_txn: AtomicU64,
     /// How the last failed connection round went, per address.
-    rounds: watch::Sender<FailedRound>,
+    pub(crate) rounds: watch::Sender<FailedRound>,
     txn_id_base: i64,
     server_loads: AtomicU64,
-    connections: AtomicU64,
+    pub(crate) connections: AtomicU64,
 }
 
 impl std::fmt::Debug for Inner {
@@ -120,25 +121,11 @@ impl Drop for SlotPermit {
     }
 }
 
-/// The outcome of the latest connection round that failed.
-#[derive(Clone, Debug, Default)]
-struct FailedRound {
-    /// `address: error` for each address tried.
-    errors: Vec<String>,
-    /// Whether every address refused the connection.
-    all_refused: bool,
-}
-
 pub(crate) struct TxnState {
     handle: TxnHandle,
     id: TxnId,
     conn: Arc<Conn>,
-    /// The last data stored per object (`None`: deleted).
-    stored: HashMap<Oid, Option<Vec<u8>>>,
-    /// Objects whose data the server changed (resolved or undone).
-    server_resolved: HashSet<Oid>,
-    /// Objects this client resolved and re-stored.
-    client_resolved: Vec<Oid>,
+    writes: TxnWrites,
     _permit: SlotPermit,
 }
 
@@ -154,13 +141,6 @@ pub(crate) fn random_u64() -> u64 {
     );
     h.write_u32(std::process::id());
     h.finish()
-}
-
-fn jitter(d: Duration) -> Duration {
-    // Up to a quarter more, so that many clients of a restarted server do
-    // not reconnect in lockstep.
-    let frac = (random_u64() % 1000) as f64 / 4000.0;
-    d.mul_f64(1.0 + frac)
 }
 
 fn protocol_error(e: zeo_protocol::Error) -> Error {
@@ -562,9 +542,7 @@ impl AsyncClientStorage {
             handle,
             id,
             conn,
-            stored: HashMap::new(),
-            server_resolved: HashSet::new(),
-            client_resolved: Vec::new(),
+            writes: TxnWrites::default(),
             _permit: permit,
         });
         Ok(handle)
@@ -632,7 +610,7 @@ impl AsyncClientStorage {
         self.with_txn(txn, |s| {
             s.conn
                 .call_async(&ClientRequest::storea(oid, serial, data, s.id))?;
-            s.stored.insert(oid, Some(data.to_vec()));
+            s.writes.stored(oid, data.to_vec());
             Ok(())
         })
     }
@@ -658,7 +636,7 @@ impl AsyncClientStorage {
         self.with_txn(txn, |s| {
             s.conn
                 .call_async(&ClientRequest::delete_object(oid, serial, s.id))?;
-            s.stored.insert(oid, None);
+            s.writes.deleted(oid);
             Ok(())
         })
     }
@@ -679,10 +657,7 @@ impl AsyncClientStorage {
         self.with_txn(txn, |s| {
             s.conn
                 .call_async(&ClientRequest::restorea(oid, serial, data, prev_txn, s.id))?;
-            // The restored revision is not the one we would cache as
-            // current unless it is; let invalidation sort it out.
-            s.server_resolved.insert(oid);
-            s.stored.insert(oid, None);
+            s.writes.restored(oid);
             Ok(())
         })
     }
@@ -718,73 +693,46 @@ impl AsyncClientStorage {
         result
     }
 
+    /// Runs [`Vote`]: votes, resolves what it asks to, and votes again.
     async fn vote_rounds(&self, txn: TxnHandle) -> Result<Vec<Oid>> {
-        for _ in 0..MAX_VOTE_ROUNDS {
+        let mut vote = Vote::default();
+        loop {
+            vote.start_round()?;
             let (conn, id) = self.with_txn(txn, |s| Ok((s.conn.clone(), s.id)))?;
             let reply = conn.call(|msgid| ClientRequest::vote(msgid, id)).await;
-            let value = match reply {
-                Ok(v) => v,
-                Err(Error::Storage(zeo_storage::Error::Conflict {
-                    oid,
-                    committed,
-                    old,
-                })) => {
-                    self.cache().drop_current(oid);
-                    return Err(zeo_storage::Error::Conflict {
-                        oid,
-                        committed,
-                        old,
-                    }
-                    .into());
+            let step = self.with_txn(txn, |s| match vote.on_reply(&mut s.writes, reply) {
+                Ok(step) => Ok(Ok(step)),
+                Err(VoteFailure::Other(e)) => Err(e),
+                Err(VoteFailure::Conflict(unresolved)) => Ok(Err(unresolved)),
+            })?;
+            let conflicts = match step {
+                Ok(VoteStep::Done(oids)) => return Ok(oids),
+                Ok(VoteStep::Resolve(conflicts)) => conflicts,
+                Err(unresolved) => {
+                    self.cache().drop_current(unresolved.oid);
+                    return Err(unresolved.error);
                 }
-                Err(e) => return Err(e),
             };
-            let items = replies::vote(&value).map_err(protocol_error)?;
-            let mut conflicts = false;
-            for item in items {
-                match item {
-                    replies::VoteItem::Changed(oid) => {
-                        self.with_txn(txn, |s| Ok(s.server_resolved.insert(oid)))?;
+            for c in conflicts {
+                let resolved = match &self.inner.options.conflict_resolver {
+                    Some(resolver) => resolver(&conflict_states(&conn, c.clone()).await?),
+                    None => None,
+                };
+                let data = match vote.resolution(&c, resolved) {
+                    Ok(data) => data,
+                    Err(unresolved) => {
+                        self.cache().drop_current(unresolved.oid);
+                        return Err(unresolved.error);
                     }
-                    replies::VoteItem::Conflict(c) => {
-                        conflicts = true;
-                        let (oid, committed, old) = (c.oid, c.committed, c.old);
-                        let resolved = match &self.inner.options.conflict_resolver {
-                            Some(resolver) => resolver(&conflict_states(&conn, c).await?),
-                            None => None,
-                        };
-                        let Some(data) = resolved else {
-                            self.cache().drop_current(oid);
-                            return Err(zeo_storage::Error::Conflict {
-                                oid,
-                                committed,
-                                old,
-                            }
-                            .into());
-                        };
-                        self.with_txn(txn, |s| {
-                            s.conn
-                                .call_async(&ClientRequest::storea(oid, committed, &data, s.id))?;
-                            s.stored.insert(oid, Some(data));
-                            s.client_resolved.push(oid);
-                            Ok(())
-                        })?;
-                    }
-                }
-            }
-            if !conflicts {
-                return self.with_txn(txn, |s| {
-                    let mut oids: Vec<Oid> = s.server_resolved.iter().copied().collect();
-                    oids.sort();
-                    oids.extend(s.client_resolved.iter().copied());
-                    Ok(oids)
-                });
+                };
+                self.with_txn(txn, |s| {
+                    s.conn
+                        .call_async(&ClientRequest::storea(c.oid, c.committed, &data, s.id))?;
+                    vote.restored_resolution(&mut s.writes, c.oid, data);
+                    Ok(())
+                })?;
             }
         }
-        Err(zeo_storage::Error::Storage(format!(
-            "conflicts still unresolved after {MAX_VOTE_ROUNDS} vote rounds"
-        ))
-        .into())
     }
 
     /// Finishes the transaction and returns its tid. The cache is updated
@@ -814,33 +762,17 @@ impl AsyncClientStorage {
                 "the connection was lost during the transaction".into(),
             ));
         }
-        // Undone objects come back from vote without having been stored:
-        // they must be invalidated all the same.
-        let undone: Vec<Oid> = state
-            .server_resolved
-            .iter()
-            .filter(|oid| !state.stored.contains_key(oid))
-            .copied()
-            .collect();
-        let updates: Vec<(Oid, Option<Vec<u8>>, bool)> = state
-            .stored
-            .into_iter()
-            .map(|(oid, data)| {
-                let resolved = state.server_resolved.contains(&oid);
-                (oid, data, resolved)
-            })
-            .chain(undone.into_iter().map(|oid| (oid, None, true)))
-            .collect();
+        let updates = state.writes.cache_updates();
         let shared = self.inner.shared.clone();
         let hook: ReplyHook = Box::new(move |reply| {
             let Ok(value) = reply else { return };
             let Ok(tid) = replies::tid("tpc_finish", value) else {
                 return;
             };
-            for (oid, data, resolved) in updates {
-                shared.cache.invalidate(oid, tid);
-                if let (Some(data), false) = (data, resolved) {
-                    shared.cache.store(oid, tid, None, &data);
+            for update in updates {
+                shared.cache.invalidate(update.oid, tid);
+                if let Some(data) = update.data {
+                    shared.cache.store(update.oid, tid, None, &data);
                 }
             }
             if let Err(e) = shared.cache.set_last_tid(tid) {
@@ -972,224 +904,4 @@ async fn conflict_states(
         committed_data,
         old_data,
     })
-}
-
-/// Keeps the client connected: connects, verifies, waits for the
-/// connection to drop, backs off, and starts again, until closed.
-async fn manage(weak: std::sync::Weak<Inner>) {
-    let Some(inner) = weak.upgrade() else { return };
-    let min = inner
-        .options
-        .min_disconnect_poll
-        .max(Duration::from_millis(10));
-    let max = inner.options.max_disconnect_poll.max(min);
-    drop(inner);
-    let mut delay = min;
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        if inner.closed.load(Ordering::Acquire) {
-            return;
-        }
-        match connect_round(&inner, false).await {
-            Ok(mut conn) => {
-                delay = min;
-                loop {
-                    let upgrade = inner.options.read_only_fallback && conn.read_only();
-                    let closed = inner.close_notify.notified();
-                    if inner.closed.load(Ordering::Acquire) {
-                        conn.close();
-                        return;
-                    }
-                    tokio::select! {
-                        _ = conn.closed() => break,
-                        _ = closed => { conn.close(); return; }
-                        _ = tokio::time::sleep(jitter(delay)), if upgrade => {
-                            if let Ok(better) = connect_round(&inner, true).await {
-                                info!(address = %better.address, "switching to a writable server");
-                                let old = std::mem::replace(&mut conn, better);
-                                old.close();
-                            }
-                            delay = (delay * 2).min(max);
-                        }
-                    }
-                }
-                inner.current.send_if_modified(|c| {
-                    if c.as_ref().is_some_and(|c| c.is_closed()) {
-                        *c = None;
-                        true
-                    } else {
-                        false
-                    }
-                });
-                warn!(name = %inner.name, "disconnected from the server; reconnecting");
-                inner.shared.notify(Notice::Disconnected);
-            }
-            Err(e) => {
-                warn!(name = %inner.name, error = %e, retry_in = ?delay, "could not connect");
-                let closed = inner.close_notify.notified();
-                tokio::select! {
-                    _ = tokio::time::sleep(jitter(delay)) => {}
-                    _ = closed => return,
-                }
-                delay = (delay * 2).min(max);
-            }
-        }
-    }
-}
-
-/// Tries every address at once; the first writable registration wins (or a
-/// read-only one when that is all there is and read-only is acceptable).
-/// The winner's cache verification runs before it is published.
-async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Conn>> {
-    let options = &inner.options;
-    let generation = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
-    let mut attempts = JoinSet::new();
-    for address in &options.servers {
-        let (address, options, shared) = (address.clone(), options.clone(), inner.shared.clone());
-        attempts.spawn(async move { Conn::open(&address, &options, shared, generation).await });
-    }
-    let mut fallback: Option<Arc<Conn>> = None;
-    let mut last_error = Error::Disconnected("no server address".into());
-    let mut errors = Vec::new();
-    let mut all_refused = true;
-    while let Some(joined) = attempts.join_next().await {
-        match joined {
-            Ok(Ok(conn)) => {
-                let acceptable_now = !conn.read_only() || options.read_only;
-                if acceptable_now {
-                    if let Some(f) = fallback.take() {
-                        f.close();
-                    }
-                    attempts.abort_all();
-                    fallback = Some(conn);
-                    break;
-                }
-                if writable_only || fallback.is_some() {
-                    conn.close();
-                } else {
-                    fallback = Some(conn);
-                }
-            }
-            Ok(Err((e, refused))) => {
-                all_refused &= refused;
-                errors.push(match &e {
-                    // Already `address: reason`.
-                    Error::Disconnected(m) => m.clone(),
-                    other => other.to_string(),
-                });
-                last_error = e;
-            }
-            Err(e) => {
-                all_refused = false;
-                last_error = Error::Disconnected(format!("connection attempt failed: {e}"));
-                errors.push(last_error.to_string());
-            }
-        }
-    }
-    let Some(conn) = fallback else {
-        // With several addresses, the log line names every reason.
-        let error = if errors.len() > 1 {
-            Error::Disconnected(errors.join("; "))
-        } else {
-            last_error
-        };
-        inner.rounds.send_modify(|r| {
-            r.errors = errors;
-            r.all_refused = all_refused;
-        });
-        return Err(error);
-    };
-    if writable_only && conn.read_only() {
-        conn.close();
-        return Err(Error::Disconnected("no writable server".into()));
-    }
-    if let Err(e) = verify(inner, &conn).await {
-        conn.close();
-        return Err(e);
-    }
-    inner.connections.fetch_add(1, Ordering::Relaxed);
-    inner.rounds.send_modify(|r| {
-        r.errors.clear();
-        r.all_refused = false;
-    });
-    info!(address = %conn.address, read_only = conn.read_only(), "connected");
-    inner.current.send_replace(Some(conn.clone()));
-    inner.shared.notify(Notice::Connected {
-        address: conn.address.to_string(),
-        read_only: conn.read_only(),
-    });
-    Ok(conn)
-}
-
-/// ZEO 5's cache verification (`ClientIO.verify`).
-async fn verify(inner: &Inner, conn: &Arc<Conn>) -> Result<()> {
-    let cache = &inner.shared.cache;
-    let server_tid = conn.server_tid();
-    let mut tid = server_tid;
-    if !cache.is_empty() {
-        match cache.last_tid() {
-            None => {
-                warn!("non-empty client cache without a last tid; clearing it");
-                cache.clear();
-                inner.shared.notify(Notice::CacheDropped);
-            }
-            Some(cache_tid) if cache_tid > server_tid => {
-                error!(
-                    %cache_tid, %server_tid,
-                    "client cache is out of sync with the server: verify that this is expected, then remove the cache file"
-                );
-                return Err(Error::CacheNewerThanServer {
-                    cache: cache_tid,
-                    server: server_tid,
-                });
-            }
-            Some(cache_tid) if cache_tid == server_tid => {}
-            Some(cache_tid) => {
-                let value = conn
-                    .call(|id| ClientRequest::get_invalidations(id, cache_tid))
-                    .await?;
-                match replies::invalidations(&value).map_err(protocol_error)? {
-                    Some((latest, oids)) => {
-                        for &oid in &oids {
-                            cache.drop_current(oid);
-                        }
-                        tid = latest.max(server_tid);
-                        inner
-                            .shared
-                            .notify(Notice::Invalidated { tid: latest, oids });
-                    }
-                    None => {
-                        warn!(name = %inner.name, "client cache too old to verify; dropping it");
-                        cache.clear();
-                        inner.shared.notify(Notice::CacheDropped);
-                    }
-                }
-            }
-        }
-    }
-    if let Err(e) = cache.set_last_tid(tid) {
-        warn!(error = %e, "cache last tid regressed; clearing the cache");
-        cache.clear();
-        cache.set_last_tid(tid)?;
-    }
-    conn.mark_ready(tid);
-    let info = conn.call(ClientRequest::get_info).await?;
-    if let Value::Dict(entries) = &info {
-        let get = |key: &str| {
-            entries.iter().find_map(|(k, v)| match (k, v) {
-                (Value::Str(k), Value::Int(n)) if k == key => u64::try_from(*n).ok(),
-                _ => None,
-            })
-        };
-        *inner.shared.info.lock().unwrap_or_else(|e| e.into_inner()) =
-            (get("length").unwrap_or(0), get("size").unwrap_or(0));
-        let undo = entries.iter().any(
-            |(k, v)| matches!((k, v), (Value::Str(k), Value::Bool(true)) if k == "supportsUndo"),
-        );
-        inner.shared.supports_undo.store(undo, Ordering::Release);
-    }
-    if let Some(label) = &inner.options.client_label {
-        conn.call_async(&ClientRequest::set_client_label(label))?;
-    }
-    Ok(())
 }

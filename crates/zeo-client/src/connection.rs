@@ -20,20 +20,22 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio_util::codec::Decoder;
 use tracing::{debug, warn};
-use zeo_auth::{ClientProof, MacState, SessionKey, MAC_LEN};
+use zeo_auth::{ClientProof, MacState, SessionKey};
 use zeo_pickle::Value;
 use zeo_protocol::{
-    client::replies, encode_frame, ClientEvent, ClientHandshake, ClientIncoming, ClientRequest,
+    client::replies, ClientEvent, ClientHandshake, ClientIncoming, ClientRequest, FrameCodec,
     Marshaller, Message, WireError,
 };
 use zeo_storage::{LoadedRevision, Oid, Tid};
 
 use crate::cache::ClientCache;
 use crate::error::{Error, Result};
-use crate::options::{ClientOptions, ServerAddress};
+use crate::options::{ClientOptions, ServerAddress, Transport};
 
 /// What the client tells the application.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,10 +181,13 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-async fn open_stream(address: &ServerAddress) -> std::io::Result<Box<dyn Stream>> {
+async fn open_stream(
+    address: &ServerAddress,
+    options: &ClientOptions,
+) -> std::io::Result<Box<dyn Transport>> {
+    if let Some(connect) = &options.connector {
+        return connect(address).await;
+    }
     match address {
         ServerAddress::Tcp { host, port } => {
             let host = if host.is_empty() {
@@ -198,68 +203,76 @@ async fn open_stream(address: &ServerAddress) -> std::io::Result<Box<dyn Stream>
     }
 }
 
-/// Reads one frame's payload; with `mac`, the frame must carry a MAC that
-/// continues the chain.
-async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max: usize,
-    mac: Option<&mut MacState>,
-) -> Result<Vec<u8>> {
-    let mut word = [0u8; 4];
-    r.read_exact(&mut word)
-        .await
-        .map_err(|e| Error::Disconnected(e.to_string()))?;
-    let word = u32::from_be_bytes(word);
-    let (len, extra) = match &mac {
-        None => (word as usize, 0),
-        Some(_) => match zeo_auth::split_length_word(word) {
-            (true, len) => (len as usize, MAC_LEN),
-            (false, _) => return Err(Error::Protocol(zeo_auth::Error::MissingMac.to_string())),
-        },
-    };
-    if len > max {
-        return Err(Error::Protocol(format!(
-            "frame of {len} bytes exceeds max-message-size {max}"
-        )));
-    }
-    let mut buf = read_growing(r, extra + len)
-        .await
-        .map_err(|e| Error::Disconnected(e.to_string()))?;
-    if let Some(mac) = mac {
-        mac.open_body(word, &buf)
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-        buf.drain(..MAC_LEN);
-    }
-    Ok(buf)
+/// Bytes of room made when a read finds the buffer full: a whole small
+/// reply, or several.
+const READ_CHUNK: usize = 8192;
+
+/// Frames read from the server, cut by `zeo_protocol::FrameCodec` (the codec
+/// the server reads with too): the buffer grows with the bytes that arrive,
+/// never to a length the server announced, and a frame over the codec's
+/// limit is refused before anything is reserved for it. The buffer is let
+/// go whenever its last frame was taken.
+struct FrameReader<R> {
+    rd: R,
+    codec: FrameCodec,
+    buf: BytesMut,
 }
 
-/// Reads exactly `total` bytes into a buffer that grows as they arrive
-/// (`zeo_protocol::frame::frame_growth_target`), so a length word from the
-/// server reserves nothing by itself.
-async fn read_growing<R: AsyncRead + Unpin>(r: &mut R, total: usize) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    while buf.len() < total {
-        if buf.len() == buf.capacity() {
-            let target = zeo_protocol::frame::frame_growth_target(buf.len(), total);
-            buf.reserve_exact(target - buf.len());
-        }
-        let room = (buf.capacity() - buf.len()).min(total - buf.len());
-        let n = (&mut *r).take(room as u64).read_buf(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    fn new(rd: R, max: usize) -> Self {
+        FrameReader {
+            rd,
+            codec: FrameCodec::with_max_frame(max),
+            buf: BytesMut::new(),
         }
     }
-    Ok(buf)
+
+    /// The next frame's payload. A closed or failed stream is
+    /// [`Error::Disconnected`]; a frame too large or (on a MAC'd connection)
+    /// without a valid MAC is [`Error::Protocol`].
+    async fn next(&mut self) -> Result<BytesMut> {
+        loop {
+            let decoded = self.codec.decode(&mut self.buf).map_err(|e| match e {
+                zeo_protocol::Error::Io(inner) => Error::Protocol(inner.to_string()),
+                other => Error::Protocol(other.to_string()),
+            })?;
+            if let Some(frame) = decoded {
+                if self.buf.is_empty() {
+                    // The frame alone keeps the allocation alive now.
+                    self.buf = BytesMut::new();
+                }
+                return Ok(frame);
+            }
+            // The codec made room for the rest of a frame it saw the length
+            // of; this only covers a partial length word.
+            if self.buf.capacity() == self.buf.len() {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let had = self.buf.len();
+            let n = self
+                .rd
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| Error::Disconnected(e.to_string()))?;
+            if n == 0 {
+                return Err(Error::Disconnected(
+                    if had == 0 {
+                        "connection closed"
+                    } else {
+                        "connection closed inside a message"
+                    }
+                    .into(),
+                ));
+            }
+        }
+    }
 }
 
-/// Frames `payload` for the wire, sealed when the connection is MAC'd.
-fn frame(payload: &[u8], mac: Option<&mut MacState>) -> Result<Vec<u8>> {
-    match mac {
-        Some(mac) => mac
-            .seal(payload)
-            .map_err(|e| Error::Protocol(e.to_string())),
-        None => encode_frame(payload).map_err(|e| Error::Protocol(e.to_string())),
-    }
+/// Frames `payload` with `codec`, sealed when the connection is MAC'd.
+fn frame(codec: &mut FrameCodec, payload: &[u8]) -> Result<Vec<u8>> {
+    codec
+        .encode_vec(payload)
+        .map_err(|e| Error::Protocol(e.to_string()))
 }
 
 /// The client error for an exception the server raised: `AuthError`
@@ -291,10 +304,9 @@ fn login_text(value: &Value) -> Option<String> {
 /// The handshake-to-register stretch of a connection, before the reader and
 /// writer tasks exist: calls answered in order on the bare stream.
 struct Setup<'a, R, W> {
-    rd: &'a mut R,
+    rd: &'a mut FrameReader<R>,
     wr: &'a mut W,
     marshaller: Marshaller,
-    max: usize,
     address: &'a ServerAddress,
     next_id: i64,
 }
@@ -307,25 +319,23 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Setup<'_, R, W> {
             .marshaller
             .encode(&Message::call(id, method, args))
             .map_err(|e| Error::Protocol(e.to_string()))?;
-        let wire = frame(&payload, None)?;
+        let wire = frame(&mut FrameCodec::new(), &payload)?;
         self.wr
             .write_all(&wire)
             .await
             .map_err(|e| disconnected(format!("{}: {e}", self.address)))?;
         loop {
-            let payload = read_frame(self.rd, self.max, None)
-                .await
-                .map_err(|e| match e {
-                    // ZEO 5/6 servers close the connection on a method they do
-                    // not know, which the first login call is for them.
-                    Error::Disconnected(_) if method == "getAuthProtocol" => Error::Auth(format!(
-                        "{} closed the connection when asked for its authentication \
+            let payload = self.rd.next().await.map_err(|e| match e {
+                // ZEO 5/6 servers close the connection on a method they do
+                // not know, which the first login call is for them.
+                Error::Disconnected(_) if method == "getAuthProtocol" => Error::Auth(format!(
+                    "{} closed the connection when asked for its authentication \
                      protocol: it does not support authentication (stock ZEO 5/6 \
                      servers do not); connect without a username and password",
-                        self.address
-                    )),
-                    other => other,
-                })?;
+                    self.address
+                )),
+                other => other,
+            })?;
             let msg = self
                 .marshaller
                 .decode(&payload)
@@ -430,7 +440,8 @@ impl Conn {
         shared: Arc<Shared>,
         generation: u64,
     ) -> Result<Arc<Conn>, (Error, bool)> {
-        let stream = match tokio::time::timeout(SETUP_TIMEOUT, open_stream(address)).await {
+        let stream = match tokio::time::timeout(SETUP_TIMEOUT, open_stream(address, options)).await
+        {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 // Nothing listens there: the one failure `fail_fast` acts on.
@@ -464,18 +475,21 @@ impl Conn {
     }
 
     async fn open_inner(
-        stream: Box<dyn Stream>,
+        stream: Box<dyn Transport>,
         address: &ServerAddress,
         options: &ClientOptions,
         shared: Arc<Shared>,
         generation: u64,
     ) -> Result<Arc<Conn>> {
-        let (mut rd, mut wr) = tokio::io::split(stream);
-        let greeting = read_frame(&mut rd, 64, None).await?;
+        let (rd, mut wr) = tokio::io::split(stream);
+        // A greeting is two bytes; anything longer is not a ZEO server.
+        let mut rd = FrameReader::new(rd, 64);
+        let greeting = rd.next().await?;
+        rd.codec = FrameCodec::with_max_frame(options.max_frame);
         let (encoding, answer) = ClientHandshake::new()
             .receive(&greeting)
             .map_err(|e| Error::Protocol(format!("{address}: {e}")))?;
-        let frame = encode_frame(&answer).map_err(|e| Error::Protocol(e.to_string()))?;
+        let frame = frame(&mut FrameCodec::new(), &answer)?;
         wr.write_all(&frame)
             .await
             .map_err(|e| disconnected(format!("{address}: {e}")))?;
@@ -485,7 +499,6 @@ impl Conn {
             rd: &mut rd,
             wr: &mut wr,
             marshaller: Marshaller::client(encoding),
-            max: options.max_frame,
             address,
             next_id: 0,
         }
@@ -494,8 +507,12 @@ impl Conn {
         if key.is_some() {
             debug!(%address, "authenticated; messages are MAC'd from now on");
         }
-        let send_mac = key.as_ref().map(MacState::new);
-        let recv_mac = key.as_ref().map(MacState::new);
+        let mut send = FrameCodec::new();
+        if let Some(key) = &key {
+            // Bytes the reader holds already are checked with the MAC too.
+            rd.codec.install_mac(MacState::new(key));
+            send.install_mac(MacState::new(key));
+        }
 
         let (out, out_rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {
@@ -518,14 +535,9 @@ impl Conn {
             out_rx,
             options.heartbeat_interval,
             conn.marshaller,
-            send_mac,
+            send,
         ));
-        let reader = tokio::spawn(read_loop(
-            Arc::downgrade(&conn),
-            rd,
-            options.max_frame,
-            recv_mac,
-        ));
+        let reader = tokio::spawn(read_loop(Arc::downgrade(&conn), rd));
         conn.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -761,7 +773,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     heartbeat: Duration,
     marshaller: Marshaller,
-    mut mac: Option<MacState>,
+    mut codec: FrameCodec,
 ) {
     let beat = marshaller.encode(&Message::heartbeat()).ok();
     let mut ticker = tokio::time::interval(heartbeat);
@@ -777,7 +789,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 None => continue,
             },
         };
-        let written = match frame(&payload, mac.as_mut()) {
+        let written = match frame(&mut codec, &payload) {
             Ok(f) => wr.write_all(&f).await.is_ok(),
             Err(e) => {
                 warn!(error = %e, "cannot frame a message; closing");
@@ -791,19 +803,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let _ = wr.shutdown().await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
-    conn: std::sync::Weak<Conn>,
-    mut rd: R,
-    max: usize,
-    mut mac: Option<MacState>,
-) {
+async fn read_loop<R: AsyncRead + Unpin>(conn: std::sync::Weak<Conn>, mut rd: FrameReader<R>) {
     let encoding = match conn.upgrade() {
         Some(c) => c.marshaller.encoding(),
         None => return,
     };
     let marshaller = Marshaller::client(encoding);
     loop {
-        let frame = read_frame(&mut rd, max, mac.as_mut()).await;
+        let frame = rd.next().await;
         let Some(c) = conn.upgrade() else { return };
         match frame {
             Ok(payload) => match marshaller.decode(&payload) {
@@ -853,15 +860,16 @@ mod frame_tests {
     async fn a_length_word_reserves_only_what_arrives() {
         let claimed = 64usize << 20;
         let payload: Vec<u8> = (0..claimed).map(|i| (i % 251) as u8).collect();
-        let wire = encode_frame(&payload).unwrap();
+        let wire = zeo_protocol::encode_frame(&payload).unwrap();
         let (mut server, client) = tokio::io::duplex(1 << 16);
         let most_room = Arc::new(AtomicU64::new(0));
-        let mut probe = Probe {
+        let probe = Probe {
             inner: client,
             most_room: most_room.clone(),
         };
+        let mut reader = FrameReader::new(probe, 256 << 20);
         server.write_all(&wire[..14]).await.unwrap();
-        let mut read = Box::pin(read_frame(&mut probe, 256 << 20, None));
+        let mut read = Box::pin(reader.next());
         let once = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
         assert!(once.is_pending());
         let room = most_room.load(Ordering::Relaxed);
@@ -882,13 +890,42 @@ mod frame_tests {
 
     #[tokio::test]
     async fn a_frame_over_the_limit_names_it() {
-        let (mut server, mut client) = tokio::io::duplex(64);
+        let (mut server, client) = tokio::io::duplex(64);
         server.write_all(&(1025u32).to_be_bytes()).await.unwrap();
-        let err = read_frame(&mut client, 1024, None).await.unwrap_err();
+        let err = FrameReader::new(client, 1024).next().await.unwrap_err();
         assert!(
             err.to_string()
                 .contains("frame of 1025 bytes exceeds max-message-size 1024"),
             "{err}"
         );
+    }
+
+    /// After a login both directions are sealed by the shared codec, and
+    /// a frame that is not is refused.
+    #[tokio::test]
+    async fn a_maced_reader_checks_what_was_buffered_before_the_switch() {
+        let key = SessionKey::derive(&"e".repeat(40), "n").unwrap();
+        let mut sender = FrameCodec::new();
+        sender.install_mac(MacState::new(&key));
+        let mut wire = zeo_protocol::encode_frame(b"plain").unwrap();
+        wire.extend(sender.encode_vec(b"sealed").unwrap());
+        wire.extend(zeo_protocol::encode_frame(b"unsealed").unwrap());
+        let (mut server, client) = tokio::io::duplex(1024);
+        server.write_all(&wire).await.unwrap();
+        let mut reader = FrameReader::new(client, 1024);
+        assert_eq!(&reader.next().await.unwrap()[..], b"plain");
+        reader.codec.install_mac(MacState::new(&key));
+        assert_eq!(&reader.next().await.unwrap()[..], b"sealed");
+        let err = reader.next().await.unwrap_err();
+        assert!(err.to_string().contains("without MAC"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_close_inside_a_frame_is_a_disconnect() {
+        let (mut server, client) = tokio::io::duplex(64);
+        server.write_all(b"\0\0\0\x05ab").await.unwrap();
+        drop(server);
+        let err = FrameReader::new(client, 1024).next().await.unwrap_err();
+        assert!(matches!(err, Error::Disconnected(_)), "{err}");
     }
 }

@@ -136,9 +136,13 @@ mod commit;
 mod connection;
 pub mod error;
 mod iteration;
+mod manager;
 mod options;
+mod reconnect;
 pub mod records;
 mod storage;
+mod verify;
+mod vote;
 
 pub use cache::{CacheStats, ClientCache};
 pub use client::{AsyncClientStorage, ClientStats};
@@ -146,7 +150,9 @@ pub use commit::{AsyncTransaction, CommitOptions, Transaction};
 pub use connection::Notice;
 pub use error::{is_client_disconnected, Error, ErrorKind, Result};
 pub use iteration::TransactionStream;
-pub use options::{ClientOptions, ConflictInfo, ConflictResolver, ServerAddress};
+pub use options::{
+    ClientOptions, ConflictInfo, ConflictResolver, Connecting, Connector, ServerAddress, Transport,
+};
 pub use storage::ClientStorage;
 
 /// `docs/client.md`, whose examples run as doctests.

@@ -3,11 +3,14 @@
 //! `<zeoclient>` keys).
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use zeo_storage::{Oid, Tid};
 
 use crate::cache::DEFAULT_CACHE_SIZE;
@@ -133,6 +136,41 @@ pub struct ConflictInfo {
     pub old_data: Option<Vec<u8>>,
 }
 
+/// A byte stream to a server: what a [`Connector`] opens.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// What a [`Connector`] returns: the stream, once open.
+pub type Connecting = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Transport>>> + Send>>;
+
+/// Opens the stream to a server address in place of a TCP or Unix socket:
+/// for a transport the client does not know itself (a tunnel, an
+/// in-process pipe). Everything above the bytes stays the same:
+/// handshake, login, verification and reconnection. A connection error of
+/// kind `ConnectionRefused` or `NotFound` counts as a refusal for
+/// [`fail_fast`](ClientOptions::fail_fast).
+///
+/// ```
+/// use std::sync::Arc;
+/// use zeo_client::{ClientOptions, Connector, ServerAddress, Transport};
+///
+/// // Every address goes to one in-process pipe; `peer` is the server's end.
+/// let (pipe, peer) = tokio::io::duplex(64 * 1024);
+/// let pipe = std::sync::Mutex::new(Some(pipe));
+/// let connector: Connector = Arc::new(move |_address: &ServerAddress| {
+///     let pipe = pipe.lock().unwrap().take();
+///     Box::pin(async move {
+///         pipe.map(|p| Box::new(p) as Box<dyn Transport>)
+///             .ok_or_else(|| std::io::ErrorKind::ConnectionRefused.into())
+///     })
+/// });
+/// let mut options = ClientOptions::new(vec![ServerAddress::localhost(8100)]);
+/// options.connector = Some(connector);
+/// # drop(peer);
+/// ```
+pub type Connector = Arc<dyn Fn(&ServerAddress) -> Connecting + Send + Sync>;
+
 /// The client's settings. [`ClientOptions::new`] gives ZEO's defaults.
 ///
 /// ```
@@ -207,6 +245,9 @@ pub struct ClientOptions {
     pub password: Option<String>,
     /// The realm the server must announce; `None` accepts the server's.
     pub realm: Option<String>,
+    /// Opens streams to servers instead of sockets; `None` connects over
+    /// TCP or Unix sockets as the address says.
+    pub connector: Option<Connector>,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -252,6 +293,7 @@ impl ClientOptions {
             username: None,
             password: None,
             realm: None,
+            connector: None,
         }
     }
 

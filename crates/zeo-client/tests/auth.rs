@@ -4,7 +4,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{commit_with, TestServer};
 use zeo_auth::{PasswordDatabase, ServerAuthenticator};
@@ -36,23 +36,9 @@ fn commit(storage: &ClientStorage, writes: &[(Oid, Tid, &[u8])]) -> zeo_storage:
 /// Waits (10 s at most) for the first notice that `pick` accepts.
 fn wait_notice<T>(
     rx: &mut tokio::sync::broadcast::Receiver<Notice>,
-    mut pick: impl FnMut(Notice) -> Option<T>,
+    pick: impl FnMut(Notice) -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match rx.try_recv() {
-            Ok(n) => {
-                if let Some(v) = pick(n) {
-                    return v;
-                }
-            }
-            Err(tokio::sync::broadcast::error::TryRecvError::Empty) => {
-                assert!(Instant::now() < deadline, "no such notice in time");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("notices: {e}"),
-        }
-    }
+    common::wait_notice(rx, Duration::from_secs(10), pick).expect("no such notice in time")
 }
 
 /// Starts a client that does not wait for its connection, and returns the
@@ -79,9 +65,11 @@ fn the_right_password_commits_loads_and_hears_invalidations_in_both_encodings() 
         let server = TestServer::start(&dir.path().join("Data.fs"), 0, auth_settings(msgpack));
         let mut options = with_credentials(server.options(), "alice", "s3cret");
         options.realm = Some("zeo".into());
-        // Heartbeats are sealed too: several go out while the test runs.
+        // Heartbeats are sealed too, and may go out while the test runs
+        // (`tests/deterministic.rs` checks the chain across them).
         options.heartbeat_interval = Duration::from_millis(20);
         let a = ClientStorage::open(options).unwrap();
+        let mut a_notices = a.subscribe();
         let b = ClientStorage::open(with_credentials(server.options(), "bob", "hunter2")).unwrap();
         let mut notices = b.subscribe();
 
@@ -94,14 +82,10 @@ fn the_right_password_commits_loads_and_hears_invalidations_in_both_encodings() 
         });
         assert_eq!(tid, t1);
         assert_eq!(b.load(oid).unwrap(), (b"one".to_vec(), t1));
-        std::thread::sleep(Duration::from_millis(100));
         let t2 = commit(&b, &[(oid, t1, b"two")]).unwrap();
         assert_eq!(b.load_serial(oid, t1).unwrap(), b"one");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while a.load(oid).unwrap().1 != t2 {
-            assert!(Instant::now() < deadline, "a never heard of t2");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        common::wait_invalidated(&mut a_notices, t2);
+        assert_eq!(a.load(oid).unwrap(), (b"two".to_vec(), t2));
         assert_eq!(a.stats().connections, 1, "one connection throughout");
         drop(a);
         drop(b);

@@ -3,9 +3,11 @@
 //!
 //! Needs the venv `cargo xtask test` creates; fails (never skips) without it.
 
+mod common;
+
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zeo_client::{ClientOptions, ClientStorage, Notice, ServerAddress};
 use zeo_testkit::{free_port, python6};
@@ -40,11 +42,12 @@ fn credentials_for_a_stock_zeo6_server_are_an_auth_error() {
             .spawn()
             .expect("cannot start runzeo: run `cargo xtask test` to create the Python venvs"),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "runzeo did not start listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        zeo_testkit::wait_until(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }),
+        "runzeo did not start listening"
+    );
 
     let mut options = ClientOptions::new(vec![ServerAddress::localhost(port)]);
     options.username = Some("alice".into());
@@ -53,23 +56,12 @@ fn credentials_for_a_stock_zeo6_server_are_an_auth_error() {
     options.min_disconnect_poll = Duration::from_millis(50);
     let client = ClientStorage::open(options.clone()).unwrap();
     let mut notices = client.subscribe();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let reason = loop {
-        match notices.try_recv() {
-            Ok(Notice::AuthenticationFailed { reason, .. }) => break reason,
-            Ok(Notice::Connected { .. }) => {
-                panic!("connected to a server that cannot authenticate")
-            }
-            Ok(_) => {}
-            Err(_) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "no authentication failure reported"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    };
+    let reason = common::wait_notice(&mut notices, Duration::from_secs(20), |n| match n {
+        Notice::AuthenticationFailed { reason, .. } => Some(reason),
+        Notice::Connected { .. } => panic!("connected to a server that cannot authenticate"),
+        _ => None,
+    })
+    .expect("no authentication failure reported");
     assert!(
         reason.contains("does not support authentication"),
         "{reason}"

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{commit_with, TestServer};
+use common::{commit_with, wait_disconnected, wait_notice, TestServer};
 use zeo_client::{is_client_disconnected, ClientStorage, Notice, ServerAddress};
 use zeo_server::ServerSettings;
 use zeo_storage::Iteration;
@@ -84,21 +84,12 @@ fn read_only_fallback_switches_to_a_writable_server_when_one_appears() {
     let mut notices = client.subscribe();
 
     let primary = TestServer::start(&path_b, port_b, ServerSettings::default());
-    let switched = Instant::now();
-    while client.is_read_only() {
-        assert!(
-            switched.elapsed() < Duration::from_secs(10),
-            "no switch to the writable server"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut connected = None;
-    while let Ok(n) = notices.try_recv() {
-        if let Notice::Connected { address, read_only } = n {
-            connected = Some((address, read_only));
-        }
-    }
+    let connected = wait_notice(&mut notices, Duration::from_secs(10), |n| match n {
+        Notice::Connected { address, read_only } => Some((address, read_only)),
+        _ => None,
+    });
     assert_eq!(connected, Some((format!("127.0.0.1:{port_b}"), false)));
+    assert!(!client.is_read_only());
 
     let t2 = commit(&client, oid, t1, b"written after the switch").unwrap();
     let direct = ClientStorage::open(primary.options()).unwrap();
@@ -126,12 +117,9 @@ fn a_lost_connection_is_client_disconnected_through_the_trait() {
     let mut iterator = client.iterator(None, None).unwrap();
     assert!(iterator.next().unwrap().is_ok());
 
+    let mut notices = client.subscribe();
     server.stop();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.is_connected() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_disconnected(&mut notices);
     let expect_disconnected = |what: &str, err: zeo_storage::Error| {
         assert!(is_client_disconnected(&err), "{what}: {err:?}");
         let zeo_storage::Error::Storage(message) = &err else {

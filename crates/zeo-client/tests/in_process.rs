@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{commit_with, TestServer};
+use common::{commit_with, wait_disconnected, wait_invalidated, wait_notice, TestServer};
 use zeo_client::{ClientStorage, Error, Notice};
 use zeo_server::ServerSettings;
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
@@ -30,6 +30,7 @@ fn commit_load_and_invalidate_in_both_encodings() {
         let dir = tempfile::tempdir().unwrap();
         let server = TestServer::start(&dir.path().join("Data.fs"), 0, settings(msgpack));
         let a = ClientStorage::open(server.options()).unwrap();
+        let mut a_notices = a.subscribe();
         let b = ClientStorage::open(server.options()).unwrap();
         let mut notices = b.subscribe();
 
@@ -80,10 +81,7 @@ fn commit_load_and_invalidate_in_both_encodings() {
         let t3 = commit(&b, &[(oid, t2, b"three")]).unwrap();
         // a learns of t3 from the invalidation, which may still be on its
         // way: wait for it before comparing.
-        assert_eq!(
-            wait_for(|| a.load(oid).ok().map(|r| r.1).filter(|t| *t == t3)),
-            Some(t3)
-        );
+        wait_invalidated(&mut a_notices, t3);
         assert_eq!(a.load(oid).map(|r| r.1).ok(), Some(t3));
         assert!(matches!(
             a.load(Oid(999)),
@@ -95,32 +93,12 @@ fn commit_load_and_invalidate_in_both_encodings() {
     }
 }
 
-fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    for _ in 0..200 {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    None
-}
-
 fn wait_invalidation(rx: &mut tokio::sync::broadcast::Receiver<Notice>) -> Tid {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no invalidation arrived"
-        );
-        match rx.try_recv() {
-            Ok(Notice::Invalidated { tid, .. }) => return tid,
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::TryRecvError::Empty) => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    wait_notice(rx, Duration::from_secs(10), |n| match n {
+        Notice::Invalidated { tid, .. } => Some(tid),
+        _ => None,
+    })
+    .expect("no invalidation arrived")
 }
 
 #[test]
@@ -178,6 +156,7 @@ fn reconnects_after_a_server_restart_and_verifies_the_cache() {
     let oid = client.new_oid().unwrap();
     let t1 = commit(&client, &[(oid, Tid::ZERO, b"before")]).unwrap();
     let mut notices = client.subscribe();
+    let mut connects = client.subscribe();
 
     // A commit spanning the outage fails cleanly.
     let txn = client
@@ -185,7 +164,8 @@ fn reconnects_after_a_server_restart_and_verifies_the_cache() {
         .unwrap();
     client.store(txn, oid, t1, b"lost").unwrap();
     server.stop();
-    assert!(wait_for(|| (!client.is_connected()).then_some(())).is_some());
+    wait_disconnected(&mut notices);
+    assert!(!client.is_connected());
     let err = client.tpc_vote(txn).unwrap_err();
     assert!(err.to_string().contains("ClientDisconnected"), "{err}");
     client.tpc_abort(txn);
@@ -201,21 +181,17 @@ fn reconnects_after_a_server_restart_and_verifies_the_cache() {
     let t2 = commit(&other, &[(oid, t1, b"after")]).unwrap();
 
     client.wait_connected(Duration::from_secs(20)).unwrap();
-    let got = wait_for(|| client.load(oid).ok().filter(|r| r.1 == t2));
+    // Verification or a live invalidation tells the client of t2.
+    wait_invalidated(&mut notices, t2);
     assert_eq!(
-        got,
-        Some((b"after".to_vec(), t2)),
+        client.load(oid).unwrap(),
+        (b"after".to_vec(), t2),
         "no stale read after reconnecting"
     );
-    let mut saw = Vec::new();
-    while let Ok(n) = notices.try_recv() {
-        saw.push(n);
-    }
-    assert!(saw.contains(&Notice::Disconnected), "{saw:?}");
-    assert!(
-        saw.iter().any(|n| matches!(n, Notice::Connected { .. })),
-        "{saw:?}"
-    );
+    let connected = wait_notice(&mut connects, Duration::from_secs(10), |n| {
+        matches!(n, Notice::Connected { .. }).then_some(())
+    });
+    assert!(connected.is_some(), "no Connected notice");
     // And the client commits again.
     let t3 = commit(&client, &[(oid, t2, b"again")]).unwrap();
     assert!(t3 > t2);
@@ -231,8 +207,9 @@ fn a_miss_while_disconnected_times_out_with_client_disconnected() {
     let mut options = server.options();
     options.wait_timeout = Duration::from_millis(300);
     let client = ClientStorage::open(options).unwrap();
+    let mut notices = client.subscribe();
     server.stop();
-    assert!(wait_for(|| (!client.is_connected()).then_some(())).is_some());
+    wait_disconnected(&mut notices);
     let err = client.as_async().cache().load(Oid(5));
     assert!(err.is_none());
     let started = std::time::Instant::now();

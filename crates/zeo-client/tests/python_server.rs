@@ -4,10 +4,12 @@
 //!
 //! Needs the venv `cargo xtask test` creates; fails (never skips) without it.
 
+mod common;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zeo_client::{ClientOptions, ClientStorage, Notice, ServerAddress};
 use zeo_storage::Iteration;
@@ -70,15 +72,11 @@ fn options(port: u16) -> ClientOptions {
 }
 
 fn wait_invalidation(rx: &mut tokio::sync::broadcast::Receiver<Notice>) -> (Tid, Vec<Oid>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(Instant::now() < deadline, "no invalidation arrived");
-        match rx.try_recv() {
-            Ok(Notice::Invalidated { tid, oids }) => return (tid, oids),
-            Ok(_) => {}
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+    common::wait_notice(rx, Duration::from_secs(20), |n| match n {
+        Notice::Invalidated { tid, oids } => Some((tid, oids)),
+        _ => None,
+    })
+    .expect("no invalidation arrived")
 }
 
 fn interop(msgpack: bool) {
@@ -212,12 +210,9 @@ fn python_server_killed_and_restarted() {
         .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
         .unwrap();
     client.store(txn, oid, t1, b"never").unwrap();
+    let mut notices = client.subscribe();
     drop(server);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.is_connected() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_disconnected(&mut notices);
     assert!(client.tpc_vote(txn).is_err());
     client.tpc_abort(txn);
     assert_eq!(
@@ -266,11 +261,12 @@ fn run_runzeo(dir: &Path, port: u16) -> Runzeo {
         .spawn()
         .expect("cannot start runzeo: run `cargo xtask test` to create the Python venvs");
     let server = Runzeo { child, port };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "runzeo did not start listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        zeo_testkit::wait_until(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }),
+        "runzeo did not start listening"
+    );
     server
 }
 
@@ -472,11 +468,11 @@ fn storage_api_against_python(msgpack: bool) {
         client.load_serial(dropped, build),
         Err(zeo_storage::Error::PosKey { .. })
     ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.len() != 2 {
-        assert!(Instant::now() < deadline, "no info message after the pack");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The `info` message announces nothing to wait on.
+    assert!(
+        zeo_testkit::wait_until(Duration::from_secs(10), || client.len() == 2),
+        "no info message after the pack"
+    );
     let seen = python(
         &format!(
             "from ZODB.POSException import POSKeyError\n\

@@ -6,9 +6,9 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{commit_with, TestServer};
+use common::{commit_with, wait_invalidated, TestServer};
 use zeo_client::{ClientStorage, ConflictInfo};
 use zeo_pickle::{Protocol, Value};
 use zeo_server::ServerSettings;
@@ -30,12 +30,13 @@ fn commit(storage: &ClientStorage, writes: &[(Oid, Tid, &[u8])]) -> zeo_storage:
     commit_with(storage, &meta(""), writes)
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits (10 s at most) for a change that announces nothing: the
+/// figures of an `info` message.
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        zeo_testkit::wait_until(Duration::from_secs(10), f),
+        "timed out waiting for {what}"
+    );
 }
 
 fn start() -> (tempfile::TempDir, TestServer) {
@@ -165,11 +166,12 @@ fn undo_is_applied_and_invalidates_the_cache() {
     let (_dir, server) = start();
     let a = ClientStorage::open(server.options()).unwrap();
     let b = ClientStorage::open(server.options()).unwrap();
+    let mut b_notices = b.subscribe();
     assert!(a.as_undo().is_some(), "FileStorage supports undo");
     let oid = a.new_oid().unwrap();
     let t1 = commit_with(&a, &meta("create"), &[(oid, Tid::ZERO, b"v1")]).unwrap();
     let t2 = commit_with(&a, &meta("change"), &[(oid, t1, b"v2")]).unwrap();
-    wait_until("b to hear of t2", || b.last_transaction() == t2);
+    wait_invalidated(&mut b_notices, t2);
     assert_eq!(b.load(oid).unwrap(), (b"v2".to_vec(), t2));
     assert_eq!(
         a.load(oid).unwrap(),
@@ -198,7 +200,7 @@ fn undo_is_applied_and_invalidates_the_cache() {
         loads + 1,
         "the undone object was reloaded"
     );
-    wait_until("b to hear of the undo", || b.last_transaction() == t3);
+    wait_invalidated(&mut b_notices, t3);
     assert_eq!(b.load(oid).unwrap(), (b"v1".to_vec(), t3));
     let undo_entry = &a.undo_log(0, 1, None).unwrap()[0];
     assert_eq!(
@@ -394,6 +396,7 @@ fn conflicts_are_resolved_by_the_client_hook() {
     }));
     let resolving = ClientStorage::open(options).unwrap();
     let plain = ClientStorage::open(server.options()).unwrap();
+    let mut plain_notices = plain.subscribe();
 
     let oid = plain.new_oid().unwrap();
     let untouched = plain.new_oid().unwrap();
@@ -431,9 +434,8 @@ fn conflicts_are_resolved_by_the_client_hook() {
         (merged.clone(), merged_tid),
         "the resolver caches the merged data"
     );
-    wait_until("the merge to reach the other client", || {
-        plain.load(oid).ok() == Some((merged.clone(), merged_tid))
-    });
+    wait_invalidated(&mut plain_notices, merged_tid);
+    assert_eq!(plain.load(oid).unwrap(), (merged.clone(), merged_tid));
     assert_eq!(plain.load(untouched).unwrap(), (b"u2".to_vec(), merged_tid));
 
     // Without a resolver the vote fails with the oid and both serials.

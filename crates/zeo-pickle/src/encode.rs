@@ -10,7 +10,6 @@
 
 use crate::error::Error;
 use crate::opcodes::*;
-use crate::text::le_from_i64;
 use crate::value::Value;
 
 /// Pickle protocols this crate writes.
@@ -137,19 +136,7 @@ impl Encoder {
     }
 
     fn save_int(&mut self, n: i64) {
-        if (0..=0xff).contains(&n) {
-            self.out.extend_from_slice(&[BININT1, n as u8]);
-        } else if (0..=0xffff).contains(&n) {
-            self.out.push(BININT2);
-            self.out.extend_from_slice(&(n as u16).to_le_bytes());
-        } else if let Ok(n) = i32::try_from(n) {
-            self.out.push(BININT);
-            self.out.extend_from_slice(&n.to_le_bytes());
-        } else {
-            let b = le_from_i64(n);
-            self.out.extend_from_slice(&[LONG1, b.len() as u8]);
-            self.out.extend_from_slice(&b);
-        }
+        crate::text::write_int(n, &mut self.out);
     }
 
     fn save_long(&mut self, b: &[u8]) -> Result<(), Error> {

@@ -22,7 +22,7 @@ mod decode;
 mod encode;
 mod error;
 mod machine;
-mod opcodes;
+pub mod opcodes;
 mod record;
 mod text;
 pub mod value;
@@ -32,4 +32,5 @@ pub use decode::{decode, decode_prefix, zeo_server_find_global, Decoder, DEFAULT
 pub use encode::{encode, Encoder, Protocol, MAX_ENCODE_DEPTH};
 pub use error::Error;
 pub use record::{class_of, encode_record, references, references_into};
+pub use text::{int_len, minimal_le, write_int};
 pub use value::Value;

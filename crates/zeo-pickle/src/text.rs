@@ -1,4 +1,5 @@
-//! Arguments of the protocol-0 text opcodes, and integer byte forms.
+//! Arguments of the protocol-0 text opcodes, and integer byte forms (the
+//! latter public: ZEO's direct message writer shares them).
 //!
 //! Python 2 era pickles spell integers, strings and unicode as text lines;
 //! these helpers turn them into our values with the same acceptance rules as
@@ -16,8 +17,19 @@ pub(crate) enum Integer {
     Big(Vec<u8>),
 }
 
-/// Strips redundant sign bytes from little-endian two's complement bytes.
-pub(crate) fn minimal_le(bytes: &[u8]) -> &[u8] {
+/// Strips redundant sign bytes from little-endian two's complement bytes:
+/// the form Python's `LONG1` and `LONG4` carry an integer in (zero is no
+/// bytes at all).
+///
+/// ```
+/// use zeo_pickle::minimal_le;
+///
+/// assert_eq!(minimal_le(&255i64.to_le_bytes()), [0xff, 0x00]);
+/// assert_eq!(minimal_le(&(-1i64).to_le_bytes()), [0xff]);
+/// assert_eq!(minimal_le(&(-256i64).to_le_bytes()), [0x00, 0xff]);
+/// assert!(minimal_le(&0i64.to_le_bytes()).is_empty());
+/// ```
+pub fn minimal_le(bytes: &[u8]) -> &[u8] {
     let mut len = bytes.len();
     while len > 1 {
         let last = bytes[len - 1];
@@ -53,10 +65,50 @@ pub(crate) fn integer_from_le(bytes: &[u8]) -> Integer {
     }
 }
 
-/// Minimal little-endian two's complement bytes of `n`, as Python's
-/// `encode_long` writes them (zero is the empty string).
-pub(crate) fn le_from_i64(n: i64) -> Vec<u8> {
-    minimal_le(&n.to_le_bytes()).to_vec()
+/// The bytes [`write_int`] takes for `n`.
+///
+/// ```
+/// assert_eq!(zeo_pickle::int_len(7), 2);
+/// assert_eq!(zeo_pickle::int_len(-1), 5);
+/// assert_eq!(zeo_pickle::int_len(1 << 40), 2 + 6);
+/// ```
+pub fn int_len(n: i64) -> usize {
+    if (0..=0xff).contains(&n) {
+        2
+    } else if (0..=0xffff).contains(&n) {
+        3
+    } else if i32::try_from(n).is_ok() {
+        5
+    } else {
+        2 + minimal_le(&n.to_le_bytes()).len()
+    }
+}
+
+/// Appends `n` as Python's pickler writes an `int` (protocol 2 and up):
+/// `BININT1`, `BININT2` or `BININT` when it fits, `LONG1` otherwise.
+///
+/// ```
+/// let mut out = Vec::new();
+/// zeo_pickle::write_int(300, &mut out);
+/// zeo_pickle::write_int(-2, &mut out);
+/// assert_eq!(out, [b'M', 0x2c, 0x01, b'J', 0xfe, 0xff, 0xff, 0xff]);
+/// ```
+pub fn write_int(n: i64, out: &mut Vec<u8>) {
+    use crate::opcodes::{BININT, BININT1, BININT2, LONG1};
+    if (0..=0xff).contains(&n) {
+        out.extend_from_slice(&[BININT1, n as u8]);
+    } else if (0..=0xffff).contains(&n) {
+        out.push(BININT2);
+        out.extend_from_slice(&(n as u16).to_le_bytes());
+    } else if let Ok(n) = i32::try_from(n) {
+        out.push(BININT);
+        out.extend_from_slice(&n.to_le_bytes());
+    } else {
+        let bytes = n.to_le_bytes();
+        let b = minimal_le(&bytes);
+        out.extend_from_slice(&[LONG1, b.len() as u8]);
+        out.extend_from_slice(b);
+    }
 }
 
 /// Parses the argument of `INT`/`LONG`: optional whitespace and sign, then
@@ -220,11 +272,20 @@ mod tests {
 
     #[test]
     fn minimal_forms() {
-        assert_eq!(le_from_i64(0), Vec::<u8>::new());
-        assert_eq!(le_from_i64(255), vec![0xff, 0x00]);
-        assert_eq!(le_from_i64(-1), vec![0xff]);
-        assert_eq!(le_from_i64(-256), vec![0x00, 0xff]);
-        assert_eq!(le_from_i64(i64::MIN), i64::MIN.to_le_bytes().to_vec());
+        assert_eq!(minimal_le(&(0i64).to_le_bytes()).to_vec(), Vec::<u8>::new());
+        assert_eq!(
+            minimal_le(&(255i64).to_le_bytes()).to_vec(),
+            vec![0xff, 0x00]
+        );
+        assert_eq!(minimal_le(&(-1i64).to_le_bytes()).to_vec(), vec![0xff]);
+        assert_eq!(
+            minimal_le(&(-256i64).to_le_bytes()).to_vec(),
+            vec![0x00, 0xff]
+        );
+        assert_eq!(
+            minimal_le(&(i64::MIN).to_le_bytes()).to_vec(),
+            i64::MIN.to_le_bytes().to_vec()
+        );
         assert_eq!(integer_from_le(&[0xff, 0xff, 0xff]), Integer::Small(-1));
         assert_eq!(integer_from_le(&[]), Integer::Small(0));
         let big = [0, 0, 0, 0, 0, 0, 0, 0x80, 0];

@@ -8,9 +8,17 @@
 //! [`FRAME_GROW_STEP`] or what has arrived, whichever is more
 //! ([`frame_growth_target`], [`reserve_frame`]). So a peer that announces
 //! 64 MiB and sends four bytes costs four bytes and a step, not 64 MiB.
+//!
+//! After a ZEO 3/4 `digest` login (`docs/auth.md`) every frame in either
+//! direction carries the MAC bit in its length word and a 20-byte MAC
+//! before its payload. [`FrameCodec`] is the one decoder and encoder of
+//! both forms: server and client readers feed it the bytes that arrived,
+//! writers take their headers from it ([`FrameCodec::header`]), and
+//! [`FrameCodec::install_mac`] switches one direction to sealed frames.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
+use zeo_auth::{MacState, MAC_LEN};
 
 use crate::error::{Error, Result};
 
@@ -71,11 +79,7 @@ pub fn reserve_frame(buf: &mut BytesMut, total: usize) {
 ///
 /// [`Error::FrameTooLarge`] when the payload does not fit a 32-bit length.
 pub fn encode_frame(payload: &[u8]) -> Result<Vec<u8>> {
-    let len = frame_len(payload.len())?;
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(payload);
-    Ok(out)
+    FrameCodec::new().encode_vec(payload)
 }
 
 /// Splits the first frame off `input`: returns its payload and the bytes
@@ -113,11 +117,74 @@ fn frame_len(len: usize) -> Result<u32> {
     })
 }
 
-/// A [`Decoder`]/[`Encoder`] for ZEO's sized messages, for use with
-/// `tokio_util::codec::Framed` or directly on a [`BytesMut`].
+/// Bytes of the longest frame header: the length word and a MAC.
+pub const MAX_HEADER_LEN: usize = HEADER_LEN + MAC_LEN;
+
+/// The header that goes before a payload on the wire: the length word,
+/// followed by the MAC on a sealed connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    bytes: [u8; MAX_HEADER_LEN],
+    len: usize,
+}
+
+impl FrameHeader {
+    /// The header bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The header to write before `payload`, sealed with `mac` when given (which
+/// advances that MAC chain): for writers that keep the MAC chain themselves
+/// rather than a [`FrameCodec`].
+///
+/// ```
+/// let header = zeo_protocol::frame::frame_header(b"Z5", None).unwrap();
+/// assert_eq!(header.as_bytes(), b"\0\0\0\x02");
+/// ```
+///
+/// # Errors
+///
+/// As [`FrameCodec::header`].
+pub fn frame_header(payload: &[u8], mac: Option<&mut MacState>) -> Result<FrameHeader> {
+    let mut header = FrameHeader {
+        bytes: [0; MAX_HEADER_LEN],
+        len: HEADER_LEN,
+    };
+    match mac {
+        Some(mac) => {
+            header.bytes = mac.seal_header(payload).map_err(refused)?;
+            header.len = MAX_HEADER_LEN;
+        }
+        None => {
+            let len = frame_len(payload.len())?;
+            header.bytes[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+        }
+    }
+    Ok(header)
+}
+
+/// A MAC that is missing or does not verify: the stream is not what the
+/// authenticated peer sent, so the connection cannot go on. Reported as
+/// invalid data on the stream, which is what it is.
+fn refused(err: zeo_auth::Error) -> Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, err).into()
+}
+
+/// ZEO's framing for one direction of a connection: a [`Decoder`] and
+/// [`Encoder`] for `tokio_util::codec::Framed`, or used directly on a
+/// [`BytesMut`] that a reader fills.
+///
+/// It holds the largest payload accepted and, once
+/// [`install_mac`](FrameCodec::install_mac) was called, that direction's
+/// MAC chain: from then on every frame decoded must carry a MAC that
+/// continues the chain and every frame encoded is sealed. A connection
+/// therefore uses two codecs, one per direction.
 ///
 /// While a frame is incomplete the decoder grows the buffer with
-/// [`reserve_frame`], never to the announced length at once.
+/// [`reserve_frame`], never to the announced length at once; the limit is
+/// checked against the announced length before anything is reserved.
 ///
 /// ```
 /// use bytes::BytesMut;
@@ -129,16 +196,35 @@ fn frame_len(len: usize) -> Result<u32> {
 /// assert_eq!(&codec.decode(&mut buf).unwrap().unwrap()[..], b"Z5");
 /// assert!(codec.decode(&mut buf).unwrap().is_none()); // waits for more
 /// ```
-#[derive(Clone, Copy, Debug)]
+///
+/// Sealed frames, after a digest login:
+///
+/// ```
+/// use bytes::BytesMut;
+/// use tokio_util::codec::Decoder;
+/// use zeo_auth::{MacState, SessionKey};
+/// use zeo_protocol::FrameCodec;
+///
+/// let key = SessionKey::derive(&"a".repeat(40), "nonce").unwrap();
+/// let (mut sender, mut receiver) = (FrameCodec::new(), FrameCodec::new());
+/// sender.install_mac(MacState::new(&key));
+/// receiver.install_mac(MacState::new(&key));
+/// let mut wire = BytesMut::from(&sender.encode_vec(b"hello").unwrap()[..]);
+/// assert_eq!(wire.len(), 4 + 20 + 5);
+/// assert_eq!(&receiver.decode(&mut wire).unwrap().unwrap()[..], b"hello");
+/// // An unsealed frame is refused now.
+/// let mut plain = BytesMut::from(&b"\0\0\0\x02Z5"[..]);
+/// assert!(receiver.decode(&mut plain).is_err());
+/// ```
+#[derive(Clone, Debug)]
 pub struct FrameCodec {
     max_frame: usize,
+    mac: Option<MacState>,
 }
 
 impl Default for FrameCodec {
     fn default() -> Self {
-        FrameCodec {
-            max_frame: DEFAULT_MAX_FRAME,
-        }
+        Self::with_max_frame(DEFAULT_MAX_FRAME)
     }
 }
 
@@ -150,12 +236,59 @@ impl FrameCodec {
 
     /// A codec accepting payloads up to `max_frame` bytes.
     pub fn with_max_frame(max_frame: usize) -> Self {
-        FrameCodec { max_frame }
+        FrameCodec {
+            max_frame,
+            mac: None,
+        }
     }
 
     /// The largest payload this codec accepts.
     pub fn max_frame(&self) -> usize {
         self.max_frame
+    }
+
+    /// Seals every frame encoded, or requires and checks a MAC on every
+    /// frame decoded, from now on. Bytes already buffered but not decoded
+    /// yet are checked too.
+    pub fn install_mac(&mut self, mac: MacState) {
+        self.mac = Some(mac);
+    }
+
+    /// Whether frames are sealed (a MAC was installed).
+    pub fn is_sealed(&self) -> bool {
+        self.mac.is_some()
+    }
+
+    /// The header to write before `payload`; on a sealed codec this
+    /// advances the MAC chain, so headers must reach the wire in the order
+    /// they were made.
+    ///
+    /// ```
+    /// let header = zeo_protocol::FrameCodec::new().header(b"Z5").unwrap();
+    /// assert_eq!(header.as_bytes(), b"\0\0\0\x02");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::FrameTooLarge`] when the payload does not fit a length
+    /// word; on a sealed codec an invalid-data [`Error::Io`] instead, and
+    /// also for an empty payload (which cannot be authenticated) or after
+    /// a failure.
+    pub fn header(&mut self, payload: &[u8]) -> Result<FrameHeader> {
+        frame_header(payload, self.mac.as_mut())
+    }
+
+    /// The whole frame for `payload`, header and payload in one buffer.
+    ///
+    /// # Errors
+    ///
+    /// As [`FrameCodec::header`].
+    pub fn encode_vec(&mut self, payload: &[u8]) -> Result<Vec<u8>> {
+        let header = self.header(payload)?;
+        let mut out = Vec::with_capacity(header.len + payload.len());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(payload);
+        Ok(out)
     }
 }
 
@@ -167,20 +300,33 @@ impl Decoder for FrameCodec {
         let Some(header) = src.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes(*header) as usize;
+        let word = u32::from_be_bytes(*header);
+        let (len, mac_len) = if self.mac.is_some() {
+            match zeo_auth::split_length_word(word) {
+                (true, len) => (len as usize, MAC_LEN),
+                (false, _) => return Err(refused(zeo_auth::Error::MissingMac)),
+            }
+        } else {
+            (word as usize, 0)
+        };
         if len > self.max_frame {
             return Err(Error::FrameTooLarge {
                 len: len as u64,
                 max: self.max_frame as u64,
             });
         }
-        let total = HEADER_LEN + len;
+        let total = HEADER_LEN + mac_len + len;
         if src.len() < total {
             reserve_frame(src, total);
             return Ok(None);
         }
         src.advance(HEADER_LEN);
-        Ok(Some(src.split_to(len)))
+        let mut body = src.split_to(mac_len + len);
+        if let Some(mac) = self.mac.as_mut() {
+            mac.open_body(word, &body).map_err(refused)?;
+            body.advance(MAC_LEN);
+        }
+        Ok(Some(body))
     }
 }
 
@@ -188,9 +334,9 @@ impl Encoder<&[u8]> for FrameCodec {
     type Error = Error;
 
     fn encode(&mut self, payload: &[u8], dst: &mut BytesMut) -> Result<()> {
-        let len = frame_len(payload.len())?;
-        dst.reserve(HEADER_LEN + payload.len());
-        dst.put_u32(len);
+        let header = self.header(payload)?;
+        dst.reserve(header.len + payload.len());
+        dst.put_slice(header.as_bytes());
         dst.extend_from_slice(payload);
         Ok(())
     }
@@ -209,5 +355,96 @@ impl Encoder<Bytes> for FrameCodec {
 
     fn encode(&mut self, payload: Bytes, dst: &mut BytesMut) -> Result<()> {
         self.encode(&payload[..], dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeo_auth::{MacState, SessionKey};
+
+    fn key() -> SessionKey {
+        SessionKey::derive(&"f".repeat(40), "nonce").unwrap()
+    }
+
+    fn sealed_pair() -> (FrameCodec, FrameCodec) {
+        let (mut sender, mut receiver) = (FrameCodec::new(), FrameCodec::with_max_frame(1024));
+        sender.install_mac(MacState::new(&key()));
+        receiver.install_mac(MacState::new(&key()));
+        (sender, receiver)
+    }
+
+    #[test]
+    fn sealed_headers_are_what_the_mac_chain_seals() {
+        let mut codec = FrameCodec::new();
+        codec.install_mac(MacState::new(&key()));
+        let mut chain = MacState::new(&key());
+        for payload in [&b"one"[..], b"two", &[7; 300]] {
+            let header = codec.header(payload).unwrap();
+            assert_eq!(header.as_bytes(), chain.seal_header(payload).unwrap());
+        }
+        // Unsealed, the header is the length word alone.
+        let plain = FrameCodec::new().header(&[0; 300]).unwrap();
+        assert_eq!(plain.as_bytes(), 300u32.to_be_bytes());
+        // An empty payload cannot be sealed.
+        assert!(codec.header(b"").is_err());
+    }
+
+    #[test]
+    fn sealed_frames_split_anywhere_decode_in_order() {
+        let (mut sender, mut receiver) = sealed_pair();
+        let mut wire = Vec::new();
+        for payload in [&b"a"[..], b"bc", &[5; 900]] {
+            wire.extend(sender.encode_vec(payload).unwrap());
+        }
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for piece in wire.chunks(7) {
+            buf.extend_from_slice(piece);
+            while let Some(frame) = receiver.decode(&mut buf).unwrap() {
+                got.push(frame.to_vec());
+            }
+        }
+        assert_eq!(got, vec![b"a".to_vec(), b"bc".to_vec(), vec![5; 900]]);
+    }
+
+    #[test]
+    fn a_sealed_frame_over_the_limit_is_refused_before_buffering() {
+        let (_, mut receiver) = sealed_pair();
+        let word = 1025u32 | zeo_auth::MAC_BIT;
+        let mut buf = BytesMut::from(&word.to_be_bytes()[..]);
+        let err = receiver.decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::FrameTooLarge {
+                    len: 1025,
+                    max: 1024
+                }
+            ),
+            "{err}"
+        );
+        assert!(buf.capacity() < 64, "{}", buf.capacity());
+    }
+
+    #[test]
+    fn a_replayed_or_unsealed_frame_fails_and_so_does_everything_after() {
+        let (mut sender, mut receiver) = sealed_pair();
+        let first = sender.encode_vec(b"first").unwrap();
+        let second = sender.encode_vec(b"second").unwrap();
+        let mut buf = BytesMut::from(&first[..]);
+        assert_eq!(&receiver.decode(&mut buf).unwrap().unwrap()[..], b"first");
+        // The same frame again does not continue the chain.
+        buf.extend_from_slice(&first);
+        let err = receiver.decode(&mut buf).unwrap_err();
+        assert!(err.to_string().contains("MAC failed"), "{err}");
+        // The failure is final, even for the frame that was due.
+        let mut buf = BytesMut::from(&second[..]);
+        assert!(receiver.decode(&mut buf).is_err());
+        // A frame without the MAC bit is refused as such.
+        let (_, mut fresh) = sealed_pair();
+        let mut plain = BytesMut::from(&encode_frame(b"plain").unwrap()[..]);
+        let err = fresh.decode(&mut plain).unwrap_err();
+        assert!(err.to_string().contains("without MAC"), "{err}");
     }
 }

@@ -2,9 +2,10 @@
 //! `quinn-proto`: no sockets, no storage, no runtime. Servers and clients
 //! feed it bytes and get bytes and typed values back.
 //!
-//! * [`frame`]: 4-byte big-endian length framing ([`FrameCodec`] for
-//!   `tokio_util::codec`, [`encode_frame`]/[`decode_frame`]); buffers grow
-//!   as bytes arrive, never to a peer's announced length at once.
+//! * [`frame`]: 4-byte big-endian length framing, sealed with a MAC after
+//!   a digest login ([`FrameCodec`], also for `tokio_util::codec`;
+//!   [`encode_frame`]/[`decode_frame`]); buffers grow as bytes arrive,
+//!   never to a peer's announced length at once.
 //! * [`limits`]: what decoding one message may cost (nesting depth
 //!   [`MAX_MESSAGE_DEPTH`], memory budgets); past a limit decoding fails
 //!   with [`Error::LimitExceeded`] naming it.
@@ -62,7 +63,7 @@ mod wire_error;
 
 pub use client::{ClientEvent, ClientIncoming, ClientRequest};
 pub use error::{Error, Result};
-pub use frame::{decode_frame, encode_frame, FrameCodec, DEFAULT_MAX_FRAME};
+pub use frame::{decode_frame, encode_frame, FrameCodec, FrameHeader, DEFAULT_MAX_FRAME};
 pub use handshake::{ClientHandshake, ClientHello, Encoding, ServerHandshake};
 pub use limits::MAX_MESSAGE_DEPTH;
 pub use login::{LoginMethod, LoginRequest};

@@ -208,11 +208,8 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(payload.len())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "frame over 4 GiB"))?;
-    let mut buf = Vec::with_capacity(4 + payload.len());
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(payload);
+    let buf = zeo_protocol::encode_frame(payload)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     w.write_all(&buf).await?;
     w.flush().await
 }

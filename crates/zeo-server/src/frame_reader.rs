@@ -12,21 +12,22 @@
 //! once: a client that announces a large frame and stalls holds only what
 //! it sent.
 //!
-//! Once a client has authenticated (ZEO 3/4 `digest`, see `docs/auth.md`)
-//! every frame must carry the MAC bit and a MAC that continues the chain;
-//! a frame that does not ends the stream with an error.
+//! Frames are cut by `zeo_protocol::FrameCodec`, the one codec client and
+//! server share. Once a client has authenticated (ZEO 3/4 `digest`, see
+//! `docs/auth.md`) every frame must carry the MAC bit and a MAC that
+//! continues the chain; a frame that does not ends the stream with an
+//! error.
 
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio_util::codec::Decoder;
-use zeo_auth::{MacState, MAC_LEN};
-use zeo_protocol::frame::reserve_frame;
+use zeo_auth::MacState;
 use zeo_protocol::FrameCodec;
 
 /// Bytes read at once when nothing is buffered: a whole small request, or
@@ -39,8 +40,6 @@ pub(crate) struct FrameReader<R> {
     inner: R,
     codec: FrameCodec,
     buf: BytesMut,
-    /// The receiving MAC chain, once the client authenticated.
-    mac: Option<MacState>,
 }
 
 impl<R> FrameReader<R> {
@@ -50,53 +49,14 @@ impl<R> FrameReader<R> {
             inner,
             codec,
             buf: BytesMut::new(),
-            mac: None,
         }
     }
 
     /// Requires and checks a MAC on every frame from now on. Bytes already
     /// buffered are not decoded yet, so they are checked too.
     pub(crate) fn install_mac(&mut self, mac: MacState) {
-        self.mac = Some(mac);
+        self.codec.install_mac(mac);
     }
-
-    /// The next frame in `buf`, if it is all there.
-    fn decode(&mut self) -> Result<Option<BytesMut>, zeo_protocol::Error> {
-        let Some(mac) = self.mac.as_mut() else {
-            return self.codec.decode(&mut self.buf);
-        };
-        let Some(word) = self.buf.first_chunk::<4>() else {
-            return Ok(None);
-        };
-        let word = u32::from_be_bytes(*word);
-        let (has_mac, len) = zeo_auth::split_length_word(word);
-        if !has_mac {
-            return Err(refused(zeo_auth::Error::MissingMac));
-        }
-        let len = len as usize;
-        let max = self.codec.max_frame();
-        if len > max {
-            return Err(zeo_protocol::Error::FrameTooLarge {
-                len: len as u64,
-                max: max as u64,
-            });
-        }
-        let total = 4 + MAC_LEN + len;
-        if self.buf.len() < total {
-            reserve_frame(&mut self.buf, total);
-            return Ok(None);
-        }
-        self.buf.advance(4);
-        let mut body = self.buf.split_to(MAC_LEN + len);
-        mac.open_body(word, &body).map_err(refused)?;
-        body.advance(MAC_LEN);
-        Ok(Some(body))
-    }
-}
-
-/// A frame whose MAC is missing or wrong: the connection cannot go on.
-fn refused(err: zeo_auth::Error) -> zeo_protocol::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, err).into()
 }
 
 fn truncated() -> zeo_protocol::Error {
@@ -136,7 +96,7 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            match this.decode() {
+            match this.codec.decode(&mut this.buf) {
                 Ok(Some(frame)) => {
                     if this.buf.is_empty() {
                         // The frame alone keeps the allocation alive now.

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
-use zeo_auth::{MacState, MAC_LEN};
+use zeo_auth::MacState;
 use zeo_pickle::Value;
-use zeo_protocol::{Encoding, Marshaller, Message, Reply, WireError};
+use zeo_protocol::{Encoding, FrameHeader, Marshaller, Message, Reply, WireError};
 
 use crate::commit_lock::ConnId;
 
@@ -490,24 +490,13 @@ const BATCH_FRAMES: usize = 32;
 /// Most bytes gathered for one write.
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// The bytes before a payload: its length word, then its MAC on an
-/// authenticated connection.
-struct Header {
-    bytes: [u8; 4 + MAC_LEN],
-    len: usize,
-}
-
-impl Header {
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
 /// Frames on their way out: a header and a queued payload each, read as one
 /// [`Buf`] from `frames[at]`, `offset` bytes in.
 #[derive(Default)]
 struct Batch {
-    frames: Vec<(Header, Bytes, Charge)>,
+    /// Each payload after its header (`zeo_protocol::frame::frame_header`:
+    /// the length word, then the MAC on an authenticated connection).
+    frames: Vec<(FrameHeader, Bytes, Charge)>,
     at: usize,
     offset: usize,
     remaining: usize,
@@ -532,25 +521,9 @@ impl Batch {
         charge: Charge,
         mac: Option<&mut MacState>,
     ) -> std::io::Result<()> {
-        let mut header = Header {
-            bytes: [0; 4 + MAC_LEN],
-            len: 4,
-        };
-        match mac {
-            Some(mac) => {
-                header.bytes = mac
-                    .seal_header(&payload)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                header.len = header.bytes.len();
-            }
-            None => {
-                let len = u32::try_from(payload.len()).map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "message over 4 GiB")
-                })?;
-                header.bytes[..4].copy_from_slice(&len.to_be_bytes());
-            }
-        }
-        self.remaining += header.len + payload.len();
+        let header = zeo_protocol::frame::frame_header(&payload, mac)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        self.remaining += header.as_bytes().len() + payload.len();
         self.frames.push((header, payload, charge));
         Ok(())
     }
@@ -569,7 +542,7 @@ impl Batch {
     /// header and payload as two slices.
     fn parts(&self, i: usize, skip: usize) -> [&[u8]; 2] {
         let (header, payload, _) = &self.frames[i];
-        let header = header.as_slice();
+        let header = header.as_bytes();
         if skip < header.len() {
             [&header[skip..], payload]
         } else {
@@ -619,7 +592,7 @@ impl Buf for Batch {
         self.remaining -= cnt;
         while cnt > 0 {
             let (header, payload, _) = &self.frames[self.at];
-            let left = header.len + payload.len() - self.offset;
+            let left = header.as_bytes().len() + payload.len() - self.offset;
             if cnt < left {
                 self.offset += cnt;
                 return;

@@ -197,6 +197,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
                     String::from_utf8_lossy(&err)
                 );
             }
+            // allow-sleep: a child process ends with no event to wait on
             Ok(None) => thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("waiting for {cmd:?}: {e}"),
         }
@@ -205,6 +206,25 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// Waits, at most `within`, until `ready` holds, checking it every 10 ms;
+/// returns whether it did. For state that only another process or thread
+/// changes and that announces nothing: a port a child process opens, a
+/// server's connection count. Where the code under test sends an event,
+/// wait for the event instead.
+pub fn wait_until(within: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        // allow-sleep: the one poll of state that announces nothing, bounded
+        thread::sleep(Duration::from_millis(10));
     }
 }
 

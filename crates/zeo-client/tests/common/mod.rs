@@ -111,3 +111,56 @@ pub fn commit_with<S: Storage + ?Sized>(
     }
     result
 }
+
+/// Waits, at most `within`, for the next notice `pick` accepts: the client
+/// sends the event, nothing polls. `None` when none came in time.
+pub fn wait_notice<T>(
+    rx: &mut tokio::sync::broadcast::Receiver<zeo_client::Notice>,
+    within: Duration,
+    mut pick: impl FnMut(zeo_client::Notice) -> Option<T>,
+) -> Option<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(within, async {
+            loop {
+                match rx.recv().await {
+                    Ok(notice) => {
+                        if let Some(t) = pick(notice) {
+                            return t;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(e) => panic!("notices: {e}"),
+                }
+            }
+        })
+        .await
+        .ok()
+    })
+}
+
+/// Waits (10 s at most) for the client behind `rx` to report a lost
+/// connection.
+pub fn wait_disconnected(rx: &mut tokio::sync::broadcast::Receiver<zeo_client::Notice>) {
+    let lost = wait_notice(rx, Duration::from_secs(10), |n| {
+        (n == zeo_client::Notice::Disconnected).then_some(())
+    });
+    assert!(
+        lost.is_some(),
+        "the client did not report the lost connection"
+    );
+}
+
+/// Waits (10 s at most) for an invalidation up to `tid` to reach the
+/// client behind `rx`; once it did, the client's cache holds nothing
+/// older as current.
+pub fn wait_invalidated(rx: &mut tokio::sync::broadcast::Receiver<zeo_client::Notice>, tid: Tid) {
+    let seen = wait_notice(rx, Duration::from_secs(10), |n| match n {
+        zeo_client::Notice::Invalidated { tid: t, .. } if t >= tid => Some(()),
+        _ => None,
+    });
+    assert!(seen.is_some(), "no invalidation up to {tid} arrived");
+}
