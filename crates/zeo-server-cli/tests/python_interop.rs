@@ -260,6 +260,29 @@ fn conflicts_are_reported_and_resolved() {
     });
 }
 
+/// Scenario 2b: conflicts on BTrees and Length are resolved in the server:
+/// four stock clients insert disjoint keys into one OOBTree bucket on stale
+/// snapshots without a ConflictError and without resolving anything
+/// themselves; undo of an old transaction on a catalog-like index merges
+/// with the later change.
+#[test]
+fn btree_conflicts_and_undo_are_resolved_by_the_server() {
+    each_encoding(|encoding| {
+        let served = Served::new(encoding, &[]);
+        for client in Client::ALL {
+            let report = served.run(client, "native_conflicts.py", &["5"]);
+            assert_eq!(report["keys"], 20, "{report}");
+            assert_eq!(report["client_resolutions"], 0, "{report}");
+            assert!(
+                report["conflicts_resolved"].as_u64().unwrap() >= 15,
+                "{report}"
+            );
+            assert_eq!(report["undone"], serde_json::json!(["a", "z"]), "{report}");
+        }
+        served.finish();
+    });
+}
+
 /// Scenario 3: snapshots survive later commits, and loadBefore returns the
 /// revision current before a tid with its start and end.
 #[test]

@@ -2,6 +2,7 @@
 //! a blocking thread (replaying the commit log at `vote`, finishing, aborting).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use zeo_protocol::reply::VoteConflict;
@@ -43,6 +44,22 @@ pub struct OpenTxn {
     /// `max-transaction-size`: later writes are dropped unlogged and the
     /// vote fails with this message.
     pub rejected: Option<String>,
+}
+
+/// How a vote treats a store that conflicts.
+#[derive(Debug, Clone, Copy)]
+pub enum ConflictPolicy<'a> {
+    /// Every conflict goes back to the client with the vote (ZEO's
+    /// client-side conflict resolution).
+    ClientSide,
+    /// Conflicts on the classes `zeo-conflict` knows are merged here, as a
+    /// Python server resolves them, and the merged oids reported with the
+    /// vote; the others go back to the client. Each merge counts in
+    /// `resolved`.
+    Native {
+        /// The `conflicts_resolved` counter.
+        resolved: &'a AtomicU64,
+    },
 }
 
 /// What a vote came to.
@@ -101,13 +118,17 @@ impl OpenTxn {
     /// Begins the storage transaction, replays the log and votes. Runs on a
     /// blocking thread while holding the commit lock. On error the storage
     /// transaction has been aborted.
-    pub fn vote(&mut self, storage: &dyn Storage) -> Result<VoteOutcome, Error> {
+    pub fn vote(
+        &mut self,
+        storage: &dyn Storage,
+        policy: ConflictPolicy<'_>,
+    ) -> Result<VoteOutcome, Error> {
         let options = BeginOptions {
             tid: self.tid,
             status: self.status,
         };
         let handle = storage.tpc_begin(&self.meta, options)?;
-        match self.replay_and_vote(storage, handle) {
+        match self.replay_and_vote(storage, handle, policy) {
             Ok(VoteOutcome::Voted(serials)) => {
                 self.storage_txn = Some(handle);
                 Ok(VoteOutcome::Voted(serials))
@@ -123,6 +144,7 @@ impl OpenTxn {
         &mut self,
         storage: &dyn Storage,
         h: TxnHandle,
+        policy: ConflictPolicy<'_>,
     ) -> Result<VoteOutcome, Error> {
         let mut invalidated = BTreeSet::new();
         let mut serials = Vec::new();
@@ -134,13 +156,28 @@ impl OpenTxn {
                         conflicts.remove(&oid);
                         invalidated.insert(oid);
                     }
-                    // Client-side conflict resolution: hand the conflict and
-                    // the client's own data back with the vote.
                     Err(Error::Conflict {
                         oid: c_oid,
                         committed,
                         old,
                     }) if c_oid == oid => {
+                        if let ConflictPolicy::Native { resolved } = policy {
+                            if let Some(merged) =
+                                resolve_natively(storage, oid, committed, old, &data)
+                            {
+                                // Stored on top of the committed revision; the
+                                // client learns the oid with the vote and drops
+                                // its own copy, as with a Python server.
+                                storage.store(h, oid, committed, &merged)?;
+                                resolved.fetch_add(1, Ordering::Relaxed);
+                                conflicts.remove(&oid);
+                                invalidated.insert(oid);
+                                serials.push(oid);
+                                return Ok(());
+                            }
+                        }
+                        // Client-side conflict resolution: hand the conflict
+                        // and the client's own data back with the vote.
                         conflicts.insert(
                             oid,
                             (
@@ -199,6 +236,33 @@ impl OpenTxn {
         serials.extend(resolved);
         self.invalidated = invalidated.into_iter().collect();
         Ok(VoteOutcome::Voted(serials))
+    }
+}
+
+/// The merged record for a conflicting store, when `zeo-conflict`
+/// resolves the object's class: `new` was written against `old`, and
+/// `committed` is current. `None` leaves the conflict to the client
+/// (another class, a state the crate does not model, or a merge Python
+/// refuses too, which the client then reports).
+fn resolve_natively(
+    storage: &dyn Storage,
+    oid: Oid,
+    committed: Tid,
+    old: Tid,
+    new: &[u8],
+) -> Option<Vec<u8>> {
+    let (module, name) = zeo_conflict::record_class(new)?;
+    if !zeo_conflict::resolves(&module, &name) {
+        return None;
+    }
+    let old_data = storage.load_serial(oid, old).ok()?;
+    let committed_data = storage.load_serial(oid, committed).ok()?;
+    match zeo_conflict::resolve(&old_data, &committed_data, new) {
+        Ok(merged) => Some(merged),
+        Err(err) => {
+            tracing::debug!(%oid, %err, "conflict not resolved natively");
+            None
+        }
     }
 }
 

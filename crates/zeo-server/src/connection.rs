@@ -1050,8 +1050,16 @@ impl Conn {
         let storage = hub.storage().clone();
         let small = txn.is_small();
         let started = Instant::now();
+        let native = self.shared.settings.conflict_resolution;
+        let counters = hub.clone();
         let joined = run_storage(small, move || {
-            let outcome = txn.vote(&*storage);
+            let policy = match native {
+                true => commit::ConflictPolicy::Native {
+                    resolved: &counters.stats().conflicts_resolved,
+                },
+                false => commit::ConflictPolicy::ClientSide,
+            };
+            let outcome = txn.vote(&*storage, policy);
             (txn, outcome)
         })
         .await;
