@@ -749,9 +749,10 @@ impl AsyncClientStorage {
                     replies::VoteItem::Conflict(c) => {
                         conflicts = true;
                         let (oid, committed, old) = (c.oid, c.committed, c.old);
-                        let resolved = match &self.inner.options.conflict_resolver {
-                            Some(resolver) => resolver(&conflict_states(&conn, c).await?),
-                            None => None,
+                        let options = &self.inner.options;
+                        let resolved = match options.may_resolve(&c.data) {
+                            true => options.resolve_conflict(&conflict_states(&conn, c).await?),
+                            false => None,
                         };
                         let Some(data) = resolved else {
                             self.cache().drop_current(oid);
