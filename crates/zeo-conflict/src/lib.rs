@@ -62,10 +62,8 @@ pub fn resolves(module: &str, name: &str) -> bool {
 /// being stored (each a full ZODB record: class pickle, then state). On
 /// success the merged record, as ZODB would store it.
 pub fn resolve(old: &[u8], committed: &[u8], new: &[u8]) -> Result<Vec<u8>, Error> {
-    let (module, name) = record_class(new).ok_or_else(|| Error::UnknownClass {
-        module: String::new(),
-        name: String::new(),
-    })?;
+    let (module, name) = record_class(new)
+        .ok_or_else(|| Error::Unsupported("class pickle that names no class".into()))?;
     let kind = lookup(&module, &name).ok_or(Error::UnknownClass { module, name })?;
     let records = Records::decode(old, committed, new)?;
     let meta = records.root(NEW, 0);
