@@ -38,6 +38,7 @@ pub mod registry;
 mod writer;
 
 pub use error::Error;
+pub use objects::MAX_RECORD;
 pub use registry::{lookup, Kind};
 
 use merge::{merge, Bucket};

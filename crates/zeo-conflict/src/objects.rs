@@ -25,6 +25,10 @@ const MAX_STEPS: usize = 1 << 22;
 /// Working memory the decoder may use per input byte, on top of a fixed
 /// allowance.
 const WORK_PER_BYTE: usize = 128;
+/// Largest record resolved here: buckets hold a few dozen items, and a
+/// bigger record is left to the client rather than decoded under the
+/// commit lock with a working memory of up to [`WORK_PER_BYTE`] times it.
+pub const MAX_RECORD: usize = 1 << 20;
 
 /// One object of one of the three records.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,6 +87,12 @@ impl Records {
     /// pickle each).
     pub(crate) fn decode(old: &[u8], committed: &[u8], new: &[u8]) -> Result<Records, Error> {
         let one = |data: &[u8]| -> Result<Graph, Error> {
+            if data.len() > MAX_RECORD {
+                return Err(Error::Unsupported(format!(
+                    "record of {} bytes (over {MAX_RECORD})",
+                    data.len()
+                )));
+            }
             let work = (1usize << 20).saturating_add(data.len().saturating_mul(WORK_PER_BYTE));
             let g = decode_graph(data, 2, work)?;
             if g.has_py2_strings() {

@@ -141,3 +141,14 @@ fn disjoint_inserts_merge_and_dueling_inserts_refuse() {
         })
     );
 }
+
+#[test]
+fn records_over_the_size_limit_are_left_to_the_client() {
+    let small = bucket(&[("a", 1)]);
+    let key = "k".repeat(zeo_conflict::MAX_RECORD);
+    let big = bucket(&[("a", 1), (key.as_str(), 2)]);
+    assert!(matches!(
+        resolve(&small, &small, &big),
+        Err(Error::Unsupported(_))
+    ));
+}
