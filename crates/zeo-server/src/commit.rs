@@ -287,3 +287,99 @@ pub fn finish(
     drop(publication);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::txn_log::TxnLog;
+    use zeo_pickle::{encode_record, Value};
+    use zeo_storage::MappingStorage;
+
+    fn length(n: i64) -> Vec<u8> {
+        encode_record(&Value::global("BTrees.Length", "Length"), &Value::Int(n)).unwrap()
+    }
+
+    fn commit(storage: &dyn Storage, oid: Oid, serial: Tid, data: &[u8]) -> Tid {
+        let h = storage
+            .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+            .unwrap();
+        storage.store(h, oid, serial, data).unwrap();
+        storage.tpc_vote(h).unwrap();
+        storage.tpc_finish(h, &mut |_| {}).unwrap()
+    }
+
+    /// A transaction storing `data` for `oid` on top of `serial`.
+    fn stale_txn(oid: Oid, serial: Tid, data: &[u8]) -> OpenTxn {
+        let mut txn = OpenTxn::new(
+            TxnId(1),
+            TransactionMetaData::default(),
+            None,
+            TxnStatus::default(),
+            TxnLog::new(usize::MAX, None),
+        );
+        txn.push_store(TxnOp::Store {
+            oid,
+            serial,
+            data: data.to_vec(),
+        })
+        .unwrap();
+        txn
+    }
+
+    #[test]
+    fn native_policy_merges_at_vote_and_reports_the_oid() {
+        let storage = MappingStorage::new("test");
+        let oid = storage.new_oid().unwrap();
+        let base = commit(&storage, oid, Tid::ZERO, &length(10));
+        commit(&storage, oid, base, &length(11));
+
+        // Client-side: the conflict goes back with the client's data.
+        let mut txn = stale_txn(oid, base, &length(15));
+        match txn.vote(&storage, ConflictPolicy::ClientSide).unwrap() {
+            VoteOutcome::Conflicts(c) => assert_eq!(c.len(), 1),
+            other => panic!("{other:?}"),
+        }
+
+        // Native: merged here, the oid reported and counted.
+        let resolved = AtomicU64::new(0);
+        let mut txn = stale_txn(oid, base, &length(15));
+        let outcome = txn
+            .vote(
+                &storage,
+                ConflictPolicy::Native {
+                    resolved: &resolved,
+                },
+            )
+            .unwrap();
+        assert!(
+            matches!(&outcome, VoteOutcome::Voted(oids) if oids == &[oid]),
+            "{outcome:?}"
+        );
+        assert_eq!(resolved.load(Ordering::Relaxed), 1);
+        assert_eq!(txn.invalidated, [oid]);
+        storage
+            .tpc_finish(txn.storage_txn.unwrap(), &mut |_| {})
+            .unwrap();
+        assert_eq!(storage.load(oid).unwrap().0, length(16));
+    }
+
+    #[test]
+    fn classes_without_a_native_merge_still_go_to_the_client() {
+        let storage = MappingStorage::new("test");
+        let oid = storage.new_oid().unwrap();
+        let base = commit(&storage, oid, Tid::ZERO, b"plain");
+        commit(&storage, oid, base, b"theirs");
+        let resolved = AtomicU64::new(0);
+        let mut txn = stale_txn(oid, base, b"ours");
+        let outcome = txn
+            .vote(
+                &storage,
+                ConflictPolicy::Native {
+                    resolved: &resolved,
+                },
+            )
+            .unwrap();
+        assert!(matches!(outcome, VoteOutcome::Conflicts(_)), "{outcome:?}");
+        assert_eq!(resolved.load(Ordering::Relaxed), 0);
+    }
+}
