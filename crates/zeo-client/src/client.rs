@@ -750,9 +750,10 @@ impl AsyncClientStorage {
                         conflicts = true;
                         let (oid, committed, old) = (c.oid, c.committed, c.old);
                         let options = &self.inner.options;
-                        let resolved = match options.may_resolve(&c.data) {
-                            true => options.resolve_conflict(&conflict_states(&conn, c).await?),
-                            false => None,
+                        let resolved = if options.may_resolve(&c.data) {
+                            options.resolve_conflict(&conflict_states(&conn, c).await?)
+                        } else {
+                            None
                         };
                         let Some(data) = resolved else {
                             self.cache().drop_current(oid);

@@ -1053,11 +1053,12 @@ impl Conn {
         let native = self.shared.settings.conflict_resolution;
         let counters = hub.clone();
         let joined = run_storage(small, move || {
-            let policy = match native {
-                true => commit::ConflictPolicy::Native {
+            let policy = if native {
+                commit::ConflictPolicy::Native {
                     resolved: &counters.stats().conflicts_resolved,
-                },
-                false => commit::ConflictPolicy::ClientSide,
+                }
+            } else {
+                commit::ConflictPolicy::ClientSide
             };
             let outcome = txn.vote(&*storage, policy);
             (txn, outcome)
