@@ -326,23 +326,21 @@ mod tests {
         txn
     }
 
-    #[test]
-    fn native_policy_merges_at_vote_and_reports_the_oid() {
+    /// A storage where `base` then `theirs` were committed for one object,
+    /// and an open transaction storing `ours` on top of `base`, voted with
+    /// native resolution: the storage, the oid, the transaction, what the
+    /// vote came to and the resolution count.
+    fn native_vote(
+        base: &[u8],
+        theirs: &[u8],
+        ours: &[u8],
+    ) -> (MappingStorage, Oid, OpenTxn, VoteOutcome, u64) {
         let storage = MappingStorage::new("test");
         let oid = storage.new_oid().unwrap();
-        let base = commit(&storage, oid, Tid::ZERO, &length(10));
-        commit(&storage, oid, base, &length(11));
-
-        // Client-side: the conflict goes back with the client's data.
-        let mut txn = stale_txn(oid, base, &length(15));
-        match txn.vote(&storage, ConflictPolicy::ClientSide).unwrap() {
-            VoteOutcome::Conflicts(c) => assert_eq!(c.len(), 1),
-            other => panic!("{other:?}"),
-        }
-
-        // Native: merged here, the oid reported and counted.
+        let serial = commit(&storage, oid, Tid::ZERO, base);
+        commit(&storage, oid, serial, theirs);
         let resolved = AtomicU64::new(0);
-        let mut txn = stale_txn(oid, base, &length(15));
+        let mut txn = stale_txn(oid, serial, ours);
         let outcome = txn
             .vote(
                 &storage,
@@ -351,35 +349,37 @@ mod tests {
                 },
             )
             .unwrap();
+        (storage, oid, txn, outcome, resolved.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn native_policy_merges_at_vote_and_reports_the_oid() {
+        let (storage, oid, txn, outcome, resolved) =
+            native_vote(&length(10), &length(11), &length(15));
         assert!(
             matches!(&outcome, VoteOutcome::Voted(oids) if oids == &[oid]),
             "{outcome:?}"
         );
-        assert_eq!(resolved.load(Ordering::Relaxed), 1);
+        assert_eq!(resolved, 1);
         assert_eq!(txn.invalidated, [oid]);
         storage
             .tpc_finish(txn.storage_txn.unwrap(), &mut |_| {})
             .unwrap();
         assert_eq!(storage.load(oid).unwrap().0, length(16));
+
+        // Client-side: the same conflict goes back with the client's data.
+        let base = storage.history(oid, 3).unwrap()[2].tid;
+        let mut txn = stale_txn(oid, base, &length(15));
+        match txn.vote(&storage, ConflictPolicy::ClientSide).unwrap() {
+            VoteOutcome::Conflicts(c) => assert_eq!(c.len(), 1),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn classes_without_a_native_merge_still_go_to_the_client() {
-        let storage = MappingStorage::new("test");
-        let oid = storage.new_oid().unwrap();
-        let base = commit(&storage, oid, Tid::ZERO, b"plain");
-        commit(&storage, oid, base, b"theirs");
-        let resolved = AtomicU64::new(0);
-        let mut txn = stale_txn(oid, base, b"ours");
-        let outcome = txn
-            .vote(
-                &storage,
-                ConflictPolicy::Native {
-                    resolved: &resolved,
-                },
-            )
-            .unwrap();
+        let (_, _, _, outcome, resolved) = native_vote(b"plain", b"theirs", b"ours");
         assert!(matches!(outcome, VoteOutcome::Conflicts(_)), "{outcome:?}");
-        assert_eq!(resolved.load(Ordering::Relaxed), 0);
+        assert_eq!(resolved, 0);
     }
 }
