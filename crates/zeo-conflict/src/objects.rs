@@ -20,8 +20,10 @@ pub(crate) const NEW: usize = 2;
 /// Python rather than walked.
 const MAX_DEPTH: usize = 100;
 /// Most element comparisons one resolution may make (tuples of shared
-/// tuples can make comparing cost more than the input's size).
-const MAX_STEPS: usize = 1 << 22;
+/// tuples can make comparing cost more than the input's size). Real merges
+/// of buckets of a few dozen items make a few thousand; the bound keeps a
+/// hostile one to a fraction of a second on the thread running the vote.
+const MAX_STEPS: usize = 1 << 20;
 /// Working memory the decoder may use per input byte, on top of a fixed
 /// allowance.
 const WORK_PER_BYTE: usize = 128;
