@@ -148,6 +148,9 @@ impl OpenTxn {
     ) -> Result<VoteOutcome, Error> {
         let mut invalidated = BTreeSet::new();
         let mut serials = Vec::new();
+        // Merges made here; counted once the vote succeeds (a vote that
+        // returns other conflicts is replayed, and merges again).
+        let mut merged_here = 0;
         let mut conflicts: BTreeMap<Oid, (u64, VoteConflict)> = BTreeMap::new();
         let replayed = self.log.replay(|index, op| -> Result<(), Error> {
             match op {
@@ -161,7 +164,7 @@ impl OpenTxn {
                         committed,
                         old,
                     }) if c_oid == oid => {
-                        if let ConflictPolicy::Native { resolved } = policy {
+                        if let ConflictPolicy::Native { .. } = policy {
                             if let Some(merged) =
                                 resolve_natively(storage, oid, committed, old, &data)
                             {
@@ -169,7 +172,7 @@ impl OpenTxn {
                                 // client learns the oid with the vote and drops
                                 // its own copy, as with a Python server.
                                 storage.store(h, oid, committed, &merged)?;
-                                resolved.fetch_add(1, Ordering::Relaxed);
+                                merged_here += 1;
                                 conflicts.remove(&oid);
                                 invalidated.insert(oid);
                                 serials.push(oid);
@@ -232,6 +235,9 @@ impl OpenTxn {
             ));
         }
         let resolved = storage.tpc_vote(h)?;
+        if let ConflictPolicy::Native { resolved } = policy {
+            resolved.fetch_add(merged_here, Ordering::Relaxed);
+        }
         invalidated.extend(resolved.iter().copied());
         serials.extend(resolved);
         self.invalidated = invalidated.into_iter().collect();
