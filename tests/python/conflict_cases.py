@@ -160,7 +160,8 @@ class Gen:
 
         # Most cases keep to one kind of value, as applications do; the
         # rest mix kinds, which Python cannot always compare.
-        bound = r.choice([None, None, 0.2, 0.4, 0.5])
+        bound = r.choice([None, None, 0.2, 0.4, 0.5, 0.58])
+        shared_list = [self.text()]
 
         def obj():
             pick = r.random() if bound is None else bound - 0.01
@@ -172,6 +173,9 @@ class Gen:
                 return (self.text(), r.randrange(3), None)
             if pick < 0.5:
                 return r.choice([None, True, 2**65, -1.5, b"v"])
+            if pick < 0.58:
+                return r.choice([[], [self.text(), r.randrange(3)],
+                                 [(self.text(),), [1]], shared_list])
             return r.choice(["v%d" % r.randrange(5), r.randrange(5), "x"])
         return obj
 

@@ -31,7 +31,7 @@ pub enum Error {
     #[error("conflict not resolvable: {0}")]
     Refused(String),
     /// The states hold something this crate does not model (an object
-    /// value built by a class call, a list, a Python 2 byte string...), so
+    /// value built by a class call, a dict, a Python 2 byte string...), so
     /// it cannot promise ZODB's result byte for byte.
     #[error("state not handled natively: {0}")]
     Unsupported(String),

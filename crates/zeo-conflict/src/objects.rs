@@ -68,7 +68,11 @@ enum Kind<'r> {
     Num(Num),
     Str(&'r str),
     Bytes(&'r [u8]),
-    Tuple(&'r [Slot]),
+    /// A tuple (`list: false`) or a list: both compare item by item.
+    Seq {
+        list: bool,
+        items: &'r [Slot],
+    },
     Ref(RefKey),
 }
 
@@ -226,7 +230,8 @@ impl Records {
                 }
                 Some(GraphNode::Str(s)) => Kind::Str(s),
                 Some(GraphNode::Bytes(b)) => Kind::Bytes(b),
-                Some(GraphNode::Tuple(items)) => Kind::Tuple(items),
+                Some(GraphNode::Tuple(items)) => Kind::Seq { list: false, items },
+                Some(GraphNode::List(items)) => Kind::Seq { list: true, items },
                 Some(GraphNode::PersistentId(_)) => Kind::Ref(self.ref_key(obj)?),
                 Some(other) => {
                     return Err(Error::Unsupported(format!(
@@ -272,7 +277,7 @@ impl Records {
             (Kind::Num(x), Kind::Num(y)) => num_cmp(x, y) == Some(Ordering::Equal),
             (Kind::Str(x), Kind::Str(y)) => x == y,
             (Kind::Bytes(x), Kind::Bytes(y)) => x == y,
-            (Kind::Tuple(x), Kind::Tuple(y)) => {
+            (Kind::Seq { list: l, items: x }, Kind::Seq { list: m, items: y }) if l == m => {
                 if x.len() != y.len() {
                     return Ok(false);
                 }
@@ -297,7 +302,7 @@ impl Records {
             (Kind::Num(x), Kind::Num(y)) => num_cmp(x, y) == Some(Ordering::Less),
             (Kind::Str(x), Kind::Str(y)) => x < y,
             (Kind::Bytes(x), Kind::Bytes(y)) => x < y,
-            (Kind::Tuple(x), Kind::Tuple(y)) => {
+            (Kind::Seq { list: l, items: x }, Kind::Seq { list: m, items: y }) if l == m => {
                 for (&p, &q) in x.iter().zip(y) {
                     let (p, q) = (at(a.record, p), at(b.record, q));
                     if !self.eq(p, q, depth + 1)? {

@@ -252,6 +252,34 @@ impl<'r> Writer<'r> {
                                         ));
                                     }
                                 }
+                                GraphNode::List(items) => {
+                                    // Memoized before its items, as Python
+                                    // does, so a list inside itself is a
+                                    // memo fetch.
+                                    self.out.push(EMPTY_LIST);
+                                    self.put(ident);
+                                    let at = |slot: &Slot| {
+                                        Task::Obj(
+                                            Obj {
+                                                record: obj.record,
+                                                slot: *slot,
+                                            },
+                                            depth + 1,
+                                        )
+                                    };
+                                    let mut seq = Vec::new();
+                                    if let [single] = items.as_slice() {
+                                        seq.extend([at(single), Task::Op(APPEND)]);
+                                    } else {
+                                        // Batches of 1000, as CPython's pickler.
+                                        for chunk in items.chunks(1000) {
+                                            seq.push(Task::Op(MARK));
+                                            seq.extend(chunk.iter().map(at));
+                                            seq.push(Task::Op(APPENDS));
+                                        }
+                                    }
+                                    tasks.extend(seq.into_iter().rev());
+                                }
                                 GraphNode::PersistentId(_) => {
                                     let key = records.ref_key(obj)?;
                                     tasks.push(Task::Op(BINPERSID));

@@ -152,3 +152,29 @@ fn records_over_the_size_limit_are_left_to_the_client() {
         Err(Error::Unsupported(_))
     ));
 }
+
+#[test]
+fn a_list_inside_itself_is_written_through_the_memo() {
+    let old = bucket(&[("a", 1)]);
+    // ((a, 1, k, L),) where L = [L].
+    let mut new = class_pickle("BTrees.OOBTree", "OOBucket");
+    new.extend_from_slice(b"\x80\x03(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00k]q\x01h\x01at\x85.");
+    let merged = resolve(&old, &old, &new).unwrap();
+    let g = zeo_pickle::graph::decode_graph(&merged, 2, 1 << 20).unwrap();
+    use zeo_pickle::graph::{GraphNode, Slot};
+    let lists: Vec<usize> = (0..g.len())
+        .filter(|&i| matches!(g.node(i), Some(GraphNode::List(_))))
+        .collect();
+    assert_eq!(lists.len(), 1, "one list");
+    let Some(GraphNode::List(items)) = g.node(lists[0]) else {
+        unreachable!()
+    };
+    assert_eq!(
+        items.as_slice(),
+        [Slot::Node(lists[0])],
+        "the list holds itself"
+    );
+    // Comparing such values would recurse without end in Python too: left
+    // to the client, never a stack overflow here.
+    assert!(resolve(&new, &new, &old).is_err());
+}
