@@ -362,10 +362,24 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         scratch.check_alive(if name == "py" { "runzeo" } else { "zeo-server" })?;
     }
 
+    let hot = hot_bucket(
+        &mut scratch,
+        &HotBucket {
+            python: &python,
+            script: &root.join("tests/python/bench_hot_bucket.py"),
+            server_bin: &server_bin,
+            dir: &dir,
+            py_port,
+            rs_port,
+            duration: &duration,
+        },
+    )?;
+
     process::header(
         "Results (ratio = zeo-server / Python server; higher is better except memory and latency)",
     );
     print_table(options, &counts, &results, &rss, fsync);
+    print_hot_bucket(&hot);
     for (name, quiet, loaded, before, during) in slow {
         println!(
             "{:<45} {:>8.3} ms p50 with {SLOW_READERS} slow readers, {:.1}x its quiet p50; RSS {} -> {} MiB",
@@ -378,6 +392,110 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     }
     drop(scratch);
     Ok(())
+}
+
+/// Stock Python clients committing to one hot OOBTree bucket.
+const HOT_BUCKET_CLIENTS: usize = 8;
+
+/// What the hot-bucket measurement needs.
+struct HotBucket<'a> {
+    python: &'a Path,
+    script: &'a Path,
+    server_bin: &'a Path,
+    dir: &'a Path,
+    py_port: u16,
+    rs_port: u16,
+    duration: &'a str,
+}
+
+/// One hot-bucket result: commits/s, ConflictErrors the application saw,
+/// conflicts the clients resolved themselves.
+struct HotResult {
+    title: &'static str,
+    commits_per_sec: f64,
+    conflict_errors: u64,
+    client_resolutions: u64,
+}
+
+/// [`HOT_BUCKET_CLIENTS`] stock Python clients inserting into and deleting
+/// from one OOBTree bucket (`tests/python/bench_hot_bucket.py`): against
+/// zeo-server resolving natively, against a second zeo-server with
+/// `native-conflict-resolution false` (the clients resolve), and against
+/// runzeo (the server resolves with Python), one after the other.
+fn hot_bucket(scratch: &mut Scratch, h: &HotBucket<'_>) -> Result<Vec<HotResult>, String> {
+    process::header(&format!(
+        "{HOT_BUCKET_CLIENTS} clients on one hot OOBTree bucket"
+    ));
+    let client_port = free_port()?;
+    let client_dir = h.dir.join("rs-client");
+    fs::create_dir_all(&client_dir).map_err(|e| format!("{}: {e}", client_dir.display()))?;
+    let conf = client_dir.join("zeo.conf");
+    fs::write(
+        &conf,
+        format!(
+            "<zeo>\n  address 127.0.0.1:{client_port}\n  native-conflict-resolution false\n</zeo>\n<filestorage 1>\n  path {}\n</filestorage>\n",
+            client_dir.join("Data.fs").display()
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", conf.display()))?;
+    let mut cmd = raised_fd_limit(h.server_bin.as_os_str(), &["-C".as_ref(), conf.as_os_str()]);
+    with_logs(&mut cmd, &client_dir.join("server.log"))?;
+    scratch.spawn("zeo-server (client-side resolution)", &mut cmd)?;
+    wait_listening(scratch, "zeo-server (client-side resolution)", client_port)?;
+    let runs = [
+        ("zeo-server, native resolution", h.rs_port),
+        ("zeo-server, client-side resolution", client_port),
+        ("runzeo, Python resolution in the server", h.py_port),
+    ];
+    let mut results = Vec::new();
+    for (title, port) in runs {
+        let out = capture(
+            Command::new(h.python).arg(h.script).args([
+                "--server",
+                &format!("127.0.0.1:{port}"),
+                "--clients",
+                &HOT_BUCKET_CLIENTS.to_string(),
+                "--duration",
+                h.duration,
+            ]),
+            Duration::from_secs(120),
+        )?;
+        let line = out.lines().last().unwrap_or_default();
+        let number = |key: &str| -> Result<f64, String> {
+            field(line, key)
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| format!("no {key} in {out:?}"))
+        };
+        let result = HotResult {
+            title,
+            commits_per_sec: number("commits_per_sec")?,
+            conflict_errors: number("conflict_errors")? as u64,
+            client_resolutions: number("client_resolutions")? as u64,
+        };
+        println!(
+            "{title}: {:.1} commits/s, {} ConflictErrors, {} resolved by the clients",
+            result.commits_per_sec, result.conflict_errors, result.client_resolutions
+        );
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// The hot-bucket lines of the results, with ratios to native resolution.
+fn print_hot_bucket(results: &[HotResult]) {
+    let Some(native) = results.first() else {
+        return;
+    };
+    for r in results {
+        println!(
+            "{:<45} {:>8.1} commits/s, native = {:.2}x this; {} ConflictErrors, {} client resolutions",
+            format!("hot bucket ({HOT_BUCKET_CLIENTS} clients), {}", r.title),
+            r.commits_per_sec,
+            native.commits_per_sec / r.commits_per_sec.max(f64::MIN_POSITIVE),
+            r.conflict_errors,
+            r.client_resolutions
+        );
+    }
 }
 
 /// Clients in the slow-reader measurement.

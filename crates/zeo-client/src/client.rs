@@ -714,9 +714,11 @@ impl AsyncClientStorage {
                 }
             };
             for c in conflicts {
-                let resolved = match &self.inner.options.conflict_resolver {
-                    Some(resolver) => resolver(&conflict_states(&conn, c.clone()).await?),
-                    None => None,
+                let options = &self.inner.options;
+                let resolved = if options.may_resolve(&c.data) {
+                    options.resolve_conflict(&conflict_states(&conn, c.clone()).await?)
+                } else {
+                    None
                 };
                 let data = match vote.resolution(&c, resolved) {
                     Ok(data) => data,

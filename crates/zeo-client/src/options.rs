@@ -229,9 +229,18 @@ pub struct ClientOptions {
     pub read_only_fallback: bool,
     /// Sent to the server with `set_client_label` for its logs.
     pub client_label: Option<String>,
-    /// Called with conflicts the server returns at vote; without one such
-    /// conflicts fail the vote.
+    /// Called with conflicts the server returns at vote; without one (or
+    /// when it gives up) such conflicts fail the vote, unless native
+    /// resolution merges them.
     pub conflict_resolver: Option<ConflictResolver>,
+    /// Resolve conflicts on `BTrees` buckets, sets, one-bucket BTrees and
+    /// TreeSets and `BTrees.Length.Length` with `zeo-conflict` when the
+    /// server returns them (a server in client-side resolution mode, such
+    /// as runzeo with `client-conflict-resolution true`, or zeo-server with
+    /// `native-conflict-resolution false`): byte for byte the record
+    /// Python's client would store. Tried after `conflict_resolver`, when
+    /// that is unset or returns `None`. On by default.
+    pub native_conflict_resolution: bool,
     /// Largest frame accepted from a server.
     pub max_frame: usize,
     /// Interval of keep-alive messages.
@@ -288,6 +297,7 @@ impl ClientOptions {
             read_only_fallback: false,
             client_label: None,
             conflict_resolver: None,
+            native_conflict_resolution: true,
             max_frame: 64 * 1024 * 1024,
             heartbeat_interval: Duration::from_secs(60),
             username: None,
@@ -295,6 +305,27 @@ impl ClientOptions {
             realm: None,
             connector: None,
         }
+    }
+
+    /// Whether a conflict on a record holding `data` may be resolved here,
+    /// so its committed and original states are worth loading.
+    pub(crate) fn may_resolve(&self, data: &[u8]) -> bool {
+        self.conflict_resolver.is_some()
+            || (self.native_conflict_resolution
+                && zeo_conflict::record_class(data)
+                    .is_some_and(|(module, name)| zeo_conflict::resolves(&module, &name)))
+    }
+
+    /// The merged data for a conflict: `conflict_resolver`'s, else the
+    /// native merge's; `None` when neither resolves it.
+    pub(crate) fn resolve_conflict(&self, c: &ConflictInfo) -> Option<Vec<u8>> {
+        if let Some(merged) = self.conflict_resolver.as_ref().and_then(|r| r(c)) {
+            return Some(merged);
+        }
+        if !self.native_conflict_resolution {
+            return None;
+        }
+        zeo_conflict::resolve(c.old_data.as_deref()?, &c.committed_data, &c.data).ok()
     }
 
     /// Uses the persistent cache ZEO would: `<var>/<client>-<storage>.zec`

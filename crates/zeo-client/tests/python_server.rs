@@ -36,13 +36,17 @@ fn runzeo_path() -> PathBuf {
 }
 
 fn start_runzeo(dir: &Path, msgpack: bool) -> Runzeo {
+    start_runzeo_with(dir, if msgpack { "  msgpack true\n" } else { "" })
+}
+
+/// [`start_runzeo`] with `zeo_lines` added to the `<zeo>` section.
+fn start_runzeo_with(dir: &Path, zeo_lines: &str) -> Runzeo {
     let port = free_port();
     let conf = dir.join("zeo.conf");
     std::fs::write(
         &conf,
         format!(
-            "<zeo>\n  address 127.0.0.1:{port}\n{}</zeo>\n<filestorage>\n  path {}\n</filestorage>\n",
-            if msgpack { "  msgpack true\n" } else { "" },
+            "<zeo>\n  address 127.0.0.1:{port}\n{zeo_lines}</zeo>\n<filestorage>\n  path {}\n</filestorage>\n",
             dir.join("Data.fs").display()
         ),
     )
@@ -246,6 +250,76 @@ fn python_server_killed_and_restarted() {
     client.tpc_vote(txn).unwrap();
     assert!(client.tpc_finish(txn, &mut |_| {}).unwrap() > tid);
     drop(client);
+    drop(server);
+}
+
+/// Against runzeo in client-side resolution mode, a stale insert into an
+/// OOBTree comes back as a conflict, which the client merges natively;
+/// Python reads the merged tree.
+#[test]
+fn python_server_btree_conflicts_are_resolved_by_the_client() {
+    let dir = zeo_testkit::TempDir::new().unwrap();
+    let server = start_runzeo_with(dir.path(), "  client-conflict-resolution true\n");
+    let port = server.port;
+    let base = python(
+        "from BTrees.OOBTree import OOBTree\n\
+         db = ZODB.DB(cs); c = db.open()\n\
+         c.root()['t'] = OOBTree({'a': 1, 'm': 2}); transaction.commit()\n\
+         t = c.root()['t']; print(t._p_oid.hex(), t._p_serial.hex()); db.close()",
+        port,
+    );
+    let (oid, base) = base.split_once(' ').unwrap();
+    let oid = Oid(u64::from_str_radix(oid, 16).unwrap());
+    let base = tid_of(base);
+    python(
+        "db = ZODB.DB(cs); c = db.open()\n\
+         c.root()['t']['b'] = 5; transaction.commit(); db.close()",
+        port,
+    );
+    let ours = zeo_pickle::encode_record(
+        &zeo_pickle::Value::global("BTrees.OOBTree", "OOBTree"),
+        &zeo_pickle::Value::Tuple(vec![zeo_pickle::Value::Tuple(vec![
+            zeo_pickle::Value::Tuple(vec![zeo_pickle::Value::Tuple(vec![
+                zeo_pickle::Value::str("a"),
+                zeo_pickle::Value::Int(1),
+                zeo_pickle::Value::str("m"),
+                zeo_pickle::Value::Int(2),
+                zeo_pickle::Value::str("z"),
+                zeo_pickle::Value::Int(9),
+            ])]),
+        ])]),
+    )
+    .unwrap();
+    let store = |client: &ClientStorage, data: &[u8]| -> zeo_storage::Result<Vec<Oid>> {
+        let txn = client.tpc_begin(&TransactionMetaData::default(), BeginOptions::default())?;
+        client.store(txn, oid, base, data)?;
+        match client.tpc_vote(txn) {
+            Ok(oids) => {
+                client.tpc_finish(txn, &mut |_| {})?;
+                Ok(oids)
+            }
+            Err(e) => {
+                client.tpc_abort(txn);
+                Err(e)
+            }
+        }
+    };
+    let mut off = options(port);
+    off.native_conflict_resolution = false;
+    let off = ClientStorage::open(off).unwrap();
+    assert!(matches!(
+        store(&off, &ours),
+        Err(zeo_storage::Error::Conflict { .. })
+    ));
+    let native = ClientStorage::open(options(port)).unwrap();
+    assert_eq!(store(&native, &ours).unwrap(), vec![oid]);
+    drop((off, native));
+    let keys = python(
+        "db = ZODB.DB(cs); c = db.open()\n\
+         print(sorted(c.root()['t'].items())); db.close()",
+        port,
+    );
+    assert_eq!(keys, "[('a', 1), ('b', 5), ('m', 2), ('z', 9)]");
     drop(server);
 }
 

@@ -448,6 +448,62 @@ fn conflicts_are_resolved_by_the_client_hook() {
     server.stop();
 }
 
+/// An OOBTree record in its one-bucket form, as Python pickles it.
+fn oobtree(items: &[(&str, i64)]) -> Vec<u8> {
+    let flat = items
+        .iter()
+        .flat_map(|(k, v)| [Value::str(*k), Value::Int(*v)])
+        .collect();
+    let bucket = Value::Tuple(vec![Value::Tuple(flat)]);
+    let state = Value::Tuple(vec![Value::Tuple(vec![bucket])]);
+    zeo_pickle::encode_record(&Value::global("BTrees.OOBTree", "OOBTree"), &state).unwrap()
+}
+
+#[test]
+fn btree_conflicts_a_server_returns_are_resolved_natively() {
+    // A server that leaves every conflict to its clients.
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ServerSettings {
+        conflict_resolution: false,
+        ..ServerSettings::default()
+    };
+    let server = TestServer::start(&dir.path().join("Data.fs"), 0, settings);
+    let native = ClientStorage::open(server.options()).unwrap();
+    let mut off = server.options();
+    off.native_conflict_resolution = false;
+    let off = ClientStorage::open(off).unwrap();
+
+    let oid = native.new_oid().unwrap();
+    let base_data = oobtree(&[("a", 1), ("m", 2)]);
+    let base = commit(&off, &[(oid, Tid::ZERO, &base_data)]).unwrap();
+    let theirs_data = oobtree(&[("a", 1), ("b", 5), ("m", 2)]);
+    let theirs = commit(&off, &[(oid, base, &theirs_data)]).unwrap();
+
+    // Without native resolution the stale insert is a conflict...
+    let ours = oobtree(&[("a", 1), ("m", 2), ("z", 9)]);
+    let err = commit(&off, &[(oid, base, &ours)]).unwrap_err();
+    assert!(
+        matches!(err, zeo_storage::Error::Conflict { committed, old, .. } if committed == theirs && old == base),
+        "{err:?}"
+    );
+    // ...which the other client merges, as Python's client would.
+    let txn = native
+        .tpc_begin(&meta("native"), BeginOptions::default())
+        .unwrap();
+    native.store(txn, oid, base, &ours).unwrap();
+    assert_eq!(native.tpc_vote(txn).unwrap(), vec![oid]);
+    let merged_tid = native.tpc_finish(txn, &mut |_| {}).unwrap();
+    let merged = oobtree(&[("a", 1), ("b", 5), ("m", 2), ("z", 9)]);
+    assert_eq!(
+        zeo_conflict::resolve(&base_data, &theirs_data, &ours).unwrap(),
+        merged
+    );
+    assert_eq!(off.load_serial(oid, merged_tid).unwrap(), merged);
+    assert_eq!(native.load(oid).unwrap(), (merged, merged_tid));
+    drop((native, off));
+    server.stop();
+}
+
 #[test]
 fn a_resolver_that_gives_up_fails_the_vote() {
     let (_dir, server) = start();

@@ -68,6 +68,10 @@ pub struct ZeoConfig {
     pub pid_filename: Option<PathBuf>,
     /// Send conflicts to clients for resolution there (default false).
     pub client_conflict_resolution: bool,
+    /// Resolve conflicts on BTrees buckets and sets and `BTrees.Length`
+    /// in the server without Python (`native-conflict-resolution`, default
+    /// true); other classes always go back to the client.
+    pub native_conflict_resolution: bool,
     /// Offer the msgpack encoding; `None` defers to the `ZEO_MSGPACK`
     /// environment variable as ZEO does.
     pub msgpack: Option<bool>,
@@ -123,6 +127,7 @@ impl ZeoConfig {
             transaction_timeout: None,
             pid_filename: None,
             client_conflict_resolution: false,
+            native_conflict_resolution: true,
             msgpack: None,
             ssl: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -170,6 +175,7 @@ const ZEO_KEYS: &[KeySpec] = &[
     key("transaction-timeout"),
     key("pid-filename"),
     key("client-conflict-resolution"),
+    key("native-conflict-resolution"),
     key("msgpack"),
     key("max-message-size"),
     key("monitor-address"),
@@ -268,6 +274,7 @@ impl ZeoConfig {
             transaction_timeout: c.get("transaction-timeout", parse_timeout)?,
             pid_filename: c.path("pid-filename"),
             client_conflict_resolution: c.bool("client-conflict-resolution")?.unwrap_or(false),
+            native_conflict_resolution: c.bool("native-conflict-resolution")?.unwrap_or(true),
             msgpack: c.bool("msgpack")?,
             ssl,
             max_message_size: c

@@ -54,7 +54,7 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
     (
         "zeo",
         "client-conflict-resolution",
-        "conflicts are always returned to the client to resolve",
+        "BTrees and Length conflicts are resolved in the server (see native-conflict-resolution), other classes' conflicts are always returned to the client",
     ),
     ("filestorage", "quota", "no size quota is enforced"),
     (

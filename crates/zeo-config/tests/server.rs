@@ -170,6 +170,15 @@ fn realistic_zeo5_config() {
 }
 
 #[test]
+fn native_conflict_resolution_can_be_turned_off() {
+    let c = server(
+        "<zeo>\naddress 8100\nnative-conflict-resolution false\n</zeo>\n<mappingstorage/>\n",
+    );
+    assert!(!c.zeo.native_conflict_resolution);
+    assert!(c.unsupported.is_empty(), "{:?}", c.unsupported);
+}
+
+#[test]
 fn zeo_defaults_are_zeos() {
     let c = server("<zeo>\naddress 8100\n</zeo>\n<mappingstorage/>\n");
     let z = &c.zeo;
@@ -180,6 +189,7 @@ fn zeo_defaults_are_zeos() {
     assert_eq!(z.transaction_timeout, None);
     assert_eq!(z.pid_filename, None);
     assert!(!z.client_conflict_resolution);
+    assert!(z.native_conflict_resolution);
     assert_eq!(z.msgpack, None);
     assert_eq!(z.ssl, None);
     assert_eq!(z.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);

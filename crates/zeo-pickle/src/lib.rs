@@ -8,6 +8,9 @@
 //!   pickler does.
 //! * [`references`], [`class_of`] and [`encode_record`] know the layout of
 //!   ZODB object records (two pickles sharing one memo).
+//! * [`graph`] decodes to an object graph that keeps Python's object
+//!   identity (which places share one object), for code that must pickle
+//!   the objects back the way Python would.
 //! * [`zodb`] reads and writes the records of the classes every ZODB
 //!   database has (`PersistentMapping`, `PersistentList`, `OOBTree`), so
 //!   that Rust and Python programs can share data; `docs/rust-records.md`
@@ -21,6 +24,7 @@
 mod decode;
 mod encode;
 mod error;
+pub mod graph;
 mod machine;
 pub mod opcodes;
 mod record;

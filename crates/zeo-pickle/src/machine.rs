@@ -130,6 +130,10 @@ pub(crate) struct Machine<'a, 'h> {
     find_global: Option<FindGlobal<'h>>,
     /// When set, every persistent id loaded is recorded here.
     pub(crate) persistent_ids: Option<Vec<Item>>,
+    /// Whether a Python 2 byte string opcode (`STRING`, `BINSTRING`,
+    /// `SHORT_BINSTRING`) was read: Python 3 loads those as `str` where
+    /// they decode, which the graph view's users must know.
+    pub(crate) py2_strings: bool,
     /// Bytes allocated so far (stack and arena allocations, node vectors,
     /// memo entries, copied strings), estimated; it only ever grows, freed
     /// allocations included, so it bounds the peak.
@@ -161,6 +165,7 @@ impl<'a, 'h> Machine<'a, 'h> {
             marks: Vec::new(),
             find_global: None,
             persistent_ids: None,
+            py2_strings: false,
             work: 0,
             max_work: usize::MAX,
         }
@@ -621,6 +626,7 @@ impl<'a, 'h> Machine<'a, 'h> {
 
                 // ----- strings -----
                 STRING => {
+                    self.py2_strings = true;
                     let line = self.take_line()?;
                     let line = line.trim_ascii_end();
                     let quoted = match line {
@@ -631,6 +637,7 @@ impl<'a, 'h> Machine<'a, 'h> {
                     self.push_node(Node::Bytes(Cow::Owned(bytes)));
                 }
                 BINSTRING => {
+                    self.py2_strings = true;
                     let n = i32::from_le_bytes(self.take_array()?);
                     let n = usize::try_from(n)
                         .map_err(|_| self.malformed("BINSTRING with negative length"))?;
@@ -638,6 +645,7 @@ impl<'a, 'h> Machine<'a, 'h> {
                     self.push_node(Node::Bytes(Cow::Borrowed(bytes)));
                 }
                 SHORT_BINSTRING | SHORT_BINBYTES => {
+                    self.py2_strings |= op == SHORT_BINSTRING;
                     let n = usize::from(self.take_u8()?);
                     let bytes = self.take(n)?;
                     self.push_node(Node::Bytes(Cow::Borrowed(bytes)));

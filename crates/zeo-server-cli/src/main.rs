@@ -283,6 +283,7 @@ fn plan(
         settings.login_timeout =
             (zeo.login_timeout.seconds() > 0).then(|| zeo.login_timeout.as_duration());
         settings.public_status = zeo.public_status;
+        settings.conflict_resolution = zeo.native_conflict_resolution;
         settings.msgpack = zeo
             .msgpack
             .unwrap_or_else(|| std::env::var_os("ZEO_MSGPACK").is_some_and(|v| !v.is_empty()));

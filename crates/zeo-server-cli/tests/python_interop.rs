@@ -260,6 +260,62 @@ fn conflicts_are_reported_and_resolved() {
     });
 }
 
+/// Scenario 2b: conflicts on BTrees and Length are resolved in the server:
+/// four stock clients insert disjoint keys into one OOBTree bucket on stale
+/// snapshots without a ConflictError and without resolving anything
+/// themselves; undo of an old transaction on a catalog-like index merges
+/// with the later change.
+#[test]
+fn btree_conflicts_and_undo_are_resolved_by_the_server() {
+    each_encoding(|encoding| {
+        let served = Served::new(encoding, &[]);
+        for client in Client::ALL {
+            let report = served.run(client, "native_conflicts.py", &["5"]);
+            assert_eq!(report["keys"], 20, "{report}");
+            assert_eq!(report["client_resolutions"], 0, "{report}");
+            assert!(
+                report["conflicts_resolved"].as_u64().unwrap() >= 15,
+                "{report}"
+            );
+            assert_eq!(report["undone"], serde_json::json!(["a", "z"]), "{report}");
+        }
+        served.finish();
+    });
+}
+
+/// Scenario 2c: with `native-conflict-resolution false` the same conflicts
+/// go back to the stock clients, which resolve them; undo still resolves in
+/// the storage.
+#[test]
+fn native_conflict_resolution_off_leaves_conflicts_to_the_clients() {
+    each_encoding(|encoding| {
+        let dir = TempDir::new().unwrap();
+        let conf = dir.path().join("zeo.conf");
+        std::fs::write(
+            &conf,
+            "<zeo>\n  address 127.0.0.1:1\n  native-conflict-resolution false\n</zeo>\n<mappingstorage/>\n",
+        )
+        .unwrap();
+        let conf = conf.to_str().unwrap().to_owned();
+        let server = start(dir.path(), encoding, "127.0.0.1:0", &["-C", &conf]);
+        let served = Served {
+            dir,
+            server,
+            encoding,
+        };
+        for client in Client::ALL {
+            let report = served.run(client, "native_conflicts.py", &["5", "client"]);
+            assert_eq!(report["conflicts_resolved"], 0, "{report}");
+            assert!(
+                report["client_resolutions"].as_u64().unwrap() >= 15,
+                "{report}"
+            );
+            assert_eq!(report["undone"], serde_json::json!(["a", "z"]), "{report}");
+        }
+        served.finish();
+    });
+}
+
 /// Scenario 3: snapshots survive later commits, and loadBefore returns the
 /// revision current before a tid with its start and end.
 #[test]

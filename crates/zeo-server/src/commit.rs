@@ -2,6 +2,7 @@
 //! a blocking thread (replaying the commit log at `vote`, finishing, aborting).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use zeo_protocol::reply::VoteConflict;
@@ -43,6 +44,22 @@ pub struct OpenTxn {
     /// `max-transaction-size`: later writes are dropped unlogged and the
     /// vote fails with this message.
     pub rejected: Option<String>,
+}
+
+/// How a vote treats a store that conflicts.
+#[derive(Debug, Clone, Copy)]
+pub enum ConflictPolicy<'a> {
+    /// Every conflict goes back to the client with the vote (ZEO's
+    /// client-side conflict resolution).
+    ClientSide,
+    /// Conflicts on the classes `zeo-conflict` knows are merged here, as a
+    /// Python server resolves them, and the merged oids reported with the
+    /// vote; the others go back to the client. Each merge counts in
+    /// `resolved`.
+    Native {
+        /// The `conflicts_resolved` counter.
+        resolved: &'a AtomicU64,
+    },
 }
 
 /// What a vote came to.
@@ -101,13 +118,17 @@ impl OpenTxn {
     /// Begins the storage transaction, replays the log and votes. Runs on a
     /// blocking thread while holding the commit lock. On error the storage
     /// transaction has been aborted.
-    pub fn vote(&mut self, storage: &dyn Storage) -> Result<VoteOutcome, Error> {
+    pub fn vote(
+        &mut self,
+        storage: &dyn Storage,
+        policy: ConflictPolicy<'_>,
+    ) -> Result<VoteOutcome, Error> {
         let options = BeginOptions {
             tid: self.tid,
             status: self.status,
         };
         let handle = storage.tpc_begin(&self.meta, options)?;
-        match self.replay_and_vote(storage, handle) {
+        match self.replay_and_vote(storage, handle, policy) {
             Ok(VoteOutcome::Voted(serials)) => {
                 self.storage_txn = Some(handle);
                 Ok(VoteOutcome::Voted(serials))
@@ -123,9 +144,13 @@ impl OpenTxn {
         &mut self,
         storage: &dyn Storage,
         h: TxnHandle,
+        policy: ConflictPolicy<'_>,
     ) -> Result<VoteOutcome, Error> {
         let mut invalidated = BTreeSet::new();
         let mut serials = Vec::new();
+        // Merges made here; counted once the vote succeeds (a vote that
+        // returns other conflicts is replayed, and merges again).
+        let mut merged_here = 0;
         let mut conflicts: BTreeMap<Oid, (u64, VoteConflict)> = BTreeMap::new();
         let replayed = self.log.replay(|index, op| -> Result<(), Error> {
             match op {
@@ -134,13 +159,28 @@ impl OpenTxn {
                         conflicts.remove(&oid);
                         invalidated.insert(oid);
                     }
-                    // Client-side conflict resolution: hand the conflict and
-                    // the client's own data back with the vote.
                     Err(Error::Conflict {
                         oid: c_oid,
                         committed,
                         old,
                     }) if c_oid == oid => {
+                        if let ConflictPolicy::Native { .. } = policy {
+                            if let Some(merged) =
+                                resolve_natively(storage, oid, committed, old, &data)
+                            {
+                                // Stored on top of the committed revision; the
+                                // client learns the oid with the vote and drops
+                                // its own copy, as with a Python server.
+                                storage.store(h, oid, committed, &merged)?;
+                                merged_here += 1;
+                                conflicts.remove(&oid);
+                                invalidated.insert(oid);
+                                serials.push(oid);
+                                return Ok(());
+                            }
+                        }
+                        // Client-side conflict resolution: hand the conflict
+                        // and the client's own data back with the vote.
                         conflicts.insert(
                             oid,
                             (
@@ -202,10 +242,40 @@ impl OpenTxn {
             ));
         }
         let resolved = storage.tpc_vote(h)?;
+        if let ConflictPolicy::Native { resolved } = policy {
+            resolved.fetch_add(merged_here, Ordering::Relaxed);
+        }
         invalidated.extend(resolved.iter().copied());
         serials.extend(resolved);
         self.invalidated = invalidated.into_iter().collect();
         Ok(VoteOutcome::Voted(serials))
+    }
+}
+
+/// The merged record for a conflicting store, when `zeo-conflict`
+/// resolves the object's class: `new` was written against `old`, and
+/// `committed` is current. `None` leaves the conflict to the client
+/// (another class, a state the crate does not model, or a merge Python
+/// refuses too, which the client then reports).
+fn resolve_natively(
+    storage: &dyn Storage,
+    oid: Oid,
+    committed: Tid,
+    old: Tid,
+    new: &[u8],
+) -> Option<Vec<u8>> {
+    let (module, name) = zeo_conflict::record_class(new)?;
+    if !zeo_conflict::resolves(&module, &name) {
+        return None;
+    }
+    let old_data = storage.load_serial(oid, old).ok()?;
+    let committed_data = storage.load_serial(oid, committed).ok()?;
+    match zeo_conflict::resolve(&old_data, &committed_data, new) {
+        Ok(merged) => Some(merged),
+        Err(err) => {
+            tracing::debug!(%oid, %err, "conflict not resolved natively");
+            None
+        }
     }
 }
 
@@ -233,4 +303,100 @@ pub fn finish(
     // Only now may loads see the new transaction.
     drop(publication);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::txn_log::TxnLog;
+    use zeo_pickle::{encode_record, Value};
+    use zeo_storage::MappingStorage;
+
+    fn length(n: i64) -> Vec<u8> {
+        encode_record(&Value::global("BTrees.Length", "Length"), &Value::Int(n)).unwrap()
+    }
+
+    fn commit(storage: &dyn Storage, oid: Oid, serial: Tid, data: &[u8]) -> Tid {
+        let h = storage
+            .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+            .unwrap();
+        storage.store(h, oid, serial, data).unwrap();
+        storage.tpc_vote(h).unwrap();
+        storage.tpc_finish(h, &mut |_| {}).unwrap()
+    }
+
+    /// A transaction storing `data` for `oid` on top of `serial`.
+    fn stale_txn(oid: Oid, serial: Tid, data: &[u8]) -> OpenTxn {
+        let mut txn = OpenTxn::new(
+            TxnId(1),
+            TransactionMetaData::default(),
+            None,
+            TxnStatus::default(),
+            TxnLog::new(usize::MAX, None),
+        );
+        txn.push_store(TxnOp::Store {
+            oid,
+            serial,
+            data: data.to_vec(),
+        })
+        .unwrap();
+        txn
+    }
+
+    /// A storage where `base` then `theirs` were committed for one object,
+    /// and an open transaction storing `ours` on top of `base`, voted with
+    /// native resolution: the storage, the oid, the transaction, what the
+    /// vote came to and the resolution count.
+    fn native_vote(
+        base: &[u8],
+        theirs: &[u8],
+        ours: &[u8],
+    ) -> (MappingStorage, Oid, OpenTxn, VoteOutcome, u64) {
+        let storage = MappingStorage::new("test");
+        let oid = storage.new_oid().unwrap();
+        let serial = commit(&storage, oid, Tid::ZERO, base);
+        commit(&storage, oid, serial, theirs);
+        let resolved = AtomicU64::new(0);
+        let mut txn = stale_txn(oid, serial, ours);
+        let outcome = txn
+            .vote(
+                &storage,
+                ConflictPolicy::Native {
+                    resolved: &resolved,
+                },
+            )
+            .unwrap();
+        (storage, oid, txn, outcome, resolved.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn native_policy_merges_at_vote_and_reports_the_oid() {
+        let (storage, oid, txn, outcome, resolved) =
+            native_vote(&length(10), &length(11), &length(15));
+        assert!(
+            matches!(&outcome, VoteOutcome::Voted(oids) if oids == &[oid]),
+            "{outcome:?}"
+        );
+        assert_eq!(resolved, 1);
+        assert_eq!(txn.invalidated, [oid]);
+        storage
+            .tpc_finish(txn.storage_txn.unwrap(), &mut |_| {})
+            .unwrap();
+        assert_eq!(storage.load(oid).unwrap().0, length(16));
+
+        // Client-side: the same conflict goes back with the client's data.
+        let base = storage.history(oid, 3).unwrap()[2].tid;
+        let mut txn = stale_txn(oid, base, &length(15));
+        match txn.vote(&storage, ConflictPolicy::ClientSide).unwrap() {
+            VoteOutcome::Conflicts(c) => assert_eq!(c.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn classes_without_a_native_merge_still_go_to_the_client() {
+        let (_, _, _, outcome, resolved) = native_vote(b"plain", b"theirs", b"ours");
+        assert!(matches!(outcome, VoteOutcome::Conflicts(_)), "{outcome:?}");
+        assert_eq!(resolved, 0);
+    }
 }

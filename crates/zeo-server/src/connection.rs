@@ -978,8 +978,17 @@ impl Conn {
         let storage = hub.storage().clone();
         let small = storage_calls::may_run_inline(&*storage, txn.is_small());
         let started = std::time::Instant::now();
+        let native = self.shared.settings.conflict_resolution;
+        let counters = hub.clone();
         let joined = run_storage(small, move || {
-            let outcome = txn.vote(&*storage);
+            let policy = if native {
+                commit::ConflictPolicy::Native {
+                    resolved: &counters.stats().conflicts_resolved,
+                }
+            } else {
+                commit::ConflictPolicy::ClientSide
+            };
+            let outcome = txn.vote(&*storage, policy);
             (txn, outcome)
         })
         .await;

@@ -91,6 +91,11 @@ pub struct ServerSettings {
     /// message in both directions carries a chained MAC. Only zeo-rs
     /// clients can do this; see `docs/auth.md`.
     pub authentication: Option<Arc<ServerAuthenticator>>,
+    /// Whether write conflicts on the classes `zeo-conflict` knows (BTrees
+    /// buckets and sets, `BTrees.Length.Length`) are resolved here at vote
+    /// (`conflict-resolution`, on by default); off, every conflict goes
+    /// back to the client, which resolves it with its own classes.
+    pub conflict_resolution: bool,
 }
 
 impl fmt::Debug for ServerSettings {
@@ -125,6 +130,7 @@ impl fmt::Debug for ServerSettings {
                 "authentication_realm",
                 &self.authentication.as_ref().map(|a| a.realm()),
             )
+            .field("conflict_resolution", &self.conflict_resolution)
             .finish()
     }
 }
@@ -150,6 +156,7 @@ impl Default for ServerSettings {
             temporary_directory: None,
             monitor_address: None,
             authentication: None,
+            conflict_resolution: true,
         }
     }
 }

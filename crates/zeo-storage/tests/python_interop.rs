@@ -822,3 +822,53 @@ fn python_reads_our_packed_file_and_packs_alike() {
         "our packed file and Python's differ in their bytes"
     );
 }
+
+/// An undo that needs conflict resolution (a catalog-like OOBTree and its
+/// Length, changed again after the undone transaction) writes the records
+/// ZODB's FileStorage writes, byte for byte, with ZODB 6 and ZODB 5.
+#[test]
+fn undo_resolves_btree_and_length_conflicts_as_zodb_does() {
+    for python in [python6(), python5()] {
+        let dir = TempDir::new().unwrap();
+        let theirs = dir.path().join("Data.fs");
+        let ours = dir.path().join("Ours.fs");
+        let run = |args: &[&str]| -> Value {
+            let out = run_python(&python, &script("undo_resolve.py"), args, dir.path());
+            serde_json::from_str(&stdout_of(&out, "undo_resolve.py")).unwrap()
+        };
+        let made = run(&["make", theirs.to_str().unwrap()]);
+        let tid_hex = made["tid"].as_str().unwrap().to_owned();
+        std::fs::copy(&theirs, &ours).unwrap();
+        let undone = run(&["undo", theirs.to_str().unwrap(), &tid_hex]);
+        let expected = undone["records"].as_object().unwrap();
+        assert_eq!(expected.len(), 2, "{undone}");
+
+        let fs = open(&ours, false);
+        let tid = Tid::from_slice(&parse_hex(&tid_hex)).unwrap();
+        let txn = fs
+            .tpc_begin(&meta("", "", b""), BeginOptions::default())
+            .unwrap();
+        let mut oids = fs.undo(txn, &zeo_storage::undo_id(tid)).unwrap();
+        fs.tpc_vote(txn).unwrap();
+        fs.tpc_finish(txn, &mut |_| {}).unwrap();
+        oids.sort();
+        let mut theirs_oids: Vec<&String> = expected.keys().collect();
+        theirs_oids.sort();
+        assert_eq!(
+            oids.iter()
+                .map(|o| hex::encode(o.0.to_be_bytes()))
+                .collect::<Vec<_>>(),
+            theirs_oids.iter().map(|s| s.as_str()).collect::<Vec<_>>()
+        );
+        for oid in oids {
+            let (data, _) = fs.load(oid).unwrap();
+            let key = hex::encode(oid.0.to_be_bytes());
+            assert_eq!(
+                hex::encode(&data),
+                expected[&key].as_str().unwrap(),
+                "oid {key} with {}",
+                python.display()
+            );
+        }
+    }
+}

@@ -1,7 +1,7 @@
 """Write conflicts between two ZEO clients: an unresolvable one raises
 ConflictError carrying the object's oid and the (committed, read) serials;
-BTrees.Length and OOBTree bucket conflicts are resolved by the client and
-keep both changes.
+BTrees.Length and OOBTree bucket conflicts are resolved (by zeo-server
+itself, natively; see native_conflicts.py) and keep both changes.
 
 usage: conflicts.py PORT TAG
 """
@@ -56,7 +56,7 @@ check(
 tm2.begin()
 check(x2["v"] == 1, "after the conflict client 2 sees client 1's value")
 
-# Conflicts the client resolves: Length increments and bucket inserts.
+# Conflicts that resolve: Length increments and bucket inserts.
 tm2.begin()
 n2, t2 = c2.root()[tag]["n"], c2.root()[tag]["t"]
 check(n2() == 0 and len(t2) == 2, "client 2 reads n and t")

@@ -1,7 +1,10 @@
 //! Transactional undo: listing undoable transactions (`undoLog`) and
 //! staging the records that reverse one (`_txn_undo_write` /
-//! `_transactionalUndoRecord`). No conflict resolution is attempted: where
-//! ZODB would try it, the undo fails with [`Error::Undo`].
+//! `_transactionalUndoRecord`). Where a later transaction changed an
+//! undone object, ZODB tries conflict resolution between the undone
+//! revision, the current one and the one before; here `zeo-conflict` does
+//! that for the classes it knows, and the undo fails with [`Error::Undo`]
+//! for the others, as ZODB's does when resolution fails.
 
 use crate::error::{Error, Result};
 use crate::ids::Oid;
@@ -64,6 +67,8 @@ fn undo_error(reason: &str, oid: Option<Oid>) -> Error {
 enum Outcome {
     /// `plen = 0` with this backpointer (0: the object's creation is undone).
     Back(u64),
+    /// A new revision: the resolved merge of the undo with later changes.
+    Data(Vec<u8>),
 }
 
 impl FileStorage {
@@ -123,18 +128,23 @@ fn write_undo(
         let h = r.data_header(pos)?;
         failures.retain(|(o, _)| *o != h.oid);
         match undo_record(r, index, a, staged, h.oid, pos, h.prev) {
-            Ok((Outcome::Back(back), ipos)) => {
+            Ok((outcome, ipos)) => {
                 let here = a.here(staged);
+                let (back, data) = match &outcome {
+                    Outcome::Back(back) => (*back, None),
+                    Outcome::Data(data) => (0, Some(data.as_slice())),
+                };
                 let rec = DataHeader {
                     oid: h.oid,
                     tid: a.tid,
                     prev: ipos,
                     tloc: a.base,
-                    plen: 0,
+                    plen: data.map_or(0, |d| d.len() as u64),
                     back,
                 };
-                let mut bytes = Vec::with_capacity(DATA_HEADER_LEN as usize + 8);
-                rec.write_record(None, &mut bytes);
+                let mut bytes =
+                    Vec::with_capacity(DATA_HEADER_LEN as usize + data.map_or(8, <[u8]>::len));
+                rec.write_record(data, &mut bytes);
                 staged.append(&bytes)?;
                 written.push((h.oid, here));
             }
@@ -182,6 +192,8 @@ fn undo_record(
     let ipos = index.get(oid.0).unwrap_or(0);
     let tipos = if tpos != 0 { tpos } else { ipos };
     let mut copy = true;
+    // The undone and the current revision, when they differ.
+    let mut conflict = None;
     if tipos != pos {
         if tipos == 0 {
             return Err(undo_error("_loadBack() failed", Some(oid)));
@@ -234,6 +246,7 @@ fn undo_record(
                         Some(oid),
                     ));
                 }
+                conflict = Some((to_undo, current));
             }
         }
     }
@@ -243,12 +256,18 @@ fn undo_record(
     if copy {
         return Ok((Outcome::Back(pre), ipos));
     }
-    // ZODB would now try conflict resolution between the state before the
-    // undone transaction and the current one; that needs the application's
-    // classes, so the undo is refused as ZODB refuses it when resolution
-    // fails.
-    if r.resolve(oid, pre)?.is_none() {
+    // As ZODB: resolve a conflict in which the undone revision is the old
+    // state, the current one is committed, and the state before the undone
+    // transaction is the new one. Classes `zeo-conflict` does not know need
+    // the application's code, so their undo is refused as ZODB refuses it
+    // when resolution fails.
+    let Some(before) = r.resolve(oid, pre)? else {
         return Err(undo_error("_loadBack() failed", Some(oid)));
+    };
+    if let Some((undone, current)) = conflict {
+        if let Ok(merged) = zeo_conflict::resolve(&undone, &current, &before.data) {
+            return Ok((Outcome::Data(merged), ipos));
+        }
     }
     Err(undo_error(
         "Some data were modified by a later transaction",
