@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::datatypes::Interval;
 use crate::error::Result;
 use crate::schema::{key, Checked, KeySpec};
 use crate::syntax::Section;
@@ -30,7 +31,15 @@ pub struct ServerSsl {
     pub password_function: Option<String>,
     /// Client certificate authority (required).
     pub authenticate: SslAuthenticate,
+    /// How long an accepted connection may take to complete its TLS
+    /// handshake (`handshake-timeout`, ours; default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]). A client without TLS waits for the
+    /// server to speak first, so without it such a connection would hang.
+    pub handshake_timeout: Interval,
 }
+
+/// Default `handshake-timeout`: 10 seconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Interval = Interval(10);
 
 /// Client-side TLS settings (`<ssl>` inside `<clientstorage>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +64,7 @@ const SERVER_KEYS: &[KeySpec] = &[
     key("key"),
     key("password-function"),
     key("authenticate"),
+    key("handshake-timeout"),
 ];
 
 const CLIENT_KEYS: &[KeySpec] = &[
@@ -85,6 +95,9 @@ impl ServerSsl {
             key: c.path("key"),
             password_function: c.string("password-function"),
             authenticate,
+            handshake_timeout: c
+                .parsed::<Interval>("handshake-timeout")?
+                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
         })
     }
 }

@@ -91,6 +91,12 @@ pub struct ServerSettings {
     /// message in both directions carries a chained MAC. Only zeo-rs
     /// clients can do this; see `docs/auth.md`.
     pub authentication: Option<Arc<ServerAuthenticator>>,
+    /// TLS on every listener (`<ssl>`): each accepted connection completes
+    /// a handshake, within the configuration's handshake timeout, before
+    /// the ZEO protocol starts; clients must present a certificate. The
+    /// configuration can be reloaded while serving ([`zeo_tls::ServerTls::reload`]).
+    /// The monitor stays plain. See `docs/tls.md`.
+    pub tls: Option<Arc<zeo_tls::ServerTls>>,
 }
 
 impl fmt::Debug for ServerSettings {
@@ -125,6 +131,7 @@ impl fmt::Debug for ServerSettings {
                 "authentication_realm",
                 &self.authentication.as_ref().map(|a| a.realm()),
             )
+            .field("tls", &self.tls.as_ref().map(|t| t.files()))
             .finish()
     }
 }
@@ -150,6 +157,7 @@ impl Default for ServerSettings {
             temporary_directory: None,
             monitor_address: None,
             authentication: None,
+            tls: None,
         }
     }
 }
