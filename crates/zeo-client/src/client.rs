@@ -127,6 +127,9 @@ struct FailedRound {
     errors: Vec<String>,
     /// Whether every address refused the connection.
     all_refused: bool,
+    /// When every address failed its TLS handshake: the first failure,
+    /// which ends a wait for a connection at once.
+    tls_failure: Option<(String, zeo_tls::FailureReason)>,
 }
 
 pub(crate) struct TxnState {
@@ -327,17 +330,16 @@ impl AsyncClientStorage {
         let mut rx = self.inner.current.subscribe();
         let mut rounds = self.inner.rounds.subscribe();
         let fail_fast = self.inner.options.fail_fast;
+        // The latest round counts too: it is cleared on connecting. A TLS
+        // failure ends the wait whatever `fail_fast` says: the same
+        // handshake would fail until the wait timeout.
         let refused = async {
-            if !fail_fast {
-                return std::future::pending().await;
-            }
-            // The latest round counts too: it is cleared on connecting.
-            let errors = rounds
-                .wait_for(|r| r.all_refused)
+            let round = rounds
+                .wait_for(|r| (fail_fast && r.all_refused) || r.tls_failure.is_some())
                 .await
-                .map(|r| r.errors.join("; "));
-            match errors {
-                Ok(errors) => errors,
+                .map(|r| (r.errors.join("; "), r.tls_failure.clone()));
+            match round {
+                Ok(round) => round,
                 Err(_) => std::future::pending().await,
             }
         };
@@ -352,7 +354,8 @@ impl AsyncClientStorage {
         match outcome {
             Ok(Ok(Ok(c))) => c.ok_or_else(|| Error::Disconnected("not connected".into())),
             Ok(Ok(Err(_))) => Err(Error::Closed),
-            Ok(Err(errors)) => Err(Error::Disconnected(format!(
+            Ok(Err((_, Some((address, reason))))) => Err(Error::Tls { address, reason }),
+            Ok(Err((errors, None))) => Err(Error::Disconnected(format!(
                 "every server refused the connection (fail_fast): {errors}"
             ))),
             Err(_) => {
@@ -1053,6 +1056,7 @@ async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Co
     let mut last_error = Error::Disconnected("no server address".into());
     let mut errors = Vec::new();
     let mut all_refused = true;
+    let mut tls_failures = Vec::new();
     while let Some(joined) = attempts.join_next().await {
         match joined {
             Ok(Ok(conn)) => {
@@ -1073,6 +1077,9 @@ async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Co
             }
             Ok(Err((e, refused))) => {
                 all_refused &= refused;
+                if let Error::Tls { address, reason } = &e {
+                    tls_failures.push((address.clone(), reason.clone()));
+                }
                 errors.push(match &e {
                     // Already `address: reason`.
                     Error::Disconnected(m) => m.clone(),
@@ -1094,9 +1101,11 @@ async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Co
         } else {
             last_error
         };
+        let every_tls = tls_failures.len() == errors.len();
         inner.rounds.send_modify(|r| {
             r.errors = errors;
             r.all_refused = all_refused;
+            r.tls_failure = tls_failures.into_iter().next().filter(|_| every_tls);
         });
         return Err(error);
     };
@@ -1112,6 +1121,7 @@ async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Co
     inner.rounds.send_modify(|r| {
         r.errors.clear();
         r.all_refused = false;
+        r.tls_failure = None;
     });
     info!(address = %conn.address, read_only = conn.read_only(), "connected");
     inner.current.send_replace(Some(conn.clone()));

@@ -68,6 +68,15 @@ pub enum Notice {
         /// What went wrong ([`crate::Error::Auth`]'s text).
         reason: String,
     },
+    /// A TLS handshake with a server failed. The client keeps trying, as
+    /// ZEO does; a caller waiting for a connection gets [`crate::Error::Tls`]
+    /// at once.
+    TlsFailed {
+        /// The server's address.
+        address: String,
+        /// Why.
+        reason: zeo_tls::FailureReason,
+    },
 }
 
 /// State the reader task shares with the client.
@@ -198,6 +207,19 @@ async fn open_stream(address: &ServerAddress) -> std::io::Result<Box<dyn Stream>
     }
 }
 
+/// A failed read: a TLS failure the server reported after the handshake
+/// (a TLS 1.3 server refuses our certificate only then) keeps its reason;
+/// the caller that knows the address fills it in.
+fn read_error(e: std::io::Error) -> Error {
+    match zeo_tls::FailureReason::from_io(&e) {
+        Some(reason) => Error::Tls {
+            address: String::new(),
+            reason,
+        },
+        None => Error::Disconnected(e.to_string()),
+    }
+}
+
 /// Reads one frame's payload; with `mac`, the frame must carry a MAC that
 /// continues the chain.
 async fn read_frame<R: AsyncRead + Unpin>(
@@ -206,9 +228,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
     mac: Option<&mut MacState>,
 ) -> Result<Vec<u8>> {
     let mut word = [0u8; 4];
-    r.read_exact(&mut word)
-        .await
-        .map_err(|e| Error::Disconnected(e.to_string()))?;
+    r.read_exact(&mut word).await.map_err(read_error)?;
     let word = u32::from_be_bytes(word);
     let (len, extra) = match &mac {
         None => (word as usize, 0),
@@ -417,6 +437,46 @@ fn disconnected(what: impl std::fmt::Display) -> Error {
     Error::Disconnected(what.to_string())
 }
 
+/// Runs the TLS handshake over a connected stream. The name checked is
+/// `server-hostname`, else the address's host (`localhost` for a Unix
+/// socket, which has none).
+async fn secure(
+    tls: &zeo_tls::ClientTls,
+    stream: Box<dyn Stream>,
+    address: &ServerAddress,
+) -> Result<Box<dyn Stream>> {
+    let host = match address {
+        ServerAddress::Tcp { host, .. } if !host.is_empty() => host.as_str(),
+        ServerAddress::Tcp { .. } => "127.0.0.1",
+        ServerAddress::Unix(_) => "localhost",
+    };
+    match tls.connect(stream, host).await {
+        Ok(stream) => Ok(Box::new(stream)),
+        Err(zeo_tls::Error::Handshake(reason)) => Err(Error::Tls {
+            address: address.to_string(),
+            reason,
+        }),
+        Err(other) => Err(Error::Config(other.to_string())),
+    }
+}
+
+/// The error of a greeting that did not come: a TLS failure names the
+/// server; a plain client whose server closed without a word is told that
+/// a TLS server does just that.
+fn greeting_error(e: Error, address: &ServerAddress, options: &ClientOptions) -> Error {
+    match e {
+        Error::Tls { reason, .. } => Error::Tls {
+            address: address.to_string(),
+            reason,
+        },
+        Error::Disconnected(m) if options.tls.is_none() => disconnected(format!(
+            "{address}: closed before its ZEO greeting ({m}); a server with TLS (<ssl>) \
+             waits for a TLS handshake and closes: configure TLS if it has it"
+        )),
+        other => other,
+    }
+}
+
 /// How long connecting, handshaking and registering may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -447,18 +507,26 @@ impl Conn {
                 ))
             }
         };
-        let opened = tokio::time::timeout(
-            SETUP_TIMEOUT,
-            Self::open_inner(stream, address, options, shared.clone(), generation),
-        )
+        let opened = tokio::time::timeout(SETUP_TIMEOUT, async {
+            let stream = match &options.tls {
+                Some(tls) => secure(tls, stream, address).await?,
+                None => stream,
+            };
+            Self::open_inner(stream, address, options, shared.clone(), generation).await
+        })
         .await
         .map_err(|_| disconnected(format!("{address}: timed out connecting")))
         .and_then(|r| r);
-        if let Err(Error::Auth(reason)) = &opened {
-            shared.notify(Notice::AuthenticationFailed {
+        match &opened {
+            Err(Error::Auth(reason)) => shared.notify(Notice::AuthenticationFailed {
                 address: address.to_string(),
                 reason: reason.clone(),
-            });
+            }),
+            Err(Error::Tls { address, reason }) => shared.notify(Notice::TlsFailed {
+                address: address.clone(),
+                reason: reason.clone(),
+            }),
+            _ => {}
         }
         opened.map_err(|e| (e, false))
     }
@@ -471,7 +539,9 @@ impl Conn {
         generation: u64,
     ) -> Result<Arc<Conn>> {
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let greeting = read_frame(&mut rd, 64, None).await?;
+        let greeting = read_frame(&mut rd, 64, None)
+            .await
+            .map_err(|e| greeting_error(e, address, options))?;
         let (encoding, answer) = ClientHandshake::new()
             .receive(&greeting)
             .map_err(|e| Error::Protocol(format!("{address}: {e}")))?;

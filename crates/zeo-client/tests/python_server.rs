@@ -4,31 +4,17 @@
 //!
 //! Needs the venv `cargo xtask test` creates; fails (never skips) without it.
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::{run_runzeo, Runzeo};
 
 use zeo_client::{ClientOptions, ClientStorage, Notice, ServerAddress};
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 use zeo_testkit::{free_port, python6, run_with_timeout, stdout_of};
-
-struct Runzeo {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Runzeo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn runzeo_path() -> PathBuf {
-    let python = python6();
-    python.parent().unwrap().join("runzeo")
-}
 
 fn start_runzeo(dir: &Path, msgpack: bool) -> Runzeo {
     let port = free_port();
@@ -253,24 +239,6 @@ fn python_server_killed_and_restarted() {
 
 /// Runs runzeo on the `zeo.conf` in `dir` (written by [`start_runzeo`])
 /// and waits until it listens on `port`.
-fn run_runzeo(dir: &Path, port: u16) -> Runzeo {
-    let child = Command::new(runzeo_path())
-        .arg("-C")
-        .arg(dir.join("zeo.conf"))
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start runzeo: run `cargo xtask test` to create the Python venvs");
-    let server = Runzeo { child, port };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "runzeo did not start listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    server
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -131,12 +131,7 @@ impl ClientTls {
         tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, stream)
             .await
-            .map_err(|err| {
-                Error::Handshake(
-                    FailureReason::from_io(&err)
-                        .unwrap_or_else(|| FailureReason::Other(err.to_string())),
-                )
-            })
+            .map_err(|err| Error::Handshake(FailureReason::from_handshake_io(&err)))
     }
 }
 

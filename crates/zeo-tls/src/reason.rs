@@ -138,22 +138,27 @@ impl FailureReason {
         FailureReason::RejectedByPeer(what)
     }
 
-    /// Classifies an I/O error met during a handshake or the first read
-    /// after it (a TLS 1.3 server checks the client's certificate after
-    /// the client considers the handshake done). `None` when the error is
-    /// not about TLS at all.
+    /// Classifies an I/O error that carries a TLS failure: one met during
+    /// a handshake, or on the first read after it (a TLS 1.3 server checks
+    /// the client's certificate after the client considers the handshake
+    /// done). `None` when the error is not about TLS.
     pub fn from_io(err: &io::Error) -> Option<Self> {
-        if let Some(tls) = err
-            .get_ref()
+        err.get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(Self::from_rustls(tls));
+            .map(Self::from_rustls)
+    }
+
+    /// Classifies any I/O error that ended a handshake: a TLS failure, the
+    /// peer closing, or the error's own text.
+    pub fn from_handshake_io(err: &io::Error) -> Self {
+        if let Some(reason) = Self::from_io(err) {
+            return reason;
         }
         match err.kind() {
             io::ErrorKind::UnexpectedEof
             | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe => Some(FailureReason::Closed),
-            _ => None,
+            | io::ErrorKind::BrokenPipe => FailureReason::Closed,
+            _ => FailureReason::Other(err.to_string()),
         }
     }
 }
@@ -188,9 +193,11 @@ mod tests {
             FailureReason::from_io(&io),
             Some(FailureReason::NoClientCertificate)
         );
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(FailureReason::from_io(&eof), None);
         assert_eq!(
-            FailureReason::from_io(&io::Error::from(io::ErrorKind::UnexpectedEof)),
-            Some(FailureReason::Closed)
+            FailureReason::from_handshake_io(&eof),
+            FailureReason::Closed
         );
         assert_eq!(FailureReason::from_io(&io::Error::other("x")), None);
     }

@@ -104,8 +104,7 @@ impl ServerTls {
         match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
             Err(_) => Err(FailureReason::Timeout(self.handshake_timeout)),
             Ok(Ok(tls)) => Ok(tls),
-            Ok(Err(err)) => Err(FailureReason::from_io(&err)
-                .unwrap_or_else(|| FailureReason::Other(err.to_string()))),
+            Ok(Err(err)) => Err(FailureReason::from_handshake_io(&err)),
         }
     }
 }

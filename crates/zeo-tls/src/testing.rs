@@ -183,3 +183,52 @@ fn write(dir: &Path, name: &str, cert: &Certificate, key: &KeyPair, serial: u64)
         serial,
     }
 }
+
+/// A CA with a server certificate (for `localhost` and `127.0.0.1`) and a
+/// client certificate, as most TLS tests need.
+pub struct Pki {
+    /// The CA; `ca.certificate` is what both sides authenticate against.
+    pub ca: CertAuthority,
+    /// `server.pem`/`server_key.pem`.
+    pub server: Issued,
+    /// `client.pem`/`client_key.pem`.
+    pub client: Issued,
+}
+
+impl Pki {
+    /// Writes the CA and both certificates into `dir`.
+    pub fn new(dir: &Path) -> Self {
+        let mut ca = CertAuthority::new(dir, "ca");
+        let server = ca.issue("server", &Spec::new("server", &["localhost", "127.0.0.1"]));
+        let client = ca.issue("client", &Spec::new("client", &[]));
+        Pki { ca, server, client }
+    }
+}
+
+/// A server configuration presenting `server`, accepting clients listed
+/// in or signed by `authenticate`.
+pub fn server_tls(server: &Issued, authenticate: &Path) -> crate::ServerTls {
+    crate::ServerTls::load(crate::ServerTlsFiles {
+        certificate: server.certificate.clone(),
+        key: Some(server.key.clone()),
+        authenticate: authenticate.to_owned(),
+    })
+    .expect("server TLS")
+}
+
+/// A client configuration presenting `client` (none: no certificate),
+/// checking the server against `authenticate` and, when given, `hostname`.
+pub fn client_tls(
+    client: Option<&Issued>,
+    authenticate: &Path,
+    hostname: Option<&str>,
+) -> crate::ClientTls {
+    crate::ClientTls::load(crate::ClientTlsFiles {
+        certificate: client.map(|c| c.certificate.clone()),
+        key: client.map(|c| c.key.clone()),
+        authenticate: Some(authenticate.to_owned()),
+        check_hostname: true,
+        server_hostname: hostname.map(str::to_owned),
+    })
+    .expect("client TLS")
+}

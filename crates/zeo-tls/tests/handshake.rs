@@ -6,27 +6,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zeo_tls::testing::{self_signed, CertAuthority, Issued, Spec};
+use zeo_tls::testing::{client_tls, self_signed, server_tls, CertAuthority, Issued, Pki, Spec};
 use zeo_tls::{ClientTls, ClientTlsFiles, Error, FailureReason, ServerTls, ServerTlsFiles};
 
 fn server(issued: &Issued, authenticate: &Path) -> ServerTls {
-    ServerTls::load(ServerTlsFiles {
-        certificate: issued.certificate.clone(),
-        key: Some(issued.key.clone()),
-        authenticate: authenticate.to_owned(),
-    })
-    .expect("server TLS")
+    server_tls(issued, authenticate)
 }
 
 fn client(issued: Option<&Issued>, authenticate: &Path, hostname: Option<&str>) -> ClientTls {
-    ClientTls::load(ClientTlsFiles {
-        certificate: issued.map(|i| i.certificate.clone()),
-        key: issued.map(|i| i.key.clone()),
-        authenticate: Some(authenticate.to_owned()),
-        check_hostname: true,
-        server_hostname: hostname.map(str::to_owned),
-    })
-    .expect("client TLS")
+    client_tls(issued, authenticate, hostname)
 }
 
 /// Runs both sides; the server greets as a ZEO server does and the client
@@ -57,9 +45,7 @@ async fn exchange(
                 assert_eq!(&greeting, b"Z5");
                 Ok(())
             }
-            Err(e) => Err(Error::Handshake(
-                FailureReason::from_io(&e).unwrap_or(FailureReason::Other(e.to_string())),
-            )),
+            Err(e) => Err(Error::Handshake(FailureReason::from_handshake_io(&e))),
         }
     };
     tokio::join!(serve, connect)
@@ -80,9 +66,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let mut ca = CertAuthority::new(dir.path(), "ca");
-    let server = ca.issue("server", &Spec::new("server", &["localhost", "127.0.0.1"]));
-    let client = ca.issue("client", &Spec::new("client", &[]));
+    let Pki { ca, server, client } = Pki::new(dir.path());
     Fixture {
         dir,
         ca,
