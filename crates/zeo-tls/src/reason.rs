@@ -110,6 +110,12 @@ impl FailureReason {
             C::NotValidYet | C::NotValidYetContext { .. } => FailureReason::NotYetValid,
             C::Revoked => FailureReason::Revoked,
             C::UnknownRevocationStatus => FailureReason::UnknownRevocationStatus,
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+                FailureReason::Other(
+                    "the CRL of the peer's certificate issuer is past its next update: regenerate it"
+                        .to_owned(),
+                )
+            }
             C::NotValidForNameContext { expected, .. } => FailureReason::HostnameMismatch {
                 expected: server_name_text(expected),
             },

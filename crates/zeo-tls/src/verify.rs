@@ -114,6 +114,9 @@ impl Pins {
             if crl.issuer().as_raw() != parsed.issuer().as_raw() {
                 continue;
             }
+            if crl.next_update().is_some_and(|next| next.timestamp() < now) {
+                return bad(CertificateError::ExpiredRevocationList);
+            }
             covered = true;
             if crl
                 .iter_revoked_certificates()
@@ -161,6 +164,7 @@ impl ClientVerifier {
             )
             .with_crls(auth.crls.iter().cloned())
             .only_check_end_entity_revocation()
+            .enforce_revocation_expiration()
             .build()
             .map_err(|e| format!("{e}"))?;
             Some(verifier)
@@ -230,6 +234,7 @@ impl ServerVerifier {
             )
             .with_crls(auth.crls.iter().cloned())
             .only_check_end_entity_revocation()
+            .enforce_revocation_expiration()
             .build()
             .map_err(|e| format!("{e}"))?;
             Some(verifier)
