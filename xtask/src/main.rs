@@ -26,7 +26,7 @@ commands:
         after `--` go to the test harness (e.g. `--include-ignored`).
         --no-lint skips the formatting and clippy steps.
   venv  Only prepare the Python venvs under target/python.
-  bench [--duration S] [--clients 1,4,8] [--objects N] [--idle N] [--keep]
+  bench [--duration S] [--clients 1,4,8] [--objects N] [--idle N] [--keep] [--no-tls] [--debug]
         Build zeo-server and zeo-client in release and compare them with
         Python ZEO 6's server and client on 127.0.0.1 (docs/benchmarks.md).
   help  Show this text.
