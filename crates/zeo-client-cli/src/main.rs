@@ -67,6 +67,10 @@ struct TlsArgs {
     /// certificate file.
     #[arg(long, value_name = "FILE", global = true)]
     ssl_key: Option<std::path::PathBuf>,
+    /// A file whose first line is the password of an encrypted (PKCS#8)
+    /// key.
+    #[arg(long, value_name = "FILE", global = true)]
+    ssl_password_file: Option<std::path::PathBuf>,
     /// CA file or directory (or the server's own certificate) to check the
     /// server's certificate against; the system's CAs when not given.
     #[arg(long, value_name = "PATH", global = true)]
@@ -84,6 +88,7 @@ impl TlsArgs {
     fn given(&self) -> bool {
         self.ssl_certificate.is_some()
             || self.ssl_key.is_some()
+            || self.ssl_password_file.is_some()
             || self.ssl_authenticate.is_some()
             || self.ssl_server_hostname.is_some()
             || self.ssl_no_check_hostname
@@ -97,6 +102,9 @@ impl TlsArgs {
         }
         if let Some(key) = &self.ssl_key {
             files.key = Some(key.clone());
+        }
+        if let Some(file) = &self.ssl_password_file {
+            files.password_file = Some(file.clone());
         }
         if let Some(auth) = &self.ssl_authenticate {
             files.authenticate = Some(auth.clone());

@@ -390,6 +390,7 @@ fn client_tls(ssl: &zeo_config::ClientSsl) -> Result<zeo_tls::ClientTls, Error> 
     zeo_tls::ClientTls::load(zeo_tls::ClientTlsFiles {
         certificate: Some(ssl.certificate.clone()),
         key: ssl.key.clone(),
+        password_file: ssl.password_file.clone(),
         authenticate: ssl.authenticate.clone(),
         check_hostname: ssl.check_hostname,
         server_hostname: ssl.server_hostname.clone(),

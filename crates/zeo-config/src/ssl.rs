@@ -29,6 +29,10 @@ pub struct ServerSsl {
     pub key: Option<PathBuf>,
     /// Dotted name of a Python function returning the key password.
     pub password_function: Option<String>,
+    /// A file whose first line is the password of an encrypted PKCS#8
+    /// key (`password-file`, ours: what zeo-rs uses instead of
+    /// `password-function`).
+    pub password_file: Option<PathBuf>,
     /// Client certificate authority (required).
     pub authenticate: SslAuthenticate,
     /// How long an accepted connection may take to complete its TLS
@@ -50,6 +54,9 @@ pub struct ClientSsl {
     pub key: Option<PathBuf>,
     /// Dotted name of a Python function returning the key password.
     pub password_function: Option<String>,
+    /// A file whose first line is the password of an encrypted PKCS#8
+    /// key (`password-file`, ours).
+    pub password_file: Option<PathBuf>,
     /// CA file or directory for the server certificate; the system's default
     /// CAs when absent.
     pub authenticate: Option<PathBuf>,
@@ -63,6 +70,7 @@ const SERVER_KEYS: &[KeySpec] = &[
     key("certificate"),
     key("key"),
     key("password-function"),
+    key("password-file"),
     key("authenticate"),
     key("handshake-timeout"),
 ];
@@ -71,6 +79,7 @@ const CLIENT_KEYS: &[KeySpec] = &[
     key("certificate"),
     key("key"),
     key("password-function"),
+    key("password-file"),
     key("authenticate"),
     key("check-hostname"),
     key("server-hostname"),
@@ -94,6 +103,7 @@ impl ServerSsl {
             certificate,
             key: c.path("key"),
             password_function: c.string("password-function"),
+            password_file: c.path("password-file"),
             authenticate,
             handshake_timeout: c
                 .parsed::<Interval>("handshake-timeout")?
@@ -111,6 +121,7 @@ impl ClientSsl {
                 .ok_or_else(|| c.missing("certificate"))?,
             key: c.path("key"),
             password_function: c.string("password-function"),
+            password_file: c.path("password-file"),
             authenticate: c.path("authenticate"),
             check_hostname: c.bool("check-hostname")?.unwrap_or(true),
             server_hostname: c.string("server-hostname"),

@@ -358,6 +358,7 @@ fn server_tls(ssl: &zeo_config::ServerSsl) -> Result<Arc<zeo_tls::ServerTls>, St
         certificate: ssl.certificate.clone(),
         key: ssl.key.clone(),
         authenticate,
+        password_file: ssl.password_file.clone(),
     })
     .map_err(|e| e.to_string())?;
     Ok(Arc::new(tls.with_handshake_timeout(

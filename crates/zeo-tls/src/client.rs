@@ -22,6 +22,9 @@ pub struct ClientTlsFiles {
     pub certificate: Option<PathBuf>,
     /// PEM private key (`key`); read from `certificate` when `None`.
     pub key: Option<PathBuf>,
+    /// A file whose first line is the password of an encrypted PKCS#8 key
+    /// (`password-file`, a zeo-rs extension).
+    pub password_file: Option<PathBuf>,
     /// CA file or directory for the server's certificate
     /// (`authenticate`); the system's CAs when `None`.
     pub authenticate: Option<PathBuf>,
@@ -37,6 +40,7 @@ impl Default for ClientTlsFiles {
         ClientTlsFiles {
             certificate: None,
             key: None,
+            password_file: None,
             authenticate: None,
             check_hostname: true,
             server_hostname: None,
@@ -94,7 +98,12 @@ impl ClientTls {
             .with_custom_certificate_verifier(Arc::new(verifier));
         let config = match &files.certificate {
             Some(cert) => {
-                let key = certified_key(cert, files.key.as_deref(), &provider)?;
+                let key = certified_key(
+                    cert,
+                    files.key.as_deref(),
+                    files.password_file.as_deref(),
+                    &provider,
+                )?;
                 builder
                     .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)))
             }

@@ -47,10 +47,23 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
-    /// The private key is encrypted; zeo-rs reads unencrypted keys only.
-    #[error("{path}: the private key is encrypted; zeo-rs reads unencrypted PEM keys only (decrypt it with `openssl pkey -in {path} -out KEY.pem` and protect the file with its permissions)")]
+    /// The private key is encrypted and no `password-file` was given.
+    #[error("{path}: the private key is encrypted: name a file holding its password with password-file (zeo-rs's alternative to password-function), or decrypt it with `openssl pkey`")]
     EncryptedKey {
         /// The file.
+        path: PathBuf,
+    },
+    /// The key uses OpenSSL's legacy PEM encryption (`Proc-Type`), which
+    /// zeo-rs does not read.
+    #[error("{path}: the private key uses OpenSSL's legacy PEM encryption; convert it to encrypted PKCS#8 with `openssl pkcs8 -topk8 -in {path} -out KEY.pem` (then use password-file), or decrypt it with `openssl pkey`")]
+    LegacyEncryptedKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The password of `password-file` does not decrypt the key.
+    #[error("{path}: the password in password-file does not decrypt the private key")]
+    WrongPassword {
+        /// The key file.
         path: PathBuf,
     },
     /// The private key does not belong to the certificate.
@@ -80,7 +93,7 @@ pub enum Error {
     #[error("authenticate DYNAMIC is a hook for Python code that loads certificates into the SSL context later; zeo-rs has no such hook: name a CA file or a directory of CA and client certificates")]
     Dynamic,
     /// `password-function`: a Python callable zeo-rs cannot call.
-    #[error("password-function {0} names a Python function, which zeo-rs cannot call; zeo-rs reads unencrypted keys only: decrypt the key with `openssl pkey` and protect the file with its permissions")]
+    #[error("password-function {0} names a Python function, which zeo-rs cannot call; name a file holding the key's password with password-file instead (a zeo-rs extension, docs/tls.md)")]
     PasswordFunction(String),
     /// The system's CA certificates could not be loaded.
     #[error("cannot load the system's CA certificates: {0}")]

@@ -86,16 +86,29 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// The first private key of `path`; encrypted keys are refused by name.
-pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+/// The first private key of `path`. A PKCS#8 key encrypted with a password
+/// (`BEGIN ENCRYPTED PRIVATE KEY`, what `openssl pkcs8 -topk8` writes) is
+/// decrypted with the first line of `password_file`; any other encrypted
+/// key is refused by name.
+pub fn load_private_key(
+    path: &Path,
+    password_file: Option<&Path>,
+) -> Result<PrivateKeyDer<'static>> {
     let data = read_bounded(path)?;
-    // Legacy OpenSSL encryption puts headers in an `RSA PRIVATE KEY` block;
-    // PKCS#8 encryption has a block of its own. Neither holds a usable key.
     let text = String::from_utf8_lossy(&data);
-    if text.contains("Proc-Type: 4,ENCRYPTED") || text.contains("BEGIN ENCRYPTED PRIVATE KEY") {
-        return Err(Error::EncryptedKey {
+    // Legacy OpenSSL encryption puts headers in an `RSA PRIVATE KEY` block.
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(Error::LegacyEncryptedKey {
             path: path.to_owned(),
         });
+    }
+    if text.contains("BEGIN ENCRYPTED PRIVATE KEY") {
+        let Some(password_file) = password_file else {
+            return Err(Error::EncryptedKey {
+                path: path.to_owned(),
+            });
+        };
+        return decrypt_pkcs8(path, &text, &read_password(password_file)?);
     }
     pem_items(path, &data)?
         .into_iter()
@@ -108,6 +121,38 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
         .ok_or_else(|| Error::NoKey {
             path: path.to_owned(),
         })
+}
+
+/// The first line of a password file, without its line end.
+fn read_password(path: &Path) -> Result<Vec<u8>> {
+    let data = read_bounded(path)?;
+    let line = data.split(|b| *b == b'\n').next().unwrap_or_default();
+    Ok(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+}
+
+/// Decrypts the `ENCRYPTED PRIVATE KEY` block of `text` (PBES2).
+fn decrypt_pkcs8(path: &Path, text: &str, password: &[u8]) -> Result<PrivateKeyDer<'static>> {
+    use pkcs8::der::Decode;
+    let bad = |reason: String| Error::BadPem {
+        path: path.to_owned(),
+        reason,
+    };
+    let begin = text
+        .find("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        .unwrap_or_default();
+    let (label, doc) =
+        pkcs8::der::Document::from_pem(&text[begin..]).map_err(|e| bad(e.to_string()))?;
+    if label != "ENCRYPTED PRIVATE KEY" {
+        return Err(bad(format!(
+            "expected an ENCRYPTED PRIVATE KEY block, found {label}"
+        )));
+    }
+    let info =
+        pkcs8::EncryptedPrivateKeyInfo::from_der(doc.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let secret = info.decrypt(password).map_err(|_| Error::WrongPassword {
+        path: path.to_owned(),
+    })?;
+    Ok(PrivateKeyDer::Pkcs8(secret.as_bytes().to_vec().into()))
 }
 
 /// The certificates and CRLs of `authenticate`: a PEM file, or every

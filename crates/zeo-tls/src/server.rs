@@ -28,6 +28,10 @@ pub struct ServerTlsFiles {
     /// CA file, or directory of CA and client certificates and CRLs
     /// (`authenticate`).
     pub authenticate: PathBuf,
+    /// A file whose first line is the password of an encrypted PKCS#8 key
+    /// (`password-file`, a zeo-rs extension standing in for ZEO's Python
+    /// `password-function`).
+    pub password_file: Option<PathBuf>,
 }
 
 /// A server's TLS configuration, replaced in place by [`ServerTls::reload`].
@@ -38,6 +42,7 @@ pub struct ServerTlsFiles {
 ///     certificate: "server.pem".into(),
 ///     key: Some("server_key.pem".into()),
 ///     authenticate: "clients.pem".into(),
+///     password_file: None,
 /// })?;
 /// // Later, after the files were replaced:
 /// tls.reload()?;
@@ -119,11 +124,12 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub(crate) fn certified_key(
     certificate: &std::path::Path,
     key: Option<&std::path::Path>,
+    password_file: Option<&std::path::Path>,
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<Arc<rustls::sign::CertifiedKey>> {
     let chain = load_certificates(certificate)?;
     let key_path = key.unwrap_or(certificate);
-    let key_der = load_private_key(key_path)?;
+    let key_der = load_private_key(key_path, password_file)?;
     let signer = provider
         .key_provider
         .load_private_key(key_der)
@@ -145,7 +151,12 @@ pub(crate) fn certified_key(
 
 fn build(files: &ServerTlsFiles) -> Result<rustls::ServerConfig> {
     let provider = provider();
-    let key = certified_key(&files.certificate, files.key.as_deref(), &provider)?;
+    let key = certified_key(
+        &files.certificate,
+        files.key.as_deref(),
+        files.password_file.as_deref(),
+        &provider,
+    )?;
     let auth = load_authorities(&files.authenticate)?;
     let verifier =
         ClientVerifier::new(&auth, provider.clone()).map_err(|reason| Error::Unusable {

@@ -212,6 +212,7 @@ pub fn server_tls(server: &Issued, authenticate: &Path) -> crate::ServerTls {
         certificate: server.certificate.clone(),
         key: Some(server.key.clone()),
         authenticate: authenticate.to_owned(),
+        password_file: None,
     })
     .expect("server TLS")
 }
@@ -229,6 +230,7 @@ pub fn client_tls(
         authenticate: Some(authenticate.to_owned()),
         check_hostname: true,
         server_hostname: hostname.map(str::to_owned),
+        ..Default::default()
     })
     .expect("client TLS")
 }

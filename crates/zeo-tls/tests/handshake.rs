@@ -57,6 +57,14 @@ async fn refusal(server: &ServerTls, who: &Issued, ca: &Path) -> FailureReason {
     served.expect_err("the server refuses the client")
 }
 
+/// Asserts the fixture's client and `server` complete a handshake.
+async fn accepts_the_client(server: &ServerTls, f: &Fixture) {
+    let c = client(Some(&f.client), &f.ca.certificate, None);
+    let (a, b) = exchange(server, &c, "localhost").await;
+    a.unwrap();
+    b.unwrap();
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     ca: CertAuthority,
@@ -224,14 +232,7 @@ async fn crls_in_authenticate_revoke_the_leaf() {
         refusal(&s, &revoked, &f.ca.certificate).await,
         FailureReason::Revoked
     );
-    let (a, b) = exchange(
-        &s,
-        &client(Some(&f.client), &f.ca.certificate, None),
-        "localhost",
-    )
-    .await;
-    a.unwrap();
-    b.unwrap();
+    accepts_the_client(&s, &f).await;
 }
 
 #[tokio::test]
@@ -275,6 +276,7 @@ fn bad_configurations_name_the_file_and_the_reason() {
             certificate: cert.to_owned(),
             key: Some(key.to_owned()),
             authenticate: auth.to_owned(),
+            password_file: None,
         })
         .unwrap_err()
         .to_string()
@@ -310,7 +312,10 @@ fn bad_configurations_name_the_file_and_the_reason() {
     )
     .unwrap();
     let err = load(&f.server.certificate, &encrypted, &f.ca.certificate);
-    assert!(err.contains("the private key is encrypted"), "{err}");
+    assert!(
+        err.contains("the private key uses OpenSSL's legacy PEM encryption"),
+        "{err}"
+    );
 
     let err = load(&f.server.certificate, &f.server.key, &f.server.key);
     assert!(
@@ -347,4 +352,81 @@ async fn reload_serves_new_files_and_a_failed_reload_keeps_the_old() {
     let (a, b) = exchange(&s, &c, "renamed.example").await;
     a.unwrap();
     b.unwrap();
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = zeo_testkit::run_with_timeout(
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+#[tokio::test]
+async fn an_encrypted_pkcs8_key_is_read_with_its_password_file() {
+    let f = fixture();
+    let d = f.dir.path();
+    let key = f.server.key.display().to_string();
+    openssl(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            &key,
+            "-out",
+            "enc_key.pem",
+            "-passout",
+            "pass:s3cret",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "ec",
+            "-in",
+            &key,
+            "-aes256",
+            "-out",
+            "legacy_key.pem",
+            "-passout",
+            "pass:s3cret",
+        ],
+    );
+    std::fs::write(d.join("password"), "s3cret\n").unwrap();
+    std::fs::write(d.join("wrong"), "guess\n").unwrap();
+    let load = |key: &str, password: Option<&str>| {
+        ServerTls::load(ServerTlsFiles {
+            certificate: f.server.certificate.clone(),
+            key: Some(d.join(key)),
+            authenticate: f.ca.certificate.clone(),
+            password_file: password.map(|p| d.join(p)),
+        })
+    };
+    let err = load("enc_key.pem", None).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "the private key is encrypted: name a file holding its password with password-file"
+        ),
+        "{err}"
+    );
+    let err = load("enc_key.pem", Some("wrong")).unwrap_err().to_string();
+    assert!(
+        err.contains("the password in password-file does not decrypt the private key"),
+        "{err}"
+    );
+    let err = load("legacy_key.pem", Some("password"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "legacy PEM encryption; convert it to encrypted PKCS#8 with `openssl pkcs8 -topk8"
+        ),
+        "{err}"
+    );
+
+    let s = load("enc_key.pem", Some("password")).unwrap();
+    accepts_the_client(&s, &f).await;
 }
