@@ -430,3 +430,31 @@ async fn an_encrypted_pkcs8_key_is_read_with_its_password_file() {
     let s = load("enc_key.pem", Some("password")).unwrap();
     accepts_the_client(&s, &f).await;
 }
+
+#[tokio::test]
+async fn tls_1_2_clients_are_served_with_client_certificates() {
+    let f = fixture();
+    let s = server(&f.server, &f.ca.certificate);
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let auth = zeo_tls::files::load_authorities(&f.ca.certificate).unwrap();
+    let verifier = zeo_tls::verify::ServerVerifier::new(&auth, true, provider.clone()).unwrap();
+    let chain = zeo_tls::files::load_certificates(&f.client.certificate).unwrap();
+    let key = zeo_tls::files::load_private_key(&f.client.key, None).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (served, connected) = tokio::join!(s.accept(a), connector.connect(name, b));
+    let served = served.unwrap();
+    connected.unwrap();
+    assert_eq!(
+        served.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+}
