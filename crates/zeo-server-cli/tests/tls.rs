@@ -308,3 +308,90 @@ async fn sigusr1_reloads_the_certificate_and_a_failed_reload_keeps_the_old_one()
     server.signal(libc::SIGTERM);
     assert!(server.wait().0.success());
 }
+
+/// A stock ZEO 6 client trusting ZEO's `serverpw.pem`.
+const PYTHON_PW_CLIENT: &str = r#"
+import os, sys
+import ZODB, ZODB.config
+port, here = int(sys.argv[1]), sys.argv[2]
+db = ZODB.DB(ZODB.config.storageFromString("""
+    %%import ZEO
+    <clientstorage>
+      server 127.0.0.1:%d
+      <ssl>
+        certificate %s/client.pem
+        key %s/client_key.pem
+        authenticate %s/serverpw.pem
+        server-hostname zodb.org
+      </ssl>
+    </clientstorage>
+""" % (port, here, here, here)))
+with db.transaction() as conn:
+    conn.root()['pw'] = 'key decrypted'
+with db.transaction() as conn:
+    print(conn.root()['pw'])
+db.close()
+"#;
+
+#[test]
+fn zeo_password_protected_test_key_is_served_with_password_file() {
+    // ZEO's test_ssl_pw key (password 1234, legacy PEM encryption), as its
+    // operator would convert it for zeo-server.
+    let certs = zeo_test_certs();
+    let dir = zeo_testkit::TempDir::new().unwrap();
+    let d = dir.path();
+    let legacy = certs.join("serverpw_key.pem");
+    let out = zeo_testkit::run_with_timeout(
+        Command::new("openssl")
+            .args([
+                "pkcs8",
+                "-topk8",
+                "-passin",
+                "pass:1234",
+                "-passout",
+                "pass:1234",
+                "-in",
+            ])
+            .arg(&legacy)
+            .args(["-out", "serverpw_key.pem"])
+            .current_dir(d),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(d.join("password"), "1234\n").unwrap();
+    // The legacy file itself is refused with the command that converts it.
+    let err = refused_to_start(
+        d,
+        &certs.join("serverpw.pem"),
+        &legacy,
+        &certs.join("client.pem"),
+        "    password-file password\n",
+    );
+    assert!(err.contains("legacy PEM encryption; convert it"), "{err}");
+
+    let config = server_config(
+        &certs.join("serverpw.pem"),
+        &d.join("serverpw_key.pem"),
+        &certs.join("client.pem"),
+    )
+    .replace(
+        "    handshake-timeout 1\n",
+        "    handshake-timeout 5\n    password-file password\n",
+    );
+    std::fs::write(d.join("zeo.conf"), config).unwrap();
+    let server = ServerProcess::start(d, &["-C", "zeo.conf"]);
+    let out = zeo_testkit::run_with_timeout(
+        Command::new(zeo_testkit::python6())
+            .args(["-c", PYTHON_PW_CLIENT, &server.port().to_string()])
+            .arg(&certs)
+            .current_dir(d)
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        zeo_testkit::stdout_of(&out, "the ZEO 6 client").trim(),
+        "key decrypted"
+    );
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().0.success());
+}
