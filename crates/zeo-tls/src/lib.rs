@@ -18,6 +18,8 @@
 //! [`ServerTls`] can be reloaded while serving. It knows nothing of ZEO's
 //! protocol: the server and client wrap their streams with it.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod error;
 pub mod files;
