@@ -35,10 +35,13 @@ pub struct BenchOptions {
     objects: u64,
     idle: usize,
     keep: bool,
+    tls: bool,
+    debug: bool,
 }
 
 impl BenchOptions {
-    /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N] [--keep]`.
+    /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N]
+    /// [--keep] [--no-tls] [--debug]`.
     pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
         let mut o = BenchOptions {
             duration: 2.0,
@@ -46,6 +49,8 @@ impl BenchOptions {
             objects: 10_000,
             idle: 1000,
             keep: false,
+            tls: true,
+            debug: false,
         };
         let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
         while let Some(arg) = args.next() {
@@ -83,10 +88,37 @@ impl BenchOptions {
                         .ok_or("--idle: 0 to 10000")?
                 }
                 "--keep" => o.keep = true,
+                "--no-tls" => o.tls = false,
+                // Smoke runs of this command itself: the figures mean nothing.
+                "--debug" => o.debug = true,
                 other => return Err(format!("bench: unknown option {other}")),
             }
         }
         Ok(o)
+    }
+
+    /// `zeo-client bench` arguments measuring `workloads` as asked.
+    fn bench_args(&self, workloads: &[&str]) -> Vec<String> {
+        [
+            "--json",
+            "--clients",
+            &self.clients,
+            "--duration",
+            &self.duration.to_string(),
+            "--objects",
+            &self.objects.to_string(),
+            "--workloads",
+            &workloads.join(","),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// How long a `zeo-client bench` run of `workloads` may take.
+    fn bench_limit(&self, workloads: usize) -> Duration {
+        Duration::from_secs_f64(
+            60.0 + self.client_counts().len() as f64 * workloads as f64 * (self.duration + 10.0),
+        )
     }
 
     fn client_counts(&self) -> Vec<usize> {
@@ -164,17 +196,16 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         ));
     }
 
-    process::header("build zeo-server and zeo-client (release)");
-    process::run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "zeo-server-cli",
-        "-p",
-        "zeo-client-cli",
-    ]))?;
-    let server_bin = target.join("release").join("zeo-server");
-    let client_bin = target.join("release").join("zeo-client");
+    let profile = if options.debug { "debug" } else { "release" };
+    process::header(&format!("build zeo-server and zeo-client ({profile})"));
+    let mut build = cargo();
+    build.args(["build", "-p", "zeo-server-cli", "-p", "zeo-client-cli"]);
+    if !options.debug {
+        build.arg("--release");
+    }
+    process::run(&mut build)?;
+    let server_bin = target.join(profile).join("zeo-server");
+    let client_bin = target.join(profile).join("zeo-client");
 
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -275,25 +306,14 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     let mut results: BTreeMap<(String, String, String, usize), (f64, f64)> = BTreeMap::new();
     let duration = options.duration.to_string();
     let counts = options.client_counts();
-    let limit = Duration::from_secs_f64(
-        60.0 + counts.len() as f64 * WORKLOADS.len() as f64 * (options.duration + 10.0),
-    );
+    let limit = options.bench_limit(WORKLOADS.len());
     for (name, port, _) in servers {
         let addr = format!("127.0.0.1:{port}");
         process::header(&format!("Rust client against {}", server_title(name)));
         let out = capture(
-            Command::new(&client_bin).args([
-                "--server",
-                &addr,
-                "bench",
-                "--json",
-                "--clients",
-                &options.clients,
-                "--duration",
-                &duration,
-                "--objects",
-                &objects,
-            ]),
+            Command::new(&client_bin)
+                .args(["--server", &addr, "bench"])
+                .args(options.bench_args(&WORKLOADS)),
             limit,
         )?;
         collect(&out, name, &mut results)?;
@@ -317,6 +337,16 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         )?;
         collect(&out, name, &mut results)?;
         scratch.check_alive(if name == "py" { "runzeo" } else { "zeo-server" })?;
+    }
+
+    if options.tls {
+        let bins = Binaries {
+            runzeo: &runzeo,
+            python: &python,
+            server: &server_bin,
+            client: &client_bin,
+        };
+        tls_runs(options, &bins, &dir, &mut scratch, &mut results)?;
     }
 
     // How long a well-behaved client waits while others never read.
@@ -496,6 +526,105 @@ fn print_hot_bucket(results: &[HotResult]) {
             r.client_resolutions
         );
     }
+}
+
+/// The programs a run drives.
+struct Binaries<'a> {
+    runzeo: &'a Path,
+    python: &'a Path,
+    server: &'a Path,
+    client: &'a Path,
+}
+
+/// The servers started with `<ssl>`: the name their results go under, and
+/// the name their process is watched under.
+const TLS_SERVERS: [(&str, &str); 2] = [("py-tls", "runzeo (TLS)"), ("rs-tls", "zeo-server (TLS)")];
+
+/// Workloads measured over TLS (with the Rust client: Python's ZEO client
+/// pays its own TLS costs, which are not zeo-server's).
+const TLS_WORKLOADS: [&str; 2] = ["load", "commit"];
+
+/// Starts both servers again with `<ssl>` and ZEO's own test certificates
+/// (from the venv), prepares the same objects over TLS and runs the Rust
+/// client's loads and commits against each; results go under `py-tls` and
+/// `rs-tls`.
+fn tls_runs(
+    options: &BenchOptions,
+    bins: &Binaries<'_>,
+    dir: &Path,
+    scratch: &mut Scratch,
+    results: &mut BTreeMap<(String, String, String, usize), (f64, f64)>,
+) -> Result<(), String> {
+    process::header("both servers with <ssl> (ZEO's test certificates), Rust client over TLS");
+    let certs = capture(
+        Command::new(bins.python).args([
+            "-c",
+            "import os, ZEO.tests; print(os.path.dirname(ZEO.tests.__file__))",
+        ]),
+        Duration::from_secs(60),
+    )?;
+    let certs = Path::new(certs.trim());
+    let pem = |name: &str| certs.join(name).display().to_string();
+    let ssl_section = format!(
+        "  <ssl>\n    certificate {}\n    key {}\n    authenticate {}\n  </ssl>\n",
+        pem("server.pem"),
+        pem("server_key.pem"),
+        pem("client.pem")
+    );
+    let client_ssl = [
+        "--ssl-certificate".to_owned(),
+        pem("client.pem"),
+        "--ssl-key".to_owned(),
+        pem("client_key.pem"),
+        "--ssl-authenticate".to_owned(),
+        pem("server.pem"),
+        "--ssl-server-hostname".to_owned(),
+        "zodb.org".to_owned(),
+    ];
+    let mut started = Vec::new();
+    for (name, label) in TLS_SERVERS {
+        let sub = dir.join(name);
+        fs::create_dir_all(&sub).map_err(|e| format!("{}: {e}", sub.display()))?;
+        let port = free_port()?;
+        let conf = sub.join("zeo.conf");
+        fs::write(
+            &conf,
+            format!(
+                "<zeo>\n  address 127.0.0.1:{port}\n{ssl_section}</zeo>\n<filestorage 1>\n  path {}\n</filestorage>\n",
+                sub.join("Data.fs").display()
+            ),
+        )
+        .map_err(|e| format!("{}: {e}", conf.display()))?;
+        let program = if name == "py-tls" {
+            bins.runzeo
+        } else {
+            bins.server
+        };
+        let mut cmd = raised_fd_limit(program.as_os_str(), &["-C".as_ref(), conf.as_os_str()]);
+        with_logs(&mut cmd, &sub.join("server.log"))?;
+        scratch.spawn(label, &mut cmd)?;
+        started.push((name, label, port));
+    }
+    let objects = options.objects.to_string();
+    let limit = options.bench_limit(TLS_WORKLOADS.len());
+    for (name, label, port) in started {
+        wait_listening(scratch, label, port)?;
+        let addr = format!("127.0.0.1:{port}");
+        let client = || {
+            let mut cmd = Command::new(bins.client);
+            cmd.args(["--server", &addr]).args(&client_ssl).arg("bench");
+            cmd
+        };
+        let out = capture(
+            client().args(["--prepare-only", "--objects", &objects]),
+            Duration::from_secs(300),
+        )?;
+        print!("{label} on {addr}: {out}");
+        let out = capture(client().args(options.bench_args(&TLS_WORKLOADS)), limit)?;
+        collect(&out, name, results)?;
+        scratch.check_alive(label)?;
+    }
+    Ok(())
 }
 
 /// Clients in the slow-reader measurement.
@@ -884,6 +1013,20 @@ fn print_table(
             }
         }
     }
+    for workload in TLS_WORKLOADS {
+        for &n in counts {
+            let py = get("py-tls", "rust", workload, n);
+            let rs = get("rs-tls", "rust", workload, n);
+            if py.is_some() || rs.is_some() {
+                row(
+                    &format!("Rust client over TLS, {workload}s, {n} client(s)"),
+                    py.map(|v| v.0),
+                    rs.map(|v| v.0),
+                    "/s",
+                );
+            }
+        }
+    }
     if !rss.is_empty() {
         let mib = |k: Option<&f64>| k.map(|k| k / 1024.0);
         row(
@@ -965,6 +1108,39 @@ fn print_table(
             typical * 1e3,
             100.0 * typical * 1e6 / commit.1.max(f64::MIN_POSITIVE)
         );
+    }
+    for &n in counts {
+        if let (Some(ours), Some(theirs)) = (
+            get("rs-tls", "rust", "load", n),
+            get("py-tls", "rust", "load", n),
+        ) {
+            let r = ours.0 / theirs.0;
+            println!(
+                "  TLS cold loads, Rust client, {n} client(s): zeo-server {:.0}/s vs runzeo {:.0}/s = {r:.1}x (aim >= 3x): {}",
+                ours.0,
+                theirs.0,
+                verdict(r >= 3.0)
+            );
+        }
+        for workload in TLS_WORKLOADS {
+            for (server, title) in [("rs", "zeo-server"), ("py", "runzeo")] {
+                let tls = get(&format!("{server}-tls"), "rust", workload, n);
+                if let (Some(tls), Some(plain)) = (tls, get(server, "rust", workload, n)) {
+                    let cost = 1.0 - tls.0 / plain.0;
+                    let aim = if server == "rs" && workload == "load" {
+                        format!(" (aim <= 25%): {}", verdict(cost <= 0.25))
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "  TLS cost on {title}, {workload}s, {n} client(s): {:.0}/s vs {:.0}/s plain: TLS costs {:.0}% of the throughput{aim}",
+                        tls.0,
+                        plain.0,
+                        cost * 100.0
+                    );
+                }
+            }
+        }
     }
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(

@@ -31,17 +31,20 @@ struct Cli {
     #[allow(rustdoc::broken_intra_doc_links)]
     /// Server address: HOST:PORT, PORT, [IPV6]:PORT or a Unix socket path.
     /// Repeat for replicas of the same storage; the first to answer wins.
-    #[arg(
-        short = 's',
-        long = "server",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:8100",
-        global = true
-    )]
+    /// Default 127.0.0.1:8100, or the servers of `-C`'s section.
+    #[arg(short = 's', long = "server", value_name = "ADDR", global = true)]
     servers: Vec<String>,
-    /// Storage name on the server.
-    #[arg(short = 'S', long, default_value = "1", global = true)]
-    storage: String,
+    /// Storage name on the server (default `1`, or `-C`'s `storage`).
+    #[arg(short = 'S', long, global = true)]
+    storage: Option<String>,
+    /// Read the servers, storage and `<ssl>` settings from the
+    /// `<clientstorage>` (with `%import ZEO`) or `<zeoclient>` section of
+    /// this ZConfig file, so one file configures Python and Rust clients;
+    /// options given here win.
+    #[arg(short = 'C', long = "configure", value_name = "FILE", global = true)]
+    configure: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Seconds to wait for a connection; also bounds every command except
     /// `pack` and `bench`.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0, global = true)]
@@ -51,6 +54,69 @@ struct Cli {
     verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// TLS to the server, as ZEO's client `<ssl>` section configures it.
+#[derive(clap::Args, Debug, Default)]
+struct TlsArgs {
+    /// Connect with TLS, presenting this PEM certificate (chain); ZEO
+    /// servers require one.
+    #[arg(long, value_name = "FILE", global = true)]
+    ssl_certificate: Option<std::path::PathBuf>,
+    /// The certificate's PEM private key (unencrypted), if not in the
+    /// certificate file.
+    #[arg(long, value_name = "FILE", global = true)]
+    ssl_key: Option<std::path::PathBuf>,
+    /// A file whose first line is the password of an encrypted (PKCS#8)
+    /// key.
+    #[arg(long, value_name = "FILE", global = true)]
+    ssl_password_file: Option<std::path::PathBuf>,
+    /// CA file or directory (or the server's own certificate) to check the
+    /// server's certificate against; the system's CAs when not given.
+    #[arg(long, value_name = "PATH", global = true)]
+    ssl_authenticate: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry (default: the host of
+    /// the server address).
+    #[arg(long, value_name = "NAME", global = true)]
+    ssl_server_hostname: Option<String>,
+    /// Do not check the server certificate's host name.
+    #[arg(long, global = true)]
+    ssl_no_check_hostname: bool,
+}
+
+impl TlsArgs {
+    fn given(&self) -> bool {
+        self.ssl_certificate.is_some()
+            || self.ssl_key.is_some()
+            || self.ssl_password_file.is_some()
+            || self.ssl_authenticate.is_some()
+            || self.ssl_server_hostname.is_some()
+            || self.ssl_no_check_hostname
+    }
+
+    /// These options over `base` (the `-C` file's `<ssl>`, if any).
+    fn apply(&self, base: Option<&zeo_tls::ClientTls>) -> Result<zeo_tls::ClientTls, CliError> {
+        let mut files = base.map(|t| t.files().clone()).unwrap_or_default();
+        if let Some(cert) = &self.ssl_certificate {
+            files.certificate = Some(cert.clone());
+        }
+        if let Some(key) = &self.ssl_key {
+            files.key = Some(key.clone());
+        }
+        if let Some(file) = &self.ssl_password_file {
+            files.password_file = Some(file.clone());
+        }
+        if let Some(auth) = &self.ssl_authenticate {
+            files.authenticate = Some(auth.clone());
+        }
+        if let Some(name) = &self.ssl_server_hostname {
+            files.server_hostname = Some(name.clone());
+        }
+        if self.ssl_no_check_hostname {
+            files.check_hostname = false;
+        }
+        zeo_tls::ClientTls::load(files).map_err(|e| CliError::Usage(format!("--ssl-*: {e}")))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,17 +183,37 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The server asked when neither `-s` nor `-C` names one.
+const DEFAULT_SERVER: &str = "127.0.0.1:8100";
+
 /// Client options every command starts from: no client cache (every
 /// command wants the server's answer), read-only unless the command writes.
 fn client_options(cli: &Cli, read_only: bool) -> Result<ClientOptions, CliError> {
-    let servers = cli
-        .servers
-        .iter()
-        .map(|s| s.parse::<ServerAddress>())
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut options = ClientOptions::new(servers);
-    options.storage = cli.storage.clone();
+    let mut options = match &cli.configure {
+        Some(path) => {
+            let config = zeo_config::ClientConfig::from_path(path)
+                .map_err(|e| CliError::Usage(format!("-C {}: {e}", path.display())))?;
+            ClientOptions::try_from(&config)
+                .map_err(|e| CliError::Usage(format!("-C {}: {e}", path.display())))?
+        }
+        None => ClientOptions::new(vec![DEFAULT_SERVER.parse::<ServerAddress>()?]),
+    };
+    if !cli.servers.is_empty() {
+        options.servers = cli
+            .servers
+            .iter()
+            .map(|s| s.parse::<ServerAddress>())
+            .collect::<Result<Vec<_>, _>>()?;
+    }
+    if let Some(storage) = &cli.storage {
+        options.storage = storage.clone();
+    }
+    if cli.tls.given() {
+        options.tls = Some(cli.tls.apply(options.tls.as_ref())?);
+    }
     options.cache_size = 0;
+    options.cache_path = None;
+    options.cache_client = None;
     options.read_only = read_only;
     options.wait_timeout = timeout(cli.timeout)?;
     options.min_disconnect_poll = Duration::from_millis(200);

@@ -307,17 +307,16 @@ impl AsyncClientStorage {
         let mut rx = self.inner.current.subscribe();
         let mut rounds = self.inner.rounds.subscribe();
         let fail_fast = self.inner.options.fail_fast;
+        // The latest round counts too: it is cleared on connecting. A TLS
+        // failure ends the wait whatever `fail_fast` says: the same
+        // handshake would fail until the wait timeout.
         let refused = async {
-            if !fail_fast {
-                return std::future::pending().await;
-            }
-            // The latest round counts too: it is cleared on connecting.
-            let errors = rounds
-                .wait_for(|r| r.all_refused)
+            let round = rounds
+                .wait_for(|r| (fail_fast && r.all_refused) || r.tls_failure.is_some())
                 .await
-                .map(|r| r.errors.join("; "));
-            match errors {
-                Ok(errors) => errors,
+                .map(|r| (r.errors.join("; "), r.tls_failure.clone()));
+            match round {
+                Ok(round) => round,
                 Err(_) => std::future::pending().await,
             }
         };
@@ -332,7 +331,8 @@ impl AsyncClientStorage {
         match outcome {
             Ok(Ok(Ok(c))) => c.ok_or_else(|| Error::Disconnected("not connected".into())),
             Ok(Ok(Err(_))) => Err(Error::Closed),
-            Ok(Err(errors)) => Err(Error::Disconnected(format!(
+            Ok(Err((_, Some((address, reason))))) => Err(Error::Tls { address, reason }),
+            Ok(Err((errors, None))) => Err(Error::Disconnected(format!(
                 "every server refused the connection (fail_fast): {errors}"
             ))),
             Err(_) => {

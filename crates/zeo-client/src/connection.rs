@@ -70,6 +70,15 @@ pub enum Notice {
         /// What went wrong ([`crate::Error::Auth`]'s text).
         reason: String,
     },
+    /// A TLS handshake with a server failed. The client keeps trying, as
+    /// ZEO does; a caller waiting for a connection gets [`crate::Error::Tls`]
+    /// at once.
+    TlsFailed {
+        /// The server's address.
+        address: String,
+        /// Why.
+        reason: zeo_tls::FailureReason,
+    },
 }
 
 /// State the reader task shares with the client.
@@ -203,6 +212,19 @@ async fn open_stream(
     }
 }
 
+/// A failed read: a TLS failure the server reported after the handshake
+/// (a TLS 1.3 server refuses our certificate only then) keeps its reason;
+/// the caller that knows the address fills it in.
+fn read_error(e: std::io::Error) -> Error {
+    match zeo_tls::FailureReason::from_io(&e) {
+        Some(reason) => Error::Tls {
+            address: String::new(),
+            reason,
+        },
+        None => Error::Disconnected(e.to_string()),
+    }
+}
+
 /// Bytes of room made when a read finds the buffer full: a whole small
 /// reply, or several.
 const READ_CHUNK: usize = 8192;
@@ -253,7 +275,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 .rd
                 .read_buf(&mut self.buf)
                 .await
-                .map_err(|e| Error::Disconnected(e.to_string()))?;
+                .map_err(read_error)?;
             if n == 0 {
                 return Err(Error::Disconnected(
                     if had == 0 {
@@ -427,6 +449,46 @@ fn disconnected(what: impl std::fmt::Display) -> Error {
     Error::Disconnected(what.to_string())
 }
 
+/// Runs the TLS handshake over a connected stream. The name checked is
+/// `server-hostname`, else the address's host (`localhost` for a Unix
+/// socket, which has none).
+async fn secure(
+    tls: &zeo_tls::ClientTls,
+    stream: Box<dyn Transport>,
+    address: &ServerAddress,
+) -> Result<Box<dyn Transport>> {
+    let host = match address {
+        ServerAddress::Tcp { host, .. } if !host.is_empty() => host.as_str(),
+        ServerAddress::Tcp { .. } => "127.0.0.1",
+        ServerAddress::Unix(_) => "localhost",
+    };
+    match tls.connect(stream, host).await {
+        Ok(stream) => Ok(Box::new(stream)),
+        Err(zeo_tls::Error::Handshake(reason)) => Err(Error::Tls {
+            address: address.to_string(),
+            reason,
+        }),
+        Err(other) => Err(Error::Config(other.to_string())),
+    }
+}
+
+/// The error of a greeting that did not come: a TLS failure names the
+/// server; a plain client whose server closed without a word is told that
+/// a TLS server does just that.
+fn greeting_error(e: Error, address: &ServerAddress, options: &ClientOptions) -> Error {
+    match e {
+        Error::Tls { reason, .. } => Error::Tls {
+            address: address.to_string(),
+            reason,
+        },
+        Error::Disconnected(m) if options.tls.is_none() => disconnected(format!(
+            "{address}: closed before its ZEO greeting ({m}); a server with TLS (<ssl>) \
+             waits for a TLS handshake and closes: configure TLS if it has it"
+        )),
+        other => other,
+    }
+}
+
 /// How long connecting, handshaking and registering may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -458,18 +520,26 @@ impl Conn {
                 ))
             }
         };
-        let opened = tokio::time::timeout(
-            SETUP_TIMEOUT,
-            Self::open_inner(stream, address, options, shared.clone(), generation),
-        )
+        let opened = tokio::time::timeout(SETUP_TIMEOUT, async {
+            let stream = match &options.tls {
+                Some(tls) => secure(tls, stream, address).await?,
+                None => stream,
+            };
+            Self::open_inner(stream, address, options, shared.clone(), generation).await
+        })
         .await
         .map_err(|_| disconnected(format!("{address}: timed out connecting")))
         .and_then(|r| r);
-        if let Err(Error::Auth(reason)) = &opened {
-            shared.notify(Notice::AuthenticationFailed {
+        match &opened {
+            Err(Error::Auth(reason)) => shared.notify(Notice::AuthenticationFailed {
                 address: address.to_string(),
                 reason: reason.clone(),
-            });
+            }),
+            Err(Error::Tls { address, reason }) => shared.notify(Notice::TlsFailed {
+                address: address.clone(),
+                reason: reason.clone(),
+            }),
+            _ => {}
         }
         opened.map_err(|e| (e, false))
     }
@@ -484,7 +554,10 @@ impl Conn {
         let (rd, mut wr) = tokio::io::split(stream);
         // A greeting is two bytes; anything longer is not a ZEO server.
         let mut rd = FrameReader::new(rd, 64);
-        let greeting = rd.next().await?;
+        let greeting = rd
+            .next()
+            .await
+            .map_err(|e| greeting_error(e, address, options))?;
         rd.codec = FrameCodec::with_max_frame(options.max_frame);
         let (encoding, answer) = ClientHandshake::new()
             .receive(&greeting)

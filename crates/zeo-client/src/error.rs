@@ -28,6 +28,19 @@ pub enum Error {
     #[error("AuthError: {0}")]
     Auth(String),
 
+    /// A TLS handshake with a server failed, for this reason (a server
+    /// without TLS, an unknown CA, a host name mismatch, an expired
+    /// certificate, the server refusing ours, ...). Retrying with the same
+    /// configuration will keep failing; the client retries anyway, as ZEO's
+    /// does, since the server's certificate may be replaced.
+    #[error("TLS: {address}: {reason}")]
+    Tls {
+        /// The server's address.
+        address: String,
+        /// Why the handshake failed.
+        reason: zeo_tls::FailureReason,
+    },
+
     /// The server said something this client cannot understand.
     #[error("ProtocolError: {0}")]
     Protocol(String),

@@ -133,6 +133,7 @@ async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Co
     inner.rounds.send_modify(|r| {
         r.errors.clear();
         r.all_refused = false;
+        r.tls_failure = None;
     });
     info!(address = %conn.address, read_only = conn.read_only(), "connected");
     inner.current.send_replace(Some(conn.clone()));

@@ -257,6 +257,25 @@ pub struct ClientOptions {
     /// Opens streams to servers instead of sockets; `None` connects over
     /// TCP or Unix sockets as the address says.
     pub connector: Option<Connector>,
+    /// TLS to the servers (ZEO's `<ssl>`): the handshake runs before the
+    /// ZEO greeting, checking the server's certificate (and its host name,
+    /// the address's host unless `server_hostname` says otherwise; for a
+    /// Unix socket, `localhost`). A TLS failure ends a wait for a
+    /// connection at once with [`Error::Tls`] naming the reason; the
+    /// client keeps retrying in the background. See `docs/tls.md`.
+    ///
+    /// ```no_run
+    /// use zeo_client::{ClientOptions, ServerAddress};
+    /// let mut options = ClientOptions::new(vec!["db.example:8100".parse()?]);
+    /// options.tls = Some(zeo_tls::ClientTls::load(zeo_tls::ClientTlsFiles {
+    ///     certificate: Some("client.pem".into()),
+    ///     key: Some("client_key.pem".into()),
+    ///     authenticate: Some("ca.pem".into()),
+    ///     ..Default::default()
+    /// })?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub tls: Option<zeo_tls::ClientTls>,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -273,6 +292,7 @@ impl fmt::Debug for ClientOptions {
             .field("wait_timeout", &self.wait_timeout)
             .field("username", &self.username)
             .field("realm", &self.realm)
+            .field("tls", &self.tls.as_ref().map(|t| t.files()))
             .finish_non_exhaustive()
     }
 }
@@ -304,6 +324,7 @@ impl ClientOptions {
             password: None,
             realm: None,
             connector: None,
+            tls: None,
         }
     }
 
@@ -375,9 +396,10 @@ impl ClientOptions {
 impl TryFrom<&zeo_config::ClientConfig> for ClientOptions {
     type Error = Error;
 
-    /// Builds options from a `<zeoclient>` / `<clientstorage>` section.
-    /// SSL and blob settings are not supported by this client and are
-    /// refused rather than silently ignored.
+    /// Builds options from a `<zeoclient>` / `<clientstorage>` section,
+    /// loading the files its `<ssl>` names. Blob settings are not supported
+    /// by this client and are refused rather than silently ignored, as is
+    /// `password-function` (a Python function).
     ///
     /// ```
     /// let config = zeo_config::ClientConfig::from_str(
@@ -391,11 +413,6 @@ impl TryFrom<&zeo_config::ClientConfig> for ClientOptions {
     /// assert_eq!(options.min_disconnect_poll, std::time::Duration::from_secs(5));
     /// ```
     fn try_from(config: &zeo_config::ClientConfig) -> Result<Self, Error> {
-        if config.ssl.is_some() {
-            return Err(Error::Config(
-                "SSL connections are not supported by this client".into(),
-            ));
-        }
         if config.blob_dir.is_some() {
             return Err(Error::Config(
                 "blobs are not supported by this client".into(),
@@ -430,6 +447,26 @@ impl TryFrom<&zeo_config::ClientConfig> for ClientOptions {
         options.username = config.username.clone();
         options.password = config.password.clone();
         options.realm = config.realm.clone();
+        options.tls = config.ssl.as_ref().map(client_tls).transpose()?;
         Ok(options)
     }
+}
+
+/// The TLS configuration of a client `<ssl>` section.
+fn client_tls(ssl: &zeo_config::ClientSsl) -> Result<zeo_tls::ClientTls, Error> {
+    if let Some(function) = &ssl.password_function {
+        return Err(Error::Config(format!(
+            "<ssl>: {}",
+            zeo_tls::Error::PasswordFunction(function.clone())
+        )));
+    }
+    zeo_tls::ClientTls::load(zeo_tls::ClientTlsFiles {
+        certificate: Some(ssl.certificate.clone()),
+        key: ssl.key.clone(),
+        password_file: ssl.password_file.clone(),
+        authenticate: ssl.authenticate.clone(),
+        check_hostname: ssl.check_hostname,
+        server_hostname: ssl.server_hostname.clone(),
+    })
+    .map_err(|e| Error::Config(format!("<ssl>: {e}")))
 }

@@ -80,6 +80,10 @@ pub(crate) struct FailedRound {
     /// Whether every address refused the connection: what `fail_fast`
     /// gives up on.
     pub all_refused: bool,
+    /// When every address failed its TLS handshake: the first failure,
+    /// which ends a wait for a connection at once (the same handshake
+    /// would fail until the wait's timeout).
+    pub tls_failure: Option<(String, zeo_tls::FailureReason)>,
 }
 
 /// What to do after an attempt of a round finished.
@@ -105,6 +109,7 @@ pub(crate) struct Round<C> {
     errors: Vec<String>,
     last_error: Option<Error>,
     all_refused: bool,
+    tls_failures: Vec<(String, zeo_tls::FailureReason)>,
 }
 
 impl<C: Candidate> Round<C> {
@@ -118,6 +123,7 @@ impl<C: Candidate> Round<C> {
             errors: Vec::new(),
             last_error: None,
             all_refused: true,
+            tls_failures: Vec::new(),
         }
     }
 
@@ -139,6 +145,9 @@ impl<C: Candidate> Round<C> {
     /// its address.
     pub fn failed(&mut self, error: Error, refused: bool) {
         self.all_refused &= refused;
+        if let Error::Tls { address, reason } = &error {
+            self.tls_failures.push((address.clone(), reason.clone()));
+        }
         self.errors.push(match &error {
             // Already `address: reason`.
             Error::Disconnected(m) => m.clone(),
@@ -179,9 +188,11 @@ impl<C: Candidate> Round<C> {
                     self.last_error
                         .unwrap_or_else(|| Error::Disconnected("no server address".into()))
                 };
+                let every_tls = self.tls_failures.len() == self.errors.len();
                 let failed = FailedRound {
                     errors: self.errors,
                     all_refused: self.all_refused,
+                    tls_failure: self.tls_failures.into_iter().next().filter(|_| every_tls),
                 };
                 Err((error, Some(failed), None))
             }

@@ -6,10 +6,11 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
+
+use common::{run_runzeo, Runzeo};
 
 use zeo_client::{ClientOptions, ClientStorage, Notice, ServerAddress};
 use zeo_storage::Iteration;
@@ -17,23 +18,6 @@ use zeo_storage::Pack;
 use zeo_storage::Undo;
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 use zeo_testkit::{free_port, python6, run_with_timeout, stdout_of};
-
-struct Runzeo {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Runzeo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn runzeo_path() -> PathBuf {
-    let python = python6();
-    python.parent().unwrap().join("runzeo")
-}
 
 fn start_runzeo(dir: &Path, msgpack: bool) -> Runzeo {
     start_runzeo_with(dir, if msgpack { "  msgpack true\n" } else { "" })
@@ -325,25 +309,6 @@ fn python_server_btree_conflicts_are_resolved_by_the_client() {
 
 /// Runs runzeo on the `zeo.conf` in `dir` (written by [`start_runzeo`])
 /// and waits until it listens on `port`.
-fn run_runzeo(dir: &Path, port: u16) -> Runzeo {
-    let child = Command::new(runzeo_path())
-        .arg("-C")
-        .arg(dir.join("zeo.conf"))
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start runzeo: run `cargo xtask test` to create the Python venvs");
-    let server = Runzeo { child, port };
-    assert!(
-        zeo_testkit::wait_until(Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        }),
-        "runzeo did not start listening"
-    );
-    server
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -249,6 +249,9 @@ fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
+    // Python's int() takes "HOST: PORT" (ZEO's SSL connection tests write
+    // it so).
+    let s = s.trim();
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{s:?} is not a port number"));
     }

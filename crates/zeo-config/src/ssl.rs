@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::datatypes::Interval;
 use crate::error::Result;
 use crate::schema::{key, Checked, KeySpec};
 use crate::syntax::Section;
@@ -28,9 +29,21 @@ pub struct ServerSsl {
     pub key: Option<PathBuf>,
     /// Dotted name of a Python function returning the key password.
     pub password_function: Option<String>,
+    /// A file whose first line is the password of an encrypted PKCS#8
+    /// key (`password-file`, ours: what zeo-rs uses instead of
+    /// `password-function`).
+    pub password_file: Option<PathBuf>,
     /// Client certificate authority (required).
     pub authenticate: SslAuthenticate,
+    /// How long an accepted connection may take to complete its TLS
+    /// handshake (`handshake-timeout`, ours; default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]). A client without TLS waits for the
+    /// server to speak first, so without it such a connection would hang.
+    pub handshake_timeout: Interval,
 }
+
+/// Default `handshake-timeout`: 10 seconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Interval = Interval(10);
 
 /// Client-side TLS settings (`<ssl>` inside `<clientstorage>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +54,9 @@ pub struct ClientSsl {
     pub key: Option<PathBuf>,
     /// Dotted name of a Python function returning the key password.
     pub password_function: Option<String>,
+    /// A file whose first line is the password of an encrypted PKCS#8
+    /// key (`password-file`, ours).
+    pub password_file: Option<PathBuf>,
     /// CA file or directory for the server certificate; the system's default
     /// CAs when absent.
     pub authenticate: Option<PathBuf>,
@@ -54,13 +70,16 @@ const SERVER_KEYS: &[KeySpec] = &[
     key("certificate"),
     key("key"),
     key("password-function"),
+    key("password-file"),
     key("authenticate"),
+    key("handshake-timeout"),
 ];
 
 const CLIENT_KEYS: &[KeySpec] = &[
     key("certificate"),
     key("key"),
     key("password-function"),
+    key("password-file"),
     key("authenticate"),
     key("check-hostname"),
     key("server-hostname"),
@@ -84,7 +103,11 @@ impl ServerSsl {
             certificate,
             key: c.path("key"),
             password_function: c.string("password-function"),
+            password_file: c.path("password-file"),
             authenticate,
+            handshake_timeout: c
+                .parsed::<Interval>("handshake-timeout")?
+                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
         })
     }
 }
@@ -98,6 +121,7 @@ impl ClientSsl {
                 .ok_or_else(|| c.missing("certificate"))?,
             key: c.path("key"),
             password_function: c.string("password-function"),
+            password_file: c.path("password-file"),
             authenticate: c.path("authenticate"),
             check_hostname: c.bool("check-hostname")?.unwrap_or(true),
             server_hostname: c.string("server-hostname"),

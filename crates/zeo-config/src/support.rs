@@ -17,7 +17,6 @@ pub const NOT_IMPLEMENTED: &[(&str, &str, &str)] = &[
         "drop-cache-rather-verify",
         "a ZEO 4 server key with no effect in ZEO 5",
     ),
-    ("ssl", "password-function", "it names a Python function"),
     ("filestorage", "packer", "it names a Python packer object"),
     ("logfile", "formatter", "it names a Python formatter class"),
     ("syslog", "", "only <logfile> log handlers are implemented"),

@@ -92,6 +92,8 @@ fn binding_addresses() {
     assert_eq!(b("zeo.example.com:8090"), tcp("zeo.example.com", 8090));
     assert_eq!(b("ZEO.Example.COM:8090"), tcp("zeo.example.com", 8090));
     assert_eq!(b("127.0.0.1:0"), tcp("127.0.0.1", 0));
+    // Python's int() ignores the blank ZEO's SSL tests put after the colon.
+    assert_eq!(b("127.0.0.1: 8100"), tcp("127.0.0.1", 8100));
     assert_eq!(b(":8100"), tcp("", 8100));
     assert_eq!(b("8100"), tcp("", 8100));
     assert_eq!(b("[::1]:8100"), tcp("::1", 8100));

@@ -257,12 +257,10 @@ fn plan(
             tracing::warn!("ignoring unsupported configuration: {unsupported:?}");
         }
         let zeo = &config.zeo;
-        // Serving plain TCP where the operator asked for TLS would expose
-        // the traffic it was meant to protect.
-        if zeo.ssl.is_some() {
-            return Err("<ssl>: TLS is not supported by this server; remove the \
-                        section, or terminate TLS in front of it"
-                .to_owned());
+        if let Some(ssl) = &zeo.ssl {
+            let file = args.configure.as_deref().unwrap_or(Path::new("-"));
+            settings.tls =
+                Some(server_tls(ssl).map_err(|e| format!("{}: <ssl>: {e}", file.display()))?);
         }
         settings.authentication = authentication(zeo)?;
         settings.read_only = zeo.read_only;
@@ -346,6 +344,29 @@ fn plan(
 ///
 /// Any failure stops startup: serving without the authentication the
 /// operator asked for would open the storages to anyone.
+/// The TLS configuration of `<ssl>`. Any failure stops startup: serving
+/// plain TCP where the operator asked for TLS would expose the traffic it
+/// was meant to protect.
+fn server_tls(ssl: &zeo_config::ServerSsl) -> Result<Arc<zeo_tls::ServerTls>, String> {
+    if let Some(function) = &ssl.password_function {
+        return Err(zeo_tls::Error::PasswordFunction(function.clone()).to_string());
+    }
+    let authenticate = match &ssl.authenticate {
+        zeo_config::SslAuthenticate::Path(path) => path.clone(),
+        zeo_config::SslAuthenticate::Dynamic => return Err(zeo_tls::Error::Dynamic.to_string()),
+    };
+    let tls = zeo_tls::ServerTls::load(zeo_tls::ServerTlsFiles {
+        certificate: ssl.certificate.clone(),
+        key: ssl.key.clone(),
+        authenticate,
+        password_file: ssl.password_file.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Arc::new(tls.with_handshake_timeout(
+        ssl.handshake_timeout.as_duration(),
+    )))
+}
+
 fn authentication(
     zeo: &zeo_config::ZeoConfig,
 ) -> Result<Option<Arc<zeo_auth::ServerAuthenticator>>, String> {
@@ -496,6 +517,21 @@ fn init_logging(config: Option<&ServerConfig>) -> Result<Vec<ReopenableFile>, St
     Ok(files)
 }
 
+/// SIGUSR1: reads the `<ssl>` certificates, key and CRLs again for new
+/// connections; on failure the configuration in use stays.
+fn reload_tls(tls: Option<&zeo_tls::ServerTls>) {
+    let Some(tls) = tls else {
+        tracing::info!("SIGUSR1: no <ssl> configured, nothing to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => tracing::info!("SIGUSR1: TLS certificates, key and CRLs reloaded"),
+        Err(err) => tracing::error!(
+            "SIGUSR1: TLS reload failed, still serving the previous certificates: {err}"
+        ),
+    }
+}
+
 async fn serve(plan: Plan) -> Result<(), String> {
     let Plan {
         settings,
@@ -506,15 +542,19 @@ async fn serve(plan: Plan) -> Result<(), String> {
     } = plan;
     // Installed before the addresses are printed: a SIGTERM sent as soon as
     // a supervisor sees them must still shut down cleanly.
-    let (term, int, usr2) = {
+    let (term, int, usr2, usr1) = {
         use tokio::signal::unix::{signal, SignalKind};
         let install = |kind| signal(kind).map_err(|e| format!("installing signal handlers: {e}"));
         (
             install(SignalKind::terminate())?,
             install(SignalKind::interrupt())?,
             install(SignalKind::user_defined2())?,
+            // SIGHUP stays "exit to be restarted", as runzeo and zdaemon
+            // use it; SIGUSR1 is free in both.
+            install(SignalKind::user_defined1())?,
         )
     };
+    let tls = settings.tls.clone();
     let mut builder = ServerBuilder::new(settings);
     for (name, storage, gc) in storages {
         builder = builder.storage_with_pack_gc(name, storage, gc);
@@ -536,7 +576,7 @@ async fn serve(plan: Plan) -> Result<(), String> {
 
     let handle = server.handle();
     let signals = tokio::spawn(async move {
-        let (mut term, mut int, mut usr2) = (term, int, usr2);
+        let (mut term, mut int, mut usr2, mut usr1) = (term, int, usr2, usr1);
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
@@ -549,6 +589,7 @@ async fn serve(plan: Plan) -> Result<(), String> {
                     }
                     tracing::info!("log files reopened");
                 }
+                _ = usr1.recv() => reload_tls(tls.as_deref()),
             }
         }
         handle.shutdown();

@@ -6,7 +6,7 @@
 //! ZConfig file and starts this binary, then runs the generic storage tests
 //! (`testZEO.FileStorageTests`, `MappingStorageTests`, ...), connection,
 //! invalidation and conflict-resolution tests. Tests that cannot apply
-//! (blobs, TLS, Python server internals) are listed with their reasons in
+//! (blobs, Python server internals) are listed with their reasons in
 //! `tests/python/zeo_suite/skips.txt`.
 //!
 //! By default a selection bounded to about a minute per ZEO version runs;

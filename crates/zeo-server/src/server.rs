@@ -999,6 +999,27 @@ pub(crate) async fn accept_until_shutdown<S, A, F, Fut>(
     }
 }
 
+/// Serves an accepted stream, after a TLS handshake when the server has
+/// TLS; a failed handshake is logged with its reason and ends only this
+/// connection.
+async fn serve_stream<S>(shared: Arc<Shared>, stream: S, peer: String, nonce_peer: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = shared.settings.tls.clone() else {
+        crate::connection::serve(shared, stream, peer, nonce_peer).await;
+        return;
+    };
+    let handshake = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        h = tls.accept(stream) => h,
+    };
+    match handshake {
+        Ok(stream) => crate::connection::serve(shared, stream, peer, nonce_peer).await,
+        Err(reason) => tracing::warn!(%peer, "TLS handshake failed: {reason}"),
+    }
+}
+
 async fn accept_tcp(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
@@ -1017,7 +1038,7 @@ async fn accept_tcp(
         let alive = alive.clone();
         tokio::spawn(async move {
             let nonce_peer = zeo_auth::python_peer_text(&peer);
-            crate::connection::serve(shared, stream, peer.to_string(), nonce_peer).await;
+            serve_stream(shared, stream, peer.to_string(), nonce_peer).await;
             drop(slot);
             drop(alive);
         });
@@ -1044,7 +1065,7 @@ async fn accept_unix(
         let alive = alive.clone();
         tokio::spawn(async move {
             // ZEO saw an empty peer address for Unix sockets.
-            crate::connection::serve(shared, stream, peer, String::new()).await;
+            serve_stream(shared, stream, peer, String::new()).await;
             drop(slot);
             drop(alive);
         });

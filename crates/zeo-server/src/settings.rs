@@ -96,6 +96,12 @@ pub struct ServerSettings {
     /// (`conflict-resolution`, on by default); off, every conflict goes
     /// back to the client, which resolves it with its own classes.
     pub conflict_resolution: bool,
+    /// TLS on every listener (`<ssl>`): each accepted connection completes
+    /// a handshake, within the configuration's handshake timeout, before
+    /// the ZEO protocol starts; clients must present a certificate. The
+    /// configuration can be reloaded while serving ([`zeo_tls::ServerTls::reload`]).
+    /// The monitor stays plain. See `docs/tls.md`.
+    pub tls: Option<Arc<zeo_tls::ServerTls>>,
 }
 
 impl fmt::Debug for ServerSettings {
@@ -131,6 +137,7 @@ impl fmt::Debug for ServerSettings {
                 &self.authentication.as_ref().map(|a| a.realm()),
             )
             .field("conflict_resolution", &self.conflict_resolution)
+            .field("tls", &self.tls.as_ref().map(|t| t.files()))
             .finish()
     }
 }
@@ -157,6 +164,7 @@ impl Default for ServerSettings {
             monitor_address: None,
             authentication: None,
             conflict_resolution: true,
+            tls: None,
         }
     }
 }

@@ -61,6 +61,9 @@ CI_SELECTION = [
     'testConnection.FileStorageTimeoutTests',
     'test_client_side_conflict_resolution.ClientSideConflictResolutionTests',
     'testConversionSupport',
+    'testZEO.FileStorageSSLTests',
+    'testConnection.SSLConnectionTests',
+    'testssl.SSLConfigTest',
 ]
 
 FULL_ONLY = [
@@ -80,7 +83,6 @@ FULL_ONLY_REASON = 'long-running; runs with ZEO_SUITE_FULL=1'
 # (`--list` prints them); skips.txt carries the per-test reasons inside
 # selected classes.
 EXCLUDED = {
-    'testZEO.FileStorageSSLTests': 'TLS is not supported by zeo-server',
     'testZEO.FileStorageHexTests':
         'server-side <hexstorage> wrapper (a Python storage) is not available',
     'testZEO.FileStorageClientHexTests':
@@ -92,7 +94,6 @@ EXCLUDED = {
     'testZEO.DemoStorageTests': '<demostorage> is not served by zeo-server',
     'testZEO.BlobAdaptedFileStorageTests': 'blobs are not supported',
     'testZEO.BlobWritableCacheTests': 'blobs are not supported',
-    'testConnection.SSLConnectionTests': 'TLS is not supported by zeo-server',
 }
 
 DEFAULT_TEST_TIMEOUT = 120

@@ -164,3 +164,42 @@ pub fn wait_invalidated(rx: &mut tokio::sync::broadcast::Receiver<zeo_client::No
     });
     assert!(seen.is_some(), "no invalidation up to {tid} arrived");
 }
+
+/// A stock Python ZEO 6 server (`runzeo`), killed when dropped.
+pub struct Runzeo {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for Runzeo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn runzeo_path() -> PathBuf {
+    let python = zeo_testkit::python6();
+    python.parent().unwrap().join("runzeo")
+}
+
+/// Starts `runzeo -C dir/zeo.conf` and waits (30 s at most) until `port`
+/// accepts connections.
+pub fn run_runzeo(dir: &Path, port: u16) -> Runzeo {
+    let child = std::process::Command::new(runzeo_path())
+        .arg("-C")
+        .arg(dir.join("zeo.conf"))
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cannot start runzeo: run `cargo xtask test` to create the Python venvs");
+    let server = Runzeo { child, port };
+    assert!(
+        zeo_testkit::wait_until(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }),
+        "runzeo did not start listening"
+    );
+    server
+}
