@@ -1,12 +1,14 @@
 //! The subcommands other than `bench`: each connects, asks, prints.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use zeo_client::{AsyncClientStorage, ClientOptions};
+use zeo_pickle::describe;
 use zeo_storage::{BeginOptions, Oid, Tid, TransactionMetaData};
 
 use crate::error::CliError;
@@ -221,25 +223,169 @@ pub async fn history(
     .await
 }
 
+/// How `cat` writes a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatFormat {
+    /// The pickle bytes as stored.
+    Raw,
+    /// The bytes as lowercase hex.
+    Hex,
+    /// Class and state as an indented tree.
+    Tree,
+    /// Class and state as one JSON object.
+    Json,
+}
+
 /// `cat`: the current record of `oid`, or the revision `serial`.
 pub async fn cat(
     options: ClientOptions,
     oid: Oid,
     serial: Option<Tid>,
-    hex: bool,
+    format: CatFormat,
 ) -> Result<ExitCode, CliError> {
     with_client(options, |client| async move {
-        let data = match serial {
-            Some(serial) => client.load_serial(oid, serial).await?,
-            None => client.load(oid).await?.0,
+        let (data, tid) = match serial {
+            Some(serial) => (client.load_serial(oid, serial).await?, serial),
+            None => client.load(oid).await?,
         };
         let mut out = std::io::stdout().lock();
-        if hex {
-            writeln!(out, "{}", render::hex(&data))?;
-        } else {
-            out.write_all(&data)?;
+        let limits = describe::Limits::default();
+        match format {
+            CatFormat::Raw => out.write_all(&data)?,
+            CatFormat::Hex => writeln!(out, "{}", render::hex(&data))?,
+            CatFormat::Tree => {
+                let record = describe::decode_record(&data, &limits).map_err(bad_record(oid))?;
+                writeln!(out, "oid {oid} serial {}", render::tid_with_time(tid))?;
+                out.write_all(describe::describe(&record, &limits).as_bytes())?;
+            }
+            CatFormat::Json => {
+                let record = describe::decode_record(&data, &limits).map_err(bad_record(oid))?;
+                let line = json!({
+                    "oid": render::id_hex(oid.0),
+                    "serial": render::id_hex(tid.0),
+                    "size": data.len(),
+                    "class": describe::class_label(&record.class),
+                    "state": render::state_json(&record.state, &limits),
+                });
+                writeln!(out, "{line}")?;
+            }
         }
         out.flush()?;
+        Ok(ExitCode::SUCCESS)
+    })
+    .await
+}
+
+fn bad_record(oid: Oid) -> impl Fn(zeo_pickle::Error) -> CliError {
+    move |e| CliError::Record(format!("the record of {oid}: {e}"))
+}
+
+/// The referenced objects of a record, each once, in the order they first
+/// appear.
+fn distinct_references(oid: Oid, data: &[u8]) -> Result<Vec<Oid>, CliError> {
+    let mut seen = HashSet::new();
+    Ok(zeo_pickle::references(data)
+        .map_err(bad_record(oid))?
+        .into_iter()
+        .filter(|r| seen.insert(*r))
+        .map(Oid)
+        .collect())
+}
+
+/// One line of `refs`: an oid and its class (`-` for an undecodable
+/// record, `missing` when it does not exist).
+fn print_ref(out: &mut impl Write, oid: Oid, class: &str, json: bool) -> Result<(), CliError> {
+    if json {
+        writeln!(
+            out,
+            "{}",
+            json!({"oid": render::id_hex(oid.0), "class": class})
+        )?;
+    } else {
+        writeln!(out, "{oid}  {class}")?;
+    }
+    Ok(())
+}
+
+fn class_text(data: &[u8]) -> String {
+    match zeo_pickle::class_of(data) {
+        Some((module, name)) => format!("{module}.{name}"),
+        None => "-".into(),
+    }
+}
+
+/// `refs OID`: what the current record of `oid` references, with each
+/// referenced object's class (loaded from the server).
+pub async fn refs(options: ClientOptions, oid: Oid, json: bool) -> Result<ExitCode, CliError> {
+    with_client(options, |client| async move {
+        let (data, _) = client.load(oid).await?;
+        let mut out = std::io::stdout().lock();
+        for target in distinct_references(oid, &data)? {
+            let class = match client.load(target).await {
+                Ok((data, _)) => class_text(&data),
+                Err(zeo_client::Error::Storage(zeo_storage::Error::PosKey { .. })) => {
+                    "missing".into()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            print_ref(&mut out, target, &class, json)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+    .await
+}
+
+/// Records between two progress lines of `refs --back`.
+const PROGRESS_EVERY: u64 = 1000;
+
+/// `refs OID --back`: every object whose current record references `oid`,
+/// found by walking all current records with `record_iternext` (so it
+/// works against any ZEO server), reading at most `max_objects` records.
+/// Progress goes to stderr when it is a terminal.
+pub async fn back_refs(
+    options: ClientOptions,
+    oid: Oid,
+    max_objects: u64,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    with_client(options, |client| async move {
+        let progress = std::io::stderr().is_terminal();
+        let mut out = std::io::stdout().lock();
+        let (mut scanned, mut undecodable) = (0u64, 0u64);
+        let mut next = None;
+        let mut refs = Vec::new();
+        let complete = loop {
+            if scanned >= max_objects {
+                break false;
+            }
+            let Some(record) = client.record_iternext(next).await? else {
+                break true;
+            };
+            scanned += 1;
+            refs.clear();
+            if zeo_pickle::references_into(&record.data, &mut refs).is_err() {
+                undecodable += 1;
+            } else if refs.contains(&oid.0) {
+                print_ref(&mut out, record.oid, &class_text(&record.data), json)?;
+            }
+            if progress && scanned % PROGRESS_EVERY == 0 {
+                eprint!("\rscanned {scanned} records");
+            }
+            match record.next {
+                Some(n) => next = Some(n),
+                None => break true,
+            }
+        };
+        if progress {
+            eprintln!("\rscanned {scanned} records");
+        }
+        if undecodable > 0 {
+            eprintln!("zeo-client: {undecodable} records could not be decoded");
+        }
+        if !complete {
+            eprintln!("zeo-client: stopped after --max-objects {max_objects} records");
+            return Ok(ExitCode::FAILURE);
+        }
         Ok(ExitCode::SUCCESS)
     })
     .await

@@ -1,6 +1,6 @@
 //! The `zeo-client` command: ZEO's client-side tools in one binary —
 //! `up` (zeoup), `pack` (zeopack), `status`, `info`, `history`, `cat`,
-//! `log` and `bench`. Argument parsing and wiring only: the client is
+//! `refs`, `log` and `bench`. Argument parsing and wiring only: the client is
 //! `zeo-client`'s [`AsyncClientStorage`](zeo_client::AsyncClientStorage);
 //! output formatting lives in `render`, the benchmark in `bench`.
 
@@ -101,8 +101,32 @@ enum Command {
         #[arg(long, value_name = "TID")]
         serial: Option<String>,
         /// Write hex instead of raw bytes.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "decode")]
         hex: bool,
+        /// Print the record's class and state as an indented tree
+        /// (persistent references as oids with their class, long values
+        /// abbreviated). Nothing in the record is executed.
+        #[arg(long)]
+        decode: bool,
+        /// With --decode: print one JSON object instead of a tree.
+        #[arg(long, requires = "decode")]
+        json: bool,
+    },
+    /// List the objects an object references, with their classes; with
+    /// --back, the objects that reference it (a walk over every current
+    /// record, bounded by --max-objects rather than --timeout).
+    Refs {
+        /// The oid: 0x-prefixed or 16-digit hex, else decimal.
+        oid: String,
+        /// List the objects referring to OID instead.
+        #[arg(long)]
+        back: bool,
+        /// With --back: stop after reading this many records.
+        #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+        max_objects: u64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Recent transactions, newest first (from the server's undo log).
     Log {
@@ -160,10 +184,40 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let oid = render::parse_oid(&oid)?;
             commands::bounded(limit, commands::history(options, oid, size, json)).await
         }
-        Command::Cat { oid, serial, hex } => {
+        Command::Cat {
+            oid,
+            serial,
+            hex,
+            decode,
+            json,
+        } => {
             let oid = render::parse_oid(&oid)?;
             let serial = serial.as_deref().map(render::parse_tid).transpose()?;
-            commands::bounded(limit, commands::cat(options, oid, serial, hex)).await
+            let format = match (decode, json, hex) {
+                (true, true, _) => commands::CatFormat::Json,
+                (true, false, _) => commands::CatFormat::Tree,
+                (false, _, true) => commands::CatFormat::Hex,
+                (false, _, false) => commands::CatFormat::Raw,
+            };
+            commands::bounded(limit, commands::cat(options, oid, serial, format)).await
+        }
+        Command::Refs {
+            oid,
+            back: false,
+            json,
+            ..
+        } => {
+            let oid = render::parse_oid(&oid)?;
+            commands::bounded(limit, commands::refs(options, oid, json)).await
+        }
+        Command::Refs {
+            oid,
+            back: true,
+            max_objects,
+            json,
+        } => {
+            let oid = render::parse_oid(&oid)?;
+            commands::back_refs(options, oid, max_objects, json).await
         }
         Command::Log { count, json } => {
             commands::bounded(limit, commands::log(options, count, json)).await

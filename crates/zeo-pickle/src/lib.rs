@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 mod decode;
+pub mod describe;
 mod encode;
 mod error;
 mod machine;

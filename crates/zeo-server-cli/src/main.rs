@@ -58,6 +58,12 @@ enum Command {
     Dump {
         /// The Data.fs file.
         path: PathBuf,
+        /// Instead, print every transaction with each of its records'
+        /// class and state as an indented tree (persistent references as
+        /// oids with their class, long values abbreviated). Nothing in the
+        /// records is executed; the file is opened read-only.
+        #[arg(long)]
+        decode: bool,
     },
     /// Pack a Data.fs that no server has open.
     Pack {
@@ -113,7 +119,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { path, refs }) => check(&path, refs),
-        Some(Command::Dump { path }) => dump(&path),
+        Some(Command::Dump { path, decode }) => dump(&path, decode),
         Some(Command::Pack { path, days, no_gc }) => pack(&path, days, !no_gc),
         Some(Command::Passwd(args)) => passwd::passwd(args),
         None => match run(cli.run) {
@@ -177,10 +183,14 @@ fn check_refs(path: &Path) -> ExitCode {
     }
 }
 
-fn dump(path: &Path) -> ExitCode {
+fn dump(path: &Path, decode: bool) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = zeo_storage::filestorage::dump(path, &mut out);
+    let result = if decode {
+        dump_decoded(path, &mut out)
+    } else {
+        zeo_storage::filestorage::dump(path, &mut out)
+    };
     let flushed = out.flush();
     match (result, flushed) {
         (Ok(()), Ok(())) => ExitCode::SUCCESS,
@@ -193,6 +203,45 @@ fn dump(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `dump --decode`: each transaction's header line, then each record's
+/// oid and decoded tree, indented under it.
+fn dump_decoded(path: &Path, out: &mut dyn Write) -> zeo_storage::Result<()> {
+    use zeo_pickle::describe;
+    let options = FileStorageOptions {
+        read_only: true,
+        ..FileStorageOptions::default()
+    };
+    let storage = FileStorage::open(path, options)?;
+    let io = |e| zeo_storage::Error::io("writing the dump", e);
+    let limits = describe::Limits::default();
+    for txn in storage.iterator(None, None)? {
+        let txn = txn?;
+        writeln!(
+            out,
+            "transaction {} {} user={:?} description={:?}",
+            txn.tid,
+            zeo_storage::TimeStamp::from_tid(txn.tid),
+            String::from_utf8_lossy(&txn.meta.user),
+            String::from_utf8_lossy(&txn.meta.description)
+        )
+        .map_err(io)?;
+        for record in &txn.records {
+            write!(out, "  oid {}: ", record.oid).map_err(io)?;
+            let text = match &record.data {
+                None => "no data (creation undone or deleted)\n".to_owned(),
+                Some(data) => describe::describe_record(data, &limits)
+                    .unwrap_or_else(|e| format!("undecodable record: {e}\n")),
+            };
+            // The tree's lines, indented under the oid line.
+            for (i, line) in text.lines().enumerate() {
+                let pad = if i == 0 { "" } else { "    " };
+                writeln!(out, "{pad}{line}").map_err(io)?;
+            }
+        }
+    }
+    storage.close()
 }
 
 fn pack(path: &Path, days: f64, gc: bool) -> ExitCode {
