@@ -20,6 +20,7 @@ use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
 use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
 use zeo_storage::{MappingStorage, Storage};
 
+mod notify;
 mod passwd;
 
 /// Address served when none is configured.
@@ -582,6 +583,11 @@ async fn serve(plan: Plan) -> Result<(), String> {
             .map_err(|e| format!("writing pid file {}: {e}", path.display()))?;
     }
 
+    // Every address is bound and the pid file written: units ordered
+    // after this one may connect now.
+    let notifier = notify::Notifier::from_env();
+    notifier.ready();
+
     let handle = server.handle();
     let signals = tokio::spawn(async move {
         let (mut term, mut int, mut usr2) = (term, int, usr2);
@@ -599,6 +605,7 @@ async fn serve(plan: Plan) -> Result<(), String> {
                 }
             }
         }
+        notifier.stopping();
         handle.shutdown();
     });
     let result = server.serve(std::future::pending()).await;
