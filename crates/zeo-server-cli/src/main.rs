@@ -14,8 +14,10 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
-use zeo_config::{LogHandler, LogPath, ServerConfig, SocketAddress, StorageKind};
-use zeo_server::logging::{level_filter, PythonFormat, ReopenableFile};
+use zeo_config::{LogHandler, LogPath, LogRotation, ServerConfig, SocketAddress, StorageKind};
+use zeo_server::logging::{
+    level_filter, JsonFormat, LineFormat, PythonFormat, ReopenableFile, Rotation, When,
+};
 use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
 use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
 use zeo_storage::{MappingStorage, Storage};
@@ -476,9 +478,57 @@ fn open_storage(
     }
 }
 
+type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// One `<logfile>`'s layer: its format (or JSON lines) to `writer`.
+fn log_layer<W>(
+    file: &zeo_config::LogFile,
+    writer: W,
+    level: tracing_subscriber::filter::LevelFilter,
+) -> BoxedLayer
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(writer);
+    let format = if file.json {
+        LineFormat::Json(JsonFormat)
+    } else {
+        LineFormat::Python(PythonFormat::new(
+            file.format.clone(),
+            file.dateformat.clone(),
+        ))
+    };
+    layer.event_format(format).with_filter(level).boxed()
+}
+
+/// The rotation a `<logfile>` asks for, in the server's terms.
+fn rotation(file: &zeo_config::LogFile) -> Result<Option<Rotation>, String> {
+    let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(match &file.rotation {
+        None => None,
+        Some(LogRotation::Size {
+            max_size,
+            old_files,
+        }) => Some(Rotation::Size {
+            max_bytes: max_size.bytes(),
+            old_files: count(*old_files),
+        }),
+        Some(LogRotation::Timed {
+            when,
+            interval,
+            old_files,
+        }) => Some(Rotation::Timed {
+            when: When::parse(when).ok_or_else(|| format!("<logfile> when {when:?}: unknown"))?,
+            interval: count(*interval),
+            old_files: count(*old_files),
+        }),
+    })
+}
+
 fn init_logging(config: Option<&ServerConfig>) -> Result<Vec<ReopenableFile>, String> {
-    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
-    let mut layers: Vec<Boxed> = Vec::new();
+    let mut layers: Vec<BoxedLayer> = Vec::new();
     let mut files = Vec::new();
     let eventlog = config.and_then(|c| c.eventlog.as_ref());
     let env_filter = std::env::var("RUST_LOG")
@@ -490,31 +540,15 @@ fn init_logging(config: Option<&ServerConfig>) -> Result<Vec<ReopenableFile>, St
                 eprintln!("zeo-server: ignoring an unsupported log handler");
                 continue;
             };
-            let format = PythonFormat::new(file.format.clone(), file.dateformat.clone());
             let level = level_filter(eventlog.level.0.max(file.level.0));
-            let layer: Boxed = match &file.path {
-                LogPath::Stdout => tracing_subscriber::fmt::layer()
-                    .event_format(format)
-                    .with_ansi(false)
-                    .with_writer(std::io::stdout)
-                    .with_filter(level)
-                    .boxed(),
-                LogPath::Stderr => tracing_subscriber::fmt::layer()
-                    .event_format(format)
-                    .with_ansi(false)
-                    .with_writer(std::io::stderr)
-                    .with_filter(level)
-                    .boxed(),
+            let layer: BoxedLayer = match &file.path {
+                LogPath::Stdout => log_layer(file, std::io::stdout, level),
+                LogPath::Stderr => log_layer(file, std::io::stderr, level),
                 LogPath::File(path) => {
-                    let writer = ReopenableFile::open(path)
+                    let writer = ReopenableFile::rotating(path, rotation(file)?)
                         .map_err(|e| format!("opening log file {}: {e}", path.display()))?;
                     files.push(writer.clone());
-                    tracing_subscriber::fmt::layer()
-                        .event_format(format)
-                        .with_ansi(false)
-                        .with_writer(writer)
-                        .with_filter(level)
-                        .boxed()
+                    log_layer(file, writer, level)
                 }
             };
             layers.push(layer);
@@ -526,10 +560,10 @@ fn init_logging(config: Option<&ServerConfig>) -> Result<Vec<ReopenableFile>, St
         });
         layers.push(
             tracing_subscriber::fmt::layer()
-                .event_format(PythonFormat::new(
+                .event_format(LineFormat::Python(PythonFormat::new(
                     "%(asctime)s %(levelname)s %(name)s %(message)s",
                     "%Y-%m-%dT%H:%M:%S",
-                ))
+                )))
                 .with_ansi(false)
                 .with_writer(std::io::stderr)
                 .with_filter(level)

@@ -88,7 +88,9 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", id, peer = %peer);
+    // `label` is filled in when the client sends one, so that every line
+    // about this client names it.
+    let span = tracing::info_span!("conn", id, peer = %peer, label = tracing::field::Empty);
     tracing::Instrument::instrument(run(shared, stream, id, peer, nonce_peer), span).await;
 }
 
@@ -719,6 +721,7 @@ impl Conn {
             ))),
             R::SetClientLabel { label } => {
                 tracing::info!(%label, peer = %self.peer, "client label");
+                tracing::Span::current().record("label", tracing::field::display(&label));
                 self.label = Some(label);
                 Ok(Outcome::Reply(Value::None))
             }
