@@ -30,6 +30,9 @@ fn json_lines_rotate_by_size_and_name_the_client() {
         options.client_label = Some(format!("checker-{i}"));
         options.wait_timeout = Duration::from_secs(20);
         let client = zeo_client::ClientStorage::open(options).unwrap();
+        // The label is a one-way message: a round trip after it makes
+        // sure the server has it before the client leaves.
+        client.ping().unwrap();
         client.close().unwrap();
     }
     server.signal(libc::SIGTERM);
@@ -53,15 +56,27 @@ fn json_lines_rotate_by_size_and_name_the_client() {
     for r in &records {
         assert!(r["time"].is_f64() && r["level"].is_string(), "{r}");
     }
-    // The label line names the peer, and a line logged after it (the
-    // disconnection) carries the label in its context.
-    let labelled: Vec<&Value> = records
+    // The label line names the peer, and the lines logged after it (the
+    // disconnection) carry the label in their context.
+    let labels: Vec<&str> = records
         .iter()
-        .filter(|r| {
-            r["context"]
-                .as_str()
-                .is_some_and(|c| c.contains("peer=127.0.0.1:") && c.contains("label=checker-11"))
+        .filter(|r| r["message"] == "client label")
+        .filter_map(|r| {
+            assert!(
+                r["context"].as_str().unwrap().contains("peer=127.0.0.1:"),
+                "{r}"
+            );
+            r["label"].as_str()
         })
         .collect();
-    assert!(!labelled.is_empty(), "{all}");
+    assert!(!labels.is_empty(), "{all}");
+    let carried = labels.iter().any(|label| {
+        records.iter().any(|r| {
+            r["message"] == "disconnected"
+                && r["context"]
+                    .as_str()
+                    .is_some_and(|c| c.ends_with(&format!("label={label}")))
+        })
+    });
+    assert!(carried, "{all}");
 }
