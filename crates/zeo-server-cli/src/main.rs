@@ -116,6 +116,10 @@ struct RunArgs {
     /// configured monitor-address).
     #[arg(short = 'm', long = "monitor", value_name = "ADDR")]
     monitor: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) at this address; a bare
+    /// port binds 127.0.0.1 (replaces the configured metrics-address).
+    #[arg(long = "metrics", value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -340,6 +344,7 @@ fn plan(
             .unwrap_or_else(|| std::env::var_os("ZEO_MSGPACK").is_some_and(|v| !v.is_empty()));
         pid_file = zeo.pid_filename.clone();
         settings.monitor_address = zeo.monitor_address.as_ref().map(listen_address);
+        settings.metrics_address = zeo.metrics_address.as_ref().map(listen_address);
         if args.address.is_empty() {
             addresses.push(listen_address(&zeo.address));
         }
@@ -357,6 +362,9 @@ fn plan(
     }
     if let Some(m) = &args.monitor {
         settings.monitor_address = Some(m.parse::<ListenAddress>().map_err(|e| e.to_string())?);
+    }
+    if let Some(m) = &args.metrics {
+        settings.metrics_address = Some(m.parse::<ListenAddress>().map_err(|e| e.to_string())?);
     }
     if let Some(n) = args.invalidation_queue_size {
         settings.invalidation_queue_size = n;
@@ -610,6 +618,9 @@ async fn serve(plan: Plan) -> Result<(), String> {
     }
     for bound in server.bind_monitor().map_err(|e| e.to_string())? {
         println!("monitor listening on {bound}");
+    }
+    for bound in server.bind_metrics().map_err(|e| e.to_string())? {
+        println!("metrics listening on {bound}");
     }
     let _ = std::io::stdout().flush();
     if let Some(path) = &pid_file {

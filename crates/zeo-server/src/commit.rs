@@ -214,6 +214,7 @@ pub fn finish(
 ) -> Result<Tid, Error> {
     let oids: crate::invalidations::OidList = oids.into();
     let mut publication = None;
+    let started = std::time::Instant::now();
     let result = hub.storage().tpc_finish(handle, &mut |tid| {
         let guard = hub.write_publication();
         hub.publish_commit(&guard, conn, tid, oids.clone());
@@ -221,5 +222,6 @@ pub fn finish(
     });
     // Only now may loads see the new transaction.
     drop(publication);
+    hub.stats().finish_seconds.observe(started.elapsed());
     result
 }

@@ -279,7 +279,9 @@ impl Conn {
             let login = login_deadline.filter(|_| self.hub.is_none());
             let paused = outbox.is_paused();
             if paused {
-                pause.started(&self.peer, &outbox, &self.shared.settings);
+                if pause.started(&self.peer, &outbox, &self.shared.settings) {
+                    self.count_backpressure();
+                }
             } else {
                 pause.ended();
             }
@@ -539,10 +541,12 @@ impl Conn {
             }
             Ok(None) => {
                 tracing::warn!(%user, "authentication failed: wrong password");
+                self.shared.metrics.auth_failed();
                 self.outbox.reply(msgid, Value::Bool(false));
             }
             Err(err) => {
                 tracing::warn!(%user, %err, "authentication failed");
+                self.shared.metrics.auth_failed();
                 let class = match err {
                     zeo_auth::Error::NoSuchUser(_) => "builtins.LookupError",
                     _ => "builtins.ValueError",
@@ -841,6 +845,13 @@ impl Conn {
         Ok(Outcome::Sent)
     }
 
+    /// Counts a pause in reading for the storage's metrics.
+    fn count_backpressure(&self) {
+        if let Ok(hub) = self.hub() {
+            StorageStats::bump(&hub.stats().backpressure_events);
+        }
+    }
+
     fn pack(&self, time: f64, wait: bool, msgid: Value, oneway: bool) -> Handled {
         // Packing is allowed on read-only connections, as in ZEO.
         let hub = self.hub()?.clone();
@@ -849,7 +860,9 @@ impl Conn {
         tokio::task::spawn_blocking(move || {
             let _pending = pending;
             tracing::info!(time, "pack started");
+            let started = Instant::now();
             let result = hub.storage().pack(time, hub.pack_gc());
+            hub.stats().record_pack(started.elapsed());
             match &result {
                 Ok(()) => {
                     tracing::info!(time, "pack complete");
@@ -1148,6 +1161,11 @@ impl Conn {
         match result {
             Ok(tid) => {
                 StorageStats::bump(&hub.stats().commits);
+                hub.stats().commit_seconds.observe(
+                    self.lock
+                        .as_ref()
+                        .map_or(Duration::ZERO, |l| l.acquired().elapsed()),
+                );
                 self.outbox
                     .send(&Message::call_async("info", vec![hub.size_info()]));
                 if !oneway {
@@ -1352,9 +1370,10 @@ struct PauseLog {
 }
 
 impl PauseLog {
-    fn started(&mut self, peer: &str, outbox: &Outbox, settings: &crate::ServerSettings) {
+    /// Notes a pause; true when it just began (not already paused).
+    fn started(&mut self, peer: &str, outbox: &Outbox, settings: &crate::ServerSettings) -> bool {
         if self.active {
-            return;
+            return false;
         }
         self.active = true;
         let now = tokio::time::Instant::now();
@@ -1363,7 +1382,7 @@ impl PauseLog {
             .is_some_and(|t| now.duration_since(t) < PAUSE_LOG_INTERVAL)
         {
             self.unlogged += 1;
-            return;
+            return true;
         }
         self.last_logged = Some(now);
         let backlog = outbox.backlog();
@@ -1380,6 +1399,7 @@ impl PauseLog {
             earlier_pauses = std::mem::take(&mut self.unlogged),
             "not reading the client's requests for now: {reason}"
         );
+        true
     }
 
     fn ended(&mut self) {

@@ -44,6 +44,7 @@ pub mod hub;
 pub mod invalidations;
 pub mod iterators;
 pub mod logging;
+pub mod metrics;
 pub mod monitor;
 pub mod outbox;
 mod server;
