@@ -12,7 +12,7 @@ use zeo_pickle::describe;
 use zeo_storage::{BeginOptions, Oid, Tid, TransactionMetaData};
 
 use crate::error::CliError;
-use crate::render;
+use crate::{nagios, render};
 
 /// Runs `work`, failing with [`CliError::Timeout`] when it takes longer
 /// than `limit`.
@@ -40,6 +40,26 @@ where
     Ok(value)
 }
 
+/// How `up` and `status` print their answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Lines for people.
+    Text,
+    /// One JSON object.
+    Json,
+    /// A Nagios plugin's status line, performance data and exit status.
+    Nagios,
+}
+
+/// What `up` saw.
+struct UpReport {
+    read_only: bool,
+    last_transaction: Tid,
+    /// The root's size and serial; `None` for an empty database.
+    root: Option<(usize, Tid)>,
+    committed: Option<Tid>,
+}
+
 /// `up`: healthy when a verified connection comes up within `limit`, the
 /// root object loads (or the storage is still empty) and, with `commit`,
 /// an empty transaction commits.
@@ -52,39 +72,18 @@ pub async fn up(
     options: ClientOptions,
     limit: Duration,
     commit: bool,
+    output: Output,
 ) -> Result<ExitCode, CliError> {
     let started = Instant::now();
     let servers: Vec<String> = options.servers.iter().map(|s| s.to_string()).collect();
     let storage = options.storage.clone();
     let check = with_client(options, |client| async move {
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "connected to {} (storage {storage:?}, {})",
-            servers.join(", "),
-            if client.is_read_only() {
-                "read-only"
-            } else {
-                "writable"
-            }
-        )?;
-        writeln!(
-            out,
-            "last transaction {}",
-            render::tid_with_time(client.last_transaction())
-        )?;
-        match client.load_before(Oid::ROOT, Tid::MAX).await {
-            Ok(Some(root)) => writeln!(
-                out,
-                "root object: {} bytes, serial {}",
-                root.data.len(),
-                root.start
-            )?,
-            Ok(None) | Err(zeo_client::Error::Storage(zeo_storage::Error::PosKey { .. })) => {
-                writeln!(out, "no root object yet (empty database)")?
-            }
+        let root = match client.load_before(Oid::ROOT, Tid::MAX).await {
+            Ok(Some(root)) => Some((root.data.len(), root.start)),
+            Ok(None) | Err(zeo_client::Error::Storage(zeo_storage::Error::PosKey { .. })) => None,
             Err(e) => return Err(e.into()),
-        }
+        };
+        let mut committed = None;
         if commit {
             let meta = TransactionMetaData {
                 user: Vec::new(),
@@ -98,29 +97,85 @@ pub async fn up(
             }
             .await;
             match finished {
-                Ok(tid) => writeln!(out, "committed an empty transaction {tid}")?,
+                Ok(tid) => committed = Some(tid),
                 Err(e) => {
                     client.tpc_abort(txn).await;
                     return Err(e.into());
                 }
             }
         }
-        Ok(())
+        Ok(UpReport {
+            read_only: client.is_read_only(),
+            last_transaction: client.last_transaction(),
+            root,
+            committed,
+        })
     });
-    match bounded(limit, check).await {
-        Ok(()) => {
-            let mut out = std::io::stdout().lock();
+    let outcome = bounded(limit, check).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut out = std::io::stdout().lock();
+    match (outcome, output) {
+        (Err(CliError::Output(e)), _) => Err(CliError::Output(e)),
+        (Ok(r), Output::Text) => {
             writeln!(
                 out,
-                "healthy; elapsed time {:.3} s",
-                started.elapsed().as_secs_f64()
+                "connected to {} (storage {storage:?}, {})",
+                servers.join(", "),
+                if r.read_only { "read-only" } else { "writable" }
             )?;
+            writeln!(
+                out,
+                "last transaction {}",
+                render::tid_with_time(r.last_transaction)
+            )?;
+            match r.root {
+                Some((size, serial)) => {
+                    writeln!(out, "root object: {size} bytes, serial {serial}")?
+                }
+                None => writeln!(out, "no root object yet (empty database)")?,
+            }
+            if let Some(tid) = r.committed {
+                writeln!(out, "committed an empty transaction {tid}")?;
+            }
+            writeln!(out, "healthy; elapsed time {elapsed:.3} s")?;
             Ok(ExitCode::SUCCESS)
         }
-        Err(CliError::Output(e)) => Err(CliError::Output(e)),
-        Err(e) => {
+        (Ok(r), Output::Json) => {
+            let line = json!({
+                "healthy": true,
+                "servers": servers,
+                "storage": storage,
+                "read_only": r.read_only,
+                "last_transaction": render::id_hex(r.last_transaction.0),
+                "root": r.root.map(|(size, serial)| json!({"size": size, "serial": render::id_hex(serial.0)})),
+                "committed": r.committed.map(|t| render::id_hex(t.0)),
+                "elapsed": elapsed,
+            });
+            writeln!(out, "{line}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (Ok(r), Output::Nagios) => {
+            let message = match r.committed {
+                Some(tid) => format!("OK: storage {storage:?} answers and committed {tid}"),
+                None => format!("OK: storage {storage:?} answers"),
+            };
+            let metrics = [format!("elapsed={elapsed:.6}s")];
+            out.write_all(nagios::render(&[message], &metrics).as_bytes())?;
+            Ok(nagios::Level::Ok.exit_code())
+        }
+        (Err(e), Output::Text) => {
             eprintln!("zeo-client: unhealthy: {e}");
             Ok(ExitCode::FAILURE)
+        }
+        (Err(e), Output::Json) => {
+            let line = json!({"healthy": false, "servers": servers, "storage": storage,
+                              "error": e.to_string(), "elapsed": elapsed});
+            writeln!(out, "{line}")?;
+            Ok(ExitCode::FAILURE)
+        }
+        (Err(e), Output::Nagios) => {
+            out.write_all(nagios::render(&[format!("CRITICAL: {e}")], &[]).as_bytes())?;
+            Ok(nagios::Level::Critical.exit_code())
         }
     }
 }
@@ -159,6 +214,42 @@ pub async fn status(options: ClientOptions, json: bool) -> Result<ExitCode, CliE
         print_dict(&status, json)
     })
     .await
+}
+
+/// `status --nagios`: the storage's counters as zeo-nagios reports them,
+/// with rates since the run that last wrote `state` (per `per`). A server
+/// that does not answer within `limit` is CRITICAL.
+pub async fn nagios_status(
+    options: ClientOptions,
+    limit: Duration,
+    state: Option<std::path::PathBuf>,
+    per: nagios::Per,
+) -> Result<ExitCode, CliError> {
+    let storage = options.storage.clone();
+    let asked = bounded(
+        limit,
+        with_client(options, |client| async move {
+            Ok(client.server_status().await?)
+        }),
+    )
+    .await;
+    let mut out = std::io::stdout().lock();
+    let status = match asked {
+        Ok(status) => status,
+        Err(e) => {
+            out.write_all(nagios::render(&[format!("Can't connect {e}")], &[]).as_bytes())?;
+            return Ok(nagios::Level::Critical.exit_code());
+        }
+    };
+    let state = state.as_deref().map(|p| (p, per));
+    let (text, level) = nagios::check_status(
+        &storage,
+        &render::to_json(&status),
+        state,
+        SystemTime::now(),
+    )?;
+    out.write_all(text.as_bytes())?;
+    Ok(level.exit_code())
 }
 
 /// `info`: the storage's `get_info` dict.

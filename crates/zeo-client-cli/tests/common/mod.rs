@@ -22,10 +22,15 @@ impl TestServer {
 
     /// A server of `storage`, named "1".
     pub fn serving(storage: Arc<dyn Storage>) -> TestServer {
+        TestServer::with_settings(ServerSettings::default(), storage)
+    }
+
+    /// A server of `storage`, named "1", with `settings`.
+    pub fn with_settings(settings: ServerSettings, storage: Arc<dyn Storage>) -> TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().unwrap();
-            let server = ServerBuilder::new(ServerSettings::default())
+            let server = ServerBuilder::new(settings)
                 .storage("1", storage)
                 .build()
                 .unwrap();
