@@ -22,6 +22,7 @@ use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
 use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
 use zeo_storage::{MappingStorage, Storage};
 
+mod backup;
 mod notify;
 mod passwd;
 
@@ -82,6 +83,47 @@ enum Command {
     /// Add, change or delete a user of a ZEO 3/4 digest password database,
     /// like ZEO 4's zeopasswd.
     Passwd(passwd::PasswdArgs),
+    /// Back a Data.fs up into a repozo repository (full, or incremental
+    /// when the repository allows), also while a server serves it.
+    Backup {
+        /// The Data.fs file.
+        #[arg(short = 'f', long = "file", value_name = "PATH")]
+        file: PathBuf,
+        /// The repository directory (must exist).
+        #[arg(short = 'r', long = "repository", value_name = "DIR")]
+        repository: PathBuf,
+        /// Force a full backup.
+        #[arg(short = 'F', long)]
+        full: bool,
+        /// Decide from the last backup's checksum only (repozo -Q)
+        /// instead of checksumming the whole repository.
+        #[arg(short = 'Q', long)]
+        quick: bool,
+        /// After a full backup, delete the older backups.
+        #[arg(short = 'k', long = "kill-old-on-full")]
+        kill_old_on_full: bool,
+        /// Name the files with this UTC time (YYYY-MM-DD-HH-MM-SS)
+        /// instead of now.
+        #[arg(long, value_name = "STAMP")]
+        time: Option<String>,
+    },
+    /// Restore a Data.fs (and its index) from a repozo repository.
+    Restore {
+        /// The repository directory.
+        #[arg(short = 'r', long = "repository", value_name = "DIR")]
+        repository: PathBuf,
+        /// Restore the state as of this UTC time:
+        /// YYYY-MM-DD[-HH[-MM[-SS]]] (default: the latest backup).
+        #[arg(short = 'D', long, value_name = "DATE")]
+        date: Option<String>,
+        /// The file to write (replaced if it exists).
+        #[arg(short = 'o', long, value_name = "PATH")]
+        output: PathBuf,
+        /// Check every backup file's size and md5 against the .dat while
+        /// restoring.
+        #[arg(short = 'w', long = "with-verify")]
+        with_verify: bool,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -129,6 +171,41 @@ fn main() -> ExitCode {
         Some(Command::Dump { path, decode }) => dump(&path, decode),
         Some(Command::Pack { path, days, no_gc }) => pack(&path, days, !no_gc),
         Some(Command::Passwd(args)) => passwd::passwd(args),
+        Some(Command::Backup {
+            file,
+            repository,
+            full,
+            quick,
+            kill_old_on_full,
+            time,
+        }) => {
+            let options = backup::BackupOptions {
+                file: &file,
+                repository: &repository,
+                full,
+                quick,
+                kill_old_on_full,
+                stamp: time.unwrap_or_else(backup::stamp_now),
+            };
+            report(backup::backup(&options).map(|done| match done {
+                backup::Backup::Full { path, bytes } => {
+                    format!("full backup: {bytes} bytes to {}", path.display())
+                }
+                backup::Backup::Incremental { path, bytes } => {
+                    format!("incremental backup: {bytes} bytes to {}", path.display())
+                }
+                backup::Backup::Unchanged => "no changes since the last backup".to_owned(),
+            }))
+        }
+        Some(Command::Restore {
+            repository,
+            date,
+            output,
+            with_verify,
+        }) => report(
+            backup::restore(&repository, date.as_deref(), &output, with_verify)
+                .map(|bytes| format!("restored {bytes} bytes to {}", output.display())),
+        ),
         None => match run(cli.run) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -136,6 +213,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Prints the outcome of an operator command: the line on stdout (exit 0)
+/// or the error on stderr (exit 1).
+fn report(outcome: Result<String, String>) -> ExitCode {
+    match outcome {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zeo-server: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
