@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -26,7 +26,14 @@ fn ready_after_binding_and_stopping_on_sigterm_reach_notify_socket() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let mut child = Command::new(binary())
-        .args(["-a", "127.0.0.1:0", "-f", "Data.fs"])
+        .args([
+            "-a",
+            "127.0.0.1:0",
+            "-f",
+            "Data.fs",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir.path())
         .env("NOTIFY_SOCKET", &socket_path)
         .stdin(Stdio::null())
@@ -56,13 +63,29 @@ fn ready_after_binding_and_stopping_on_sigterm_reach_notify_socket() {
         lines.contains(&format!("MAINPID={pid}").as_str()),
         "{ready}"
     );
-    // READY=1 comes after the address was bound: it is already printed,
-    // and it accepts connections.
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).unwrap();
+    // READY=1 comes after the addresses were bound: they are already
+    // printed, and they accept connections.
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().unwrap().unwrap();
     assert!(first.starts_with("listening on 127.0.0.1:"), "{first}");
     let port = first.trim().rsplit(':').next().unwrap();
     std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    let second = lines.next().unwrap().unwrap();
+    let metrics = second
+        .strip_prefix("metrics listening on ")
+        .unwrap_or_else(|| panic!("{second}"));
+    let mut scrape = std::net::TcpStream::connect(metrics).unwrap();
+    scrape
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    scrape.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut body = String::new();
+    scrape.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK\r\n"), "{body}");
+    assert!(
+        body.contains("\nzeo_connected_clients{storage=\"1\"} 0\n"),
+        "{body}"
+    );
 
     kill(libc::SIGTERM);
     let stopping = next_message(&socket);
