@@ -33,6 +33,11 @@ fn json_lines_rotate_by_size_and_name_the_client() {
         // The label is a one-way message: a round trip after it makes
         // sure the server has it before the client leaves.
         client.ping().unwrap();
+        if i == 11 {
+            // A pack runs on a thread of its own; its lines still name
+            // the client.
+            zeo_storage::Storage::pack(&client, 0.0, true).unwrap();
+        }
         client.close().unwrap();
     }
     server.signal(libc::SIGTERM);
@@ -79,4 +84,14 @@ fn json_lines_rotate_by_size_and_name_the_client() {
         })
     });
     assert!(carried, "{all}");
+    let pack = records
+        .iter()
+        .find(|r| r["message"] == "pack started")
+        .unwrap_or_else(|| panic!("{all}"));
+    assert!(
+        pack["context"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("label=checker-11")),
+        "{pack}"
+    );
 }

@@ -857,8 +857,11 @@ impl Conn {
         let hub = self.hub()?.clone();
         let outbox = self.outbox.clone();
         let pending = outbox.pending_reply();
+        // The pack's log lines name the client that asked for it.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _pending = pending;
+            let _in_connection = span.enter();
             tracing::info!(time, "pack started");
             let started = Instant::now();
             let result = hub.storage().pack(time, hub.pack_gc());
