@@ -460,6 +460,44 @@ pub fn restore(
     Ok(total)
 }
 
+/// Checks the backups of the latest full backup against its `.dat`, as
+/// repozo's `-V`: each file's size and (unless `quick`) md5. Returns how
+/// many files were checked.
+pub fn verify(repository: &Path, quick: bool) -> Result<usize, String> {
+    let files = find_files(repository, None)?;
+    let Some(full) = files.first() else {
+        return Err(format!("no backups in {}", repository.display()));
+    };
+    let entries = dat_entries(full)?;
+    for (name, size, sum) in &entries {
+        let path = repository.join(name);
+        let (actual_size, actual_sum) = if quick {
+            let len = std::fs::metadata(&path)
+                .map_err(|_| format!("{} is missing", path.display()))?
+                .len();
+            (len, sum.clone())
+        } else {
+            if !path.exists() {
+                return Err(format!("{} is missing", path.display()));
+            }
+            concat(std::slice::from_ref(&path), None)?
+        };
+        if actual_size != *size {
+            return Err(format!(
+                "{} is {actual_size} bytes, should be {size} bytes",
+                path.display()
+            ));
+        }
+        if actual_sum != *sum {
+            return Err(format!(
+                "{} has checksum {actual_sum} instead of {sum}",
+                path.display()
+            ));
+        }
+    }
+    Ok(entries.len())
+}
+
 /// The `.dat` beside the full backup `full`: (file name, size, md5) of
 /// each backup it lists.
 fn dat_entries(full: &Path) -> Result<Vec<(String, u64, String)>, String> {

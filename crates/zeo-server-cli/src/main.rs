@@ -124,6 +124,16 @@ enum Command {
         #[arg(short = 'w', long = "with-verify")]
         with_verify: bool,
     },
+    /// Check the latest backups of a repozo repository against their
+    /// .dat: sizes and md5 sums (repozo -V).
+    Verify {
+        /// The repository directory.
+        #[arg(short = 'r', long = "repository", value_name = "DIR")]
+        repository: PathBuf,
+        /// Check sizes only.
+        #[arg(short = 'Q', long)]
+        quick: bool,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -206,6 +216,9 @@ fn main() -> ExitCode {
             backup::restore(&repository, date.as_deref(), &output, with_verify)
                 .map(|bytes| format!("restored {bytes} bytes to {}", output.display())),
         ),
+        Some(Command::Verify { repository, quick }) => {
+            report(backup::verify(&repository, quick).map(|n| format!("{n} backup files verified")))
+        }
         None => match run(cli.run) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {

@@ -251,6 +251,21 @@ fn repozo_backups_are_restored_and_continued_by_us() {
     assert!(py.status.success(), "{py:?}");
     assert_eq!(read(&d.join("py.fs")), read(&path));
 
+    // Both verify the mixed repository; a flipped byte fails both.
+    let verified = zeo_server(&["verify", "-r", "repo"], d);
+    assert_eq!(ok(&verified, "verify").trim(), "3 backup files verified");
+    let inc = d.join("repo/2024-02-01-00-00-01.deltafs");
+    let mut bytes = read(&inc);
+    bytes[10] ^= 1;
+    std::fs::write(&inc, bytes).unwrap();
+    let broken = zeo_server(&["verify", "-r", "repo"], d);
+    assert_eq!(broken.status.code(), Some(1), "{broken:?}");
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("has checksum"));
+    let py_broken = repozo("now", &["-V", "-r", "repo"], d);
+    assert!(!py_broken.status.success());
+    let quick = zeo_server(&["verify", "-Q", "-r", "repo"], d);
+    ok(&quick, "verify -Q");
+
     // A full backup with -k leaves only itself.
     let killed = backup_at(d, "2024-02-01-00-00-04", &["-F", "-k"]);
     assert!(killed.starts_with("full backup: "), "{killed}");
