@@ -24,11 +24,13 @@ pub struct Venv {
     pub requirements: &'static [&'static str],
 }
 
-/// Current ZODB and ZEO (6.x), the main interop partner.
+/// Current ZODB and ZEO (6.x), the main interop partner, and
+/// `prometheus_client`, the reference parser the metrics endpoint's
+/// output is checked with.
 pub const ZEO6: Venv = Venv {
     name: "zeo6",
     env_var: "ZEO_PYTHON6",
-    requirements: &["ZODB", "ZEO", "msgpack"],
+    requirements: &["ZODB", "ZEO", "msgpack", "prometheus_client"],
 };
 
 /// ZEO 5, whose protocol version and quirks clients in the field still use.

@@ -20,6 +20,10 @@ pub enum CliError {
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
 
+    /// A record could not be decoded.
+    #[error("{0}")]
+    Record(String),
+
     /// The benchmark could not run as asked.
     #[error("bench: {0}")]
     Bench(String),

@@ -1,6 +1,6 @@
 //! The `zeo-client` command: ZEO's client-side tools in one binary —
 //! `up` (zeoup), `pack` (zeopack), `status`, `info`, `history`, `cat`,
-//! `log` and `bench`. Argument parsing and wiring only: the client is
+//! `refs`, `log` and `bench`. Argument parsing and wiring only: the client is
 //! `zeo-client`'s [`AsyncClientStorage`](zeo_client::AsyncClientStorage);
 //! output formatting lives in `render`, the benchmark in `bench`.
 
@@ -9,6 +9,7 @@
 mod bench;
 mod commands;
 mod error;
+mod nagios;
 mod render;
 
 use std::io::Write;
@@ -52,6 +53,17 @@ struct Cli {
     /// Show the client's warnings on stderr (-vv: its informational log).
     #[arg(short, long, action = ArgAction::Count, global = true)]
     verbose: u8,
+    /// Log in as this user (servers with `authentication-protocol
+    /// digest`); the password comes from --password-file or the
+    /// ZEO_PASSWORD environment variable.
+    #[arg(long, value_name = "USER", global = true)]
+    username: Option<String>,
+    /// Read the password from the first line of this file.
+    #[arg(long, value_name = "PATH", global = true, requires = "username")]
+    password_file: Option<std::path::PathBuf>,
+    /// The realm the server must announce (default: the server's).
+    #[arg(long, value_name = "REALM", global = true, requires = "username")]
+    realm: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -129,6 +141,12 @@ enum Command {
         /// storage's write path work).
         #[arg(long)]
         commit: bool,
+        /// Print one JSON object (with "healthy") instead of lines.
+        #[arg(long, conflicts_with = "nagios")]
+        json: bool,
+        /// Print a Nagios plugin's output; exit 0 (OK) or 2 (CRITICAL).
+        #[arg(long)]
+        nagios: bool,
     },
     /// Pack the storage on the server, like ZEO's zeopack.
     Pack {
@@ -139,8 +157,20 @@ enum Command {
     /// The server's `server_status` counters.
     Status {
         /// Print JSON instead of lines.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "nagios")]
         json: bool,
+        /// Print them as zeo-nagios does (status line, performance data)
+        /// and exit with the level: 0 OK, 1 WARNING (empty storage), 2
+        /// CRITICAL (no answer).
+        #[arg(long)]
+        nagios: bool,
+        /// With --nagios: keep the counters in this file and report rates
+        /// since the previous run (zeo-nagios -s; same file format).
+        #[arg(long, value_name = "PATH", requires = "nagios")]
+        state_file: Option<std::path::PathBuf>,
+        /// With --state-file: the time unit of rates (zeo-nagios -u).
+        #[arg(long, value_enum, default_value = "minutes", requires = "state_file")]
+        per: nagios::Per,
     },
     /// The storage's `get_info`.
     Info {
@@ -167,8 +197,32 @@ enum Command {
         #[arg(long, value_name = "TID")]
         serial: Option<String>,
         /// Write hex instead of raw bytes.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "decode")]
         hex: bool,
+        /// Print the record's class and state as an indented tree
+        /// (persistent references as oids with their class, long values
+        /// abbreviated). Nothing in the record is executed.
+        #[arg(long)]
+        decode: bool,
+        /// With --decode: print one JSON object instead of a tree.
+        #[arg(long, requires = "decode")]
+        json: bool,
+    },
+    /// List the objects an object references, with their classes; with
+    /// --back, the objects that reference it (a walk over every current
+    /// record, bounded by --max-objects rather than --timeout).
+    Refs {
+        /// The oid: 0x-prefixed or 16-digit hex, else decimal.
+        oid: String,
+        /// List the objects referring to OID instead.
+        #[arg(long)]
+        back: bool,
+        /// With --back: stop after reading this many records.
+        #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+        max_objects: u64,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Recent transactions, newest first (from the server's undo log).
     Log {
@@ -219,7 +273,26 @@ fn client_options(cli: &Cli, read_only: bool) -> Result<ClientOptions, CliError>
     options.min_disconnect_poll = Duration::from_millis(200);
     options.max_disconnect_poll = Duration::from_secs(2);
     options.client_label = Some("zeo-client".into());
+    if let Some(user) = &cli.username {
+        options.username = Some(user.clone());
+        options.realm = cli.realm.clone();
+        options.password = Some(password(cli.password_file.as_deref())?);
+    }
     Ok(options)
+}
+
+/// The password: the first line of `file`, else `$ZEO_PASSWORD`.
+fn password(file: Option<&std::path::Path>) -> Result<String, CliError> {
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("--password-file {}: {e}", path.display())))?;
+            Ok(text.lines().next().unwrap_or("").to_owned())
+        }
+        None => std::env::var("ZEO_PASSWORD").map_err(|_| {
+            CliError::Usage("--username needs --password-file or ZEO_PASSWORD".into())
+        }),
+    }
 }
 
 fn timeout(seconds: f64) -> Result<Duration, CliError> {
@@ -232,24 +305,73 @@ fn timeout(seconds: f64) -> Result<Duration, CliError> {
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let limit = timeout(cli.timeout)?;
     let writes = match &cli.command {
-        Command::Up { commit } => *commit,
+        Command::Up { commit, .. } => *commit,
         Command::Bench(_) => true,
         _ => false,
     };
     let options = client_options(&cli, !writes)?;
     match cli.command {
-        Command::Up { commit } => commands::up(options, limit, commit).await,
+        Command::Up {
+            commit,
+            json,
+            nagios,
+        } => {
+            let output = match (json, nagios) {
+                (_, true) => commands::Output::Nagios,
+                (true, _) => commands::Output::Json,
+                _ => commands::Output::Text,
+            };
+            commands::up(options, limit, commit, output).await
+        }
         Command::Pack { days } => commands::pack(options, days).await,
-        Command::Status { json } => commands::bounded(limit, commands::status(options, json)).await,
+        Command::Status {
+            nagios: true,
+            state_file,
+            per,
+            ..
+        } => commands::nagios_status(options, limit, state_file, per).await,
+        Command::Status { json, .. } => {
+            commands::bounded(limit, commands::status(options, json)).await
+        }
         Command::Info { json } => commands::bounded(limit, commands::info(options, json)).await,
         Command::History { oid, size, json } => {
             let oid = render::parse_oid(&oid)?;
             commands::bounded(limit, commands::history(options, oid, size, json)).await
         }
-        Command::Cat { oid, serial, hex } => {
+        Command::Cat {
+            oid,
+            serial,
+            hex,
+            decode,
+            json,
+        } => {
             let oid = render::parse_oid(&oid)?;
             let serial = serial.as_deref().map(render::parse_tid).transpose()?;
-            commands::bounded(limit, commands::cat(options, oid, serial, hex)).await
+            let format = match (decode, json, hex) {
+                (true, true, _) => commands::CatFormat::Json,
+                (true, false, _) => commands::CatFormat::Tree,
+                (false, _, true) => commands::CatFormat::Hex,
+                (false, _, false) => commands::CatFormat::Raw,
+            };
+            commands::bounded(limit, commands::cat(options, oid, serial, format)).await
+        }
+        Command::Refs {
+            oid,
+            back: false,
+            json,
+            ..
+        } => {
+            let oid = render::parse_oid(&oid)?;
+            commands::bounded(limit, commands::refs(options, oid, json)).await
+        }
+        Command::Refs {
+            oid,
+            back: true,
+            max_objects,
+            json,
+        } => {
+            let oid = render::parse_oid(&oid)?;
+            commands::back_refs(options, oid, max_objects, json).await
         }
         Command::Log { count, json } => {
             commands::bounded(limit, commands::log(options, count, json)).await

@@ -2,7 +2,7 @@
 //! people (lines) and programs (JSON).
 
 use serde_json::{json, Map, Value as Json};
-use zeo_pickle::Value;
+use zeo_pickle::{describe, Value};
 use zeo_storage::{Oid, Tid, TimeStamp};
 
 use crate::error::CliError;
@@ -88,6 +88,76 @@ pub fn to_json(value: &Value) -> Json {
             Json::Object(map)
         }
         other => json!(format!("{other:?}")),
+    }
+}
+
+/// An 8-byte id as the 16 hex digits ZODB tools print.
+pub fn id_hex(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// A record's state as JSON for `cat --decode --json`, bounded by
+/// `limits` like the tree: persistent references become
+/// `{"ref": oid, "class": name or null}`, bytes `{"bytes": hex, "length":
+/// n}` (cut to `max_bytes`), dicts with text keys objects and other dicts
+/// lists of pairs, objects `{"call": class, "args": ...}` or `{"object":
+/// ..., "state": ...}`; past `max_depth` a value is `"…"`.
+pub fn state_json(value: &Value, limits: &describe::Limits) -> Json {
+    state_json_at(value, limits, 0)
+}
+
+fn state_json_at(value: &Value, limits: &describe::Limits, depth: usize) -> Json {
+    if depth >= limits.max_depth {
+        return json!("…");
+    }
+    let next = |v: &Value| state_json_at(v, limits, depth + 1);
+    let list =
+        |items: &[Value]| Json::Array(items.iter().take(limits.max_items).map(next).collect());
+    let pairs = |items: &[(Value, Value)]| {
+        if items.iter().all(|(k, _)| matches!(k, Value::Str(_))) {
+            let mut map = Map::new();
+            for (k, v) in items.iter().take(limits.max_items) {
+                map.insert(key_text(k), next(v));
+            }
+            Json::Object(map)
+        } else {
+            Json::Array(
+                items
+                    .iter()
+                    .take(limits.max_items)
+                    .map(|(k, v)| json!([next(k), next(v)]))
+                    .collect(),
+            )
+        }
+    };
+    let bytes =
+        |b: &[u8]| json!({"bytes": hex(&b[..b.len().min(limits.max_bytes)]), "length": b.len()});
+    match value {
+        Value::None => Json::Null,
+        Value::Bool(b) => json!(b),
+        Value::Int(i) => json!(i),
+        Value::BigInt(b) => json!({"bigint_le": hex(b)}),
+        Value::Float(f) => json!(f),
+        Value::Str(s) if s.chars().count() > limits.max_chars => {
+            json!({"text": s.chars().take(limits.max_chars).collect::<String>(), "length": s.chars().count()})
+        }
+        Value::Str(s) => json!(s),
+        Value::Bytes(b) | Value::ByteArray(b) => bytes(b),
+        Value::Tuple(items) | Value::List(items) | Value::Set(items) | Value::FrozenSet(items) => {
+            list(items)
+        }
+        Value::Dict(items) => pairs(items),
+        Value::Global { module, name } => json!({"class": format!("{module}.{name}")}),
+        Value::PersistentId(id) => match describe::reference(value) {
+            Some((oid, class)) => json!({"ref": id_hex(oid), "class": class}),
+            None => json!({"persistent_id": next(id)}),
+        },
+        Value::Call { callable, args, .. } => json!({"call": next(callable), "args": next(args)}),
+        Value::Build { object, state } => json!({"object": next(object), "state": next(state)}),
+        Value::ListItems { object, items } => json!({"object": next(object), "items": list(items)}),
+        Value::DictItems { object, items } => {
+            json!({"object": next(object), "items": pairs(items)})
+        }
     }
 }
 

@@ -1,70 +1,16 @@
 //! The `zeo-client` binary against an in-process `zeo-server` on
 //! 127.0.0.1: every subcommand, its output and its exit status.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::TestServer;
 use serde_json::Value as Json;
-use zeo_client::{ClientOptions, ClientStorage, ServerAddress};
-use zeo_server::{BoundAddress, ListenAddress, ServerBuilder, ServerHandle, ServerSettings};
-use zeo_storage::{BeginOptions, MappingStorage, Oid, Storage, Tid, TransactionMetaData};
-
-/// A server on its own runtime thread, shut down on drop.
-struct TestServer {
-    port: u16,
-    handle: ServerHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl TestServer {
-    fn start() -> TestServer {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            let server = ServerBuilder::new(ServerSettings::default())
-                .storage("1", Arc::new(MappingStorage::new("1")))
-                .build()
-                .unwrap();
-            let port = {
-                let _guard = rt.enter();
-                match &server.bind(&ListenAddress::localhost(0)).unwrap()[0] {
-                    BoundAddress::Tcp(addr) => addr.port(),
-                    other => panic!("{other}"),
-                }
-            };
-            tx.send((port, server.handle())).unwrap();
-            rt.block_on(server.serve(std::future::pending())).unwrap();
-        });
-        let (port, handle) = rx.recv().unwrap();
-        TestServer {
-            port,
-            handle,
-            thread: Some(thread),
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn client(&self) -> ClientStorage {
-        ClientStorage::open(ClientOptions::new(vec![ServerAddress::localhost(
-            self.port,
-        )]))
-        .unwrap()
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+use zeo_client::ClientStorage;
+use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 
 fn zeo_client(server: &str, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_zeo-client"))

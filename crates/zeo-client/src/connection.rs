@@ -271,11 +271,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.reserve(READ_CHUNK);
             }
             let had = self.buf.len();
-            let n = self
-                .rd
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(read_error)?;
+            let n = self.rd.read_buf(&mut self.buf).await.map_err(read_error)?;
             if n == 0 {
                 return Err(Error::Disconnected(
                     if had == 0 {

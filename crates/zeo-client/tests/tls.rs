@@ -216,6 +216,21 @@ fn each_tls_failure_fails_fast_with_an_error_naming_its_reason() {
         "{err}"
     );
 
+    // The server counted each failure under its reason, for the metrics
+    // endpoint (the count follows the client's error: wait for it).
+    let counted = zeo_testkit::wait_until(Duration::from_secs(10), || {
+        let failures = secured.tls_failures();
+        [
+            "unknown_issuer",
+            "no_client_certificate",
+            "rejected_by_peer",
+            "timeout",
+        ]
+        .iter()
+        .all(|reason| failures.get(*reason).is_some_and(|n| *n >= 1))
+    });
+    assert!(counted, "{:?}", secured.tls_failures());
+
     // The server kept serving through all of it.
     let ok =
         ClientStorage::open(with(client_tls(Some(&c.client), &c.ca.certificate, None))).unwrap();

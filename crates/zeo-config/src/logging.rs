@@ -118,6 +118,9 @@ pub struct LogFile {
     pub encoding: Option<String>,
     /// Open the file only when the first record is written.
     pub delay: bool,
+    /// Write each record as one JSON object per line instead of `format`
+    /// (a zeo-rs key: `json on`; Python's ZConfig does not know it).
+    pub json: bool,
     /// Where the section starts.
     pub location: Location,
 }
@@ -147,6 +150,7 @@ const LOGFILE_KEYS: &[KeySpec] = &[
     key("interval"),
     key("encoding"),
     key("delay"),
+    key("json"),
 ];
 
 impl EventLog {
@@ -175,6 +179,14 @@ fn unescape(s: &str) -> String {
         .replace("\\b", "\u{8}")
         .replace("\\f", "\u{c}")
         .replace("\\r", "\r")
+}
+
+/// The `when` codes Python's `TimedRotatingFileHandler` accepts (it
+/// refuses others when the handler is built; here the file is refused).
+fn valid_when(when: &str) -> bool {
+    let w = when.to_ascii_uppercase();
+    matches!(w.as_str(), "S" | "M" | "H" | "D" | "MIDNIGHT")
+        || (w.len() == 2 && w.starts_with('W') && matches!(w.as_bytes()[1], b'0'..=b'6'))
 }
 
 fn parse_style(s: &str) -> Result<LogFormatStyle, String> {
@@ -225,6 +237,11 @@ impl LogFile {
                 return Err(conflict("old-files must be set for log rotation".into()));
             }
             if !when.is_empty() {
+                if !valid_when(&when) {
+                    return Err(conflict(format!(
+                        "when {when:?}: must be S, M, H, D, midnight or W0 to W6"
+                    )));
+                }
                 if max_size.0 != 0 {
                     return Err(conflict("cannot set both max-size and when".into()));
                 }
@@ -263,6 +280,7 @@ impl LogFile {
             rotation,
             encoding,
             delay,
+            json: c.bool("json")?.unwrap_or(false),
             location: section.location.clone(),
         })
     }
@@ -271,6 +289,16 @@ impl LogFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn when_codes() {
+        for ok in ["S", "m", "H", "d", "midnight", "MIDNIGHT", "W0", "w6"] {
+            assert!(valid_when(ok), "{ok}");
+        }
+        for bad in ["", "W7", "W", "X", "W00", "hour"] {
+            assert!(!valid_when(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn escapes() {

@@ -81,6 +81,9 @@ pub struct ZeoConfig {
     pub max_message_size: ByteSize,
     /// ZEO 3/4 monitor server address.
     pub monitor_address: Option<SocketAddress>,
+    /// Where the Prometheus metrics endpoint listens (`metrics-address`, a
+    /// zeo-rs key); a bare port means `127.0.0.1`.
+    pub metrics_address: Option<SocketAddress>,
     /// ZEO 3/4 authentication protocol name (e.g. `digest`).
     pub authentication_protocol: Option<String>,
     /// ZEO 3/4 password database.
@@ -132,6 +135,7 @@ impl ZeoConfig {
             ssl: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             monitor_address: None,
+            metrics_address: None,
             authentication_protocol: None,
             authentication_database: None,
             authentication_realm: None,
@@ -179,6 +183,7 @@ const ZEO_KEYS: &[KeySpec] = &[
     key("msgpack"),
     key("max-message-size"),
     key("monitor-address"),
+    key("metrics-address"),
     key("authentication-protocol"),
     key("authentication-database"),
     key("authentication-realm"),
@@ -281,6 +286,7 @@ impl ZeoConfig {
                 .get("max-message-size", parse_max_message_size)?
                 .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
             monitor_address: c.get("monitor-address", SocketAddress::parse_binding)?,
+            metrics_address: c.get("metrics-address", SocketAddress::parse_binding)?,
             authentication_protocol: c.string("authentication-protocol"),
             authentication_database: c.path("authentication-database"),
             authentication_realm: c.string("authentication-realm"),

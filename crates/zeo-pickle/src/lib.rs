@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod decode;
+pub mod describe;
 mod encode;
 mod error;
 pub mod graph;

@@ -14,12 +14,16 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
-use zeo_config::{LogHandler, LogPath, ServerConfig, SocketAddress, StorageKind};
-use zeo_server::logging::{level_filter, PythonFormat, ReopenableFile};
+use zeo_config::{LogHandler, LogPath, LogRotation, ServerConfig, SocketAddress, StorageKind};
+use zeo_server::logging::{
+    level_filter, JsonFormat, LineFormat, PythonFormat, ReopenableFile, Rotation, When,
+};
 use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
 use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
-use zeo_storage::{MappingStorage, Pack, Storage};
+use zeo_storage::{Iteration, MappingStorage, Pack, Storage};
 
+mod backup;
+mod notify;
 mod passwd;
 
 /// Address served when none is configured.
@@ -58,6 +62,12 @@ enum Command {
     Dump {
         /// The Data.fs file.
         path: PathBuf,
+        /// Instead, print every transaction with each of its records'
+        /// class and state as an indented tree (persistent references as
+        /// oids with their class, long values abbreviated). Nothing in the
+        /// records is executed; the file is opened read-only.
+        #[arg(long)]
+        decode: bool,
     },
     /// Pack a Data.fs that no server has open.
     Pack {
@@ -73,6 +83,57 @@ enum Command {
     /// Add, change or delete a user of a ZEO 3/4 digest password database,
     /// like ZEO 4's zeopasswd.
     Passwd(passwd::PasswdArgs),
+    /// Back a Data.fs up into a repozo repository (full, or incremental
+    /// when the repository allows), also while a server serves it.
+    Backup {
+        /// The Data.fs file.
+        #[arg(short = 'f', long = "file", value_name = "PATH")]
+        file: PathBuf,
+        /// The repository directory (must exist).
+        #[arg(short = 'r', long = "repository", value_name = "DIR")]
+        repository: PathBuf,
+        /// Force a full backup.
+        #[arg(short = 'F', long)]
+        full: bool,
+        /// Decide from the last backup's checksum only (repozo -Q)
+        /// instead of checksumming the whole repository.
+        #[arg(short = 'Q', long)]
+        quick: bool,
+        /// After a full backup, delete the older backups.
+        #[arg(short = 'k', long = "kill-old-on-full")]
+        kill_old_on_full: bool,
+        /// Name the files with this UTC time (YYYY-MM-DD-HH-MM-SS)
+        /// instead of now.
+        #[arg(long, value_name = "STAMP")]
+        time: Option<String>,
+    },
+    /// Restore a Data.fs (and its index) from a repozo repository.
+    Restore {
+        /// The repository directory.
+        #[arg(short = 'r', long = "repository", value_name = "DIR")]
+        repository: PathBuf,
+        /// Restore the state as of this UTC time:
+        /// YYYY-MM-DD[-HH[-MM[-SS]]] (default: the latest backup).
+        #[arg(short = 'D', long, value_name = "DATE")]
+        date: Option<String>,
+        /// The file to write (replaced if it exists).
+        #[arg(short = 'o', long, value_name = "PATH")]
+        output: PathBuf,
+        /// Check every backup file's size and md5 against the .dat while
+        /// restoring.
+        #[arg(short = 'w', long = "with-verify")]
+        with_verify: bool,
+    },
+    /// Check the latest backups of a repozo repository against their
+    /// .dat: sizes and md5 sums (repozo -V).
+    Verify {
+        /// The repository directory.
+        #[arg(short = 'r', long = "repository", value_name = "DIR")]
+        repository: PathBuf,
+        /// Check sizes only.
+        #[arg(short = 'Q', long)]
+        quick: bool,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -107,15 +168,57 @@ struct RunArgs {
     /// configured monitor-address).
     #[arg(short = 'm', long = "monitor", value_name = "ADDR")]
     monitor: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) at this address; a bare
+    /// port binds 127.0.0.1 (replaces the configured metrics-address).
+    #[arg(long = "metrics", value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { path, refs }) => check(&path, refs),
-        Some(Command::Dump { path }) => dump(&path),
+        Some(Command::Dump { path, decode }) => dump(&path, decode),
         Some(Command::Pack { path, days, no_gc }) => pack(&path, days, !no_gc),
         Some(Command::Passwd(args)) => passwd::passwd(args),
+        Some(Command::Backup {
+            file,
+            repository,
+            full,
+            quick,
+            kill_old_on_full,
+            time,
+        }) => {
+            let options = backup::BackupOptions {
+                file: &file,
+                repository: &repository,
+                full,
+                quick,
+                kill_old_on_full,
+                stamp: time.unwrap_or_else(backup::stamp_now),
+            };
+            report(backup::backup(&options).map(|done| match done {
+                backup::Backup::Full { path, bytes } => {
+                    format!("full backup: {bytes} bytes to {}", path.display())
+                }
+                backup::Backup::Incremental { path, bytes } => {
+                    format!("incremental backup: {bytes} bytes to {}", path.display())
+                }
+                backup::Backup::Unchanged => "no changes since the last backup".to_owned(),
+            }))
+        }
+        Some(Command::Restore {
+            repository,
+            date,
+            output,
+            with_verify,
+        }) => report(
+            backup::restore(&repository, date.as_deref(), &output, with_verify)
+                .map(|bytes| format!("restored {bytes} bytes to {}", output.display())),
+        ),
+        Some(Command::Verify { repository, quick }) => {
+            report(backup::verify(&repository, quick).map(|n| format!("{n} backup files verified")))
+        }
         None => match run(cli.run) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
@@ -123,6 +226,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Prints the outcome of an operator command: the line on stdout (exit 0)
+/// or the error on stderr (exit 1).
+fn report(outcome: Result<String, String>) -> ExitCode {
+    match outcome {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zeo-server: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -177,10 +295,14 @@ fn check_refs(path: &Path) -> ExitCode {
     }
 }
 
-fn dump(path: &Path) -> ExitCode {
+fn dump(path: &Path, decode: bool) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = zeo_storage::filestorage::dump(path, &mut out);
+    let result = if decode {
+        dump_decoded(path, &mut out)
+    } else {
+        zeo_storage::filestorage::dump(path, &mut out)
+    };
     let flushed = out.flush();
     match (result, flushed) {
         (Ok(()), Ok(())) => ExitCode::SUCCESS,
@@ -193,6 +315,45 @@ fn dump(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `dump --decode`: each transaction's header line, then each record's
+/// oid and decoded tree, indented under it.
+fn dump_decoded(path: &Path, out: &mut dyn Write) -> zeo_storage::Result<()> {
+    use zeo_pickle::describe;
+    let options = FileStorageOptions {
+        read_only: true,
+        ..FileStorageOptions::default()
+    };
+    let storage = FileStorage::open(path, options)?;
+    let io = |e| zeo_storage::Error::io("writing the dump", e);
+    let limits = describe::Limits::default();
+    for txn in storage.iterator(None, None)? {
+        let txn = txn?;
+        writeln!(
+            out,
+            "transaction {} {} user={:?} description={:?}",
+            txn.tid,
+            zeo_storage::TimeStamp::from_tid(txn.tid),
+            String::from_utf8_lossy(&txn.meta.user),
+            String::from_utf8_lossy(&txn.meta.description)
+        )
+        .map_err(io)?;
+        for record in &txn.records {
+            write!(out, "  oid {}: ", record.oid).map_err(io)?;
+            let text = match &record.data {
+                None => "no data (creation undone or deleted)\n".to_owned(),
+                Some(data) => describe::describe_record(data, &limits)
+                    .unwrap_or_else(|e| format!("undecodable record: {e}\n")),
+            };
+            // The tree's lines, indented under the oid line.
+            for (i, line) in text.lines().enumerate() {
+                let pad = if i == 0 { "" } else { "    " };
+                writeln!(out, "{pad}{line}").map_err(io)?;
+            }
+        }
+    }
+    storage.close()
 }
 
 fn pack(path: &Path, days: f64, gc: bool) -> ExitCode {
@@ -287,6 +448,7 @@ fn plan(
             .unwrap_or_else(|| std::env::var_os("ZEO_MSGPACK").is_some_and(|v| !v.is_empty()));
         pid_file = zeo.pid_filename.clone();
         settings.monitor_address = zeo.monitor_address.as_ref().map(listen_address);
+        settings.metrics_address = zeo.metrics_address.as_ref().map(listen_address);
         if args.address.is_empty() {
             addresses.push(listen_address(&zeo.address));
         }
@@ -304,6 +466,9 @@ fn plan(
     }
     if let Some(m) = &args.monitor {
         settings.monitor_address = Some(m.parse::<ListenAddress>().map_err(|e| e.to_string())?);
+    }
+    if let Some(m) = &args.metrics {
+        settings.metrics_address = Some(m.parse::<ListenAddress>().map_err(|e| e.to_string())?);
     }
     if let Some(n) = args.invalidation_queue_size {
         settings.invalidation_queue_size = n;
@@ -448,9 +613,57 @@ fn open_storage(
     }
 }
 
+type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// One `<logfile>`'s layer: its format (or JSON lines) to `writer`.
+fn log_layer<W>(
+    file: &zeo_config::LogFile,
+    writer: W,
+    level: tracing_subscriber::filter::LevelFilter,
+) -> BoxedLayer
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(writer);
+    let format = if file.json {
+        LineFormat::Json(JsonFormat)
+    } else {
+        LineFormat::Python(PythonFormat::new(
+            file.format.clone(),
+            file.dateformat.clone(),
+        ))
+    };
+    layer.event_format(format).with_filter(level).boxed()
+}
+
+/// The rotation a `<logfile>` asks for, in the server's terms.
+fn rotation(file: &zeo_config::LogFile) -> Result<Option<Rotation>, String> {
+    let count = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(match &file.rotation {
+        None => None,
+        Some(LogRotation::Size {
+            max_size,
+            old_files,
+        }) => Some(Rotation::Size {
+            max_bytes: max_size.bytes(),
+            old_files: count(*old_files),
+        }),
+        Some(LogRotation::Timed {
+            when,
+            interval,
+            old_files,
+        }) => Some(Rotation::Timed {
+            when: When::parse(when).ok_or_else(|| format!("<logfile> when {when:?}: unknown"))?,
+            interval: count(*interval),
+            old_files: count(*old_files),
+        }),
+    })
+}
+
 fn init_logging(config: Option<&ServerConfig>) -> Result<Vec<ReopenableFile>, String> {
-    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
-    let mut layers: Vec<Boxed> = Vec::new();
+    let mut layers: Vec<BoxedLayer> = Vec::new();
     let mut files = Vec::new();
     let eventlog = config.and_then(|c| c.eventlog.as_ref());
     let env_filter = std::env::var("RUST_LOG")
@@ -462,31 +675,15 @@ fn init_logging(config: Option<&ServerConfig>) -> Result<Vec<ReopenableFile>, St
                 eprintln!("zeo-server: ignoring an unsupported log handler");
                 continue;
             };
-            let format = PythonFormat::new(file.format.clone(), file.dateformat.clone());
             let level = level_filter(eventlog.level.0.max(file.level.0));
-            let layer: Boxed = match &file.path {
-                LogPath::Stdout => tracing_subscriber::fmt::layer()
-                    .event_format(format)
-                    .with_ansi(false)
-                    .with_writer(std::io::stdout)
-                    .with_filter(level)
-                    .boxed(),
-                LogPath::Stderr => tracing_subscriber::fmt::layer()
-                    .event_format(format)
-                    .with_ansi(false)
-                    .with_writer(std::io::stderr)
-                    .with_filter(level)
-                    .boxed(),
+            let layer: BoxedLayer = match &file.path {
+                LogPath::Stdout => log_layer(file, std::io::stdout, level),
+                LogPath::Stderr => log_layer(file, std::io::stderr, level),
                 LogPath::File(path) => {
-                    let writer = ReopenableFile::open(path)
+                    let writer = ReopenableFile::rotating(path, rotation(file)?)
                         .map_err(|e| format!("opening log file {}: {e}", path.display()))?;
                     files.push(writer.clone());
-                    tracing_subscriber::fmt::layer()
-                        .event_format(format)
-                        .with_ansi(false)
-                        .with_writer(writer)
-                        .with_filter(level)
-                        .boxed()
+                    log_layer(file, writer, level)
                 }
             };
             layers.push(layer);
@@ -498,10 +695,10 @@ fn init_logging(config: Option<&ServerConfig>) -> Result<Vec<ReopenableFile>, St
         });
         layers.push(
             tracing_subscriber::fmt::layer()
-                .event_format(PythonFormat::new(
+                .event_format(LineFormat::Python(PythonFormat::new(
                     "%(asctime)s %(levelname)s %(name)s %(message)s",
                     "%Y-%m-%dT%H:%M:%S",
-                ))
+                )))
                 .with_ansi(false)
                 .with_writer(std::io::stderr)
                 .with_filter(level)
@@ -568,11 +765,19 @@ async fn serve(plan: Plan) -> Result<(), String> {
     for bound in server.bind_monitor().map_err(|e| e.to_string())? {
         println!("monitor listening on {bound}");
     }
+    for bound in server.bind_metrics().map_err(|e| e.to_string())? {
+        println!("metrics listening on {bound}");
+    }
     let _ = std::io::stdout().flush();
     if let Some(path) = &pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .map_err(|e| format!("writing pid file {}: {e}", path.display()))?;
     }
+
+    // Every address is bound and the pid file written: units ordered
+    // after this one may connect now.
+    let notifier = notify::Notifier::from_env();
+    notifier.ready();
 
     let handle = server.handle();
     let signals = tokio::spawn(async move {
@@ -592,6 +797,7 @@ async fn serve(plan: Plan) -> Result<(), String> {
                 _ = usr1.recv() => reload_tls(tls.as_deref()),
             }
         }
+        notifier.stopping();
         handle.shutdown();
     });
     let result = server.serve(std::future::pending()).await;

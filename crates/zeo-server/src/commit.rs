@@ -292,6 +292,7 @@ pub fn finish(
 ) -> Result<Tid, Error> {
     let oids: crate::invalidations::OidList = oids.into();
     let mut publication = None;
+    let started = std::time::Instant::now();
     let storage = hub.storage();
     let result = storage.tpc_finish_submit(handle).and_then(|submitted| {
         storage.tpc_finish_durable(submitted, &mut |tid| {
@@ -302,6 +303,7 @@ pub fn finish(
     });
     // Only now may loads see the new transaction.
     drop(publication);
+    hub.stats().finish_seconds.observe(started.elapsed());
     result
 }
 

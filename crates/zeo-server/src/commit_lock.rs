@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::oneshot;
 
@@ -25,6 +25,9 @@ const ERROR_WAITING: usize = 9;
 #[derive(Debug, Default)]
 pub struct CommitLock {
     state: Mutex<LockState>,
+    /// How long queued votes waited for the lock (the metrics endpoint's
+    /// commit-lock waits).
+    waits: crate::stats::Histogram,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +66,7 @@ pub struct LockWait {
     conn: ConnId,
     rx: oneshot::Receiver<()>,
     settled: bool,
+    queued: Instant,
 }
 
 /// What [`CommitLock::acquire`] found.
@@ -108,6 +112,7 @@ impl CommitLock {
             conn,
             rx,
             settled: false,
+            queued: Instant::now(),
         })
     }
 
@@ -120,6 +125,11 @@ impl CommitLock {
     /// When the current holder took the lock.
     pub fn locked_since(&self) -> Option<SystemTime> {
         self.state().holder.map(|h| h.since)
+    }
+
+    /// How long votes that found the lock taken waited for it.
+    pub fn waits(&self) -> &crate::stats::Histogram {
+        &self.waits
     }
 
     /// How many votes are queued.
@@ -178,6 +188,7 @@ impl LockWait {
         loop {
             if (&mut self.rx).await.is_ok() {
                 self.settled = true;
+                self.lock.waits.observe(self.queued.elapsed());
                 return CommitGuard::new(self.lock.clone(), self.conn);
             }
             // The sender vanished without a grant; the lock only drops
@@ -190,6 +201,7 @@ impl LockWait {
                     since: SystemTime::now(),
                 });
                 self.settled = true;
+                self.lock.waits.observe(self.queued.elapsed());
                 return CommitGuard::new(self.lock.clone(), self.conn);
             }
             let (grant, rx) = oneshot::channel();

@@ -90,7 +90,9 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", id, peer = %peer);
+    // `label` is filled in when the client sends one, so that every line
+    // about this client names it.
+    let span = tracing::info_span!("conn", id, peer = %peer, label = tracing::field::Empty);
     tracing::Instrument::instrument(run(shared, stream, id, peer, nonce_peer), span).await;
 }
 
@@ -258,7 +260,9 @@ impl Conn {
             let deadline = self.session.deadline();
             let paused = outbox.is_paused();
             if paused {
-                pause.started(&self.peer, &outbox, &self.shared.settings);
+                if pause.started(&self.peer, &outbox, &self.shared.settings) {
+                    self.count_backpressure();
+                }
             } else {
                 pause.ended();
             }
@@ -461,10 +465,12 @@ impl Conn {
             }
             Ok(None) => {
                 tracing::warn!(%user, "authentication failed: wrong password");
+                self.shared.metrics.auth_failed();
                 self.outbox.reply(msgid, Value::Bool(false));
             }
             Err(err) => {
                 tracing::warn!(%user, %err, "authentication failed");
+                self.shared.metrics.auth_failed();
                 let unknown = matches!(err, zeo_auth::Error::NoSuchUser(_));
                 self.outbox
                     .reply_error(msgid, &WireError::login_failed(unknown, &err.to_string()));
@@ -643,6 +649,7 @@ impl Conn {
             ))),
             R::SetClientLabel { label } => {
                 tracing::info!(%label, peer = %self.peer, "client label");
+                tracing::Span::current().record("label", tracing::field::display(&label));
                 self.label = Some(label);
                 Ok(Outcome::Reply(Value::None))
             }
@@ -817,16 +824,28 @@ impl Conn {
         Ok(Outcome::Sent)
     }
 
+    /// Counts a pause in reading for the storage's metrics.
+    fn count_backpressure(&self) {
+        if let Ok(hub) = self.hub() {
+            StorageStats::bump(&hub.stats().backpressure_events);
+        }
+    }
+
     fn pack(&self, time: f64, wait: bool, msgid: Value, oneway: bool) -> Handled {
         // Packing is allowed on read-only connections, as in ZEO.
         let hub = self.hub()?.clone();
         let outbox = self.outbox.clone();
         let pending = outbox.pending_reply();
+        // The pack's log lines name the client that asked for it.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _pending = pending;
+            let _in_connection = span.enter();
             tracing::info!(time, "pack started");
+            let started = std::time::Instant::now();
             let result =
                 require(hub.storage().as_pack(), "pack").and_then(|p| p.pack(time, hub.pack_gc()));
+            hub.stats().record_pack(started.elapsed());
             match &result {
                 Ok(()) => {
                     tracing::info!(time, "pack complete");
@@ -1043,6 +1062,7 @@ impl Conn {
 
     async fn tpc_finish(&mut self, id: TxnId, msgid: Value, oneway: bool) -> Handled {
         let hub = self.hub()?.clone();
+        let lock_since = self.session.lock_held_since();
         let (handle, oids, small) = match self.session.finish(id)? {
             Finish::NotOpen => return Ok(Outcome::Reply(Value::None)),
             Finish::Run {
@@ -1069,6 +1089,9 @@ impl Conn {
         match result {
             Ok(tid) => {
                 StorageStats::bump(&hub.stats().commits);
+                hub.stats()
+                    .commit_seconds
+                    .observe(lock_since.map_or(Duration::ZERO, |since| since.elapsed()));
                 self.outbox
                     .send(&Message::call_async("info", vec![hub.size_info()]));
                 if !oneway {
@@ -1203,9 +1226,10 @@ struct PauseLog {
 }
 
 impl PauseLog {
-    fn started(&mut self, peer: &str, outbox: &Outbox, settings: &crate::ServerSettings) {
+    /// Notes a pause; true when it just began (not already paused).
+    fn started(&mut self, peer: &str, outbox: &Outbox, settings: &crate::ServerSettings) -> bool {
         if self.active {
-            return;
+            return false;
         }
         self.active = true;
         let now = tokio::time::Instant::now();
@@ -1214,7 +1238,7 @@ impl PauseLog {
             .is_some_and(|t| now.duration_since(t) < PAUSE_LOG_INTERVAL)
         {
             self.unlogged += 1;
-            return;
+            return true;
         }
         self.last_logged = Some(now);
         let backlog = outbox.backlog();
@@ -1231,6 +1255,7 @@ impl PauseLog {
             earlier_pauses = std::mem::take(&mut self.unlogged),
             "not reading the client's requests for now: {reason}"
         );
+        true
     }
 
     fn ended(&mut self) {

@@ -172,13 +172,18 @@ impl StorageHub {
                 zeo_protocol::reply::oid_list(&oids),
             ],
         );
-        self.broadcast(&message, Some(committer));
+        let sent = self.broadcast(&message, Some(committer));
+        let sent = u64::try_from(sent).unwrap_or(u64::MAX);
+        self.stats
+            .invalidations_sent
+            .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Queues `message` to every registered client except `except`,
-    /// encoding it once per encoding in use.
-    pub fn broadcast(&self, message: &Message, except: Option<ConnId>) {
+    /// encoding it once per encoding in use; returns how many were sent it.
+    pub fn broadcast(&self, message: &Message, except: Option<ConnId>) -> usize {
         let clients = lock(&self.clients);
+        let mut sent = 0;
         let mut encoded: [Option<bytes::Bytes>; 2] = [None, None];
         for (conn, outbox) in clients.iter() {
             if Some(*conn) == except {
@@ -193,14 +198,16 @@ impl StorageHub {
                     Ok(frame) => encoded[slot] = Some(frame),
                     Err(err) => {
                         tracing::error!(storage = %self.name, %err, method = %message.method, "cannot encode a broadcast");
-                        return;
+                        return sent;
                     }
                 }
             }
             if let Some(frame) = &encoded[slot] {
                 outbox.send_encoded(frame.clone());
+                sent += 1;
             }
         }
+        sent
     }
 
     /// Tells every client the storage's new size (after a pack).

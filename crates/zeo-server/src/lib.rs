@@ -53,6 +53,7 @@ mod hub;
 mod invalidations;
 mod iterators;
 pub mod logging;
+mod metrics;
 mod monitor;
 mod outbox;
 mod server;
@@ -63,6 +64,7 @@ mod storage_calls;
 mod txn_log;
 
 pub use error::{Error, Result};
+pub use metrics::ProcessMetrics;
 pub use monitor::{MonitorReport, MonitorStats};
 pub use server::{
     BackgroundServer, BoundAddress, ListenAddress, RunningServer, Server, ServerBuilder,

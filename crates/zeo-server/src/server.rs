@@ -208,6 +208,7 @@ pub(crate) struct Shared {
     connection_ended: tokio::sync::Notify,
     refusals: Mutex<RefusalLog>,
     bound: Mutex<Vec<BoundAddress>>,
+    pub(crate) metrics: Arc<crate::metrics::ProcessMetrics>,
 }
 
 /// Fewest seconds between two log lines about refused connections: a peer
@@ -324,7 +325,7 @@ impl Shared {
     }
 
     /// How many connections are served.
-    fn connection_count(&self) -> usize {
+    pub(crate) fn connection_count(&self) -> usize {
         lock(&self.connections).total
     }
 
@@ -427,9 +428,11 @@ impl ServerBuilder {
                 stopped: CancellationToken::new(),
                 next_conn_id: AtomicU64::new(1),
                 bound: Mutex::new(Vec::new()),
+                metrics: Arc::new(crate::metrics::ProcessMetrics::new()),
             }),
             listeners: Mutex::new(Vec::new()),
             monitors: Mutex::new(None),
+            metrics_listeners: Mutex::new(None),
         })
     }
 }
@@ -503,6 +506,8 @@ pub struct Server {
     listeners: Mutex<Vec<Listener>>,
     /// `None` until the monitor address is bound.
     monitors: Mutex<Option<Vec<Listener>>>,
+    /// `None` until the metrics address is bound.
+    metrics_listeners: Mutex<Option<Vec<Listener>>>,
 }
 
 /// Controls a running server from elsewhere (signal handlers, tests).
@@ -523,6 +528,12 @@ impl ServerHandle {
     /// The addresses the server listens on.
     pub fn local_addrs(&self) -> Vec<BoundAddress> {
         lock(&self.shared.bound).clone()
+    }
+
+    /// The process-wide counters of the metrics endpoint, for the layers
+    /// that count TLS handshake and login failures.
+    pub fn metrics(&self) -> &Arc<crate::metrics::ProcessMetrics> {
+        &self.shared.metrics
     }
 
     /// The first TCP port the server listens on (the one the system picked
@@ -626,6 +637,28 @@ fn first_port(shared: &Shared) -> Option<u16> {
     lock(&shared.bound).iter().find_map(BoundAddress::port)
 }
 
+/// How the monitor and the metrics endpoint bind their addresses.
+type BindFn = fn(&ListenAddress) -> Result<Vec<(Listener, BoundAddress)>>;
+
+/// Binds `address` with `bind` into `slot` unless it is unset or bound
+/// already (then nothing is bound and no address returned).
+fn bind_once(
+    slot: &Mutex<Option<Vec<Listener>>>,
+    address: Option<&ListenAddress>,
+    bind: BindFn,
+) -> Result<Vec<BoundAddress>> {
+    let Some(address) = address else {
+        return Ok(Vec::new());
+    };
+    let mut slot = lock(slot);
+    if slot.is_some() {
+        return Ok(Vec::new());
+    }
+    let (listeners, bound) = bind(address)?.into_iter().unzip();
+    *slot = Some(listeners);
+    Ok(bound)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -647,16 +680,16 @@ impl Server {
     /// the addresses bound (none when no monitor is configured or it is
     /// bound already). [`Server::serve`] binds it itself otherwise.
     pub fn bind_monitor(&self) -> Result<Vec<BoundAddress>> {
-        let Some(address) = &self.shared.settings.monitor_address else {
-            return Ok(Vec::new());
-        };
-        let mut monitors = lock(&self.monitors);
-        if monitors.is_some() {
-            return Ok(Vec::new());
-        }
-        let (listeners, bound) = crate::monitor::bind(address)?.into_iter().unzip();
-        *monitors = Some(listeners);
-        Ok(bound)
+        let address = self.shared.settings.monitor_address.as_ref();
+        bind_once(&self.monitors, address, crate::monitor::bind)
+    }
+
+    /// Binds [`ServerSettings::metrics_address`] now, when set, and returns
+    /// the addresses bound (none when no metrics endpoint is configured or
+    /// it is bound already). [`Server::serve`] binds it itself otherwise.
+    pub fn bind_metrics(&self) -> Result<Vec<BoundAddress>> {
+        let address = self.shared.settings.metrics_address.as_ref();
+        bind_once(&self.metrics_listeners, address, crate::metrics::bind)
     }
 
     /// The addresses bound so far.
@@ -726,9 +759,16 @@ impl Server {
         self.bind_monitor()?;
         let monitors = lock(&self.monitors).take().unwrap_or_default();
         let shared = self.shared.clone();
+        self.bind_metrics()?;
+        let metrics = lock(&self.metrics_listeners).take().unwrap_or_default();
         let monitor_tasks: Vec<_> = monitors
             .into_iter()
             .map(|m| tokio::spawn(crate::monitor::serve(m, shared.clone())))
+            .chain(
+                metrics
+                    .into_iter()
+                    .map(|m| tokio::spawn(crate::metrics::serve(m, shared.clone()))),
+            )
             .collect();
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let mut accept_tasks = Vec::new();
@@ -1016,7 +1056,10 @@ where
     };
     match handshake {
         Ok(stream) => crate::connection::serve(shared, stream, peer, nonce_peer).await,
-        Err(reason) => tracing::warn!(%peer, "TLS handshake failed: {reason}"),
+        Err(reason) => {
+            shared.metrics.tls_handshake_failed(reason.label());
+            tracing::warn!(%peer, "TLS handshake failed: {reason}");
+        }
     }
 }
 

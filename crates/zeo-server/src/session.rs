@@ -380,6 +380,14 @@ impl<L, W> Session<L, W> {
         matches!(self.phase, Phase::Voted { .. })
     }
 
+    /// When the commit lock this session holds was granted.
+    pub(crate) fn lock_held_since(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Voted { lock, .. } | Phase::Conflicted { lock, .. } => Some(lock.since),
+            _ => None,
+        }
+    }
+
     fn writable(&self) -> Result<(), WireError> {
         if self.read_only {
             return Err(WireError::read_only());

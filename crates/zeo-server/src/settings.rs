@@ -86,6 +86,10 @@ pub struct ServerSettings {
     /// Where the ZEO 3/4 monitor server listens (`monitor-address`); no
     /// monitor when `None`. See [`crate::MonitorReport`].
     pub monitor_address: Option<crate::ListenAddress>,
+    /// Where the Prometheus metrics endpoint listens (`metrics-address`,
+    /// `--metrics`); none when `None`. A bare port binds `127.0.0.1`. See
+    /// [`crate::metrics`].
+    pub metrics_address: Option<crate::ListenAddress>,
     /// ZEO 3/4 `digest` authentication (`authentication-protocol digest`):
     /// when set, a client must log in before `register`, and every later
     /// message in both directions carries a chained MAC. Only zeo-rs
@@ -132,6 +136,7 @@ impl fmt::Debug for ServerSettings {
             )
             .field("temporary_directory", &self.temporary_directory)
             .field("monitor_address", &self.monitor_address)
+            .field("metrics_address", &self.metrics_address)
             .field(
                 "authentication_realm",
                 &self.authentication.as_ref().map(|a| a.realm()),
@@ -162,6 +167,7 @@ impl Default for ServerSettings {
             commit_log_spill_threshold: crate::txn_log::DEFAULT_SPILL_THRESHOLD,
             temporary_directory: None,
             monitor_address: None,
+            metrics_address: None,
             authentication: None,
             conflict_resolution: true,
             tls: None,

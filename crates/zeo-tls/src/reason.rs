@@ -82,6 +82,31 @@ impl fmt::Display for FailureReason {
 }
 
 impl FailureReason {
+    /// A short stable name for the kind of failure, without the details
+    /// the message carries: a metric label, a key to count by.
+    ///
+    /// ```
+    /// use zeo_tls::FailureReason;
+    /// assert_eq!(FailureReason::UnknownIssuer.label(), "unknown_issuer");
+    /// assert_eq!(FailureReason::RejectedByPeer("bad certificate".into()).label(), "rejected_by_peer");
+    /// ```
+    pub fn label(&self) -> &'static str {
+        match self {
+            FailureReason::NotTls => "not_tls",
+            FailureReason::Timeout(_) => "timeout",
+            FailureReason::Closed => "closed",
+            FailureReason::UnknownIssuer => "unknown_issuer",
+            FailureReason::HostnameMismatch { .. } => "hostname_mismatch",
+            FailureReason::Expired => "expired",
+            FailureReason::NotYetValid => "not_yet_valid",
+            FailureReason::Revoked => "revoked",
+            FailureReason::UnknownRevocationStatus => "unknown_revocation_status",
+            FailureReason::NoClientCertificate => "no_client_certificate",
+            FailureReason::RejectedByPeer(_) => "rejected_by_peer",
+            FailureReason::Other(_) => "other",
+        }
+    }
+
     /// Classifies a rustls error.
     pub fn from_rustls(err: &rustls::Error) -> Self {
         use rustls::Error as E;

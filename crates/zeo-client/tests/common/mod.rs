@@ -71,6 +71,12 @@ impl TestServer {
     }
 
     /// Stops the server and waits until its storage is closed.
+    /// TLS handshakes this server saw fail, by reason.
+    #[allow(dead_code)]
+    pub fn tls_failures(&self) -> std::collections::BTreeMap<String, u64> {
+        self.handle.metrics().tls_handshake_failures()
+    }
+
     pub fn stop(mut self) {
         self.shutdown();
     }

@@ -42,10 +42,15 @@ pub(crate) fn append_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// and `Data.fs.index`, if any, is left as it was or removed: never a
 /// partial index under either name.
 pub(crate) fn save(data_path: &Path, pos: u64, index: &OidIndex, io: &Io) -> Result<bool> {
+    save_at(&index_path(data_path), pos, index, io)
+}
+
+/// [`save`] to the index file `final_path` itself (a backup's `.index`).
+pub(crate) fn save_at(final_path: &Path, pos: u64, index: &OidIndex, io: &Io) -> Result<bool> {
     if pos > MAX_POS || index.iter().any(|(_, p)| p > MAX_POS) {
         return Ok(false);
     }
-    let final_path = index_path(data_path);
+    let final_path = final_path.to_path_buf();
     let tmp_path = append_suffix(&final_path, ".index_tmp");
     let written = write_tmp(&tmp_path, pos, index, io);
     if let Err(e) = written {

@@ -346,6 +346,25 @@ impl FileStorage {
         Ok((Arc::clone(&p.file), p.pos, pos))
     }
 
+    /// A consistent point to back up from, as repozo takes one: the open
+    /// data file, its committed size, and the index as of that size
+    /// written to `index_path` in ZODB's `.index` format. The handle keeps
+    /// reading the same file even when a pack replaces the file under its
+    /// path afterwards, so copying its first `size` bytes yields exactly
+    /// the transactions committed at this point. Returns `false` as the
+    /// third value when the index could not be written in that format
+    /// (positions past 48 bits).
+    pub fn backup_point(&self, index_path: &Path) -> Result<(Arc<File>, u64, bool)> {
+        self.check_open()?;
+        let (file, pos, index) = {
+            let p = self.read_published();
+            // Copied, so that commits do not wait for the index file.
+            (Arc::clone(&p.file), p.pos, p.index.clone())
+        };
+        let saved = index_file::save_at(index_path, pos, &index, &self.io)?;
+        Ok((file, pos, saved))
+    }
+
     /// The data file and committed size.
     pub(crate) fn snapshot(&self) -> Result<(Arc<File>, u64)> {
         self.check_open()?;
