@@ -172,7 +172,8 @@ impl<C: Candidate> Round<C> {
     /// addresses failed) and the [`FailedRound`] to publish; for a
     /// `writable_only` round that only found a read-only server, that
     /// connection to close beside the error.
-    #[allow(clippy::type_complexity)]
+    // Built once per failed connection round: its size does not matter.
+    #[allow(clippy::type_complexity, clippy::result_large_err)]
     pub fn finish(self) -> Result<C, (Error, Option<FailedRound>, Option<C>)> {
         match self.chosen {
             Some(conn) if self.writable_only && conn.read_only() => Err((

@@ -437,7 +437,7 @@ pub enum Request {
     /// Another method: 405.
     MethodNotAllowed,
     /// Not HTTP/1.x: 400.
-    BadRequest,
+    Malformed,
 }
 
 /// Reads a request head (up to the blank line) from `head`, which must be
@@ -448,16 +448,16 @@ pub fn parse_request(head: &[u8]) -> Request {
         .position(|w| w == b"\r\n")
         .unwrap_or(head.len());
     let Ok(line) = std::str::from_utf8(&head[..line_end]) else {
-        return Request::BadRequest;
+        return Request::Malformed;
     };
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Request::BadRequest;
+        return Request::Malformed;
     };
     if !version.starts_with("HTTP/1.") {
-        return Request::BadRequest;
+        return Request::Malformed;
     }
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
@@ -498,7 +498,7 @@ where
             Some(head) => parse_request(&head),
             None => {
                 tracing::info!(%peer, "metrics: request head missing or over {MAX_REQUEST} bytes; closing");
-                Request::BadRequest
+                Request::Malformed
             }
         };
         let (status, body, head_only) = match request {
@@ -517,7 +517,7 @@ where
                 "only GET and HEAD\n".into(),
                 false,
             ),
-            Request::BadRequest => ("400 Bad Request", "bad request\n".into(), false),
+            Request::Malformed => ("400 Bad Request", "bad request\n".into(), false),
         };
         let mut response = format!(
             "HTTP/1.1 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -558,6 +558,6 @@ mod tests {
             parse_request(b"POST /metrics HTTP/1.1\r\n\r\n"),
             Request::MethodNotAllowed
         );
-        assert_eq!(parse_request(b"\x16\x03\x01"), Request::BadRequest);
+        assert_eq!(parse_request(b"\x16\x03\x01"), Request::Malformed);
     }
 }
