@@ -143,6 +143,26 @@ pub(crate) fn random_u64() -> u64 {
     h.finish()
 }
 
+/// How many `loadBefore` requests [`AsyncClientStorage::prefetch`] keeps
+/// unanswered at once: enough to keep a loopback or LAN link busy, few
+/// enough that a prefetch of a million oids neither queues a million
+/// requests nor makes the server queue a million replies.
+pub const PREFETCH_WINDOW: usize = 256;
+
+/// The outcome of one prefetched load: a failure of that revision alone
+/// is logged and skipped (the reader task already cached what came), a
+/// lost connection ends the prefetch.
+fn prefetched(oid: Oid, result: Result<Option<LoadedRevision>>) -> Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_disconnected() => Err(e),
+        Err(e) => {
+            tracing::debug!(%oid, error = %e, "prefetch of one object failed");
+            Ok(())
+        }
+    }
+}
+
 fn protocol_error(e: zeo_protocol::Error) -> Error {
     Error::Protocol(e.to_string())
 }
@@ -390,6 +410,62 @@ impl AsyncClientStorage {
         let conn = self.conn(self.inner.options.wait_timeout).await?;
         self.inner.server_loads.fetch_add(1, Ordering::Relaxed);
         conn.load_before(oid, before).await
+    }
+
+    /// Loads the revisions of `oids` current before `before` into the cache
+    /// (ZODB's `IPrefetchStorage.prefetch`; `Tid::MAX` for the current
+    /// ones), pipelined: the `loadBefore` requests go out back to back, at
+    /// most [`PREFETCH_WINDOW`] unanswered at a time, instead of one round
+    /// trip each. Oids the cache already answers are skipped, and a load of
+    /// the same revision already in flight (from another caller or another
+    /// prefetch) is joined rather than sent again. Returns once every
+    /// result is in the cache; a revision the server does not have (a
+    /// `POSKeyError`, say) is skipped, as ZEO's client only logs it.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: zeo_client::AsyncClientStorage) -> zeo_client::Result<()> {
+    /// use zeo_storage::{Oid, Tid};
+    ///
+    /// let oids: Vec<Oid> = (1..=100).map(Oid).collect();
+    /// client.prefetch(&oids, Tid::MAX).await?;
+    /// // Every load below is a cache hit.
+    /// for oid in oids {
+    ///     let _ = client.load(oid).await;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] when no connection comes within
+    /// `wait_timeout` or the connection is lost meanwhile.
+    pub async fn prefetch(&self, oids: &[Oid], before: Tid) -> Result<()> {
+        let missing: Vec<Oid> = oids
+            .iter()
+            .copied()
+            .filter(|&oid| self.cache().load_before(oid, before).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let conn = self.conn(self.inner.options.wait_timeout).await?;
+        let mut in_flight = std::collections::VecDeque::with_capacity(PREFETCH_WINDOW);
+        for oid in missing {
+            if in_flight.len() == PREFETCH_WINDOW {
+                if let Some((oid, rx)) = in_flight.pop_front() {
+                    prefetched(oid, conn.finish_load(rx).await)?;
+                }
+            }
+            let (rx, sent) = conn.start_load(oid, before)?;
+            if sent {
+                self.inner.server_loads.fetch_add(1, Ordering::Relaxed);
+            }
+            in_flight.push_back((oid, rx));
+        }
+        for (oid, rx) in in_flight {
+            prefetched(oid, conn.finish_load(rx).await)?;
+        }
+        Ok(())
     }
 
     /// One exact revision (`loadSerial`).

@@ -147,7 +147,7 @@ impl CallKey {
     }
 }
 
-type Reply = std::result::Result<Value, WireError>;
+pub(crate) type Reply = std::result::Result<Value, WireError>;
 /// Runs in the reader task when a reply arrives, before waiters wake.
 pub(crate) type ReplyHook = Box<dyn FnOnce(&Reply) + Send>;
 
@@ -750,6 +750,14 @@ impl Conn {
     /// `loadBefore`; identical concurrent loads share one request, and the
     /// result is cached by the reader task before anyone sees it.
     pub async fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<LoadedRevision>> {
+        let (rx, _) = self.start_load(oid, before)?;
+        self.finish_load(rx).await
+    }
+
+    /// Joins the in-flight `loadBefore(oid, before)`, or sends it when
+    /// there is none; `true` when this call sent the request. The reader
+    /// task caches the result before the receiver wakes.
+    pub fn start_load(&self, oid: Oid, before: Tid) -> Result<(oneshot::Receiver<Reply>, bool)> {
         let key = CallKey::Load(oid, before);
         let (rx, first) = self.register_waiter(key.clone(), None);
         if first {
@@ -761,6 +769,14 @@ impl Conn {
                 return Err(e);
             }
         }
+        Ok((rx, first))
+    }
+
+    /// The result of a load [`Conn::start_load`] joined.
+    pub async fn finish_load(
+        &self,
+        rx: oneshot::Receiver<Reply>,
+    ) -> Result<Option<LoadedRevision>> {
         let value = self.wait(rx).await?;
         replies::into_load_before(value).map_err(|e| Error::Protocol(e.to_string()))
     }

@@ -145,7 +145,7 @@ mod verify;
 mod vote;
 
 pub use cache::{CacheStats, ClientCache};
-pub use client::{AsyncClientStorage, ClientStats};
+pub use client::{AsyncClientStorage, ClientStats, PREFETCH_WINDOW};
 pub use commit::{AsyncTransaction, CommitOptions, Transaction};
 pub use connection::Notice;
 pub use error::{is_client_disconnected, Error, ErrorKind, Result};

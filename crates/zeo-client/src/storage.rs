@@ -167,6 +167,17 @@ impl ClientStorage {
     pub fn server_status(&self) -> Result<Value> {
         self.block(self.client.server_status())
     }
+
+    /// Loads the revisions of `oids` current before `before` into the
+    /// cache with pipelined requests, as [`AsyncClientStorage::prefetch`],
+    /// returning once they are cached.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] without a connection.
+    pub fn prefetch(&self, oids: &[Oid], before: Tid) -> Result<()> {
+        self.block(self.client.prefetch(oids, before))
+    }
 }
 
 /// Polls a future to completion on the current thread without a runtime;
