@@ -536,6 +536,11 @@ impl SizeBound {
         }
     }
 
+    /// The size a check brings the cache down to.
+    pub fn target(&self) -> u64 {
+        self.target
+    }
+
     /// Whether a check is running.
     pub fn is_running(&self) -> bool {
         self.running.load(std::sync::atomic::Ordering::Acquire)

@@ -262,6 +262,25 @@ impl AsyncClientStorage {
             .is_some_and(|b| b.checking_size())
     }
 
+    /// Runs a size check of the blob cache now, as the client does after
+    /// every `blob_cache_size_check` percent of `blob_cache_size`
+    /// downloaded (and as ZEO's `zeo-check-blob-size` script does): files
+    /// accessed least recently are removed until the cache is within
+    /// `blob_cache_size` less that percentage. Returns the bytes left (0
+    /// when another process was checking; it looks again before it stops).
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` without a bounded, non-shared blob cache;
+    /// [`Error::BlobIo`] when the directory cannot be read.
+    pub async fn check_blob_cache_size(&self) -> Result<u64> {
+        let state = self.blob_state()?.clone();
+        let Some(target) = state.bound.as_ref().map(SizeBound::target) else {
+            return Err(zeo_storage::Error::Unsupported("blob_cache_size is not set").into());
+        };
+        blocking(move || crate::blob_cache::check_size(state.dir.base(), target)).await
+    }
+
     /// The file holding the blob of revision `serial` of `oid` (ZEO's
     /// `loadBlob`). In a shared blob directory it is the server's file; in
     /// a cache it is downloaded first unless present, under the

@@ -288,6 +288,21 @@ impl Drop for PythonLockHolder {
     }
 }
 
+/// The first line of `out` containing `needle`, reading at most 10,000
+/// lines; `None` at the end of the output.
+fn line_with(out: &mut impl BufRead, needle: &str) -> Option<String> {
+    for _ in 0..10_000 {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            return None;
+        }
+        if line.contains(needle) {
+            return Some(line);
+        }
+    }
+    None
+}
+
 #[test]
 fn a_cache_directory_is_shared_with_a_python_client_through_its_locks() {
     let dir = tempfile::tempdir().unwrap();
@@ -365,35 +380,132 @@ fn a_cache_directory_is_shared_with_a_python_client_through_its_locks() {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    let mut waiting = false;
-    for _ in 0..10_000 {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if line.contains("failed to lock") {
-            waiting = true;
-            break;
-        }
-        lines.push(line);
-    }
-    assert!(waiting, "Python never waited for our lock: {lines:?}");
+    let waiting = line_with(&mut out, "failed to lock");
+    assert!(waiting.is_some(), "Python never waited for our lock");
     std::fs::copy(&committed2, shared.join(Layout::ZeoCache.file(oid2, tid2))).unwrap();
     drop(lock);
-    let mut result = String::new();
-    for _ in 0..10_000 {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if line.starts_with("RESULT") {
-            result = line;
-            break;
-        }
-    }
+    let result = line_with(&mut out, "RESULT");
     assert!(child.wait().unwrap().success());
-    assert_eq!(result.trim(), "RESULT 0 True");
+    assert_eq!(result.as_deref().map(str::trim), Some("RESULT 0 True"));
     writer.close().unwrap();
     rust.close().unwrap();
+}
+
+/// The `.blob` files of a `zeocache` directory and their total size.
+fn cached_blobs(base: &Path) -> (Vec<PathBuf>, u64) {
+    let mut files = Vec::new();
+    let mut size = 0;
+    for dir in std::fs::read_dir(base).unwrap() {
+        let dir = dir.unwrap();
+        if !dir
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let f = f.unwrap();
+            if f.file_name().to_string_lossy().ends_with(".blob") {
+                size += f.metadata().unwrap().len();
+                files.push(f.path());
+            }
+        }
+    }
+    (files, size)
+}
+
+fn set_accessed(path: &Path, secs: u64) {
+    std::fs::File::open(path)
+        .unwrap()
+        .set_times(
+            std::fs::FileTimes::new()
+                .set_accessed(std::time::UNIX_EPOCH + Duration::from_secs(secs)),
+        )
+        .unwrap();
+}
+
+#[test]
+fn the_blob_cache_stays_bounded_evicting_what_was_accessed_least_recently() {
+    const BLOB: usize = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_runzeo(dir.path());
+    let writer = ClientStorage::open(options(server.port, &dir.path().join("w"), false)).unwrap();
+    let revisions: Vec<(Oid, Tid)> = (0..8u8)
+        .map(|i| {
+            let oid = writer.new_oid().unwrap();
+            let source = BlobSource::Stream(Box::new(std::io::Cursor::new(pattern(BLOB, i))));
+            (oid, commit_blob(&writer, oid, Tid::ZERO, source))
+        })
+        .collect();
+
+    // 1,000,000 bytes, checked every 10%: brought down to 900,000.
+    let cache = dir.path().join("bounded");
+    let mut o = options(server.port, &cache, false);
+    o.blob_cache_size = Some(1_000_000);
+    let reader = ClientStorage::open(o).unwrap();
+    let idle = || {
+        wait_until(Duration::from_secs(30), || {
+            !reader.as_async().checking_blob_cache_size()
+        })
+    };
+    assert!(idle());
+    for &(oid, tid) in &revisions {
+        let path = reader.load_blob(oid, tid).unwrap();
+        assert_eq!(std::fs::read(path).unwrap().len(), BLOB);
+        assert!(idle(), "a size check did not end");
+    }
+    // Downloads trigger checks on their own: what is left is the target
+    // plus at most the blob downloaded after the last check's scan.
+    let (_, size) = cached_blobs(&cache);
+    assert!(size <= 900_000 + BLOB as u64, "{size} bytes cached");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let left = rt
+        .block_on(reader.as_async().check_blob_cache_size())
+        .unwrap();
+    assert!(left <= 900_000, "{left}");
+    reader.close().unwrap();
+    drop(reader);
+
+    // Least recently accessed first. An unbounded client fills the same
+    // directory again; every file is made old, the first one the oldest
+    // but accessed last.
+    let filler = ClientStorage::open(options(server.port, &cache, false)).unwrap();
+    for (i, &(oid, tid)) in revisions.iter().enumerate() {
+        filler.load_blob(oid, tid).unwrap();
+        let path = cache.join(Layout::ZeoCache.file(oid, tid));
+        set_accessed(&path, 1_000 + i as u64);
+    }
+    let first = cache.join(Layout::ZeoCache.file(revisions[0].0, revisions[0].1));
+    set_accessed(&first, 10_000);
+    // Hold the lock of the second-oldest's directory: it is in use.
+    let second = revisions[1];
+    let held = zeo_client::blob_cache::DirLock::try_acquire(
+        &cache.join(Layout::ZeoCache.oid_dir(second.0)),
+    )
+    .unwrap()
+    .unwrap();
+    let (before, _) = cached_blobs(&cache);
+    assert_eq!(before.len(), 8, "every revision was loaded again");
+    let left = zeo_client::blob_cache::check_size(&cache, 900_000).unwrap();
+    drop(held);
+    let (files, size) = cached_blobs(&cache);
+    assert_eq!(left, size);
+    assert!(size <= 900_000, "{size}");
+    // 8 files, 1.6 MB: four go. The locked one is skipped, so the
+    // oldest unlocked ones go: 3, 4, 5, 6 (by index 2..=5).
+    let kept =
+        |(oid, tid): (Oid, Tid)| files.contains(&cache.join(Layout::ZeoCache.file(oid, tid)));
+    assert!(kept(revisions[0]), "the most recently accessed stays");
+    assert!(kept(second), "a file whose directory is locked stays");
+    for &r in &revisions[2..6] {
+        assert!(!kept(r), "{r:?} was accessed before the others");
+    }
+    for &r in &revisions[6..] {
+        assert!(kept(r));
+    }
+    writer.close().unwrap();
+    filler.close().unwrap();
 }
