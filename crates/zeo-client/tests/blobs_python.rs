@@ -509,3 +509,76 @@ fn the_blob_cache_stays_bounded_evicting_what_was_accessed_least_recently() {
     writer.close().unwrap();
     filler.close().unwrap();
 }
+
+#[test]
+fn a_shared_blob_directory_is_read_and_written_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_runzeo(dir.path());
+    let server_blobs = dir.path().join("server-blobs");
+    let shared = ClientStorage::open(options(server.port, &server_blobs, true)).unwrap();
+    assert_eq!(
+        shared.as_async().blob_dir().unwrap().layout(),
+        Layout::Bushy
+    );
+
+    // Written in place: the server renames our file at vote.
+    let data = pattern(1_000_000, 4);
+    let oid = shared.new_oid().unwrap();
+    let tid = commit_blob(
+        &shared,
+        oid,
+        Tid::ZERO,
+        BlobSource::Stream(Box::new(std::io::Cursor::new(data.clone()))),
+    );
+    let path = shared.load_blob(oid, tid).unwrap();
+    assert_eq!(path, server_blobs.join(Layout::Bushy.file(oid, tid)));
+    assert!(std::fs::read(&path).unwrap() == data);
+    assert_eq!(shared.stats().blob_downloads, 0);
+    let oid_dir = server_blobs.join(Layout::Bushy.oid_dir(oid));
+    let temps: Vec<_> = std::fs::read_dir(&oid_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
+
+    // A Python client with a cache of its own downloads it byte-exact.
+    let out = python(
+        server.port,
+        &dir.path().join("py-cache"),
+        false,
+        &format!(
+            "print(open(cs.loadBlob(p64({}), p64({})), 'rb').read() == open({:?}, 'rb').read())",
+            oid.0,
+            tid.0,
+            path.display().to_string()
+        ),
+    );
+    assert_eq!(out, "True");
+
+    // A Python client on the shared directory writes; we read in place.
+    let out = python(
+        server.port,
+        &server_blobs,
+        true,
+        "import tempfile, os\n\
+         oid = cs.new_oid()\n\
+         fd, name = tempfile.mkstemp(dir=cs.temporaryDirectory())\n\
+         os.write(fd, b'shared' * 1000); os.close(fd)\n\
+         t = TransactionMetaData()\n\
+         cs.tpc_begin(t)\n\
+         cs.storeBlob(oid, p64(0), b'py record', name, '', t)\n\
+         cs.tpc_vote(t)\n\
+         tid = cs.tpc_finish(t)\n\
+         print(u64(oid), u64(tid))",
+    );
+    let (py_oid, py_tid) = out.split_once(' ').unwrap();
+    let (py_oid, py_tid) = (Oid(py_oid.parse().unwrap()), Tid(py_tid.parse().unwrap()));
+    let path = shared.load_blob(py_oid, py_tid).unwrap();
+    assert!(std::fs::read(path).unwrap() == b"shared".repeat(1000));
+    // No file, no blob: nothing is asked of the server.
+    let err = shared.load_blob(py_oid, Tid(py_tid.0 - 1)).unwrap_err();
+    assert!(err.is_pos_key(), "{err}");
+    assert_eq!(shared.stats().blob_downloads, 0);
+    shared.close().unwrap();
+}
