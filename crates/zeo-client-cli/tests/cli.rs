@@ -385,7 +385,7 @@ fn bad_addresses_and_arguments_fail_cleanly() {
         .unwrap();
     assert!(out.status.success());
     for sub in [
-        "up", "pack", "status", "info", "history", "cat", "log", "bench",
+        "up", "pack", "status", "info", "history", "cat", "log", "blob", "bench",
     ] {
         assert!(String::from_utf8_lossy(&out.stdout).contains(sub), "{sub}");
     }

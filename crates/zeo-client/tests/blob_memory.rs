@@ -81,15 +81,7 @@ fn byte(i: usize) -> u8 {
 fn a_100_mb_blob_goes_up_and_down_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    std::fs::write(
-        dir.path().join("zeo.conf"),
-        format!(
-            "<zeo>\n  address 127.0.0.1:{port}\n</zeo>\n<filestorage>\n  path {}\n  blob-dir {}\n</filestorage>\n",
-            dir.path().join("Data.fs").display(),
-            dir.path().join("server-blobs").display()
-        ),
-    )
-    .unwrap();
+    zeo_testkit::write_runzeo_blob_config(dir.path(), port);
     let _server = run_runzeo(dir.path(), port);
     let options = |cache: &str| {
         let mut o = ClientOptions::new(vec![ServerAddress::localhost(port)]);

@@ -22,15 +22,7 @@ use zeo_testkit::{free_port, python6, run_with_timeout, stdout_of, wait_until};
 /// `runzeo` serving `dir/Data.fs` with its blobs in `dir/server-blobs`.
 fn start_runzeo(dir: &Path) -> Runzeo {
     let port = free_port();
-    std::fs::write(
-        dir.join("zeo.conf"),
-        format!(
-            "<zeo>\n  address 127.0.0.1:{port}\n</zeo>\n<filestorage>\n  path {}\n  blob-dir {}\n</filestorage>\n",
-            dir.join("Data.fs").display(),
-            dir.join("server-blobs").display()
-        ),
-    )
-    .unwrap();
+    zeo_testkit::write_runzeo_blob_config(dir, port);
     run_runzeo(dir, port)
 }
 
