@@ -377,7 +377,7 @@ impl AsyncClientStorage {
     /// in the cache under the new tid; an abort removes the file.
     ///
     /// ```no_run
-    /// # async fn demo(client: zeo_client::AsyncClientStorage) -> zeo_client::Result<()> {
+    /// # async fn demo(client: zeo_client::AsyncClientStorage) -> Result<(), Box<dyn std::error::Error>> {
     /// use zeo_storage::{BlobSource, BeginOptions, Tid, TransactionMetaData};
     ///
     /// let txn = client.tpc_begin(&TransactionMetaData::default(), BeginOptions::default()).await?;
