@@ -130,7 +130,11 @@ impl BlobState {
 
     /// Handles a `receiveBlob*` message in the reader task. Messages for a
     /// blob not asked for are dropped with a warning: a server may not
-    /// write into the cache at will.
+    /// write into the cache at will. The file work is done right here, as
+    /// ZEO's I/O thread does it: each chunk is one write of at most a
+    /// frame into the page cache, and doing it in order on the reader is
+    /// what makes the file complete when the `sendBlob` reply wakes the
+    /// loader.
     pub fn on_event(&self, event: ClientEvent, server: &str) {
         let (oid, serial) = match &event {
             ClientEvent::ReceiveBlobStart { oid, serial }

@@ -574,3 +574,61 @@ fn a_shared_blob_directory_is_read_and_written_in_place() {
     assert_eq!(shared.stats().blob_downloads, 0);
     shared.close().unwrap();
 }
+
+#[test]
+fn python_size_checks_our_cache_and_we_read_what_python_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_runzeo(dir.path());
+    let cache = dir.path().join("cache");
+    let client = ClientStorage::open(options(server.port, &cache, false)).unwrap();
+    let revisions: Vec<(Oid, Tid)> = (0..4u8)
+        .map(|i| {
+            let oid = client.new_oid().unwrap();
+            let source = BlobSource::Stream(Box::new(std::io::Cursor::new(pattern(100_000, i))));
+            (oid, commit_blob(&client, oid, Tid::ZERO, source))
+        })
+        .collect();
+    // The two least recently accessed go when Python's own check brings
+    // our cache to 250,000 bytes: it reads our layout as its own.
+    for (i, &(oid, tid)) in revisions.iter().enumerate() {
+        set_accessed(
+            &cache.join(Layout::ZeoCache.file(oid, tid)),
+            1_000 + i as u64,
+        );
+    }
+    let out = run_with_timeout(
+        Command::new(python6()).args([
+            "-c",
+            &format!(
+                "import ZEO.ClientStorage\nZEO.ClientStorage._check_blob_cache_size({:?}, 250000)\nprint('ok')",
+                cache.display().to_string()
+            ),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(stdout_of(&out, "python size check").trim(), "ok");
+    let (files, size) = cached_blobs(&cache);
+    assert_eq!(size, 200_000);
+    for (i, &(oid, tid)) in revisions.iter().enumerate() {
+        assert_eq!(
+            files.contains(&cache.join(Layout::ZeoCache.file(oid, tid))),
+            i >= 2
+        );
+    }
+    // What a Python client downloads into the same directory, we take.
+    let (oid, tid) = revisions[0];
+    let out = python(
+        server.port,
+        &cache,
+        false,
+        &format!(
+            "print(len(open(cs.loadBlob(p64({}), p64({})), 'rb').read()))",
+            oid.0, tid.0
+        ),
+    );
+    assert_eq!(out, "100000");
+    let downloads = client.stats().blob_downloads;
+    assert!(client.load_blob(oid, tid).unwrap().exists());
+    assert_eq!(client.stats().blob_downloads, downloads);
+    client.close().unwrap();
+}
