@@ -341,7 +341,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bench(_) => true,
         _ => false,
     };
-    let options = client_options(&cli, !writes)?;
+    let mut options = client_options(&cli, !writes)?;
+    if !matches!(cli.command, Command::Blob { .. }) {
+        // Only `blob` reads blobs: the others leave a `-C` file's blob
+        // directory alone.
+        options.blob_dir = None;
+    }
     match cli.command {
         Command::Up {
             commit,
@@ -420,7 +425,6 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         } => {
             let oid = render::parse_oid(&oid)?;
             let tid = tid.as_deref().map(render::parse_tid).transpose()?;
-            let mut options = options;
             if let Some(dir) = blob_dir {
                 options.blob_dir = Some(dir);
                 options.shared_blob_dir = shared_blob_dir;

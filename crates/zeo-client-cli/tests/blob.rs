@@ -121,6 +121,29 @@ fn blob_get_writes_a_blob_to_stdout_or_a_file() {
     assert_eq!(out.stdout, b"second revision");
     assert!(t2 > t1);
 
+    // A `-C` file's blob-dir serves `blob get`; other commands leave it
+    // alone.
+    let conf = dir.path().join("client.conf");
+    let from_conf = dir.path().join("conf-cache");
+    std::fs::write(
+        &conf,
+        format!(
+            "<zeoclient>\n  server 127.0.0.1:{port}\n  blob-dir {}\n</zeoclient>\n",
+            from_conf.display()
+        ),
+    )
+    .unwrap();
+    let out = zeo_client(port, &["-C", conf.to_str().unwrap(), "info"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!from_conf.exists());
+    let out = zeo_client(
+        port,
+        &["-C", conf.to_str().unwrap(), "blob", "get", &oid_arg],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"second revision");
+    assert!(from_conf.join(Layout::ZeoCache.file(oid, t2)).exists());
+
     // A revision without a blob: one line on stderr, exit status 1.
     let out = zeo_client(
         port,
