@@ -25,6 +25,7 @@ mod iteration;
 mod lock;
 mod pack;
 mod refs;
+pub mod repozo;
 mod scan;
 mod undo;
 mod walker;
