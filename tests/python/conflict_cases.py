@@ -17,6 +17,7 @@ where outcome is `ok:<hex of the resolved record>`, `btrees:p1,p2,p3,reason`
 
 import io
 import logging
+import os
 import random
 import sys
 import traceback
@@ -30,6 +31,14 @@ from ZODB import ConflictResolution
 from ZODB._compat import PersistentPickler
 from ZODB.POSException import BTreesConflictError
 from ZODB.POSException import ConflictError
+
+# ZODB's test modules import zope.testing, which the venvs leave out; the
+# ZEO suite runner's stand-in serves here too.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "zeo_suite"))
+import zope_testing_shim  # noqa: E402
+zope_testing_shim.install()
+from ZODB.tests.ConflictResolution import PCounter  # noqa: E402
 
 FAMILIES = ["OO", "OI", "OL", "OU", "OQ", "IO", "II", "IF", "IU", "LO",
             "LL", "LF", "LQ", "UO", "UI", "UF", "UU", "QO", "QL", "QF", "QQ"]
@@ -202,6 +211,26 @@ def make_case(rnd, records, kind):
         com = base + rnd.randrange(-5, 6)
         new = base + rnd.randrange(-5, 6)
         return (Length, [records.record(Length, s) for s in (old, com, new)])
+    if kind == "counter":
+        base = rnd.choice([rnd.randrange(1000), 2**64 + rnd.randrange(9),
+                           -rnd.randrange(100)])
+        values = [base, base + rnd.randrange(-5, 6), base + rnd.randrange(-5, 6)]
+        # The class as ObjectWriter spells it, or as ZODB's test helper
+        # zodb_pickle does: ((module, name), None).
+        meta = rnd.choice([PCounter, ((PCounter.__module__, "PCounter"), None)])
+        label = rnd.choice([None, "before", "after"])
+        states = []
+        for i, v in enumerate(values):
+            state = {}
+            if label == "before":
+                state["label"] = "counter %d" % i
+            # Now and then an old state without _value: Python's KeyError.
+            if i > 0 or rnd.random() < 0.95:
+                state["_value"] = v
+            if label == "after":
+                state["note"] = [i, "n"]
+            states.append(state)
+        return (PCounter, [records.record(meta, s) for s in states])
     family = rnd.choice(FAMILIES)
     module = module_of(family)
     flavour = {"bucket": "Bucket", "set": "Set", "btree": "BTree",
@@ -246,7 +275,8 @@ def make_case(rnd, records, kind):
 def main():
     seed = int(sys.argv[1])
     count = int(sys.argv[2])
-    kinds = sys.argv[3:] or ["bucket", "set", "btree", "treeset", "length"]
+    kinds = sys.argv[3:] or ["bucket", "set", "btree", "treeset", "length",
+                             "counter"]
     rnd = random.Random(seed)
     # ZODB logs every failed resolution; the outcome column says it.
     logging.getLogger("ZODB.ConflictResolution").disabled = True

@@ -29,7 +29,7 @@ const MAX_STEPS: usize = 1 << 20;
 const WORK_PER_BYTE: usize = 128;
 /// Largest record resolved here: buckets hold a few dozen items, and a
 /// bigger record is left to the client rather than decoded under the
-/// commit lock with a working memory of up to [`WORK_PER_BYTE`] times it.
+/// commit lock with a working memory of up to `WORK_PER_BYTE` times it.
 pub const MAX_RECORD: usize = 1 << 20;
 
 /// One object of one of the three records.

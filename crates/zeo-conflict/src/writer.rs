@@ -25,6 +25,8 @@ pub(crate) enum Out {
     Int(i128),
     Float(f64),
     Tuple(Vec<Out>),
+    /// A dict built here, written as CPython's pickler writes a dict.
+    Dict(Vec<(Out, Out)>),
 }
 
 enum Task {
@@ -92,6 +94,27 @@ impl<'r> Writer<'r> {
                 }
                 self.out.push(tuple_op(items.len()));
                 self.put(None);
+                Ok(())
+            }
+            Out::Dict(items) => {
+                // Memoized before its items; one item is a SETITEM, more
+                // go in MARK ... SETITEMS batches of 1000.
+                self.out.push(EMPTY_DICT);
+                self.put(None);
+                if let [(key, value)] = items.as_slice() {
+                    self.out_value(key, depth + 1)?;
+                    self.out_value(value, depth + 1)?;
+                    self.out.push(SETITEM);
+                    return Ok(());
+                }
+                for chunk in items.chunks(1000) {
+                    self.out.push(MARK);
+                    for (key, value) in chunk {
+                        self.out_value(key, depth + 1)?;
+                        self.out_value(value, depth + 1)?;
+                    }
+                    self.out.push(SETITEMS);
+                }
                 Ok(())
             }
         }

@@ -25,7 +25,7 @@ fn merges_match_python_byte_for_byte() {
     });
     let cases = env_u64("ZEO_CONFLICT_CASES").unwrap_or(10_000);
     println!("conflict differential: seed {seed}, {cases} cases per kind (ZEO_CONFLICT_SEED={seed} replays)");
-    let kinds = ["bucket", "set", "btree", "treeset", "length"];
+    let kinds = ["bucket", "set", "btree", "treeset", "length", "counter"];
     let mut args = vec![seed.to_string(), cases.to_string()];
     args.extend(kinds.iter().map(|k| k.to_string()));
     let output = zeo_testkit::run_python_with_timeout(
@@ -47,7 +47,7 @@ fn merges_match_python_byte_for_byte() {
         let (old, committed, new) = (hex(f[2]), hex(f[3]), hex(f[4]));
         let expected = f[5];
         let ours = resolve(&old, &committed, &new);
-        let kind = ["TreeSet", "BTree", "Bucket", "Set", "Length"]
+        let kind = ["TreeSet", "BTree", "Bucket", "Set", "Length", "PCounter"]
             .into_iter()
             .find(|k| f[1].ends_with(k))
             .unwrap_or("other")
@@ -85,7 +85,7 @@ fn merges_match_python_byte_for_byte() {
         "seed {seed}: mismatches:\n{}",
         failures.join("\n")
     );
-    for kind in ["Bucket", "Set", "BTree", "TreeSet", "Length"] {
+    for kind in ["Bucket", "Set", "BTree", "TreeSet", "Length", "PCounter"] {
         let n = checked.get(kind).copied().unwrap_or(0);
         assert!(
             n as u64 >= cases * 99 / 100,

@@ -73,4 +73,4 @@ pub use pickle::{client_find_global, Side};
 pub use reply::{ruok_reply, Reply};
 pub use request::{Call, Incoming, ServerRequest, MAX_NEW_OIDS};
 pub use types::{IteratorId, ServerStatus, StorageInfo, TxnId, UndoMatch, UndoSpec};
-pub use wire_error::WireError;
+pub use wire_error::{python_class, WireError};

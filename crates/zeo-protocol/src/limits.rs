@@ -33,7 +33,7 @@
 //!   proportional to a frame, which `max-message-size` bounds. What memo
 //!   references copy is capped apart, on both sides, at
 //!   [`MESSAGE_BUDGET_BASE`] plus one byte per input byte
-//!   ([`copy_budget`]): ZEO peers pickle messages without a memo, so only
+//!   (`copy_budget`): ZEO peers pickle messages without a memo, so only
 //!   an attacker's message makes copies, and a memo bomb costs at most
 //!   about three times its size on top of the frame whichever side reads
 //!   it.

@@ -331,9 +331,39 @@ fn conflict_dict(
     }
 }
 
+/// The dotted name of the Python exception class a storage error stands
+/// for: what a ZEO client raises for it.
+///
+/// ```
+/// use zeo_protocol::python_class;
+/// use zeo_storage::{Error, Oid};
+/// assert_eq!(python_class(&StorageError::PosKey { oid: Oid(1), serial: None }), "ZODB.POSException.POSKeyError");
+/// ```
+pub fn python_class(err: &StorageError) -> &'static str {
+    match err {
+        StorageError::PosKey { .. } => "ZODB.POSException.POSKeyError",
+        StorageError::Conflict { .. } => "ZODB.POSException.ConflictError",
+        StorageError::ReadConflict { .. } => "ZODB.POSException.ReadConflictError",
+        StorageError::Transaction(_) => "ZODB.POSException.StorageTransactionError",
+        StorageError::ReadOnly => "ZODB.POSException.ReadOnlyError",
+        StorageError::Undo { .. } => "ZODB.POSException.UndoError",
+        StorageError::Format { .. } => "ZODB.FileStorage.FileStorage.FileStorageFormatError",
+        StorageError::FileStorage(_) => "ZODB.FileStorage.FileStorage.FileStorageError",
+        StorageError::Locked { .. } => "zc.lockfile.LockError",
+        StorageError::InvalidArgument(_) => "builtins.ValueError",
+        StorageError::Key(_) => "builtins.KeyError",
+        StorageError::Storage(_) | StorageError::Closed => "ZODB.POSException.StorageError",
+        StorageError::Io { .. } => "ZODB.POSException.StorageSystemError",
+        StorageError::Unsupported(_) => "ZODB.POSException.Unsupported",
+        StorageError::Transient(_) => "ZODB.POSException.TransientError",
+        // `Other`, and kinds added later: the base class of them all.
+        _ => "ZODB.POSException.StorageError",
+    }
+}
+
 impl From<&StorageError> for WireError {
     fn from(err: &StorageError) -> Self {
-        let class = err.python_class();
+        let class = python_class(err);
         let args = |args: Vec<Value>| WireError::with_args(class, args);
         match err {
             StorageError::PosKey { oid, serial } => {

@@ -88,7 +88,7 @@ pub struct ServerSettings {
     pub monitor_address: Option<crate::ListenAddress>,
     /// Where the Prometheus metrics endpoint listens (`metrics-address`,
     /// `--metrics`); none when `None`. A bare port binds `127.0.0.1`. See
-    /// [`crate::metrics`].
+    /// `docs/operations.md` for what it serves.
     pub metrics_address: Option<crate::ListenAddress>,
     /// ZEO 3/4 `digest` authentication (`authentication-protocol digest`):
     /// when set, a client must log in before `register`, and every later

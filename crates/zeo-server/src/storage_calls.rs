@@ -105,10 +105,7 @@ pub(crate) fn reply_from_blocking(
                 .unwrap_or_else(|payload| {
                     let err = describe(payload);
                     tracing::error!(%err, "storage read failed");
-                    Err(WireError::with_args(
-                        "ZODB.POSException.StorageError",
-                        vec![Value::Str(err.to_string())],
-                    ))
+                    Err(WireError::storage_error(&err.to_string()))
                 });
         if !oneway {
             match result {

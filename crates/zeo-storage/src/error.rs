@@ -1,8 +1,9 @@
 //! The one error type of the storage layer.
 //!
 //! Each variant stands for one ZODB exception class, so that a server can put
-//! it on the wire under the class name a Python client expects
-//! ([`Error::python_class`]) with the fields that class carries.
+//! it on the wire under the class name a Python client expects, with the
+//! fields that class carries (`zeo-protocol`'s `wire_error.rs` spells the
+//! class names).
 
 use std::io;
 use std::path::PathBuf;
@@ -25,7 +26,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "db down");
 /// let err = Error::transient(refused);
 /// assert!(err.is_transient());
-/// assert_eq!(err.python_class(), "ZODB.POSException.TransientError");
 /// assert!(std::error::Error::source(&err).is_some());
 /// ```
 #[derive(Debug, thiserror::Error)]
@@ -159,28 +159,6 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
-        }
-    }
-
-    /// The dotted name of the Python exception class this error stands for.
-    pub fn python_class(&self) -> &'static str {
-        match self {
-            Error::PosKey { .. } => "ZODB.POSException.POSKeyError",
-            Error::Conflict { .. } => "ZODB.POSException.ConflictError",
-            Error::ReadConflict { .. } => "ZODB.POSException.ReadConflictError",
-            Error::Transaction(_) => "ZODB.POSException.StorageTransactionError",
-            Error::ReadOnly => "ZODB.POSException.ReadOnlyError",
-            Error::Undo { .. } => "ZODB.POSException.UndoError",
-            Error::Format { .. } => "ZODB.FileStorage.FileStorage.FileStorageFormatError",
-            Error::FileStorage(_) => "ZODB.FileStorage.FileStorage.FileStorageError",
-            Error::Locked { .. } => "zc.lockfile.LockError",
-            Error::InvalidArgument(_) => "builtins.ValueError",
-            Error::Key(_) => "builtins.KeyError",
-            Error::Storage(_) | Error::Closed => "ZODB.POSException.StorageError",
-            Error::Io { .. } => "ZODB.POSException.StorageSystemError",
-            Error::Unsupported(_) => "ZODB.POSException.Unsupported",
-            Error::Transient(_) => "ZODB.POSException.TransientError",
-            Error::Other(_) => "ZODB.POSException.StorageError",
         }
     }
 

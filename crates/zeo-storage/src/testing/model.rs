@@ -269,12 +269,14 @@ pub fn kind(e: &Error) -> String {
         Error::InvalidArgument(_) => "ValueError".into(),
         // Pack failures ZODB reports as assertion or PackError.
         Error::Storage(_) => "StorageError".into(),
-        other => other
-            .python_class()
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_string(),
+        Error::Transaction(_) => "StorageTransactionError".into(),
+        Error::ReadOnly => "ReadOnlyError".into(),
+        Error::Format { .. } => "FileStorageFormatError".into(),
+        Error::Locked { .. } => "LockError".into(),
+        Error::Closed | Error::Other(_) => "StorageError".into(),
+        Error::Io { .. } => "StorageSystemError".into(),
+        Error::Unsupported(_) => "Unsupported".into(),
+        Error::Transient(_) => "TransientError".into(),
     }
 }
 
