@@ -142,7 +142,7 @@ impl FileStorage {
     /// file, scans the rest, and cuts off an incomplete last transaction into
     /// `Data.fs.trN`. A read-only open takes no lock and changes nothing.
     pub fn open(path: impl AsRef<Path>, options: FileStorageOptions) -> Result<FileStorage> {
-        Self::open_with_io(path.as_ref(), options, Io::default())
+        Self::open_with_io(path.as_ref(), options, Io::from_env())
     }
 
     /// [`FileStorage::open`] with every write and sync of the commit path
