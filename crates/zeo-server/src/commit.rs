@@ -280,9 +280,9 @@ fn resolve_natively(
 }
 
 /// Finishes a voted transaction: the storage commits, and inside its
-/// `on_commit` callback the hub publishes the invalidations and `announce`
-/// queues the committer's own reply, under the exclusive publication lock,
-/// which is held until the storage has made the transaction visible.
+/// `on_commit` callback the hub publishes the invalidations under the
+/// exclusive publication lock, which is held until the storage has made the
+/// transaction visible and `announce` has queued the committer's own reply.
 ///
 /// With `release_after_submit` (group commit) the commit lock is dropped
 /// as soon as the storage has the transaction written and queued
@@ -309,10 +309,15 @@ pub fn finish(
         storage.tpc_finish_durable(submitted, &mut |tid| {
             let guard = hub.write_publication();
             hub.publish_commit(&guard, conn, tid, oids.clone());
-            announce(tid);
             publication = Some(guard);
         })
     });
+    if let (Ok(tid), Some(_)) = (&result, &publication) {
+        // Visible now (the size it reports counts it), and the next
+        // transaction's callback waits for the publication lock: the
+        // reply still comes before any later invalidation.
+        announce(*tid);
+    }
     // Only now may loads see the new transaction.
     drop(publication);
     hub.stats().finish_seconds.observe(started.elapsed());

@@ -1087,8 +1087,8 @@ impl Conn {
         let outbox = self.outbox.clone();
         let started = std::time::Instant::now();
         let joined = run_storage(small, move || {
-            // The reply is queued with the invalidations, under the
-            // publication lock and in commit order: no client hears of a
+            // The reply is queued under the publication lock taken for
+            // the invalidations, in commit order: no client hears of a
             // later transaction before this one's reply.
             let mut announce = |tid| {
                 outbox.send(&Message::call_async("info", vec![hub2.size_info()]));
