@@ -170,6 +170,10 @@ struct RunArgs {
     /// Announce msgpack (M5) instead of pickle (Z5).
     #[arg(long)]
     msgpack: bool,
+    /// Give every transaction its own fsync under the commit lock instead
+    /// of letting committers share one (`group-commit false`).
+    #[arg(long = "no-group-commit")]
+    no_group_commit: bool,
     /// Serve the ZEO 3/4 monitor report at this address (replaces the
     /// configured monitor-address).
     #[arg(short = 'm', long = "monitor", value_name = "ADDR")]
@@ -458,6 +462,7 @@ fn plan(
             (zeo.login_timeout.seconds() > 0).then(|| zeo.login_timeout.as_duration());
         settings.public_status = zeo.public_status;
         settings.conflict_resolution = zeo.native_conflict_resolution;
+        settings.group_commit = zeo.group_commit;
         settings.msgpack = zeo
             .msgpack
             .unwrap_or_else(|| std::env::var_os("ZEO_MSGPACK").is_some_and(|v| !v.is_empty()));
@@ -475,6 +480,7 @@ fn plan(
     }
     settings.read_only |= args.read_only;
     settings.msgpack |= args.msgpack;
+    settings.group_commit &= !args.no_group_commit;
     if let Some(t) = args.timeout {
         settings.transaction_timeout =
             Some(Duration::try_from_secs_f64(t).map_err(|e| format!("--timeout: {e}"))?);
