@@ -629,6 +629,15 @@ pub enum BlobData {
     Reader(Box<dyn std::io::Read + Send>),
 }
 
+impl fmt::Debug for BlobData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlobData::Path(p) => f.debug_tuple("Path").field(p).finish(),
+            BlobData::Reader(_) => f.write_str("Reader(..)"),
+        }
+    }
+}
+
 /// `IBlobStorage`: objects with a large binary body kept beside the record.
 ///
 /// Blob revisions are immutable and named by `(oid, tid)`: a file-based

@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blobdir;
 pub mod error;
 pub mod filestorage;
 pub mod gc;
