@@ -589,28 +589,37 @@ fn open_storage(
     kind: &StorageKind,
 ) -> Result<(String, Arc<dyn Storage>, bool), String> {
     match kind {
-        StorageKind::File(fs) => {
-            if fs.blob_dir.is_some() {
-                tracing::warn!(
-                    storage = name,
-                    "blob-dir is ignored: blobs are not supported"
-                );
-            }
-            let options = FileStorageOptions {
-                read_only: fs.read_only,
-                create: fs.create,
-                pack_gc: fs.pack_gc,
-            };
-            let storage = FileStorage::open(&fs.path, options)
-                .map_err(|e| format!("opening {}: {e}", fs.path.display()))?;
-            Ok((name.to_owned(), Arc::new(storage), fs.pack_gc))
-        }
+        StorageKind::File(fs) => open_file_storage(name, fs, fs.blob_dir.as_deref()),
         StorageKind::Mapping(m) => Ok((
             name.to_owned(),
             Arc::new(MappingStorage::new(m.name.clone())),
             true,
         )),
+        StorageKind::Blob(blob) => match &*blob.base {
+            StorageKind::File(fs) => open_file_storage(name, fs, Some(&blob.blob_dir)),
+            _ => Err(format!(
+                "storage {name}: <blobstorage> serves blobs only around a <filestorage>"
+            )),
+        },
     }
+}
+
+fn open_file_storage(
+    name: &str,
+    fs: &zeo_config::FileStorageConfig,
+    blob_dir: Option<&std::path::Path>,
+) -> Result<(String, Arc<dyn Storage>, bool), String> {
+    let options = FileStorageOptions {
+        read_only: fs.read_only,
+        create: fs.create,
+        pack_gc: fs.pack_gc,
+    };
+    let storage = match blob_dir {
+        Some(dir) => FileStorage::open_with_blobs(&fs.path, options, dir),
+        None => FileStorage::open(&fs.path, options),
+    }
+    .map_err(|e| format!("opening {}: {e}", fs.path.display()))?;
+    Ok((name.to_owned(), Arc::new(storage), fs.pack_gc))
 }
 
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;

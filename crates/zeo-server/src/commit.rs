@@ -8,7 +8,8 @@ use std::sync::Arc;
 use zeo_protocol::reply::VoteConflict;
 use zeo_protocol::TxnId;
 use zeo_storage::{
-    require, BeginOptions, Error, Oid, Storage, Tid, TransactionMetaData, TxnHandle, TxnStatus,
+    require, BeginOptions, BlobSource, Error, Oid, Storage, Tid, TransactionMetaData, TxnHandle,
+    TxnStatus,
 };
 
 use crate::commit_lock::ConnId;
@@ -217,6 +218,19 @@ impl OpenTxn {
                         data.as_deref(),
                         prev_txn,
                     )?;
+                    invalidated.insert(oid);
+                }
+                TxnOp::StoreBlob {
+                    oid,
+                    serial,
+                    data,
+                    path,
+                } => {
+                    let blobs = require(storage.as_blobs(), "storeBlob")?;
+                    let link = crate::blob_calls::link_for_storage(&path)
+                        .map_err(|e| Error::io("linking a blob upload", e))?;
+                    blobs.store_blob(h, oid, serial, &data, BlobSource::File(link))?;
+                    conflicts.remove(&oid);
                     invalidated.insert(oid);
                 }
                 TxnOp::Undo { id } => {

@@ -666,6 +666,19 @@ pub trait Blobs: Send + Sync {
     /// revision has no blob.
     fn load_blob(&self, oid: Oid, serial: Tid) -> Result<BlobData>;
 
+    /// The directory of an oid's revisions in a ZODB blob directory that
+    /// clients may share (ZEO's `shared_blob_dir`): where such a client
+    /// writes a new blob before `storeBlobShared` names it. `None` for a
+    /// backend whose blobs are not files in ZODB's layout.
+    ///
+    /// Added beside the original shape of this trait once serving shared
+    /// blob directories showed that the server must resolve the bare file
+    /// name a client sends against the backend's own layout.
+    fn oid_directory(&self, oid: Oid) -> Option<std::path::PathBuf> {
+        let _ = oid;
+        None
+    }
+
     /// Copies a revision in with its blob, like [`Restore::restore`]
     /// (`IBlobStorageRestoreable`); `None` when the revision has no blob.
     fn restore_blob(

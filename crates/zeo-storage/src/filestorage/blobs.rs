@@ -206,6 +206,10 @@ impl Blobs for FileStorage {
         ))
     }
 
+    fn oid_directory(&self, oid: Oid) -> Option<PathBuf> {
+        self.blobs.as_ref().map(|b| b.dir.oid_dir(oid))
+    }
+
     fn restore_blob(
         &self,
         txn: TxnHandle,
