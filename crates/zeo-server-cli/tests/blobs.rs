@@ -164,3 +164,133 @@ fn zeo6_clients_with_their_own_caches_share_a_20mb_blob() {
 fn zeo6_clients_sharing_the_server_blob_dir() {
     round_trip("shared");
 }
+
+/// Undo of a blob change and pack GC of an unreachable blob, through a
+/// stock client.
+const UNDO_AND_PACK: &str = r#"
+import os, sys, time, transaction, ZODB, ZEO.ClientStorage
+from ZODB.blob import Blob
+
+port = int(sys.argv[1])
+cs = ZEO.ClientStorage.ClientStorage(('127.0.0.1', port), wait_timeout=20,
+                                     server_sync=True, blob_dir='cache')
+db = ZODB.DB(cs)
+tm = transaction.TransactionManager()
+conn = db.open(tm)
+root = conn.root()
+
+def read(name):
+    with root[name].open('r') as f:
+        return f.read()
+
+root['a'] = Blob(b'first')
+tm.commit()
+with root['a'].open('w') as f:
+    f.write(b'second')
+tm.commit()
+assert read('a') == b'second'
+db.undo(db.undoLog(0, 1)[0]['id'], tm.get())
+tm.commit()
+tm.begin()
+assert read('a') == b'first', read('a')
+
+root['b'] = Blob(b'unreachable soon')
+tm.commit()
+gone = root['b']._p_oid
+del root['b']
+tm.commit()
+time.sleep(0.01)  # the pack time must follow the last commit's tid
+db.pack(time.time())
+tm.begin()
+assert read('a') == b'first'
+print(gone.hex())
+db.close()
+print("OK")
+"#;
+
+/// Python writes a blob storage of its own.
+const PYTHON_WRITES: &str = r#"
+import transaction, ZODB, ZODB.FileStorage
+from ZODB.blob import Blob
+fs = ZODB.FileStorage.FileStorage('Data.fs', blob_dir='blobs')
+db = ZODB.DB(fs)
+with db.transaction() as conn:
+    conn.root()['doc'] = Blob(b'written by python' * 1000)
+db.close()
+print("OK")
+"#;
+
+/// A stock client reads what Python wrote, through the server.
+const CLIENT_READS: &str = r#"
+import sys, ZODB, ZEO.ClientStorage
+cs = ZEO.ClientStorage.ClientStorage(('127.0.0.1', int(sys.argv[1])), wait_timeout=20,
+                                     blob_dir='cache')
+db = ZODB.DB(cs)
+conn = db.open()
+with conn.root()['doc'].open('r') as f:
+    assert f.read() == b'written by python' * 1000
+db.close()
+print("OK")
+"#;
+
+fn zeo_server(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn zeo6_client_undoes_a_blob_change_and_pack_collects_an_unreachable_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = config(dir.path());
+    let server = ServerProcess::start(dir.path(), &["-C", conf.to_str().unwrap()]);
+    let port = server.port().to_string();
+    let out = run(dir.path(), "undo_and_pack.py", UNDO_AND_PACK, &[&port]);
+    let gone = u64::from_str_radix(out.lines().next().unwrap(), 16).unwrap();
+    server.signal(libc::SIGTERM);
+    let (status, stderr) = server.wait();
+    assert!(status.success(), "{stderr}");
+
+    let layout = zeo_storage::blobdir::Layout::Bushy;
+    let gone_dir = layout.oid_path(zeo_storage::Oid(gone));
+    assert!(
+        !dir.path().join("blobs").join(&gone_dir).exists(),
+        "the unreachable blob survived the pack"
+    );
+    assert!(
+        dir.path().join("blobs.old").join(&gone_dir).exists(),
+        "pack-keep-old (the default) keeps it in blobs.old"
+    );
+    let check = zeo_server(dir.path(), &["check", "Data.fs", "--blob-dir", "blobs"]);
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{stdout}");
+    assert!(stdout.contains(" 0 missing files"), "{stdout}");
+}
+
+#[test]
+fn a_python_written_blob_storage_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        dir.path(),
+        "python_writes.py",
+        PYTHON_WRITES,
+        &[] as &[&str],
+    );
+    // Served through the <blobstorage> wrapper this time.
+    let conf = dir.path().join("zeo.conf");
+    std::fs::write(
+        &conf,
+        "<zeo>\n  address 127.0.0.1:0\n</zeo>\n\
+         <blobstorage>\n  blob-dir blobs\n  <filestorage>\n    path Data.fs\n  </filestorage>\n\
+         </blobstorage>\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start(dir.path(), &["-C", conf.to_str().unwrap()]);
+    let port = server.port().to_string();
+    run(dir.path(), "client_reads.py", CLIENT_READS, &[&port]);
+    server.signal(libc::SIGTERM);
+    let (status, stderr) = server.wait();
+    assert!(status.success(), "{stderr}");
+}

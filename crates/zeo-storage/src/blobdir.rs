@@ -340,7 +340,17 @@ impl BlobDir {
         create_dirs(&dir)?;
         let target = self.blob_path(oid, tid);
         if fs::rename(src, &target).is_err() {
-            copy_file(src, &target)?;
+            // Another file system: copied next to the target first, so
+            // that the target's name only ever shows a whole file.
+            let (_, tmp) = self.new_temporary()?;
+            let placed = copy_file(src, &tmp).and_then(|_| {
+                fs::rename(&tmp, &target)
+                    .map_err(|e| Error::io(format!("moving a copy to {}", target.display()), e))
+            });
+            if placed.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            placed?;
             let _ = fs::remove_file(src);
         }
         set_not_writable(&target)?;
@@ -359,9 +369,24 @@ impl BlobDir {
             });
         }
         let target = self.blob_path(oid, to);
+        if target.exists() {
+            // Copied already by this transaction: a transaction may hold
+            // two records of one object (ZEO writes a blob store twice).
+            // Writing through the existing name would truncate a link that
+            // shares the source's data.
+            return Ok(target);
+        }
         if fs::hard_link(&src, &target).is_err() {
-            copy_file(&src, &target)?;
-            set_not_writable(&target)?;
+            let (_, tmp) = self.new_temporary()?;
+            let copied = copy_file(&src, &tmp).and_then(|_| set_not_writable(&tmp));
+            let placed = copied.and_then(|_| {
+                fs::rename(&tmp, &target)
+                    .map_err(|e| Error::io(format!("moving a copy to {}", target.display()), e))
+            });
+            if placed.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            placed?;
         }
         Ok(target)
     }

@@ -77,7 +77,11 @@ fn commit_list_copy_and_stale_cleanup() {
     BlobDir::make_durable(std::slice::from_ref(&path)).unwrap();
     assert_eq!(dir.split_blob_path(&path), Some((Oid(7), Tid(0x33))));
     let copy = dir.copy_revision(Oid(7), Tid(0x33), Tid(0x34)).unwrap();
-    assert_eq!(fs::read(copy).unwrap(), b"hello");
+    assert_eq!(fs::read(&copy).unwrap(), b"hello");
+    // Twice in one transaction (duplicate records): the data survives.
+    dir.copy_revision(Oid(7), Tid(0x33), Tid(0x34)).unwrap();
+    assert_eq!(fs::read(&copy).unwrap(), b"hello");
+    assert_eq!(fs::read(&path).unwrap(), b"hello");
     assert!(dir
         .copy_revision(Oid(7), Tid(0x99), Tid(0x35))
         .unwrap_err()

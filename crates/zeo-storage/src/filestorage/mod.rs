@@ -37,6 +37,7 @@ use std::sync::{
     Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
 
+pub use blobs::{check_blobs, is_blob_record, BlobCheckReport, BlobPackMode, MAX_LISTED_MISSING};
 pub use check::{check, CheckReport};
 pub use dump::dump;
 #[doc(hidden)]
