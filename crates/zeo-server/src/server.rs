@@ -1046,10 +1046,24 @@ async fn serve_stream<S>(shared: Arc<Shared>, stream: S, peer: String, nonce_pee
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(tls) = shared.settings.tls.clone() else {
-        crate::connection::serve(shared, stream, peer, nonce_peer).await;
-        return;
-    };
+    match shared.settings.tls.clone() {
+        None => crate::connection::serve(shared, stream, peer, nonce_peer).await,
+        // Boxed: a TLS session is several KiB, and without the box every
+        // plaintext connection's task would be as large as a TLS one.
+        Some(tls) => Box::pin(serve_tls(shared, tls, stream, peer, nonce_peer)).await,
+    }
+}
+
+/// [`serve_stream`] behind a TLS handshake.
+async fn serve_tls<S>(
+    shared: Arc<Shared>,
+    tls: Arc<zeo_tls::ServerTls>,
+    stream: S,
+    peer: String,
+    nonce_peer: String,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let handshake = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         h = tls.accept(stream) => h,
