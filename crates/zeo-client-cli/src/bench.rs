@@ -6,7 +6,10 @@
 //! percentiles. Cold loads use a client with no cache, so each load is a
 //! `loadBefore` round trip to the server; `ping`, the smallest request
 //! there is, gives the loopback round-trip ceiling the loads are compared
-//! with. With `--json` every result is one flat JSON object per line, the
+//! with. The `prefetch` workload loads the same objects through
+//! `prefetch` in batches of [`PREFETCH_BATCH`] (pipelined `loadBefore`s
+//! into the cache, then cache hits), reported per object beside the
+//! synchronous load rate. With `--json` every result is one flat JSON object per line, the
 //! form `cargo xtask bench` and `tests/python/bench_client.py` share.
 
 use std::io::Write;
@@ -27,6 +30,10 @@ use crate::error::CliError;
 const PREPARE_BATCH: u64 = 1000;
 /// Connections opened at once by `--idle` (a listen backlog is often 100).
 const IDLE_BATCH: usize = 50;
+/// Objects one `prefetch` workload step prefetches and then loads.
+const PREFETCH_BATCH: usize = 100;
+/// Cache of a `prefetch` client: room for a batch of large objects.
+const PREFETCH_CACHE: u64 = 256 * 1024 * 1024;
 /// Latency samples kept per client and run; operations beyond it are
 /// counted but not timed, which keeps memory bounded on fast machines.
 const MAX_SAMPLES: usize = 2_000_000;
@@ -42,6 +49,10 @@ pub enum Workload {
     Commit,
     /// Transactions storing 100 objects.
     Commit100,
+    /// Loads of the prepared objects through `prefetch`, a batch at a
+    /// time: the batch is prefetched (pipelined requests into an emptied
+    /// cache), then each object is loaded from the cache.
+    Prefetch,
 }
 
 impl Workload {
@@ -51,6 +62,7 @@ impl Workload {
             Workload::Load => "load",
             Workload::Commit => "commit",
             Workload::Commit100 => "commit100",
+            Workload::Prefetch => "prefetch",
         }
     }
 }
@@ -64,8 +76,9 @@ impl FromStr for Workload {
             "load" => Ok(Workload::Load),
             "commit" => Ok(Workload::Commit),
             "commit100" => Ok(Workload::Commit100),
+            "prefetch" => Ok(Workload::Prefetch),
             _ => Err(format!(
-                "unknown workload {s:?} (ping, load, commit, commit100)"
+                "unknown workload {s:?} (ping, load, prefetch, commit, commit100)"
             )),
         }
     }
@@ -101,7 +114,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ping,load,commit,commit100"
+        default_value = "ping,load,prefetch,commit,commit100"
     )]
     workloads: Vec<Workload>,
     /// Instead of measuring: open N idle connections, print one JSON line
@@ -192,9 +205,22 @@ pub async fn run(options: ClientOptions, args: BenchArgs) -> Result<ExitCode, Cl
     }
     let mut results = Vec::new();
     for &clients in &args.clients {
-        let connected = connect_all(&options, clients).await?;
+        let connected = connect_all(&options, clients, 0).await?;
         for &workload in &args.workloads {
-            let result = run_workload(&connected, workload, budget, &args, &data).await;
+            let result = if workload == Workload::Prefetch {
+                // Prefetching needs a cache to land in; the other
+                // workloads' clients have none.
+                match connect_all(&options, clients, PREFETCH_CACHE).await {
+                    Ok(cached) => {
+                        let r = run_workload(&cached, workload, budget, &args, &data).await;
+                        close_all(&cached);
+                        r
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                run_workload(&connected, workload, budget, &args, &data).await
+            };
             let result = match result {
                 Ok(r) => r,
                 Err(e) => {
@@ -219,10 +245,11 @@ fn object_data(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i * 31 % 251) as u8).collect()
 }
 
-fn bench_options(options: &ClientOptions) -> ClientOptions {
+fn bench_options(options: &ClientOptions, cache_size: u64) -> ClientOptions {
     let mut options = options.clone();
-    // No cache: every load is a round trip, every object a fresh read.
-    options.cache_size = 0;
+    // No cache (but for prefetch): every load is a round trip, every
+    // object a fresh read.
+    options.cache_size = cache_size;
     options.read_only = false;
     options
 }
@@ -230,8 +257,9 @@ fn bench_options(options: &ClientOptions) -> ClientOptions {
 async fn connect_all(
     options: &ClientOptions,
     n: usize,
+    cache_size: u64,
 ) -> Result<Vec<AsyncClientStorage>, CliError> {
-    let options = bench_options(options);
+    let options = bench_options(options, cache_size);
     let mut clients = Vec::with_capacity(n);
     for batch in (0..n).collect::<Vec<_>>().chunks(IDLE_BATCH) {
         let mut tasks = tokio::task::JoinSet::new();
@@ -266,7 +294,7 @@ fn close_all(clients: &[AsyncClientStorage]) {
 /// that they got oids 1 to `count`, which the load workloads of both
 /// clients rely on.
 async fn prepare(options: &ClientOptions, count: u64, data: &[u8]) -> Result<(), CliError> {
-    let client = AsyncClientStorage::connect(bench_options(options)).await?;
+    let client = AsyncClientStorage::connect(bench_options(options, 0)).await?;
     let outcome = async {
         let mut next = 1u64;
         while next <= count {
@@ -328,7 +356,7 @@ async fn run_workload(
     args: &BenchArgs,
     data: &[u8],
 ) -> Result<RunResult, CliError> {
-    if workload == Workload::Load {
+    if matches!(workload, Workload::Load | Workload::Prefetch) {
         // One load up front turns a missing data set into a clear error
         // instead of a run of POSKeyErrors.
         if let Some(c) = clients.first() {
@@ -373,11 +401,12 @@ async fn run_workload(
             let mut done = 0u64;
             while limit.more(done) {
                 let t = Instant::now();
-                state.step(&client, objects, &data).await?;
+                let n = state.step(&client, objects, &data, share - done).await?;
                 if samples.len() < MAX_SAMPLES {
-                    samples.push(t.elapsed());
+                    // A batch's time is shared by its objects.
+                    samples.push(t.elapsed() / n.max(1) as u32);
                 }
-                done += 1;
+                done += n;
             }
             Ok::<_, CliError>((done, samples))
         });
@@ -414,6 +443,14 @@ async fn run_workload(
     })
 }
 
+/// The next oid of a xorshift sequence over oids 1 to `objects`.
+fn next_oid(x: &mut u64, objects: u64) -> Oid {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    Oid(1 + *x % objects.max(1))
+}
+
 /// The nearest-rank percentile of sorted samples.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -428,6 +465,8 @@ enum ClientState {
     Ping,
     /// xorshift state choosing the next oid.
     Load(u64),
+    /// xorshift state, and the batch's oids.
+    Prefetch(u64, Vec<Oid>),
     /// The client's own objects and their current serial.
     Commit {
         oids: Vec<Oid>,
@@ -447,6 +486,10 @@ impl ClientState {
             // Distinct non-zero seeds, so that clients read different
             // objects.
             Workload::Load => Ok(ClientState::Load(0x9e37_79b9_7f4a_7c15 ^ (index + 1))),
+            Workload::Prefetch => Ok(ClientState::Prefetch(
+                0x9e37_79b9_7f4a_7c15 ^ (index + 1),
+                Vec::with_capacity(PREFETCH_BATCH),
+            )),
             Workload::Commit | Workload::Commit100 => {
                 let count = if workload == Workload::Commit { 1 } else { 100 };
                 let mut oids = Vec::with_capacity(count);
@@ -459,31 +502,48 @@ impl ClientState {
                 };
                 // The first commit creates the objects; the measured ones
                 // then update them, as an application mostly does.
-                state.step(client, 0, data).await?;
+                state.step(client, 0, data, 1).await?;
                 Ok(state)
             }
         }
     }
 
+    /// One operation (a batch of up to `left` for prefetch); returns how
+    /// many.
     async fn step(
         &mut self,
         client: &AsyncClientStorage,
         objects: u64,
         data: &[u8],
-    ) -> Result<(), CliError> {
+        left: u64,
+    ) -> Result<u64, CliError> {
         match self {
-            ClientState::Ping => Ok(client.ping().await?),
+            ClientState::Ping => Ok(client.ping().await.map(|()| 1)?),
             ClientState::Load(x) => {
-                *x ^= *x << 13;
-                *x ^= *x >> 7;
-                *x ^= *x << 17;
-                let oid = Oid(1 + *x % objects.max(1));
+                let oid = next_oid(x, objects);
                 match client.load_before(oid, Tid::MAX).await? {
-                    Some(_) => Ok(()),
+                    Some(_) => Ok(1),
                     None => Err(CliError::Bench(format!(
                         "oid {oid} has no current revision"
                     ))),
                 }
+            }
+            ClientState::Prefetch(x, batch) => {
+                batch.clear();
+                let n = left.min(PREFETCH_BATCH as u64);
+                batch.extend((0..n).map(|_| next_oid(x, objects)));
+                // Every batch starts from an empty cache, so that nothing
+                // but this batch's requests fills it.
+                client.cache().clear();
+                client.prefetch(batch, Tid::MAX).await?;
+                for &oid in batch.iter() {
+                    if client.cache().load(oid).is_none() {
+                        return Err(CliError::Bench(format!(
+                            "oid {oid} was not in the cache after prefetch"
+                        )));
+                    }
+                }
+                Ok(batch.len() as u64)
             }
             ClientState::Commit { oids, serial } => {
                 let meta = TransactionMetaData::default();
@@ -499,7 +559,7 @@ impl ClientState {
                 match committed {
                     Ok(tid) => {
                         *serial = tid;
-                        Ok(())
+                        Ok(1)
                     }
                     Err(e) => {
                         client.tpc_abort(txn).await;
@@ -541,14 +601,17 @@ fn print_result(r: &RunResult, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Loads as a fraction of ping round trips, per client count.
+/// Loads as a fraction of ping round trips, and prefetched loads as a
+/// multiple of synchronous loads and of ping round trips, per client count.
 fn print_ratios(results: &[RunResult]) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
-    for load in results.iter().filter(|r| r.workload == Workload::Load) {
-        let ping = results
+    let find = |workload: Workload, clients: usize| {
+        results
             .iter()
-            .find(|r| r.workload == Workload::Ping && r.clients == load.clients);
-        if let Some(ping) = ping.filter(|p| p.rate() > 0.0) {
+            .find(|r| r.workload == workload && r.clients == clients && r.rate() > 0.0)
+    };
+    for load in results.iter().filter(|r| r.workload == Workload::Load) {
+        if let Some(ping) = find(Workload::Ping, load.clients) {
             writeln!(
                 out,
                 "loads at {} clients: {:.0}% of ping round trips",
@@ -556,6 +619,16 @@ fn print_ratios(results: &[RunResult]) -> Result<(), CliError> {
                 100.0 * load.rate() / ping.rate()
             )?;
         }
+    }
+    for prefetch in results.iter().filter(|r| r.workload == Workload::Prefetch) {
+        let mut line = format!("prefetched loads at {} clients:", prefetch.clients);
+        if let Some(load) = find(Workload::Load, prefetch.clients) {
+            line += &format!(" {:.1}x synchronous loads", prefetch.rate() / load.rate());
+        }
+        if let Some(ping) = find(Workload::Ping, prefetch.clients) {
+            line += &format!(", {:.1}x ping round trips", prefetch.rate() / ping.rate());
+        }
+        writeln!(out, "{line}")?;
     }
     Ok(())
 }
@@ -567,7 +640,7 @@ async fn hold_idle(options: ClientOptions, n: usize) -> Result<ExitCode, CliErro
     options.read_only = true;
     options.cache_size = 0;
     let started = Instant::now();
-    let clients = connect_all(&options, n).await?;
+    let clients = connect_all(&options, n, 0).await?;
     let seconds = started.elapsed().as_secs_f64();
     {
         let mut out = std::io::stdout().lock();

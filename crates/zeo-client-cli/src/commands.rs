@@ -367,6 +367,67 @@ pub async fn cat(
     .await
 }
 
+/// `blob get`: the blob of `oid` at `serial` (the current revision when
+/// `None`), streamed to `output` or stdout. The blob comes through the
+/// options' blob directory; without one, through a temporary cache removed
+/// afterwards.
+pub async fn blob_get(
+    mut options: ClientOptions,
+    oid: Oid,
+    serial: Option<Tid>,
+    output: Option<std::path::PathBuf>,
+) -> Result<ExitCode, CliError> {
+    let temporary = match &options.blob_dir {
+        Some(_) => None,
+        None => {
+            let dir = std::env::temp_dir().join(format!(
+                "zeo-client-blobs-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default()
+            ));
+            options.blob_dir = Some(dir.clone());
+            options.shared_blob_dir = false;
+            Some(dir)
+        }
+    };
+    let outcome = with_client(options, |client| async move {
+        let serial = match serial {
+            Some(serial) => serial,
+            None => client.load(oid).await?.1,
+        };
+        let blob = client.open_blob(oid, serial).await?;
+        // The copy blocks: a large blob to a slow pipe must not hold a
+        // runtime worker.
+        tokio::task::spawn_blocking(move || -> Result<(), CliError> {
+            let mut blob = std::io::BufReader::new(blob);
+            match output {
+                Some(path) => {
+                    let mut file = std::fs::File::create(&path)?;
+                    std::io::copy(&mut blob, &mut file)?;
+                    file.sync_all()?;
+                }
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    std::io::copy(&mut blob, &mut out)?;
+                    out.flush()?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| CliError::Output(std::io::Error::other(e)))??;
+        Ok(ExitCode::SUCCESS)
+    })
+    .await;
+    if let Some(dir) = temporary {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    outcome
+}
+
 fn bad_record(oid: Oid) -> impl Fn(zeo_pickle::Error) -> CliError {
     move |e| CliError::Record(format!("the record of {oid}: {e}"))
 }

@@ -1,6 +1,6 @@
 //! The `zeo-client` command: ZEO's client-side tools in one binary —
 //! `up` (zeoup), `pack` (zeopack), `status`, `info`, `history`, `cat`,
-//! `refs`, `log` and `bench`. Argument parsing and wiring only: the client is
+//! `refs`, `log`, `blob get` and `bench`. Argument parsing and wiring only: the client is
 //! `zeo-client`'s [`AsyncClientStorage`](zeo_client::AsyncClientStorage);
 //! output formatting lives in `render`, the benchmark in `bench`.
 
@@ -233,8 +233,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Blobs: `blob get` writes one to stdout or a file.
+    Blob {
+        #[command(subcommand)]
+        command: BlobCommand,
+    },
     /// Measure loads, commits and round trips against the server.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum BlobCommand {
+    /// Write an object's blob to stdout (or to --output), streamed. It is
+    /// downloaded through --blob-dir (or the `-C` section's `blob-dir`),
+    /// else through a temporary directory removed afterwards; --timeout
+    /// bounds the whole download.
+    Get {
+        /// The oid: 0x-prefixed or 16-digit hex, else decimal.
+        oid: String,
+        /// That revision (its tid, hex or decimal) instead of the current
+        /// one.
+        #[arg(long, value_name = "TID")]
+        tid: Option<String>,
+        /// Write to this file instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        /// A blob cache directory to use and keep (ZEO's `blob-dir`); a
+        /// Python client may share it.
+        #[arg(long, value_name = "DIR")]
+        blob_dir: Option<std::path::PathBuf>,
+        /// --blob-dir is the server's own blob directory: read the file
+        /// there instead of downloading it.
+        #[arg(long, requires = "blob_dir")]
+        shared_blob_dir: bool,
+    },
 }
 
 /// The server asked when neither `-s` nor `-C` names one.
@@ -309,7 +341,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bench(_) => true,
         _ => false,
     };
-    let options = client_options(&cli, !writes)?;
+    let mut options = client_options(&cli, !writes)?;
+    if !matches!(cli.command, Command::Blob { .. }) {
+        // Only `blob` reads blobs: the others leave a `-C` file's blob
+        // directory alone.
+        options.blob_dir = None;
+    }
     match cli.command {
         Command::Up {
             commit,
@@ -375,6 +412,24 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Log { count, json } => {
             commands::bounded(limit, commands::log(options, count, json)).await
+        }
+        Command::Blob {
+            command:
+                BlobCommand::Get {
+                    oid,
+                    tid,
+                    output,
+                    blob_dir,
+                    shared_blob_dir,
+                },
+        } => {
+            let oid = render::parse_oid(&oid)?;
+            let tid = tid.as_deref().map(render::parse_tid).transpose()?;
+            if let Some(dir) = blob_dir {
+                options.blob_dir = Some(dir);
+                options.shared_blob_dir = shared_blob_dir;
+            }
+            commands::bounded(limit, commands::blob_get(options, oid, tid, output)).await
         }
         Command::Bench(args) => bench::run(options, args).await,
     }

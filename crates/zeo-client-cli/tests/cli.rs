@@ -287,10 +287,12 @@ fn bench_reports_every_workload_and_loads_go_to_the_server() {
         [
             ("ping", 1),
             ("load", 1),
+            ("prefetch", 1),
             ("commit", 1),
             ("commit100", 1),
             ("ping", 2),
             ("load", 2),
+            ("prefetch", 2),
             ("commit", 2),
             ("commit100", 2)
         ]
@@ -303,10 +305,10 @@ fn bench_reports_every_workload_and_loads_go_to_the_server() {
             "{r}"
         );
     }
-    // Cold loads: each of the 80 loads (plus the one checking the data
-    // set, per client count) reached the server.
+    // Cold loads: each of the 80 loads and the 80 prefetched ones (less
+    // repeats within a batch) reached the server.
     let loads = server.handle.status("1").unwrap().loads - loads_before;
-    assert!(loads >= 80, "{loads}");
+    assert!(loads >= 120, "{loads}");
 
     // The prepared objects are there, with the requested size.
     let record = zeo_client(&addr, &["cat", "50"]);
@@ -383,7 +385,7 @@ fn bad_addresses_and_arguments_fail_cleanly() {
         .unwrap();
     assert!(out.status.success());
     for sub in [
-        "up", "pack", "status", "info", "history", "cat", "log", "bench",
+        "up", "pack", "status", "info", "history", "cat", "log", "blob", "bench",
     ] {
         assert!(String::from_utf8_lossy(&out.stdout).contains(sub), "{sub}");
     }

@@ -16,6 +16,7 @@ use zeo_storage::{
     BeginOptions, HistoryEntry, LoadedRevision, Oid, Tid, TransactionMetaData, TxnHandle,
 };
 
+use crate::blobs::{BlobState, StagedBlobs};
 use crate::cache::{CacheStats, ClientCache};
 use crate::connection::{Conn, Notice, ReplyHook, Shared};
 use crate::error::{Error, Result};
@@ -33,6 +34,11 @@ pub struct ClientStats {
     pub connections: u64,
     /// The cache's counters.
     pub cache: CacheStats,
+    /// Blobs downloaded from a server (`sendBlob` calls).
+    pub blob_downloads: u64,
+    /// Blob loads that found their directory's `.lock` held (by another
+    /// download, in this process or another) and waited for it.
+    pub blob_lock_waits: u64,
 }
 
 /// A ZEO client storage for async callers. Cheap to clone; clones share
@@ -66,7 +72,7 @@ pub struct ClientStats {
 /// ```
 #[derive(Clone, Debug)]
 pub struct AsyncClientStorage {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// What the clones of a client share, its connection manager included.
@@ -91,6 +97,8 @@ pub(crate) struct Inner {
     txn_id_base: i64,
     server_loads: AtomicU64,
     pub(crate) connections: AtomicU64,
+    pub(crate) blob_downloads: AtomicU64,
+    pub(crate) blob_lock_waits: AtomicU64,
 }
 
 impl std::fmt::Debug for Inner {
@@ -123,9 +131,11 @@ impl Drop for SlotPermit {
 
 pub(crate) struct TxnState {
     handle: TxnHandle,
-    id: TxnId,
-    conn: Arc<Conn>,
+    pub(crate) id: TxnId,
+    pub(crate) conn: Arc<Conn>,
     writes: TxnWrites,
+    /// Blob files to move into the cache at finish (removed otherwise).
+    pub(crate) blobs: StagedBlobs,
     _permit: SlotPermit,
 }
 
@@ -141,6 +151,26 @@ pub(crate) fn random_u64() -> u64 {
     );
     h.write_u32(std::process::id());
     h.finish()
+}
+
+/// How many `loadBefore` requests [`AsyncClientStorage::prefetch`] keeps
+/// unanswered at once: enough to keep a loopback or LAN link busy, few
+/// enough that a prefetch of a million oids neither queues a million
+/// requests nor makes the server queue a million replies.
+pub const PREFETCH_WINDOW: usize = 256;
+
+/// The outcome of one prefetched load: a failure of that revision alone
+/// is logged and skipped (the reader task already cached what came), a
+/// lost connection ends the prefetch.
+fn prefetched(oid: Oid, result: Result<Option<LoadedRevision>>) -> Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_disconnected() => Err(e),
+        Err(e) => {
+            tracing::debug!(%oid, error = %e, "prefetch of one object failed");
+            Ok(())
+        }
+    }
 }
 
 fn protocol_error(e: zeo_protocol::Error) -> Error {
@@ -177,7 +207,9 @@ impl AsyncClientStorage {
             None => ClientCache::memory(options.cache_size),
         };
         let (notices, _) = broadcast::channel(1024);
+        let blobs = BlobState::open(&options)?;
         let shared = Arc::new(Shared {
+            blobs,
             cache,
             notices,
             info: Mutex::new((0, 0)),
@@ -203,6 +235,8 @@ impl AsyncClientStorage {
             txn_id_base: (random_u64() >> 24) as i64,
             server_loads: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            blob_downloads: AtomicU64::new(0),
+            blob_lock_waits: AtomicU64::new(0),
         });
         tokio::spawn(manage(Arc::downgrade(&inner)));
         let client = AsyncClientStorage { inner };
@@ -288,6 +322,8 @@ impl AsyncClientStorage {
             server_loads: self.inner.server_loads.load(Ordering::Relaxed),
             connections: self.inner.connections.load(Ordering::Relaxed),
             cache: self.cache().stats(),
+            blob_downloads: self.inner.blob_downloads.load(Ordering::Relaxed),
+            blob_lock_waits: self.inner.blob_lock_waits.load(Ordering::Relaxed),
         }
     }
 
@@ -390,6 +426,62 @@ impl AsyncClientStorage {
         let conn = self.conn(self.inner.options.wait_timeout).await?;
         self.inner.server_loads.fetch_add(1, Ordering::Relaxed);
         conn.load_before(oid, before).await
+    }
+
+    /// Loads the revisions of `oids` current before `before` into the cache
+    /// (ZODB's `IPrefetchStorage.prefetch`; `Tid::MAX` for the current
+    /// ones), pipelined: the `loadBefore` requests go out back to back, at
+    /// most [`PREFETCH_WINDOW`] unanswered at a time, instead of one round
+    /// trip each. Oids the cache already answers are skipped, and a load of
+    /// the same revision already in flight (from another caller or another
+    /// prefetch) is joined rather than sent again. Returns once every
+    /// result is in the cache; a revision the server does not have (a
+    /// `POSKeyError`, say) is skipped, as ZEO's client only logs it.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: zeo_client::AsyncClientStorage) -> zeo_client::Result<()> {
+    /// use zeo_storage::{Oid, Tid};
+    ///
+    /// let oids: Vec<Oid> = (1..=100).map(Oid).collect();
+    /// client.prefetch(&oids, Tid::MAX).await?;
+    /// // Every load below is a cache hit.
+    /// for oid in oids {
+    ///     let _ = client.load(oid).await;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] when no connection comes within
+    /// `wait_timeout` or the connection is lost meanwhile.
+    pub async fn prefetch(&self, oids: &[Oid], before: Tid) -> Result<()> {
+        let missing: Vec<Oid> = oids
+            .iter()
+            .copied()
+            .filter(|&oid| self.cache().load_before(oid, before).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let conn = self.conn(self.inner.options.wait_timeout).await?;
+        let mut in_flight = std::collections::VecDeque::with_capacity(PREFETCH_WINDOW);
+        for oid in missing {
+            if in_flight.len() == PREFETCH_WINDOW {
+                if let Some((oid, rx)) = in_flight.pop_front() {
+                    prefetched(oid, conn.finish_load(rx).await)?;
+                }
+            }
+            let (rx, sent) = conn.start_load(oid, before)?;
+            if sent {
+                self.inner.server_loads.fetch_add(1, Ordering::Relaxed);
+            }
+            in_flight.push_back((oid, rx));
+        }
+        for (oid, rx) in in_flight {
+            prefetched(oid, conn.finish_load(rx).await)?;
+        }
+        Ok(())
     }
 
     /// One exact revision (`loadSerial`).
@@ -543,6 +635,7 @@ impl AsyncClientStorage {
             id,
             conn,
             writes: TxnWrites::default(),
+            blobs: StagedBlobs::default(),
             _permit: permit,
         });
         Ok(handle)
@@ -586,7 +679,11 @@ impl AsyncClientStorage {
 
     /// Runs `f` on the open transaction `txn`, checking that its connection
     /// is still the live one.
-    fn with_txn<T>(&self, txn: TxnHandle, f: impl FnOnce(&mut TxnState) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_txn<T>(
+        &self,
+        txn: TxnHandle,
+        f: impl FnOnce(&mut TxnState) -> Result<T>,
+    ) -> Result<T> {
         let mut guard = self.inner.txn.lock().unwrap_or_else(|e| e.into_inner());
         let state = guard
             .as_mut()
@@ -746,7 +843,7 @@ impl AsyncClientStorage {
     ///
     /// What the server's `tpc_finish` raised, or [`Error::Disconnected`].
     pub async fn tpc_finish(&self, txn: TxnHandle) -> Result<Tid> {
-        let state = {
+        let mut state = {
             let mut guard = self.inner.txn.lock().unwrap_or_else(|e| e.into_inner());
             match guard.take() {
                 Some(s) if s.handle == txn => s,
@@ -787,10 +884,14 @@ impl AsyncClientStorage {
             .call_with_hook(|msgid| ClientRequest::tpc_finish(msgid, id), Some(hook))
             .await
             .and_then(|v| replies::tid("tpc_finish", &v).map_err(protocol_error));
-        if result.is_err() {
+        match &result {
+            Ok(tid) => {
+                let staged = std::mem::take(&mut state.blobs);
+                self.commit_blobs(staged, *tid).await;
+            }
             // Our cache may now disagree with the server: reconnect and
             // verify it.
-            state.conn.close();
+            Err(_) => state.conn.close(),
         }
         result
     }

@@ -33,6 +33,7 @@ use zeo_protocol::{
 };
 use zeo_storage::{LoadedRevision, Oid, Tid};
 
+use crate::blobs::BlobState;
 use crate::cache::ClientCache;
 use crate::error::{Error, Result};
 use crate::options::{ClientOptions, ServerAddress, Transport};
@@ -90,6 +91,8 @@ pub(crate) struct Shared {
     pub info: Mutex<(u64, u64)>,
     /// `supportsUndo` from the last `get_info`.
     pub supports_undo: AtomicBool,
+    /// The blob directory and the downloads in progress.
+    pub blobs: Option<Arc<BlobState>>,
 }
 
 impl Shared {
@@ -147,7 +150,7 @@ impl CallKey {
     }
 }
 
-type Reply = std::result::Result<Value, WireError>;
+pub(crate) type Reply = std::result::Result<Value, WireError>;
 /// Runs in the reader task when a reply arrives, before waiters wake.
 pub(crate) type ReplyHook = Box<dyn FnOnce(&Reply) + Send>;
 
@@ -160,6 +163,22 @@ struct Pending {
 /// An invalidation received before verification finished.
 type QueuedInvalidation = (Tid, Vec<Oid>);
 
+/// The bytes waiting in a connection's outgoing queue, so that a long
+/// stream of messages (a blob upload) can wait for the writer instead of
+/// queueing without bound.
+#[derive(Debug, Default)]
+struct Queued {
+    bytes: AtomicU64,
+    drained: Notify,
+}
+
+impl Queued {
+    fn written(&self, n: usize) {
+        self.bytes.fetch_sub(n as u64, Ordering::AcqRel);
+        self.drained.notify_waiters();
+    }
+}
+
 /// A registered connection.
 pub(crate) struct Conn {
     pub address: ServerAddress,
@@ -170,6 +189,8 @@ pub(crate) struct Conn {
     marshaller: Marshaller,
     /// Encoded messages for the writer task, which frames them.
     out: mpsc::UnboundedSender<Vec<u8>>,
+    /// How many bytes of `out` the writer has not written yet.
+    outgoing: Arc<Queued>,
     pending: Mutex<HashMap<CallKey, Pending>>,
     next_id: AtomicI64,
     closed: AtomicBool,
@@ -584,7 +605,9 @@ impl Conn {
         }
 
         let (out, out_rx) = mpsc::unbounded_channel();
+        let outgoing = Arc::new(Queued::default());
         let conn = Arc::new(Conn {
+            outgoing: outgoing.clone(),
             address: address.clone(),
             read_only: AtomicBool::new(options.read_only),
             generation,
@@ -605,6 +628,7 @@ impl Conn {
             options.heartbeat_interval,
             conn.marshaller,
             send,
+            outgoing,
         ));
         let reader = tokio::spawn(read_loop(Arc::downgrade(&conn), rd));
         conn.tasks
@@ -689,9 +713,31 @@ impl Conn {
             .marshaller
             .encode(msg)
             .map_err(|e| Error::Protocol(e.to_string()))?;
-        self.out
-            .send(payload)
-            .map_err(|_| disconnected("connection closed"))
+        let len = payload.len();
+        self.outgoing.bytes.fetch_add(len as u64, Ordering::AcqRel);
+        self.out.send(payload).map_err(|_| {
+            self.outgoing.written(len);
+            disconnected("connection closed")
+        })
+    }
+
+    /// A one-way call sent once fewer than `limit` bytes wait to be
+    /// written: a stream of such calls holds at most `limit` plus one
+    /// message in memory.
+    pub async fn send_when_room(&self, msg: &Message, limit: usize) -> Result<()> {
+        loop {
+            let drained = self.outgoing.drained.notified();
+            if self.is_closed() {
+                return Err(disconnected("connection closed"));
+            }
+            if self.outgoing.bytes.load(Ordering::Acquire) < limit as u64 {
+                return self.send(msg);
+            }
+            tokio::select! {
+                () = drained => {}
+                () = self.closed() => {}
+            }
+        }
     }
 
     /// A one-way call.
@@ -750,6 +796,14 @@ impl Conn {
     /// `loadBefore`; identical concurrent loads share one request, and the
     /// result is cached by the reader task before anyone sees it.
     pub async fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<LoadedRevision>> {
+        let (rx, _) = self.start_load(oid, before)?;
+        self.finish_load(rx).await
+    }
+
+    /// Joins the in-flight `loadBefore(oid, before)`, or sends it when
+    /// there is none; `true` when this call sent the request. The reader
+    /// task caches the result before the receiver wakes.
+    pub fn start_load(&self, oid: Oid, before: Tid) -> Result<(oneshot::Receiver<Reply>, bool)> {
         let key = CallKey::Load(oid, before);
         let (rx, first) = self.register_waiter(key.clone(), None);
         if first {
@@ -761,6 +815,14 @@ impl Conn {
                 return Err(e);
             }
         }
+        Ok((rx, first))
+    }
+
+    /// The result of a load [`Conn::start_load`] joined.
+    pub async fn finish_load(
+        &self,
+        rx: oneshot::Receiver<Reply>,
+    ) -> Result<Option<LoadedRevision>> {
         let value = self.wait(rx).await?;
         replies::into_load_before(value).map_err(|e| Error::Protocol(e.to_string()))
     }
@@ -826,7 +888,10 @@ impl Conn {
             Ok(ClientIncoming::Event(ClientEvent::Info { entries })) => {
                 self.shared.merge_info(&entries)
             }
-            Ok(ClientIncoming::Event(other)) => debug!(?other, "ignoring blob message"),
+            Ok(ClientIncoming::Event(blob)) => match &self.shared.blobs {
+                Some(blobs) => blobs.on_event(blob, &self.address.to_string()),
+                None => warn!(address = %self.address, "ignoring blob data: no blob_dir"),
+            },
             Err(e) => {
                 warn!(error = %e, address = %self.address, "ignoring a message from the server")
             }
@@ -843,28 +908,35 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     heartbeat: Duration,
     marshaller: Marshaller,
     mut codec: FrameCodec,
+    outgoing: Arc<Queued>,
 ) {
     let beat = marshaller.encode(&Message::heartbeat()).ok();
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
     loop {
-        let payload = tokio::select! {
+        let (payload, queued) = tokio::select! {
             payload = rx.recv() => match payload {
-                Some(p) => p,
+                Some(p) => {
+                    let len = p.len();
+                    (p, len)
+                }
                 None => break,
             },
             _ = ticker.tick() => match &beat {
-                Some(b) => b.clone(),
+                Some(b) => (b.clone(), 0),
                 None => continue,
             },
         };
-        let written = match frame(&mut codec, &payload) {
+        let framed = frame(&mut codec, &payload);
+        drop(payload);
+        let written = match framed {
             Ok(f) => wr.write_all(&f).await.is_ok(),
             Err(e) => {
                 warn!(error = %e, "cannot frame a message; closing");
                 false
             }
         };
+        outgoing.written(queued);
         if !written {
             break;
         }

@@ -62,6 +62,17 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A blob file or directory could not be read or written (a full
+    /// disk, say); the path names which.
+    #[error("blob {path}: {source}")]
+    BlobIo {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
     /// A last tid older than the one the cache already holds, while the
     /// cache is not empty (ZEO raises `ValueError` there).
     #[error("new last tid {new} must not be older than the cache's {last}")]

@@ -130,6 +130,8 @@
 
 #![warn(missing_docs)]
 
+pub mod blob_cache;
+mod blobs;
 pub mod cache;
 mod client;
 mod commit;
@@ -144,8 +146,10 @@ mod storage;
 mod verify;
 mod vote;
 
+pub use blob_cache::{BlobDir, Layout};
+pub use blobs::{BLOB_CHUNK, UPLOAD_QUEUE_LIMIT};
 pub use cache::{CacheStats, ClientCache};
-pub use client::{AsyncClientStorage, ClientStats};
+pub use client::{AsyncClientStorage, ClientStats, PREFETCH_WINDOW};
 pub use commit::{AsyncTransaction, CommitOptions, Transaction};
 pub use connection::Notice;
 pub use error::{is_client_disconnected, Error, ErrorKind, Result};

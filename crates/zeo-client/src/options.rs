@@ -276,6 +276,25 @@ pub struct ClientOptions {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub tls: Option<zeo_tls::ClientTls>,
+    /// ZEO's `blob_dir`: where blobs are kept. Without
+    /// [`shared_blob_dir`](ClientOptions::shared_blob_dir) it is a local
+    /// cache of downloaded blobs in ZEO's `zeocache` layout, which a
+    /// Python client on the same host may share (see `docs/client.md`);
+    /// `None` means the client refuses blob calls (`Unsupported`).
+    pub blob_dir: Option<PathBuf>,
+    /// ZEO's `shared_blob_dir`: `blob_dir` is the server's own blob
+    /// directory (a shared file system), read in place and written without
+    /// sending blob bytes over the connection.
+    pub shared_blob_dir: bool,
+    /// ZEO's `blob_cache_size`: the bytes the blob cache is kept under
+    /// (files least recently accessed are removed first); `None` leaves it
+    /// unbounded. Ignored with `shared_blob_dir`.
+    pub blob_cache_size: Option<u64>,
+    /// ZEO's `blob_cache_size_check`: the percentage of `blob_cache_size`
+    /// that may be downloaded between two size checks; a check brings the
+    /// cache down to `blob_cache_size` minus that much. Must be below 100;
+    /// ZEO's default is 10.
+    pub blob_cache_size_check: u8,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -293,6 +312,9 @@ impl fmt::Debug for ClientOptions {
             .field("username", &self.username)
             .field("realm", &self.realm)
             .field("tls", &self.tls.as_ref().map(|t| t.files()))
+            .field("blob_dir", &self.blob_dir)
+            .field("shared_blob_dir", &self.shared_blob_dir)
+            .field("blob_cache_size", &self.blob_cache_size)
             .finish_non_exhaustive()
     }
 }
@@ -325,6 +347,10 @@ impl ClientOptions {
             realm: None,
             connector: None,
             tls: None,
+            blob_dir: None,
+            shared_blob_dir: false,
+            blob_cache_size: None,
+            blob_cache_size_check: 10,
         }
     }
 
@@ -397,9 +423,9 @@ impl TryFrom<&zeo_config::ClientConfig> for ClientOptions {
     type Error = Error;
 
     /// Builds options from a `<zeoclient>` / `<clientstorage>` section,
-    /// loading the files its `<ssl>` names. Blob settings are not supported
-    /// by this client and are refused rather than silently ignored, as is
-    /// `password-function` (a Python function).
+    /// loading the files its `<ssl>` names (and its blob settings).
+    /// `password-function` (a Python function) is refused rather than
+    /// silently ignored.
     ///
     /// ```
     /// let config = zeo_config::ClientConfig::from_str(
@@ -413,11 +439,15 @@ impl TryFrom<&zeo_config::ClientConfig> for ClientOptions {
     /// assert_eq!(options.min_disconnect_poll, std::time::Duration::from_secs(5));
     /// ```
     fn try_from(config: &zeo_config::ClientConfig) -> Result<Self, Error> {
-        if config.blob_dir.is_some() {
-            return Err(Error::Config(
-                "blobs are not supported by this client".into(),
-            ));
-        }
+        let blob_cache_size_check = match config.blob_cache_size_check {
+            None => 10,
+            Some(n @ 0..=99) => n as u8,
+            Some(n) => {
+                return Err(Error::Config(format!(
+                    "blob-cache-size-check must be a percentage below 100, not {n}"
+                )))
+            }
+        };
         let servers = config
             .servers
             .iter()
@@ -448,6 +478,10 @@ impl TryFrom<&zeo_config::ClientConfig> for ClientOptions {
         options.password = config.password.clone();
         options.realm = config.realm.clone();
         options.tls = config.ssl.as_ref().map(client_tls).transpose()?;
+        options.blob_dir = config.blob_dir.clone();
+        options.shared_blob_dir = config.shared_blob_dir;
+        options.blob_cache_size = config.blob_cache_size.map(|s| s.bytes());
+        options.blob_cache_size_check = blob_cache_size_check;
         Ok(options)
     }
 }

@@ -17,9 +17,9 @@ use tokio::sync::broadcast;
 use zeo_pickle::Value;
 use zeo_protocol::{client::replies, ClientRequest};
 use zeo_storage::{
-    BeginOptions, CurrentRecord, ExternalGc, HistoryEntry, Iteration, LoadedRevision, Oid, Pack,
-    RecordIteration, Restore, Storage, Tid, TransactionIter, TransactionMetaData,
-    TransactionRecord, TxnHandle, Undo, UndoEntry, UndoFilter,
+    BeginOptions, BlobData, BlobSource, Blobs, CurrentRecord, ExternalGc, HistoryEntry, Iteration,
+    LoadedRevision, Oid, Pack, RecordIteration, Restore, Storage, Tid, TransactionIter,
+    TransactionMetaData, TransactionRecord, TxnHandle, Undo, UndoEntry, UndoFilter,
 };
 
 use crate::client::{AsyncClientStorage, ClientStats};
@@ -167,6 +167,37 @@ impl ClientStorage {
     pub fn server_status(&self) -> Result<Value> {
         self.block(self.client.server_status())
     }
+
+    /// Loads the revisions of `oids` current before `before` into the
+    /// cache with pipelined requests, as [`AsyncClientStorage::prefetch`],
+    /// returning once they are cached.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] without a connection.
+    pub fn prefetch(&self, oids: &[Oid], before: Tid) -> Result<()> {
+        self.block(self.client.prefetch(oids, before))
+    }
+
+    /// The file holding a blob revision, as
+    /// [`AsyncClientStorage::load_blob`].
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncClientStorage::load_blob`].
+    pub fn load_blob(&self, oid: Oid, serial: Tid) -> Result<std::path::PathBuf> {
+        self.block(self.client.load_blob(oid, serial))
+    }
+
+    /// An open reader of a blob revision, as
+    /// [`AsyncClientStorage::open_blob`].
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncClientStorage::load_blob`].
+    pub fn open_blob(&self, oid: Oid, serial: Tid) -> Result<std::fs::File> {
+        self.block(self.client.open_blob(oid, serial))
+    }
 }
 
 /// Polls a future to completion on the current thread without a runtime;
@@ -296,7 +327,36 @@ impl Storage for ClientStorage {
         self.client.supports_undo().then_some(self as &dyn Undo)
     }
 
+    /// Blobs when `blob_dir` is configured.
+    fn as_blobs(&self) -> Option<&dyn Blobs> {
+        self.client.blob_dir().map(|_| self as &dyn Blobs)
+    }
+
     zeo_storage::provide_capabilities!(restore, iteration, record_iteration, pack, external_gc);
+}
+
+impl Blobs for ClientStorage {
+    fn temporary_directory(&self) -> &std::path::Path {
+        self.client
+            .blob_dir()
+            .map_or(std::path::Path::new(""), |d| d.temporary_directory())
+    }
+
+    fn store_blob(
+        &self,
+        txn: TxnHandle,
+        oid: Oid,
+        serial: Tid,
+        data: &[u8],
+        blob: BlobSource,
+    ) -> zeo_storage::Result<()> {
+        st(self.block(self.client.store_blob(txn, oid, serial, data, blob)))
+    }
+
+    /// The file in the blob directory (downloaded first when missing).
+    fn load_blob(&self, oid: Oid, serial: Tid) -> zeo_storage::Result<BlobData> {
+        st(self.block(self.client.load_blob(oid, serial))).map(BlobData::Path)
+    }
 }
 
 impl Undo for ClientStorage {

@@ -207,13 +207,41 @@ impl ClientRequest {
         txn: TxnId,
         chunks: impl IntoIterator<Item = &'a [u8]>,
     ) -> Vec<Message> {
-        let mut out = vec![Message::call_async("storeBlobStart", vec![])];
-        out.extend(
-            chunks
-                .into_iter()
-                .map(|c| Message::call_async("storeBlobChunk", vec![Value::Bytes(c.to_vec())])),
-        );
-        out.push(Message::call_async(
+        let mut out = vec![Self::store_blob_start()];
+        out.extend(chunks.into_iter().map(Self::store_blob_chunk));
+        out.push(Self::store_blob_end(oid, serial, data, txn));
+        out
+    }
+
+    /// One-way `storeBlobStart()`: an upload begins. A client streaming a
+    /// large blob sends this, then [`ClientRequest::store_blob_chunk`] for
+    /// each chunk as it reads it, then [`ClientRequest::store_blob_end`],
+    /// with nothing else of the transaction's in between.
+    pub fn store_blob_start() -> Message {
+        Message::call_async("storeBlobStart", vec![])
+    }
+
+    /// One-way `storeBlobChunk(chunk)`: the next bytes of an upload (ZEO
+    /// sends 59,000 at a time).
+    pub fn store_blob_chunk(chunk: &[u8]) -> Message {
+        Message::call_async("storeBlobChunk", vec![Value::Bytes(chunk.to_vec())])
+    }
+
+    /// One-way `storeBlobEnd(oid, serial, data, id)`: the uploaded bytes
+    /// are the blob of this store.
+    ///
+    /// ```
+    /// use zeo_protocol::{ClientRequest, TxnId};
+    /// use zeo_storage::{Oid, Tid};
+    ///
+    /// let msgs = ClientRequest::store_blob(Oid(1), Tid(0), b"rec", TxnId(7), [&b"ab"[..]]);
+    /// assert_eq!(msgs[0], ClientRequest::store_blob_start());
+    /// assert_eq!(msgs[1], ClientRequest::store_blob_chunk(b"ab"));
+    /// assert_eq!(msgs[2], ClientRequest::store_blob_end(Oid(1), Tid(0), b"rec", TxnId(7)));
+    /// assert_eq!(msgs[2].method, "storeBlobEnd");
+    /// ```
+    pub fn store_blob_end(oid: Oid, serial: Tid, data: &[u8], txn: TxnId) -> Message {
+        Message::call_async(
             "storeBlobEnd",
             vec![
                 id8(oid.to_bytes()),
@@ -221,8 +249,7 @@ impl ClientRequest {
                 Value::Bytes(data.to_vec()),
                 txn.into(),
             ],
-        ));
-        out
+        )
     }
 
     /// One-way `storeBlobShared(oid, serial, data, filename, id)`.

@@ -336,7 +336,7 @@ fn conflict_dict(
 ///
 /// ```
 /// use zeo_protocol::python_class;
-/// use zeo_storage::{Error, Oid};
+/// use zeo_storage::{Error as StorageError, Oid};
 /// assert_eq!(python_class(&StorageError::PosKey { oid: Oid(1), serial: None }), "ZODB.POSException.POSKeyError");
 /// ```
 pub fn python_class(err: &StorageError) -> &'static str {

@@ -860,11 +860,14 @@ async fn serve(plan: Plan) -> Result<(), String> {
     for bound in server.bind_metrics().map_err(|e| e.to_string())? {
         println!("metrics listening on {bound}");
     }
-    let _ = std::io::stdout().flush();
     if let Some(path) = &pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .map_err(|e| format!("writing pid file {}: {e}", path.display()))?;
     }
+    // The last line before serving: whoever reads the addresses knows
+    // there are no more.
+    println!("ready");
+    let _ = std::io::stdout().flush();
 
     // Every address is bound and the pid file written: units ordered
     // after this one may connect now.

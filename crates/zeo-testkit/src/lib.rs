@@ -294,6 +294,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Writes `dir/zeo.conf` for a `runzeo` listening on `127.0.0.1:port`
+/// that serves `dir/Data.fs` with its blobs in `dir/server-blobs`
+/// (`<filestorage>` with `blob-dir`, as ZEO's blob tests configure it).
+pub fn write_runzeo_blob_config(dir: &Path, port: u16) {
+    let conf = format!(
+        "<zeo>\n  address 127.0.0.1:{port}\n</zeo>\n<filestorage>\n  path {}\n  blob-dir {}\n</filestorage>\n",
+        dir.join("Data.fs").display(),
+        dir.join("server-blobs").display()
+    );
+    std::fs::write(dir.join("zeo.conf"), conf)
+        .unwrap_or_else(|e| panic!("cannot write {}/zeo.conf: {e}", dir.display()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

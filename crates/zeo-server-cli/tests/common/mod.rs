@@ -57,11 +57,13 @@ impl ServerProcess {
                 }
             }
         });
+        // Every bound address, up to the `ready` line that ends them.
         let mut addrs = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while addrs.is_empty() {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
+                Ok(line) if line == "ready" => break,
                 Ok(line) => {
                     if let Some(a) = line.strip_prefix("listening on ") {
                         addrs.push(a.to_owned());
@@ -70,16 +72,11 @@ impl ServerProcess {
                 Err(_) => {
                     let _ = child.kill();
                     let err = stderr.recv().unwrap_or_default();
-                    panic!("zeo-server did not report its address; stderr:\n{err}");
+                    panic!("zeo-server did not report ready; stderr:\n{err}");
                 }
             }
         }
-        // Give multi-address servers a moment to print the rest.
-        while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            if let Some(a) = line.strip_prefix("listening on ") {
-                addrs.push(a.to_owned());
-            }
-        }
+        assert!(!addrs.is_empty(), "zeo-server reported no address");
         ServerProcess {
             child,
             addrs,
