@@ -1,11 +1,15 @@
 //! Blobs served to stock ZEO 6 clients (Python ZODB `Blob`s through
 //! `ClientStorage`), with non-shared blob caches and with the server's own
 //! blob directory shared; the server's files opened by Python's
-//! `FileStorage(blob_dir=…)` afterwards.
+//! `FileStorage(blob_dir=…)` afterwards; undo and pack; a 100 MB blob up
+//! and down within bounded server memory, a client killed in the middle of
+//! an upload, and the server killed between a blob transaction's vote and
+//! its finish.
 
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 
@@ -293,4 +297,189 @@ fn a_python_written_blob_storage_is_served() {
     server.signal(libc::SIGTERM);
     let (status, stderr) = server.wait();
     assert!(status.success(), "{stderr}");
+}
+
+fn start(dir: &Path) -> ServerProcess {
+    let conf = config(dir);
+    ServerProcess::start(dir, &["-C", conf.to_str().unwrap()])
+}
+
+fn tmp_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("blobs/tmp")).map_or(0, |d| d.count())
+}
+
+/// One client writes 100 MB, another (its own cache) reads it back.
+const BIG: &str = r#"
+import hashlib, os, sys, transaction, ZODB, ZEO.ClientStorage
+from ZODB.blob import Blob
+port = int(sys.argv[1])
+def open_db(cache):
+    return ZODB.DB(ZEO.ClientStorage.ClientStorage(
+        ('127.0.0.1', port), wait_timeout=30, server_sync=True, blob_dir=cache))
+want = hashlib.sha256()
+block = os.urandom(1 << 20)
+db = open_db('cache-a')
+with db.transaction() as conn:
+    b = Blob()
+    with b.open('w') as f:
+        for i in range(100):
+            chunk = bytes([i]) + block[1:]
+            f.write(chunk)
+            want.update(chunk)
+    conn.root()['big'] = b
+db.close()
+db = open_db('cache-b')
+with db.transaction() as conn:
+    got = hashlib.sha256()
+    with conn.root()['big'].open('r') as f:
+        while True:
+            data = f.read(1 << 20)
+            if not data:
+                break
+            got.update(data)
+    with conn.root()['big'].open('r') as f:
+        assert f.seek(0, 2) == 100 << 20
+assert got.hexdigest() == want.hexdigest()
+db.close()
+print("OK")
+"#;
+
+#[test]
+fn a_100mb_blob_goes_up_and_down_in_bounded_server_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let pid = Some(server.child.id());
+    let before = zeo_testkit::proc_status_kib(pid, "VmHWM");
+    run(dir.path(), "big.py", BIG, &[&server.port().to_string()]);
+    let after = zeo_testkit::proc_status_kib(pid, "VmHWM");
+    let blob_dir = dir.path().join("blobs");
+    let stored: u64 = files(&blob_dir)
+        .iter()
+        .map(|f| std::fs::metadata(blob_dir.join(f)).unwrap().len())
+        .sum();
+    assert_eq!(stored, 100 << 20, "the server does not hold the whole blob");
+    let growth_mib = (after.saturating_sub(before)) as f64 / 1024.0;
+    eprintln!(
+        "server VmHWM {before} KiB -> {after} KiB (+{growth_mib:.1} MiB) for a 100 MiB blob up and down"
+    );
+    assert!(
+        growth_mib < 64.0,
+        "server peak memory grew {growth_mib:.1} MiB"
+    );
+    server.signal(libc::SIGTERM);
+    let (status, stderr) = server.wait();
+    assert!(status.success(), "{stderr}");
+}
+
+/// Starts an upload by hand, makes sure the server wrote it, and dies.
+const KILLED_MID_UPLOAD: &str = r#"
+import os, signal, sys, ZEO.ClientStorage
+from ZODB.Connection import TransactionMetaData
+cs = ZEO.ClientStorage.ClientStorage(('127.0.0.1', int(sys.argv[1])), wait_timeout=30)
+t = TransactionMetaData()
+cs.tpc_begin(t)
+cs._async('storeBlobStart')
+for _ in range(20):
+    cs._async('storeBlobChunk', b'x' * 59000)
+cs._call('lastTransaction')  # after the chunks: the server has written them
+print(len(os.listdir(os.path.join('blobs', 'tmp'))), "OK", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"#;
+
+#[test]
+fn a_client_killed_mid_upload_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let port = server.port().to_string();
+    let path = dir.path().join("killed.py");
+    std::fs::write(&path, KILLED_MID_UPLOAD).unwrap();
+    let out = zeo_testkit::run_python(&zeo_testkit::python6(), &path, &[&port], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("1 OK"),
+        "the upload was not on disk: {stdout}"
+    );
+    assert!(
+        zeo_testkit::wait_until(Duration::from_secs(10), || tmp_files(dir.path()) == 0),
+        "the killed client's upload is still in blobs/tmp"
+    );
+    server.signal(libc::SIGTERM);
+    let (status, stderr) = server.wait();
+    assert!(status.success(), "{stderr}");
+}
+
+/// Commits blob A, then votes blob B and kills the server before finish.
+const KILL_AFTER_VOTE: &str = r#"
+import os, signal, sys, transaction, ZODB, ZEO.ClientStorage
+from ZODB.blob import Blob
+from ZODB.Connection import TransactionMetaData
+port, server_pid = int(sys.argv[1]), int(sys.argv[2])
+cs = ZEO.ClientStorage.ClientStorage(('127.0.0.1', port), wait_timeout=30, blob_dir='cache')
+db = ZODB.DB(cs)
+with db.transaction() as conn:
+    conn.root()['a'] = Blob(b'acknowledged' * 10000)
+oid = cs.new_oid()
+with open('b.blob', 'wb') as f:
+    f.write(b'never finished')
+t = TransactionMetaData()
+cs.tpc_begin(t)
+cs.storeBlob(oid, b'\0' * 8, b'not a pickle', 'b.blob', '', t)
+cs.tpc_vote(t)
+os.kill(server_pid, signal.SIGKILL)
+print(oid.hex(), "OK", flush=True)
+os._exit(0)
+"#;
+
+const READ_AFTER_RESTART: &str = r#"
+import sys, ZODB, ZEO.ClientStorage, ZODB.POSException
+cs = ZEO.ClientStorage.ClientStorage(('127.0.0.1', int(sys.argv[1])), wait_timeout=30,
+                                     blob_dir='cache2')
+db = ZODB.DB(cs)
+conn = db.open()
+with conn.root()['a'].open('r') as f:
+    assert f.read() == b'acknowledged' * 10000
+try:
+    cs.load(bytes.fromhex(sys.argv[2]))
+    raise SystemExit("the unfinished transaction survived")
+except ZODB.POSException.POSKeyError:
+    pass
+db.close()
+print("OK")
+"#;
+
+#[test]
+fn server_killed_between_vote_and_finish_keeps_acknowledged_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let port = server.port().to_string();
+    let pid = server.child.id().to_string();
+    let out = run(
+        dir.path(),
+        "kill_after_vote.py",
+        KILL_AFTER_VOTE,
+        &[&port, &pid],
+    );
+    let unfinished = out.split(' ').next().unwrap().to_owned();
+    let (status, _) = server.wait();
+    assert!(!status.success(), "the server was not killed");
+
+    let server = start(dir.path());
+    let port = server.port().to_string();
+    run(
+        dir.path(),
+        "read_after_restart.py",
+        READ_AFTER_RESTART,
+        &[&port, &unfinished],
+    );
+    server.signal(libc::SIGTERM);
+    let (status, stderr) = server.wait();
+    assert!(status.success(), "{stderr}");
+    let check = std::process::Command::new(binary())
+        .args(["check", "Data.fs", "--blob-dir", "blobs"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{stdout}");
+    assert!(stdout.contains(" 0 missing files"), "{stdout}");
 }
