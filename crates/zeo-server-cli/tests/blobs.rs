@@ -474,11 +474,7 @@ fn server_killed_between_vote_and_finish_keeps_acknowledged_blobs() {
     server.signal(libc::SIGTERM);
     let (status, stderr) = server.wait();
     assert!(status.success(), "{stderr}");
-    let check = std::process::Command::new(binary())
-        .args(["check", "Data.fs", "--blob-dir", "blobs"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let check = zeo_server(dir.path(), &["check", "Data.fs", "--blob-dir", "blobs"]);
     let stdout = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{stdout}");
     assert!(stdout.contains(" 0 missing files"), "{stdout}");
