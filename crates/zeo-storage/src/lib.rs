@@ -30,3 +30,8 @@ pub use interface::{
 pub use mapping::MappingStorage;
 pub use timestamp::TimeStamp;
 pub use undo_id::{tid_from_undo_id, undo_id};
+
+/// `docs/blobs.md`, whose examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/blobs.md")]
+pub struct BlobsGuide;
