@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
+use crate::interface::{BlobSource, TxnHandle};
 
 /// The name of the layout marker file.
 pub const LAYOUT_MARKER: &str = ".layout";
@@ -331,6 +332,15 @@ impl BlobDir {
         Ok(path)
     }
 
+    /// The file a [`BlobSource`] names, or a stream written to a new
+    /// temporary file.
+    pub fn source_file(&self, blob: BlobSource) -> Result<PathBuf> {
+        match blob {
+            BlobSource::File(path) => Ok(path),
+            BlobSource::Stream(mut reader) => self.write_temporary(&mut reader),
+        }
+    }
+
     /// Moves `src` into place as the file of `(oid, tid)` (a rename, or a
     /// copy when `src` is on another file system) and makes it read-only.
     /// Directories it creates are made durable now; the file itself by
@@ -467,6 +477,68 @@ impl BlobDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
         }
+    }
+}
+
+/// The files one transaction moved into place, so that its abort can
+/// remove them (ZODB's `dirty_oids`).
+#[derive(Default)]
+pub(crate) struct TxnFiles(std::sync::Mutex<StagedFiles>);
+
+#[derive(Default)]
+struct StagedFiles {
+    txn: Option<TxnHandle>,
+    files: Vec<PathBuf>,
+}
+
+impl TxnFiles {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StagedFiles> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a file `txn` moved into place. Files of an earlier
+    /// transaction still listed belong to a finished one (a backend may
+    /// finish without coming back here) and are kept.
+    pub(crate) fn add(&self, txn: TxnHandle, path: PathBuf) {
+        let mut staged = self.lock();
+        if staged.txn != Some(txn) {
+            staged.txn = Some(txn);
+            staged.files.clear();
+        }
+        staged.files.push(path);
+    }
+
+    /// Syncs the files of `txn` and their directories.
+    pub(crate) fn make_durable(&self, txn: TxnHandle) -> Result<()> {
+        let staged = self.lock();
+        if staged.txn == Some(txn) {
+            BlobDir::make_durable(&staged.files)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the files of a finished `txn`.
+    pub(crate) fn finished(&self, txn: TxnHandle) {
+        let mut staged = self.lock();
+        if staged.txn == Some(txn) {
+            *staged = StagedFiles::default();
+        }
+    }
+
+    /// Removes the files of an aborted `txn`.
+    pub(crate) fn aborted(&self, txn: TxnHandle) {
+        let mut staged = self.lock();
+        if staged.txn != Some(txn) {
+            return;
+        }
+        for path in staged.files.drain(..) {
+            if let Err(e) = BlobDir::remove_committed(&path) {
+                tracing::warn!("removing the blob of an aborted transaction: {e}");
+            }
+        }
+        staged.txn = None;
     }
 }
 

@@ -11,9 +11,8 @@
 //! harmless to readers.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use crate::blobdir::BlobDir;
+use crate::blobdir::{BlobDir, TxnFiles};
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
 use crate::interface::{BlobData, BlobSource, Blobs, Storage, TxnHandle};
@@ -47,67 +46,37 @@ impl Default for BlobPackMode {
 /// The blob directory and the files the open transaction put in it.
 pub(crate) struct BlobState {
     pub(crate) dir: BlobDir,
-    staged: Mutex<StagedBlobs>,
+    staged: TxnFiles,
     pack_mode: BlobPackMode,
-}
-
-/// Files moved into place by one transaction, removed if it aborts.
-#[derive(Default)]
-struct StagedBlobs {
-    txn: Option<TxnHandle>,
-    files: Vec<PathBuf>,
 }
 
 impl BlobState {
     pub(crate) fn new(dir: BlobDir) -> Self {
         BlobState {
             dir,
-            staged: Mutex::new(StagedBlobs::default()),
+            staged: TxnFiles::default(),
             pack_mode: BlobPackMode::default(),
         }
     }
 
-    /// Records a file `txn` moved into place. Files of an earlier
-    /// transaction still listed belong to a finished one (finish in two
-    /// halves does not come back here) and are kept.
+    /// Records a file `txn` moved into place.
     fn add(&self, txn: TxnHandle, path: PathBuf) {
-        let mut staged = lock(&self.staged);
-        if staged.txn != Some(txn) {
-            staged.txn = Some(txn);
-            staged.files.clear();
-        }
-        staged.files.push(path);
+        self.staged.add(txn, path);
     }
 
     /// Syncs the files of `txn` and their directories.
     pub(crate) fn make_durable(&self, txn: TxnHandle) -> Result<()> {
-        let staged = lock(&self.staged);
-        if staged.txn == Some(txn) {
-            BlobDir::make_durable(&staged.files)?;
-        }
-        Ok(())
+        self.staged.make_durable(txn)
     }
 
     /// Forgets the files of a finished `txn`.
     pub(crate) fn finished(&self, txn: TxnHandle) {
-        let mut staged = lock(&self.staged);
-        if staged.txn == Some(txn) {
-            *staged = StagedBlobs::default();
-        }
+        self.staged.finished(txn);
     }
 
     /// Removes the files of an aborted `txn`.
     pub(crate) fn aborted(&self, txn: TxnHandle) {
-        let mut staged = lock(&self.staged);
-        if staged.txn != Some(txn) {
-            return;
-        }
-        for path in staged.files.drain(..) {
-            if let Err(e) = BlobDir::remove_committed(&path) {
-                tracing::warn!("removing the blob of an aborted transaction: {e}");
-            }
-        }
-        staged.txn = None;
+        self.staged.aborted(txn);
     }
 }
 
@@ -165,14 +134,6 @@ impl FileStorage {
         self.blobs
             .as_ref()
             .ok_or(Error::Unsupported("blobs (no blob directory)"))
-    }
-
-    /// The path of a caller's file, or a stream written to a temporary.
-    fn blob_source_path(dir: &BlobDir, blob: BlobSource) -> Result<PathBuf> {
-        match blob {
-            BlobSource::File(path) => Ok(path),
-            BlobSource::Stream(mut reader) => dir.write_temporary(&mut reader),
-        }
     }
 
     fn place_blob(
@@ -251,7 +212,7 @@ impl Blobs for FileStorage {
         blob: BlobSource,
     ) -> Result<()> {
         let state = self.blob_state()?;
-        let src = Self::blob_source_path(&state.dir, blob)?;
+        let src = state.dir.source_file(blob)?;
         let stored = self
             .store_record(txn, oid, serial, data)
             .and_then(|_| self.txn_tid(txn));
@@ -284,9 +245,7 @@ impl Blobs for FileStorage {
         blob: Option<BlobSource>,
     ) -> Result<()> {
         let state = self.blob_state()?;
-        let src = blob
-            .map(|b| Self::blob_source_path(&state.dir, b))
-            .transpose()?;
+        let src = blob.map(|b| state.dir.source_file(b)).transpose()?;
         let restored = self.restore_record(txn, oid, serial, data, None);
         match (restored, src) {
             (Ok(()), Some(src)) => self.place_blob(state, txn, oid, serial, &src),
