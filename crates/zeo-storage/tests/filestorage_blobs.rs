@@ -340,3 +340,52 @@ fn check_reports_blob_records_without_files() {
     let report = check_blobs(&data, &blobs).unwrap();
     assert_eq!(report.missing, [(Oid(1), t2, lost)]);
 }
+
+#[test]
+fn a_storage_with_blobs_copies_through_iteration_and_restore_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(dir.path());
+    let t1 = commit_at(&src, 1.0e9, &[(0, None), (1, Some(b"one"))]);
+    let t2 = commit_at(&src, 1.0e9 + 10.0, &[(1, Some(b"two"))]);
+    let copy_dir = dir.path().join("copy");
+    fs::create_dir(&copy_dir).unwrap();
+    let dst = open(&copy_dir);
+    for txn in src.as_iteration().unwrap().iterator(None, None).unwrap() {
+        let txn = txn.unwrap();
+        let options = BeginOptions {
+            tid: Some(txn.tid),
+            ..BeginOptions::default()
+        };
+        let t = dst.tpc_begin(&txn.meta, options).unwrap();
+        for rec in txn.records {
+            let data = rec.data.as_deref();
+            match src.as_blobs().unwrap().load_blob(rec.oid, rec.tid) {
+                Ok(BlobData::Path(path)) => {
+                    let stream = Box::new(fs::File::open(path).unwrap());
+                    dst.as_blobs()
+                        .unwrap()
+                        .restore_blob(t, rec.oid, rec.tid, data, Some(BlobSource::Stream(stream)))
+                        .unwrap();
+                }
+                Err(e) if e.is_pos_key() => dst
+                    .as_restore()
+                    .unwrap()
+                    .restore(t, rec.oid, rec.tid, data, rec.data_txn)
+                    .unwrap(),
+                other => panic!("{other:?}"),
+            }
+        }
+        dst.tpc_vote(t).unwrap();
+        dst.tpc_finish(t, &mut |_| {}).unwrap();
+    }
+    assert_eq!(blob_bytes(&dst, Oid(1), t1), b"one");
+    assert_eq!(blob_bytes(&dst, Oid(1), t2), b"two");
+    assert_eq!(
+        blob_bytes(&src, Oid(1), t1),
+        b"one",
+        "the source lost a file"
+    );
+    drop(dst);
+    let report = check_blobs(&copy_dir.join("Data.fs"), &copy_dir.join("blobs")).unwrap();
+    assert_eq!((report.blob_records, report.missing_count), (2, 0));
+}
