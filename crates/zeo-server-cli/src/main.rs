@@ -670,8 +670,13 @@ fn open_storage(
             StorageKind::File(fs) => {
                 open_file_storage(name, fs, Some((&blob.blob_dir, BlobPackMode::Undoing)))
             }
-            _ => Err(format!(
-                "storage {name}: <blobstorage> serves blobs only around a <filestorage>"
+            StorageKind::Mapping(m) => {
+                let storage = MappingStorage::with_blob_dir(m.name.clone(), &blob.blob_dir)
+                    .map_err(|e| format!("opening {}: {e}", blob.blob_dir.display()))?;
+                Ok((name.to_owned(), Arc::new(storage), true))
+            }
+            StorageKind::Blob(_) => Err(format!(
+                "storage {name}: a <blobstorage> cannot wrap another <blobstorage>"
             )),
         },
     }

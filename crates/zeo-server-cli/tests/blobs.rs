@@ -479,3 +479,28 @@ fn server_killed_between_vote_and_finish_keeps_acknowledged_blobs() {
     assert!(check.status.success(), "{stdout}");
     assert!(stdout.contains(" 0 missing files"), "{stdout}");
 }
+
+#[test]
+fn a_blobstorage_around_a_mappingstorage_serves_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("zeo.conf"),
+        "<zeo>\n  address 127.0.0.1:0\n</zeo>\n\
+         <blobstorage>\n  blob-dir blobs\n  <mappingstorage>\n  </mappingstorage>\n\
+         </blobstorage>\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start(dir.path(), &["-C", "zeo.conf"]);
+    let port = server.port().to_string();
+    let blob_dir = dir.path().join("blobs");
+    run(
+        dir.path(),
+        "round_trip.py",
+        ROUND_TRIP,
+        &[&port, "cache", blob_dir.to_str().unwrap()],
+    );
+    assert_eq!(files(&blob_dir).len(), 2, "{:?}", files(&blob_dir));
+    server.signal(libc::SIGTERM);
+    let (status, stderr) = server.wait();
+    assert!(status.success(), "{stderr}");
+}
