@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use crate::process;
 
+mod group_commit;
+
 const WORKLOADS: [&str; 4] = ["ping", "load", "commit", "commit100"];
 
 /// `cargo xtask bench` options.
@@ -37,11 +39,12 @@ pub struct BenchOptions {
     keep: bool,
     tls: bool,
     debug: bool,
+    only_group_commit: bool,
 }
 
 impl BenchOptions {
     /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N]
-    /// [--keep] [--no-tls] [--debug]`.
+    /// [--keep] [--no-tls] [--debug] [--only-group-commit]`.
     pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
         let mut o = BenchOptions {
             duration: 2.0,
@@ -51,6 +54,7 @@ impl BenchOptions {
             keep: false,
             tls: true,
             debug: false,
+            only_group_commit: false,
         };
         let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
         while let Some(arg) = args.next() {
@@ -89,6 +93,8 @@ impl BenchOptions {
                 }
                 "--keep" => o.keep = true,
                 "--no-tls" => o.tls = false,
+                // Only the group commit figures (and the fsync baseline).
+                "--only-group-commit" => o.only_group_commit = true,
                 // Smoke runs of this command itself: the figures mean nothing.
                 "--debug" => o.debug = true,
                 other => return Err(format!("bench: unknown option {other}")),
@@ -230,6 +236,19 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         fsync.median * 1e3,
         fsync.mean * 1e3
     );
+
+    let group_inputs = group_commit::Inputs {
+        server_bin: &server_bin,
+        client_bin: &client_bin,
+        dir: &dir,
+        duration: options.duration,
+    };
+    if options.only_group_commit {
+        let group = group_commit::run(&mut scratch, &group_inputs)?;
+        process::header("Results");
+        group_commit::print(&group, fsync);
+        return Ok(());
+    }
 
     process::header("start the servers");
     let py_port = free_port()?;
@@ -392,6 +411,8 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         scratch.check_alive(if name == "py" { "runzeo" } else { "zeo-server" })?;
     }
 
+    let group = group_commit::run(&mut scratch, &group_inputs)?;
+
     let hot = hot_bucket(
         &mut scratch,
         &HotBucket {
@@ -409,6 +430,7 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         "Results (ratio = zeo-server / Python server; higher is better except memory and latency)",
     );
     print_table(options, &counts, &results, &rss, fsync);
+    group_commit::print(&group, fsync);
     print_hot_bucket(&hot);
     for (name, quiet, loaded, before, during) in slow {
         println!(

@@ -72,6 +72,11 @@ pub struct ZeoConfig {
     /// in the server without Python (`native-conflict-resolution`, default
     /// true); other classes always go back to the client.
     pub native_conflict_resolution: bool,
+    /// Let several transactions share one fsync (`group-commit`, default
+    /// true): the commit lock is released once a transaction is written,
+    /// and `tpc_finish` still answers only once it is durable. `false`
+    /// holds the lock through each transaction's own fsync.
+    pub group_commit: bool,
     /// Offer the msgpack encoding; `None` defers to the `ZEO_MSGPACK`
     /// environment variable as ZEO does.
     pub msgpack: Option<bool>,
@@ -131,6 +136,7 @@ impl ZeoConfig {
             pid_filename: None,
             client_conflict_resolution: false,
             native_conflict_resolution: true,
+            group_commit: true,
             msgpack: None,
             ssl: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -180,6 +186,7 @@ const ZEO_KEYS: &[KeySpec] = &[
     key("pid-filename"),
     key("client-conflict-resolution"),
     key("native-conflict-resolution"),
+    key("group-commit"),
     key("msgpack"),
     key("max-message-size"),
     key("monitor-address"),
@@ -280,6 +287,7 @@ impl ZeoConfig {
             pid_filename: c.path("pid-filename"),
             client_conflict_resolution: c.bool("client-conflict-resolution")?.unwrap_or(false),
             native_conflict_resolution: c.bool("native-conflict-resolution")?.unwrap_or(true),
+            group_commit: c.bool("group-commit")?.unwrap_or(true),
             msgpack: c.bool("msgpack")?,
             ssl,
             max_message_size: c

@@ -298,7 +298,7 @@ pub fn server_status(status: &ServerStatus) -> Value {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Value::Dict(vec![
+    let mut dict = Value::Dict(vec![
         (s("connections"), uint(status.connections)),
         (s("loads"), uint(status.loads)),
         (s("stores"), uint(status.stores)),
@@ -318,7 +318,11 @@ pub fn server_status(status: &ServerStatus) -> Value {
             status.timeout_thread_alive.map_or(s("stub"), Value::Bool),
         ),
         (s("last-transaction"), Value::Str(tid_hex)),
-    ])
+    ]);
+    if let (Some(fsyncs), Value::Dict(entries)) = (status.fsyncs, &mut dict) {
+        entries.push((s("fsyncs"), uint(fsyncs)));
+    }
+    dict
 }
 
 /// The JSON document answering a `ruok` probe: `{storage: status, ...}`,
@@ -331,7 +335,7 @@ pub fn server_status(status: &ServerStatus) -> Value {
 ///
 /// let status = ServerStatus {
 ///     connections: 0, loads: 0, stores: 0, commits: 0, aborts: 0, active_txns: 0,
-///     lock_time: None, conflicts: 0, conflicts_resolved: 0,
+///     lock_time: None, conflicts: 0, conflicts_resolved: 0, fsyncs: None,
 ///     start: "Wed Nov 25 11:21:31 2026".into(), waiting: 0,
 ///     timeout_thread_alive: None, last_transaction: Tid(0),
 /// };

@@ -155,6 +155,10 @@ pub struct ServerStatus {
     pub conflicts: u64,
     /// Conflicts resolved on the server (ZEO 5 never counts these).
     pub conflicts_resolved: u64,
+    /// Syncs the storage made to commit (with group commit, one covers
+    /// several transactions); `None` when the storage does not count them
+    /// (and then the key is left out, as Python's ZEO does).
+    pub fsyncs: Option<u64>,
     /// Server start, as Python's `time.ctime()` prints it.
     pub start: String,
     /// Connections waiting for the commit lock.

@@ -560,6 +560,7 @@ fn ruok_reply_is_python_json() {
         lock_time: Some(1_700_000_000.0),
         conflicts: 0,
         conflicts_resolved: 0,
+        fsyncs: None,
         start: "Wed Nov 25 11:21:31 2026".into(),
         waiting: 0,
         timeout_thread_alive: Some(true),

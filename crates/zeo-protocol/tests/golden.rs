@@ -217,6 +217,7 @@ fn typed_builders_produce_zeo_bytes() {
                     lock_time: None,
                     conflicts: 0,
                     conflicts_resolved: 0,
+                    fsyncs: None,
                     start: "Wed Nov 25 11:21:31 2026".into(),
                     waiting: 0,
                     timeout_thread_alive: None,

@@ -19,10 +19,9 @@ use zeo_server::logging::{
     level_filter, JsonFormat, LineFormat, PythonFormat, ReopenableFile, Rotation, When,
 };
 use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
-use zeo_storage::filestorage::{BlobPackMode, FileStorage, FileStorageOptions};
+use zeo_storage::filestorage::{repozo, BlobPackMode, FileStorage, FileStorageOptions};
 use zeo_storage::{Iteration, MappingStorage, Pack, Storage};
 
-mod backup;
 mod notify;
 mod passwd;
 
@@ -119,6 +118,10 @@ enum Command {
         /// instead of now.
         #[arg(long, value_name = "STAMP")]
         time: Option<String>,
+        /// Also copy this blob directory's new files into the
+        /// repository's `blobs/` (after the data file).
+        #[arg(long = "blob-dir", value_name = "DIR")]
+        blob_dir: Option<PathBuf>,
     },
     /// Restore a Data.fs (and its index) from a repozo repository.
     Restore {
@@ -136,6 +139,9 @@ enum Command {
         /// restoring.
         #[arg(short = 'w', long = "with-verify")]
         with_verify: bool,
+        /// Also restore the repository's blob files into this directory.
+        #[arg(long = "blob-dir", value_name = "DIR")]
+        blob_dir: Option<PathBuf>,
     },
     /// Check the latest backups of a repozo repository against their
     /// .dat: sizes and md5 sums (repozo -V).
@@ -177,6 +183,10 @@ struct RunArgs {
     /// Announce msgpack (M5) instead of pickle (Z5).
     #[arg(long)]
     msgpack: bool,
+    /// Give every transaction its own fsync under the commit lock instead
+    /// of letting committers share one (`group-commit false`).
+    #[arg(long = "no-group-commit")]
+    no_group_commit: bool,
     /// Serve the ZEO 3/4 monitor report at this address (replaces the
     /// configured monitor-address).
     #[arg(short = 'm', long = "monitor", value_name = "ADDR")]
@@ -219,23 +229,25 @@ fn main() -> ExitCode {
             quick,
             kill_old_on_full,
             time,
+            blob_dir,
         }) => {
-            let options = backup::BackupOptions {
+            let options = repozo::BackupOptions {
                 file: &file,
                 repository: &repository,
                 full,
                 quick,
                 kill_old_on_full,
-                stamp: time.unwrap_or_else(backup::stamp_now),
+                stamp: time.unwrap_or_else(repozo::stamp_now),
+                blob_dir: blob_dir.as_deref(),
             };
-            report(backup::backup(&options).map(|done| match done {
-                backup::Backup::Full { path, bytes } => {
+            report(repozo::backup(&options).map(|done| match done {
+                repozo::Backup::Full { path, bytes } => {
                     format!("full backup: {bytes} bytes to {}", path.display())
                 }
-                backup::Backup::Incremental { path, bytes } => {
+                repozo::Backup::Incremental { path, bytes } => {
                     format!("incremental backup: {bytes} bytes to {}", path.display())
                 }
-                backup::Backup::Unchanged => "no changes since the last backup".to_owned(),
+                repozo::Backup::Unchanged => "no changes since the last backup".to_owned(),
             }))
         }
         Some(Command::Restore {
@@ -243,12 +255,19 @@ fn main() -> ExitCode {
             date,
             output,
             with_verify,
+            blob_dir,
         }) => report(
-            backup::restore(&repository, date.as_deref(), &output, with_verify)
-                .map(|bytes| format!("restored {bytes} bytes to {}", output.display())),
+            repozo::restore(&repository, date.as_deref(), &output, with_verify).and_then(|bytes| {
+                let mut line = format!("restored {bytes} bytes to {}", output.display());
+                if let Some(dir) = &blob_dir {
+                    let files = repozo::copy_blob_tree(&repository.join(repozo::BLOB_DIR), dir)?;
+                    line.push_str(&format!(", {files} blob files to {}", dir.display()));
+                }
+                Ok(line)
+            }),
         ),
         Some(Command::Verify { repository, quick }) => {
-            report(backup::verify(&repository, quick).map(|n| format!("{n} backup files verified")))
+            report(repozo::verify(&repository, quick).map(|n| format!("{n} backup files verified")))
         }
         None => match run(cli.run) {
             Ok(()) => ExitCode::SUCCESS,
@@ -262,7 +281,7 @@ fn main() -> ExitCode {
 
 /// Prints the outcome of an operator command: the line on stdout (exit 0)
 /// or the error on stderr (exit 1).
-fn report(outcome: Result<String, String>) -> ExitCode {
+fn report<E: std::fmt::Display>(outcome: Result<String, E>) -> ExitCode {
     match outcome {
         Ok(line) => {
             println!("{line}");
@@ -506,6 +525,7 @@ fn plan(
             (zeo.login_timeout.seconds() > 0).then(|| zeo.login_timeout.as_duration());
         settings.public_status = zeo.public_status;
         settings.conflict_resolution = zeo.native_conflict_resolution;
+        settings.group_commit = zeo.group_commit;
         settings.msgpack = zeo
             .msgpack
             .unwrap_or_else(|| std::env::var_os("ZEO_MSGPACK").is_some_and(|v| !v.is_empty()));
@@ -523,6 +543,7 @@ fn plan(
     }
     settings.read_only |= args.read_only;
     settings.msgpack |= args.msgpack;
+    settings.group_commit &= !args.no_group_commit;
     if let Some(t) = args.timeout {
         settings.transaction_timeout =
             Some(Duration::try_from_secs_f64(t).map_err(|e| format!("--timeout: {e}"))?);

@@ -325,3 +325,91 @@ fn a_pack_replacing_the_file_does_not_change_the_backup_point() {
     std::os::unix::fs::FileExt::read_exact_at(&*file, &mut copied, 0).unwrap();
     assert_eq!(copied, before);
 }
+
+/// Every file under `dir` (relative path, bytes), sorted.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().display().to_string();
+                files.push((rel, read(&path)));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn blob_files_are_backed_up_beside_and_restored() {
+    let dir = TempDir::new().unwrap();
+    let d = dir.path();
+    let fs = FileStorage::open(d.join("Data.fs"), FileStorageOptions::default()).unwrap();
+    commit_objects(&fs, 1, 3);
+    fs.close().unwrap();
+    // A blob directory in ZODB's bushy layout, with what a backup leaves
+    // out: the temporary directory and pack's `.removed` list.
+    let blobs = d.join("blobs");
+    let revision = |oid: u8, tid: u8| {
+        let dir = blobs.join(format!("0x00/0x00/0x00/0x00/0x00/0x00/0x00/0x{oid:02x}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("0x00000000000000{tid:02x}.blob"));
+        std::fs::write(&path, vec![oid ^ tid; 1000 + usize::from(tid)]).unwrap();
+    };
+    std::fs::create_dir_all(d.join("repo")).unwrap();
+    std::fs::create_dir_all(blobs.join("tmp")).unwrap();
+    std::fs::write(blobs.join("tmp/upload.tmp"), b"partial").unwrap();
+    std::fs::write(blobs.join(".layout"), "bushy").unwrap();
+    std::fs::write(blobs.join(".removed"), b"").unwrap();
+    revision(1, 1);
+    revision(2, 1);
+    backup_at(d, "2024-03-01-10-00-00", &["--blob-dir", "blobs"]);
+    let kept = |t: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
+        t.into_iter()
+            .filter(|(name, _)| !name.starts_with("tmp/") && name != ".removed")
+            .collect()
+    };
+    assert_eq!(tree(&d.join("repo/blobs")), kept(tree(&blobs)));
+    assert!(!d.join("repo/blobs/tmp").exists());
+
+    // The next backup copies only what is new; a file gone from the
+    // storage (packed away) stays in the backup.
+    revision(1, 2);
+    let first = blobs.join("0x00/0x00/0x00/0x00/0x00/0x00/0x00/0x02/0x0000000000000001.blob");
+    std::fs::remove_file(&first).unwrap();
+    let mut expected = kept(tree(&blobs));
+    let fs = FileStorage::open(d.join("Data.fs"), FileStorageOptions::default()).unwrap();
+    commit_objects(&fs, 4, 1);
+    fs.close().unwrap();
+    backup_at(d, "2024-03-01-11-00-00", &["--blob-dir", "blobs"]);
+    expected.push((
+        "0x00/0x00/0x00/0x00/0x00/0x00/0x00/0x02/0x0000000000000001.blob".into(),
+        vec![3; 1001],
+    ));
+    expected.sort();
+    assert_eq!(tree(&d.join("repo/blobs")), expected);
+
+    let out = ok(
+        &zeo_server(
+            &[
+                "restore",
+                "-r",
+                "repo",
+                "-o",
+                "Restored.fs",
+                "--blob-dir",
+                "restored-blobs",
+            ],
+            d,
+        ),
+        "restore",
+    );
+    assert!(out.contains("4 blob files to restored-blobs"), "{out}");
+    assert_eq!(tree(&d.join("restored-blobs")), expected);
+    assert_eq!(read(&d.join("Restored.fs")), read(&d.join("Data.fs")));
+}

@@ -316,25 +316,42 @@ fn resolve_natively(
 /// Finishes a voted transaction: the storage commits, and inside its
 /// `on_commit` callback the hub publishes the invalidations under the
 /// exclusive publication lock, which is held until the storage has made the
-/// transaction visible. Both halves of the storage's finish run here, back
-/// to back, under the commit lock.
+/// transaction visible and `announce` has queued the committer's own reply.
+///
+/// With `release_after_submit` (group commit) the commit lock is dropped
+/// as soon as the storage has the transaction written and queued
+/// ([`Storage::tpc_finish_submit`]): the next transaction votes and is
+/// written while this one waits for the fsync that covers both. The
+/// storage runs the callbacks in commit order, so invalidations and finish
+/// replies reach every client in tid order, and only after the covering
+/// fsync. Without it, the caller keeps the lock until this returns.
 pub fn finish(
     hub: &Arc<StorageHub>,
     conn: ConnId,
     handle: TxnHandle,
     oids: Vec<Oid>,
+    release_after_submit: Option<crate::commit_lock::CommitGuard>,
+    announce: &mut dyn FnMut(Tid),
 ) -> Result<Tid, Error> {
     let oids: crate::invalidations::OidList = oids.into();
     let mut publication = None;
     let started = std::time::Instant::now();
     let storage = hub.storage();
-    let result = storage.tpc_finish_submit(handle).and_then(|submitted| {
+    let submitted = storage.tpc_finish_submit(handle);
+    drop(release_after_submit);
+    let result = submitted.and_then(|submitted| {
         storage.tpc_finish_durable(submitted, &mut |tid| {
             let guard = hub.write_publication();
             hub.publish_commit(&guard, conn, tid, oids.clone());
             publication = Some(guard);
         })
     });
+    if let (Ok(tid), Some(_)) = (&result, &publication) {
+        // Visible now (the size it reports counts it), and the next
+        // transaction's callback waits for the publication lock: the
+        // reply still comes before any later invalidation.
+        announce(*tid);
+    }
     // Only now may loads see the new transaction.
     drop(publication);
     hub.stats().finish_seconds.observe(started.elapsed());

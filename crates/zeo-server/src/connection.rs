@@ -1139,14 +1139,38 @@ impl Conn {
                 small,
             } => (handle, oids, small),
         };
-        let small = storage_calls::may_run_inline(&**hub.storage(), small);
+        let group = self.shared.settings.group_commit;
+        // Group commit: the lock goes with the finish, to be released as
+        // soon as the storage has the transaction written. The fsync is
+        // then waited for on a blocking thread, so that many finishes can
+        // wait for one fsync without holding the runtime's workers.
+        let (lock, small) = if group {
+            let ended = self.session.end();
+            (ended.and_then(|e| e.lock), false)
+        } else {
+            (None, storage_calls::may_run_inline(&**hub.storage(), small))
+        };
         let conn = self.id;
         let hub2 = hub.clone();
+        let outbox = self.outbox.clone();
         let started = std::time::Instant::now();
-        let joined = run_storage(small, move || commit::finish(&hub2, conn, handle, oids)).await;
+        let joined = run_storage(small, move || {
+            // The reply is queued under the publication lock taken for
+            // the invalidations, in commit order: no client hears of a
+            // later transaction before this one's reply.
+            let mut announce = |tid| {
+                outbox.send(&Message::call_async("info", vec![hub2.size_info()]));
+                if !oneway {
+                    outbox.reply(msgid.clone(), replies::tid(tid));
+                }
+            };
+            commit::finish(&hub2, conn, handle, oids, lock, &mut announce)
+        })
+        .await;
         tracing::debug!(
             elapsed_us = started.elapsed().as_micros() as u64,
             small,
+            group,
             "storage finish done"
         );
         let result = match joined {
@@ -1154,19 +1178,17 @@ impl Conn {
             // The panic stays the error's source.
             Err(err) => Err(StorageError::other(err)),
         };
+        if group {
+            hub.stats().active_txns.fetch_sub(1, Ordering::Relaxed);
+        }
         match result {
-            Ok(tid) => {
+            Ok(_) => {
                 StorageStats::bump(&hub.stats().commits);
                 hub.stats()
                     .commit_seconds
                     .observe(lock_since.map_or(Duration::ZERO, |since| since.elapsed()));
-                self.outbox
-                    .send(&Message::call_async("info", vec![hub.size_info()]));
-                if !oneway {
-                    self.outbox.reply(msgid, replies::tid(tid));
-                }
-                // The lock is released only after the reply is queued, as
-                // ZEO does.
+                // Without group commit the lock is released only after the
+                // reply is queued, as ZEO does.
                 self.end_txn(&hub).await;
                 Ok(Outcome::Sent)
             }

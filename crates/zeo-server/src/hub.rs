@@ -238,6 +238,7 @@ impl StorageHub {
             }),
             conflicts: s.conflicts.load(Ordering::Relaxed),
             conflicts_resolved: s.conflicts_resolved.load(Ordering::Relaxed),
+            fsyncs: self.storage.syncs(),
             start: s.start.clone(),
             waiting: self.commit_lock.waiting() as u64,
             timeout_thread_alive: self.timeout_enabled.then_some(true),

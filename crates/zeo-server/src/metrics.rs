@@ -210,11 +210,12 @@ pub(crate) fn render(shared: &Shared, metrics: &ProcessMetrics, now: SystemTime)
     let mut e = Exposition { out: String::new() };
 
     type Read = fn(&StorageSample<'_>) -> f64;
-    let per_storage: [(&str, &str, &str, Read); 13] = [
+    let per_storage: [(&str, &str, &str, Read); 14] = [
         ("zeo_connected_clients", "gauge", "Client connections registered with the storage.", |s| s.hub.client_count() as f64),
         ("zeo_loads_total", "counter", "Object loads (loadBefore) served.", |s| s.hub.stats().loads.load(Ordering::Relaxed) as f64),
         ("zeo_stores_total", "counter", "Stores, deletions and restores received.", |s| s.hub.stats().stores.load(Ordering::Relaxed) as f64),
         ("zeo_commits_total", "counter", "Transactions committed.", |s| s.hub.stats().commits.load(Ordering::Relaxed) as f64),
+        ("zeo_fsyncs_total", "counter", "Syncs the storage made to commit (with group commit one covers several transactions).", |s| s.hub.storage().syncs().unwrap_or(0) as f64),
         ("zeo_aborts_total", "counter", "Transactions aborted.", |s| s.hub.stats().aborts.load(Ordering::Relaxed) as f64),
         ("zeo_conflicts_total", "counter", "Votes that failed with a conflict.", |s| s.hub.stats().conflicts.load(Ordering::Relaxed) as f64),
         ("zeo_invalidations_sent_total", "counter", "invalidateTransaction messages queued to clients.", |s| s.hub.stats().invalidations_sent.load(Ordering::Relaxed) as f64),

@@ -876,6 +876,24 @@ mod tests {
         assert!(s.end().is_none(), "one end per transaction");
     }
 
+    /// Group commit: the finish takes the lock with it (to release it once
+    /// the storage has the transaction written) and the session is idle
+    /// while the fsync is waited for: no transaction timeout runs, and a
+    /// repeated finish is answered as one for no open transaction.
+    #[test]
+    fn a_group_commit_finish_takes_the_lock_and_leaves_the_session_idle() {
+        let t0 = Instant::now();
+        let mut s = begun(T1);
+        voted(&mut s, T1, t0);
+        assert!(s.deadline().is_some(), "the voted transaction's timeout");
+        assert!(matches!(s.finish(T1), Ok(Finish::Run { .. })));
+        let ended = s.end().unwrap();
+        assert_eq!((ended.storage_txn, ended.lock), (None, Some(Guard("lock"))));
+        assert_eq!(s.deadline(), None);
+        assert!(!s.has_txn() && !s.is_voted());
+        assert_eq!(s.finish(T1), Ok(Finish::NotOpen));
+    }
+
     #[test]
     fn vote_waiting_for_the_lock() {
         let t0 = Instant::now();

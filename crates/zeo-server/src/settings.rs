@@ -100,6 +100,14 @@ pub struct ServerSettings {
     /// (`conflict-resolution`, on by default); off, every conflict goes
     /// back to the client, which resolves it with its own classes.
     pub conflict_resolution: bool,
+    /// Whether committers share fsyncs (`group-commit`, on by default): the
+    /// commit lock is released once the storage has the transaction
+    /// written ([`zeo_storage::Storage::tpc_finish_submit`]), so the next
+    /// one is written while this one waits for the fsync that covers it;
+    /// its reply and invalidations still go out only after that fsync, in
+    /// tid order. Off, the lock is held until the transaction is durable
+    /// and visible, one fsync per transaction.
+    pub group_commit: bool,
     /// TLS on every listener (`<ssl>`): each accepted connection completes
     /// a handshake, within the configuration's handshake timeout, before
     /// the ZEO protocol starts; clients must present a certificate. The
@@ -142,6 +150,7 @@ impl fmt::Debug for ServerSettings {
                 &self.authentication.as_ref().map(|a| a.realm()),
             )
             .field("conflict_resolution", &self.conflict_resolution)
+            .field("group_commit", &self.group_commit)
             .field("tls", &self.tls.as_ref().map(|t| t.files()))
             .finish()
     }
@@ -170,6 +179,7 @@ impl Default for ServerSettings {
             metrics_address: None,
             authentication: None,
             conflict_resolution: true,
+            group_commit: true,
             tls: None,
         }
     }

@@ -349,8 +349,9 @@ pub trait Storage: Send + Sync {
     fn tpc_vote(&self, txn: TxnHandle) -> Result<Vec<Oid>>;
 
     /// Commits in one step. `on_commit` runs with the new tid once the
-    /// transaction is durable but before readers can see it, while the
-    /// storage still holds its commit lock. A server queues invalidations
+    /// transaction is durable but before readers can see it, in commit
+    /// order (a group-committing backend may already have let the next
+    /// transaction begin). A server queues invalidations
     /// there, so that no client can load a revision before it has been sent
     /// the invalidations that precede it, and no client hears of a tid that
     /// a crash could still take back.
@@ -376,6 +377,14 @@ pub trait Storage: Send + Sync {
         on_commit: &mut dyn FnMut(Tid),
     ) -> Result<Tid> {
         self.tpc_finish(submitted.txn, on_commit)
+    }
+
+    /// How many syncs the backend's commits made so far (FileStorage: the
+    /// data file's fsyncs), `None` when it does not count them. With group
+    /// commit one sync covers several transactions; a server reports the
+    /// count as `fsyncs`.
+    fn syncs(&self) -> Option<u64> {
+        None
     }
 
     /// Discards the transaction; ignored when `txn` is not the current one.

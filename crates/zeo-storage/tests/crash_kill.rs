@@ -12,12 +12,11 @@
 //! kills it when it reads a randomly chosen one of these lines: kills land
 //! in every step of the commit, by event rather than after a guessed delay.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -124,69 +123,21 @@ const STALL: Duration = Duration::from_secs(15);
 /// What one child promised: seq -> tid. The child is killed when it has
 /// printed `kill_after` `STAGE`/`COMMITTED` lines.
 fn run_child_and_kill(path: &Path, start: u64, kill_after: usize) -> BTreeMap<u64, u64> {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "crash_child",
-            "--nocapture",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env(CHILD_PATH, path)
-        .env(CHILD_START, start.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let errors = thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        text
-    });
-    let stdout = child.stdout.take().unwrap();
-    let (events, seen) = mpsc::channel();
-    let reader = thread::spawn(move || {
-        let mut promised = BTreeMap::new();
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            let line = String::from_utf8_lossy(&line);
-            if line.starts_with("STAGE ") || line.starts_with("COMMITTED ") {
-                // The parent may have stopped listening: it kills anyway.
-                let _ = events.send(());
-            }
-            let Some(rest) = line.strip_prefix("COMMITTED ") else {
-                continue;
-            };
-            let mut parts = rest.split(' ');
-            let (Some(seq), Some(tid), None) = (parts.next(), parts.next(), parts.next()) else {
-                panic!("garbled line from the child: {line:?}");
-            };
-            promised.insert(seq.parse().unwrap(), u64::from_str_radix(tid, 16).unwrap());
-        }
-        promised
-    });
-    let deadline = Instant::now() + STALL;
-    for n in 0..kill_after {
-        if seen
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_err()
-        {
-            let _ = child.kill();
-            let status = child.wait().unwrap();
-            panic!(
-                "the child printed {n} of {kill_after} lines, then stopped ({status}):\n{}",
-                errors.join().unwrap()
-            );
-        }
+    let start = start.to_string();
+    let env = [
+        (CHILD_PATH, path.as_os_str()),
+        (CHILD_START, start.as_ref()),
+    ];
+    let lines = common::run_child_and_kill("crash_child", &env, kill_after, STALL);
+    let mut promised = BTreeMap::new();
+    for line in lines {
+        let mut parts = line.split(' ');
+        let (Some(seq), Some(tid), None) = (parts.next(), parts.next(), parts.next()) else {
+            panic!("garbled line from the child: {line:?}");
+        };
+        promised.insert(seq.parse().unwrap(), u64::from_str_radix(tid, 16).unwrap());
     }
-    // Child::kill sends SIGKILL: no destructor, no flush, no close.
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // The pipes close with the child, so every complete line is read.
-    reader.join().unwrap()
+    promised
 }
 
 /// Checks the file against everything promised so far; returns the tids of

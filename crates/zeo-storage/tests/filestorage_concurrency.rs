@@ -111,8 +111,9 @@ fn a_second_tpc_begin_waits_for_the_first_transaction() {
                 .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
                 .unwrap();
             began.store(true, Ordering::SeqCst);
-            let serial = fs.get_tid(Oid(0)).unwrap();
-            fs.store(txn, Oid(0), serial, b"root 2").unwrap();
+            // The first transaction may still be waiting for its fsync
+            // (group commit): a store on its object would wait for it.
+            fs.store(txn, Oid(1), Tid::ZERO, b"second").unwrap();
             fs.tpc_vote(txn).unwrap();
             fs.tpc_finish(txn, &mut |_| {}).unwrap()
         })
@@ -132,7 +133,8 @@ fn a_second_tpc_begin_waits_for_the_first_transaction() {
     let t1 = fs.tpc_finish(first, &mut |_| {}).unwrap();
     let t2 = waiter.join().unwrap();
     assert!(t2 > t1);
-    assert_eq!(fs.load(Oid(0)).unwrap(), (b"root 2".to_vec(), t2));
+    assert_eq!(fs.load(Oid(0)).unwrap(), (b"root".to_vec(), t1));
+    assert_eq!(fs.load(Oid(1)).unwrap(), (b"second".to_vec(), t2));
 }
 
 #[test]

@@ -198,12 +198,6 @@ fn damage_in_the_middle_is_reported_and_nothing_is_touched() {
             Box::new(move |b: &mut Vec<u8>| b[t2_first_record + 33] = 1),
             t2_first_record as u64,
         ),
-        // A checkpoint flag on a transaction that is not the last.
-        (
-            "checkpoint",
-            Box::new(move |b: &mut Vec<u8>| b[t2 + 16] = b'c'),
-            t2 as u64,
-        ),
         // A header length larger than the transaction.
         (
             "header length",

@@ -1,6 +1,8 @@
 //! Two-phase commit: the commit lock, staging data records in a temporary
-//! file, writing the transaction at vote, and the status flip, fsync and
-//! index publication at finish.
+//! file, writing the transaction at vote, and finish in two halves: the
+//! status flip and the lock's release at submit, then the covering fsync
+//! (shared by every transaction submitted meanwhile, see `sync_group.rs`)
+//! and the index publication, in commit order.
 //!
 //! The commit lock is "a transaction is active" in [`CommitState`], waited on
 //! with a condition variable; the mutex around the state is only held for
@@ -23,6 +25,7 @@ use super::fault::Io;
 use super::format::{
     DataHeader, Reader, TxnHeader, DATA_HEADER_LEN, STATUS_CHECKPOINT, TXN_HEADER_LEN,
 };
+use super::sync_group::Queue;
 use super::{lock, FileStorage};
 
 /// Records staged in memory before they spill to the temporary file.
@@ -276,9 +279,15 @@ impl FileStorage {
                 self.check_open()?;
             }
         }
-        let (base, ltid) = {
-            let p = self.read_published();
-            (p.pos, p.ltid)
+        // Transactions submitted but not yet durable are part of the file:
+        // this one goes after them, with a later tid.
+        let tail = self.group.lock().tail();
+        let (base, ltid) = match tail {
+            Some(tail) => tail,
+            None => {
+                let p = self.read_published();
+                (p.pos, p.ltid)
+            }
         };
         let tid = match options.tid {
             Some(tid) => {
@@ -368,6 +377,7 @@ impl FileStorage {
                 "cannot store an empty data record".into(),
             ));
         }
+        self.wait_for_oid(oid)?;
         self.with_unvoted(txn, "store", |a, staged| {
             self.raise_max_oid(oid);
             let old = self.committed_header(oid)?;
@@ -397,6 +407,7 @@ impl FileStorage {
     }
 
     pub(crate) fn delete_record(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
+        self.wait_for_oid(oid)?;
         self.with_unvoted(txn, "delete_object", |a, staged| {
             let Some((pos, h)) = self.committed_header(oid)? else {
                 return Err(Error::pos_key(oid));
@@ -433,6 +444,7 @@ impl FileStorage {
                 "cannot restore an empty data record".into(),
             ));
         }
+        self.wait_for_oid(oid)?;
         self.with_unvoted(txn, "restore", |a, staged| {
             self.raise_max_oid(oid);
             let (file, end) = self.snapshot()?;
@@ -525,8 +537,16 @@ impl FileStorage {
                 st.dirty_tail = false;
             }
         }
-        let res = res.and_then(|_| write(&st.staged));
+        let res = res
+            .and_then(|_| write(&st.staged))
+            .and_then(|_| self.not_failed());
         if let Err(e) = res {
+            if let Some(cut) = self.group.lock().failed_at {
+                // A covering fsync failed while this was written: the file
+                // ends where that failure cut it.
+                let _ = file.set_len(cut);
+                return Err(e);
+            }
             if file.set_len(base).is_err() {
                 st.dirty_tail = true;
             }
@@ -536,7 +556,10 @@ impl FileStorage {
         Ok(Vec::new())
     }
 
-    pub(crate) fn finish(&self, txn: TxnHandle, on_commit: &mut dyn FnMut(Tid)) -> Result<Tid> {
+    /// The first half of finish: flips the status byte (not yet synced),
+    /// queues the transaction for the next fsync and releases the commit
+    /// lock, so the next transaction can be written behind this one.
+    pub(crate) fn submit(&self, txn: TxnHandle) -> Result<Tid> {
         self.writable()?;
         let mut guard = self.commit_state();
         let st = &mut *guard;
@@ -556,37 +579,82 @@ impl FileStorage {
             }
         };
         let file = Arc::clone(&self.read_published().file);
-        let durable = self
-            .io
-            .write_all_at(&file, &[status], base + 16)
-            .and_then(|_| self.io.sync_all(&file));
-        if let Err(e) = durable {
-            // A failed fsync is never retried: the kernel may have dropped
-            // the dirty pages and would report the next one as a success.
-            // The transaction fails, its bytes are cut off (or, failing
-            // that, flagged 'c' again so that an open cuts them off), and
-            // the storage serves reads but refuses writes until reopened.
-            tracing::error!(
-                "{}: failure finishing transaction {tid}: {e}; refusing writes until reopened",
-                self.path.display()
-            );
-            if file.set_len(base).is_err() {
-                let _ = file.write_all_at(&[STATUS_CHECKPOINT], base + 16);
-                st.dirty_tail = true;
-            }
+        if let Err(e) = self.io.write_all_at(&file, &[status], base + 16) {
+            let mut q = self.group.lock();
+            let cut = q.first_unsynced_base().unwrap_or(base);
+            self.fail_writes(&mut q, &file, cut, &e);
+            drop(q);
+            self.group.notify();
             st.active = None;
-            *lock(&self.write_failure) = Some(format!("a commit's fsync failed: {e}"));
             self.commit_done.notify_all();
             return Err(Error::io(
                 format!("committing transaction to {}", self.path.display()),
                 e,
             ));
         }
-        on_commit(tid);
         let Some(a) = st.active.take() else {
             return Err(Error::Transaction("no transaction".into()));
         };
         let updates: Vec<(u64, u64)> = a.order.iter().map(|oid| (*oid, a.tindex[oid])).collect();
+        self.group.lock().submit(txn, tid, base, next_pos, updates);
+        self.commit_done.notify_one();
+        Ok(tid)
+    }
+
+    /// The second half: waits for an fsync that covers the transaction
+    /// (running it when no other thread is), then, in commit order, runs
+    /// `on_commit` and publishes the transaction to readers.
+    pub(crate) fn durable(&self, txn: TxnHandle, on_commit: &mut dyn FnMut(Tid)) -> Result<Tid> {
+        let mut q = self.group.lock();
+        let Some(seq) = q.find(txn).map(|p| p.seq) else {
+            return Err(Error::Transaction(
+                "tpc_finish called with a transaction that was not submitted".into(),
+            ));
+        };
+        while q.synced <= seq {
+            if q.failed_at.is_some() {
+                q.remove(txn);
+                drop(q);
+                self.group.notify();
+                return Err(self
+                    .not_failed()
+                    .err()
+                    .unwrap_or_else(|| Error::Storage("a commit's fsync failed".into())));
+            }
+            if q.syncing {
+                q = self.group.wait(q);
+                continue;
+            }
+            // Lead: one fsync for everything submitted so far.
+            q.syncing = true;
+            let upto = q.next_seq();
+            drop(q);
+            let file = Arc::clone(&self.read_published().file);
+            let synced = self.io.sync_all(&file);
+            q = self.group.lock();
+            q.syncing = false;
+            match synced {
+                Ok(()) => {
+                    q.synced = upto;
+                    q.fsyncs += 1;
+                }
+                Err(e) => {
+                    let cut = q.first_unsynced_base().unwrap_or(file_len(&file));
+                    self.fail_writes(&mut q, &file, cut, &e);
+                }
+            }
+            self.group.notify();
+        }
+        // Durable; publication goes in commit order.
+        while q.published != seq {
+            q = self.group.wait(q);
+        }
+        let (tid, next_pos, updates) = match q.pending.front() {
+            Some(p) if p.handle == txn => (p.tid, p.next_pos, p.updates.clone()),
+            _ => return Err(Error::Storage("group commit queue out of order".into())),
+        };
+        drop(q);
+        on_commit(tid);
         let prepared = self.read_published().index.prepare(&updates);
         {
             let mut p = self.write_published();
@@ -594,8 +662,71 @@ impl FileStorage {
             p.pos = next_pos;
             p.ltid = tid;
         }
-        self.commit_done.notify_one();
+        let mut q = self.group.lock();
+        q.remove(txn);
+        q.published += 1;
+        drop(q);
+        self.group.notify();
         Ok(tid)
+    }
+
+    /// Finish in one call: submit, then wait until durable.
+    pub(crate) fn finish(&self, txn: TxnHandle, on_commit: &mut dyn FnMut(Tid)) -> Result<Tid> {
+        self.submit(txn)?;
+        self.durable(txn, on_commit)
+    }
+
+    /// A write or fsync of the commit path failed. It is never retried: the
+    /// kernel may have dropped the dirty pages and would report the next
+    /// sync as a success. Every transaction from `cut` on fails, their
+    /// bytes are cut off (or, failing that, the first is flagged 'c' again
+    /// so that an open cuts them off), and the storage serves reads but
+    /// refuses writes until reopened.
+    fn fail_writes(&self, q: &mut Queue, file: &File, cut: u64, e: &std::io::Error) {
+        tracing::error!(
+            "{}: failure committing the transactions from offset {cut}: {e}; refusing writes until reopened",
+            self.path.display()
+        );
+        q.failed_at = Some(cut);
+        *lock(&self.write_failure) = Some(format!("a commit's fsync failed: {e}"));
+        if file.set_len(cut).is_err() {
+            let _ = file.write_all_at(&[STATUS_CHECKPOINT], cut + 16);
+        }
+    }
+
+    /// `Err` once a commit's write or fsync failed.
+    pub(crate) fn not_failed(&self) -> Result<()> {
+        match lock(&self.write_failure).as_ref() {
+            Some(why) => Err(Error::Storage(format!(
+                "{}: writes refused until the storage is reopened: {why}",
+                self.path.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until no submitted transaction that writes `oid` is still
+    /// unpublished, so that a check against its current revision sees it.
+    /// A client can only have read a published revision, so a store on a
+    /// pending object is a conflict; it is reported against the pending
+    /// transaction once that one is durable and announced.
+    pub(crate) fn wait_for_oid(&self, oid: Oid) -> Result<()> {
+        if self.group.wait_until(|q| !q.touches(oid.0)) {
+            Ok(())
+        } else {
+            self.not_failed()
+        }
+    }
+
+    /// Waits until every submitted transaction is published (or failed):
+    /// for work that reads the whole committed state (undo, pack, close).
+    pub(crate) fn wait_for_all_published(&self) {
+        self.group.wait_until(|q| q.pending.is_empty());
+    }
+
+    /// Data-file fsyncs the commit path made.
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.group.lock().fsyncs
     }
 
     pub(crate) fn abort(&self, txn: TxnHandle) {
@@ -612,7 +743,9 @@ impl FileStorage {
         if let Some(a) = st.active.take() {
             if a.next_pos.is_some() {
                 let file = Arc::clone(&self.read_published().file);
-                if let Err(e) = file.set_len(a.base) {
+                // After a failed fsync the file ends at that failure's cut.
+                let cut = self.group.lock().failed_at.unwrap_or(a.base).min(a.base);
+                if let Err(e) = file.set_len(cut) {
                     tracing::error!(
                         "{}: truncating an aborted transaction: {e}",
                         self.path.display()
@@ -663,6 +796,10 @@ fn find_data(r: &Reader<'_>, tpos: u64, oid: Oid, data: &[u8]) -> Result<u64> {
     } else {
         0
     })
+}
+
+fn file_len(file: &File) -> u64 {
+    file.metadata().map_or(0, |m| m.len())
 }
 
 /// Counts a `tpc_begin` waiting for the commit lock while it waits, so a

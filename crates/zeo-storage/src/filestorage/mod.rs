@@ -8,7 +8,9 @@
 //!
 //! Concurrency: readers use positional reads on a shared handle and look the
 //! index up under a read lock that a commit takes for writing only to
-//! publish a finished, already fsynced transaction. The commit lock (one
+//! publish a finished, already fsynced transaction. Finish releases the
+//! commit lock once the transaction is written (group commit): later
+//! transactions are written behind it and one fsync covers them all. The commit lock (one
 //! transaction between `tpc_begin` and `tpc_finish`/`tpc_abort`) is separate,
 //! so loads never wait for a commit's I/O.
 
@@ -26,7 +28,9 @@ mod iteration;
 mod lock;
 mod pack;
 mod refs;
+pub mod repozo;
 mod scan;
+mod sync_group;
 mod undo;
 mod walker;
 
@@ -48,8 +52,8 @@ use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
 use crate::interface::{
     BeginOptions, CurrentRecord, ExternalGc, HistoryEntry, Iteration, LoadedRevision, Pack,
-    RecordIteration, Restore, Storage, TransactionIter, TransactionMetaData, TxnHandle, Undo,
-    UndoEntry, UndoFilter,
+    RecordIteration, Restore, Storage, Submitted, TransactionIter, TransactionMetaData, TxnHandle,
+    Undo, UndoEntry, UndoFilter,
 };
 
 use commit::CommitState;
@@ -111,6 +115,8 @@ pub struct FileStorage {
     lock_file: Mutex<Option<StorageLock>>,
     /// Writes and syncs go through here (a fault-injection seam for tests).
     io: Io,
+    /// Submitted transactions waiting for their covering fsync.
+    group: sync_group::SyncGroup,
     /// Set when a commit's fsync failed: the storage refuses writes until it
     /// is reopened, since what the kernel kept of the file is unknown.
     write_failure: Mutex<Option<String>>,
@@ -141,7 +147,7 @@ impl FileStorage {
     /// file, scans the rest, and cuts off an incomplete last transaction into
     /// `Data.fs.trN`. A read-only open takes no lock and changes nothing.
     pub fn open(path: impl AsRef<Path>, options: FileStorageOptions) -> Result<FileStorage> {
-        Self::open_with_io(path.as_ref(), options, Io::default())
+        Self::open_with_io(path.as_ref(), options, Io::from_env())
     }
 
     /// [`FileStorage::open`] with every write and sync of the commit path
@@ -258,6 +264,7 @@ impl FileStorage {
             packing: AtomicBool::new(false),
             lock_file: Mutex::new(lock_file),
             io,
+            group: sync_group::SyncGroup::default(),
             write_failure: Mutex::new(None),
             blobs: None,
             path,
@@ -567,6 +574,7 @@ impl Storage for FileStorage {
 
     fn check_current_serial(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
         self.with_txn(txn, |_, _| Ok(()))?;
+        self.wait_for_oid(oid)?;
         let committed = self.get_tid(oid)?;
         if committed != serial {
             return Err(Error::ReadConflict {
@@ -601,6 +609,26 @@ impl Storage for FileStorage {
             }
         }
         res
+    }
+
+    fn tpc_finish_submit(&self, txn: TxnHandle) -> Result<Submitted> {
+        let tid = self.submit(txn)?;
+        Ok(Submitted {
+            txn,
+            tid: Some(tid),
+        })
+    }
+
+    fn tpc_finish_durable(
+        &self,
+        submitted: Submitted,
+        on_commit: &mut dyn FnMut(Tid),
+    ) -> Result<Tid> {
+        self.durable(submitted.txn, on_commit)
+    }
+
+    fn syncs(&self) -> Option<u64> {
+        Some(self.fsyncs())
     }
 
     fn tpc_abort(&self, txn: TxnHandle) {
@@ -668,6 +696,7 @@ impl Storage for FileStorage {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.wait_for_all_published();
         let open_txn = self.current_txn();
         self.abort_for_close();
         if let (Some(txn), Some(blobs)) = (open_txn, &self.blobs) {

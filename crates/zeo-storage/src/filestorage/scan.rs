@@ -1,7 +1,8 @@
 //! Opening a Data.fs: the forward scan that builds (or extends) the index
 //! (`read_index`, walking with the recovery rules of [`super::walker`]), the sanity check that decides whether a saved
 //! `Data.fs.index` can be trusted (`_check_sanity`), and the truncation of an
-//! incomplete last transaction into `Data.fs.trN` (`_truncate`).
+//! incomplete last transaction, or of a group commit's unsynced suffix,
+//! into `Data.fs.trN` (`_truncate`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -76,8 +77,32 @@ pub(crate) fn read_index(
     }
 
     let mut tindex: Vec<(u64, u64)> = Vec::new();
+    // The tid of the last sound transaction, for the suffix rule.
+    let mut sound_ltid = ltid;
     loop {
-        match walk.next_txn()? {
+        let damaged = |e: Error, at: u64, sound_ltid: Tid| -> Result<ScanEnd> {
+            let damage_at = match &e {
+                Error::Format { pos, .. } => (*pos).max(at),
+                _ => return Err(e),
+            };
+            if read_only || !unacknowledged_suffix(file, at, damage_at, file_size, sound_ltid)? {
+                return Err(e);
+            }
+            tracing::error!(
+                "{}: {e}; the transactions from {at} on were never synced (group commit) and are cut off",
+                path.display()
+            );
+            truncate_to_tr(file, path, at, file_size)?;
+            Ok(ScanEnd {
+                pos: at,
+                ltid: sound_ltid,
+            })
+        };
+        let next = match walk.next_txn() {
+            Ok(next) => next,
+            Err(e) => return damaged(e, walk.pos(), sound_ltid),
+        };
+        let (txn_pos, tid) = match next {
             Next::End => break,
             Next::Cut(pos) => {
                 if !read_only {
@@ -91,9 +116,14 @@ pub(crate) fn read_index(
                 }
                 break;
             }
-            Next::Txn(_) => {}
-        }
-        while let Some(rec) = walk.next_record()? {
+            Next::Txn(t) => (t.pos, t.header.tid),
+        };
+        loop {
+            let rec = match walk.next_record() {
+                Ok(Some(rec)) => rec,
+                Ok(None) => break,
+                Err(e) => return damaged(e, txn_pos, sound_ltid),
+            };
             let d = rec.header;
             let indexed = index.get(d.oid.0).unwrap_or(0);
             if indexed != d.prev {
@@ -113,18 +143,143 @@ pub(crate) fn read_index(
             }
             tindex.push((d.oid.0, rec.pos));
         }
-        walk.finish_txn()?;
+        if let Err(e) = walk.finish_txn() {
+            return damaged(e, txn_pos, sound_ltid);
+        }
         // Unlike ZODB, the last tid is that of the last *complete*
         // transaction: a cut-off one never existed for clients.
         for &(oid, p) in &tindex {
             index.insert(oid, p);
         }
         tindex.clear();
+        sound_ltid = sound_ltid.max(tid);
     }
     Ok(ScanEnd {
         pos: walk.pos(),
         ltid: walk.ltid(),
     })
+}
+
+/// Transactions a group commit's suffix may hold at most.
+const SUFFIX_TXNS: usize = 100_000;
+/// How far apart (seconds) the tids of one unsynced suffix may lie: the
+/// transactions submitted while one fsync ran.
+const SUFFIX_SECONDS: f64 = 60.0;
+
+/// Whether the damage at `pos` is the head of an unacknowledged group
+/// commit suffix rather than damage in the middle of the file.
+///
+/// Group commit writes several transactions before one fsync covers them,
+/// and a power loss may keep any part of those writes: a transaction still
+/// flagged `'c'`, or torn, with later ones intact behind it. None of them
+/// was acknowledged (the fsync that would have covered the later ones
+/// covers the earlier one too). Such a suffix is recognised by walking
+/// by what a lost write leaves at the damage (see [`lost_write_at`]),
+/// and, when sound transactions follow it (found walking back from the end
+/// of the file over the redundant lengths), by their tids: later than the
+/// last sound one before the damage and, with the damaged one's, all
+/// within [`SUFFIX_SECONDS`]. A flipped byte is not a lost write, and a
+/// checkpoint flag on an older transaction is followed by transactions
+/// spread over more time than that: both stay errors.
+fn unacknowledged_suffix(
+    file: &File,
+    pos: u64,
+    damage_at: u64,
+    file_size: u64,
+    ltid: Tid,
+) -> Result<bool> {
+    if !lost_write_at(file, pos, damage_at, file_size)? {
+        return Ok(false);
+    }
+    let mut end = file_size;
+    let mut tids = Vec::new();
+    let mut trailer = [0u8; 8];
+    let mut header = [0u8; super::format::TXN_HEADER_LEN as usize];
+    while tids.len() < SUFFIX_TXNS {
+        let Some(tpos) = end.checked_sub(TXN_TRAILER_LEN) else {
+            break;
+        };
+        if file.read_exact_at(&mut trailer, tpos).is_err() {
+            break;
+        }
+        let tl = u64::from_be_bytes(trailer);
+        let Some(start) = tpos.checked_sub(tl) else {
+            break;
+        };
+        if start <= pos || file.read_exact_at(&mut header, start).is_err() {
+            break;
+        }
+        let h = super::format::TxnHeader::parse(&header);
+        if h.tlen != tl || ![STATUS_COMMITTED, STATUS_PACKED, STATUS_UNDONE].contains(&h.status) {
+            break;
+        }
+        tids.push(h.tid);
+        end = start;
+    }
+    let (Some(&last), Some(&sound_first)) = (tids.first(), tids.last()) else {
+        // Nothing sound behind the damage (the last transaction was being
+        // written too): all of it is the lost suffix.
+        return Ok(true);
+    };
+    // The damaged transaction's own tid, when its header still tells it.
+    let first = match file.read_exact_at(&mut header, pos) {
+        Ok(()) => {
+            let tid = super::format::TxnHeader::parse(&header).tid;
+            if tid > ltid && tid < sound_first {
+                tid
+            } else {
+                sound_first
+            }
+        }
+        Err(_) => sound_first,
+    };
+    Ok(first > ltid
+        && tids.windows(2).all(|w| w[0] > w[1])
+        && last.unix_time() - first.unix_time() <= SUFFIX_SECONDS)
+}
+
+/// The unit a disk writes whole.
+const SECTOR: u64 = 512;
+
+/// Whether the damage found at `damage_at`, in the transaction at `pos`,
+/// looks like writes that never reached the disk rather than changed
+/// bytes: the transaction is still flagged `'c'` (its status flip was
+/// lost), or the 8 bytes where the damage was found, or a stretch of at
+/// least 8 bytes that ends or starts at a sector boundary near it, read as
+/// zeros (a lost write or sector of a file that grew).
+fn lost_write_at(file: &File, pos: u64, damage_at: u64, file_size: u64) -> Result<bool> {
+    let end = file_size.min(damage_at.saturating_add(SECTOR));
+    let mut status = [0u8; 1];
+    if file.read_exact_at(&mut status, pos + 16).is_ok()
+        && status[0] == super::format::STATUS_CHECKPOINT
+    {
+        return Ok(true);
+    }
+    let mut buf = vec![0u8; SECTOR as usize];
+    let mut zeros = |from: u64, to: u64| -> Result<bool> {
+        let n = to.saturating_sub(from) as usize;
+        if n < 8 {
+            return Ok(false);
+        }
+        file.read_exact_at(&mut buf[..n], from)
+            .map_err(|e| Error::io("reading a damaged transaction", e))?;
+        Ok(buf[..n].iter().all(|&b| b == 0))
+    };
+    if zeros(damage_at, (damage_at + 8).min(file_size))? {
+        return Ok(true);
+    }
+    let mut boundary = (pos / SECTOR + 1) * SECTOR;
+    while boundary <= end {
+        // The lost sector before the boundary (from the damaged
+        // transaction's start at most) or the one after it.
+        if zeros(pos.max(boundary - SECTOR), boundary)?
+            || zeros(boundary, (boundary + SECTOR).min(file_size))?
+        {
+            return Ok(true);
+        }
+        boundary += SECTOR;
+    }
+    Ok(false)
 }
 
 /// The size of `file`.

@@ -75,6 +75,10 @@ impl FileStorage {
     pub(crate) fn undo_txn(&self, txn: TxnHandle, undo_id: &[u8]) -> Result<Vec<Oid>> {
         let tid =
             tid_from_undo_id(undo_id).ok_or_else(|| undo_error("Invalid transaction id", None))?;
+        // Undo reads the committed state as a whole: let the submitted
+        // transactions become durable and visible first.
+        self.wait_for_all_published();
+        self.not_failed()?;
         self.with_txn(txn, |a, staged| {
             if a.next_pos.is_some() {
                 return Err(Error::Transaction("undo after tpc_vote".into()));

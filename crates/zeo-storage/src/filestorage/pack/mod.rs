@@ -203,6 +203,9 @@ fn build_and_switch(fs: &FileStorage, stop: Tid, gc: bool, pack_path: &Path) -> 
             .wait(st)
             .unwrap_or_else(PoisonError::into_inner);
     }
+    // No transaction can be submitted now; the ones already submitted must
+    // be durable and published before their bytes are copied.
+    fs.wait_for_all_published();
     let result = finish_locked(fs, &file, ipos, copier);
     drop(st);
     // This thread may have taken the wake-up meant for a tpc_begin.

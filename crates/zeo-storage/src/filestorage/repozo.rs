@@ -1,5 +1,6 @@
-//! `zeo-server backup` and `zeo-server restore`: ZODB's repozo, file for
-//! file, so that either tool restores what the other backed up.
+//! Backups in ZODB's repozo format, file for file, so that either repozo
+//! or this module restores what the other backed up (`zeo-server backup`,
+//! `restore` and `verify` run it), and blob directories copied beside.
 //!
 //! A repository holds, per backup, files named by the UTC time it was
 //! taken (`YYYY-MM-DD-HH-MM-SS`): a full backup `.fs` (the first bytes of
@@ -15,6 +16,13 @@
 //! index from that one open file, and copies from that same handle, so a
 //! transaction being written is left out and a pack that replaces the file
 //! meanwhile does not change what is copied.
+//!
+//! Blob files (ZODB's blob directory, whatever its layout) are copied into
+//! the repository's `blobs/` after the data file: a blob file is written
+//! and synced before the record naming it is committed, and never changes
+//! afterwards, so every transaction the copied data file holds finds its
+//! files there. Files already copied are skipped; files a pack removes stay
+//! in the backup, so restoring an older state finds them too.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Read, Write};
@@ -22,21 +30,40 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
-use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
+
+use super::{FileStorage, FileStorageOptions};
+use crate::error::{Error, Result};
 
 /// Bytes copied at a time.
 const CHUNK: usize = 64 * 1024;
 
-/// What a backup did.
+/// What a backup did to the data file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Backup {
-    /// A full backup of `bytes` bytes to `path`.
-    Full { path: PathBuf, bytes: u64 },
-    /// An incremental backup of `bytes` bytes to `path`.
-    Incremental { path: PathBuf, bytes: u64 },
+    /// A full backup.
+    Full {
+        /// The `.fs` written.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
+    /// An incremental backup.
+    Incremental {
+        /// The `.deltafs` written.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
     /// The file has not changed since the last backup.
     Unchanged,
 }
+
+/// The directory of a repository that holds the copied blob files.
+pub const BLOB_DIR: &str = "blobs";
+
+/// Deepest directory nesting walked in a blob directory: ZODB's bushy
+/// layout uses eight levels (one per oid byte).
+const MAX_BLOB_DEPTH: usize = 16;
 
 /// How to back up.
 #[derive(Debug)]
@@ -54,11 +81,14 @@ pub struct BackupOptions<'a> {
     pub kill_old_on_full: bool,
     /// The UTC time naming the files, `YYYY-MM-DD-HH-MM-SS`.
     pub stamp: String,
+    /// The storage's blob directory, copied into the repository's
+    /// [`BLOB_DIR`] after the data file.
+    pub blob_dir: Option<&'a Path>,
 }
 
 /// The current UTC time as repozo names files.
 pub fn stamp_now() -> String {
-    let (y, mo, d, h, mi, s) = zeo_storage::timestamp::TimeStamp::now().parts();
+    let (y, mo, d, h, mi, s) = crate::timestamp::TimeStamp::now().parts();
     format!("{y:04}-{mo:02}-{d:02}-{h:02}-{mi:02}-{:02}", s as u32)
 }
 
@@ -95,16 +125,20 @@ fn with_extension(path: &Path, ext: &str) -> PathBuf {
     path.with_extension(ext)
 }
 
-fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> String {
-    let path = path.display().to_string();
-    let what = what.to_owned();
-    move |e| format!("{what} {path}: {e}")
+fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let context = format!("{what} {}", path.display());
+    move |e| Error::io(context, e)
+}
+
+/// A repository problem: what the backup holds does not allow the request.
+fn repository_error(message: String) -> Error {
+    Error::Storage(message)
 }
 
 /// The files to restore the state as of `when` (a stamp or a prefix of
 /// one; `None`: now), oldest first: the last full backup at or before it
 /// and the incrementals after that full backup, up to `when`.
-pub fn find_files(repository: &Path, when: Option<&str>) -> Result<Vec<PathBuf>, String> {
+pub fn find_files(repository: &Path, when: Option<&str>) -> Result<Vec<PathBuf>> {
     let when = when.map_or_else(stamp_now, str::to_owned);
     let mut names: Vec<String> = std::fs::read_dir(repository)
         .map_err(io("reading", repository))?
@@ -129,15 +163,15 @@ pub fn find_files(repository: &Path, when: Option<&str>) -> Result<Vec<PathBuf>,
 }
 
 /// Reads `path` (a repository file) through `each`, returning its size.
-fn read_through(path: &Path, each: &mut dyn FnMut(&[u8])) -> Result<u64, String> {
+fn read_through(path: &Path, each: &mut dyn FnMut(&[u8])) -> Result<u64> {
     if path
         .extension()
         .is_some_and(|e| e == "fsz" || e == "deltafsz")
     {
-        return Err(format!(
+        return Err(repository_error(format!(
             "{}: compressed backups (repozo -z) are not supported; restore them with repozo",
             path.display()
-        ));
+        )));
     }
     let mut file = File::open(path).map_err(io("opening", path))?;
     let mut buf = vec![0u8; CHUNK];
@@ -153,7 +187,7 @@ fn read_through(path: &Path, each: &mut dyn FnMut(&[u8])) -> Result<u64, String>
 }
 
 /// The size and md5 of `files` one after another.
-fn concat(files: &[PathBuf], out: Option<&mut File>) -> Result<(u64, String), String> {
+fn concat(files: &[PathBuf], out: Option<&mut File>) -> Result<(u64, String)> {
     let mut md5 = Md5::new();
     let mut total = 0;
     let mut failed = None;
@@ -168,7 +202,7 @@ fn concat(files: &[PathBuf], out: Option<&mut File>) -> Result<(u64, String), St
             }
         })?;
         if let Some(e) = failed.take() {
-            return Err(format!("writing the restored file: {e}"));
+            return Err(repository_error(format!("writing the restored file: {e}")));
         }
     }
     Ok((total, hex(&md5.finalize())))
@@ -201,7 +235,7 @@ fn md5_range(
 
 /// Copies `len` bytes of `source` from `start` to `dest`, through a
 /// synced temporary file renamed into place; returns their md5.
-fn copy_range(source: &File, start: u64, len: u64, dest: &Path) -> Result<String, String> {
+fn copy_range(source: &File, start: u64, len: u64, dest: &Path) -> Result<String> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     let tmp = dir.join("tmp.tmp");
     let mut out = File::create(&tmp).map_err(io("creating", &tmp))?;
@@ -214,7 +248,7 @@ fn copy_range(source: &File, start: u64, len: u64, dest: &Path) -> Result<String
 }
 
 /// Appends one line to a `.dat` file and syncs it.
-fn append_dat(dat: &Path, line: &str) -> Result<(), String> {
+fn append_dat(dat: &Path, line: &str) -> Result<()> {
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
@@ -226,12 +260,12 @@ fn append_dat(dat: &Path, line: &str) -> Result<(), String> {
 
 /// The last line of the `.dat` beside the full backup `full`: (start,
 /// end, md5) of the last backup listed.
-fn last_dat_entry(full: &Path) -> Result<Option<(u64, u64, String)>, String> {
+fn last_dat_entry(full: &Path) -> Result<Option<(u64, u64, String)>> {
     let dat = with_extension(full, "dat");
     let file = match File::open(&dat) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("opening {}: {e}", dat.display())),
+        Err(e) => return Err(repository_error(format!("opening {}: {e}", dat.display()))),
     };
     let mut last = None;
     for line in std::io::BufReader::new(file).lines() {
@@ -244,38 +278,46 @@ fn last_dat_entry(full: &Path) -> Result<Option<(u64, u64, String)>, String> {
     match fields.as_slice() {
         [_, start, end, sum] => match (start.parse(), end.parse()) {
             (Ok(s), Ok(e)) => Ok(Some((s, e, (*sum).to_owned()))),
-            _ => Err(format!("{}: bad line {line:?}", dat.display())),
+            _ => Err(repository_error(format!(
+                "{}: bad line {line:?}",
+                dat.display()
+            ))),
         },
-        _ => Err(format!("{}: bad line {line:?}", dat.display())),
+        _ => Err(repository_error(format!(
+            "{}: bad line {line:?}",
+            dat.display()
+        ))),
     }
 }
 
 /// Backs `options.file` up into `options.repository`: incrementally when
 /// the repository holds a backup that the file still starts with, else in
 /// full.
-pub fn backup(options: &BackupOptions<'_>) -> Result<Backup, String> {
+pub fn backup(options: &BackupOptions<'_>) -> Result<Backup> {
     if !is_stamp(&options.stamp) {
-        return Err(format!(
+        return Err(repository_error(format!(
             "{:?}: not a YYYY-MM-DD-HH-MM-SS time",
             options.stamp
-        ));
+        )));
     }
     let repofiles = find_files(options.repository, Some(&options.stamp))?;
     let read_only = FileStorageOptions {
         read_only: true,
         ..FileStorageOptions::default()
     };
-    let storage = FileStorage::open(options.file, read_only)
-        .map_err(|e| format!("opening {}: {e}", options.file.display()))?;
+    let storage = FileStorage::open(options.file, read_only)?;
     // The index is written first, under a name the backup's data file
     // will share; a backup that finds nothing to do removes it again.
     let index = options.repository.join(format!("{}.index", options.stamp));
     if index.exists() {
-        return Err(format!("will not overwrite {}", index.display()));
+        return Err(repository_error(format!(
+            "will not overwrite {}",
+            index.display()
+        )));
     }
     let point = storage.backup_point(&index);
-    let _ = zeo_storage::Storage::close(&storage);
-    let (file, size, _) = point.map_err(|e| format!("reading {}: {e}", options.file.display()))?;
+    let _ = crate::Storage::close(&storage);
+    let (file, size, _) = point?;
     let decision = decide(options, &repofiles, &file, size);
     let done = match decision {
         Ok(Decision::Full) => full_backup(options, &file, size),
@@ -286,7 +328,71 @@ pub fn backup(options: &BackupOptions<'_>) -> Result<Backup, String> {
     if !matches!(done, Ok(Backup::Full { .. } | Backup::Incremental { .. })) {
         let _ = std::fs::remove_file(&index);
     }
-    done
+    let done = done?;
+    // After the data file: every blob its transactions name is on disk by
+    // now (blob files are synced before their records are written).
+    if let Some(blob_dir) = options.blob_dir {
+        copy_blob_tree(blob_dir, &options.repository.join(BLOB_DIR))?;
+    }
+    Ok(done)
+}
+
+/// Copies the blob files of `from` that `to` lacks (or holds with another
+/// size, from a copy cut short) into `to`, each through a synced temporary
+/// file renamed into place; ZODB's `tmp/` and other dot files but
+/// `.layout` are left out. Returns how many files were copied. Blob files
+/// never change once committed, so a file present with its size is done.
+pub fn copy_blob_tree(from: &Path, to: &Path) -> Result<u64> {
+    let mut copied = 0u64;
+    let mut stack = vec![(from.to_path_buf(), to.to_path_buf(), 0usize)];
+    while let Some((src, dst, depth)) = stack.pop() {
+        if depth > MAX_BLOB_DEPTH {
+            return Err(repository_error(format!(
+                "{}: blob directories nested deeper than {MAX_BLOB_DEPTH} levels",
+                src.display()
+            )));
+        }
+        std::fs::create_dir_all(&dst).map_err(io("creating", &dst))?;
+        let mut added = false;
+        for entry in std::fs::read_dir(&src).map_err(io("reading", &src))? {
+            let entry = entry.map_err(io("reading", &src))?;
+            let name = entry.file_name();
+            let Some(text) = name.to_str() else { continue };
+            let kind = entry.file_type().map_err(io("reading", &entry.path()))?;
+            let skipped = (text.starts_with('.') && text != ".layout")
+                || (depth == 0 && text == "tmp")
+                || text.ends_with(".tmp");
+            if skipped {
+                continue;
+            }
+            let target = dst.join(&name);
+            if kind.is_dir() {
+                stack.push((entry.path(), target, depth + 1));
+            } else if kind.is_file() {
+                let size = entry
+                    .metadata()
+                    .map_err(io("reading", &entry.path()))?
+                    .len();
+                if std::fs::metadata(&target).is_ok_and(|m| m.len() == size) {
+                    continue;
+                }
+                let part = dst.join(format!("{text}.part"));
+                std::fs::copy(entry.path(), &part).map_err(io("copying to", &part))?;
+                File::open(&part)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io("syncing", &part))?;
+                std::fs::rename(&part, &target).map_err(io("renaming to", &target))?;
+                copied += 1;
+                added = true;
+            }
+        }
+        if added {
+            File::open(&dst)
+                .and_then(|d| d.sync_all())
+                .map_err(io("syncing", &dst))?;
+        }
+    }
+    Ok(copied)
 }
 
 enum Decision {
@@ -301,7 +407,7 @@ fn decide(
     repofiles: &[PathBuf],
     file: &File,
     size: u64,
-) -> Result<Decision, String> {
+) -> Result<Decision> {
     let Some(full) = repofiles.first() else {
         return Ok(Decision::Full);
     };
@@ -337,10 +443,13 @@ fn decide(
     })
 }
 
-fn full_backup(options: &BackupOptions<'_>, file: &File, size: u64) -> Result<Backup, String> {
+fn full_backup(options: &BackupOptions<'_>, file: &File, size: u64) -> Result<Backup> {
     let dest = options.repository.join(format!("{}.fs", options.stamp));
     if dest.exists() {
-        return Err(format!("will not overwrite {}", dest.display()));
+        return Err(repository_error(format!(
+            "will not overwrite {}",
+            dest.display()
+        )));
     }
     let sum = copy_range(file, 0, size, &dest)?;
     append_dat(
@@ -362,12 +471,15 @@ fn incremental(
     file: &File,
     from: u64,
     size: u64,
-) -> Result<Backup, String> {
+) -> Result<Backup> {
     let dest = options
         .repository
         .join(format!("{}.deltafs", options.stamp));
     if dest.exists() {
-        return Err(format!("will not overwrite {}", dest.display()));
+        return Err(repository_error(format!(
+            "will not overwrite {}",
+            dest.display()
+        )));
     }
     let sum = copy_range(file, from, size - from, &dest)?;
     let dat = with_extension(&repofiles[0], "dat");
@@ -380,7 +492,7 @@ fn incremental(
 
 /// Deletes every backup but the most recent full one (and its
 /// incrementals' data files, `.dat` and `.index`), as repozo's `-k`.
-fn delete_old_backups(repository: &Path) -> Result<(), String> {
+fn delete_old_backups(repository: &Path) -> Result<()> {
     let mut names: Vec<String> = std::fs::read_dir(repository)
         .map_err(io("reading", repository))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -408,18 +520,18 @@ fn delete_old_backups(repository: &Path) -> Result<(), String> {
 /// Restores into `output` the state as of `date` (repozo's `-D`, a UTC
 /// `YYYY-MM-DD[-HH[-MM[-SS]]]`; `None`: the latest), checking each file
 /// against the `.dat` when `verify`; copies the last file's `.index`
-/// beside `output`. Returns the bytes restored.
-pub fn restore(
-    repository: &Path,
-    date: Option<&str>,
-    output: &Path,
-    verify: bool,
-) -> Result<u64, String> {
+/// beside `output`. Returns the bytes restored. Blob files, when the
+/// repository has them, are restored apart with [`copy_blob_tree`] from
+/// its [`BLOB_DIR`] (files of later transactions come along; nothing
+/// refers to them).
+pub fn restore(repository: &Path, date: Option<&str>, output: &Path, verify: bool) -> Result<u64> {
     let files = find_files(repository, date)?;
     if files.is_empty() {
         return Err(match date {
-            Some(d) => format!("no backups in {} before {d}", repository.display()),
-            None => format!("no backups in {}", repository.display()),
+            Some(d) => {
+                repository_error(format!("no backups in {} before {d}", repository.display()))
+            }
+            None => repository_error(format!("no backups in {}", repository.display())),
         });
     }
     if output.exists() {
@@ -436,12 +548,12 @@ pub fn restore(
             match truth.iter().find(|(n, _, _)| n == name) {
                 Some((_, want_size, want_sum)) if *want_size == size && *want_sum == sum => {}
                 Some((_, want_size, want_sum)) => {
-                    return Err(format!(
+                    return Err(repository_error(format!(
                         "{}: {size} bytes with md5 {sum}, the .dat says {want_size} bytes with md5 {want_sum}",
                         f.display()
-                    ))
+                    )))
                 }
-                None => return Err(format!("{}: not listed in the .dat", f.display())),
+                None => return Err(repository_error(format!("{}: not listed in the .dat", f.display()))),
             }
             total += size;
         }
@@ -463,36 +575,39 @@ pub fn restore(
 /// Checks the backups of the latest full backup against its `.dat`, as
 /// repozo's `-V`: each file's size and (unless `quick`) md5. Returns how
 /// many files were checked.
-pub fn verify(repository: &Path, quick: bool) -> Result<usize, String> {
+pub fn verify(repository: &Path, quick: bool) -> Result<usize> {
     let files = find_files(repository, None)?;
     let Some(full) = files.first() else {
-        return Err(format!("no backups in {}", repository.display()));
+        return Err(repository_error(format!(
+            "no backups in {}",
+            repository.display()
+        )));
     };
     let entries = dat_entries(full)?;
     for (name, size, sum) in &entries {
         let path = repository.join(name);
         let (actual_size, actual_sum) = if quick {
             let len = std::fs::metadata(&path)
-                .map_err(|_| format!("{} is missing", path.display()))?
+                .map_err(|_| repository_error(format!("{} is missing", path.display())))?
                 .len();
             (len, sum.clone())
         } else {
             if !path.exists() {
-                return Err(format!("{} is missing", path.display()));
+                return Err(repository_error(format!("{} is missing", path.display())));
             }
             concat(std::slice::from_ref(&path), None)?
         };
         if actual_size != *size {
-            return Err(format!(
+            return Err(repository_error(format!(
                 "{} is {actual_size} bytes, should be {size} bytes",
                 path.display()
-            ));
+            )));
         }
         if actual_sum != *sum {
-            return Err(format!(
+            return Err(repository_error(format!(
                 "{} has checksum {actual_sum} instead of {sum}",
                 path.display()
-            ));
+            )));
         }
     }
     Ok(entries.len())
@@ -500,13 +615,13 @@ pub fn verify(repository: &Path, quick: bool) -> Result<usize, String> {
 
 /// The `.dat` beside the full backup `full`: (file name, size, md5) of
 /// each backup it lists.
-fn dat_entries(full: &Path) -> Result<Vec<(String, u64, String)>, String> {
+fn dat_entries(full: &Path) -> Result<Vec<(String, u64, String)>> {
     let dat = with_extension(full, "dat");
     let text = std::fs::read_to_string(&dat).map_err(io("reading", &dat))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
-            let bad = || format!("{}: bad line {line:?}", dat.display());
+            let bad = || repository_error(format!("{}: bad line {line:?}", dat.display()));
             let fields: Vec<&str> = line.split_whitespace().collect();
             let [path, start, end, sum] = fields.as_slice() else {
                 return Err(bad());
