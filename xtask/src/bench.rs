@@ -27,8 +27,11 @@ use std::time::{Duration, Instant};
 use crate::process;
 
 mod group_commit;
+mod pingpong;
 
-const WORKLOADS: [&str; 4] = ["ping", "load", "commit", "commit100"];
+/// The Rust client's workloads; the Python client runs all but `prefetch`
+/// (Python's ClientStorage prefetches without waiting, so it has no rate).
+const WORKLOADS: [&str; 5] = ["ping", "load", "prefetch", "commit", "commit100"];
 
 /// `cargo xtask bench` options.
 pub struct BenchOptions {
@@ -237,6 +240,22 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         fsync.mean * 1e3
     );
 
+    process::header("loopback ping-pong baseline (C, 40 bytes, blocking sockets)");
+    let pingpong = match pingpong::measure(&dir, options.duration.max(1.0)) {
+        Ok(p) => {
+            println!(
+                "{:.0} round trips/s, median {:.3} ms",
+                p.per_sec,
+                p.median_s * 1e3
+            );
+            Some(p)
+        }
+        Err(e) => {
+            println!("skipped: {e}");
+            None
+        }
+    };
+
     let group_inputs = group_commit::Inputs {
         server_bin: &server_bin,
         client_bin: &client_bin,
@@ -429,7 +448,7 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     process::header(
         "Results (ratio = zeo-server / Python server; higher is better except memory and latency)",
     );
-    print_table(options, &counts, &results, &rss, fsync);
+    print_table(options, &counts, &results, &rss, fsync, pingpong);
     group_commit::print(&group, fsync);
     print_hot_bucket(&hot);
     for (name, quiet, loaded, before, during) in slow {
@@ -971,6 +990,7 @@ fn print_table(
     results: &BTreeMap<(String, String, String, usize), (f64, f64)>,
     rss: &BTreeMap<(&str, &str), f64>,
     fsync: Fsync,
+    pingpong: Option<pingpong::PingPong>,
 ) {
     let get = |server: &str, client: &str, workload: &str, n: usize| {
         results
@@ -1016,6 +1036,7 @@ fn print_table(
                     "ping" => "ping round trips",
                     "load" => "cold loads",
                     "commit" => "1-object commits",
+                    "prefetch" => "prefetched loads",
                     _ => "100-object commits",
                 };
                 row(
@@ -1086,9 +1107,43 @@ fn print_table(
             mean * 1e3
         );
     }
+    if let Some(p) = pingpong {
+        println!(
+            "  C ping-pong of 40 bytes on loopback: {:.0} round trips/s, median {:.3} ms",
+            p.per_sec,
+            p.median_s * 1e3
+        );
+    }
 
     println!("\naims (verdicts on throughput; medians in brackets for the noise):");
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    if let Some(p) = pingpong {
+        if let Some(ping) = get("rs", "rust", "ping", 1) {
+            println!(
+                "  ZEO ping on zeo-server, 1 client: {:.0}/s = {:.0}% of the C ping-pong's {:.0}/s (the machine's limit) [p50 {:.3} vs {:.3} ms]",
+                ping.0,
+                100.0 * ping.0 / p.per_sec,
+                p.per_sec,
+                ping.1 / 1e3,
+                p.median_s * 1e3
+            );
+        }
+        if let Some(load) = get("rs", "rust", "load", 1) {
+            println!(
+                "  cold loads on zeo-server, 1 client: {:.0}/s = {:.0}% of the C ping-pong",
+                load.0,
+                100.0 * load.0 / p.per_sec
+            );
+        }
+        if let Some(prefetch) = get("rs", "rust", "prefetch", 1) {
+            let r = prefetch.0 / p.per_sec;
+            println!(
+                "  prefetched loads on zeo-server, 1 client: {:.0}/s = {r:.1}x the C ping-pong's synchronous rate (aim >= 2x): {}",
+                prefetch.0,
+                verdict(r >= 2.0)
+            );
+        }
+    }
     for &n in counts {
         if let (Some(ours), Some(theirs)) =
             (get("rs", "rust", "load", n), get("py", "python", "load", n))
