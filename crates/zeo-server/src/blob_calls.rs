@@ -144,7 +144,16 @@ pub(crate) fn shared_path(
     let dir = blobs
         .oid_directory(oid)
         .ok_or_else(|| WireError::unsupported("storeBlobShared"))?;
-    Ok(dir.join(filename))
+    let path = dir.join(filename);
+    // A regular file only: a symlink moved into place would let sendBlob
+    // serve whatever it points at.
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_file() => Ok(path),
+        _ => {
+            tracing::error!("storeBlobShared names no regular file: {}", path.display());
+            Err(WireError::value_error(filename))
+        }
+    }
 }
 
 /// A new name for `path` in its own directory, linked to the same file

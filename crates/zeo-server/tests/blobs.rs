@@ -152,6 +152,18 @@ async fn aborted_and_abandoned_uploads_leave_no_file() {
     server.stop().await;
 }
 
+/// The error a two-way `storeBlobShared` of `name` for oid 1 gets.
+async fn refused_shared(a: &mut Client, name: &str) -> zeo_protocol::WireError {
+    let args = vec![
+        bytes(&Oid(1).to_bytes()),
+        bytes(&Tid::ZERO.to_bytes()),
+        bytes(b"record"),
+        Value::Str(name.into()),
+        Value::Int(1),
+    ];
+    a.call("storeBlobShared", args).await.unwrap_err()
+}
+
 #[tokio::test(start_paused = true)]
 async fn shared_blob_names_follow_zeo() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,19 +171,7 @@ async fn shared_blob_names_follow_zeo() {
     let mut a = server.client().await;
     a.begin(1).await;
     for bad in ["../escape.tmp", "x.blob", "x.tmp12"] {
-        let err = a
-            .call(
-                "storeBlobShared",
-                vec![
-                    bytes(&Oid(1).to_bytes()),
-                    bytes(&Tid::ZERO.to_bytes()),
-                    bytes(b"record"),
-                    Value::Str(bad.into()),
-                    Value::Int(1),
-                ],
-            )
-            .await
-            .unwrap_err();
+        let err = refused_shared(&mut a, bad).await;
         assert_eq!(err.class, "builtins.ValueError", "{bad}");
     }
     // A good name: the file the client put in the oid's directory.
@@ -179,6 +179,13 @@ async fn shared_blob_names_follow_zeo() {
         .path()
         .join("blobs/0x00/0x00/0x00/0x00/0x00/0x00/0x00/0x01");
     std::fs::create_dir_all(&oid_dir).unwrap();
+    // A good name that is a symlink, or names nothing, is refused too.
+    std::os::unix::fs::symlink("/etc/hostname", oid_dir.join("0x00link.tmp")).unwrap();
+    for name in ["0x00link.tmp", "0x00missing.tmp"] {
+        let err = refused_shared(&mut a, name).await;
+        assert_eq!(err.class, "builtins.ValueError", "{name}");
+    }
+    std::fs::remove_file(oid_dir.join("0x00link.tmp")).unwrap();
     std::fs::write(oid_dir.join("0x00abc.tmp"), b"shared bytes").unwrap();
     a.send(&ClientRequest::store_blob_shared(
         Oid(1),
