@@ -46,6 +46,8 @@ pub use logging::{
 };
 pub use server::{ServerConfig, ZeoConfig};
 pub use ssl::{ClientSsl, ServerSsl, SslAuthenticate};
-pub use storage::{FileStorageConfig, MappingStorageConfig, StorageConfig, StorageKind};
+pub use storage::{
+    BlobStorageConfig, FileStorageConfig, MappingStorageConfig, StorageConfig, StorageKind,
+};
 pub use support::Unsupported;
 pub use syntax::{parse, parse_file, Item, KeyValue, Parser, Section};

@@ -10,7 +10,6 @@ use crate::syntax::Section;
 /// Storage section types that ZODB or ZEO define but zeo-rs cannot serve.
 pub(crate) const OTHER_ZODB_STORAGES: &[&str] = &[
     "demostorage",
-    "blobstorage",
     "zeoclient",
     "clientstorage",
     "fullstorage",
@@ -18,7 +17,10 @@ pub(crate) const OTHER_ZODB_STORAGES: &[&str] = &[
 ];
 
 /// Storage section types a server configuration may contain.
-pub(crate) const SERVABLE_STORAGES: &[&str] = &["filestorage", "mappingstorage"];
+pub(crate) const SERVABLE_STORAGES: &[&str] = &["filestorage", "mappingstorage", "blobstorage"];
+
+/// The storage types a `<blobstorage>` section may wrap.
+const WRAPPABLE_STORAGES: &[&str] = &["filestorage", "mappingstorage"];
 
 /// One storage the server serves.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +41,35 @@ pub enum StorageKind {
     File(FileStorageConfig),
     /// `<mappingstorage>`.
     Mapping(MappingStorageConfig),
+    /// `<blobstorage>`: ZODB's `BlobStorage` wrapper, blobs in `blob-dir`
+    /// beside the wrapped storage.
+    Blob(BlobStorageConfig),
+}
+
+/// `<blobstorage>` settings: the blob directory and the one storage
+/// section inside, as ZEO's own tests write it.
+///
+/// ```
+/// use zeo_config::{ServerConfig, StorageKind};
+///
+/// let config = ServerConfig::from_str(
+///     "<zeo>\n address 127.0.0.1:0\n</zeo>\n\
+///      <blobstorage>\n blob-dir /var/zeo/blobs\n\
+///        <filestorage>\n path /var/zeo/Data.fs\n </filestorage>\n\
+///      </blobstorage>\n",
+///     "zeo.conf",
+/// ).unwrap();
+/// let StorageKind::Blob(blob) = &config.storages[0].kind else { panic!() };
+/// assert_eq!(blob.blob_dir, std::path::Path::new("/var/zeo/blobs"));
+/// assert!(matches!(*blob.base, StorageKind::File(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlobStorageConfig {
+    /// The blob directory (required).
+    pub blob_dir: PathBuf,
+    /// The wrapped storage: a `<filestorage>` without `blob-dir`, or a
+    /// `<mappingstorage>`.
+    pub base: Box<StorageKind>,
 }
 
 /// `<filestorage>` settings; defaults are ZODB's `FileStorage` defaults.
@@ -107,6 +138,8 @@ const FILESTORAGE_KEYS: &[KeySpec] = &[
 
 const MAPPINGSTORAGE_KEYS: &[KeySpec] = &[key("name")];
 
+const BLOBSTORAGE_KEYS: &[KeySpec] = &[key("blob-dir")];
+
 impl StorageConfig {
     /// Reads a storage section; the caller assigns names to unnamed ones.
     pub(crate) fn from_section(section: &Section) -> Result<Self> {
@@ -132,11 +165,33 @@ impl StorageConfig {
                         .unwrap_or_else(|| MappingStorageConfig::default().name),
                 })
             }
+            "blobstorage" => {
+                let c = Checked::new(section, BLOBSTORAGE_KEYS, WRAPPABLE_STORAGES)?;
+                let blob_dir = c.path("blob-dir").ok_or_else(|| c.missing("blob-dir"))?;
+                let [inner] = c.children() else {
+                    return Err(Error::Conflict {
+                        at: section.location.clone(),
+                        message: "<blobstorage> wraps exactly one storage section".into(),
+                    });
+                };
+                let base = StorageConfig::from_section(inner)?.kind;
+                if matches!(&base, StorageKind::File(f) if f.blob_dir.is_some()) {
+                    return Err(Error::Conflict {
+                        at: inner.location.clone(),
+                        message: "the storage inside <blobstorage> already has a blob-dir".into(),
+                    });
+                }
+                StorageKind::Blob(BlobStorageConfig {
+                    blob_dir,
+                    base: Box::new(base),
+                })
+            }
             other => {
                 return Err(Error::UnsupportedSection {
                     at: section.location.clone(),
                     section_type: other.to_owned(),
-                    reason: "zeo-rs serves only <filestorage> and <mappingstorage>".into(),
+                    reason: "zeo-rs serves only <filestorage>, <mappingstorage> and <blobstorage>"
+                        .into(),
                 })
             }
         };

@@ -582,3 +582,42 @@ fn docs_example_parses() {
     assert_eq!(c.eventlog.as_ref().map(|l| l.handlers.len()), Some(2));
     assert!(c.unsupported.is_empty(), "{:?}", c.unsupported);
 }
+
+/// `<blobstorage>` as ZEO's own tests write it, and what it refuses.
+#[test]
+fn blobstorage_wraps_one_filestorage() {
+    let c = server(
+        "<zeo>\naddress 127.0.0.1:0\n</zeo>\n<blobstorage 1>\n  blob-dir blobs\n  \
+         <filestorage 2>\n    path Data.fs\n    pack-keep-old false\n  </filestorage>\n\
+         </blobstorage>\n",
+    );
+    let StorageKind::Blob(blob) = &c.storages[0].kind else {
+        panic!("{:?}", c.storages[0].kind)
+    };
+    assert_eq!(c.storages[0].name, "1");
+    assert_eq!(blob.blob_dir, Path::new("blobs"));
+    let StorageKind::File(fs) = &*blob.base else {
+        panic!("{:?}", blob.base)
+    };
+    assert_eq!(fs.path, Path::new("Data.fs"));
+    assert!(!fs.pack_keep_old);
+
+    for (text, says) in [
+        (
+            "<blobstorage>\n  blob-dir b\n</blobstorage>\n",
+            "exactly one storage",
+        ),
+        (
+            "<blobstorage>\n  <filestorage>\n path D.fs\n </filestorage>\n</blobstorage>\n",
+            "blob-dir",
+        ),
+        (
+            "<blobstorage>\n  blob-dir b\n  <filestorage>\n path D.fs\n blob-dir c\n  \
+             </filestorage>\n</blobstorage>\n",
+            "already has a blob-dir",
+        ),
+    ] {
+        let err = server_err(&format!("<zeo>\naddress 127.0.0.1:0\n</zeo>\n{text}"));
+        assert!(err.to_string().contains(says), "{err}");
+    }
+}

@@ -525,7 +525,7 @@ impl ServerRequest {
                 let a = a(4, 0)?;
                 R::StoreBlobEnd {
                     oid: a.oid(0, "oid")?,
-                    serial: a.tid(1, "serial")?,
+                    serial: a.store_serial(1, "serial")?,
                     data: a.bytes(2, "data")?,
                     txn: a.txn(3)?,
                 }
@@ -534,7 +534,7 @@ impl ServerRequest {
                 let a = a(5, 0)?;
                 R::StoreBlobShared {
                     oid: a.oid(0, "oid")?,
-                    serial: a.tid(1, "serial")?,
+                    serial: a.store_serial(1, "serial")?,
                     data: a.bytes(2, "data")?,
                     filename: a.string(3, "filename")?,
                     txn: a.txn(4)?,

@@ -581,6 +581,22 @@ fn storea_serial_none_or_latin1_str() {
     );
 }
 
+/// The blob stores take the serials `storea` takes (ZODB's blob doctests
+/// store new blobs with `'\0' * 8`).
+#[test]
+fn blob_store_serials_as_storea() {
+    let zero = || s("\0\0\0\0\0\0\0\0");
+    match ok("storeBlobEnd", vec![oid(1), zero(), b(b"d"), int(7)]) {
+        ServerRequest::StoreBlobEnd { serial, .. } => assert_eq!(serial, Tid(0)),
+        other => panic!("{other:?}"),
+    }
+    let shared = vec![oid(1), Value::None, b(b"d"), s("x.tmp-"), int(7)];
+    match ok("storeBlobShared", shared) {
+        ServerRequest::StoreBlobShared { serial, .. } => assert_eq!(serial, Tid(0)),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn two_phase_commit_calls() {
     let t = TxnId(-5);

@@ -19,7 +19,7 @@ use zeo_server::logging::{
     level_filter, JsonFormat, LineFormat, PythonFormat, ReopenableFile, Rotation, When,
 };
 use zeo_server::{ListenAddress, ServerBuilder, ServerSettings};
-use zeo_storage::filestorage::{repozo, FileStorage, FileStorageOptions};
+use zeo_storage::filestorage::{repozo, BlobPackMode, FileStorage, FileStorageOptions};
 use zeo_storage::{Iteration, MappingStorage, Pack, Storage};
 
 mod notify;
@@ -56,6 +56,11 @@ enum Command {
         /// printed as one line and makes the exit status 1.
         #[arg(long)]
         refs: bool,
+        /// The storage's blob directory: every blob record still in the
+        /// file must have its file there; each missing one is printed as
+        /// one line and makes the exit status 1.
+        #[arg(long, value_name = "DIR")]
+        blob_dir: Option<PathBuf>,
     },
     /// Print a Data.fs in ZODB's fsdump format.
     Dump {
@@ -78,6 +83,14 @@ enum Command {
         /// Do not remove unreachable objects.
         #[arg(long)]
         no_gc: bool,
+        /// The storage's blob directory: files of the revisions the pack
+        /// removes go too (kept in `DIR.old` unless `--no-keep-old`).
+        #[arg(long, value_name = "DIR")]
+        blob_dir: Option<PathBuf>,
+        /// With `--blob-dir`, keep no `DIR.old` copy (ZODB's
+        /// `pack-keep-old false`).
+        #[arg(long, requires = "blob_dir")]
+        no_keep_old: bool,
     },
     /// Add, change or delete a user of a ZEO 3/4 digest password database,
     /// like ZEO 4's zeopasswd.
@@ -187,9 +200,27 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { path, refs }) => check(&path, refs),
+        Some(Command::Check {
+            path,
+            refs,
+            blob_dir,
+        }) => check(&path, refs, blob_dir.as_deref()),
         Some(Command::Dump { path, decode }) => dump(&path, decode),
-        Some(Command::Pack { path, days, no_gc }) => pack(&path, days, !no_gc),
+        Some(Command::Pack {
+            path,
+            days,
+            no_gc,
+            blob_dir,
+            no_keep_old,
+        }) => {
+            let blobs = blob_dir.as_deref().map(|dir| {
+                let mode = BlobPackMode::Removed {
+                    keep_old: !no_keep_old,
+                };
+                (dir, mode)
+            });
+            pack(&path, days, !no_gc, blobs)
+        }
         Some(Command::Passwd(args)) => passwd::passwd(args),
         Some(Command::Backup {
             file,
@@ -263,7 +294,7 @@ fn report<E: std::fmt::Display>(outcome: Result<String, E>) -> ExitCode {
     }
 }
 
-fn check(path: &Path, refs: bool) -> ExitCode {
+fn check(path: &Path, refs: bool, blob_dir: Option<&Path>) -> ExitCode {
     match zeo_storage::filestorage::check(path) {
         Ok(report) => {
             println!(
@@ -274,14 +305,46 @@ fn check(path: &Path, refs: bool) -> ExitCode {
                 report.last_tid,
                 report.size
             );
+            let blobs_ok = blob_dir.is_none_or(|dir| check_blobs(path, dir));
             if refs {
-                return check_refs(path);
+                let refs_ok = check_refs(path);
+                return if blobs_ok { refs_ok } else { ExitCode::FAILURE };
             }
-            ExitCode::SUCCESS
+            if blobs_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(err) => {
             eprintln!("{}: {err}", path.display());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reports blob records whose file is missing; true when there is none.
+fn check_blobs(path: &Path, dir: &Path) -> bool {
+    match zeo_storage::filestorage::check_blobs(path, dir) {
+        Ok(report) => {
+            for (oid, tid, file) in &report.missing {
+                println!(
+                    "{}: blob record {oid} tid {tid}: missing file {}",
+                    path.display(),
+                    file.display()
+                );
+            }
+            println!(
+                "{}: {} blob records, {} missing files",
+                dir.display(),
+                report.blob_records,
+                report.missing_count
+            );
+            report.missing_count == 0
+        }
+        Err(err) => {
+            eprintln!("{}: {err}", dir.display());
+            false
         }
     }
 }
@@ -375,12 +438,12 @@ fn dump_decoded(path: &Path, out: &mut dyn Write) -> zeo_storage::Result<()> {
     storage.close()
 }
 
-fn pack(path: &Path, days: f64, gc: bool) -> ExitCode {
+fn pack(path: &Path, days: f64, gc: bool, blobs: Option<(&Path, BlobPackMode)>) -> ExitCode {
     let options = FileStorageOptions {
         pack_gc: gc,
         ..FileStorageOptions::default()
     };
-    let result = FileStorage::open(path, options).and_then(|fs| {
+    let result = open_fs(path, options, blobs).and_then(|fs| {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -611,27 +674,61 @@ fn open_storage(
 ) -> Result<(String, Arc<dyn Storage>, bool), String> {
     match kind {
         StorageKind::File(fs) => {
-            if fs.blob_dir.is_some() {
-                tracing::warn!(
-                    storage = name,
-                    "blob-dir is ignored: blobs are not supported"
-                );
-            }
-            let options = FileStorageOptions {
-                read_only: fs.read_only,
-                create: fs.create,
-                pack_gc: fs.pack_gc,
-            };
-            let storage = FileStorage::open(&fs.path, options)
-                .map_err(|e| format!("opening {}: {e}", fs.path.display()))?;
-            Ok((name.to_owned(), Arc::new(storage), fs.pack_gc))
+            let blobs = fs.blob_dir.as_deref().map(|dir| {
+                let mode = BlobPackMode::Removed {
+                    keep_old: fs.pack_keep_old,
+                };
+                (dir, mode)
+            });
+            open_file_storage(name, fs, blobs)
         }
         StorageKind::Mapping(m) => Ok((
             name.to_owned(),
             Arc::new(MappingStorage::new(m.name.clone())),
             true,
         )),
+        StorageKind::Blob(blob) => match &*blob.base {
+            StorageKind::File(fs) => {
+                open_file_storage(name, fs, Some((&blob.blob_dir, BlobPackMode::Undoing)))
+            }
+            StorageKind::Mapping(m) => {
+                let storage = MappingStorage::with_blob_dir(m.name.clone(), &blob.blob_dir)
+                    .map_err(|e| format!("opening {}: {e}", blob.blob_dir.display()))?;
+                Ok((name.to_owned(), Arc::new(storage), true))
+            }
+            StorageKind::Blob(_) => Err(format!(
+                "storage {name}: a <blobstorage> cannot wrap another <blobstorage>"
+            )),
+        },
     }
+}
+
+/// A FileStorage, with its blob directory when it has one.
+fn open_fs(
+    path: &Path,
+    options: FileStorageOptions,
+    blobs: Option<(&Path, BlobPackMode)>,
+) -> zeo_storage::Result<FileStorage> {
+    match blobs {
+        Some((dir, mode)) => FileStorage::open_with_blobs(path, options, dir)
+            .map(|storage| storage.with_blob_pack_mode(mode)),
+        None => FileStorage::open(path, options),
+    }
+}
+
+fn open_file_storage(
+    name: &str,
+    fs: &zeo_config::FileStorageConfig,
+    blobs: Option<(&Path, BlobPackMode)>,
+) -> Result<(String, Arc<dyn Storage>, bool), String> {
+    let options = FileStorageOptions {
+        read_only: fs.read_only,
+        create: fs.create,
+        pack_gc: fs.pack_gc,
+    };
+    let storage = open_fs(&fs.path, options, blobs)
+        .map_err(|e| format!("opening {}: {e}", fs.path.display()))?;
+    Ok((name.to_owned(), Arc::new(storage), fs.pack_gc))
 }
 
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;

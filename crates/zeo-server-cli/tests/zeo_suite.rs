@@ -5,8 +5,11 @@
 //! one place ZEO's tests start servers) with one that writes the same
 //! ZConfig file and starts this binary, then runs the generic storage tests
 //! (`testZEO.FileStorageTests`, `MappingStorageTests`, ...), connection,
-//! invalidation and conflict-resolution tests. Tests that cannot apply
-//! (blobs, Python server internals) are listed with their reasons in
+//! invalidation and conflict-resolution tests, and the blob test classes
+//! and doctests (`BlobAdaptedFileStorageTests`, `BlobWritableCacheTests`,
+//! ZODB's `storage_reusable_suite` with non-shared and shared blob
+//! directories, `zeo_blob_cache.test`). Tests that cannot apply (Python
+//! server internals) are listed with their reasons in
 //! `tests/python/zeo_suite/skips.txt`.
 //!
 //! By default a selection bounded to about a minute per ZEO version runs;
@@ -26,7 +29,7 @@ use zeo_testkit::serde_json::Value;
 use zeo_testkit::{python5, python6, run_python_with_timeout, script, TempDir};
 
 /// Fewer tests than this means the selection silently lost classes.
-const MIN_TESTS_RUN: u64 = 180;
+const MIN_TESTS_RUN: u64 = 450;
 
 fn full_run() -> bool {
     std::env::var_os("ZEO_SUITE_FULL").is_some_and(|v| !v.is_empty() && v != "0")

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use zeo_protocol::reply::VoteConflict;
 use zeo_protocol::TxnId;
 use zeo_storage::{
-    require, BeginOptions, Error, Oid, Storage, Tid, TransactionMetaData, TxnHandle, TxnStatus,
+    require, BeginOptions, BlobSource, Error, Oid, Storage, Tid, TransactionMetaData, TxnHandle,
+    TxnStatus,
 };
 
 use crate::commit_lock::ConnId;
@@ -159,11 +160,8 @@ impl OpenTxn {
                         conflicts.remove(&oid);
                         invalidated.insert(oid);
                     }
-                    Err(Error::Conflict {
-                        oid: c_oid,
-                        committed,
-                        old,
-                    }) if c_oid == oid => {
+                    Err(err) => {
+                        let (committed, old) = conflict_on(err, oid)?;
                         if let ConflictPolicy::Native { .. } = policy {
                             if let Some(merged) =
                                 resolve_natively(storage, oid, committed, old, &data)
@@ -181,20 +179,14 @@ impl OpenTxn {
                         }
                         // Client-side conflict resolution: hand the conflict
                         // and the client's own data back with the vote.
-                        conflicts.insert(
+                        let conflict = VoteConflict {
                             oid,
-                            (
-                                index,
-                                VoteConflict {
-                                    oid,
-                                    committed,
-                                    old,
-                                    data,
-                                },
-                            ),
-                        );
+                            committed,
+                            old,
+                            data,
+                        };
+                        conflicts.insert(oid, (index, conflict));
                     }
-                    Err(err) => return Err(err),
                 },
                 TxnOp::Delete { oid, serial } => {
                     require(storage.as_external_gc(), "deleteObject")?
@@ -218,6 +210,35 @@ impl OpenTxn {
                         prev_txn,
                     )?;
                     invalidated.insert(oid);
+                }
+                TxnOp::StoreBlob {
+                    oid,
+                    serial,
+                    data,
+                    path,
+                } => {
+                    let blobs = require(storage.as_blobs(), "storeBlob")?;
+                    let link = crate::blob_calls::link_for_storage(&path)
+                        .map_err(|e| Error::io("linking a blob upload", e))?;
+                    match blobs.store_blob(h, oid, serial, &data, BlobSource::File(link)) {
+                        Ok(()) => {
+                            conflicts.remove(&oid);
+                            invalidated.insert(oid);
+                        }
+                        // Handed back like a store's conflict: the client's
+                        // resolution (which refuses blobs) reports it with
+                        // the object's class, as against Python's server.
+                        Err(err) => {
+                            let (committed, old) = conflict_on(err, oid)?;
+                            let conflict = VoteConflict {
+                                oid,
+                                committed,
+                                old,
+                                data,
+                            };
+                            conflicts.insert(oid, (index, conflict));
+                        }
+                    }
                 }
                 TxnOp::Undo { id } => {
                     let oids = require(storage.as_undo(), "undo")?.undo(h, &id)?;
@@ -249,6 +270,19 @@ impl OpenTxn {
         serials.extend(resolved);
         self.invalidated = invalidated.into_iter().collect();
         Ok(VoteOutcome::Voted(serials))
+    }
+}
+
+/// The committed and old serials of a write conflict on `oid`; any other
+/// error is passed on.
+fn conflict_on(err: Error, oid: Oid) -> Result<(Tid, Tid), Error> {
+    match err {
+        Error::Conflict {
+            oid: c_oid,
+            committed,
+            old,
+        } if c_oid == oid => Ok((committed, old)),
+        other => Err(other),
     }
 }
 

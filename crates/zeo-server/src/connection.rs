@@ -35,6 +35,7 @@ use zeo_protocol::{
 };
 use zeo_storage::{require, Error as StorageError, Oid, TransactionMetaData, TxnStatus};
 
+use crate::blob_calls;
 use crate::commit::{self, OpenTxn, VoteOutcome};
 use crate::commit_lock::{Acquired, CommitGuard, ConnId};
 use crate::frame_reader::FrameReader;
@@ -57,7 +58,7 @@ const PAUSE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the error text of blob methods says.
-const NO_BLOBS: &str = "blobs are not supported by this server";
+const NO_BLOBS: &str = "blobs are not supported by this storage (it has no blob directory)";
 
 type LockFuture = Pin<Box<dyn Future<Output = CommitGuard> + Send>>;
 
@@ -184,6 +185,7 @@ where
         outbox: outbox.clone(),
         hub: None,
         iterators: Iterators::default(),
+        upload: None,
     };
 
     conn.read_loop(&mut reader).await;
@@ -230,6 +232,8 @@ struct Conn {
     outbox: Arc<Outbox>,
     hub: Option<Arc<StorageHub>>,
     iterators: Iterators,
+    /// The blob upload between `storeBlobStart` and `storeBlobEnd`.
+    upload: Option<blob_calls::Upload>,
 }
 
 enum Event {
@@ -598,11 +602,75 @@ impl Conn {
             R::Undoa { undo_id, txn } => {
                 self.log_op(txn, TxnOp::Undo { id: undo_id }, false, oneway)
             }
-            R::StoreBlobStart
-            | R::StoreBlobChunk { .. }
-            | R::StoreBlobEnd { .. }
-            | R::StoreBlobShared { .. }
-            | R::SendBlob { .. } => Err(WireError::unsupported(NO_BLOBS)),
+            R::StoreBlobStart => {
+                if self.session.is_read_only() {
+                    return Err(WireError::read_only());
+                }
+                let hub = self.hub()?.clone();
+                let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
+                // A new start abandons an unfinished upload (its file goes).
+                self.upload = None;
+                self.upload = Some(blob_calls::Upload::start(
+                    blobs,
+                    self.shared.settings.max_transaction_size,
+                )?);
+                Ok(Outcome::Reply(Value::None))
+            }
+            R::StoreBlobChunk { chunk } => {
+                let upload = self.upload.as_mut().ok_or_else(|| {
+                    WireError::value_error("storeBlobChunk without storeBlobStart")
+                })?;
+                if let Err(e) = upload.write(&chunk) {
+                    self.upload = None;
+                    return Err(e);
+                }
+                Ok(Outcome::Reply(Value::None))
+            }
+            R::StoreBlobEnd {
+                oid,
+                serial,
+                data,
+                txn,
+            } => {
+                let upload = self
+                    .upload
+                    .take()
+                    .ok_or_else(|| WireError::value_error("storeBlobEnd without storeBlobStart"))?;
+                let path = upload.finish();
+                let op = TxnOp::StoreBlob {
+                    oid,
+                    serial,
+                    data,
+                    path,
+                };
+                self.log_op(txn, op, true, oneway)
+            }
+            R::StoreBlobShared {
+                oid,
+                serial,
+                data,
+                filename,
+                txn,
+            } => {
+                let hub = self.hub()?.clone();
+                let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
+                let path = blob_calls::shared_path(blobs, oid, &filename)?;
+                let op = TxnOp::StoreBlob {
+                    oid,
+                    serial,
+                    data,
+                    path,
+                };
+                self.log_op(txn, op, true, oneway)
+            }
+            R::SendBlob { oid, serial } => {
+                let hub = self.hub()?.clone();
+                let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
+                if !blob_calls::send_blob(&self.outbox, blobs, oid, serial).await? {
+                    return Ok(Outcome::Sent);
+                }
+                Ok(Outcome::Reply(Value::None))
+            }
             R::Vote { txn } => self.vote(txn, msgid).await,
             R::TpcFinish { txn } => self.tpc_finish(txn, msgid, oneway).await,
             R::TpcAbort { txn } => self
@@ -753,12 +821,9 @@ impl Conn {
         let hub = self.hub()?;
         let storage = hub.storage();
         let capabilities = storage.capabilities();
-        // Blob interfaces are left out: advertising them would make clients
-        // send blobs this server cannot store.
         let interfaces = capabilities
             .zodb_interfaces()
             .into_iter()
-            .filter(|(_, name)| !name.starts_with("IBlob"))
             .map(|(module, name)| (module.to_owned(), name.to_owned()))
             .collect();
         let info = StorageInfo {
@@ -934,6 +999,8 @@ impl Conn {
     }
 
     fn log_op(&mut self, id: TxnId, op: TxnOp, counts_as_store: bool, oneway: bool) -> Handled {
+        // An uploaded blob file goes unless the log takes it.
+        let unlogged = blob_calls::Unlogged::of(&op);
         let txn = match self.session.stage_write(id, op.logged_len())? {
             Staged::Log(txn) => txn,
             // Already failed: the vote reports it; nothing more is kept.
@@ -953,6 +1020,7 @@ impl Conn {
                 };
             }
         };
+        unlogged.logged();
         txn.push_store(op)
             .map_err(|e| wire(StorageError::io("writing the commit log", e)))?;
         if counts_as_store {
@@ -1228,6 +1296,10 @@ fn pickle_extension(extension: &Value) -> Result<Vec<u8>, WireError> {
             "tpc_begin() extension must be a dict",
         )),
     }
+}
+
+fn no_blobs() -> WireError {
+    WireError::unsupported(NO_BLOBS)
 }
 
 fn wire(err: StorageError) -> WireError {

@@ -44,6 +44,7 @@
 //! invalidations together.
 #![warn(missing_docs)]
 
+mod blob_calls;
 mod commit;
 mod commit_lock;
 mod connection;

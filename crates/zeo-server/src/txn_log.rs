@@ -58,6 +58,18 @@ pub enum TxnOp {
         /// The undo id from `undoLog`.
         id: Vec<u8>,
     },
+    /// `storeBlobEnd` or `storeBlobShared`: a store whose blob is the file
+    /// at `path`, which the log owns (and removes when it is dropped).
+    StoreBlob {
+        /// The object.
+        oid: Oid,
+        /// The revision the data was based on.
+        serial: Tid,
+        /// The new record.
+        data: Vec<u8>,
+        /// The uploaded blob file, in the storage's blob directory.
+        path: PathBuf,
+    },
 }
 
 impl TxnOp {
@@ -72,6 +84,9 @@ impl TxnOp {
                 KEY + 1 + data.as_deref().map_or(0, len) + prev_txn.map_or(0, |_| 8)
             }
             TxnOp::Undo { id } => 1 + len(id),
+            TxnOp::StoreBlob { data, path, .. } => {
+                KEY + len(data) + len(path.as_os_str().as_encoded_bytes())
+            }
         }
     }
 }
@@ -81,6 +96,7 @@ const TAG_DELETE: u8 = 2;
 const TAG_CHECK: u8 = 3;
 const TAG_RESTORE: u8 = 4;
 const TAG_UNDO: u8 = 5;
+const TAG_STORE_BLOB: u8 = 6;
 
 /// The buffered writes of one open transaction.
 #[derive(Debug)]
@@ -94,6 +110,21 @@ pub struct TxnLog {
     undos: u64,
     bytes: u64,
     superseded: HashSet<u64>,
+    /// Uploaded blob files the logged stores name; removed with the log,
+    /// since a replay hands the storage links to them, not the files.
+    blob_files: Vec<PathBuf>,
+}
+
+impl Drop for TxnLog {
+    fn drop(&mut self) {
+        for path in self.blob_files.drain(..) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("removing blob upload {}: {e}", path.display()),
+            }
+        }
+    }
 }
 
 impl TxnLog {
@@ -111,6 +142,7 @@ impl TxnLog {
             undos: 0,
             bytes: 0,
             superseded: HashSet::new(),
+            blob_files: Vec::new(),
         }
     }
 
@@ -120,8 +152,12 @@ impl TxnLog {
         *self = TxnLog::new(self.spill_threshold, self.spill_dir.take());
     }
 
-    /// Appends an operation and returns its index.
+    /// Appends an operation and returns its index. The log owns the file
+    /// of a [`TxnOp::StoreBlob`] from this call on, whatever it returns.
     pub fn push(&mut self, op: &TxnOp) -> io::Result<u64> {
+        if let TxnOp::StoreBlob { path, .. } = op {
+            self.blob_files.push(path.clone());
+        }
         let len = match &mut self.file {
             Some(file) => {
                 let mut rec = Vec::with_capacity(32);
@@ -147,7 +183,10 @@ impl TxnLog {
             }
         };
         match op {
-            TxnOp::Store { .. } | TxnOp::Delete { .. } | TxnOp::Restore { .. } => self.stores += 1,
+            TxnOp::Store { .. }
+            | TxnOp::StoreBlob { .. }
+            | TxnOp::Delete { .. }
+            | TxnOp::Restore { .. } => self.stores += 1,
             TxnOp::Undo { .. } => self.undos += 1,
             TxnOp::CheckCurrent { .. } => {}
         }
@@ -304,6 +343,18 @@ fn encode(op: &TxnOp, out: &mut Vec<u8>) -> io::Result<()> {
             out.push(TAG_UNDO);
             put_bytes(out, id)?;
         }
+        TxnOp::StoreBlob {
+            oid,
+            serial,
+            data,
+            path,
+        } => {
+            out.push(TAG_STORE_BLOB);
+            out.extend_from_slice(&oid.to_bytes());
+            out.extend_from_slice(&serial.to_bytes());
+            put_bytes(out, data)?;
+            put_bytes(out, path.as_os_str().as_encoded_bytes())?;
+        }
     }
     Ok(())
 }
@@ -383,6 +434,21 @@ fn decode(r: &mut impl Read) -> io::Result<TxnOp> {
             }
         }
         TAG_UNDO => TxnOp::Undo { id: get_bytes(r)? },
+        TAG_STORE_BLOB => {
+            let oid = Oid(get_u64(r)?);
+            let serial = Tid(get_u64(r)?);
+            let data = get_bytes(r)?;
+            let path = {
+                use std::os::unix::ffi::OsStringExt;
+                PathBuf::from(std::ffi::OsString::from_vec(get_bytes(r)?))
+            };
+            TxnOp::StoreBlob {
+                oid,
+                serial,
+                data,
+                path,
+            }
+        }
         _ => return Err(corrupt("unknown record tag")),
     })
 }
@@ -437,6 +503,26 @@ mod tests {
                 data: vec![],
             },
         ]
+    }
+
+    #[test]
+    fn dropping_the_log_removes_its_blob_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upload.tmp");
+        std::fs::write(&path, b"x").unwrap();
+        let mut log = TxnLog::new(usize::MAX, None);
+        let op = TxnOp::StoreBlob {
+            oid: Oid(1),
+            serial: Tid::ZERO,
+            data: b"r".to_vec(),
+            path: path.clone(),
+        };
+        log.push(&op).unwrap();
+        assert_eq!(log.size(), op.logged_len());
+        assert_eq!(collect(&mut log), [(0, op)]);
+        assert!(path.exists(), "a replay must not consume the upload");
+        log.discard();
+        assert!(!path.exists());
     }
 
     fn collect(log: &mut TxnLog) -> Vec<(u64, TxnOp)> {

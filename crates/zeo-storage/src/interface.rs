@@ -638,6 +638,15 @@ pub enum BlobData {
     Reader(Box<dyn std::io::Read + Send>),
 }
 
+impl fmt::Debug for BlobData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlobData::Path(p) => f.debug_tuple("Path").field(p).finish(),
+            BlobData::Reader(_) => f.write_str("Reader(..)"),
+        }
+    }
+}
+
 /// `IBlobStorage`: objects with a large binary body kept beside the record.
 ///
 /// Blob revisions are immutable and named by `(oid, tid)`: a file-based
@@ -665,6 +674,19 @@ pub trait Blobs: Send + Sync {
     /// The blob of one committed revision; [`Error::PosKey`] when that
     /// revision has no blob.
     fn load_blob(&self, oid: Oid, serial: Tid) -> Result<BlobData>;
+
+    /// The directory of an oid's revisions in a ZODB blob directory that
+    /// clients may share (ZEO's `shared_blob_dir`): where such a client
+    /// writes a new blob before `storeBlobShared` names it. `None` for a
+    /// backend whose blobs are not files in ZODB's layout.
+    ///
+    /// Added beside the original shape of this trait once serving shared
+    /// blob directories showed that the server must resolve the bare file
+    /// name a client sends against the backend's own layout.
+    fn oid_directory(&self, oid: Oid) -> Option<std::path::PathBuf> {
+        let _ = oid;
+        None
+    }
 
     /// Copies a revision in with its blob, like [`Restore::restore`]
     /// (`IBlobStorageRestoreable`); `None` when the revision has no blob.

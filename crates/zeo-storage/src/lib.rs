@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blobdir;
 pub mod error;
 pub mod filestorage;
 pub mod gc;
@@ -29,3 +30,8 @@ pub use interface::{
 pub use mapping::MappingStorage;
 pub use timestamp::TimeStamp;
 pub use undo_id::{tid_from_undo_id, undo_id};
+
+/// `docs/blobs.md`, whose examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/blobs.md")]
+pub struct BlobsGuide;

@@ -1,7 +1,10 @@
 //! The exported contract suite (`zeo_storage::testing`), both tiers, on
 //! the storages of this crate.
 
-use zeo_storage::testing::{file_storage, mapping_storage, mapping_storage_with_test_scanner};
+use zeo_storage::testing::{
+    file_storage, file_storage_with_blobs, mapping_storage, mapping_storage_with_blobs,
+    mapping_storage_with_test_scanner,
+};
 
 zeo_storage::contract_tests!(mapping, mapping_storage);
 zeo_storage::filestorage_exact_tests!(mapping_exact, mapping_storage);
@@ -10,6 +13,10 @@ zeo_storage::filestorage_exact_tests!(
     mapping_storage_with_test_scanner
 );
 zeo_storage::contract_tests!(filestorage, file_storage);
+// The whole contract again with the blob capability, which its blob check
+// then exercises.
+zeo_storage::contract_tests!(mapping_blobs, mapping_storage_with_blobs);
+zeo_storage::contract_tests!(filestorage_blobs, file_storage_with_blobs);
 zeo_storage::filestorage_exact_tests!(filestorage_exact, file_storage);
 
 /// The same suite through the one-call runners.

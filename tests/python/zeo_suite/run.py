@@ -45,6 +45,12 @@ sys.path.insert(0, HERE)
 
 import zope_testing_shim  # noqa: E402
 
+# The blob doctests testZEO.test_suite() builds (ZODB's
+# storage_reusable_suite with non-shared and shared client blob
+# directories, zeo_blob_cache.test, IExternalGC with blobs), selected under
+# this name; see blob_doctests().
+BLOB_DOCTESTS = 'blob_doctests'
+
 # Classes run by default (the CI selection). Keep this within about a
 # minute per ZEO version on two busy cores; longer classes go in FULL_ONLY,
 # long single tests in FULL_ONLY_TESTS.
@@ -64,6 +70,9 @@ CI_SELECTION = [
     'testZEO.FileStorageSSLTests',
     'testConnection.SSLConnectionTests',
     'testssl.SSLConfigTest',
+    'testZEO.BlobAdaptedFileStorageTests',
+    'testZEO.BlobWritableCacheTests',
+    BLOB_DOCTESTS,
 ]
 
 FULL_ONLY = [
@@ -92,8 +101,6 @@ EXCLUDED = {
         'server-side <loaddelayed_storage> wrapper (a Python storage) is not '
         'available',
     'testZEO.DemoStorageTests': '<demostorage> is not served by zeo-server',
-    'testZEO.BlobAdaptedFileStorageTests': 'blobs are not supported',
-    'testZEO.BlobWritableCacheTests': 'blobs are not supported',
 }
 
 DEFAULT_TEST_TIMEOUT = 120
@@ -371,14 +378,20 @@ def _tail(path, lines=40):
 # --- selection and skips -------------------------------------------------------
 
 def load_skips(zeo_major):
-    """``skips.txt``: ``[zeoN:]ID-PATTERN  reason`` per line."""
+    """``skips.txt``: ``[root:][zeoN:]ID-PATTERN  reason`` per line; a
+    ``root:`` line applies only when the suite runs as root."""
     skips = []
+    as_root = hasattr(os, 'geteuid') and os.geteuid() == 0
     with open(os.path.join(HERE, 'skips.txt')) as f:
         for line in f:
             line = line.strip()
             if not line or line.startswith('#'):
                 continue
             pattern, _, reason = line.partition(' ')
+            if pattern.startswith('root:'):
+                if not as_root:
+                    continue
+                pattern = pattern[len('root:'):]
             m = re.match(r'zeo(\d):(.*)', pattern)
             if m:
                 if int(m.group(1)) != zeo_major:
@@ -402,8 +415,38 @@ def iter_tests(suite):
             yield item
 
 
+def blob_doctests():
+    """The blob doctests of ZEO's ``testZEO.test_suite()``, built the way
+    it builds them."""
+    import doctest
+    import zope.testing.setupstack
+    from zope.testing import renormalizing
+    import ZODB.tests.PackableStorage
+    import ZODB.tests.testblob
+    from ZEO.tests import forker, testZEO
+    suite = unittest.TestSuite()
+    suite.addTest(ZODB.tests.testblob.storage_reusable_suite(
+        'ClientStorageNonSharedBlobs', testZEO.ServerManagingClientStorage))
+    suite.addTest(ZODB.tests.testblob.storage_reusable_suite(
+        'ClientStorageSharedBlobs', testZEO.create_storage_shared))
+    patterns = [
+        (re.compile("ZODB.POSException.POSKeyError"), "POSKeyError"),
+        (re.compile(r"\[Errno \d+\]"), '[Errno N]'),
+    ]
+    suite.addTest(doctest.DocFileSuite(
+        'zeo_blob_cache.test', package='ZEO.tests',
+        setUp=forker.setUp, tearDown=zope.testing.setupstack.tearDown,
+        checker=renormalizing.RENormalizing(patterns)))
+    suite.addTest(ZODB.tests.PackableStorage.IExternalGC_suite(
+        lambda: testZEO.ServerManagingClientStorageForIExternalGCTest(
+            'data.fs', 'blobs', extrafsoptions='pack-gc false')))
+    return list(iter_tests(suite))
+
+
 def load_name(name):
     """Tests of ``module``, ``module.Class`` or ``module.Class.method``."""
+    if name == BLOB_DOCTESTS:
+        return blob_doctests()
     parts = name.split('.')
     module = importlib.import_module('ZEO.tests.' + parts[0])
     if len(parts) == 1:

@@ -112,6 +112,10 @@ class RENormalizing(doctest.OutputChecker):
         super().__init__()
         self.patterns = list(patterns)
 
+    def __add__(self, other):
+        # zope.testing's checkers combine with +, patterns of both applied.
+        return RENormalizing(self.patterns + list(other.patterns))
+
     def _normalize(self, text):
         for pattern, replacement in self.patterns:
             if callable(pattern) and not hasattr(pattern, 'sub'):

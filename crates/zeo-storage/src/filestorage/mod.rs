@@ -14,6 +14,7 @@
 //! transaction between `tpc_begin` and `tpc_finish`/`tpc_abort`) is separate,
 //! so loads never wait for a commit's I/O.
 
+mod blobs;
 mod check;
 mod commit;
 mod dump;
@@ -40,6 +41,7 @@ use std::sync::{
     Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
 
+pub use blobs::{check_blobs, is_blob_record, BlobCheckReport, BlobPackMode, MAX_LISTED_MISSING};
 pub use check::{check, CheckReport};
 pub use dump::dump;
 #[doc(hidden)]
@@ -118,6 +120,8 @@ pub struct FileStorage {
     /// Set when a commit's fsync failed: the storage refuses writes until it
     /// is reopened, since what the kernel kept of the file is unknown.
     write_failure: Mutex<Option<String>>,
+    /// The blob directory, when opened with one.
+    blobs: Option<blobs::BlobState>,
 }
 
 impl std::fmt::Debug for FileStorage {
@@ -262,6 +266,7 @@ impl FileStorage {
             io,
             group: sync_group::SyncGroup::default(),
             write_failure: Mutex::new(None),
+            blobs: None,
             path,
         };
         if !used_saved_index && !options.read_only {
@@ -582,11 +587,28 @@ impl Storage for FileStorage {
     }
 
     fn tpc_vote(&self, txn: TxnHandle) -> Result<Vec<Oid>> {
+        if let Some(blobs) = &self.blobs {
+            // Blob files durable before the records naming them are written.
+            if self.is_current(txn) {
+                blobs.make_durable(txn)?;
+            }
+        }
         self.vote(txn)
     }
 
     fn tpc_finish(&self, txn: TxnHandle, on_commit: &mut dyn FnMut(Tid)) -> Result<Tid> {
-        self.finish(txn, on_commit)
+        let res = self.finish(txn, on_commit);
+        if let Some(blobs) = &self.blobs {
+            match res {
+                Ok(_) => blobs.finished(txn),
+                // A failed finish drops the transaction: its files go too.
+                Err(_) if !self.is_current(txn) && lock(&self.write_failure).is_some() => {
+                    blobs.aborted(txn)
+                }
+                Err(_) => {}
+            }
+        }
+        res
     }
 
     fn tpc_finish_submit(&self, txn: TxnHandle) -> Result<Submitted> {
@@ -610,7 +632,13 @@ impl Storage for FileStorage {
     }
 
     fn tpc_abort(&self, txn: TxnHandle) {
-        self.abort(txn)
+        // Only the transaction in progress: a late abort of a finished one
+        // must not remove its committed files.
+        let current = self.blobs.is_some() && self.is_current(txn);
+        self.abort(txn);
+        if let (true, Some(blobs)) = (current, &self.blobs) {
+            blobs.aborted(txn);
+        }
     }
 
     fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
@@ -658,12 +686,22 @@ impl Storage for FileStorage {
         external_gc
     );
 
+    fn as_blobs(&self) -> Option<&dyn crate::interface::Blobs> {
+        self.blobs
+            .as_ref()
+            .map(|_| self as &dyn crate::interface::Blobs)
+    }
+
     fn close(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         self.wait_for_all_published();
+        let open_txn = self.current_txn();
         self.abort_for_close();
+        if let (Some(txn), Some(blobs)) = (open_txn, &self.blobs) {
+            blobs.aborted(txn);
+        }
         self.save_index();
         drop(lock(&self.lock_file).take());
         Ok(())

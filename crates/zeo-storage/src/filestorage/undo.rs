@@ -92,9 +92,13 @@ impl FileStorage {
             let result = write_undo(&r, &p.index, a, staged, tpos);
             match result {
                 Ok(written) => {
+                    if let Err(e) = self.copy_undone_blobs(&r, a, &written) {
+                        staged.truncate(mark);
+                        return Err(e);
+                    }
                     let mut seen = std::collections::HashSet::new();
                     let mut oids = Vec::new();
-                    for (oid, pos) in written {
+                    for (oid, pos, _) in written {
                         if seen.insert(oid) {
                             oids.push(oid);
                         }
@@ -112,14 +116,15 @@ impl FileStorage {
 }
 
 /// Stages the undo records of the transaction at `tpos`; returns the
-/// (oid, position) pairs written, in order.
+/// (oid, position, backpointer) of each record written, in order (a
+/// backpointer of 0 when the record holds its data).
 fn write_undo(
     r: &Reader<'_>,
     index: &super::index::OidIndex,
     a: &ActiveTxn,
     staged: &mut Staged,
     tpos: u64,
-) -> Result<Vec<(Oid, u64)>> {
+) -> Result<Vec<(Oid, u64, u64)>> {
     let th = r.txn_header(tpos)?;
     if th.status != STATUS_COMMITTED {
         return Err(undo_error("non-undoable transaction", None));
@@ -127,7 +132,7 @@ fn write_undo(
     let tend = tpos + th.tlen;
     let mut pos = tpos + th.header_len();
     let mut failures: Vec<(Oid, Error)> = Vec::new();
-    let mut written: Vec<(Oid, u64)> = Vec::new();
+    let mut written: Vec<(Oid, u64, u64)> = Vec::new();
     while pos < tend {
         let h = r.data_header(pos)?;
         failures.retain(|(o, _)| *o != h.oid);
@@ -150,7 +155,7 @@ fn write_undo(
                     Vec::with_capacity(DATA_HEADER_LEN as usize + data.map_or(8, <[u8]>::len));
                 rec.write_record(data, &mut bytes);
                 staged.append(&bytes)?;
-                written.push((h.oid, here));
+                written.push((h.oid, here, back));
             }
             Err(e @ Error::Undo { .. }) => failures.push((h.oid, e)),
             Err(e) => return Err(e),

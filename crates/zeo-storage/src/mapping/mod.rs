@@ -53,6 +53,7 @@ use crate::interface::{
 use crate::timestamp::TimeStamp;
 use crate::undo_id::tid_from_undo_id;
 
+mod blobs;
 mod external_gc;
 mod iteration;
 mod pack;
@@ -83,6 +84,8 @@ pub struct MappingStorage {
     next_handle: AtomicU64,
     closed: AtomicBool,
     references: SharedReferences,
+    /// The blob directory, when made with one.
+    blobs: Option<blobs::MappingBlobs>,
 }
 
 impl std::fmt::Debug for MappingStorage {
@@ -117,6 +120,7 @@ impl MappingStorage {
             next_handle: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             references,
+            blobs: None,
         }
     }
 
@@ -414,6 +418,7 @@ impl Storage for MappingStorage {
             }
         };
         let tid = pending.tid;
+        let pending_handle = pending.handle;
         // Readers cannot see the transaction before it is installed below.
         on_commit(tid);
         let old = self.read_committed().clone();
@@ -434,6 +439,9 @@ impl Storage for MappingStorage {
             last_tid: tid,
             size,
         });
+        if let Some(blobs) = &self.blobs {
+            blobs.staged.finished(pending_handle);
+        }
         drop(guard);
         self.commit_free.notify_one();
         Ok(tid)
@@ -443,6 +451,9 @@ impl Storage for MappingStorage {
         let mut guard = self.lock_commit();
         if guard.pending.as_ref().is_some_and(|p| p.handle == txn) {
             guard.pending = None;
+            if let Some(blobs) = &self.blobs {
+                blobs.staged.aborted(txn);
+            }
             drop(guard);
             self.commit_free.notify_one();
         }
@@ -460,6 +471,12 @@ impl Storage for MappingStorage {
         pack,
         external_gc
     );
+
+    fn as_blobs(&self) -> Option<&dyn crate::interface::Blobs> {
+        self.blobs
+            .as_ref()
+            .map(|_| self as &dyn crate::interface::Blobs)
+    }
 
     fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);

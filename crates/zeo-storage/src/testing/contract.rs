@@ -10,7 +10,7 @@ use super::{
     b64, commit, commit_with, external_gc_of, iteration_of, meta, oid, record, record_iteration_of,
     undo, undo_of, Check, Fixture,
 };
-use crate::{BeginOptions, Error, Oid, Storage, Tid, TimeStamp, TxnStatus};
+use crate::{BeginOptions, BlobData, BlobSource, Error, Oid, Storage, Tid, TimeStamp, TxnStatus};
 
 /// New oids are never 0 (the root), never repeat, and increase.
 pub fn new_oids_are_fresh<S: Storage>(make: &dyn Fn() -> Fixture<S>) {
@@ -730,6 +730,60 @@ pub fn close_wakes_a_waiting_tpc_begin<S: Storage + 'static>(make: &dyn Fn() -> 
     waiter.join().unwrap();
 }
 
+/// Blobs (when the storage has them): a stored blob loads byte for byte
+/// under the transaction's tid, from a file handed over (which the storage
+/// takes) or a stream; a revision stored without one has none; an aborted
+/// blob store leaves the earlier revision's blob as it was.
+pub fn blobs_store_load_and_abort<S: Storage>(make: &dyn Fn() -> Fixture<S>) {
+    let s = make();
+    let Some(blobs) = s.as_blobs() else {
+        return;
+    };
+    let read = |o: Oid, tid: Tid| -> Vec<u8> {
+        match blobs.load_blob(o, tid).unwrap() {
+            BlobData::Path(path) => std::fs::read(path).unwrap(),
+            BlobData::Reader(mut r) => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut r, &mut out).unwrap();
+                out
+            }
+        }
+    };
+    let upload = blobs.temporary_directory().join("contract-upload.tmp");
+    std::fs::write(&upload, b"from a file").unwrap();
+    let file = BlobSource::File(upload.clone());
+    let t1 = commit_with(&*s, &meta("blob"), BeginOptions::default(), |s, t| {
+        s.store(t, oid(0), Tid::ZERO, &record(&[oid(1)], b"root"))?;
+        blobs.store_blob(t, oid(1), Tid::ZERO, &record(&[], b"blob"), file)
+    })
+    .unwrap();
+    assert!(!upload.exists(), "the storage did not take the file");
+    assert_eq!(read(oid(1), t1), b"from a file");
+    assert!(blobs.load_blob(oid(0), t1).unwrap_err().is_pos_key());
+
+    let stream = BlobSource::Stream(Box::new(std::io::Cursor::new(vec![7u8; 70_000])));
+    let t2 = commit_with(&*s, &meta("stream"), BeginOptions::default(), |_, t| {
+        blobs.store_blob(t, oid(1), t1, &record(&[], b"blob 2"), stream)
+    })
+    .unwrap();
+    assert_eq!(read(oid(1), t2), vec![7u8; 70_000]);
+
+    let t = s
+        .tpc_begin(&meta("aborted"), BeginOptions::default())
+        .unwrap();
+    let stream = BlobSource::Stream(Box::new(std::io::Cursor::new(b"never".to_vec())));
+    blobs
+        .store_blob(t, oid(1), t2, &record(&[], b"blob 3"), stream)
+        .unwrap();
+    let aborted = s.transaction_tid(t).unwrap();
+    s.tpc_abort(t);
+    assert_eq!(s.load(oid(1)).unwrap().1, t2);
+    assert_eq!(read(oid(1), t2), vec![7u8; 70_000]);
+    if let Some(tid) = aborted {
+        assert!(blobs.load_blob(oid(1), tid).unwrap_err().is_pos_key());
+    }
+}
+
 /// Every check of this tier, by name.
 pub fn checks<S: Storage + 'static>() -> Vec<(&'static str, Check<S>)> {
     vec![
@@ -793,6 +847,10 @@ pub fn checks<S: Storage + 'static>() -> Vec<(&'static str, Check<S>)> {
         (
             "close_wakes_a_waiting_tpc_begin",
             close_wakes_a_waiting_tpc_begin::<S>,
+        ),
+        (
+            "blobs_store_load_and_abort",
+            blobs_store_load_and_abort::<S>,
         ),
     ]
 }

@@ -128,7 +128,7 @@ macro_rules! contract_tests {
             record_iternext_walks_every_oid, abort_discards, wrong_handles_are_refused,
             finish_callback_runs_before_readers_see, finish_in_two_halves,
             second_tpc_begin_blocks, pack_keeps_current_revisions, close_then_closed,
-            close_wakes_a_waiting_tpc_begin);
+            close_wakes_a_waiting_tpc_begin, blobs_store_load_and_abort);
     };
 }
 
@@ -253,6 +253,25 @@ pub fn mapping_storage_with_test_scanner() -> Fixture<MappingStorage> {
 pub fn file_storage() -> Fixture<FileStorage> {
     let dir = tempfile::tempdir().unwrap();
     let fs = FileStorage::open(dir.path().join("Data.fs"), FileStorageOptions::default()).unwrap();
+    Fixture::keeping(fs, dir)
+}
+
+/// A fresh in-memory storage with its blobs in a temporary directory.
+pub fn mapping_storage_with_blobs() -> Fixture<MappingStorage> {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MappingStorage::with_blob_dir("test", dir.path().join("blobs")).unwrap();
+    Fixture::keeping(m, dir)
+}
+
+/// A fresh FileStorage with a blob directory, in a temporary directory.
+pub fn file_storage_with_blobs() -> Fixture<FileStorage> {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FileStorage::open_with_blobs(
+        dir.path().join("Data.fs"),
+        FileStorageOptions::default(),
+        dir.path().join("blobs"),
+    )
+    .unwrap();
     Fixture::keeping(fs, dir)
 }
 

@@ -97,12 +97,17 @@ pub(crate) fn pack(fs: &FileStorage, pack_time: f64, gc: bool) -> Result<()> {
         Err(e) => return Err(Error::io(format!("removing {}", old_path.display()), e)),
     }
 
+    fs.remove_old_blob_dir()?;
+
     let pack_path = append_suffix(&fs.path, ".pack");
     let result = build_and_switch(fs, stop, gc, &pack_path);
     if result.is_err() || matches!(result, Ok(false)) {
         let _ = std::fs::remove_file(&pack_path);
     }
     if result? && !fs.closed.load(Ordering::Acquire) {
+        // Blob files of revisions the pack removed go after the switch,
+        // as ZODB's do: until then the old file still names them.
+        fs.pack_blobs()?;
         fs.save_index();
     }
     Ok(())
