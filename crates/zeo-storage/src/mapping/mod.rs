@@ -151,6 +151,22 @@ impl MappingStorage {
         self.commit.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The commit state once no transaction is in progress (what
+    /// `tpc_begin` and pack wait for); `Closed` if the storage closes
+    /// meanwhile.
+    fn lock_idle(&self) -> Result<MutexGuard<'_, CommitState>> {
+        let mut guard = self.lock_commit();
+        while guard.pending.is_some() {
+            self.check_open()?;
+            guard = self
+                .commit_free
+                .wait(guard)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        self.check_open()?;
+        Ok(guard)
+    }
+
     /// Runs `f` on the current transaction, which `txn` must name; staging
     /// calls also require that the vote has not happened yet.
     fn with_pending<T>(
@@ -302,15 +318,7 @@ impl Storage for MappingStorage {
                 char::from(options.status.as_byte())
             )));
         }
-        let mut guard = self.lock_commit();
-        while guard.pending.is_some() {
-            self.check_open()?;
-            guard = self
-                .commit_free
-                .wait(guard)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        self.check_open()?;
+        let mut guard = self.lock_idle()?;
         let tid = match options.tid {
             Some(tid) => {
                 let last = self.read_committed().last_tid;

@@ -204,15 +204,7 @@ impl Pack for MappingStorage {
         }
         // Like ZODB's packer, hold the commit lock while rewriting, so no
         // transaction commits meanwhile; readers go on.
-        let mut guard = self.lock_commit();
-        while guard.pending.is_some() {
-            self.check_open()?;
-            guard = self
-                .commit_free
-                .wait(guard)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        self.check_open()?;
+        let guard = self.lock_idle()?;
         let committed = self.read_committed().clone();
         if let Some(packed) = pack_state(&committed, stop, gc, &*self.references)? {
             self.install(packed);
