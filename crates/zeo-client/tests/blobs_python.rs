@@ -76,6 +76,30 @@ fn python(port: u16, blob_dir: &Path, shared: bool, script: &str) -> String {
     stdout_of(&out, "python ZEO client").trim().to_owned()
 }
 
+/// A Python client commits one new object with a blob holding the bytes of
+/// the Python expression `content`; its oid and tid.
+fn python_commits_blob(port: u16, blob_dir: &Path, shared: bool, content: &str) -> (Oid, Tid) {
+    let out = python(
+        port,
+        blob_dir,
+        shared,
+        &format!(
+            "import tempfile, os\n\
+             oid = cs.new_oid()\n\
+             fd, name = tempfile.mkstemp(dir=cs.temporaryDirectory())\n\
+             os.write(fd, {content}); os.close(fd)\n\
+             t = TransactionMetaData()\n\
+             cs.tpc_begin(t)\n\
+             cs.storeBlob(oid, p64(0), b'py record', name, '', t)\n\
+             cs.tpc_vote(t)\n\
+             tid = cs.tpc_finish(t)\n\
+             print(u64(oid), u64(tid))"
+        ),
+    );
+    let (oid, tid) = out.split_once(' ').unwrap();
+    (Oid(oid.parse().unwrap()), Tid(tid.parse().unwrap()))
+}
+
 fn is_read_only(path: &Path) -> bool {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o222 == 0
 }
@@ -182,23 +206,8 @@ fn blobs_go_up_and_down_byte_exact_between_rust_and_python_clients() {
     assert_eq!(digest, "3000000 True");
 
     // Rust reads what Python wrote.
-    let out = python(
-        server.port,
-        &cache_py,
-        false,
-        "import tempfile, os\n\
-         oid = cs.new_oid()\n\
-         fd, name = tempfile.mkstemp(dir=cs.temporaryDirectory())\n\
-         os.write(fd, bytes(range(256)) * 4000); os.close(fd)\n\
-         t = TransactionMetaData()\n\
-         cs.tpc_begin(t)\n\
-         cs.storeBlob(oid, p64(0), b'py record', name, '', t)\n\
-         cs.tpc_vote(t)\n\
-         tid = cs.tpc_finish(t)\n\
-         print(u64(oid), u64(tid))",
-    );
-    let (py_oid, py_tid) = out.split_once(' ').unwrap();
-    let (py_oid, py_tid) = (Oid(py_oid.parse().unwrap()), Tid(py_tid.parse().unwrap()));
+    let (py_oid, py_tid) =
+        python_commits_blob(server.port, &cache_py, false, "bytes(range(256)) * 4000");
     let expected: Vec<u8> = (0..4000).flat_map(|_| 0..=255u8).collect();
     assert!(std::fs::read(b.load_blob(py_oid, py_tid).unwrap()).unwrap() == expected);
     // ...and the Python client's cache uses the layout ours does.
@@ -549,23 +558,8 @@ fn a_shared_blob_directory_is_read_and_written_in_place() {
     assert_eq!(out, "True");
 
     // A Python client on the shared directory writes; we read in place.
-    let out = python(
-        server.port,
-        &server_blobs,
-        true,
-        "import tempfile, os\n\
-         oid = cs.new_oid()\n\
-         fd, name = tempfile.mkstemp(dir=cs.temporaryDirectory())\n\
-         os.write(fd, b'shared' * 1000); os.close(fd)\n\
-         t = TransactionMetaData()\n\
-         cs.tpc_begin(t)\n\
-         cs.storeBlob(oid, p64(0), b'py record', name, '', t)\n\
-         cs.tpc_vote(t)\n\
-         tid = cs.tpc_finish(t)\n\
-         print(u64(oid), u64(tid))",
-    );
-    let (py_oid, py_tid) = out.split_once(' ').unwrap();
-    let (py_oid, py_tid) = (Oid(py_oid.parse().unwrap()), Tid(py_tid.parse().unwrap()));
+    let (py_oid, py_tid) =
+        python_commits_blob(server.port, &server_blobs, true, "b'shared' * 1000");
     let path = shared.load_blob(py_oid, py_tid).unwrap();
     assert!(std::fs::read(path).unwrap() == b"shared".repeat(1000));
     // No file, no blob: nothing is asked of the server.
