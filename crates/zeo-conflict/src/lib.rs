@@ -119,44 +119,30 @@ fn check_meta(records: &Records, meta: Obj) -> Result<(), Error> {
 
 /// `Length._p_resolveConflict`: `committed + new - old`.
 fn length(records: &Records, old: Obj, committed: Obj, new: Obj) -> Result<Out, Error> {
-    let int = |obj| -> Result<i128, Error> {
-        if records.is_float(obj) {
-            return Err(Error::Unsupported("float length".into()));
-        }
-        records
-            .int(obj)?
-            .ok_or_else(|| Error::Unsupported("length that is not an integer".into()))
-    };
-    let (o, c, n) = (int(old)?, int(committed)?, int(new)?);
-    c.checked_add(n)
-        .and_then(|s| s.checked_sub(o))
-        .map(Out::Int)
-        .ok_or_else(|| Error::Unsupported("length beyond 128 bits".into()))
+    let count = |obj| count(records, obj, "length");
+    merged_count(count(old)?, count(committed)?, count(new)?, "length").map(Out::Int)
 }
 
 /// `PCounter._p_resolveConflict`: the old state with its `_value` set to
 /// `old + (committed - old) + (new - old)`. A state without `_value` is
 /// Python's `KeyError`: a refusal.
 fn counter(records: &Records, old: Obj, committed: Obj, new: Obj) -> Result<Out, Error> {
-    let value = |state: Obj| -> Result<i128, Error> {
-        let (_, _, found) = attributes(records, state)?
-            .into_iter()
+    let old_attributes = attributes(records, old)?;
+    let value = |attributes: &[(String, Obj, Obj)]| -> Result<i128, Error> {
+        let (_, _, found) = attributes
+            .iter()
             .find(|(name, _, _)| name == "_value")
             .ok_or_else(|| Error::Refused("KeyError: '_value'".into()))?;
-        if records.is_float(found) {
-            return Err(Error::Unsupported("float counter".into()));
-        }
-        records
-            .int(found)?
-            .ok_or_else(|| Error::Unsupported("counter that is not an integer".into()))
+        count(records, *found, "counter")
     };
-    let (o, c, n) = (value(old)?, value(committed)?, value(new)?);
-    let merged = c
-        .checked_add(n)
-        .and_then(|s| s.checked_sub(o))
-        .ok_or_else(|| Error::Unsupported("counter beyond 128 bits".into()))?;
+    let merged = merged_count(
+        value(&old_attributes)?,
+        value(&attributes(records, committed)?)?,
+        value(&attributes(records, new)?)?,
+        "counter",
+    )?;
     // Python assigns into the old state's dict: every key keeps its place.
-    let items = attributes(records, old)?
+    let items = old_attributes
         .into_iter()
         .map(|(name, key, value)| {
             let value = if name == "_value" {
@@ -168,6 +154,25 @@ fn counter(records: &Records, old: Obj, committed: Obj, new: Obj) -> Result<Out,
         })
         .collect();
     Ok(Out::Dict(items))
+}
+
+/// An integer count (`what`: Length's state, PCounter's `_value`); a float
+/// or anything else is not merged here.
+fn count(records: &Records, obj: Obj, what: &str) -> Result<i128, Error> {
+    if records.is_float(obj) {
+        return Err(Error::Unsupported(format!("float {what}")));
+    }
+    records
+        .int(obj)?
+        .ok_or_else(|| Error::Unsupported(format!("{what} that is not an integer")))
+}
+
+/// `committed + new - old`, the merge of both counters.
+fn merged_count(old: i128, committed: i128, new: i128, what: &str) -> Result<i128, Error> {
+    committed
+        .checked_add(new)
+        .and_then(|s| s.checked_sub(old))
+        .ok_or_else(|| Error::Unsupported(format!("{what} beyond 128 bits")))
 }
 
 /// An instance dictionary's `(name, key, value)` triples in order; names
