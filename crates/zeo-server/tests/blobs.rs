@@ -206,3 +206,56 @@ async fn shared_blob_names_follow_zeo() {
     assert_eq!(std::fs::read(&files[0]).unwrap(), b"shared bytes");
     server.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_upload_past_max_transaction_size_is_refused_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FileStorage::open_with_blobs(
+        dir.path().join("Data.fs"),
+        FileStorageOptions::default(),
+        dir.path().join("blobs"),
+    )
+    .unwrap();
+    let settings = ServerSettings {
+        max_transaction_size: Some(10_000),
+        ..ServerSettings::default()
+    };
+    let mut server = PipeServer::with_storage(settings, Arc::new(fs) as Arc<dyn Storage>);
+    let mut a = server.client().await;
+
+    // Chunks with no upload begun are refused, and the connection goes on.
+    let err = a
+        .call("storeBlobChunk", vec![Value::Bytes(vec![0; 10])])
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("without storeBlobStart"),
+        "{err:?}"
+    );
+
+    a.begin(1).await;
+    a.call("storeBlobStart", vec![]).await.unwrap();
+    a.call("storeBlobChunk", vec![Value::Bytes(vec![1; 8_000])])
+        .await
+        .unwrap();
+    let err = a
+        .call("storeBlobChunk", vec![Value::Bytes(vec![2; 8_000])])
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("blob upload exceeds max-transaction-size (10000 bytes)"),
+        "{err:?}"
+    );
+    assert_eq!(blob_files(dir.path()), Vec::<std::path::PathBuf>::new());
+    let err = a
+        .call("storeBlobChunk", vec![Value::Bytes(vec![3; 10])])
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("without storeBlobStart"),
+        "{err:?}"
+    );
+    assert_eq!(a.call("ping", vec![]).await.unwrap(), Value::None);
+    a.abort(1).await.unwrap();
+    server.stop().await;
+}
