@@ -16,13 +16,17 @@ use zeo_storage::filestorage::FileStorageOptions;
 use zeo_storage::{FileStorage, Oid, Storage, Tid};
 
 fn blob_server(dir: &Path) -> PipeServer {
+    blob_server_with(dir, ServerSettings::default())
+}
+
+fn blob_server_with(dir: &Path, settings: ServerSettings) -> PipeServer {
     let fs = FileStorage::open_with_blobs(
         dir.join("Data.fs"),
         FileStorageOptions::default(),
         dir.join("blobs"),
     )
     .unwrap();
-    PipeServer::with_storage(ServerSettings::default(), Arc::new(fs) as Arc<dyn Storage>)
+    PipeServer::with_storage(settings, Arc::new(fs) as Arc<dyn Storage>)
 }
 
 /// Files anywhere under the blob directory but the layout marker.
@@ -210,17 +214,11 @@ async fn shared_blob_names_follow_zeo() {
 #[tokio::test(start_paused = true)]
 async fn an_upload_past_max_transaction_size_is_refused_and_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FileStorage::open_with_blobs(
-        dir.path().join("Data.fs"),
-        FileStorageOptions::default(),
-        dir.path().join("blobs"),
-    )
-    .unwrap();
     let settings = ServerSettings {
         max_transaction_size: Some(10_000),
         ..ServerSettings::default()
     };
-    let mut server = PipeServer::with_storage(settings, Arc::new(fs) as Arc<dyn Storage>);
+    let mut server = blob_server_with(dir.path(), settings);
     let mut a = server.client().await;
 
     // Chunks with no upload begun are refused, and the connection goes on.
