@@ -8,6 +8,7 @@
 
 mod bench;
 mod no_sleep;
+mod postgres;
 mod process;
 mod venv;
 
@@ -39,6 +40,10 @@ commands:
 environment:
   PYTHON               interpreter that creates the venvs (default python3)
   ZEO_XTASK_VENV_DIR   where the venvs live (default <workspace>/target/python)
+
+The test command also installs PostgreSQL (Debian's `postgresql`) when
+missing; the tests start a throwaway cluster in target/pg-cluster, which
+the command removes at the end.
 ";
 
 fn main() -> ExitCode {
@@ -97,7 +102,7 @@ fn venv_root() -> PathBuf {
 
 /// Prepares both venvs; returns `(env var, interpreter)` pairs for the tests.
 fn venvs() -> Result<Vec<(&'static str, PathBuf)>, String> {
-    process::header("Python venvs (zeo6, zeo5)");
+    process::header("Python venvs (zeo6, zeo5, relstorage)");
     let root = venv_root();
     let mut found = Vec::new();
     for v in venv::ALL {
@@ -169,6 +174,10 @@ fn test(options: &TestOptions) -> Result<(), String> {
     // Without the venvs every interop test would fail with the same message;
     // stopping here says it once.
     let pythons = venvs()?;
+    let pg_bin = postgres::ensure_installed()?;
+    let pg_dir = postgres::cluster_dir(&workspace_root());
+    // A cluster left by an interrupted earlier run starts this one clean.
+    postgres::remove_cluster(&pg_bin, &pg_dir);
     let mut outcomes = Vec::new();
     let mut counts = TestCounts::default();
     // Cheap and independent of the build: runs with or without --no-lint.
@@ -215,6 +224,8 @@ fn test(options: &TestOptions) -> Result<(), String> {
         for (var, python) in &pythons {
             cmd.env(var, python);
         }
+        cmd.env("ZEO_PG_CLUSTER_DIR", &pg_dir)
+            .env("ZEO_PG_BIN", &pg_bin);
         cmd
     };
 
@@ -252,6 +263,8 @@ fn test(options: &TestOptions) -> Result<(), String> {
     cmd.args(["test", "--workspace", "--doc", "--no-fail-fast", "--"]);
     cmd.args(&options.filters).args(&options.harness_args);
     step("cargo test --doc", &mut cmd);
+
+    postgres::remove_cluster(&pg_bin, &pg_dir);
 
     process::header("Summary");
     let mut failed = Vec::new();

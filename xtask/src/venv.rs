@@ -40,8 +40,23 @@ pub const ZEO5: Venv = Venv {
     requirements: &["ZEO==5.4.1", "ZODB<6", "msgpack"],
 };
 
-/// Both venvs, in the order they are prepared.
-pub const ALL: [&Venv; 2] = [&ZEO6, &ZEO5];
+/// RelStorage 4.3 on PostgreSQL (psycopg2), the peer that shares a
+/// database with the PostgreSQL backend, with the ZODB and ZEO its
+/// `zodbconvert` and `runzeo` run on.
+pub const RELSTORAGE: Venv = Venv {
+    name: "relstorage",
+    env_var: "ZEO_PYTHON_RELSTORAGE",
+    requirements: &[
+        "RelStorage==4.3.0",
+        "psycopg2-binary",
+        "ZODB",
+        "ZEO",
+        "msgpack",
+    ],
+};
+
+/// Every venv, in the order they are prepared.
+pub const ALL: [&Venv; 3] = [&ZEO6, &ZEO5, &RELSTORAGE];
 
 /// The file, inside a venv, that records what it was installed from.
 const STAMP: &str = ".zeo-requirements";

@@ -21,6 +21,8 @@
 
 #![warn(missing_docs)]
 
+pub mod postgres;
+
 use std::ffi::OsStr;
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener};
@@ -68,6 +70,18 @@ pub fn python6() -> PathBuf {
 /// create it.
 pub fn python5() -> PathBuf {
     venv_python("ZEO_PYTHON5", "zeo5")
+}
+
+/// The interpreter of the RelStorage 4.3 venv (with psycopg2, ZODB and
+/// ZEO 6): `$ZEO_PYTHON_RELSTORAGE`, else
+/// `<workspace>/target/python/relstorage/bin/python`.
+///
+/// # Panics
+///
+/// When the interpreter does not exist, with a message saying how to
+/// create it.
+pub fn python_relstorage() -> PathBuf {
+    venv_python("ZEO_PYTHON_RELSTORAGE", "relstorage")
 }
 
 fn venv_python(var: &str, name: &str) -> PathBuf {

@@ -1,0 +1,16 @@
+//! A ZODB storage on PostgreSQL, in RelStorage 4's schema.
+//!
+//! Existing RelStorage databases are served as they are, and Python
+//! RelStorage applications can commit to the same database beside
+//! zeo-server: commits serialize through the same advisory locks and the
+//! same tid rule. The backend is blocking (it runs SQL over the sync
+//! `postgres` client), so it declares [`Storage::may_block`] and the server
+//! calls it off its async workers.
+//!
+//! See `docs/postgresql.md` for deployment and configuration.
+
+mod error;
+mod options;
+
+pub use error::{Error, Result};
+pub use options::{HistoryMode, PostgresOptions};
