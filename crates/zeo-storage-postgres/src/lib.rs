@@ -14,3 +14,19 @@ mod options;
 
 pub use error::{Error, Result};
 pub use options::{HistoryMode, PostgresOptions};
+
+use std::sync::Arc;
+
+/// Opens (and, when allowed and absent, creates) the storage `options`
+/// describe, ready to be served.
+///
+/// # Errors
+///
+/// When the database cannot be reached, its schema does not match
+/// `options`, or an option is unusable.
+pub fn open_storage(options: PostgresOptions) -> Result<Arc<dyn zeo_storage::Storage>> {
+    Err(Error::Config(format!(
+        "storage {:?}: the PostgreSQL backend cannot open databases yet",
+        options.name
+    )))
+}
