@@ -80,10 +80,13 @@
 
 mod changes;
 mod error;
+mod iteration;
 mod options;
 mod pool;
+mod restore;
 mod schema;
 mod storage;
+mod undo;
 
 pub use changes::{changes_after, newest_changes, Change};
 pub use error::{Error, Result};

@@ -21,7 +21,7 @@ use crate::options::{HistoryMode, PostgresOptions};
 use crate::pool::Pool;
 use crate::schema;
 
-use crate::COMMIT_LOCK;
+use crate::{COMMIT_LOCK, PACK_LOCK};
 
 /// How many oids one value of `zoid_seq` stands for (RelStorage's blocks).
 const OID_BLOCK: u64 = 16;
@@ -62,6 +62,9 @@ struct Pending {
     /// Each staged oid's current tid at the vote (0 for new objects).
     prev: BTreeMap<Oid, Tid>,
     voted: bool,
+    /// Whether the transaction undoes another (it then takes the pack
+    /// lock at the vote, as RelStorage's undo does).
+    undoing: bool,
 }
 
 /// A ZODB storage in a PostgreSQL database, in RelStorage 4's schema.
@@ -187,7 +190,7 @@ impl PostgresStorage {
         self.mode
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             Err(StorageError::Closed)
         } else {
@@ -218,7 +221,7 @@ impl PostgresStorage {
     }
 
     /// The object's current tid, `None` when it does not exist.
-    fn current_tid(&self, oid: Oid) -> Result<Option<Tid>> {
+    pub(crate) fn committed_tid(&self, oid: Oid) -> Result<Option<Tid>> {
         let sql = &self.sql.current_tid;
         self.read(|c| {
             let row = c.query_opt(sql.as_str(), &[&(oid.0 as i64)])?;
@@ -244,6 +247,19 @@ impl PostgresStorage {
         if !client.is_closed() {
             *self.store_conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
         }
+    }
+
+    /// Fails unless `txn` is the current transaction.
+    pub(crate) fn transaction_is(&self, txn: TxnHandle) -> Result<()> {
+        self.with_txn(txn, |_| Ok(()))
+    }
+
+    /// Marks the transaction as an undo.
+    pub(crate) fn mark_undo(&self, txn: TxnHandle) -> Result<()> {
+        self.with_txn(txn, |p| {
+            p.undoing = true;
+            Ok(())
+        })
     }
 
     /// Stages a record in the current transaction (store, undo, restore).
@@ -274,6 +290,17 @@ impl PostgresStorage {
     /// The vote's database work: locks, conflict checks, oid sequence.
     /// Runs in the database transaction `client` has open.
     fn vote_in_db(&self, client: &mut Client, p: &mut Pending) -> Result<()> {
+        if p.undoing {
+            // Pack and undo exclude each other through the pack lock; it
+            // goes with the database transaction.
+            let got: bool =
+                pg(client.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PACK_LOCK]))?.get(0);
+            if !got {
+                return Err(StorageError::transient(Error::Schema(
+                    "a pack or undo is in progress".into(),
+                )));
+            }
+        }
         if !p.read_current.is_empty() {
             let oids: Vec<i64> = p.read_current.keys().map(|o| o.0 as i64).collect();
             // Shared locks, tried without waiting as RelStorage does: an
@@ -532,7 +559,7 @@ impl Storage for PostgresStorage {
                     None => Err(StorageError::pos_key(oid)),
                 }
             }
-            None => match self.current_tid(oid)? {
+            None => match self.committed_tid(oid)? {
                 Some(_) => Ok(None),
                 None => Err(StorageError::pos_key(oid)),
             },
@@ -578,7 +605,7 @@ impl Storage for PostgresStorage {
         let rows = self.read(|c| Ok(c.query(sql, &[&(oid.0 as i64), &limit])?))?;
         if rows.is_empty() {
             // Tell "no such object" from "asked for nothing".
-            if size == 0 && self.current_tid(oid)?.is_some() {
+            if size == 0 && self.committed_tid(oid)?.is_some() {
                 return Ok(Vec::new());
             }
             return Err(StorageError::pos_key(oid));
@@ -635,6 +662,7 @@ impl Storage for PostgresStorage {
             conn: None,
             prev: BTreeMap::new(),
             voted: false,
+            undoing: false,
         });
         Ok(handle)
     }
@@ -647,7 +675,7 @@ impl Storage for PostgresStorage {
         self.with_txn(txn, |_| Ok(()))?;
         // Checked now against the committed rows, so that the server can
         // resolve the conflict; the vote checks again under the locks.
-        let committed = self.current_tid(oid)?.unwrap_or(Tid::ZERO);
+        let committed = self.committed_tid(oid)?.unwrap_or(Tid::ZERO);
         if committed != serial {
             return Err(StorageError::Conflict {
                 oid,
@@ -661,7 +689,7 @@ impl Storage for PostgresStorage {
     fn check_current_serial(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
         self.with_txn(txn, |_| Ok(()))?;
         let committed = self
-            .current_tid(oid)?
+            .committed_tid(oid)?
             .ok_or_else(|| StorageError::pos_key(oid))?;
         if committed != serial {
             return Err(StorageError::ReadConflict {
@@ -800,6 +828,26 @@ impl Storage for PostgresStorage {
         if pending.as_ref().is_some_and(|p| p.handle == txn) {
             self.release(pending);
         }
+    }
+
+    fn as_undo(&self) -> Option<&dyn zeo_storage::Undo> {
+        (self.mode == HistoryMode::Preserving).then_some(self as _)
+    }
+
+    fn as_external_gc(&self) -> Option<&dyn zeo_storage::ExternalGc> {
+        (self.mode == HistoryMode::Preserving).then_some(self as _)
+    }
+
+    fn as_iteration(&self) -> Option<&dyn zeo_storage::Iteration> {
+        (self.mode == HistoryMode::Preserving).then_some(self as _)
+    }
+
+    fn as_record_iteration(&self) -> Option<&dyn zeo_storage::RecordIteration> {
+        Some(self)
+    }
+
+    fn as_restore(&self) -> Option<&dyn zeo_storage::Restore> {
+        Some(self)
     }
 
     fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
