@@ -86,6 +86,7 @@ mod pool;
 mod restore;
 mod schema;
 mod storage;
+mod tls;
 mod undo;
 
 pub use changes::{changes_after, newest_changes, Change};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use postgres::{Client, Config, NoTls};
 
 use crate::error::{Error, Result};
+use crate::tls::{client_config, split_dsn, MakeRustls};
 
 /// The first wait after a failed connection attempt; it doubles with each
 /// further failure up to [`BACKOFF_MAX`].
@@ -31,6 +32,8 @@ struct Backoff {
 /// Connections to one database.
 pub(crate) struct Pool {
     config: Config,
+    /// TLS as the DSN's `sslmode` asks, `None` for `disable`.
+    tls: Option<MakeRustls>,
     idle: Mutex<Vec<Client>>,
     max_idle: usize,
     backoff: Mutex<Backoff>,
@@ -42,7 +45,9 @@ impl Pool {
     /// A pool for `dsn` keeping at most `max_idle` idle connections; each
     /// new connection runs `setup` (SQL) first.
     pub(crate) fn new(dsn: &str, max_idle: usize, setup: String) -> Result<Pool> {
-        let mut config: Config = dsn
+        let (driver_dsn, tls) = split_dsn(dsn)?;
+        let tls = client_config(&tls)?;
+        let mut config: Config = driver_dsn
             .parse()
             .map_err(|e| Error::Config(format!("dsn {dsn:?}: {e}")))?;
         if config.get_connect_timeout().is_none() {
@@ -53,6 +58,7 @@ impl Pool {
         }
         Ok(Pool {
             config,
+            tls,
             idle: Mutex::new(Vec::new()),
             max_idle: max_idle.max(1),
             backoff: Mutex::new(Backoff::default()),
@@ -74,7 +80,11 @@ impl Pool {
                 }
             }
         }
-        let attempt = self.config.connect(NoTls).and_then(|mut client| {
+        let connected = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        };
+        let attempt = connected.and_then(|mut client| {
             if !self.setup.is_empty() {
                 client.batch_execute(&self.setup)?;
             }
