@@ -11,8 +11,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The database answered with an error, or the connection failed.
-    #[error("PostgreSQL: {0}")]
+    /// The database answered with an error, or the connection failed
+    /// (the message carries the causes: a refused certificate, say).
+    #[error("PostgreSQL: {}", with_causes(.0))]
     Postgres(#[from] postgres::Error),
 
     /// The schema found does not match what was asked for (history mode,
@@ -33,6 +34,23 @@ pub enum Error {
         /// How long until the next attempt.
         retry_in: Duration,
     },
+}
+
+/// An error's message followed by those of its sources.
+fn with_causes(e: &postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    // Bounded: error chains are short, and a cycle must not hang us.
+    for _ in 0..8 {
+        let Some(s) = source else { break };
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 impl Error {
