@@ -9,29 +9,11 @@ use std::time::Duration;
 
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 use zeo_storage_postgres::{PostgresOptions, PostgresStorage};
-use zeo_testkit::postgres::bin_dir;
+use zeo_testkit::postgres::{pg_command, running_as_root};
 use zeo_testkit::{free_port, run_with_timeout};
 use zeo_tls::testing::Pki;
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn as_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
-/// A server program, run as `postgres` when we are root.
-fn pg(program: &str) -> Command {
-    let path = bin_dir().join(program);
-    if as_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(path);
-        c
-    } else {
-        Command::new(path)
-    }
-}
 
 fn check(out: std::process::Output, what: &str) {
     assert!(
@@ -55,7 +37,7 @@ impl TlsCluster {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let pki = Pki::new(dir.path());
         std::fs::set_permissions(&pki.server.key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        if as_root() {
+        if running_as_root() {
             check(
                 run_with_timeout(
                     Command::new("chown")
@@ -69,7 +51,7 @@ impl TlsCluster {
         let data = dir.path().join("data");
         check(
             run_with_timeout(
-                pg("initdb").arg("-D").arg(&data).args([
+                pg_command("initdb").arg("-D").arg(&data).args([
                     "-A",
                     "trust",
                     "-U",
@@ -92,7 +74,7 @@ impl TlsCluster {
         );
         check(
             run_with_timeout(
-                pg("pg_ctl")
+                pg_command("pg_ctl")
                     .arg("-D")
                     .arg(&data)
                     .args(["-w", "-t", "60", "-l"])
@@ -140,7 +122,7 @@ impl TlsCluster {
 impl Drop for TlsCluster {
     fn drop(&mut self) {
         let _ = run_with_timeout(
-            pg("pg_ctl")
+            pg_command("pg_ctl")
                 .arg("-D")
                 .arg(self.dir.path().join("data"))
                 .args(["-w", "-t", "60", "-m", "immediate", "stop"]),
