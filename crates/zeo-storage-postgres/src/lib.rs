@@ -78,6 +78,8 @@
 //!    connection whether the transaction's row exists, and reports the
 //!    commit only if it does.
 
+#![warn(missing_docs)]
+
 mod changes;
 mod error;
 mod iteration;
