@@ -9,8 +9,22 @@
 //!
 //! See `docs/postgresql.md` for deployment and configuration.
 
+// Until the storage calls them, only the tests (feature `internals`) do.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod blob_chunk;
 mod error;
 mod options;
+
+/// The blob and pack internals, reachable by this crate's integration
+/// tests only (feature `internals`); not an API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod testing_internals {
+    /// See the crate-private module `blob_chunk`.
+    pub mod blob_chunk {
+        pub use crate::blob_chunk::*;
+    }
+}
 
 pub use error::{Error, Result};
 pub use options::{HistoryMode, PostgresOptions};
