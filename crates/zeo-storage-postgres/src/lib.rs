@@ -14,6 +14,8 @@
 mod blob_chunk;
 mod error;
 mod options;
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod pack;
 
 /// The blob and pack internals, reachable by this crate's integration
 /// tests only (feature `internals`); not an API.
@@ -23,6 +25,10 @@ pub mod testing_internals {
     /// See the crate-private module `blob_chunk`.
     pub mod blob_chunk {
         pub use crate::blob_chunk::*;
+    }
+    /// See the crate-private module `pack`.
+    pub mod pack {
+        pub use crate::pack::*;
     }
 }
 
