@@ -18,6 +18,14 @@
 //! revisions. Transactions left without rows are deleted, the others
 //! marked `packed`; `prev_tid` pointers to packed transactions are reset.
 //!
+//! One deliberate difference: RelStorage 4.3 starts its walk from oid 0
+//! alone (its other roots are marked in a transaction its walk does not
+//! see yet), so what an object changed or referenced after the pack tid
+//! references is collected unless oid 0 reaches it, leaving a kept object
+//! with dangling references. The walk here starts from every root, so such
+//! a pack keeps those objects too; in every other case the surviving rows
+//! are RelStorage's.
+//!
 //! History-free: only with `gc`; every object not reachable from oid 0 and
 //! the objects changed after the pack tid is deleted.
 //!

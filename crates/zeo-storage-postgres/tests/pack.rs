@@ -24,7 +24,7 @@ struct Built {
 }
 
 impl Built {
-    fn new(label: &str, name: &'static str) -> Built {
+    fn new(label: &str, name: &'static str, via_new: bool) -> Built {
         let db = TestDatabase::create(&format!("pgx_pack_{label}_{name}"));
         let dir = tempfile::tempdir().unwrap();
         let mut built = Built {
@@ -34,7 +34,11 @@ impl Built {
             tids: Vec::new(),
             pack_at: Tid(0),
         };
-        let out = built.run(&["build"]);
+        let out = built.run(if via_new {
+            &["build", "via-new"]
+        } else {
+            &["build"]
+        });
         let mut lines = out.lines();
         built.tids = parse_tids(lines.next().unwrap());
         let pack_line = lines.next().unwrap();
@@ -160,8 +164,8 @@ fn parse_tids(line: &str) -> Vec<u64> {
 fn same_as_relstorage(mode: HistoryMode, gc: bool) {
     let name = MODES.iter().find(|(m, _)| *m == mode).unwrap().1;
     let label = if gc { "gc" } else { "nogc" };
-    let mut theirs = Built::new(&format!("{label}_rs"), name);
-    let mut ours = Built::new(&format!("{label}_us"), name);
+    let mut theirs = Built::new(&format!("{label}_rs"), name, false);
+    let mut ours = Built::new(&format!("{label}_us"), name, false);
     let before = ours.snapshot(mode);
     assert_eq!(before, theirs.snapshot(mode), "the two builds differ");
 
@@ -190,6 +194,7 @@ fn same_as_relstorage(mode: HistoryMode, gc: bool) {
             "{name}: garbage blobs stay"
         );
     }
+    assert!(dangling(&after).is_empty(), "{name} gc={gc}");
     assert_eq!(ours.verify(), theirs.verify());
 
     // Now the other way round: we pack after RelStorage, it after us.
@@ -226,9 +231,46 @@ fn history_free_pack_without_gc_leaves_what_relstorage_leaves() {
     same_as_relstorage(HistoryMode::Free, false);
 }
 
+/// References from current revisions to objects that have no revision.
+fn dangling(s: &Snapshot) -> BTreeSet<i64> {
+    let oids: BTreeSet<i64> = s.states.iter().map(|(oid, _)| *oid).collect();
+    s.refs
+        .iter()
+        .filter(|(from, tid, to)| s.current.contains(&(*from, *tid)) && !oids.contains(to))
+        .map(|(_, _, to)| *to)
+        .collect()
+}
+
+/// RelStorage 4.3 walks the graph from the root alone: an object changed
+/// or referenced after the pack point is kept, but what it references is
+/// collected unless the root reaches it through older revisions, which
+/// leaves dangling references (RelStorage then raises POSKeyError loading
+/// them). Ours walks from every kept object and keeps exactly those
+/// objects more.
+#[test]
+fn history_preserving_gc_keeps_what_objects_newer_than_the_pack_point_reference() {
+    let mode = HistoryMode::Preserving;
+    let theirs = Built::new("vianew_rs", "hp", true);
+    let ours = Built::new("vianew_us", "hp", true);
+    theirs.relstorage_pack(theirs.pack_at, true);
+    ours.our_pack(mode, ours.pack_at, true);
+    let (t, o) = (theirs.snapshot(mode), ours.snapshot(mode));
+    assert!(o.states.is_superset(&t.states), "{o:?}\n{t:?}");
+    let extra: BTreeSet<i64> = o
+        .states
+        .difference(&t.states)
+        .map(|(oid, _)| *oid)
+        .collect();
+    let lost = dangling(&t);
+    assert!(!lost.is_empty(), "RelStorage's pack kept everything: {t:?}");
+    assert_eq!(extra, lost);
+    assert!(dangling(&o).is_empty());
+    assert!(ours.verify().starts_with("objects "));
+}
+
 #[test]
 fn a_pack_in_progress_elsewhere_makes_pack_fail_without_touching_rows() {
-    let built = Built::new("locked", "hp");
+    let built = Built::new("locked", "hp", false);
     let before = built.snapshot(HistoryMode::Preserving);
     let mut holder = connect(&built.db.dsn());
     holder.execute("SELECT pg_advisory_lock(-2)", &[]).unwrap();
@@ -266,7 +308,7 @@ fn a_pack_in_progress_elsewhere_makes_pack_fail_without_touching_rows() {
 #[test]
 fn packing_before_the_first_commit_does_nothing() {
     for (mode, name) in MODES {
-        let built = Built::new("early", name);
+        let built = Built::new("early", name, false);
         let before = built.snapshot(mode);
         let (outcome, removed) = built.our_pack(mode, Tid(built.tids[0] - 1), true);
         assert_eq!(

@@ -1,11 +1,12 @@
 """RelStorage's side of the pack tests.
 
-    pgx_pack.py build DSN hp|hf BLOB_DIR
+    pgx_pack.py build DSN hp|hf BLOB_DIR [via-new]
         creates the schema and commits a fixed history (after the root's
         creation) (garbage, replaced
         revisions, blobs, references made and dropped after the pack
         point); prints every commit's tid, then "PACK <tid>" naming the
-        commit to pack to.
+        commit to pack to. With via-new, an object dropped before the pack
+        point is referenced again only through an object created after it.
     pgx_pack.py more DSN hp|hf BLOB_DIR
         commits a little more; prints the new tids.
     pgx_pack.py pack DSN hp|hf BLOB_DIR TID 0|1
@@ -48,7 +49,7 @@ def commit(conn):
     return u64(conn._storage.lastTransaction())
 
 
-def build(conn, root):
+def build(conn, root, via_new):
     # Opening the database committed the root.
     real_root = root._p_jar.get(z64)
     real_root._p_activate()
@@ -74,8 +75,9 @@ def build(conn, root):
     del root["x"]
     tids.append(commit(conn))
     pack_at = tids[-1]
-    # After the pack point: x referenced again, b dropped.
-    root["y"] = x
+    # After the pack point: x referenced again (directly, or through an
+    # object newer than the pack point), and b dropped.
+    root["y"] = PM(held=x) if via_new else x
     root["a"]["x"] = 3
     tids.append(commit(conn))
     del root["b"]
@@ -122,7 +124,7 @@ def main():
     conn = db.open()
     root = conn.root()
     if cmd == "build":
-        tids, pack_at = build(conn, root)
+        tids, pack_at = build(conn, root, sys.argv[5:] == ["via-new"])
         print(*tids)
         print("PACK", pack_at)
     elif cmd == "more":
