@@ -87,6 +87,14 @@ fn db(e: postgres::Error) -> zeo_storage::Error {
     crate::Error::from(e).into()
 }
 
+/// Runs `statements` in one database transaction, rolled back on failure
+/// (so the connection stays usable to release the pack lock).
+fn in_transaction(client: &mut Client, statements: &str) -> zeo_storage::Result<()> {
+    let mut tx = client.transaction().map_err(db)?;
+    tx.batch_execute(statements).map_err(db)?;
+    tx.commit().map_err(db)
+}
+
 /// The one `BIGINT` column of a query's rows.
 fn ids(
     client: &mut impl GenericClient,
@@ -302,18 +310,15 @@ fn pack_preserving(
         }
     }
 
-    client
-        .batch_execute(
-            "BEGIN;
-             DELETE FROM object_refs_added
+    in_transaction(
+        client,
+        "DELETE FROM object_refs_added
                  WHERE tid IN (SELECT tid FROM transaction WHERE is_empty);
              DELETE FROM object_ref
                  WHERE tid IN (SELECT tid FROM transaction WHERE is_empty);
              DELETE FROM transaction WHERE packed AND is_empty;
-             TRUNCATE pack_object, pack_state, pack_state_tid;
-             COMMIT;",
-        )
-        .map_err(db)?;
+             TRUNCATE pack_object, pack_state, pack_state_tid;",
+    )?;
     Ok(PackOutcome {
         pack_tid: Some(Tid(pack_tid as u64)),
         removed_states,
@@ -531,17 +536,14 @@ fn pack_free(
             );
         }
     }
-    client
-        .batch_execute(
-            "BEGIN;
-             DELETE FROM object_refs_added
+    in_transaction(
+        client,
+        "DELETE FROM object_refs_added
                  WHERE zoid IN (SELECT zoid FROM pack_object WHERE NOT keep);
              DELETE FROM object_ref
                  WHERE zoid IN (SELECT zoid FROM pack_object WHERE NOT keep);
-             TRUNCATE pack_object;
-             COMMIT;",
-        )
-        .map_err(db)?;
+             TRUNCATE pack_object;",
+    )?;
     Ok(PackOutcome {
         pack_tid: Some(Tid(pack_tid as u64)),
         removed_states,

@@ -277,12 +277,7 @@ fn a_missing_blob_is_a_pos_key_error_naming_the_revision() {
 #[test]
 fn staging_twice_or_discarding_frees_the_staged_large_object() {
     let db = TestDatabase::create("pgx_blob_stage");
-    let mut client = connect(&db.dsn());
-    client
-        .batch_execute(
-            "CREATE TABLE blob_chunk (zoid BIGINT, tid BIGINT, chunk_num BIGINT, chunk OID)",
-        )
-        .unwrap();
+    let mut client = with_bare_blob_chunk(&db);
     let mut tx = client.transaction().unwrap();
     blob_chunk::ensure_temp_table(&mut tx).unwrap();
     blob_chunk::upload_temp(&mut tx, Oid(7), &mut &b"first"[..]).unwrap();
@@ -302,6 +297,18 @@ fn staging_twice_or_discarding_frees_the_staged_large_object() {
         0
     );
     tx.commit().unwrap();
+}
+
+/// A connection to `db` after giving it a bare `blob_chunk` table, for
+/// tests of the staging table alone.
+fn with_bare_blob_chunk(db: &TestDatabase) -> postgres::Client {
+    let mut client = connect(&db.dsn());
+    client
+        .batch_execute(
+            "CREATE TABLE blob_chunk (zoid BIGINT, tid BIGINT, chunk_num BIGINT, chunk OID)",
+        )
+        .unwrap();
+    client
 }
 
 fn count_in(tx: &mut impl GenericClient, sql: &str) -> i64 {
@@ -389,4 +396,31 @@ fn restore_replaces_the_blob_of_a_revision() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn staging_from_a_file_and_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create("pgx_blob_file");
+    let mut client = with_bare_blob_chunk(&db);
+    let mut tx = client.transaction().unwrap();
+    blob_chunk::ensure_temp_table(&mut tx).unwrap();
+    let path = dir.path().join("staged");
+    let body = pattern(IO_CHUNK + 1, 4);
+    fs::write(&path, &body).unwrap();
+    assert_eq!(
+        blob_chunk::upload_temp_file(&mut tx, Oid(3), &path).unwrap(),
+        body.len() as u64
+    );
+    let stored: Vec<u8> = tx
+        .query_one(
+            "SELECT lo_get(chunk) FROM temp_blob_chunk WHERE zoid = 3",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(stored == body);
+    let err =
+        blob_chunk::upload_temp_file(&mut tx, Oid(4), &dir.path().join("absent")).unwrap_err();
+    assert!(matches!(err, zeo_storage::Error::Io { .. }), "{err}");
 }

@@ -231,6 +231,17 @@ fn history_free_pack_without_gc_leaves_what_relstorage_leaves() {
     same_as_relstorage(HistoryMode::Free, false);
 }
 
+/// Our history-preserving GC pack of everything `built` committed.
+fn hp_gc_pack(client: &mut Client, built: &Built) -> zeo_storage::Result<PackOutcome> {
+    pack::pack(
+        client,
+        HistoryMode::Preserving,
+        built.last(),
+        true,
+        &mut |_, _| {},
+    )
+}
+
 /// References from current revisions to objects that have no revision.
 fn dangling(s: &Snapshot) -> BTreeSet<i64> {
     let oids: BTreeSet<i64> = s.states.iter().map(|(oid, _)| *oid).collect();
@@ -275,27 +286,13 @@ fn a_pack_in_progress_elsewhere_makes_pack_fail_without_touching_rows() {
     let mut holder = connect(&built.db.dsn());
     holder.execute("SELECT pg_advisory_lock(-2)", &[]).unwrap();
     let mut client = connect(&built.db.dsn());
-    let err = pack::pack(
-        &mut client,
-        HistoryMode::Preserving,
-        built.last(),
-        true,
-        &mut |_, _| {},
-    )
-    .unwrap_err();
+    let err = hp_gc_pack(&mut client, &built).unwrap_err();
     assert!(err.to_string().contains("in progress"), "{err}");
     assert_eq!(built.snapshot(HistoryMode::Preserving), before);
     holder
         .execute("SELECT pg_advisory_unlock(-2)", &[])
         .unwrap();
-    let outcome = pack::pack(
-        &mut client,
-        HistoryMode::Preserving,
-        built.last(),
-        true,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let outcome = hp_gc_pack(&mut client, &built).unwrap();
     assert_eq!(outcome.pack_tid, Some(built.last()));
     // Our lock is released again: another session can take it.
     let free: bool = holder
@@ -327,4 +324,32 @@ fn a_pack_time_now_or_later_means_everything() {
     assert_eq!(pack::pack_point(-1.0, now), Tid(i64::MAX as u64 - 1));
     let earlier = pack::pack_point(now - 60.0, now);
     assert_eq!(earlier, zeo_storage::TimeStamp::from_unix(now - 60.0).tid());
+}
+
+#[test]
+fn an_unreadable_pickle_fails_the_pack_cleanly_and_frees_the_lock() {
+    let built = Built::new("badpickle", "hp", false);
+    let mut client = connect(&built.db.dsn());
+    client
+        .execute(
+            "UPDATE object_state SET state = '\\x8003ff'::bytea
+             WHERE zoid = 1 AND tid = (SELECT max(tid) FROM object_state WHERE zoid = 1)",
+            &[],
+        )
+        .unwrap();
+    let before = built.snapshot(HistoryMode::Preserving);
+    let err = hp_gc_pack(&mut client, &built).unwrap_err();
+    assert!(err.to_string().contains("cannot scan"), "{err}");
+    assert_eq!(
+        built.snapshot(HistoryMode::Preserving).states,
+        before.states
+    );
+    let mut other = connect(&built.db.dsn());
+    let free: bool = other
+        .query_one("SELECT pg_try_advisory_lock(-2)", &[])
+        .unwrap()
+        .get(0);
+    assert!(free, "the failed pack kept the pack lock");
+    // The connection it used is still usable.
+    assert_eq!(count(&mut client, "SELECT 1::BIGINT"), 1);
 }
