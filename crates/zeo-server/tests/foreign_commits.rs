@@ -466,3 +466,73 @@ async fn loads_never_run_ahead_of_the_invalidations() {
     assert!(stale > 0, "no load fell between a commit and its poll");
     server.stop().await;
 }
+
+const PYTHON_CLIENTS: &str = r#"
+import sys, transaction, ZODB, ZEO.ClientStorage
+
+def open_db(port):
+    cs = ZEO.ClientStorage.ClientStorage(('127.0.0.1', int(port)), wait_timeout=20, server_sync=True)
+    return ZODB.DB(cs)
+
+db_a, db_b = open_db(sys.argv[1]), open_db(sys.argv[2])
+tm_a, tm_b = transaction.TransactionManager(), transaction.TransactionManager()
+c_a, c_b = db_a.open(tm_a), db_b.open(tm_b)
+
+def seen_by_b(key, value):
+    # Each begin() is a round trip to B (server_sync): bounded by count,
+    # it waits for B to announce what A committed.
+    for _ in range(200000):
+        tm_b.begin()
+        if c_b.root().get(key) == value:
+            return True
+    return False
+
+rounds = 0
+for i in range(20):
+    c_a.root()['x'] = i
+    tm_a.commit()
+    assert seen_by_b('x', i), "B never showed %d" % i
+    rounds += 1
+# And the other way: a commit through B reaches A's client.
+c_b.root()['y'] = 'from b'
+tm_b.commit()
+for _ in range(200000):
+    tm_a.begin()
+    if c_a.root().get('y') == 'from b':
+        break
+else:
+    sys.exit("A never showed B's commit")
+db_a.close(); db_b.close()
+print("OK", rounds)
+"#;
+
+/// Stock ZEO 6 clients of two servers over one database see each other's
+/// commits.
+#[test]
+fn python_zeo_clients_of_two_servers_see_each_others_commits() {
+    let db = SharedDatabase::new("shared");
+    let start = |db: &SharedDatabase| {
+        let server = zeo_server::ServerBuilder::new(ServerSettings::default())
+            .storage("1", Arc::new(db.handle()))
+            .build()
+            .unwrap();
+        server
+            .bind(&zeo_server::ListenAddress::localhost(0))
+            .unwrap();
+        server.start_background().unwrap()
+    };
+    let (a, b) = (start(&db), start(&db));
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("clients.py");
+    std::fs::write(&script, PYTHON_CLIENTS).unwrap();
+    let ports = [a.port().unwrap().to_string(), b.port().unwrap().to_string()];
+    let out = zeo_testkit::run_python(&zeo_testkit::python6(), &script, &ports, dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK 20"),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}
