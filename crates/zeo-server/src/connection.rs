@@ -186,6 +186,7 @@ where
         hub: None,
         iterators: Iterators::default(),
         upload: None,
+        upload_failed: None,
     };
 
     conn.read_loop(&mut reader).await;
@@ -234,6 +235,10 @@ struct Conn {
     iterators: Iterators,
     /// The blob upload between `storeBlobStart` and `storeBlobEnd`.
     upload: Option<blob_calls::Upload>,
+    /// Why a one-way upload failed (a full disk): nobody could be told at
+    /// the chunk, so the transaction its `storeBlobEnd` names fails its
+    /// vote with this reason instead.
+    upload_failed: Option<String>,
 }
 
 enum Event {
@@ -610,6 +615,7 @@ impl Conn {
                 let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
                 // A new start abandons an unfinished upload (its file goes).
                 self.upload = None;
+                self.upload_failed = None;
                 self.upload = Some(blob_calls::Upload::start(
                     blobs,
                     self.shared.settings.max_transaction_size,
@@ -617,12 +623,23 @@ impl Conn {
                 Ok(Outcome::Reply(Value::None))
             }
             R::StoreBlobChunk { chunk } => {
+                if self.upload.is_none() && self.upload_failed.is_some() && oneway {
+                    // The rest of an upload that failed already.
+                    return Ok(Outcome::Sent);
+                }
+                let hub = self.hub()?.clone();
+                let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
                 let upload = self.upload.as_mut().ok_or_else(|| {
                     WireError::value_error("storeBlobChunk without storeBlobStart")
                 })?;
-                if let Err(e) = upload.write(&chunk) {
+                if let Err(reason) = upload.write(blobs, &chunk) {
                     self.upload = None;
-                    return Err(e);
+                    if oneway {
+                        tracing::error!(peer = %self.peer, %reason, "blob upload failed; its transaction will fail at vote");
+                        self.upload_failed = Some(reason);
+                        return Ok(Outcome::Sent);
+                    }
+                    return Err(WireError::storage_error(&reason));
                 }
                 Ok(Outcome::Reply(Value::None))
             }
@@ -632,6 +649,16 @@ impl Conn {
                 data,
                 txn,
             } => {
+                if self.upload.is_none() {
+                    if let Some(reason) = self.upload_failed.take() {
+                        self.session.reject(txn, &reason)?;
+                        return if oneway {
+                            Ok(Outcome::Sent)
+                        } else {
+                            Err(WireError::storage_error(&reason))
+                        };
+                    }
+                }
                 let upload = self
                     .upload
                     .take()

@@ -501,6 +501,19 @@ impl<L, W> Session<L, W> {
         }
     }
 
+    /// Fails transaction `id` at its vote with `reason` (a write the server
+    /// could not keep, such as a blob upload on a full disk), dropping what
+    /// it staged; later writes to it are dropped too.
+    pub(crate) fn reject(&mut self, id: TxnId, reason: &str) -> Result<(), WireError> {
+        let txn = self.stage(id)?;
+        if txn.rejected.is_none() {
+            txn.log.discard();
+            txn.conflicts.clear();
+            txn.rejected = Some(reason.to_owned());
+        }
+        Ok(())
+    }
+
     /// `vote(id)`.
     pub(crate) fn vote(&mut self, id: TxnId) -> Result<VoteStep<L>, WireError> {
         if let Some(message) = &self.check(id)?.rejected {

@@ -403,10 +403,19 @@ impl BlobDir {
 
     /// Syncs each file and then, once each, the directories holding them.
     pub fn make_durable(paths: &[PathBuf]) -> Result<()> {
+        Self::make_durable_with(paths, &|f| f.sync_all())
+    }
+
+    /// [`BlobDir::make_durable`] with each file synced by `sync` (a
+    /// storage's write path, which tests can make fail).
+    pub(crate) fn make_durable_with(
+        paths: &[PathBuf],
+        sync: &dyn Fn(&File) -> io::Result<()>,
+    ) -> Result<()> {
         let mut dirs = BTreeSet::new();
         for path in paths {
             File::open(path)
-                .and_then(|f| f.sync_all())
+                .and_then(|f| sync(&f))
                 .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
             if let Some(d) = path.parent() {
                 dirs.insert(d.to_path_buf());
@@ -510,11 +519,15 @@ impl TxnFiles {
         staged.files.push(path);
     }
 
-    /// Syncs the files of `txn` and their directories.
-    pub(crate) fn make_durable(&self, txn: TxnHandle) -> Result<()> {
+    /// Syncs the files of `txn` (each with `sync`) and their directories.
+    pub(crate) fn make_durable(
+        &self,
+        txn: TxnHandle,
+        sync: &dyn Fn(&File) -> io::Result<()>,
+    ) -> Result<()> {
         let staged = self.lock();
         if staged.txn == Some(txn) {
-            BlobDir::make_durable(&staged.files)?;
+            BlobDir::make_durable_with(&staged.files, sync)?;
         }
         Ok(())
     }

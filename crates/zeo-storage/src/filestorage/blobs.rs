@@ -18,6 +18,7 @@ use crate::ids::{Oid, Tid};
 use crate::interface::{BlobData, BlobSource, Blobs, Storage, TxnHandle};
 
 use super::commit::ActiveTxn;
+use super::fault::Io;
 use super::format::Reader;
 use super::{lock, FileStorage};
 
@@ -64,9 +65,9 @@ impl BlobState {
         self.staged.add(txn, path);
     }
 
-    /// Syncs the files of `txn` and their directories.
-    pub(crate) fn make_durable(&self, txn: TxnHandle) -> Result<()> {
-        self.staged.make_durable(txn)
+    /// Syncs the files of `txn` (through `io`) and their directories.
+    pub(crate) fn make_durable(&self, txn: TxnHandle, io: &Io) -> Result<()> {
+        self.staged.make_durable(txn, &|f| io.sync_all(f))
     }
 
     /// Forgets the files of a finished `txn`.
@@ -105,12 +106,35 @@ impl FileStorage {
         options: super::FileStorageOptions,
         blob_dir: impl AsRef<Path>,
     ) -> Result<FileStorage> {
+        Self::open_blobs_with_io(path.as_ref(), options, blob_dir.as_ref(), Io::from_env())
+    }
+
+    /// [`FileStorage::open_with_blobs`] with the writes and syncs of
+    /// commits, blob uploads and blob files going through `faults`. For
+    /// tests; not API.
+    #[doc(hidden)]
+    pub fn open_with_blobs_and_faults(
+        path: impl AsRef<Path>,
+        options: super::FileStorageOptions,
+        blob_dir: impl AsRef<Path>,
+        faults: std::sync::Arc<super::FaultInjector>,
+    ) -> Result<FileStorage> {
+        let io = Io::with(Some(faults));
+        Self::open_blobs_with_io(path.as_ref(), options, blob_dir.as_ref(), io)
+    }
+
+    fn open_blobs_with_io(
+        path: &Path,
+        options: super::FileStorageOptions,
+        blob_dir: &Path,
+        io: Io,
+    ) -> Result<FileStorage> {
         let dir = if options.read_only {
             BlobDir::open_read_only(blob_dir)?
         } else {
             BlobDir::open(blob_dir, options.create)?
         };
-        let mut storage = Self::open(path, options)?;
+        let mut storage = Self::open_with_io(path, options, io)?;
         storage.blobs = Some(BlobState::new(dir));
         Ok(storage)
     }
@@ -223,6 +247,10 @@ impl Blobs for FileStorage {
                 Err(e)
             }
         }
+    }
+
+    fn append_to_temporary(&self, file: &std::fs::File, chunk: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self.io.writer(file), chunk)
     }
 
     fn load_blob(&self, oid: Oid, serial: Tid) -> Result<BlobData> {

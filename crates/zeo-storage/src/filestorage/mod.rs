@@ -590,7 +590,7 @@ impl Storage for FileStorage {
         if let Some(blobs) = &self.blobs {
             // Blob files durable before the records naming them are written.
             if self.is_current(txn) {
-                blobs.make_durable(txn)?;
+                blobs.make_durable(txn, &self.io)?;
             }
         }
         self.vote(txn)
