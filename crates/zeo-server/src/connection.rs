@@ -607,6 +607,22 @@ impl Conn {
             R::Undoa { undo_id, txn } => {
                 self.log_op(txn, TxnOp::Undo { id: undo_id }, false, oneway)
             }
+            R::StoreNotBytes {
+                method,
+                oid,
+                txn,
+                type_name,
+            } => {
+                if method == "storeBlobEnd" {
+                    // The upload this store names goes with the transaction.
+                    self.upload = None;
+                    self.upload_failed = None;
+                }
+                tracing::warn!(peer = %self.peer, oid = ?oid, record = type_name, "{method} of a record that is not bytes; the transaction fails at vote");
+                self.session
+                    .reject(txn, WireError::type_error(&record_type_error(type_name)))?;
+                Ok(Outcome::Reply(Value::None))
+            }
             R::StoreBlobStart => {
                 if self.session.is_read_only() {
                     return Err(WireError::read_only());
@@ -651,7 +667,8 @@ impl Conn {
             } => {
                 if self.upload.is_none() {
                     if let Some(reason) = self.upload_failed.take() {
-                        self.session.reject(txn, &reason)?;
+                        self.session
+                            .reject(txn, WireError::storage_error(&reason))?;
                         return if oneway {
                             Ok(Outcome::Sent)
                         } else {
@@ -1322,6 +1339,17 @@ fn pickle_extension(extension: &Value) -> Result<Vec<u8>, WireError> {
         _ => Err(WireError::type_error(
             "tpc_begin() extension must be a dict",
         )),
+    }
+}
+
+/// What Python's FileStorage raises at the vote for a record of type
+/// `type_name` that is not bytes: `len()` of it fails first, unless it is
+/// text, which fails at the write.
+fn record_type_error(type_name: &str) -> String {
+    if type_name == "str" {
+        "a bytes-like object is required, not 'str'".to_owned()
+    } else {
+        format!("object of type '{type_name}' has no len()")
     }
 }
 

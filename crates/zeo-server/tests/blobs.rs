@@ -331,3 +331,58 @@ async fn a_full_disk_during_an_upload_or_its_vote_fails_the_vote_and_leaves_no_f
     let report = check_blobs(&dir.path().join("Data.fs"), &dir.path().join("blobs")).unwrap();
     assert_eq!((report.blob_records, report.missing_count), (2, 0));
 }
+
+/// ZEO's `checkTransactionBufferCleanup`: a one-way blob store whose record
+/// is a `str` is taken, the connection stays, the upload goes, and the
+/// vote fails with the `TypeError` Python's FileStorage raises.
+#[tokio::test(start_paused = true)]
+async fn a_store_of_a_record_that_is_not_bytes_fails_the_vote_not_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = blob_server(dir.path());
+    let mut a = server.client().await;
+    a.begin(1).await;
+    a.call_async("storeBlobStart", vec![]).await;
+    a.call_async(
+        "storeBlobChunk",
+        vec![Value::Bytes(b"I am a happy blob.".to_vec())],
+    )
+    .await;
+    let end = vec![
+        bytes(&Oid(1).to_bytes()),
+        bytes(&Tid::ZERO.to_bytes()),
+        Value::Str("foo".into()),
+        Value::Int(1),
+    ];
+    a.call_async("storeBlobEnd", end).await;
+    assert_eq!(a.call("ping", vec![]).await.unwrap(), Value::None);
+    assert_eq!(blob_files(dir.path()), Vec::<std::path::PathBuf>::new());
+    let err = a.vote(1).await.unwrap_err();
+    assert_eq!(err.class, "builtins.TypeError");
+    assert!(
+        format!("{:?}", err.fields).contains("a bytes-like object is required, not 'str'"),
+        "{err:?}"
+    );
+    a.abort(1).await.unwrap();
+
+    // The same for storea, then a good transaction on the same connection.
+    a.begin(2).await;
+    let store = vec![
+        bytes(&Oid(1).to_bytes()),
+        bytes(&Tid::ZERO.to_bytes()),
+        Value::Int(5),
+        Value::Int(2),
+    ];
+    a.call_async("storea", store).await;
+    let err = a.vote(2).await.unwrap_err();
+    assert!(
+        format!("{err:?}").contains("object of type 'int' has no len()"),
+        "{err:?}"
+    );
+    a.abort(2).await.unwrap();
+    a.begin(3).await;
+    upload(&mut a, 3, Oid(1), Tid::ZERO, b"blob").await;
+    a.vote(3).await.unwrap();
+    a.finish(3).await.unwrap();
+    assert_eq!(blob_files(dir.path()).len(), 1);
+    server.stop().await;
+}
