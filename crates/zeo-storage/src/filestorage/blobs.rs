@@ -6,9 +6,11 @@
 //! the transaction's records are written to `Data.fs`, so a record that a
 //! finished commit made durable never names a file that a power loss can
 //! take back. An abort (or a close with the transaction still open)
-//! removes the files; a crash before finish leaves files no record names,
-//! which pack's cleanup of unreferenced revisions ignores and which are
-//! harmless to readers.
+//! removes the files. Each placement is first listed in the blob
+//! directory's journal (`.placed`, removed when a transaction finishes
+//! durably), so that the open after a crash between vote and finish
+//! removes the files whose transaction never reached `Data.fs`, without
+//! walking the directory.
 
 use std::path::{Path, PathBuf};
 
@@ -54,8 +56,8 @@ pub(crate) struct BlobState {
 impl BlobState {
     pub(crate) fn new(dir: BlobDir) -> Self {
         BlobState {
+            staged: TxnFiles::journaled(&dir),
             dir,
-            staged: TxnFiles::default(),
             pack_mode: BlobPackMode::default(),
         }
     }
@@ -134,9 +136,50 @@ impl FileStorage {
         } else {
             BlobDir::open(blob_dir, options.create)?
         };
+        let read_only = options.read_only;
         let mut storage = Self::open_with_io(path, options, io)?;
         storage.blobs = Some(BlobState::new(dir));
+        if !read_only {
+            storage.remove_unfinished_blobs()?;
+        }
         Ok(storage)
+    }
+
+    /// Removes the files a crash left behind: those the placement journal
+    /// lists whose revision is not in the file (their transaction never
+    /// finished), then removes the journal. Only the listed files are
+    /// looked at, so this costs nothing for a directory of any size after
+    /// a clean stop.
+    fn remove_unfinished_blobs(&self) -> Result<()> {
+        /// More lines than any transaction stores blobs at once.
+        const MAX_LINES: usize = 10_000_000;
+        let Some(state) = &self.blobs else {
+            return Ok(());
+        };
+        let listed = crate::blobdir::journaled_files(&state.dir, MAX_LINES)?;
+        for (oid, tid) in listed {
+            let kept = match self.load_serial(oid, tid) {
+                Ok(_) => true,
+                Err(e) if e.is_pos_key() => false,
+                Err(e) => return Err(e),
+            };
+            if !kept {
+                let path = state.dir.blob_path(oid, tid);
+                if path.exists() {
+                    tracing::info!(
+                        "removing {}: its transaction did not finish",
+                        path.display()
+                    );
+                }
+                remove_blob_file(&state.dir, oid, tid)?;
+            }
+        }
+        let journal = state.dir.path().join(crate::blobdir::PLACED_JOURNAL);
+        match std::fs::remove_file(&journal) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", journal.display()), e)),
+        }
     }
 
     /// Sets what pack does with the files of the revisions it removes
@@ -168,7 +211,10 @@ impl FileStorage {
         tid: Tid,
         src: &Path,
     ) -> Result<()> {
-        let placed = state.dir.commit_file(src, oid, tid);
+        let placed = state
+            .staged
+            .will_place(&state.dir.blob_path(oid, tid))
+            .and_then(|_| state.dir.commit_file(src, oid, tid));
         if placed.is_err() {
             let _ = std::fs::remove_file(src);
         }
@@ -199,6 +245,7 @@ impl FileStorage {
                 // Not a blob revision (or its file was packed away).
                 continue;
             }
+            state.staged.will_place(&state.dir.blob_path(oid, a.tid))?;
             let copy = state.dir.copy_revision(oid, found.tid, a.tid)?;
             state.add(a.handle, copy);
         }

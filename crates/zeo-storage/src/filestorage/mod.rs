@@ -624,7 +624,12 @@ impl Storage for FileStorage {
         submitted: Submitted,
         on_commit: &mut dyn FnMut(Tid),
     ) -> Result<Tid> {
-        self.durable(submitted.txn, on_commit)
+        let txn = submitted.txn;
+        let res = self.durable(txn, on_commit);
+        if let (Ok(_), Some(blobs)) = (&res, &self.blobs) {
+            blobs.finished(txn);
+        }
+        res
     }
 
     fn syncs(&self) -> Option<u64> {
