@@ -479,6 +479,36 @@ impl BlobDir {
         Ok(out)
     }
 
+    /// Removes the file of `(oid, tid)`, if any, and the directories it
+    /// leaves empty.
+    pub(crate) fn remove_revision(&self, oid: Oid, tid: Tid) -> Result<()> {
+        BlobDir::remove_committed(&self.blob_path(oid, tid))?;
+        self.remove_empty_parents(&self.oid_dir(oid))
+    }
+
+    /// Removes `from` and its parents while they are empty, never the blob
+    /// directory itself (ZODB's `maybe_remove_empty_dir_containing`).
+    pub(crate) fn remove_empty_parents(&self, from: &Path) -> Result<()> {
+        let mut at = from.to_path_buf();
+        // At most the eight levels of the bushy layout.
+        for _ in 0..8 {
+            if at == self.base || !at.starts_with(&self.base) {
+                break;
+            }
+            let empty = fs::read_dir(&at)
+                .map(|mut entries| entries.next().is_none())
+                .unwrap_or(false);
+            if !empty || fs::remove_dir(&at).is_err() {
+                break;
+            }
+            match at.parent() {
+                Some(p) => at = p.to_path_buf(),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a committed file (and nothing else).
     pub fn remove_committed(path: &Path) -> Result<()> {
         match fs::remove_file(path) {

@@ -171,7 +171,7 @@ impl FileStorage {
                         path.display()
                     );
                 }
-                remove_blob_file(&state.dir, oid, tid)?;
+                state.dir.remove_revision(oid, tid)?;
             }
         }
         let journal = state.dir.path().join(crate::blobdir::PLACED_JOURNAL);
@@ -451,7 +451,7 @@ impl FileStorage {
                     remove_oid_dir(&state.dir, *oid)?;
                 }
                 for (oid, tid) in &gone_files {
-                    remove_blob_file(&state.dir, *oid, *tid)?;
+                    state.dir.remove_revision(*oid, *tid)?;
                 }
             }
             BlobPackMode::Removed { keep_old } => {
@@ -475,7 +475,7 @@ impl FileStorage {
                         remove_oid_dir(&state.dir, *oid)?;
                     }
                     for (oid, tid) in &gone_files {
-                        remove_blob_file(&state.dir, *oid, *tid)?;
+                        state.dir.remove_revision(*oid, *tid)?;
                     }
                 }
                 std::fs::remove_file(&removed)
@@ -502,40 +502,12 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(context, e)
 }
 
-fn remove_blob_file(dir: &BlobDir, oid: Oid, tid: Tid) -> Result<()> {
-    BlobDir::remove_committed(&dir.blob_path(oid, tid))?;
-    remove_empty_parents(dir, &dir.oid_dir(oid))
-}
-
 fn remove_oid_dir(dir: &BlobDir, oid: Oid) -> Result<()> {
     let path = dir.oid_dir(oid);
     if path.exists() {
         std::fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
     }
-    remove_empty_parents(dir, path.parent().unwrap_or(dir.path()))
-}
-
-/// Removes `from` and its parents while they are empty, never the blob
-/// directory itself (ZODB's `maybe_remove_empty_dir_containing`).
-fn remove_empty_parents(dir: &BlobDir, from: &Path) -> Result<()> {
-    let mut at = from.to_path_buf();
-    // At most the eight levels of the bushy layout.
-    for _ in 0..8 {
-        if at == dir.path() || !at.starts_with(dir.path()) {
-            break;
-        }
-        let empty = std::fs::read_dir(&at)
-            .map(|mut entries| entries.next().is_none())
-            .unwrap_or(false);
-        if !empty || std::fs::remove_dir(&at).is_err() {
-            break;
-        }
-        match at.parent() {
-            Some(p) => at = p.to_path_buf(),
-            None => break,
-        }
-    }
-    Ok(())
+    dir.remove_empty_parents(path.parent().unwrap_or(dir.path()))
 }
 
 /// ZODB's `pack-keep-old` for blobs: the removed files move to
@@ -558,14 +530,14 @@ fn move_to_old(dir: &BlobDir, gone_oids: &[Oid], gone_files: &[(Oid, Tid)]) -> R
         let path = dir.oid_dir(*oid);
         if path.exists() {
             relocate(&path)?;
-            remove_empty_parents(dir, path.parent().unwrap_or(dir.path()))?;
+            dir.remove_empty_parents(path.parent().unwrap_or(dir.path()))?;
         }
     }
     for (oid, tid) in gone_files {
         let path = dir.blob_path(*oid, *tid);
         if path.exists() {
             relocate(&path)?;
-            remove_empty_parents(dir, &dir.oid_dir(*oid))?;
+            dir.remove_empty_parents(&dir.oid_dir(*oid))?;
         }
     }
     for (_, _, path) in dir.list_blobs()? {
