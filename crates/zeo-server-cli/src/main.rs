@@ -696,10 +696,27 @@ fn open_storage(
                     .map_err(|e| format!("opening {}: {e}", blob.blob_dir.display()))?;
                 Ok((name.to_owned(), Arc::new(storage), true))
             }
-            StorageKind::Blob(_) => Err(format!(
-                "storage {name}: a <blobstorage> cannot wrap another <blobstorage>"
+            StorageKind::Blob(_) | StorageKind::RelStorage(_) => Err(format!(
+                "storage {name}: a <blobstorage> wraps only <filestorage> or <mappingstorage>"
             )),
         },
+        StorageKind::RelStorage(rs) => {
+            let mut options = zeo_storage_postgres::PostgresOptions::new(rs.dsn.clone());
+            options.name = rs.name.clone().unwrap_or_else(|| name.to_owned());
+            options.history = if rs.keep_history {
+                zeo_storage_postgres::HistoryMode::Preserving
+            } else {
+                zeo_storage_postgres::HistoryMode::Free
+            };
+            options.create_schema = rs.create_schema;
+            options.read_only = rs.read_only;
+            options.blob_dir = rs.blob_dir.clone();
+            options.shared_blob_dir = rs.shared_blob_dir;
+            options.commit_lock_timeout = rs.commit_lock_timeout;
+            let storage = zeo_storage_postgres::open_storage(options)
+                .map_err(|e| format!("opening storage {name} on PostgreSQL: {e}"))?;
+            Ok((name.to_owned(), storage, rs.pack_gc))
+        }
     }
 }
 
