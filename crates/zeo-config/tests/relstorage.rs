@@ -220,3 +220,44 @@ fn docs_examples_parse() {
         StorageKind::RelStorage(_)
     ));
 }
+
+/// The configuration examples of docs/postgresql.md: a `zeo.conf` and a
+/// conversion file.
+#[test]
+fn postgresql_guide_examples_parse() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/postgresql.md"),
+    )
+    .unwrap();
+    let blocks: Vec<String> = doc
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .filter_map(|fenced| fenced.strip_prefix("text\n"))
+        .map(|body| textwrap_dedent(body))
+        .filter(|body| body.starts_with("%import relstorage"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "{blocks:#?}");
+    let server = ServerConfig::from_str(&blocks[0], "postgresql.md").unwrap();
+    assert!(relstorage(&server).keep_history);
+    assert_eq!(server.storages[0].name, "main");
+    let convert = ConvertConfig::from_str(&blocks[1], "postgresql.md").unwrap();
+    assert!(matches!(convert.source.kind, StorageKind::File(_)));
+    assert!(matches!(
+        convert.destination.kind,
+        StorageKind::RelStorage(_)
+    ));
+}
+
+/// Removes the indentation a block has inside a list item.
+fn textwrap_dedent(body: &str) -> String {
+    let indent = body
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    body.lines()
+        .map(|l| l.get(indent..).unwrap_or("").to_owned() + "\n")
+        .collect()
+}
