@@ -234,7 +234,7 @@ fn postgresql_guide_examples_parse() {
         .skip(1)
         .step_by(2)
         .filter_map(|fenced| fenced.strip_prefix("text\n"))
-        .map(|body| textwrap_dedent(body))
+        .map(dedent)
         .filter(|body| body.starts_with("%import relstorage"))
         .collect();
     assert_eq!(blocks.len(), 2, "{blocks:#?}");
@@ -250,7 +250,7 @@ fn postgresql_guide_examples_parse() {
 }
 
 /// Removes the indentation a block has inside a list item.
-fn textwrap_dedent(body: &str) -> String {
+fn dedent(body: &str) -> String {
     let indent = body
         .lines()
         .filter(|l| !l.trim().is_empty())
