@@ -249,6 +249,7 @@ class Databases:
     def __init__(self, socket_dir):
         self.socket_dir = socket_dir
         self.count = 0
+        self.live = set()
         # (working directory, storage path) -> database, so that a test
         # restarting a server on the same path finds its data again.
         self.by_path = {}
@@ -281,6 +282,7 @@ class Databases:
             self.count += 1
             database = 'zeo_suite_%d_%d' % (os.getpid(), self.count)
             self.psql('CREATE DATABASE %s' % database)
+            self.live.add(database)
             if paths:
                 self.by_path[key] = database
         blobs = _BLOB_DIR.search(storage_conf)
@@ -302,16 +304,17 @@ class Databases:
         for key, value in list(self.by_path.items()):
             if value == database:
                 del self.by_path[key]
-        self.psql('DROP DATABASE IF EXISTS %s WITH (FORCE)' % database)
+        if database in self.live:
+            self.live.discard(database)
+            self.psql('DROP DATABASE %s WITH (FORCE)' % database)
 
     def drop_all(self):
-        for n in range(1, self.count + 1):
+        for database in sorted(self.live):
             try:
-                self.psql('DROP DATABASE IF EXISTS zeo_suite_%d_%d WITH (FORCE)'
-                          % (os.getpid(), n))
+                self.psql('DROP DATABASE %s WITH (FORCE)' % database)
             except (subprocess.SubprocessError, OSError):
                 pass
-        self.count = 0
+        self.live = set()
         self.by_path = {}
 
 
