@@ -7,100 +7,15 @@
 //! themselves.
 
 mod common;
+mod postgres_common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::ServerProcess;
-use zeo_client::{ClientOptions, ClientStorage, ServerAddress};
-use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
+use postgres_common::{begin_and_vote, client, commit, commit_eventually, count, serve, PATIENCE};
+use zeo_storage::{Storage, Tid};
 use zeo_testkit::postgres::{PrivateCluster, Shutdown};
-
-/// How long any one wait of these tests may take.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Starts a `zeo-server` serving the database at `dsn` as storage `1`.
-fn serve(dir: &Path, dsn: &str) -> ServerProcess {
-    std::fs::create_dir_all(dir).unwrap();
-    let conf = format!(
-        "%import relstorage\n<zeo>\n  address 127.0.0.1:0\n</zeo>\n\
-         <relstorage 1>\n  <postgresql>\n    dsn {dsn}\n  </postgresql>\n</relstorage>\n"
-    );
-    std::fs::write(dir.join("zeo.conf"), conf).unwrap();
-    ServerProcess::start(dir, &["-C", "zeo.conf"])
-}
-
-fn client(server: &ServerProcess) -> ClientStorage {
-    let mut options = ClientOptions::new(vec![ServerAddress::localhost(server.port())]);
-    // Reconnect promptly after the server dropped the connection.
-    options.min_disconnect_poll = Duration::from_millis(50);
-    options.max_disconnect_poll = Duration::from_millis(500);
-    ClientStorage::open(options).expect("connect to zeo-server")
-}
-
-/// Stores each `(oid, serial, data)` in one transaction, up to the vote.
-fn begin_and_vote(
-    s: &ClientStorage,
-    records: &[(Oid, Tid, Vec<u8>)],
-) -> zeo_storage::Result<zeo_storage::TxnHandle> {
-    let txn = s.tpc_begin(&TransactionMetaData::default(), BeginOptions::default())?;
-    let voted = records
-        .iter()
-        .try_for_each(|(oid, serial, data)| s.store(txn, *oid, *serial, data))
-        .and_then(|()| s.tpc_vote(txn).map(drop));
-    match voted {
-        Ok(()) => Ok(txn),
-        Err(e) => {
-            s.tpc_abort(txn);
-            Err(e)
-        }
-    }
-}
-
-/// Commits the records; aborts and returns the error when any step fails.
-fn commit(s: &ClientStorage, records: &[(Oid, Tid, Vec<u8>)]) -> zeo_storage::Result<Tid> {
-    let txn = begin_and_vote(s, records)?;
-    s.tpc_finish(txn, &mut |_| {})
-        .inspect_err(|_| s.tpc_abort(txn))
-}
-
-/// Commits, retrying (bounded) while the failure is the database or the
-/// server coming back; panics when it does not succeed in time.
-fn commit_eventually(s: &ClientStorage, records: &[(Oid, Tid, Vec<u8>)]) -> Tid {
-    let deadline = Instant::now() + PATIENCE;
-    let mut last = None;
-    for _ in 0..10_000 {
-        if Instant::now() >= deadline {
-            break;
-        }
-        let _ = s.wait_connected(PATIENCE);
-        match commit(s, records) {
-            Ok(tid) => return tid,
-            Err(e) => last = Some(e.to_string()),
-        }
-        // The server's back-off after a failed connection attempt is
-        // short; a client's next attempt follows a ping round trip.
-        let _ = s.ping();
-    }
-    panic!("no commit succeeded within {PATIENCE:?}; last error: {last:?}");
-}
-
-/// One number of the database, through psql.
-fn count(pg: &PrivateCluster, db: &str, sql: &str) -> i64 {
-    let out = std::process::Command::new("psql")
-        .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(pg.cluster().socket_dir())
-        .args(["-U", "postgres", "-d", db, "-c", sql])
-        .output()
-        .expect("run psql");
-    assert!(out.status.success(), "{sql}: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{sql}: {e}: {out:?}"))
-}
 
 /// How many transactions the database holds (beyond the root's tid 0).
 fn transactions(pg: &PrivateCluster) -> i64 {
@@ -121,7 +36,7 @@ fn a_database_restart_between_vote_and_finish_fails_that_commit_only() {
     let pg = PrivateCluster::start();
     let dsn = pg.create_database("zodb");
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(dir.path(), &dsn);
+    let server = serve(dir.path(), "127.0.0.1:0", &dsn);
     let c = client(&server);
     let oid = c.new_oid().unwrap();
     let first = commit(&c, &[(oid, Tid::ZERO, b"first".to_vec())]).unwrap();
@@ -155,7 +70,7 @@ fn database_restarts_during_a_stream_of_commits_lose_no_acknowledged_commit() {
     let pg = PrivateCluster::start();
     let dsn = pg.create_database("zodb");
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(dir.path(), &dsn);
+    let server = serve(dir.path(), "127.0.0.1:0", &dsn);
     let c = Arc::new(client(&server));
     let counter = c.new_oid().unwrap();
     commit(&c, &[(counter, Tid::ZERO, b"0".to_vec())]).unwrap();
@@ -268,8 +183,8 @@ fn a_server_killed_between_vote_and_finish_leaves_the_database_whole_and_the_oth
     let pg = PrivateCluster::start();
     let dsn = pg.create_database("zodb");
     let dir = tempfile::tempdir().unwrap();
-    let mut a = serve(&dir.path().join("a"), &dsn);
-    let b = serve(&dir.path().join("b"), &dsn);
+    let mut a = serve(&dir.path().join("a"), "127.0.0.1:0", &dsn);
+    let b = serve(&dir.path().join("b"), "127.0.0.1:0", &dsn);
     let ca = client(&a);
     let cb = client(&b);
     let oid = ca.new_oid().unwrap();
