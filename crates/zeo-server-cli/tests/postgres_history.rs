@@ -32,8 +32,11 @@ use zeo_testkit::postgres::{PrivateCluster, Shutdown};
 const COUNTERS: usize = 3;
 /// Clients per server.
 const CLIENTS_PER_SERVER: usize = 2;
-/// Operations per client.
+/// Completed operations (reads, acknowledged or conflicting
+/// increments) per client.
 const OPS: usize = 60;
+/// Attempts per completed operation a client may make at most.
+const ATTEMPTS_PER_OP: usize = 50;
 
 /// One recorded operation and its outcome.
 #[derive(Debug, Clone)]
@@ -73,13 +76,18 @@ fn value_of(data: &[u8]) -> u64 {
         .unwrap_or_else(|| panic!("not a counter: {data:?}"))
 }
 
-/// Runs one client's operations, announcing each on `done`.
+/// Runs one client's operations, announcing each completed one on
+/// `done`.
 fn run_client(c: &ClientStorage, counters: &[Oid], seed: u64, done: &mpsc::Sender<()>) -> Vec<Op> {
     let mut rng = Rng(seed);
     let mut history = Vec::with_capacity(OPS);
     let deadline = Instant::now() + 3 * PATIENCE;
-    for _ in 0..OPS {
-        if Instant::now() >= deadline {
+    let mut completed = 0;
+    // While the database or the server is down, operations fail at once:
+    // they are recorded but do not use up the client's budget of
+    // completed ones (bounded all the same).
+    for _ in 0..ATTEMPTS_PER_OP * OPS {
+        if completed == OPS || Instant::now() >= deadline {
             break;
         }
         let r = rng.next();
@@ -112,8 +120,14 @@ fn run_client(c: &ClientStorage, counters: &[Oid], seed: u64, done: &mpsc::Sende
                 }
             }
         };
+        if matches!(
+            op,
+            Op::Read { .. } | Op::Acked { .. } | Op::Refused { conflict: true, .. }
+        ) {
+            completed += 1;
+            let _ = done.send(());
+        }
         history.push(op);
-        let _ = done.send(());
     }
     history
 }
