@@ -116,7 +116,10 @@ fn a_client_failing_over_to_a_lagging_replica_waits_for_it_to_catch_up() {
         if status.contains("\"connections\":1") {
             break;
         }
-        assert!(Instant::now() < deadline, "the client never reached the replica: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "the client never reached the replica: {status}"
+        );
         std::thread::yield_now();
     }
     assert!(!c.is_connected(), "connected to a server behind the cache");

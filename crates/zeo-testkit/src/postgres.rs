@@ -334,7 +334,8 @@ impl PrivateCluster {
     }
 
     /// A hot standby of `primary`, streaming from it: a base backup taken
-    /// with `pg_basebackup -R` into a new temporary directory, started
+    /// with `pg_basebackup -R` (an immediate checkpoint, not a spread one)
+    /// into a new temporary directory, started
     /// with its own socket. Read-only; it replays what the primary
     /// commits, a little later.
     ///
@@ -352,7 +353,15 @@ impl PrivateCluster {
                 .arg(cluster.data_dir())
                 .arg("-h")
                 .arg(primary.cluster.socket_dir())
-                .args(["-U", "postgres", "-R", "-X", "stream", "--no-sync"]),
+                .args([
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                    "--no-sync",
+                    "--checkpoint=fast",
+                ]),
             START_LIMIT,
         );
         check(&out, "pg_basebackup");
