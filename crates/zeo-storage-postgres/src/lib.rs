@@ -80,15 +80,17 @@
 
 #![warn(missing_docs)]
 
-// Until the storage calls them, only the tests (feature `internals`) do.
+// Some functions only this crate's tests (feature `internals`) call.
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod blob_chunk;
+mod blobs;
 mod changes;
 mod error;
 mod iteration;
 mod options;
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod pack;
+mod packing;
 mod pool;
 mod restore;
 mod schema;
