@@ -46,7 +46,8 @@ pub(crate) fn move_staged(
         .values()
         .any(|s| matches!(s.blob, StagedBlob::File(_)))
     {
-        blob_chunk::move_temp_to_committed(client, mode, tid)?;
+        let stored: Vec<Oid> = staged.keys().copied().collect();
+        blob_chunk::move_temp_to_committed(client, mode, tid, &stored)?;
     }
     let (oids, from): (Vec<i64>, Vec<i64>) = staged
         .iter()
@@ -136,7 +137,17 @@ impl Blobs for PostgresStorage {
         let cache = self.cache()?;
         let path = cache.blob_path(oid, serial);
         if path.is_file() {
-            return Ok(BlobData::Path(path));
+            // A pack may have removed the revision since it was cached.
+            let chunks = self.read(|c| Ok(blob_chunk::chunks_of(c, oid, serial)));
+            return match chunks.and_then(|c| c) {
+                Ok(_) => Ok(BlobData::Path(path)),
+                Err(e) => {
+                    if e.is_pos_key() {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    Err(e)
+                }
+            };
         }
         let (_, tmp) = cache.new_temporary()?;
         let fetched = self.read(|c| {

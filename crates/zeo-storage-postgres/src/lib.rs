@@ -88,9 +88,7 @@ mod changes;
 mod error;
 mod iteration;
 mod options;
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod pack;
-mod packing;
 mod pool;
 mod restore;
 mod schema;

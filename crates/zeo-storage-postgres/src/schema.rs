@@ -227,8 +227,8 @@ fn create_schema(client: &mut Client, mode: HistoryMode) -> Result<()> {
         HistoryMode::Preserving => CREATE_PRESERVING,
         HistoryMode::Free => CREATE_FREE,
     })?;
-    // Large objects hold blob bytes: a `blob_chunk` row going away takes
-    // its large object along unless another row still names it.
+    // Large objects hold blob bytes; a removed `blob_chunk` row takes its
+    // object along unless another row still names it.
     txn.batch_execute(crate::blob_chunk::UNLINK_FUNCTION_SQL)?;
     txn.batch_execute(crate::blob_chunk::UNLINK_TRIGGER_SQL)?;
     txn.commit()?;

@@ -321,25 +321,6 @@ impl PostgresStorage {
         Ok(())
     }
 
-    /// Whether the storage was opened read-only.
-    pub(crate) fn is_read_only_storage(&self) -> bool {
-        self.read_only
-    }
-
-    /// Counts the objects again (after a pack removed some).
-    pub(crate) fn recount(&self, client: &mut Client) -> Result<()> {
-        let cur = match self.mode {
-            HistoryMode::Preserving => {
-                "current_object c JOIN object_state s USING (zoid, tid) \
-                 WHERE s.state IS NOT NULL"
-            }
-            HistoryMode::Free => "object_state",
-        };
-        let count: i64 = pg(client.query_one(&format!("SELECT count(*) FROM {cur}"), &[]))?.get(0);
-        self.objects.store(count as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
     /// Fails unless `txn` is the current transaction.
     pub(crate) fn transaction_is(&self, txn: TxnHandle) -> Result<()> {
         self.with_txn(txn, |_| Ok(()))
@@ -946,7 +927,7 @@ impl Storage for PostgresStorage {
     }
 
     fn as_pack(&self) -> Option<&dyn zeo_storage::Pack> {
-        (!self.read_only).then_some(self as _)
+        Some(self)
     }
 
     fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
