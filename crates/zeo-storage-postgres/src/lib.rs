@@ -65,12 +65,16 @@
 //!    increasing order, and then checks every serial again against the
 //!    committed rows: a conflict found there names the committed serial.
 //!    Oids stored beyond what `zoid_seq` handed out raise the sequence.
+//!    Blob files were uploaded as large objects just before, outside any
+//!    lock (see `blobs.rs`); an undo takes the pack lock here.
 //! 3. `tpc_finish` takes the commit lock, chooses the tid inside the
 //!    database (the later of the database clock and the last tid + 1),
 //!    writes the rows (`transaction`, `object_state` with `md5` and
 //!    `prev_tid`, `current_object`; in the history-free variant an upsert
-//!    of `object_state`) and COMMITs, which releases every lock. The commit
-//!    lock is held for that only. Then `on_commit` runs; until it returns,
+//!    of `object_state`; `blob_chunk` rows for the uploaded blobs) and
+//!    COMMITs, which releases every lock. The commit lock is held for that
+//!    only: blobs live in the database, never in a shared blob directory
+//!    that would need the tid at the vote. Then `on_commit` runs; until it returns,
 //!    this storage's readers wait, so that no client loads a revision
 //!    before its invalidation was queued.
 //! 4. A connection lost before COMMIT leaves nothing behind (the database
