@@ -57,7 +57,8 @@
 //!    per storage, as the kit's contract says); `store` stages records in
 //!    memory, after checking each one's serial against the committed rows
 //!    so that conflicts come back at store (where the server resolves them
-//!    natively or hands them to the client).
+//!    natively or hands them to the client); a new object's store (serial
+//!    zero: nothing to resolve against) is left to the vote's check.
 //! 2. `tpc_vote` opens the database transaction (with `lock_timeout` set
 //!    to `commit-lock-timeout`), tries shared locks on the objects named by
 //!    `check_current_serial` (without waiting, as RelStorage does; failing

@@ -310,6 +310,12 @@ impl PostgresStorage {
     /// the vote checks again under the locks).
     pub(crate) fn check_store(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
         self.transaction_is(txn)?;
+        if serial == Tid::ZERO {
+            // A new object: nothing to resolve a conflict against, so the
+            // vote's check (an oid taken meanwhile) is enough, and a large
+            // transaction of new objects saves a round trip per object.
+            return Ok(());
+        }
         let committed = self.committed_tid(oid)?.unwrap_or(Tid::ZERO);
         if committed != serial {
             return Err(StorageError::Conflict {
