@@ -82,6 +82,7 @@ mod changes;
 mod error;
 mod iteration;
 mod options;
+mod poll;
 mod pool;
 mod restore;
 mod schema;

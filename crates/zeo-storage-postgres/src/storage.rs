@@ -96,6 +96,8 @@ pub struct PostgresStorage {
     closed: AtomicBool,
     /// The SQL that differs between the schema's two variants.
     sql: Sql,
+    /// The connection listening for other writers' commits (`poll.rs`).
+    pub(crate) listener: crate::poll::Listener,
 }
 
 /// Statements whose text depends on the history mode.
@@ -182,6 +184,7 @@ impl PostgresStorage {
             bytes: AtomicU64::new(bytes as u64),
             closed: AtomicBool::new(false),
             sql,
+            listener: crate::poll::Listener::default(),
         })
     }
 
@@ -798,6 +801,11 @@ impl Storage for PostgresStorage {
                 retry_in: std::time::Duration::ZERO,
             }));
         }
+        // Other writers' commits are visible at their COMMIT anyway: a
+        // server orders what its clients see by the tid it announced
+        // (`SharedCommits`), and its callback takes its publication lock,
+        // which loads hold while they wait for this gate.
+        drop(gate);
         on_commit(tid);
         self.last_tid.fetch_max(tid.0, Ordering::AcqRel);
         let new = p.prev.values().filter(|t| **t == Tid::ZERO).count() as u64;
@@ -817,7 +825,6 @@ impl Storage for PostgresStorage {
                     .retain(|o| *o > max.0);
             }
         }
-        drop(gate);
         drop(pending);
         self.lock_free.notify_one();
         Ok(tid)
@@ -850,6 +857,10 @@ impl Storage for PostgresStorage {
         Some(self)
     }
 
+    fn as_shared_commits(&self) -> Option<&dyn zeo_storage::SharedCommits> {
+        Some(self)
+    }
+
     fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
         if count == 0 {
             return Ok(Vec::new());
@@ -864,6 +875,7 @@ impl Storage for PostgresStorage {
         self.lock_free.notify_all();
         drop(pending);
         self.pool.drop_idle();
+        self.listener.close();
         self.store_conn
             .lock()
             .unwrap_or_else(|e| e.into_inner())
