@@ -28,6 +28,7 @@ use crate::process;
 
 mod group_commit;
 mod pingpong;
+mod postgresql;
 
 /// The Rust client's workloads; the Python client runs all but `prefetch`
 /// (Python's ClientStorage prefetches without waiting, so it has no rate).
@@ -43,11 +44,13 @@ pub struct BenchOptions {
     tls: bool,
     debug: bool,
     only_group_commit: bool,
+    only_postgresql: bool,
 }
 
 impl BenchOptions {
     /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N]
-    /// [--keep] [--no-tls] [--debug] [--only-group-commit]`.
+    /// [--keep] [--no-tls] [--debug] [--only-group-commit]
+    /// [--only-postgresql]`.
     pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
         let mut o = BenchOptions {
             duration: 2.0,
@@ -58,6 +61,7 @@ impl BenchOptions {
             tls: true,
             debug: false,
             only_group_commit: false,
+            only_postgresql: false,
         };
         let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
         while let Some(arg) = args.next() {
@@ -98,6 +102,8 @@ impl BenchOptions {
                 "--no-tls" => o.tls = false,
                 // Only the group commit figures (and the fsync baseline).
                 "--only-group-commit" => o.only_group_commit = true,
+                // Only zeo-server on PostgreSQL beside RelStorage direct.
+                "--only-postgresql" => o.only_postgresql = true,
                 // Smoke runs of this command itself: the figures mean nothing.
                 "--debug" => o.debug = true,
                 other => return Err(format!("bench: unknown option {other}")),
@@ -192,10 +198,11 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         .map(PathBuf::from)
         .map(|t| if t.is_absolute() { t } else { root.join(t) })
         .unwrap_or_else(|| root.join("target"));
-    let venv = std::env::var_os("ZEO_XTASK_VENV_DIR")
+    let venvs = std::env::var_os("ZEO_XTASK_VENV_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target").join("python"))
-        .join("zeo6");
+        .unwrap_or_else(|| root.join("target").join("python"));
+    let venv = venvs.join("zeo6");
+    let relstorage_python = venvs.join("relstorage").join("bin").join("python");
     let runzeo = venv.join("bin").join("runzeo");
     let python = venv.join("bin").join("python");
     if !runzeo.is_file() || !python.is_file() {
@@ -262,6 +269,23 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         dir: &dir,
         duration: options.duration,
     };
+    let pg_inputs = postgresql::Inputs {
+        server_bin: &server_bin,
+        client_bin: &client_bin,
+        zeo_python: &python,
+        relstorage_python: &relstorage_python,
+        root,
+        dir: &dir,
+        duration: options.duration,
+        objects: options.objects,
+        clients: &options.clients,
+    };
+    if options.only_postgresql {
+        let pg = postgresql::run(&mut scratch, &pg_inputs)?;
+        process::header("Results");
+        postgresql::print(&pg, &options.client_counts());
+        return Ok(());
+    }
     if options.only_group_commit {
         let group = group_commit::run(&mut scratch, &group_inputs)?;
         process::header("Results");
@@ -431,6 +455,7 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     }
 
     let group = group_commit::run(&mut scratch, &group_inputs)?;
+    let pg = postgresql::run(&mut scratch, &pg_inputs)?;
 
     let hot = hot_bucket(
         &mut scratch,
@@ -450,6 +475,7 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     );
     print_table(options, &counts, &results, &rss, fsync, pingpong);
     group_commit::print(&group, fsync);
+    postgresql::print(&pg, &counts);
     print_hot_bucket(&hot);
     for (name, quiet, loaded, before, during) in slow {
         println!(

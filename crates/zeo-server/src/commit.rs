@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use zeo_protocol::reply::VoteConflict;
-use zeo_protocol::TxnId;
+use zeo_protocol::{TxnId, WireError};
 use zeo_storage::{
     require, BeginOptions, BlobSource, Error, Oid, Storage, Tid, TransactionMetaData, TxnHandle,
     TxnStatus,
@@ -41,10 +41,11 @@ pub struct OpenTxn {
     /// Conflicts the last vote reported, by oid, with the index of the store
     /// in the log that caused them (superseded when the client re-stores).
     pub conflicts: BTreeMap<Oid, u64>,
-    /// Why the transaction can no longer commit, once it went past
-    /// `max-transaction-size`: later writes are dropped unlogged and the
-    /// vote fails with this message.
-    pub rejected: Option<String>,
+    /// Why the transaction can no longer commit (it went past
+    /// `max-transaction-size`, a blob upload failed, a record was not
+    /// bytes): later writes are dropped unlogged and the vote fails with
+    /// this error.
+    pub rejected: Option<WireError>,
 }
 
 /// How a vote treats a store that conflicts.

@@ -186,6 +186,7 @@ where
         hub: None,
         iterators: Iterators::default(),
         upload: None,
+        upload_failed: None,
     };
 
     conn.read_loop(&mut reader).await;
@@ -234,6 +235,10 @@ struct Conn {
     iterators: Iterators,
     /// The blob upload between `storeBlobStart` and `storeBlobEnd`.
     upload: Option<blob_calls::Upload>,
+    /// Why a one-way upload failed (a full disk): nobody could be told at
+    /// the chunk, so the transaction its `storeBlobEnd` names fails its
+    /// vote with this reason instead.
+    upload_failed: Option<String>,
 }
 
 enum Event {
@@ -603,6 +608,22 @@ impl Conn {
             R::Undoa { undo_id, txn } => {
                 self.log_op(txn, TxnOp::Undo { id: undo_id }, false, oneway)
             }
+            R::StoreNotBytes {
+                method,
+                oid,
+                txn,
+                type_name,
+            } => {
+                if method == "storeBlobEnd" {
+                    // The upload this store names goes with the transaction.
+                    self.upload = None;
+                    self.upload_failed = None;
+                }
+                tracing::warn!(peer = %self.peer, oid = ?oid, record = type_name, "{method} of a record that is not bytes; the transaction fails at vote");
+                self.session
+                    .reject(txn, WireError::type_error(&record_type_error(type_name)))?;
+                Ok(Outcome::Reply(Value::None))
+            }
             R::StoreBlobStart => {
                 if self.session.is_read_only() {
                     return Err(WireError::read_only());
@@ -611,6 +632,7 @@ impl Conn {
                 let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
                 // A new start abandons an unfinished upload (its file goes).
                 self.upload = None;
+                self.upload_failed = None;
                 self.upload = Some(blob_calls::Upload::start(
                     blobs,
                     self.shared.settings.max_transaction_size,
@@ -618,12 +640,23 @@ impl Conn {
                 Ok(Outcome::Reply(Value::None))
             }
             R::StoreBlobChunk { chunk } => {
+                if self.upload.is_none() && self.upload_failed.is_some() && oneway {
+                    // The rest of an upload that failed already.
+                    return Ok(Outcome::Sent);
+                }
+                let hub = self.hub()?.clone();
+                let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
                 let upload = self.upload.as_mut().ok_or_else(|| {
                     WireError::value_error("storeBlobChunk without storeBlobStart")
                 })?;
-                if let Err(e) = upload.write(&chunk) {
+                if let Err(reason) = upload.write(blobs, &chunk) {
                     self.upload = None;
-                    return Err(e);
+                    if oneway {
+                        tracing::error!(peer = %self.peer, %reason, "blob upload failed; its transaction will fail at vote");
+                        self.upload_failed = Some(reason);
+                        return Ok(Outcome::Sent);
+                    }
+                    return Err(WireError::storage_error(&reason));
                 }
                 Ok(Outcome::Reply(Value::None))
             }
@@ -633,6 +666,17 @@ impl Conn {
                 data,
                 txn,
             } => {
+                if self.upload.is_none() {
+                    if let Some(reason) = self.upload_failed.take() {
+                        self.session
+                            .reject(txn, WireError::storage_error(&reason))?;
+                        return if oneway {
+                            Ok(Outcome::Sent)
+                        } else {
+                            Err(WireError::storage_error(&reason))
+                        };
+                    }
+                }
                 let upload = self
                     .upload
                     .take()
@@ -1321,6 +1365,17 @@ fn pickle_extension(extension: &Value) -> Result<Vec<u8>, WireError> {
         _ => Err(WireError::type_error(
             "tpc_begin() extension must be a dict",
         )),
+    }
+}
+
+/// What Python's FileStorage raises at the vote for a record of type
+/// `type_name` that is not bytes: `len()` of it fails first, unless it is
+/// text, which fails at the write.
+fn record_type_error(type_name: &str) -> String {
+    if type_name == "str" {
+        "a bytes-like object is required, not 'str'".to_owned()
+    } else {
+        format!("object of type '{type_name}' has no len()")
     }
 }
 

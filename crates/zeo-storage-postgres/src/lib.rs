@@ -78,10 +78,17 @@
 //!    connection whether the transaction's row exists, and reports the
 //!    commit only if it does.
 
+#![warn(missing_docs)]
+
+// Until the storage calls its functions, only the tests (feature
+// `internals`) do.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod blob_chunk;
 mod changes;
 mod error;
 mod iteration;
 mod options;
+mod pack;
 mod poll;
 mod pool;
 mod restore;
@@ -89,6 +96,21 @@ mod schema;
 mod storage;
 mod tls;
 mod undo;
+
+/// The blob and pack internals, reachable by this crate's integration
+/// tests only (feature `internals`); not an API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod testing_internals {
+    /// See the crate-private module `blob_chunk`.
+    pub mod blob_chunk {
+        pub use crate::blob_chunk::*;
+    }
+    /// See the crate-private module `pack`.
+    pub mod pack {
+        pub use crate::pack::*;
+    }
+}
 
 pub use changes::{changes_after, newest_changes, Change};
 pub use error::{Error, Result};

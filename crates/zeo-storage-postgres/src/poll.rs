@@ -72,9 +72,9 @@ impl Listener {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drops the listening connection (at close).
-    pub(crate) fn close(&self) {
-        self.state().client = None;
+    /// Takes the listening connection away (at close).
+    pub(crate) fn take(&self) -> Option<Client> {
+        self.state().client.take()
     }
 }
 

@@ -701,6 +701,31 @@ pub trait Blobs: Send + Sync {
         None
     }
 
+    /// Appends `chunk` to `file`, a file being written in
+    /// [`Blobs::temporary_directory`] (a server streaming an upload to it),
+    /// through the backend's own write path: a backend with a
+    /// fault-injection seam runs out of space here as it would on a full
+    /// disk. An error leaves the file's length unspecified; the caller
+    /// removes the file.
+    ///
+    /// ```
+    /// use zeo_storage::filestorage::FileStorageOptions;
+    /// use zeo_storage::{Blobs, FileStorage};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let fs = FileStorage::open_with_blobs(
+    ///     dir.path().join("Data.fs"), FileStorageOptions::default(), dir.path().join("blobs"),
+    /// ).unwrap();
+    /// let path = fs.temporary_directory().join("upload.tmp");
+    /// let file = std::fs::File::create(&path).unwrap();
+    /// fs.append_to_temporary(&file, b"first ").unwrap();
+    /// fs.append_to_temporary(&file, b"chunk").unwrap();
+    /// assert_eq!(std::fs::read(&path).unwrap(), b"first chunk");
+    /// ```
+    fn append_to_temporary(&self, file: &std::fs::File, chunk: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut &*file, chunk)
+    }
+
     /// Copies a revision in with its blob, like [`Restore::restore`]
     /// (`IBlobStorageRestoreable`); `None` when the revision has no blob.
     fn restore_blob(
