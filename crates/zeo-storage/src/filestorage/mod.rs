@@ -590,7 +590,7 @@ impl Storage for FileStorage {
         if let Some(blobs) = &self.blobs {
             // Blob files durable before the records naming them are written.
             if self.is_current(txn) {
-                blobs.make_durable(txn)?;
+                blobs.make_durable(txn, &self.io)?;
             }
         }
         self.vote(txn)
@@ -624,7 +624,12 @@ impl Storage for FileStorage {
         submitted: Submitted,
         on_commit: &mut dyn FnMut(Tid),
     ) -> Result<Tid> {
-        self.durable(submitted.txn, on_commit)
+        let txn = submitted.txn;
+        let res = self.durable(txn, on_commit);
+        if let (Ok(_), Some(blobs)) = (&res, &self.blobs) {
+            blobs.finished(txn);
+        }
+        res
     }
 
     fn syncs(&self) -> Option<u64> {
