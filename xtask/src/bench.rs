@@ -29,6 +29,7 @@ use crate::process;
 mod blob;
 mod group_commit;
 mod pingpong;
+mod postgresql;
 
 /// The Rust client's workloads; the Python client runs all but `prefetch`
 /// (Python's ClientStorage prefetches without waiting, so it has no rate).
@@ -44,14 +45,15 @@ pub struct BenchOptions {
     tls: bool,
     debug: bool,
     only_group_commit: bool,
+    only_postgresql: bool,
     blob_mb: u64,
     only_blob: bool,
 }
 
 impl BenchOptions {
     /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N]
-    /// [--keep] [--no-tls] [--debug] [--only-group-commit] [--blob-mb N]
-    /// [--only-blob]`.
+    /// [--keep] [--no-tls] [--debug] [--only-group-commit]
+    /// [--only-postgresql] [--blob-mb N] [--only-blob]`.
     pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
         let mut o = BenchOptions {
             duration: 2.0,
@@ -62,6 +64,7 @@ impl BenchOptions {
             tls: true,
             debug: false,
             only_group_commit: false,
+            only_postgresql: false,
             blob_mb: 100,
             only_blob: false,
         };
@@ -104,6 +107,8 @@ impl BenchOptions {
                 "--no-tls" => o.tls = false,
                 // Only the group commit figures (and the fsync baseline).
                 "--only-group-commit" => o.only_group_commit = true,
+                // Only zeo-server on PostgreSQL beside RelStorage direct.
+                "--only-postgresql" => o.only_postgresql = true,
                 // The size of the blob workload's blob; 0 leaves it out.
                 "--blob-mb" => {
                     o.blob_mb = value("--blob-mb")?
@@ -208,10 +213,11 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         .map(PathBuf::from)
         .map(|t| if t.is_absolute() { t } else { root.join(t) })
         .unwrap_or_else(|| root.join("target"));
-    let venv = std::env::var_os("ZEO_XTASK_VENV_DIR")
+    let venvs = std::env::var_os("ZEO_XTASK_VENV_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target").join("python"))
-        .join("zeo6");
+        .unwrap_or_else(|| root.join("target").join("python"));
+    let venv = venvs.join("zeo6");
+    let relstorage_python = venvs.join("relstorage").join("bin").join("python");
     let runzeo = venv.join("bin").join("runzeo");
     let python = venv.join("bin").join("python");
     if !runzeo.is_file() || !python.is_file() {
@@ -278,6 +284,23 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         dir: &dir,
         duration: options.duration,
     };
+    let pg_inputs = postgresql::Inputs {
+        server_bin: &server_bin,
+        client_bin: &client_bin,
+        zeo_python: &python,
+        relstorage_python: &relstorage_python,
+        root,
+        dir: &dir,
+        duration: options.duration,
+        objects: options.objects,
+        clients: &options.clients,
+    };
+    if options.only_postgresql {
+        let pg = postgresql::run(&mut scratch, &pg_inputs)?;
+        process::header("Results");
+        postgresql::print(&pg, &options.client_counts());
+        return Ok(());
+    }
     if options.only_group_commit {
         let group = group_commit::run(&mut scratch, &group_inputs)?;
         process::header("Results");
@@ -463,6 +486,7 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     }
 
     let group = group_commit::run(&mut scratch, &group_inputs)?;
+    let pg = postgresql::run(&mut scratch, &pg_inputs)?;
     let blobs = if options.blob_mb > 0 {
         Some(blob::run(&mut scratch, &blob_inputs)?)
     } else {
@@ -487,6 +511,7 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     );
     print_table(options, &counts, &results, &rss, fsync, pingpong);
     group_commit::print(&group, fsync);
+    postgresql::print(&pg, &counts);
     if let Some(blobs) = &blobs {
         blob::print(blobs);
     }

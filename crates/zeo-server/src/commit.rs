@@ -338,11 +338,28 @@ pub fn finish(
     let mut publication = None;
     let started = std::time::Instant::now();
     let storage = hub.storage();
+    let shared = hub.is_shared();
+    // Other writers' commits: the watcher must not take this one for one
+    // of theirs once the database has it.
+    let own_finish = shared.then(|| hub.own_finish_started());
     let submitted = storage.tpc_finish_submit(handle);
     drop(release_after_submit);
     let result = submitted.and_then(|submitted| {
         storage.tpc_finish_durable(submitted, &mut |tid| {
+            // Committed: every tid below it is final, so what is read now
+            // is every foreign commit to announce before this one.
+            let foreign = shared.then(|| hub.read_foreign(Some(tid)));
             let guard = hub.write_publication();
+            match foreign {
+                Some(Ok(foreign)) => {
+                    hub.publish_foreign(&guard, foreign);
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(%tid, %err, "reading other writers' commits failed");
+                    hub.lost_track(&guard, tid);
+                }
+                None => {}
+            }
             hub.publish_commit(&guard, conn, tid, oids.clone());
             publication = Some(guard);
         })
@@ -355,6 +372,7 @@ pub fn finish(
     }
     // Only now may loads see the new transaction.
     drop(publication);
+    drop(own_finish);
     hub.stats().finish_seconds.observe(started.elapsed());
     result
 }

@@ -508,7 +508,7 @@ impl Conn {
             R::LastTransaction => {
                 let hub = self.hub()?.clone();
                 let _g = hub.read_publication();
-                let tid = hub.storage().last_transaction();
+                let tid = hub.served_tid();
                 self.send_now(msgid, oneway, replies::tid(tid))
             }
             R::GetInvalidations { tid } => self.get_invalidations(tid, msgid, oneway),
@@ -518,7 +518,8 @@ impl Conn {
                 // The read and the queuing of its reply form one step that a
                 // commit's publication cannot split.
                 let _g = hub.read_publication();
-                let found = load_before(&**hub.storage(), oid, before).map_err(wire)?;
+                let found =
+                    load_before(&**hub.storage(), oid, before, horizon(&hub)).map_err(wire)?;
                 self.send_now(msgid, oneway, replies::load_before(found.as_ref()))
             }
             R::LoadSerial { oid, serial } => {
@@ -790,8 +791,11 @@ impl Conn {
         let read: storage_calls::Read = match *request {
             R::LoadBefore { oid, before } => {
                 StorageStats::bump(&hub.stats().loads);
+                let hub = hub.clone();
+                // Runs under the publication lock: the horizon read there
+                // is the one the reply is queued at.
                 Box::new(move |s| {
-                    let found = load_before(s, oid, before).map_err(wire)?;
+                    let found = load_before(s, oid, before, horizon(&hub)).map_err(wire)?;
                     Ok(replies::load_before(found.as_ref()))
                 })
             }
@@ -854,7 +858,7 @@ impl Conn {
         // step: every commit after it reaches this client as an invalidation.
         let guard = hub.read_publication();
         hub.add_client(&guard, self.outbox.clone());
-        let last = hub.storage().last_transaction();
+        let last = hub.served_tid();
         let out = self.send_now(msgid, oneway, replies::tid(last));
         drop(guard);
         self.hub = Some(hub);
@@ -912,7 +916,8 @@ impl Conn {
                 let mut oids = std::collections::BTreeSet::new();
                 let mut latest = None;
                 let iteration = require(hub.storage().as_iteration(), "iterator")?;
-                for txn in iteration.iterator(Some(tid.next()), None)? {
+                let stop = horizon(&hub);
+                for txn in iteration.iterator(Some(tid.next()), stop)? {
                     let txn = txn?;
                     oids.extend(txn.records.iter().map(|r| r.oid));
                     latest = Some(txn.tid);
@@ -1309,19 +1314,40 @@ impl Conn {
 /// revisions: FileStorage reads the record in one go instead of its header
 /// and then its data. When the current revision is not before `before`,
 /// or cannot be loaded (a deletion, say), the storage's own search answers.
+///
+/// With a `horizon` (a storage other writers share, served as of the last
+/// tid announced to the client) the answer is the one a storage whose last
+/// transaction is `horizon` would give: no revision after it, and a
+/// revision replaced only after it is reported current, so that the client
+/// caches nothing it has not been sent the invalidations for.
 fn load_before(
     storage: &dyn zeo_storage::Storage,
     oid: Oid,
     before: zeo_storage::Tid,
+    horizon: Option<zeo_storage::Tid>,
 ) -> Result<Option<zeo_storage::LoadedRevision>, StorageError> {
-    match storage.load(oid) {
-        Ok((data, start)) if start < before => Ok(Some(zeo_storage::LoadedRevision {
+    let before = horizon.map_or(before, |h| before.min(h.next()));
+    let found = match storage.load(oid) {
+        Ok((data, start)) if start < before => Some(zeo_storage::LoadedRevision {
             data,
             start,
             end: None,
-        })),
-        _ => storage.load_before(oid, before),
-    }
+        }),
+        _ => storage.load_before(oid, before)?,
+    };
+    Ok(found.map(|mut revision| {
+        if horizon.is_some_and(|h| revision.end.is_some_and(|end| end > h)) {
+            revision.end = None;
+        }
+        revision
+    }))
+}
+
+/// The tid a shared storage is served as of (see [`load_before`]); `None`
+/// for a storage no one else writes, served as of its last transaction.
+/// Read under the publication lock.
+fn horizon(hub: &StorageHub) -> Option<zeo_storage::Tid> {
+    hub.is_shared().then(|| hub.served_tid())
 }
 
 fn pickle_extension(extension: &Value) -> Result<Vec<u8>, WireError> {
@@ -1471,12 +1497,12 @@ mod tests {
         let t4 = commit(b, t3, None);
         for oid in [a, b, Oid(3)] {
             for before in [Tid::ZERO, t1, t2, t3, t4, t4.next(), Tid::MAX] {
-                let ours = load_before(&storage, oid, before).map_err(|e| e.to_string());
+                let ours = load_before(&storage, oid, before, None).map_err(|e| e.to_string());
                 let theirs = storage.load_before(oid, before).map_err(|e| e.to_string());
                 assert_eq!(ours, theirs, "{oid} before {before}");
             }
         }
-        let current = load_before(&storage, a, Tid::MAX).unwrap().unwrap();
+        let current = load_before(&storage, a, Tid::MAX, None).unwrap().unwrap();
         assert_eq!(
             (current.data, current.start, current.end),
             (b"a2".to_vec(), t2, None)

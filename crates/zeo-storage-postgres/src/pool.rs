@@ -150,8 +150,32 @@ impl Pool {
     }
 
     /// Closes every idle connection (after a lost one: the others are
-    /// probably lost too; and at close).
+    /// probably lost too).
     pub(crate) fn drop_idle(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        drop_off_runtime(self.take_idle());
+    }
+
+    /// Every idle connection, taken out of the pool.
+    pub(crate) fn take_idle(&self) -> Vec<Client> {
+        std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Closes connections. The driver closes a connection by running its own
+/// runtime, which panics on a thread of another runtime: there, a thread
+/// of its own does it.
+pub(crate) fn drop_off_runtime(clients: Vec<Client>) {
+    if clients.is_empty() {
+        return;
+    }
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let spawned = std::thread::Builder::new()
+            .name("pg-close".into())
+            .spawn(move || drop(clients));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread to close PostgreSQL connections");
+        }
+    } else {
+        drop(clients);
     }
 }

@@ -18,7 +18,7 @@ use zeo_storage::{
 use crate::changes;
 use crate::error::Error;
 use crate::options::{HistoryMode, PostgresOptions};
-use crate::pool::Pool;
+use crate::pool::{drop_off_runtime, Pool};
 use crate::schema;
 
 use crate::{COMMIT_LOCK, PACK_LOCK};
@@ -477,6 +477,20 @@ impl PostgresStorage {
         self.lock_free.notify_one();
     }
 
+    /// Every connection the storage holds outside a transaction, with
+    /// `extra`, taken out.
+    fn connections(&self, extra: Option<Client>) -> Vec<Client> {
+        let mut all = self.pool.take_idle();
+        all.extend(
+            self.store_conn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        all.extend(extra);
+        all
+    }
+
     /// Allocates oids from `zoid_seq`, 16 per value as RelStorage does.
     fn next_oid(&self) -> Result<Oid> {
         let mut block = self.oids.lock().unwrap_or_else(|e| e.into_inner());
@@ -850,6 +864,10 @@ impl Storage for PostgresStorage {
         Some(self)
     }
 
+    fn as_pack(&self) -> Option<&dyn zeo_storage::Pack> {
+        Some(self)
+    }
+
     fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
         if count == 0 {
             return Ok(Vec::new());
@@ -860,14 +878,27 @@ impl Storage for PostgresStorage {
 
     fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
-        let pending = self.lock();
+        let mut pending = self.lock();
         self.lock_free.notify_all();
+        // A transaction still open in the database is rolled back by it
+        // when its connection goes.
+        let open_txn = pending.as_mut().and_then(|p| p.conn.take());
         drop(pending);
-        self.pool.drop_idle();
-        self.store_conn
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        drop_off_runtime(self.connections(open_txn));
         Ok(())
+    }
+}
+
+impl Drop for PostgresStorage {
+    fn drop(&mut self) {
+        // Dropped without `close` (or on an async worker): the connections
+        // must still not be closed on a runtime thread.
+        let open_txn = self
+            .pending
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|p| p.conn.take());
+        drop_off_runtime(self.connections(open_txn));
     }
 }

@@ -181,3 +181,28 @@ fn the_tid_follows_the_last_one_in_the_database() {
     let t = commit(&s, Oid(0), Tid::ZERO, b"root").unwrap();
     assert_eq!(t, future.next());
 }
+
+#[test]
+fn the_storage_may_be_closed_or_dropped_on_an_async_worker() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for close_first in [true, false] {
+        let db = TestDatabase::create("drop async");
+        let s = PostgresStorage::open(options(&db, HistoryMode::Preserving)).unwrap();
+        let t1 = commit(&s, Oid(0), Tid::ZERO, b"root").unwrap();
+        assert_eq!(s.load(Oid(0)).unwrap().1, t1);
+        // A transaction left open in the database too.
+        let t = s
+            .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+            .unwrap();
+        s.store(t, Oid(0), t1, b"open").unwrap();
+        s.tpc_vote(t).unwrap();
+        runtime.block_on(async move {
+            if close_first {
+                s.close().unwrap();
+            }
+            drop(s);
+        });
+    }
+}

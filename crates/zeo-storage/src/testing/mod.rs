@@ -43,6 +43,9 @@ use crate::{
 pub mod contract;
 pub mod exact;
 pub mod model;
+pub mod shared;
+
+pub use shared::{check_shared_commits, SharedDatabase, SharedHandle};
 
 /// A storage under test together with whatever must outlive it (a
 /// temporary directory), and what the suite may expect of it.
