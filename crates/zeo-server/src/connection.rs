@@ -868,10 +868,10 @@ impl Conn {
                 let mut oids = std::collections::BTreeSet::new();
                 let mut latest = None;
                 let iteration = require(hub.storage().as_iteration(), "iterator")?;
-                for txn in iteration.iterator(Some(tid.next()), None)? {
-                    let txn = txn?;
-                    oids.extend(txn.records.iter().map(|r| r.oid));
-                    latest = Some(txn.tid);
+                for txn in iteration.changed_oids(Some(tid.next()))? {
+                    let (tid, changed) = txn?;
+                    oids.extend(changed);
+                    latest = Some(tid);
                 }
                 Ok(latest.map(|l| (l, oids.into_iter().collect())))
             })();

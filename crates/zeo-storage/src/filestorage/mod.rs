@@ -51,9 +51,9 @@ pub use refs::{check_refs, RefProblem, RefProblemKind, RefsReport};
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
 use crate::interface::{
-    BeginOptions, CurrentRecord, ExternalGc, HistoryEntry, Iteration, LoadedRevision, Pack,
-    RecordIteration, Restore, Storage, Submitted, TransactionIter, TransactionMetaData, TxnHandle,
-    Undo, UndoEntry, UndoFilter,
+    BeginOptions, ChangedOidsIter, CurrentRecord, ExternalGc, HistoryEntry, Iteration,
+    LoadedRevision, Pack, RecordIteration, Restore, Storage, Submitted, TransactionIter,
+    TransactionMetaData, TxnHandle, Undo, UndoEntry, UndoFilter,
 };
 
 use commit::CommitState;
@@ -384,6 +384,21 @@ impl FileStorage {
         Ok((Arc::clone(&p.file), p.pos))
     }
 
+    /// [`Iteration::changed_oids`] over the file up to `end`: a walk over
+    /// the record headers only, never the data.
+    fn changed_oids_until(
+        &self,
+        file: Arc<File>,
+        end: u64,
+        start: Option<Tid>,
+    ) -> Result<ChangedOidsIter<'_>> {
+        let scanner =
+            iteration::TxnScanner::new(file, &self.path, end, start, None, true)?.headers_only();
+        Ok(Box::new(scanner.map(|txn| {
+            txn.map(|t| (t.tid, t.records.iter().map(|r| r.oid).collect()))
+        })))
+    }
+
     fn reader<'a>(&'a self, file: &'a File, end: u64) -> Reader<'a> {
         Reader::new(file, &self.path, end)
     }
@@ -664,11 +679,7 @@ impl Storage for FileStorage {
         let Some(first) = first else {
             return Ok(Vec::new());
         };
-        let scanner = iteration::TxnScanner::new(file, &self.path, end, Some(first), None, true)?
-            .headers_only();
-        scanner
-            .map(|txn| txn.map(|t| (t.tid, t.records.iter().map(|r| r.oid).collect())))
-            .collect()
+        self.changed_oids_until(file, end, Some(first))?.collect()
     }
 
     fn may_block(&self) -> bool {
@@ -749,6 +760,11 @@ impl Iteration for FileStorage {
         Ok(Box::new(iteration::TxnScanner::new(
             file, &self.path, end, start, stop, true,
         )?))
+    }
+
+    fn changed_oids(&self, start: Option<Tid>) -> Result<ChangedOidsIter<'_>> {
+        let (file, end) = self.snapshot()?;
+        self.changed_oids_until(file, end, start)
     }
 }
 
