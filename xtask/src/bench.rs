@@ -28,6 +28,7 @@ use crate::process;
 
 mod group_commit;
 mod pingpong;
+mod start_scan;
 
 /// The Rust client's workloads; the Python client runs all but `prefetch`
 /// (Python's ClientStorage prefetches without waiting, so it has no rate).
@@ -43,11 +44,26 @@ pub struct BenchOptions {
     tls: bool,
     debug: bool,
     only_group_commit: bool,
+    start: Start,
+}
+
+/// Whether the server start figures are measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// With the rest (the default).
+    Also,
+    /// Alone.
+    Only,
+    /// Not at all.
+    Skip,
+    /// Not measured; the cached files are deleted instead.
+    RemoveFiles,
 }
 
 impl BenchOptions {
     /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N]
-    /// [--keep] [--no-tls] [--debug] [--only-group-commit]`.
+    /// [--keep] [--no-tls] [--debug] [--only-group-commit] [--only-start]
+    /// [--no-start] [--remove-start-files]`.
     pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
         let mut o = BenchOptions {
             duration: 2.0,
@@ -58,6 +74,7 @@ impl BenchOptions {
             tls: true,
             debug: false,
             only_group_commit: false,
+            start: Start::Also,
         };
         let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
         while let Some(arg) = args.next() {
@@ -98,6 +115,11 @@ impl BenchOptions {
                 "--no-tls" => o.tls = false,
                 // Only the group commit figures (and the fsync baseline).
                 "--only-group-commit" => o.only_group_commit = true,
+                // The server start figures: alone, not at all, or deleting
+                // the large files they keep under the target directory.
+                "--only-start" => o.start = Start::Only,
+                "--no-start" => o.start = Start::Skip,
+                "--remove-start-files" => o.start = Start::RemoveFiles,
                 // Smoke runs of this command itself: the figures mean nothing.
                 "--debug" => o.debug = true,
                 other => return Err(format!("bench: unknown option {other}")),
@@ -205,6 +227,9 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         ));
     }
 
+    if options.start == Start::RemoveFiles {
+        return start_scan::remove_files(&target);
+    }
     let profile = if options.debug { "debug" } else { "release" };
     process::header(&format!("build zeo-server and zeo-client ({profile})"));
     let mut build = cargo();
@@ -262,6 +287,18 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         dir: &dir,
         duration: options.duration,
     };
+    let start_inputs = start_scan::Inputs {
+        server_bin: &server_bin,
+        runzeo: &runzeo,
+        target: &target,
+        dir: &dir,
+    };
+    if options.start == Start::Only {
+        let start = start_scan::run(&start_inputs)?;
+        process::header("Results");
+        start_scan::print(&start);
+        return Ok(());
+    }
     if options.only_group_commit {
         let group = group_commit::run(&mut scratch, &group_inputs)?;
         process::header("Results");
@@ -431,6 +468,11 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     }
 
     let group = group_commit::run(&mut scratch, &group_inputs)?;
+    let start = if options.start == Start::Also {
+        start_scan::run(&start_inputs)?
+    } else {
+        Vec::new()
+    };
 
     let hot = hot_bucket(
         &mut scratch,
@@ -450,6 +492,7 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     );
     print_table(options, &counts, &results, &rss, fsync, pingpong);
     group_commit::print(&group, fsync);
+    start_scan::print(&start);
     print_hot_bucket(&hot);
     for (name, quiet, loaded, before, during) in slow {
         println!(
