@@ -229,7 +229,7 @@ pub(super) fn run(inputs: &Inputs<'_>) -> Result<Vec<Measured>, String> {
                     let log = inputs
                         .dir
                         .join(format!("start-{}-{server}-{run}.log", kind.name));
-                    let name = name_of(server);
+                    let name = super::server_title(server);
                     times.push(time_start(name, &mut cmd, port, &log)?);
                 }
             }
@@ -241,8 +241,8 @@ pub(super) fn run(inputs: &Inputs<'_>) -> Result<Vec<Measured>, String> {
                 without_index: median(times[0].clone()),
             };
             println!(
-                "  {:<20} {:<22}: {:.3} s with the index, {:.3} s without ({:.2} GB/s)",
-                name_of(server),
+                "  {:<20} {:<18}: {:.3} s with the index, {:.3} s without ({:.2} GB/s)",
+                super::server_title(server),
                 kind.title,
                 m.with_index,
                 m.without_index,
@@ -252,14 +252,6 @@ pub(super) fn run(inputs: &Inputs<'_>) -> Result<Vec<Measured>, String> {
         }
     }
     Ok(measured)
-}
-
-fn name_of(server: &str) -> &'static str {
-    if server == "rs" {
-        "zeo-server"
-    } else {
-        "runzeo"
-    }
 }
 
 /// The start lines of the results, with the ratios to runzeo.
