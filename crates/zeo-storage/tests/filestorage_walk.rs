@@ -14,6 +14,7 @@ const READ_ONLY: FileStorageOptions = FileStorageOptions {
     read_only: true,
     create: false,
     pack_gc: false,
+    sync_delay: None,
 };
 
 const TXNS: u64 = 24;

@@ -72,6 +72,37 @@ pub struct FileStorageOptions {
     pub create: bool,
     /// Whether pack collects garbage by default.
     pub pack_gc: bool,
+    /// For benchmarks only: makes every commit fsync (and every other sync
+    /// of the file) this much longer, so that one run on a fast disk can
+    /// measure group commit as a slow or busy disk would see it. `None`
+    /// (the default) in production; the server logs a warning when set.
+    /// `zeo-server --bench-fsync-delay-us` sets it.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
+    /// use zeo_storage::interface::BeginOptions;
+    /// use zeo_storage::{Oid, Storage, Tid, TransactionMetaData};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let delay = Duration::from_millis(30);
+    /// let options = FileStorageOptions {
+    ///     sync_delay: Some(delay),
+    ///     ..FileStorageOptions::default()
+    /// };
+    /// let fs = FileStorage::open(dir.path().join("Data.fs"), options).unwrap();
+    /// let txn = fs
+    ///     .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+    ///     .unwrap();
+    /// fs.store(txn, Oid(0), Tid::ZERO, b"root").unwrap();
+    /// fs.tpc_vote(txn).unwrap();
+    /// let started = Instant::now();
+    /// fs.tpc_finish(txn, &mut |_| {}).unwrap();
+    /// // The commit's fsync waited at least the delay.
+    /// assert!(started.elapsed() >= delay);
+    /// assert_eq!(fs.syncs(), Some(1));
+    /// ```
+    pub sync_delay: Option<std::time::Duration>,
 }
 
 impl Default for FileStorageOptions {
@@ -80,6 +111,7 @@ impl Default for FileStorageOptions {
             read_only: false,
             create: false,
             pack_gc: true,
+            sync_delay: None,
         }
     }
 }
@@ -147,7 +179,8 @@ impl FileStorage {
     /// file, scans the rest, and cuts off an incomplete last transaction into
     /// `Data.fs.trN`. A read-only open takes no lock and changes nothing.
     pub fn open(path: impl AsRef<Path>, options: FileStorageOptions) -> Result<FileStorage> {
-        Self::open_with_io(path.as_ref(), options, Io::from_env())
+        let io = Io::with_sync_delay(None, options.sync_delay);
+        Self::open_with_io(path.as_ref(), options, io)
     }
 
     /// [`FileStorage::open`] with every write and sync of the commit path
@@ -158,7 +191,8 @@ impl FileStorage {
         options: FileStorageOptions,
         faults: Arc<FaultInjector>,
     ) -> Result<FileStorage> {
-        Self::open_with_io(path.as_ref(), options, Io::with(Some(faults)))
+        let io = Io::with_sync_delay(Some(faults), options.sync_delay);
+        Self::open_with_io(path.as_ref(), options, io)
     }
 
     /// How many `tpc_begin` calls are waiting for the transaction in
