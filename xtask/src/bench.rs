@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::process;
 
+mod connections;
 mod group_commit;
 mod pingpong;
 mod start_scan;
@@ -45,6 +46,16 @@ pub struct BenchOptions {
     debug: bool,
     only_group_commit: bool,
     start: Start,
+    connections: Connections,
+}
+
+/// Whether the fan-out and idle-memory figures with many connections are
+/// measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Connections {
+    Also,
+    Only,
+    Skip,
 }
 
 /// Whether the server start figures are measured.
@@ -63,7 +74,8 @@ enum Start {
 impl BenchOptions {
     /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N]
     /// [--keep] [--no-tls] [--debug] [--only-group-commit] [--only-start]
-    /// [--no-start] [--remove-start-files]`.
+    /// [--no-start] [--remove-start-files] [--only-connections]
+    /// [--no-connections]`.
     pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
         let mut o = BenchOptions {
             duration: 2.0,
@@ -75,6 +87,7 @@ impl BenchOptions {
             debug: false,
             only_group_commit: false,
             start: Start::Also,
+            connections: Connections::Also,
         };
         let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
         while let Some(arg) = args.next() {
@@ -120,6 +133,9 @@ impl BenchOptions {
                 "--only-start" => o.start = Start::Only,
                 "--no-start" => o.start = Start::Skip,
                 "--remove-start-files" => o.start = Start::RemoveFiles,
+                // The invalidation fan-out and 10,000 idle connections.
+                "--only-connections" => o.connections = Connections::Only,
+                "--no-connections" => o.connections = Connections::Skip,
                 // Smoke runs of this command itself: the figures mean nothing.
                 "--debug" => o.debug = true,
                 other => return Err(format!("bench: unknown option {other}")),
@@ -293,6 +309,12 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         target: &target,
         dir: &dir,
     };
+    if options.connections == Connections::Only {
+        let measured = connections::run(&mut scratch, &start_inputs)?;
+        process::header("Results");
+        connections::print(&measured);
+        return Ok(());
+    }
     if options.start == Start::Only {
         let start = start_scan::run(&start_inputs)?;
         process::header("Results");
@@ -468,6 +490,11 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     }
 
     let group = group_commit::run(&mut scratch, &group_inputs)?;
+    let many = if options.connections == Connections::Also {
+        connections::run(&mut scratch, &start_inputs)?
+    } else {
+        Vec::new()
+    };
     let start = if options.start == Start::Also {
         start_scan::run(&start_inputs)?
     } else {
@@ -493,6 +520,7 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     print_table(options, &counts, &results, &rss, fsync, pingpong);
     group_commit::print(&group, fsync);
     start_scan::print(&start);
+    connections::print(&many);
     print_hot_bucket(&hot);
     for (name, quiet, loaded, before, during) in slow {
         println!(
@@ -724,25 +752,13 @@ const SLOW_READER_REQUESTS: usize = 100_000;
 /// reply; they stay connected until dropped. Sending stops early when the
 /// server stops reading (its back-pressure, or full socket buffers).
 fn slow_readers(port: u16, n: usize) -> Result<Vec<TcpStream>, String> {
-    // Protocol 3 pickles of (msgid, False, method, args), as a stock client
-    // writes them (no memo).
-    fn call(msgid: u8, method: &str, args: &[u8]) -> Vec<u8> {
-        let mut p = vec![0x80, 3, b'(', b'J', msgid, 0, 0, 0, 0x89, b'X'];
-        p.extend_from_slice(&(method.len() as u32).to_le_bytes());
-        p.extend_from_slice(method.as_bytes());
-        p.extend_from_slice(args);
-        p.extend_from_slice(b"t.");
-        let mut frame = (p.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&p);
-        frame
-    }
-    let register = call(1, "register", b"X\x01\x00\x00\x001\x89\x86");
+    let register = connections::register_frame();
     let mut args = vec![b'C', 8];
     args.extend_from_slice(&1u64.to_be_bytes());
     args.extend_from_slice(&[b'C', 8]);
     args.extend_from_slice(&(i64::MAX as u64).to_be_bytes());
     args.push(0x86);
-    let load = call(2, "loadBefore", &args);
+    let load = connections::call_frame(2, false, "loadBefore", &args);
     let batch: Vec<u8> = load.repeat(1000);
     let io = |e: std::io::Error| format!("slow reader on port {port}: {e}");
     let mut out = Vec::new();

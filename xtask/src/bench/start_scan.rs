@@ -50,7 +50,7 @@ pub(super) const KINDS: [Kind; 2] = [
     },
 ];
 
-/// What the start runs need.
+/// What the start runs (and those with many connections) need.
 pub(super) struct Inputs<'a> {
     pub server_bin: &'a Path,
     pub runzeo: &'a Path,
