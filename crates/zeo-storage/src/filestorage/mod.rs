@@ -139,6 +139,9 @@ pub struct FileStorage {
     commit_done: Condvar,
     /// `tpc_begin` calls waiting for the commit lock.
     commit_waiters: AtomicUsize,
+    /// A transaction holds the commit lock (between `tpc_begin` and its
+    /// submit or abort): a group commit leader waits a little for it.
+    txn_open: AtomicBool,
     /// The highest oid in use; `new_oid` hands out the next one.
     max_oid: AtomicU64,
     closed: AtomicBool,
@@ -293,6 +296,7 @@ impl FileStorage {
             )?),
             commit_done: Condvar::new(),
             commit_waiters: AtomicUsize::new(0),
+            txn_open: AtomicBool::new(false),
             max_oid: AtomicU64::new(max_oid.0),
             closed: AtomicBool::new(false),
             packing: AtomicBool::new(false),
