@@ -66,7 +66,8 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
-fn running_as_root() -> bool {
+/// Whether the tests run as root (server programs then run as `postgres`).
+pub fn running_as_root() -> bool {
     // /proc/self belongs to the process's effective user.
     fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
@@ -75,7 +76,7 @@ fn running_as_root() -> bool {
 
 /// A command for a server program, run as `postgres` when we are root
 /// (initdb refuses to run as root).
-fn pg_command(program: &str) -> Command {
+pub fn pg_command(program: &str) -> Command {
     let path = bin_dir().join(program);
     if running_as_root() {
         let mut cmd = Command::new("runuser");

@@ -1,0 +1,141 @@
+//! Undo, the undo log and external garbage collection: the
+//! history-preserving schema's capabilities that write new revisions from
+//! old ones.
+
+use zeo_storage::interface::{undo_log_bounds, ExternalGc, Undo};
+use zeo_storage::{
+    tid_from_undo_id, undo_id, Error as StorageError, Oid, Result, Tid, TxnHandle, UndoEntry,
+    UndoFilter,
+};
+
+use crate::storage::PostgresStorage;
+
+/// How many transactions one query of the undo log reads.
+const LOG_BATCH: i64 = 100;
+
+fn undo_error(reason: impl Into<String>, oid: Option<Oid>) -> StorageError {
+    StorageError::Undo {
+        reason: reason.into(),
+        oid,
+    }
+}
+
+impl Undo for PostgresStorage {
+    fn undo(&self, txn: TxnHandle, id: &[u8]) -> Result<Vec<Oid>> {
+        self.transaction_is(txn)?;
+        let tid = tid_from_undo_id(id).ok_or_else(|| undo_error("malformed undo id", None))?;
+        let t = tid.0 as i64;
+        // Each object the transaction wrote, its current tid, and the
+        // state of the revision before the one being undone.
+        let rows = self.read(|c| {
+            let known: bool = c
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM \"transaction\" \
+                     WHERE tid = $1 AND tid > 0 AND NOT packed)",
+                    &[&t],
+                )?
+                .get(0);
+            if !known {
+                return Ok(None);
+            }
+            Ok(Some(c.query(
+                "SELECT s.zoid, c.tid, \
+                   (SELECT p.state FROM object_state p WHERE p.zoid = s.zoid AND p.tid < $1 \
+                    ORDER BY p.tid DESC LIMIT 1) \
+                 FROM object_state s JOIN current_object c USING (zoid) \
+                 WHERE s.tid = $1 ORDER BY s.zoid",
+                &[&t],
+            )?))
+        })?;
+        let rows =
+            rows.ok_or_else(|| undo_error(format!("no undoable transaction {tid}"), None))?;
+        let mut staged = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let oid = Oid(r.get::<_, i64>(0) as u64);
+            let current = Tid(r.get::<_, i64>(1) as u64);
+            if current != tid {
+                return Err(undo_error(
+                    "the object was changed by a later transaction",
+                    Some(oid),
+                ));
+            }
+            staged.push((oid, current, r.get::<_, Option<Vec<u8>>>(2)));
+        }
+        let oids: Vec<Oid> = staged.iter().map(|(oid, _, _)| *oid).collect();
+        for (oid, current, data) in staged {
+            self.stage(txn, oid, current, data, true)?;
+        }
+        self.mark_undo(txn)?;
+        Ok(oids)
+    }
+
+    fn undo_log(
+        &self,
+        first: i64,
+        last: i64,
+        filter: Option<UndoFilter<'_>>,
+    ) -> Result<Vec<UndoEntry>> {
+        let (first, last) = undo_log_bounds(first, last);
+        let mut out = Vec::new();
+        let mut matched = 0usize;
+        let mut before = i64::MAX;
+        // Newest first, a batch at a time, until the slice is full.
+        while matched < last {
+            let rows = self.read(|c| {
+                Ok(c.query(
+                    "SELECT t.tid, t.username, t.description, t.extension, \
+                       (SELECT COALESCE(sum(s.state_size), 0)::bigint FROM object_state s \
+                        WHERE s.tid = t.tid) \
+                     FROM \"transaction\" t \
+                     WHERE t.tid > 0 AND t.tid < $1 AND NOT t.packed \
+                     ORDER BY t.tid DESC LIMIT $2",
+                    &[&before, &LOG_BATCH],
+                )?)
+            })?;
+            let Some(oldest) = rows.last() else { break };
+            before = oldest.get(0);
+            for r in &rows {
+                let tid = Tid(r.get::<_, i64>(0) as u64);
+                let entry = UndoEntry {
+                    id: undo_id(tid),
+                    tid,
+                    time: tid.unix_time(),
+                    user: r.get(1),
+                    description: r.get(2),
+                    extension: r.get::<_, Option<Vec<u8>>>(3).unwrap_or_default(),
+                    size: r.get::<_, i64>(4) as u64,
+                };
+                if filter.is_some_and(|f| !f(&entry)) {
+                    continue;
+                }
+                if matched >= first && matched < last {
+                    out.push(entry);
+                }
+                matched += 1;
+                if matched >= last {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl ExternalGc for PostgresStorage {
+    fn delete_object(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
+        self.transaction_is(txn)?;
+        let committed = self
+            .committed_tid(oid)?
+            .ok_or_else(|| StorageError::pos_key(oid))?;
+        if committed != serial {
+            return Err(StorageError::Conflict {
+                oid,
+                committed,
+                old: serial,
+            });
+        }
+        // A revision without state: RelStorage's "the object does not
+        // exist" (as undoing a creation writes).
+        self.stage(txn, oid, serial, None, true)
+    }
+}
