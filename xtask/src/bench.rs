@@ -29,6 +29,7 @@ use crate::process;
 mod connections;
 mod group_commit;
 mod pingpong;
+mod postgresql;
 mod start_scan;
 
 /// The Rust client's workloads; the Python client runs all but `prefetch`
@@ -45,6 +46,7 @@ pub struct BenchOptions {
     tls: bool,
     debug: bool,
     only_group_commit: bool,
+    only_postgresql: bool,
     start: Start,
     connections: Connections,
 }
@@ -73,9 +75,9 @@ enum Start {
 
 impl BenchOptions {
     /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N]
-    /// [--keep] [--no-tls] [--debug] [--only-group-commit] [--only-start]
-    /// [--no-start] [--remove-start-files] [--only-connections]
-    /// [--no-connections]`.
+    /// [--keep] [--no-tls] [--debug] [--only-group-commit]
+    /// [--only-postgresql] [--only-start] [--no-start] [--remove-start-files]
+    /// [--only-connections] [--no-connections]`.
     pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
         let mut o = BenchOptions {
             duration: 2.0,
@@ -88,6 +90,7 @@ impl BenchOptions {
             only_group_commit: false,
             start: Start::Also,
             connections: Connections::Also,
+            only_postgresql: false,
         };
         let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
         while let Some(arg) = args.next() {
@@ -136,6 +139,8 @@ impl BenchOptions {
                 // The invalidation fan-out and 10,000 idle connections.
                 "--only-connections" => o.connections = Connections::Only,
                 "--no-connections" => o.connections = Connections::Skip,
+                // Only zeo-server on PostgreSQL beside RelStorage direct.
+                "--only-postgresql" => o.only_postgresql = true,
                 // Smoke runs of this command itself: the figures mean nothing.
                 "--debug" => o.debug = true,
                 other => return Err(format!("bench: unknown option {other}")),
@@ -230,10 +235,11 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         .map(PathBuf::from)
         .map(|t| if t.is_absolute() { t } else { root.join(t) })
         .unwrap_or_else(|| root.join("target"));
-    let venv = std::env::var_os("ZEO_XTASK_VENV_DIR")
+    let venvs = std::env::var_os("ZEO_XTASK_VENV_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target").join("python"))
-        .join("zeo6");
+        .unwrap_or_else(|| root.join("target").join("python"));
+    let venv = venvs.join("zeo6");
+    let relstorage_python = venvs.join("relstorage").join("bin").join("python");
     let runzeo = venv.join("bin").join("runzeo");
     let python = venv.join("bin").join("python");
     if !runzeo.is_file() || !python.is_file() {
@@ -319,6 +325,23 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         let start = start_scan::run(&start_inputs)?;
         process::header("Results");
         start_scan::print(&start);
+        return Ok(());
+    }
+    let pg_inputs = postgresql::Inputs {
+        server_bin: &server_bin,
+        client_bin: &client_bin,
+        zeo_python: &python,
+        relstorage_python: &relstorage_python,
+        root,
+        dir: &dir,
+        duration: options.duration,
+        objects: options.objects,
+        clients: &options.clients,
+    };
+    if options.only_postgresql {
+        let pg = postgresql::run(&mut scratch, &pg_inputs)?;
+        process::header("Results");
+        postgresql::print(&pg, &options.client_counts());
         return Ok(());
     }
     if options.only_group_commit {
@@ -500,6 +523,7 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     } else {
         Vec::new()
     };
+    let pg = postgresql::run(&mut scratch, &pg_inputs)?;
 
     let hot = hot_bucket(
         &mut scratch,
@@ -521,6 +545,7 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     group_commit::print(&group, fsync);
     start_scan::print(&start);
     connections::print(&many);
+    postgresql::print(&pg, &counts);
     print_hot_bucket(&hot);
     for (name, quiet, loaded, before, during) in slow {
         println!(

@@ -367,6 +367,72 @@ pub async fn cat(
     .await
 }
 
+/// Gives `options` a temporary blob cache directory when it has none, and
+/// returns it for removal afterwards.
+fn temporary_blob_dir(options: &mut ClientOptions) -> Option<std::path::PathBuf> {
+    if options.blob_dir.is_some() {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "zeo-client-blobs-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    ));
+    options.blob_dir = Some(dir.clone());
+    options.shared_blob_dir = false;
+    Some(dir)
+}
+
+/// `blob put`: commits `file` as the blob of `oid` (its current revision's
+/// successor) or of a new object, and prints `OID TID` in hex. The record
+/// is a `ZODB.blob.Blob`'s, as ZODB pickles one.
+pub async fn blob_put(
+    mut options: ClientOptions,
+    oid: Option<Oid>,
+    file: std::path::PathBuf,
+) -> Result<ExitCode, CliError> {
+    let source = std::fs::File::open(&file)?;
+    let temporary = temporary_blob_dir(&mut options);
+    let outcome = with_client(options, |client| async move {
+        let (oid, serial) = match oid {
+            Some(oid) => (oid, client.load(oid).await?.1),
+            None => (client.new_oid().await?, Tid::ZERO),
+        };
+        let class = zeo_pickle::Value::global("ZODB.blob", "Blob");
+        let record = zeo_pickle::encode_record(&class, &zeo_pickle::Value::None)
+            .map_err(|e| CliError::Usage(format!("encoding the blob record: {e}")))?;
+        let meta = TransactionMetaData {
+            description: format!("zeo-client blob put {}", file.display()).into_bytes(),
+            ..Default::default()
+        };
+        let txn = client.tpc_begin(&meta, BeginOptions::default()).await?;
+        let stored = async {
+            let blob = zeo_storage::BlobSource::Stream(Box::new(source));
+            client.store_blob(txn, oid, serial, &record, blob).await?;
+            client.tpc_vote(txn).await?;
+            client.tpc_finish(txn).await
+        }
+        .await;
+        let tid = match stored {
+            Ok(tid) => tid,
+            Err(e) => {
+                client.tpc_abort(txn).await;
+                return Err(e.into());
+            }
+        };
+        println!("{} {}", render::id_hex(oid.0), render::id_hex(tid.0));
+        Ok(ExitCode::SUCCESS)
+    })
+    .await;
+    if let Some(dir) = temporary {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    outcome
+}
+
 /// `blob get`: the blob of `oid` at `serial` (the current revision when
 /// `None`), streamed to `output` or stdout. The blob comes through the
 /// options' blob directory; without one, through a temporary cache removed
@@ -377,22 +443,7 @@ pub async fn blob_get(
     serial: Option<Tid>,
     output: Option<std::path::PathBuf>,
 ) -> Result<ExitCode, CliError> {
-    let temporary = match &options.blob_dir {
-        Some(_) => None,
-        None => {
-            let dir = std::env::temp_dir().join(format!(
-                "zeo-client-blobs-{}-{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or_default()
-            ));
-            options.blob_dir = Some(dir.clone());
-            options.shared_blob_dir = false;
-            Some(dir)
-        }
-    };
+    let temporary = temporary_blob_dir(&mut options);
     let outcome = with_client(options, |client| async move {
         let serial = match serial {
             Some(serial) => serial,

@@ -233,7 +233,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Blobs: `blob get` writes one to stdout or a file.
+    /// Blobs: `blob get` writes one to stdout or a file, `blob put`
+    /// commits one.
     Blob {
         #[command(subcommand)]
         command: BlobCommand,
@@ -266,6 +267,21 @@ enum BlobCommand {
         /// there instead of downloading it.
         #[arg(long, requires = "blob_dir")]
         shared_blob_dir: bool,
+    },
+    /// Commit FILE as a blob, streamed: a new revision of the blob object
+    /// --oid, or a new object that nothing references yet (a pack with
+    /// garbage collection removes it unless an application links it).
+    /// Prints the oid and the tid.
+    Put {
+        /// The file to store.
+        file: std::path::PathBuf,
+        /// Store a new revision of this blob object (0x-prefixed or
+        /// 16-digit hex, else decimal).
+        #[arg(long, value_name = "OID")]
+        oid: Option<String>,
+        /// A blob cache directory to use and keep (ZEO's `blob-dir`).
+        #[arg(long, value_name = "DIR")]
+        blob_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -339,6 +355,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let writes = match &cli.command {
         Command::Up { commit, .. } => *commit,
         Command::Bench(_) => true,
+        Command::Blob {
+            command: BlobCommand::Put { .. },
+        } => true,
         _ => false,
     };
     let mut options = client_options(&cli, !writes)?;
@@ -430,6 +449,21 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 options.shared_blob_dir = shared_blob_dir;
             }
             commands::bounded(limit, commands::blob_get(options, oid, tid, output)).await
+        }
+        Command::Blob {
+            command:
+                BlobCommand::Put {
+                    file,
+                    oid,
+                    blob_dir,
+                },
+        } => {
+            let oid = oid.as_deref().map(render::parse_oid).transpose()?;
+            if let Some(dir) = blob_dir {
+                options.blob_dir = Some(dir);
+                options.shared_blob_dir = false;
+            }
+            commands::bounded(limit, commands::blob_put(options, oid, file)).await
         }
         Command::Bench(args) => bench::run(options, args).await,
     }

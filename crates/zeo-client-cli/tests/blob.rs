@@ -154,3 +154,70 @@ fn blob_get_writes_a_blob_to_stdout_or_a_file() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("POSKeyError"), "{stderr}");
 }
+
+/// `blob put` commits a file as a new blob object and then as its next
+/// revision; a stock Python client reads both as `ZODB.blob.Blob`s.
+#[test]
+fn blob_put_commits_a_file_python_reads_as_a_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = runzeo(dir.path(), port);
+    let first: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("first.bin"), &first).unwrap();
+    std::fs::write(dir.path().join("second.bin"), b"second").unwrap();
+
+    let out = zeo_client(
+        port,
+        &[
+            "blob",
+            "put",
+            dir.path().join("first.bin").to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap();
+    let [oid, t1]: [&str; 2] = line
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    let oid_arg = format!("0x{oid}");
+    let second = dir.path().join("second.bin");
+    let put_second = ["blob", "put", second.to_str().unwrap(), "--oid", &oid_arg];
+    let out = zeo_client(port, &put_second);
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap();
+    let t2 = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(line.starts_with(oid) && t2.as_str() > t1, "{line}");
+
+    let script = dir.path().join("read.py");
+    std::fs::write(
+        &script,
+        r#"
+import sys, ZODB.utils, ZEO.ClientStorage
+from ZODB.blob import Blob
+port, oid, t1, t2 = int(sys.argv[1]), *(bytes.fromhex(a) for a in sys.argv[2:5])
+cs = ZEO.ClientStorage.ClientStorage(('127.0.0.1', port), wait_timeout=30, blob_dir='py-cache')
+data, serial = cs.load(oid)
+assert serial == t2, (serial, t2)
+assert b'ZODB.blob' in data and b'Blob' in data
+with open(cs.loadBlob(oid, t1), 'rb') as f:
+    assert f.read() == bytes(i % 251 for i in range(200000))
+with open(cs.loadBlob(oid, t2), 'rb') as f:
+    assert f.read() == b'second'
+cs.close()
+print("OK")
+"#,
+    )
+    .unwrap();
+    let out = zeo_testkit::run_python(
+        &python6(),
+        &script,
+        &[&port.to_string(), oid, t1, &t2],
+        dir.path(),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("OK"),
+        "{out:?}"
+    );
+}

@@ -26,9 +26,11 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod convert;
 pub mod datatypes;
 pub mod error;
 pub mod logging;
+pub mod relstorage;
 mod schema;
 pub mod server;
 pub mod ssl;
@@ -38,12 +40,14 @@ pub mod support;
 pub mod syntax;
 
 pub use client::{ClientConfig, ClientSectionKind, DatabaseConfig};
+pub use convert::ConvertConfig;
 pub use datatypes::{ByteSize, Interval, LogLevel, SocketAddress};
 pub use error::{Error, Location, Result};
 pub use logging::{
     EventLog, LogFile, LogFormatStyle, LogHandler, LogPath, LogRotation, DEFAULT_DATE_FORMAT,
     DEFAULT_LOG_FORMAT,
 };
+pub use relstorage::RelStorageConfig;
 pub use server::{ServerConfig, ZeoConfig};
 pub use ssl::{ClientSsl, ServerSsl, SslAuthenticate};
 pub use storage::{

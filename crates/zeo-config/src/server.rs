@@ -369,6 +369,7 @@ impl ServerConfig {
             None => None,
         };
 
+        crate::relstorage::check_import(root)?;
         let storages = Self::storages(&top)?;
         if storages.is_empty() {
             return Err(Error::MissingSection {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::datatypes::ByteSize;
 use crate::error::{Error, Location, Result};
+use crate::relstorage::RelStorageConfig;
 use crate::schema::{key, Checked, KeySpec};
 use crate::syntax::Section;
 
@@ -17,7 +18,8 @@ pub(crate) const OTHER_ZODB_STORAGES: &[&str] = &[
 ];
 
 /// Storage section types a server configuration may contain.
-pub(crate) const SERVABLE_STORAGES: &[&str] = &["filestorage", "mappingstorage", "blobstorage"];
+pub(crate) const SERVABLE_STORAGES: &[&str] =
+    &["filestorage", "mappingstorage", "blobstorage", "relstorage"];
 
 /// The storage types a `<blobstorage>` section may wrap.
 const WRAPPABLE_STORAGES: &[&str] = &["filestorage", "mappingstorage"];
@@ -44,6 +46,9 @@ pub enum StorageKind {
     /// `<blobstorage>`: ZODB's `BlobStorage` wrapper, blobs in `blob-dir`
     /// beside the wrapped storage.
     Blob(BlobStorageConfig),
+    /// `<relstorage>` with a `<postgresql>` adapter (after
+    /// `%import relstorage`): a RelStorage database on PostgreSQL.
+    RelStorage(RelStorageConfig),
 }
 
 /// `<blobstorage>` settings: the blob directory and the one storage
@@ -186,11 +191,13 @@ impl StorageConfig {
                     base: Box::new(base),
                 })
             }
+            "relstorage" => StorageKind::RelStorage(RelStorageConfig::from_section(section)?),
             other => {
                 return Err(Error::UnsupportedSection {
                     at: section.location.clone(),
                     section_type: other.to_owned(),
-                    reason: "zeo-rs serves only <filestorage>, <mappingstorage> and <blobstorage>"
+                    reason: "zeo-rs serves only <filestorage>, <mappingstorage>, <blobstorage> \
+                             and <relstorage>"
                         .into(),
                 })
             }

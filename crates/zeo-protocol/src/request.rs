@@ -159,6 +159,20 @@ pub enum ServerRequest {
         /// The client's transaction.
         txn: TxnId,
     },
+    /// `storea` or `storeBlobEnd` whose record is not bytes (a `str`, say):
+    /// Python's server logs such a store, and its storage fails the
+    /// transaction at the vote with a `TypeError`. Only the record's Python
+    /// type is kept.
+    StoreNotBytes {
+        /// `"storea"` or `"storeBlobEnd"`.
+        method: &'static str,
+        /// The object.
+        oid: Oid,
+        /// The client's transaction.
+        txn: TxnId,
+        /// The record's Python type (`str`, `int`, ...).
+        type_name: &'static str,
+    },
     /// `storeBlobStart()`, async: a blob upload begins.
     StoreBlobStart,
     /// `storeBlobChunk(chunk)`, async.
@@ -484,6 +498,9 @@ impl ServerRequest {
             }
             "storea" => {
                 let a = a(4, 0)?;
+                if let Some(store) = store_not_bytes(&a, "storea")? {
+                    return Ok(store);
+                }
                 R::Storea {
                     oid: a.oid(0, "oid")?,
                     serial: a.store_serial(1, "serial")?,
@@ -523,6 +540,9 @@ impl ServerRequest {
             },
             "storeBlobEnd" => {
                 let a = a(4, 0)?;
+                if let Some(store) = store_not_bytes(&a, "storeBlobEnd")? {
+                    return Ok(store);
+                }
                 R::StoreBlobEnd {
                     oid: a.oid(0, "oid")?,
                     serial: a.store_serial(1, "serial")?,
@@ -640,6 +660,7 @@ impl ServerRequest {
             R::CheckCurrentSerial { .. } => "checkCurrentSerialInTransaction",
             R::DeleteObject { .. } => "deleteObject",
             R::Restorea { .. } => "restorea",
+            R::StoreNotBytes { method, .. } => method,
             R::StoreBlobStart => "storeBlobStart",
             R::StoreBlobChunk { .. } => "storeBlobChunk",
             R::StoreBlobEnd { .. } => "storeBlobEnd",
@@ -659,6 +680,36 @@ impl ServerRequest {
             R::Ping => "ping",
         }
     }
+}
+
+/// A `(oid, serial, data, id)` store whose `data` is a plain value that
+/// is not bytes (text, a number, `None`), the other arguments being valid:
+/// [`ServerRequest::StoreNotBytes`]. Containers and objects stay argument
+/// errors.
+fn store_not_bytes(a: &Args<'_>, method: &'static str) -> Result<Option<ServerRequest>> {
+    let plain = matches!(
+        a.get(2),
+        Some(
+            Value::Str(_)
+                | Value::Int(_)
+                | Value::BigInt(_)
+                | Value::Float(_)
+                | Value::Bool(_)
+                | Value::None
+        )
+    );
+    if !plain {
+        return Ok(None);
+    }
+    let oid = a.oid(0, "oid")?;
+    a.store_serial(1, "serial")?;
+    let txn = a.txn(3)?;
+    Ok(Some(ServerRequest::StoreNotBytes {
+        method,
+        oid,
+        txn,
+        type_name: a.get(2).map_or("NoneType", Value::type_name),
+    }))
 }
 
 /// `builtins.dict(...)` as an extension pickles when it is a dict subclass

@@ -475,8 +475,8 @@ fn store_family() {
     );
     bad(
         "storea",
-        vec![oid(1), tidv(0), s("data"), int(7)],
-        "data must be bytes, got str",
+        vec![oid(1), tidv(0), Value::Dict(vec![]), int(7)],
+        "data must be bytes, got dict",
     );
     bad(
         "storea",
@@ -579,6 +579,36 @@ fn storea_serial_none_or_latin1_str() {
         vec![oid(1), b(b"short"), b(b"d"), int(7)],
         "serial must be 8 bytes, got 5",
     );
+}
+
+/// A store whose record is a plain value but not bytes is kept as such
+/// (Python's server fails it at the vote); other arguments are still
+/// checked, and a container record stays an argument error.
+#[test]
+fn stores_of_records_that_are_not_bytes() {
+    for method in ["storea", "storeBlobEnd"] {
+        match ok(method, vec![oid(3), Value::None, s("foo"), int(7)]) {
+            ServerRequest::StoreNotBytes {
+                method: m,
+                oid: o,
+                txn,
+                type_name,
+            } => {
+                assert_eq!((m, o, txn, type_name), (method, Oid(3), TxnId(7), "str"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match ok(method, vec![oid(3), Value::None, int(5), int(7)]) {
+            ServerRequest::StoreNotBytes { type_name, .. } => assert_eq!(type_name, "int"),
+            other => panic!("{other:?}"),
+        }
+        bad(
+            method,
+            vec![oid(3), Value::None, Value::List(vec![]), int(7)],
+            "data must be bytes, got list",
+        );
+        bad(method, vec![b(b"x"), Value::None, s("foo"), int(7)], "oid");
+    }
 }
 
 /// The blob stores take the serials `storea` takes (ZODB's blob doctests

@@ -143,6 +143,22 @@ enum Command {
         #[arg(long = "blob-dir", value_name = "DIR")]
         blob_dir: Option<PathBuf>,
     },
+    /// Copy every transaction of one storage into another with the same
+    /// tids, records, metadata and blobs, like ZODB's zodbconvert: a Data.fs
+    /// into PostgreSQL, back, or between files.
+    Convert {
+        /// A zodbconvert configuration: one storage section named `source`
+        /// and one named `destination`.
+        file: PathBuf,
+        /// Resume after the destination's last transaction (nothing checks
+        /// that the transactions before it match the source's).
+        #[arg(long)]
+        incremental: bool,
+        /// Open both storages and list the transactions that would be
+        /// copied, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check the latest backups of a repozo repository against their
     /// .dat: sizes and md5 sums (repozo -V).
     Verify {
@@ -271,6 +287,11 @@ fn main() -> ExitCode {
                 Ok(line)
             }),
         ),
+        Some(Command::Convert {
+            file,
+            incremental,
+            dry_run,
+        }) => report(convert(&file, incremental, dry_run)),
         Some(Command::Verify { repository, quick }) => {
             report(repozo::verify(&repository, quick).map(|n| format!("{n} backup files verified")))
         }
@@ -297,6 +318,66 @@ fn report<E: std::fmt::Display>(outcome: Result<String, E>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `convert`: opens the file's two storages and copies, showing progress
+/// on stderr (a redrawn bar on a terminal, a line every ten seconds
+/// otherwise); a dry run lists each transaction on stdout.
+fn convert(file: &Path, incremental: bool, dry_run: bool) -> Result<String, String> {
+    use std::io::IsTerminal;
+    use zeo_storage::copy::{copy_transactions, CopyOptions};
+
+    let config = zeo_config::ConvertConfig::from_path(file).map_err(|e| e.to_string())?;
+    for unsupported in &config.unsupported {
+        eprintln!("zeo-server: {unsupported}");
+    }
+    let (_, source, _) = open_storage("source", &config.source.kind, None)?;
+    let (_, destination, _) = open_storage("destination", &config.destination.kind, None)?;
+    let options = CopyOptions {
+        incremental,
+        dry_run,
+    };
+    let started = std::time::Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let mut shown = started;
+    let outcome = copy_transactions(&*source, &*destination, &options, &mut |p| {
+        let now = std::time::Instant::now();
+        if dry_run {
+            println!(
+                "{} user={:?} description={:?}",
+                p.tid,
+                String::from_utf8_lossy(&p.user),
+                String::from_utf8_lossy(&p.description)
+            );
+        } else if terminal && now.duration_since(shown) >= Duration::from_millis(200) {
+            eprint!("\r{}", p.bar_line(started.elapsed(), 30));
+            shown = now;
+        } else if !terminal && now.duration_since(shown) >= Duration::from_secs(10) {
+            eprintln!("zeo-server: convert: {}", p.counts_line(started.elapsed()));
+            shown = now;
+        }
+    });
+    if terminal && !dry_run {
+        eprintln!();
+    }
+    let closed = source.close().and(destination.close());
+    let done = outcome.map_err(|e| e.to_string())?;
+    closed.map_err(|e| e.to_string())?;
+    let resumed = done
+        .resumed_after
+        .map(|tid| format!(" after {tid}"))
+        .unwrap_or_default();
+    Ok(if dry_run {
+        format!("would copy {} transactions{resumed}", done.transactions)
+    } else {
+        format!(
+            "copied {} transactions{resumed} ({} records, {} blobs) in {:.1}s",
+            done.transactions,
+            done.records,
+            done.blobs,
+            started.elapsed().as_secs_f64()
+        )
+    })
 }
 
 fn check(path: &Path, refs: bool, blob_dir: Option<&Path>) -> ExitCode {
@@ -706,10 +787,27 @@ fn open_storage(
                     .map_err(|e| format!("opening {}: {e}", blob.blob_dir.display()))?;
                 Ok((name.to_owned(), Arc::new(storage), true))
             }
-            StorageKind::Blob(_) => Err(format!(
-                "storage {name}: a <blobstorage> cannot wrap another <blobstorage>"
+            StorageKind::Blob(_) | StorageKind::RelStorage(_) => Err(format!(
+                "storage {name}: a <blobstorage> wraps only <filestorage> or <mappingstorage>"
             )),
         },
+        StorageKind::RelStorage(rs) => {
+            let mut options = zeo_storage_postgres::PostgresOptions::new(rs.dsn.clone());
+            options.name = rs.name.clone().unwrap_or_else(|| name.to_owned());
+            options.history = if rs.keep_history {
+                zeo_storage_postgres::HistoryMode::Preserving
+            } else {
+                zeo_storage_postgres::HistoryMode::Free
+            };
+            options.create_schema = rs.create_schema;
+            options.read_only = rs.read_only;
+            options.blob_dir = rs.blob_dir.clone();
+            options.shared_blob_dir = rs.shared_blob_dir;
+            options.commit_lock_timeout = rs.commit_lock_timeout;
+            let storage = zeo_storage_postgres::open_storage(options)
+                .map_err(|e| format!("opening storage {name} on PostgreSQL: {e}"))?;
+            Ok((name.to_owned(), storage, rs.pack_gc))
+        }
     }
 }
 

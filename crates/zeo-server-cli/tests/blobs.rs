@@ -462,8 +462,31 @@ fn server_killed_between_vote_and_finish_keeps_acknowledged_blobs() {
     let unfinished = out.split(' ').next().unwrap().to_owned();
     let (status, _) = server.wait();
     assert!(!status.success(), "the server was not killed");
+    // The voted blob was moved into place and listed in the journal.
+    let blob_files = |dir: &Path| {
+        let mut found = files(&dir.join("blobs"));
+        found.retain(|f| f.ends_with(".blob"));
+        found
+    };
+    assert_eq!(
+        blob_files(dir.path()).len(),
+        2,
+        "{:?}",
+        files(&dir.path().join("blobs"))
+    );
+    assert!(dir.path().join("blobs/.placed").exists());
 
+    // The restart removed the file of the transaction that never finished.
     let server = start(dir.path());
+    let left = blob_files(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    let oid_dir = unfinished
+        .as_bytes()
+        .chunks(2)
+        .map(|b| format!("0x{}", std::str::from_utf8(b).unwrap()));
+    let oid_dir: Vec<String> = oid_dir.collect();
+    assert!(!left[0].starts_with(&oid_dir.join("/")), "{left:?}");
+    assert!(!dir.path().join("blobs/.placed").exists());
     let port = server.port().to_string();
     run(
         dir.path(),

@@ -15,6 +15,12 @@
 //! By default a selection bounded to about a minute per ZEO version runs;
 //! `ZEO_SUITE_FULL=1` adds the long tail (reconnection and invalidation
 //! stress tests, ZODB's long race tests).
+//!
+//! On PostgreSQL (`run.py --postgres`), every storage section the tests
+//! write becomes a `<relstorage>` on a fresh database of the test cluster,
+//! and the generic classes that assume no Data.fs run
+//! (`MappingStorageTests`' mixins and `FileStorageTests`'), with the
+//! exceptions in `tests/python/zeo_suite/skips_postgres.txt`.
 
 mod common;
 
@@ -37,6 +43,12 @@ fn full_run() -> bool {
 
 /// Runs the suite with `python` and checks its summary line.
 fn run_suite(python: &Path, label: &str) {
+    run_suite_with(python, label, &[], MIN_TESTS_RUN);
+}
+
+/// [`run_suite`] with more arguments for `run.py` and its own floor on the
+/// number of tests run.
+fn run_suite_with(python: &Path, label: &str, extra: &[&str], min_run: u64) {
     let dir = TempDir::new().unwrap();
     let timeout = if full_run() {
         Duration::from_secs(900)
@@ -47,7 +59,7 @@ fn run_suite(python: &Path, label: &str) {
     let out = run_python_with_timeout(
         python,
         &script("zeo_suite/run.py"),
-        &["--server", server],
+        &[&["--server", server], extra].concat(),
         dir.path(),
         timeout,
     );
@@ -68,7 +80,7 @@ fn run_suite(python: &Path, label: &str) {
         report()
     );
     assert!(
-        count("run") >= MIN_TESTS_RUN,
+        count("run") >= min_run,
         "{label}: only {} tests ran\n{}",
         count("run"),
         report()
@@ -97,6 +109,21 @@ fn zeo6_test_suite_passes_against_zeo_server() {
 #[test]
 fn zeo5_test_suite_passes_against_zeo_server() {
     run_suite(&python5(), "ZEO 5.4.1");
+}
+
+/// Fewer tests than this on PostgreSQL means the selection lost classes.
+const MIN_TESTS_RUN_POSTGRES: u64 = 150;
+
+#[test]
+fn zeo6_generic_tests_pass_against_zeo_server_on_postgresql() {
+    let cluster = zeo_testkit::postgres::Cluster::ensure();
+    let socket_dir = cluster.socket_dir().to_str().unwrap().to_owned();
+    run_suite_with(
+        &python6(),
+        "ZEO 6 on PostgreSQL",
+        &["--postgres", &socket_dir],
+        MIN_TESTS_RUN_POSTGRES,
+    );
 }
 
 /// Found by `checkDisconnectionError` stalling 30 s: a peer that connected

@@ -11,7 +11,7 @@
 //! is replayed (after conflicts) finds the upload still there.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,17 +53,19 @@ impl Upload {
         })
     }
 
-    /// Appends the next chunk.
-    pub(crate) fn write(&mut self, chunk: &[u8]) -> Result<(), WireError> {
+    /// Appends the next chunk through the storage's write path. On an
+    /// error (the reason, for the client) the caller drops the upload,
+    /// which removes its file.
+    pub(crate) fn write(&mut self, blobs: &dyn Blobs, chunk: &[u8]) -> Result<(), String> {
         self.len = self.len.saturating_add(chunk.len() as u64);
         if let Some(limit) = self.limit.filter(|l| self.len > *l) {
-            return Err(WireError::storage_error(&format!(
+            return Err(format!(
                 "blob upload exceeds max-transaction-size ({limit} bytes)"
-            )));
+            ));
         }
-        self.file
-            .write_all(chunk)
-            .map_err(|e| io_error("writing a blob upload", e))
+        blobs
+            .append_to_temporary(&self.file, chunk)
+            .map_err(|e| format!("writing a blob upload: {e}"))
     }
 
     /// Ends the upload and hands its file over.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use zeo_protocol::reply::VoteConflict;
-use zeo_protocol::TxnId;
+use zeo_protocol::{TxnId, WireError};
 use zeo_storage::{
     require, BeginOptions, BlobSource, Error, Oid, Storage, Tid, TransactionMetaData, TxnHandle,
     TxnStatus,
@@ -41,10 +41,11 @@ pub struct OpenTxn {
     /// Conflicts the last vote reported, by oid, with the index of the store
     /// in the log that caused them (superseded when the client re-stores).
     pub conflicts: BTreeMap<Oid, u64>,
-    /// Why the transaction can no longer commit, once it went past
-    /// `max-transaction-size`: later writes are dropped unlogged and the
-    /// vote fails with this message.
-    pub rejected: Option<String>,
+    /// Why the transaction can no longer commit (it went past
+    /// `max-transaction-size`, a blob upload failed, a record was not
+    /// bytes): later writes are dropped unlogged and the vote fails with
+    /// this error.
+    pub rejected: Option<WireError>,
 }
 
 /// How a vote treats a store that conflicts.
@@ -337,11 +338,28 @@ pub fn finish(
     let mut publication = None;
     let started = std::time::Instant::now();
     let storage = hub.storage();
+    let shared = hub.is_shared();
+    // Other writers' commits: the watcher must not take this one for one
+    // of theirs once the database has it.
+    let own_finish = shared.then(|| hub.own_finish_started());
     let submitted = storage.tpc_finish_submit(handle);
     drop(release_after_submit);
     let result = submitted.and_then(|submitted| {
         storage.tpc_finish_durable(submitted, &mut |tid| {
+            // Committed: every tid below it is final, so what is read now
+            // is every foreign commit to announce before this one.
+            let foreign = shared.then(|| hub.read_foreign(Some(tid)));
             let guard = hub.write_publication();
+            match foreign {
+                Some(Ok(foreign)) => {
+                    hub.publish_foreign(&guard, foreign);
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(%tid, %err, "reading other writers' commits failed");
+                    hub.lost_track(&guard, tid);
+                }
+                None => {}
+            }
             hub.publish_commit(&guard, conn, tid, oids.clone());
             publication = Some(guard);
         })
@@ -354,6 +372,7 @@ pub fn finish(
     }
     // Only now may loads see the new transaction.
     drop(publication);
+    drop(own_finish);
     hub.stats().finish_seconds.observe(started.elapsed());
     result
 }

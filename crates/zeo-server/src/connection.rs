@@ -186,6 +186,7 @@ where
         hub: None,
         iterators: Iterators::default(),
         upload: None,
+        upload_failed: None,
     };
 
     conn.read_loop(&mut reader).await;
@@ -234,6 +235,10 @@ struct Conn {
     iterators: Iterators,
     /// The blob upload between `storeBlobStart` and `storeBlobEnd`.
     upload: Option<blob_calls::Upload>,
+    /// Why a one-way upload failed (a full disk): nobody could be told at
+    /// the chunk, so the transaction its `storeBlobEnd` names fails its
+    /// vote with this reason instead.
+    upload_failed: Option<String>,
 }
 
 enum Event {
@@ -503,7 +508,7 @@ impl Conn {
             R::LastTransaction => {
                 let hub = self.hub()?.clone();
                 let _g = hub.read_publication();
-                let tid = hub.storage().last_transaction();
+                let tid = hub.served_tid();
                 self.send_now(msgid, oneway, replies::tid(tid))
             }
             R::GetInvalidations { tid } => self.get_invalidations(tid, msgid, oneway),
@@ -513,7 +518,8 @@ impl Conn {
                 // The read and the queuing of its reply form one step that a
                 // commit's publication cannot split.
                 let _g = hub.read_publication();
-                let found = load_before(&**hub.storage(), oid, before).map_err(wire)?;
+                let found =
+                    load_before(&**hub.storage(), oid, before, horizon(&hub)).map_err(wire)?;
                 self.send_now(msgid, oneway, replies::load_before(found.as_ref()))
             }
             R::LoadSerial { oid, serial } => {
@@ -602,6 +608,22 @@ impl Conn {
             R::Undoa { undo_id, txn } => {
                 self.log_op(txn, TxnOp::Undo { id: undo_id }, false, oneway)
             }
+            R::StoreNotBytes {
+                method,
+                oid,
+                txn,
+                type_name,
+            } => {
+                if method == "storeBlobEnd" {
+                    // The upload this store names goes with the transaction.
+                    self.upload = None;
+                    self.upload_failed = None;
+                }
+                tracing::warn!(peer = %self.peer, oid = ?oid, record = type_name, "{method} of a record that is not bytes; the transaction fails at vote");
+                self.session
+                    .reject(txn, WireError::type_error(&record_type_error(type_name)))?;
+                Ok(Outcome::Reply(Value::None))
+            }
             R::StoreBlobStart => {
                 if self.session.is_read_only() {
                     return Err(WireError::read_only());
@@ -610,6 +632,7 @@ impl Conn {
                 let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
                 // A new start abandons an unfinished upload (its file goes).
                 self.upload = None;
+                self.upload_failed = None;
                 self.upload = Some(blob_calls::Upload::start(
                     blobs,
                     self.shared.settings.max_transaction_size,
@@ -617,12 +640,23 @@ impl Conn {
                 Ok(Outcome::Reply(Value::None))
             }
             R::StoreBlobChunk { chunk } => {
+                if self.upload.is_none() && self.upload_failed.is_some() && oneway {
+                    // The rest of an upload that failed already.
+                    return Ok(Outcome::Sent);
+                }
+                let hub = self.hub()?.clone();
+                let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
                 let upload = self.upload.as_mut().ok_or_else(|| {
                     WireError::value_error("storeBlobChunk without storeBlobStart")
                 })?;
-                if let Err(e) = upload.write(&chunk) {
+                if let Err(reason) = upload.write(blobs, &chunk) {
                     self.upload = None;
-                    return Err(e);
+                    if oneway {
+                        tracing::error!(peer = %self.peer, %reason, "blob upload failed; its transaction will fail at vote");
+                        self.upload_failed = Some(reason);
+                        return Ok(Outcome::Sent);
+                    }
+                    return Err(WireError::storage_error(&reason));
                 }
                 Ok(Outcome::Reply(Value::None))
             }
@@ -632,6 +666,17 @@ impl Conn {
                 data,
                 txn,
             } => {
+                if self.upload.is_none() {
+                    if let Some(reason) = self.upload_failed.take() {
+                        self.session
+                            .reject(txn, WireError::storage_error(&reason))?;
+                        return if oneway {
+                            Ok(Outcome::Sent)
+                        } else {
+                            Err(WireError::storage_error(&reason))
+                        };
+                    }
+                }
                 let upload = self
                     .upload
                     .take()
@@ -746,8 +791,11 @@ impl Conn {
         let read: storage_calls::Read = match *request {
             R::LoadBefore { oid, before } => {
                 StorageStats::bump(&hub.stats().loads);
+                let hub = hub.clone();
+                // Runs under the publication lock: the horizon read there
+                // is the one the reply is queued at.
                 Box::new(move |s| {
-                    let found = load_before(s, oid, before).map_err(wire)?;
+                    let found = load_before(s, oid, before, horizon(&hub)).map_err(wire)?;
                     Ok(replies::load_before(found.as_ref()))
                 })
             }
@@ -810,7 +858,7 @@ impl Conn {
         // step: every commit after it reaches this client as an invalidation.
         let guard = hub.read_publication();
         hub.add_client(&guard, self.outbox.clone());
-        let last = hub.storage().last_transaction();
+        let last = hub.served_tid();
         let out = self.send_now(msgid, oneway, replies::tid(last));
         drop(guard);
         self.hub = Some(hub);
@@ -868,7 +916,8 @@ impl Conn {
                 let mut oids = std::collections::BTreeSet::new();
                 let mut latest = None;
                 let iteration = require(hub.storage().as_iteration(), "iterator")?;
-                for txn in iteration.changed_oids(Some(tid.next()))? {
+                let stop = horizon(&hub);
+                for txn in iteration.changed_oids(Some(tid.next()), stop)? {
                     let (tid, changed) = txn?;
                     oids.extend(changed);
                     latest = Some(tid);
@@ -1265,19 +1314,40 @@ impl Conn {
 /// revisions: FileStorage reads the record in one go instead of its header
 /// and then its data. When the current revision is not before `before`,
 /// or cannot be loaded (a deletion, say), the storage's own search answers.
+///
+/// With a `horizon` (a storage other writers share, served as of the last
+/// tid announced to the client) the answer is the one a storage whose last
+/// transaction is `horizon` would give: no revision after it, and a
+/// revision replaced only after it is reported current, so that the client
+/// caches nothing it has not been sent the invalidations for.
 fn load_before(
     storage: &dyn zeo_storage::Storage,
     oid: Oid,
     before: zeo_storage::Tid,
+    horizon: Option<zeo_storage::Tid>,
 ) -> Result<Option<zeo_storage::LoadedRevision>, StorageError> {
-    match storage.load(oid) {
-        Ok((data, start)) if start < before => Ok(Some(zeo_storage::LoadedRevision {
+    let before = horizon.map_or(before, |h| before.min(h.next()));
+    let found = match storage.load(oid) {
+        Ok((data, start)) if start < before => Some(zeo_storage::LoadedRevision {
             data,
             start,
             end: None,
-        })),
-        _ => storage.load_before(oid, before),
-    }
+        }),
+        _ => storage.load_before(oid, before)?,
+    };
+    Ok(found.map(|mut revision| {
+        if horizon.is_some_and(|h| revision.end.is_some_and(|end| end > h)) {
+            revision.end = None;
+        }
+        revision
+    }))
+}
+
+/// The tid a shared storage is served as of (see [`load_before`]); `None`
+/// for a storage no one else writes, served as of its last transaction.
+/// Read under the publication lock.
+fn horizon(hub: &StorageHub) -> Option<zeo_storage::Tid> {
+    hub.is_shared().then(|| hub.served_tid())
 }
 
 fn pickle_extension(extension: &Value) -> Result<Vec<u8>, WireError> {
@@ -1295,6 +1365,17 @@ fn pickle_extension(extension: &Value) -> Result<Vec<u8>, WireError> {
         _ => Err(WireError::type_error(
             "tpc_begin() extension must be a dict",
         )),
+    }
+}
+
+/// What Python's FileStorage raises at the vote for a record of type
+/// `type_name` that is not bytes: `len()` of it fails first, unless it is
+/// text, which fails at the write.
+fn record_type_error(type_name: &str) -> String {
+    if type_name == "str" {
+        "a bytes-like object is required, not 'str'".to_owned()
+    } else {
+        format!("object of type '{type_name}' has no len()")
     }
 }
 
@@ -1416,12 +1497,12 @@ mod tests {
         let t4 = commit(b, t3, None);
         for oid in [a, b, Oid(3)] {
             for before in [Tid::ZERO, t1, t2, t3, t4, t4.next(), Tid::MAX] {
-                let ours = load_before(&storage, oid, before).map_err(|e| e.to_string());
+                let ours = load_before(&storage, oid, before, None).map_err(|e| e.to_string());
                 let theirs = storage.load_before(oid, before).map_err(|e| e.to_string());
                 assert_eq!(ours, theirs, "{oid} before {before}");
             }
         }
-        let current = load_before(&storage, a, Tid::MAX).unwrap().unwrap();
+        let current = load_before(&storage, a, Tid::MAX, None).unwrap().unwrap();
         assert_eq!(
             (current.data, current.start, current.end),
             (b"a2".to_vec(), t2, None)

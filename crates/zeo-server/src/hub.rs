@@ -12,14 +12,24 @@
 //! invalidations to every other client, and keeps it until `tpc_finish` has
 //! made the transaction visible. A reply therefore either predates the commit
 //! in the storage and in the client's message stream, or follows both.
+//!
+//! A storage that other writers share ([`zeo_storage::SharedCommits`]) makes
+//! commits visible before this server has announced them. For it the hub
+//! keeps its own horizon, the last tid announced to every client
+//! ([`StorageHub::served_tid`]): replies are given as of that tid, foreign
+//! commits are announced by the watcher (`foreign.rs`) through
+//! [`StorageHub::publish_foreign`], and an own commit first announces the
+//! foreign commits below it. While an own commit is between its database
+//! commit and its announcement the watcher announces nothing, so that the
+//! commit is never mistaken for a foreign one.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use zeo_pickle::Value;
 use zeo_protocol::{Encoding, Message};
-use zeo_storage::{Oid, Storage, Tid};
+use zeo_storage::{ForeignCommit, Oid, Storage, Tid};
 
 use crate::commit_lock::{CommitLock, ConnId};
 use crate::invalidations::{InvalidationQueue, OidList};
@@ -37,7 +47,34 @@ pub struct StorageHub {
     stats: StorageStats,
     timeout_enabled: bool,
     pack_gc: bool,
+    /// The last tid announced to every client (changed only under the
+    /// exclusive publication lock); what a shared storage is served as of.
+    announced: AtomicU64,
+    /// Own commits between their `tpc_finish` and their announcement.
+    own_finishing: AtomicUsize,
+    /// Counts own commits that started finishing, so the watcher can tell
+    /// that one began while it read the database.
+    own_finish_started: AtomicU64,
+    /// Wakes the watcher that stood back for an own commit.
+    own_finish_ended: tokio::sync::Notify,
 }
+
+/// An own commit of a shared storage between its `tpc_finish` and its
+/// announcement (or failure); dropping it lets the watcher announce again.
+/// A failed commit that reached the database after all is then found by
+/// the watcher and announced as any other.
+#[must_use]
+pub struct OwnFinish<'a>(&'a StorageHub);
+
+impl Drop for OwnFinish<'_> {
+    fn drop(&mut self) {
+        self.0.own_finishing.fetch_sub(1, Ordering::AcqRel);
+        self.0.own_finish_ended.notify_one();
+    }
+}
+
+/// How many foreign transactions one read of the database returns at most.
+const FOREIGN_BATCH: usize = 1000;
 
 /// Proof that the holder may read the storage and queue replies without a
 /// commit becoming visible in between.
@@ -61,7 +98,7 @@ impl StorageHub {
         invalidation_queue_size: usize,
         timeout_enabled: bool,
     ) -> Self {
-        let last = storage.last_transaction();
+        let mut last = storage.last_transaction();
         let recent = crate::storage_calls::off_runtime(&*storage, || {
             storage.last_invalidations(invalidation_queue_size.max(1))
         })
@@ -73,6 +110,10 @@ impl StorageHub {
             );
             Vec::new()
         });
+        // Another writer may have committed between the two reads.
+        if let Some((newest, _)) = recent.last() {
+            last = last.max(*newest);
+        }
         StorageHub {
             name: name.into(),
             storage,
@@ -87,6 +128,142 @@ impl StorageHub {
             stats: StorageStats::new(),
             timeout_enabled,
             pack_gc: true,
+            announced: AtomicU64::new(last.0),
+            own_finishing: AtomicUsize::new(0),
+            own_finish_started: AtomicU64::new(0),
+            own_finish_ended: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Whether other writers commit to the storage too.
+    pub fn is_shared(&self) -> bool {
+        self.storage.as_shared_commits().is_some()
+    }
+
+    /// The last transaction clients are served as of: for a shared storage
+    /// the last tid announced to every client, else the storage's last
+    /// transaction. Read it under the publication lock, with the reply it
+    /// goes into.
+    pub fn served_tid(&self) -> Tid {
+        if self.is_shared() {
+            Tid(self.announced.load(Ordering::Acquire))
+        } else {
+            self.storage.last_transaction()
+        }
+    }
+
+    /// Marks an own commit of a shared storage as finishing, before its
+    /// database commit: from here until [`StorageHub::own_finish_ended`]
+    /// the watcher announces nothing. Taken under the publication lock so
+    /// that a watcher holding it has either announced before the commit or
+    /// sees the mark.
+    pub fn own_finish_started(&self) -> OwnFinish<'_> {
+        let _guard = self.write_publication();
+        self.own_finishing.fetch_add(1, Ordering::AcqRel);
+        self.own_finish_started.fetch_add(1, Ordering::AcqRel);
+        OwnFinish(self)
+    }
+
+    /// Waits until an own commit has ended since the watcher last stood
+    /// back for one.
+    pub async fn own_finish_ended(&self) {
+        self.own_finish_ended.notified().await
+    }
+
+    /// The foreign commits after the announced horizon and below `below`
+    /// (all when `None`), read from the database in batches. A shared
+    /// storage only; runs on a blocking thread.
+    pub fn read_foreign(&self, below: Option<Tid>) -> zeo_storage::Result<Vec<ForeignCommit>> {
+        let Some(shared) = self.storage.as_shared_commits() else {
+            return Ok(Vec::new());
+        };
+        let mut after = Tid(self.announced.load(Ordering::Acquire));
+        let mut found = Vec::new();
+        loop {
+            let batch = shared.commits_after(after, FOREIGN_BATCH)?;
+            let full = batch.len() >= FOREIGN_BATCH;
+            for commit in batch {
+                if commit.tid <= after || below.is_some_and(|b| commit.tid >= b) {
+                    // Out of order or past the bound: stop at what is sure.
+                    return Ok(found);
+                }
+                after = commit.tid;
+                found.push(commit);
+            }
+            if !full {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// The watcher's step: reads the foreign commits and announces them,
+    /// unless an own commit started finishing meanwhile (it then announces
+    /// those below it itself, and the watcher looks again). Returns how
+    /// many invalidations were sent, `None` when it stood back.
+    pub fn poll_foreign(&self) -> zeo_storage::Result<Option<usize>> {
+        let started = self.own_finish_started.load(Ordering::Acquire);
+        if self.own_finishing.load(Ordering::Acquire) > 0 {
+            return Ok(None);
+        }
+        let found = self.read_foreign(None)?;
+        if found.is_empty() {
+            return Ok(Some(0));
+        }
+        let guard = self.write_publication();
+        if self.own_finishing.load(Ordering::Acquire) > 0
+            || self.own_finish_started.load(Ordering::Acquire) != started
+        {
+            return Ok(None);
+        }
+        Ok(Some(self.publish_foreign(&guard, found)))
+    }
+
+    /// Announces foreign commits to every client, one invalidation per
+    /// transaction, or all of them as one at the newest tid when the
+    /// storage does not keep intermediate tids. Commits at or below the
+    /// horizon are skipped. Returns how many invalidations were sent.
+    pub fn publish_foreign(
+        &self,
+        proof: &WritePublication<'_>,
+        commits: Vec<ForeignCommit>,
+    ) -> usize {
+        let announced = Tid(self.announced.load(Ordering::Acquire));
+        let mut commits: Vec<ForeignCommit> =
+            commits.into_iter().filter(|c| c.tid > announced).collect();
+        let collapse = self
+            .storage
+            .as_shared_commits()
+            .is_some_and(|s| !s.keeps_intermediate_tids());
+        if collapse && commits.len() > 1 {
+            let newest = commits.iter().map(|c| c.tid).max().unwrap_or(announced);
+            let mut oids: Vec<Oid> = commits.drain(..).flat_map(|c| c.oids).collect();
+            oids.sort_unstable();
+            oids.dedup();
+            commits.push(ForeignCommit { tid: newest, oids });
+        }
+        let count = commits.len();
+        for commit in commits {
+            self.publish(proof, None, commit.tid, commit.oids.into());
+        }
+        count
+    }
+
+    /// After an own commit at `tid` whose foreign predecessors could not be
+    /// read: the clients may have missed some, so none keeps its cache.
+    /// Every client is disconnected (it reconnects and verifies) and the
+    /// invalidation queue restarts at `tid`, so that verification drops
+    /// the caches older than it.
+    pub fn lost_track(&self, _proof: &WritePublication<'_>, tid: Tid) {
+        tracing::error!(
+            storage = %self.name,
+            %tid,
+            "commits of other writers before this one could not be read: disconnecting every client"
+        );
+        let bound = lock(&self.invalidations).bound();
+        *lock(&self.invalidations) = InvalidationQueue::new(bound, tid);
+        self.announced.fetch_max(tid.0, Ordering::AcqRel);
+        for outbox in lock(&self.clients).values() {
+            outbox.close();
         }
     }
 
@@ -156,11 +333,22 @@ impl StorageHub {
     /// Call from `on_commit` with the publication lock held exclusively.
     pub fn publish_commit(
         &self,
-        _proof: &WritePublication<'_>,
+        proof: &WritePublication<'_>,
         committer: ConnId,
         tid: Tid,
         oids: OidList,
     ) {
+        self.publish(proof, Some(committer), tid, oids);
+    }
+
+    fn publish(
+        &self,
+        _proof: &WritePublication<'_>,
+        committer: Option<ConnId>,
+        tid: Tid,
+        oids: OidList,
+    ) {
+        self.announced.fetch_max(tid.0, Ordering::AcqRel);
         if oids.is_empty() {
             return;
         }
@@ -172,7 +360,7 @@ impl StorageHub {
                 zeo_protocol::reply::oid_list(&oids),
             ],
         );
-        let sent = self.broadcast(&message, Some(committer));
+        let sent = self.broadcast(&message, committer);
         let sent = u64::try_from(sent).unwrap_or(u64::MAX);
         self.stats
             .invalidations_sent
@@ -242,7 +430,7 @@ impl StorageHub {
             start: s.start.clone(),
             waiting: self.commit_lock.waiting() as u64,
             timeout_thread_alive: self.timeout_enabled.then_some(true),
-            last_transaction: self.storage.last_transaction(),
+            last_transaction: self.served_tid(),
         }
     }
 }

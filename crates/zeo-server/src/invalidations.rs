@@ -58,6 +58,11 @@ impl InvalidationQueue {
         self.entries.push_front((tid, Some(oids)));
     }
 
+    /// How many transactions the queue keeps.
+    pub fn bound(&self) -> usize {
+        self.bound
+    }
+
     /// The newest transaction in the queue.
     pub fn newest(&self) -> Option<Tid> {
         self.entries.front().map(|(tid, _)| *tid)

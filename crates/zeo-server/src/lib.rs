@@ -49,6 +49,7 @@ mod commit;
 mod commit_lock;
 mod connection;
 mod error;
+mod foreign;
 mod frame_reader;
 mod hub;
 mod invalidations;

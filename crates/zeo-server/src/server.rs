@@ -770,6 +770,17 @@ impl Server {
                     .map(|m| tokio::spawn(crate::metrics::serve(m, shared.clone()))),
             )
             .collect();
+        let watchers: Vec<_> = shared
+            .hubs
+            .values()
+            .filter(|hub| hub.is_shared())
+            .map(|hub| {
+                tokio::spawn(crate::foreign::watch(
+                    hub.clone(),
+                    shared.shutdown.child_token(),
+                ))
+            })
+            .collect();
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let mut accept_tasks = Vec::new();
         let mut socket_files = Vec::new();
@@ -803,7 +814,11 @@ impl Server {
         }
         tracing::info!("shutting down");
         shared.shutdown.cancel();
-        for task in accept_tasks.into_iter().chain(monitor_tasks) {
+        for task in accept_tasks
+            .into_iter()
+            .chain(monitor_tasks)
+            .chain(watchers)
+        {
             let _ = task.await;
         }
         // Every connection watches the token; wait until all are gone.

@@ -491,7 +491,7 @@ impl<L, W> Session<L, W> {
                 txn.log.discard();
                 txn.conflicts.clear();
                 let error = WireError::storage_error(&message);
-                txn.rejected = Some(message);
+                txn.rejected = Some(error.clone());
                 Ok(Staged::Rejected {
                     staged,
                     limit,
@@ -501,11 +501,25 @@ impl<L, W> Session<L, W> {
         }
     }
 
+    /// Fails transaction `id` at its vote with `error` (a write the server
+    /// could not keep: a blob upload on a full disk, a record that is not
+    /// bytes), dropping what it staged; later writes to it are dropped too.
+    /// The first reason stands.
+    pub(crate) fn reject(&mut self, id: TxnId, error: WireError) -> Result<(), WireError> {
+        let txn = self.stage(id)?;
+        if txn.rejected.is_none() {
+            txn.log.discard();
+            txn.conflicts.clear();
+            txn.rejected = Some(error);
+        }
+        Ok(())
+    }
+
     /// `vote(id)`.
     pub(crate) fn vote(&mut self, id: TxnId) -> Result<VoteStep<L>, WireError> {
-        if let Some(message) = &self.check(id)?.rejected {
+        if let Some(error) = &self.check(id)?.rejected {
             // The client aborts after a failed vote, as after any other.
-            return Err(WireError::storage_error(message));
+            return Err(error.clone());
         }
         match std::mem::replace(&mut self.phase, Phase::Voting(id)) {
             Phase::Conflicted { txn, lock } => Ok(VoteStep::Run(txn, lock)),

@@ -48,8 +48,14 @@ fn blob_files(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// A record of class `ZODB.blob.Blob`, as ZODB pickles one.
+fn blob_record() -> Vec<u8> {
+    zeo_pickle::encode_record(&Value::global("ZODB.blob", "Blob"), &Value::None).unwrap()
+}
+
 async fn upload(c: &mut Client, txn: i64, oid: Oid, serial: Tid, blob: &[u8]) {
-    for m in ClientRequest::store_blob(oid, serial, b"record", TxnId(txn), blob.chunks(50_000)) {
+    let record = blob_record();
+    for m in ClientRequest::store_blob(oid, serial, &record, TxnId(txn), blob.chunks(50_000)) {
         c.send(&m).await;
     }
 }
@@ -255,5 +261,128 @@ async fn an_upload_past_max_transaction_size_is_refused_and_leaves_no_file() {
     );
     assert_eq!(a.call("ping", vec![]).await.unwrap(), Value::None);
     a.abort(1).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_disk_during_an_upload_or_its_vote_fails_the_vote_and_leaves_no_file() {
+    use zeo_storage::filestorage::{check, check_blobs, FaultInjector};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    let fs = FileStorage::open_with_blobs_and_faults(
+        dir.path().join("Data.fs"),
+        FileStorageOptions::default(),
+        dir.path().join("blobs"),
+        Arc::clone(&faults),
+    )
+    .unwrap();
+    let mut server =
+        PipeServer::with_storage(ServerSettings::default(), Arc::new(fs) as Arc<dyn Storage>);
+    let mut a = server.client().await;
+    let blob: Vec<u8> = (0..150_000u32).map(|i| (i % 241) as u8).collect();
+
+    // The disk fills in the middle of a one-way upload: the connection
+    // stays, the vote names the cause, and nothing is left on disk.
+    faults.fail_writes_after(70_000);
+    a.begin(1).await;
+    upload(&mut a, 1, Oid(1), Tid::ZERO, &blob).await;
+    let err = a.vote(1).await.unwrap_err();
+    assert!(
+        format!("{err:?}").contains("No space left on device"),
+        "{err:?}"
+    );
+    assert_eq!(blob_files(dir.path()), Vec::<std::path::PathBuf>::new());
+    a.abort(1).await.unwrap();
+    assert_eq!(a.call("ping", vec![]).await.unwrap(), Value::None);
+
+    // Space is back: the next commit works.
+    faults.heal();
+    a.begin(2).await;
+    upload(&mut a, 2, Oid(1), Tid::ZERO, &blob).await;
+    a.vote(2).await.unwrap();
+    let first = a.finish(2).await.unwrap();
+    assert_eq!(blob_files(dir.path()).len(), 1);
+
+    // The sync of the blob file at the vote fails: the vote fails, and
+    // the abort takes the file that was moved into place away.
+    faults.fail_next_syncs(1);
+    a.begin(3).await;
+    upload(&mut a, 3, Oid(1), first, &blob).await;
+    let err = a.vote(3).await.unwrap_err();
+    assert!(
+        format!("{err:?}").contains("No space left on device"),
+        "{err:?}"
+    );
+    a.abort(3).await.unwrap();
+    let files = blob_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), blob);
+
+    faults.heal();
+    a.begin(4).await;
+    upload(&mut a, 4, Oid(1), first, &blob[..1000]).await;
+    a.vote(4).await.unwrap();
+    a.finish(4).await.unwrap();
+    assert_eq!(blob_files(dir.path()).len(), 2);
+    assert!(faults.injected() >= 2, "{}", faults.injected());
+    server.stop().await;
+
+    assert_eq!(check(&dir.path().join("Data.fs")).unwrap().transactions, 2);
+    let report = check_blobs(&dir.path().join("Data.fs"), &dir.path().join("blobs")).unwrap();
+    assert_eq!((report.blob_records, report.missing_count), (2, 0));
+}
+
+/// ZEO's `checkTransactionBufferCleanup`: a one-way blob store whose record
+/// is a `str` is taken, the connection stays, the upload goes, and the
+/// vote fails with the `TypeError` Python's FileStorage raises.
+#[tokio::test(start_paused = true)]
+async fn a_store_of_a_record_that_is_not_bytes_fails_the_vote_not_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = blob_server(dir.path());
+    let mut a = server.client().await;
+    a.begin(1).await;
+    a.call_async("storeBlobStart", vec![]).await;
+    a.call_async(
+        "storeBlobChunk",
+        vec![Value::Bytes(b"I am a happy blob.".to_vec())],
+    )
+    .await;
+    let end = vec![
+        bytes(&Oid(1).to_bytes()),
+        bytes(&Tid::ZERO.to_bytes()),
+        Value::Str("foo".into()),
+        Value::Int(1),
+    ];
+    a.call_async("storeBlobEnd", end).await;
+    assert_eq!(a.call("ping", vec![]).await.unwrap(), Value::None);
+    assert_eq!(blob_files(dir.path()), Vec::<std::path::PathBuf>::new());
+    let err = a.vote(1).await.unwrap_err();
+    assert_eq!(err.class, "builtins.TypeError");
+    assert!(
+        format!("{:?}", err.fields).contains("a bytes-like object is required, not 'str'"),
+        "{err:?}"
+    );
+    a.abort(1).await.unwrap();
+
+    // The same for storea, then a good transaction on the same connection.
+    a.begin(2).await;
+    let store = vec![
+        bytes(&Oid(1).to_bytes()),
+        bytes(&Tid::ZERO.to_bytes()),
+        Value::Int(5),
+        Value::Int(2),
+    ];
+    a.call_async("storea", store).await;
+    let err = a.vote(2).await.unwrap_err();
+    assert!(
+        format!("{err:?}").contains("object of type 'int' has no len()"),
+        "{err:?}"
+    );
+    a.abort(2).await.unwrap();
+    a.begin(3).await;
+    upload(&mut a, 3, Oid(1), Tid::ZERO, b"blob").await;
+    a.vote(3).await.unwrap();
+    a.finish(3).await.unwrap();
+    assert_eq!(blob_files(dir.path()).len(), 1);
     server.stop().await;
 }

@@ -215,18 +215,23 @@ pub fn discard_temp(client: &mut impl GenericClient, oid: Option<Oid>) -> zeo_st
 }
 
 /// Moves the staged blobs to `blob_chunk` under `tid`; returns how many.
-/// In history-free mode the object's previous blob row goes first (its
-/// large object is unlinked by the trigger).
+/// `stored` lists every object the transaction stored, blob or not: in
+/// history-free mode their previous blob rows go first (the trigger
+/// unlinks the large objects), since a history-free object keeps no
+/// older revision for a blob to belong to.
 pub fn move_temp_to_committed(
     client: &mut impl GenericClient,
     mode: HistoryMode,
     tid: Tid,
+    stored: &[Oid],
 ) -> zeo_storage::Result<u64> {
     if mode == HistoryMode::Free {
+        let zoids: Vec<i64> = stored.iter().map(|o| int8(o.0)).collect();
         client
             .execute(
-                "DELETE FROM blob_chunk WHERE zoid IN (SELECT zoid FROM temp_blob_chunk)",
-                &[],
+                "DELETE FROM blob_chunk
+                 WHERE zoid = ANY($1) OR zoid IN (SELECT zoid FROM temp_blob_chunk)",
+                &[&zoids],
             )
             .map_err(db)?;
     }

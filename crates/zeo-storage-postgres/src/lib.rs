@@ -80,14 +80,14 @@
 
 #![warn(missing_docs)]
 
-// Until the storage calls them, only the tests (feature `internals`) do.
+// Until the storage calls its functions, only the tests (feature
+// `internals`) do.
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod blob_chunk;
 mod changes;
 mod error;
 mod iteration;
 mod options;
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod pack;
 mod pool;
 mod restore;

@@ -56,12 +56,12 @@
 use std::collections::{HashMap, HashSet};
 
 use postgres::{Client, GenericClient, Transaction};
-use zeo_storage::{Oid, Tid, TimeStamp};
+use zeo_storage::{Oid, Storage, Tid, TimeStamp};
 
 use crate::options::HistoryMode;
+use crate::storage::PostgresStorage;
 
-/// RelStorage's advisory lock id for pack and undo.
-const PACK_LOCK: i64 = -2;
+use crate::PACK_LOCK;
 /// RelStorage's largest tid (its `MAX_TID`): 2**63 - 1.
 const MAX_TID: i64 = i64::MAX;
 /// Transactions (history-preserving) analysed or packed per database
@@ -170,6 +170,27 @@ fn choose_pack_tid(
         HistoryMode::Free => "SELECT max(tid) FROM object_state WHERE tid > 0 AND tid <= $1",
     };
     Ok(client.query_one(sql, &[&point]).map_err(db)?.get(0))
+}
+
+/// The storage's pack capability: a connection of its own for the pack's
+/// duration, the pack time turned into a pack point by [`pack_point`].
+impl zeo_storage::Pack for PostgresStorage {
+    fn pack(&self, pack_time: f64, gc: bool) -> zeo_storage::Result<()> {
+        self.check_open()?;
+        if self.is_read_only() {
+            return Err(zeo_storage::Error::ReadOnly);
+        }
+        let mut client = self.pool.connect()?;
+        let point = pack_point(pack_time, TimeStamp::now().unix_time());
+        let outcome = pack(&mut client, self.history_mode(), point, gc, &mut |_, _| {})?;
+        tracing::info!(
+            storage = self.name(),
+            pack_tid = ?outcome.pack_tid,
+            removed = outcome.removed_states,
+            "packed"
+        );
+        Ok(())
+    }
 }
 
 fn pack_preserving(

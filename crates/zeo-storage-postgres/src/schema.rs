@@ -219,25 +219,6 @@ CREATE INDEX pack_object_keep_false ON pack_object (zoid) WHERE keep = false;
 CREATE INDEX pack_object_keep_true ON pack_object (visited) WHERE keep = true;
 "#;
 
-/// Large objects hold blob bytes; a row of `blob_chunk` going away must
-/// take its large object along unless another row still names it. The
-/// trigger carries the name RelStorage looks for, so that RelStorage does
-/// not add a second one; the function is ours.
-const CREATE_BLOB_TRIGGER: &str = r#"
-CREATE FUNCTION zeo_blob_chunk_unlink() RETURNS trigger LANGUAGE plpgsql AS $body$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM blob_chunk
-                   WHERE chunk = OLD.chunk
-                     AND (zoid, chunk_num, tid) <> (OLD.zoid, OLD.chunk_num, OLD.tid)) THEN
-        PERFORM lo_unlink(OLD.chunk);
-    END IF;
-    RETURN OLD;
-END
-$body$;
-CREATE TRIGGER blob_chunk_delete BEFORE DELETE ON blob_chunk
-    FOR EACH ROW EXECUTE FUNCTION zeo_blob_chunk_unlink();
-"#;
-
 /// Creates the whole schema in one transaction: a failure leaves nothing.
 fn create_schema(client: &mut Client, mode: HistoryMode) -> Result<()> {
     let mut txn = client.transaction()?;
@@ -246,7 +227,10 @@ fn create_schema(client: &mut Client, mode: HistoryMode) -> Result<()> {
         HistoryMode::Preserving => CREATE_PRESERVING,
         HistoryMode::Free => CREATE_FREE,
     })?;
-    txn.batch_execute(CREATE_BLOB_TRIGGER)?;
+    // Large objects hold blob bytes; a removed `blob_chunk` row takes its
+    // object along unless another row still names it.
+    txn.batch_execute(crate::blob_chunk::UNLINK_FUNCTION_SQL)?;
+    txn.batch_execute(crate::blob_chunk::UNLINK_TRIGGER_SQL)?;
     txn.commit()?;
     tracing::info!(mode = describe(mode), "created the RelStorage schema");
     Ok(())

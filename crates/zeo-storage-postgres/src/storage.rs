@@ -864,6 +864,10 @@ impl Storage for PostgresStorage {
         Some(self)
     }
 
+    fn as_pack(&self) -> Option<&dyn zeo_storage::Pack> {
+        Some(self)
+    }
+
     fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
         if count == 0 {
             return Ok(Vec::new());

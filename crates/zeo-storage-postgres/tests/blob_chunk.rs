@@ -197,7 +197,7 @@ fn twenty_megabytes_round_trip_with_relstorage_in_both_modes() {
         );
         let tid = commit_revision(&mut tx, mode, oid);
         assert_eq!(
-            blob_chunk::move_temp_to_committed(&mut tx, mode, tid).unwrap(),
+            blob_chunk::move_temp_to_committed(&mut tx, mode, tid, &[oid]).unwrap(),
             1
         );
         tx.commit().unwrap();
@@ -423,4 +423,28 @@ fn staging_from_a_file_and_a_missing_file() {
     let err =
         blob_chunk::upload_temp_file(&mut tx, Oid(4), &dir.path().join("absent")).unwrap_err();
     assert!(matches!(err, zeo_storage::Error::Io { .. }), "{err}");
+}
+
+#[test]
+fn a_history_free_store_without_a_blob_drops_the_old_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create("pgx_blob_hf_replace");
+    let file = dir.path().join("b");
+    fs::write(&file, b"old").unwrap();
+    let (oid, tids) = relstorage_store(&db, "hf", dir.path(), &[&file]);
+    let mut client = connect(&db.dsn());
+    let mut tx = client.transaction().unwrap();
+    blob_chunk::ensure_temp_table(&mut tx).unwrap();
+    let tid = commit_revision(&mut tx, HistoryMode::Free, oid);
+    assert_eq!(
+        blob_chunk::move_temp_to_committed(&mut tx, HistoryMode::Free, tid, &[oid]).unwrap(),
+        0
+    );
+    tx.commit().unwrap();
+    for t in [tids[0], tid] {
+        assert!(blob_chunk::chunks_of(&mut client, oid, t)
+            .unwrap_err()
+            .is_pos_key());
+    }
+    assert_eq!(large_objects(&mut client), 0);
 }

@@ -353,3 +353,27 @@ fn an_unreadable_pickle_fails_the_pack_cleanly_and_frees_the_lock() {
     // The connection it used is still usable.
     assert_eq!(count(&mut client, "SELECT 1::BIGINT"), 1);
 }
+
+#[test]
+fn the_storage_packs_through_its_pack_capability_as_relstorage_does() {
+    for (mode, name) in MODES {
+        let theirs = Built::new("capability_rs", name, false);
+        let ours = Built::new("capability_us", name, false);
+        theirs.relstorage_pack(theirs.last(), true);
+        let mut options = zeo_storage_postgres::PostgresOptions::new(ours.db.dsn());
+        options.history = mode;
+        options.create_schema = false;
+        let storage = zeo_storage_postgres::PostgresStorage::open(options).unwrap();
+        let packer = zeo_storage::Storage::as_pack(&storage).expect("pack capability");
+        // A pack time at or after now packs everything.
+        packer
+            .pack(zeo_storage::TimeStamp::now().unix_time() + 60.0, true)
+            .unwrap();
+        assert_eq!(ours.snapshot(mode), theirs.snapshot(mode), "{name}");
+        zeo_storage::Storage::close(&storage).unwrap();
+        assert!(matches!(
+            packer.pack(0.0, true),
+            Err(zeo_storage::Error::Closed)
+        ));
+    }
+}

@@ -403,10 +403,19 @@ impl BlobDir {
 
     /// Syncs each file and then, once each, the directories holding them.
     pub fn make_durable(paths: &[PathBuf]) -> Result<()> {
+        Self::make_durable_with(paths, &|f| f.sync_all())
+    }
+
+    /// [`BlobDir::make_durable`] with each file synced by `sync` (a
+    /// storage's write path, which tests can make fail).
+    pub(crate) fn make_durable_with(
+        paths: &[PathBuf],
+        sync: &dyn Fn(&File) -> io::Result<()>,
+    ) -> Result<()> {
         let mut dirs = BTreeSet::new();
         for path in paths {
             File::open(path)
-                .and_then(|f| f.sync_all())
+                .and_then(|f| sync(&f))
                 .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
             if let Some(d) = path.parent() {
                 dirs.insert(d.to_path_buf());
@@ -470,6 +479,36 @@ impl BlobDir {
         Ok(out)
     }
 
+    /// Removes the file of `(oid, tid)`, if any, and the directories it
+    /// leaves empty.
+    pub(crate) fn remove_revision(&self, oid: Oid, tid: Tid) -> Result<()> {
+        BlobDir::remove_committed(&self.blob_path(oid, tid))?;
+        self.remove_empty_parents(&self.oid_dir(oid))
+    }
+
+    /// Removes `from` and its parents while they are empty, never the blob
+    /// directory itself (ZODB's `maybe_remove_empty_dir_containing`).
+    pub(crate) fn remove_empty_parents(&self, from: &Path) -> Result<()> {
+        let mut at = from.to_path_buf();
+        // At most the eight levels of the bushy layout.
+        for _ in 0..8 {
+            if at == self.base || !at.starts_with(&self.base) {
+                break;
+            }
+            let empty = fs::read_dir(&at)
+                .map(|mut entries| entries.next().is_none())
+                .unwrap_or(false);
+            if !empty || fs::remove_dir(&at).is_err() {
+                break;
+            }
+            match at.parent() {
+                Some(p) => at = p.to_path_buf(),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a committed file (and nothing else).
     pub fn remove_committed(path: &Path) -> Result<()> {
         match fs::remove_file(path) {
@@ -480,10 +519,25 @@ impl BlobDir {
     }
 }
 
+/// The name of the journal, in the blob directory, of the files moved into
+/// place for transactions not yet known to be durable: one path (relative
+/// to the blob directory) per line, written before the file is moved. A
+/// storage opening after a crash removes the listed files whose revision
+/// never reached it (see [`TxnFiles::journaled`]). Hidden, so ZODB's layout
+/// detection and its tools pass over it.
+pub const PLACED_JOURNAL: &str = ".placed";
+
+/// The longest journal line read back; longer ones name no blob file.
+const MAX_JOURNAL_LINE: usize = 512;
+
 /// The files one transaction moved into place, so that its abort can
-/// remove them (ZODB's `dirty_oids`).
+/// remove them (ZODB's `dirty_oids`), and optionally their journal.
 #[derive(Default)]
-pub(crate) struct TxnFiles(std::sync::Mutex<StagedFiles>);
+pub(crate) struct TxnFiles {
+    staged: std::sync::Mutex<StagedFiles>,
+    /// `(blob directory, journal file)` when placements are journaled.
+    journal: Option<(PathBuf, PathBuf)>,
+}
 
 #[derive(Default)]
 struct StagedFiles {
@@ -492,10 +546,38 @@ struct StagedFiles {
 }
 
 impl TxnFiles {
+    /// Staged files whose placements are journaled in `dir`'s
+    /// [`PLACED_JOURNAL`], so that a crash between a transaction's first
+    /// placement and its durable finish leaves a list of the files to
+    /// check at the next open.
+    pub(crate) fn journaled(dir: &BlobDir) -> Self {
+        TxnFiles {
+            staged: Default::default(),
+            journal: Some((dir.path().to_path_buf(), dir.path().join(PLACED_JOURNAL))),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, StagedFiles> {
-        self.0
+        self.staged
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Journals `path` before it is moved or linked into place.
+    pub(crate) fn will_place(&self, path: &Path) -> Result<()> {
+        let Some((base, journal)) = &self.journal else {
+            return Ok(());
+        };
+        let rel = path.strip_prefix(base).unwrap_or(path);
+        let mut line = rel.as_os_str().to_string_lossy().into_owned();
+        line.push('\n');
+        let _guard = self.lock();
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(journal)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(|e| Error::io(format!("writing {}", journal.display()), e))
     }
 
     /// Records a file `txn` moved into place. Files of an earlier
@@ -510,20 +592,39 @@ impl TxnFiles {
         staged.files.push(path);
     }
 
-    /// Syncs the files of `txn` and their directories.
-    pub(crate) fn make_durable(&self, txn: TxnHandle) -> Result<()> {
+    /// Syncs the files of `txn` (each with `sync`) and their directories.
+    pub(crate) fn make_durable(
+        &self,
+        txn: TxnHandle,
+        sync: &dyn Fn(&File) -> io::Result<()>,
+    ) -> Result<()> {
         let staged = self.lock();
         if staged.txn == Some(txn) {
-            BlobDir::make_durable(&staged.files)?;
+            if let Some((_, journal)) = &self.journal {
+                // The list before the renames it covers.
+                File::open(journal)
+                    .and_then(|f| sync(&f))
+                    .map_err(|e| Error::io(format!("syncing {}", journal.display()), e))?;
+            }
+            BlobDir::make_durable_with(&staged.files, sync)?;
         }
         Ok(())
     }
 
-    /// Forgets the files of a finished `txn`.
+    /// Forgets the files of a durably finished `txn`. When no later
+    /// transaction placed files since, the journal goes: every file it
+    /// lists belongs to a durable transaction or was removed.
     pub(crate) fn finished(&self, txn: TxnHandle) {
         let mut staged = self.lock();
         if staged.txn == Some(txn) {
             *staged = StagedFiles::default();
+            if let Some((_, journal)) = &self.journal {
+                match fs::remove_file(journal) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!("removing {}: {e}", journal.display()),
+                }
+            }
         }
     }
 
@@ -539,6 +640,68 @@ impl TxnFiles {
             }
         }
         staged.txn = None;
+    }
+}
+
+/// The committed files a [`PLACED_JOURNAL`] in `dir` lists, as `(oid,
+/// tid)`; lines that name no blob file of `dir`'s layout are skipped, so a
+/// damaged journal names nothing outside the directory. Reads at most
+/// `max_lines` lines.
+pub(crate) fn journaled_files(dir: &BlobDir, max_lines: usize) -> Result<Vec<(Oid, Tid)>> {
+    use std::io::BufRead;
+    let path = dir.path().join(PLACED_JOURNAL);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let mut reader = io::BufReader::new(file);
+    let mut out = BTreeSet::new();
+    let mut line = Vec::new();
+    for _ in 0..max_lines {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_JOURNAL_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') {
+            // Over-long or torn: skip to the end of the line.
+            if n > MAX_JOURNAL_LINE {
+                skip_line(&mut reader)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            }
+            continue;
+        }
+        let Ok(rel) = std::str::from_utf8(&line[..line.len() - 1]) else {
+            continue;
+        };
+        if let Some(found) = dir.split_blob_path(&dir.path().join(rel)) {
+            out.insert(found);
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Reads past the next newline without keeping what it reads.
+fn skip_line(reader: &mut impl io::BufRead) -> io::Result<()> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! | pack / GC | [`Pack`] | (`IStorage.pack`) |
 //! | external GC | [`ExternalGc`] | `IExternalGC` |
 //! | blobs | [`Blobs`] | `IBlobStorage` |
+//! | commits by other writers | [`SharedCommits`] | (RelStorage's polling) |
 //!
 //! A backend implements the core and the capabilities it has; callers ask
 //! [`Storage::capabilities`] (or an accessor) and get
@@ -456,6 +457,12 @@ pub trait Storage: Send + Sync {
         None
     }
 
+    /// Learning of commits that other writers made to the same database
+    /// (other servers, other applications).
+    fn as_shared_commits(&self) -> Option<&dyn SharedCommits> {
+        None
+    }
+
     /// The capabilities the accessors report.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -466,13 +473,14 @@ pub trait Storage: Send + Sync {
             pack: self.as_pack().is_some(),
             external_gc: self.as_external_gc().is_some(),
             blobs: self.as_blobs().is_some(),
+            shared_commits: self.as_shared_commits().is_some(),
         }
     }
 }
 
 /// Writes a [`Storage`] impl's `as_*` accessors for the capabilities the
 /// type implements itself: any of `undo`, `restore`, `iteration`,
-/// `record_iteration`, `pack`, `external_gc`, `blobs`.
+/// `record_iteration`, `pack`, `external_gc`, `blobs`, `shared_commits`.
 ///
 /// ```
 /// # use zeo_storage::*;
@@ -546,6 +554,11 @@ macro_rules! provide_capabilities {
             Some(self)
         }
     };
+    (@one shared_commits) => {
+        fn as_shared_commits(&self) -> Option<&dyn $crate::SharedCommits> {
+            Some(self)
+        }
+    };
 }
 
 /// The capability a call needs, or [`Error::Unsupported`] naming it.
@@ -598,13 +611,14 @@ pub trait Iteration: Send + Sync {
     /// Transactions with `start <= tid <= stop`, oldest first.
     fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TransactionIter<'_>>;
 
-    /// The tid and changed oids of every transaction with `tid >= start`,
-    /// oldest first, without their data or metadata: what a server walks
-    /// for `getInvalidations` when its invalidation queue does not reach
-    /// back far enough. The default walks [`Iteration::iterator`]; a
-    /// backend that can read the oids without the data should override it.
-    fn changed_oids(&self, start: Option<Tid>) -> Result<ChangedOidsIter<'_>> {
-        Ok(Box::new(self.iterator(start, None)?.map(|txn| {
+    /// The tid and changed oids of every transaction with
+    /// `start <= tid <= stop`, oldest first, without their data or
+    /// metadata: what a server walks for `getInvalidations` when its
+    /// invalidation queue does not reach back far enough. The default
+    /// walks [`Iteration::iterator`]; a backend that can read the oids
+    /// without the data should override it.
+    fn changed_oids(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<ChangedOidsIter<'_>> {
+        Ok(Box::new(self.iterator(start, stop)?.map(|txn| {
             txn.map(|t| (t.tid, t.records.into_iter().map(|r| r.oid).collect()))
         })))
     }
@@ -703,6 +717,31 @@ pub trait Blobs: Send + Sync {
         None
     }
 
+    /// Appends `chunk` to `file`, a file being written in
+    /// [`Blobs::temporary_directory`] (a server streaming an upload to it),
+    /// through the backend's own write path: a backend with a
+    /// fault-injection seam runs out of space here as it would on a full
+    /// disk. An error leaves the file's length unspecified; the caller
+    /// removes the file.
+    ///
+    /// ```
+    /// use zeo_storage::filestorage::FileStorageOptions;
+    /// use zeo_storage::{Blobs, FileStorage};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let fs = FileStorage::open_with_blobs(
+    ///     dir.path().join("Data.fs"), FileStorageOptions::default(), dir.path().join("blobs"),
+    /// ).unwrap();
+    /// let path = fs.temporary_directory().join("upload.tmp");
+    /// let file = std::fs::File::create(&path).unwrap();
+    /// fs.append_to_temporary(&file, b"first ").unwrap();
+    /// fs.append_to_temporary(&file, b"chunk").unwrap();
+    /// assert_eq!(std::fs::read(&path).unwrap(), b"first chunk");
+    /// ```
+    fn append_to_temporary(&self, file: &std::fs::File, chunk: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut &*file, chunk)
+    }
+
     /// Copies a revision in with its blob, like [`Restore::restore`]
     /// (`IBlobStorageRestoreable`); `None` when the revision has no blob.
     fn restore_blob(
@@ -715,6 +754,73 @@ pub trait Blobs: Send + Sync {
     ) -> Result<()> {
         let _ = (txn, oid, serial, data, blob);
         Err(Error::Unsupported("restoreBlob"))
+    }
+}
+
+/// One transaction another writer committed, as [`SharedCommits`] reports
+/// it: its tid and the objects it changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignCommit {
+    /// The transaction's tid.
+    pub tid: Tid,
+    /// The objects it wrote (in no particular order, without repeats).
+    pub oids: Vec<Oid>,
+}
+
+/// A database that other writers commit to as well: several servers over
+/// one database, or applications writing to it directly (RelStorage
+/// clients beside zeo-servers on PostgreSQL).
+///
+/// A server serving such a storage cannot learn of every commit from its
+/// own clients. It asks the backend instead, in a loop: wait until
+/// something may have been committed ([`SharedCommits::wait_for_commits`]),
+/// then read what was committed after the last transaction it announced
+/// ([`SharedCommits::commits_after`]), and tell its clients. The backend's
+/// own commits show up in that list too; the server recognises them (it
+/// announces them itself) and never announces one twice.
+///
+/// The list is authoritative: a wake-up only says when to look, so a lost
+/// or spurious notification costs latency, never correctness. A backend
+/// with no way of being woken waits out the timeout and returns `false`,
+/// which makes the server's loop a periodic poll.
+///
+/// ```
+/// use std::time::Duration;
+/// use zeo_storage::testing::{commit, record, SharedDatabase};
+/// use zeo_storage::{Storage, Tid};
+///
+/// let db = SharedDatabase::new("one database");
+/// let (a, b) = (db.handle(), db.handle());
+/// let oid = a.new_oid().unwrap();
+/// let tid = commit(&a, &[(oid, Tid::ZERO, record(&[], b"data"))]).unwrap();
+/// let shared = b.as_shared_commits().unwrap();
+/// assert!(shared.wait_for_commits(Duration::from_secs(5)).unwrap());
+/// let seen = shared.commits_after(Tid::ZERO, 100).unwrap();
+/// assert_eq!((seen[0].tid, seen[0].oids.clone()), (tid, vec![oid]));
+/// ```
+pub trait SharedCommits: Send + Sync {
+    /// Transactions committed with a tid after `after`, oldest first, at
+    /// most `limit` of them (the caller asks again from the last one for
+    /// more). Only transactions that are durable and visible to every
+    /// reader of the database are listed, and once a transaction is
+    /// listed no transaction with a smaller tid may appear later: the
+    /// backend reads in its database's commit order.
+    fn commits_after(&self, after: Tid, limit: usize) -> Result<Vec<ForeignCommit>>;
+
+    /// Blocks until something may have been committed since the previous
+    /// call, or `timeout` passes: `Ok(true)` when woken, `Ok(false)` on
+    /// timeout (always, for a backend with no wake-up). May return early
+    /// for no reason. Runs on a blocking thread.
+    fn wait_for_commits(&self, timeout: std::time::Duration) -> Result<bool>;
+
+    /// Whether every transaction stays visible on its own. A history-free
+    /// database keeps only current rows: a transaction whose objects were
+    /// all rewritten since is no longer visible, and what one read finds
+    /// is not a faithful list of transactions. The server then announces
+    /// everything one read finds as a single transaction at the newest
+    /// tid. `true` by default.
+    fn keeps_intermediate_tids(&self) -> bool {
+        true
     }
 }
 
@@ -737,6 +843,9 @@ pub struct Capabilities {
     pub external_gc: bool,
     /// [`Blobs`].
     pub blobs: bool,
+    /// [`SharedCommits`] (nothing is advertised for it: ZEO clients see
+    /// other writers' commits as ordinary invalidations).
+    pub shared_commits: bool,
 }
 
 impl Capabilities {

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod blobdir;
+pub mod copy;
 pub mod error;
 pub mod filestorage;
 pub mod gc;
@@ -23,9 +24,9 @@ pub use filestorage::FileStorage;
 pub use ids::{Oid, Tid};
 pub use interface::{
     require, BeginOptions, BlobData, BlobSource, Blobs, Capabilities, ChangedOidsIter,
-    CurrentRecord, DataRecord, ExternalGc, HistoryEntry, Iteration, LoadedRevision, Pack,
-    RecordIteration, Restore, Storage, Submitted, TransactionIter, TransactionMetaData,
-    TransactionRecord, TxnHandle, TxnStatus, Undo, UndoEntry, UndoFilter,
+    CurrentRecord, DataRecord, ExternalGc, ForeignCommit, HistoryEntry, Iteration, LoadedRevision,
+    Pack, RecordIteration, Restore, SharedCommits, Storage, Submitted, TransactionIter,
+    TransactionMetaData, TransactionRecord, TxnHandle, TxnStatus, Undo, UndoEntry, UndoFilter,
 };
 pub use mapping::MappingStorage;
 pub use timestamp::TimeStamp;

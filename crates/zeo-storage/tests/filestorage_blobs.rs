@@ -60,7 +60,8 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
             }
         }
     }
-    out.retain(|p| !p.ends_with(".layout"));
+    // The layout marker and the placement journal are not blob files.
+    out.retain(|p| !p.ends_with(".layout") && !p.ends_with(".placed"));
     out.sort();
     out
 }

@@ -82,7 +82,7 @@ fn walks_that_need_only_ids_read_headers_only() {
 
     // What getInvalidations walks when its queue is too short.
     let (changed, read) = bytes_read(|| {
-        fs.changed_oids(Some(expected[1].0))
+        fs.changed_oids(Some(expected[1].0), None)
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
             .unwrap()

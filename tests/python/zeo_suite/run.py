@@ -9,7 +9,16 @@ It then runs a selection of ZEO's test classes with ``unittest``.
 
 Usage::
 
-    python run.py --server PATH/zeo-server [--full] [--list] [-v] [NAME ...]
+    python run.py --server PATH/zeo-server [--full] [--list] [-v]
+                  [--postgres SOCKET_DIR] [NAME ...]
+
+With ``--postgres``, every storage section ZEO's tests write (a
+``<filestorage>``, ``<mappingstorage>`` or ``<blobstorage>``) is replaced
+by a ``<relstorage>`` on a fresh database of the PostgreSQL cluster whose
+Unix socket is in ``SOCKET_DIR`` (a restart of the same storage path
+within a test finds the same database), and the default selection is the
+generic test classes that assume no Data.fs (``POSTGRES_SELECTION``);
+``skips_postgres.txt`` lists what does not apply there.
 
 ``NAME`` selects classes or single tests by their id without the
 ``ZEO.tests.`` prefix (``testZEO.MappingStorageTests``,
@@ -103,6 +112,15 @@ EXCLUDED = {
     'testZEO.DemoStorageTests': '<demostorage> is not served by zeo-server',
 }
 
+# Classes run by default against PostgreSQL (--postgres): the generic
+# mixins, as MappingStorageTests composes them, and FileStorageTests'
+# further mixins (undo, iteration, revisions, conflict resolution), which
+# assume a storage, not a Data.fs.
+POSTGRES_SELECTION = [
+    'testZEO.MappingStorageTests',
+    'testZEO.FileStorageTests',
+]
+
 DEFAULT_TEST_TIMEOUT = 120
 
 
@@ -111,9 +129,10 @@ DEFAULT_TEST_TIMEOUT = 120
 class ServerLauncher:
     """Starts zeo-server processes in place of ZEO's forked Python server."""
 
-    def __init__(self, binary, log_dir):
+    def __init__(self, binary, log_dir, postgres=None):
         self.binary = binary
         self.log_dir = log_dir
+        self.postgres = Databases(postgres) if postgres else None
         self.count = 0
         self.live = []
         # Server log files started by the current test (for failure reports).
@@ -126,6 +145,8 @@ class ServerLauncher:
                 proc.kill()
                 proc.wait()
         self.live = []
+        if self.postgres:
+            self.postgres.drop_all()
 
     def start_zeo_server(self, storage_conf=None, zeo_conf=None, port=None,
                          keep=False, path='Data.fs', protocol=None,
@@ -140,7 +161,11 @@ class ServerLauncher:
                 'zeo-server cannot be made to offer protocol %r' % protocol)
         if not storage_conf:
             storage_conf = '<filestorage>\npath %s\n</filestorage>' % path
-        if blob_dir:
+        database = None
+        if self.postgres:
+            storage_conf, database = self.postgres.storage_section(
+                storage_conf, blob_dir, path)
+        elif blob_dir:
             storage_conf = ('<blobstorage>\nblob-dir %s\n%s\n</blobstorage>'
                             % (blob_dir, storage_conf))
         if zeo_conf is None or isinstance(zeo_conf, dict):
@@ -199,6 +224,8 @@ class ServerLauncher:
                 self.live.remove(proc)
             if not keep:
                 _remove_storage_files(workdir, storage_files)
+                if database:
+                    self.postgres.drop(database)
 
         return address, stop
 
@@ -207,6 +234,88 @@ class ServerLauncher:
         ZEO._forker.start_zeo_server = self.start_zeo_server
         import ZEO.tests.forker
         ZEO.tests.forker.start_zeo_server = self.start_zeo_server
+
+
+_STORAGE_START = re.compile(
+    r'^\s*<(filestorage|mappingstorage|blobstorage)(?:\s+([^\s/>]+))?',
+    re.IGNORECASE | re.MULTILINE)
+_BLOB_DIR = re.compile(r'^\s*blob-dir\s+(\S.*?)\s*$',
+                       re.IGNORECASE | re.MULTILINE)
+
+
+class Databases:
+    """Fresh PostgreSQL databases for the storages ZEO's tests configure."""
+
+    def __init__(self, socket_dir):
+        self.socket_dir = socket_dir
+        self.count = 0
+        self.live = set()
+        # (working directory, storage path) -> database, so that a test
+        # restarting a server on the same path finds its data again.
+        self.by_path = {}
+
+    def psql(self, sql):
+        subprocess.run(
+            ['psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1',
+             '-h', self.socket_dir, '-U', 'postgres', '-d', 'postgres',
+             '-c', sql],
+            check=True, timeout=60, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL)
+
+    def storage_section(self, storage_conf, blob_dir, path):
+        """The ``<relstorage>`` standing for ``storage_conf``, and its
+        database."""
+        found = _STORAGE_START.search(storage_conf)
+        if not found:
+            raise NotImplementedError(
+                'no PostgreSQL stand-in for the storage section %r'
+                % storage_conf)
+        kind = found.group(1).lower()
+        name = found.group(2)
+        if kind == 'blobstorage':
+            inner = _STORAGE_START.search(storage_conf, found.end())
+            name = inner.group(2) if inner else None
+        paths = _filestorage_paths(storage_conf)
+        key = (os.getcwd(), paths[0] if paths else None)
+        database = self.by_path.get(key) if paths else None
+        if database is None:
+            self.count += 1
+            database = 'zeo_suite_%d_%d' % (os.getpid(), self.count)
+            self.psql('CREATE DATABASE %s' % database)
+            self.live.add(database)
+            if paths:
+                self.by_path[key] = database
+        blobs = _BLOB_DIR.search(storage_conf)
+        blob_dir = blob_dir or (blobs.group(1) if blobs else None)
+        lines = ['%import relstorage',
+                 '<relstorage%s>' % (' ' + name if name else '')]
+        if blob_dir:
+            lines.append('  blob-dir %s' % blob_dir)
+            if kind == 'blobstorage' or blobs:
+                # A server-side blob directory the test may look into.
+                lines.append('  shared-blob-dir true')
+        lines += ['  <postgresql>',
+                  '    dsn host=%s dbname=%s user=postgres'
+                  % (self.socket_dir, database),
+                  '  </postgresql>', '</relstorage>']
+        return '\n'.join(lines) + '\n', database
+
+    def drop(self, database):
+        for key, value in list(self.by_path.items()):
+            if value == database:
+                del self.by_path[key]
+        if database in self.live:
+            self.live.discard(database)
+            self.psql('DROP DATABASE %s WITH (FORCE)' % database)
+
+    def drop_all(self):
+        for database in sorted(self.live):
+            try:
+                self.psql('DROP DATABASE %s WITH (FORCE)' % database)
+            except (subprocess.SubprocessError, OSError):
+                pass
+        self.live = set()
+        self.by_path = {}
 
 
 def _force_client_conflict_resolution():
@@ -377,12 +486,12 @@ def _tail(path, lines=40):
 
 # --- selection and skips -------------------------------------------------------
 
-def load_skips(zeo_major):
+def load_skips(zeo_major, name='skips.txt'):
     """``skips.txt``: ``[root:][zeoN:]ID-PATTERN  reason`` per line; a
     ``root:`` line applies only when the suite runs as root."""
     skips = []
     as_root = hasattr(os, 'geteuid') and os.geteuid() == 0
-    with open(os.path.join(HERE, 'skips.txt')) as f:
+    with open(os.path.join(HERE, name)) as f:
         for line in f:
             line = line.strip()
             if not line or line.startswith('#'):
@@ -620,6 +729,9 @@ def main(argv=None):
                         help='with --python-server: configure it with '
                         'client-conflict-resolution on, as zeo-server always '
                         'behaves')
+    parser.add_argument('--postgres', metavar='SOCKET_DIR',
+                        help='serve every storage from a fresh database of '
+                        'the PostgreSQL cluster with its socket in SOCKET_DIR')
     parser.add_argument('-v', '--verbose', action='store_true')
     parser.add_argument('names', nargs='*')
     args = parser.parse_args(argv)
@@ -633,7 +745,11 @@ def main(argv=None):
 
     zeo_version = importlib.metadata.version('ZEO')
     zeo_major = int(zeo_version.split('.')[0])
-    names = args.names or (CI_SELECTION + (FULL_ONLY if args.full else []))
+    if args.postgres:
+        names = args.names or POSTGRES_SELECTION
+    else:
+        names = args.names or (CI_SELECTION
+                               + (FULL_ONLY if args.full else []))
 
     if not args.list and not args.python_server:
         if not args.server or not os.access(args.server, os.X_OK):
@@ -643,13 +759,15 @@ def main(argv=None):
     log_dir = args.log_dir or tempfile.mkdtemp(prefix='zeo-suite-logs-')
     os.makedirs(log_dir, exist_ok=True)
     launcher = ServerLauncher(os.path.abspath(args.server or 'zeo-server'),
-                              log_dir)
+                              log_dir, args.postgres)
     if not args.python_server:
         launcher.install()
     elif args.client_conflict_resolution:
         _force_client_conflict_resolution()
 
     skips = load_skips(zeo_major)
+    if args.postgres:
+        skips = load_skips(zeo_major, 'skips_postgres.txt') + skips
     if not args.full and not args.names:
         skips += [(p, FULL_ONLY_REASON) for p in FULL_ONLY_TESTS]
     tests = select_tests(names, skips)
@@ -668,9 +786,10 @@ def main(argv=None):
     signal.signal(signal.SIGALRM, _on_alarm)
     SuiteResult.launcher = launcher
     SuiteResult.timeout = args.test_timeout
-    print('ZEO %s, %s, %d tests' % (
+    print('ZEO %s, %s%s, %d tests' % (
         zeo_version,
         'Python server' if args.python_server else 'zeo-server ' + args.server,
+        ' on PostgreSQL' if args.postgres else '',
         len(tests)))
     sys.stdout.flush()
     runner = unittest.TextTestRunner(

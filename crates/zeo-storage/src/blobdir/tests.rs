@@ -104,3 +104,38 @@ fn commit_list_copy_and_stale_cleanup() {
     let dir = BlobDir::open(&d, true).unwrap();
     assert!(dir.list_blobs().unwrap().is_empty(), "create did not wipe");
 }
+
+#[test]
+fn the_placement_journal_names_only_blob_files_of_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobDir::open(dir.path().join("blobs"), false).unwrap();
+    let files = TxnFiles::journaled(&blobs);
+    files
+        .will_place(&blobs.blob_path(Oid(0x2a), Tid(0x0301)))
+        .unwrap();
+    let mut journal = std::fs::OpenOptions::new()
+        .append(true)
+        .open(blobs.path().join(PLACED_JOURNAL))
+        .unwrap();
+    let long = "0x00/".repeat(200);
+    for hostile in [
+        "../../etc/passwd\n",
+        "0x00/0x00/../../../x.blob\n",
+        "/etc/0x01.blob\n",
+        long.as_str(),
+        "\n0x00/0x00/0x00/0x00/0x00/0x00/0x00/0x07/0x05.blob\n",
+        "0x00/0x00/0x00/0x00/0x00/0x00/0x00/0x08/0x09.blob",
+    ] {
+        journal.write_all(hostile.as_bytes()).unwrap();
+    }
+    drop(journal);
+    assert_eq!(
+        journaled_files(&blobs, 100).unwrap(),
+        [(Oid(7), Tid(5)), (Oid(0x2a), Tid(0x0301))]
+    );
+    // Lines past the bound are not read.
+    assert_eq!(
+        journaled_files(&blobs, 1).unwrap(),
+        [(Oid(0x2a), Tid(0x0301))]
+    );
+}

@@ -6,9 +6,11 @@
 //! the transaction's records are written to `Data.fs`, so a record that a
 //! finished commit made durable never names a file that a power loss can
 //! take back. An abort (or a close with the transaction still open)
-//! removes the files; a crash before finish leaves files no record names,
-//! which pack's cleanup of unreferenced revisions ignores and which are
-//! harmless to readers.
+//! removes the files. Each placement is first listed in the blob
+//! directory's journal (`.placed`, removed when a transaction finishes
+//! durably), so that the open after a crash between vote and finish
+//! removes the files whose transaction never reached `Data.fs`, without
+//! walking the directory.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,7 @@ use crate::ids::{Oid, Tid};
 use crate::interface::{BlobData, BlobSource, Blobs, Storage, TxnHandle};
 
 use super::commit::ActiveTxn;
+use super::fault::Io;
 use super::format::Reader;
 use super::{lock, FileStorage};
 
@@ -53,8 +56,8 @@ pub(crate) struct BlobState {
 impl BlobState {
     pub(crate) fn new(dir: BlobDir) -> Self {
         BlobState {
+            staged: TxnFiles::journaled(&dir),
             dir,
-            staged: TxnFiles::default(),
             pack_mode: BlobPackMode::default(),
         }
     }
@@ -64,9 +67,9 @@ impl BlobState {
         self.staged.add(txn, path);
     }
 
-    /// Syncs the files of `txn` and their directories.
-    pub(crate) fn make_durable(&self, txn: TxnHandle) -> Result<()> {
-        self.staged.make_durable(txn)
+    /// Syncs the files of `txn` (through `io`) and their directories.
+    pub(crate) fn make_durable(&self, txn: TxnHandle, io: &Io) -> Result<()> {
+        self.staged.make_durable(txn, &|f| io.sync_all(f))
     }
 
     /// Forgets the files of a finished `txn`.
@@ -105,14 +108,79 @@ impl FileStorage {
         options: super::FileStorageOptions,
         blob_dir: impl AsRef<Path>,
     ) -> Result<FileStorage> {
+        let io = Io::with_sync_delay(None, options.sync_delay);
+        Self::open_blobs_with_io(path.as_ref(), options, blob_dir.as_ref(), io)
+    }
+
+    /// [`FileStorage::open_with_blobs`] with the writes and syncs of
+    /// commits, blob uploads and blob files going through `faults`. For
+    /// tests; not API.
+    #[doc(hidden)]
+    pub fn open_with_blobs_and_faults(
+        path: impl AsRef<Path>,
+        options: super::FileStorageOptions,
+        blob_dir: impl AsRef<Path>,
+        faults: std::sync::Arc<super::FaultInjector>,
+    ) -> Result<FileStorage> {
+        let io = Io::with_sync_delay(Some(faults), options.sync_delay);
+        Self::open_blobs_with_io(path.as_ref(), options, blob_dir.as_ref(), io)
+    }
+
+    fn open_blobs_with_io(
+        path: &Path,
+        options: super::FileStorageOptions,
+        blob_dir: &Path,
+        io: Io,
+    ) -> Result<FileStorage> {
         let dir = if options.read_only {
             BlobDir::open_read_only(blob_dir)?
         } else {
             BlobDir::open(blob_dir, options.create)?
         };
-        let mut storage = Self::open(path, options)?;
+        let read_only = options.read_only;
+        let mut storage = Self::open_with_io(path, options, io)?;
         storage.blobs = Some(BlobState::new(dir));
+        if !read_only {
+            storage.remove_unfinished_blobs()?;
+        }
         Ok(storage)
+    }
+
+    /// Removes the files a crash left behind: those the placement journal
+    /// lists whose revision is not in the file (their transaction never
+    /// finished), then removes the journal. Only the listed files are
+    /// looked at, so this costs nothing for a directory of any size after
+    /// a clean stop.
+    fn remove_unfinished_blobs(&self) -> Result<()> {
+        /// More lines than any transaction stores blobs at once.
+        const MAX_LINES: usize = 10_000_000;
+        let Some(state) = &self.blobs else {
+            return Ok(());
+        };
+        let listed = crate::blobdir::journaled_files(&state.dir, MAX_LINES)?;
+        for (oid, tid) in listed {
+            let kept = match self.load_serial(oid, tid) {
+                Ok(_) => true,
+                Err(e) if e.is_pos_key() => false,
+                Err(e) => return Err(e),
+            };
+            if !kept {
+                let path = state.dir.blob_path(oid, tid);
+                if path.exists() {
+                    tracing::info!(
+                        "removing {}: its transaction did not finish",
+                        path.display()
+                    );
+                }
+                state.dir.remove_revision(oid, tid)?;
+            }
+        }
+        let journal = state.dir.path().join(crate::blobdir::PLACED_JOURNAL);
+        match std::fs::remove_file(&journal) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", journal.display()), e)),
+        }
     }
 
     /// Sets what pack does with the files of the revisions it removes
@@ -144,7 +212,10 @@ impl FileStorage {
         tid: Tid,
         src: &Path,
     ) -> Result<()> {
-        let placed = state.dir.commit_file(src, oid, tid);
+        let placed = state
+            .staged
+            .will_place(&state.dir.blob_path(oid, tid))
+            .and_then(|_| state.dir.commit_file(src, oid, tid));
         if placed.is_err() {
             let _ = std::fs::remove_file(src);
         }
@@ -175,6 +246,7 @@ impl FileStorage {
                 // Not a blob revision (or its file was packed away).
                 continue;
             }
+            state.staged.will_place(&state.dir.blob_path(oid, a.tid))?;
             let copy = state.dir.copy_revision(oid, found.tid, a.tid)?;
             state.add(a.handle, copy);
         }
@@ -223,6 +295,10 @@ impl Blobs for FileStorage {
                 Err(e)
             }
         }
+    }
+
+    fn append_to_temporary(&self, file: &std::fs::File, chunk: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self.io.writer(file), chunk)
     }
 
     fn load_blob(&self, oid: Oid, serial: Tid) -> Result<BlobData> {
@@ -376,7 +452,7 @@ impl FileStorage {
                     remove_oid_dir(&state.dir, *oid)?;
                 }
                 for (oid, tid) in &gone_files {
-                    remove_blob_file(&state.dir, *oid, *tid)?;
+                    state.dir.remove_revision(*oid, *tid)?;
                 }
             }
             BlobPackMode::Removed { keep_old } => {
@@ -400,7 +476,7 @@ impl FileStorage {
                         remove_oid_dir(&state.dir, *oid)?;
                     }
                     for (oid, tid) in &gone_files {
-                        remove_blob_file(&state.dir, *oid, *tid)?;
+                        state.dir.remove_revision(*oid, *tid)?;
                     }
                 }
                 std::fs::remove_file(&removed)
@@ -427,40 +503,12 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(context, e)
 }
 
-fn remove_blob_file(dir: &BlobDir, oid: Oid, tid: Tid) -> Result<()> {
-    BlobDir::remove_committed(&dir.blob_path(oid, tid))?;
-    remove_empty_parents(dir, &dir.oid_dir(oid))
-}
-
 fn remove_oid_dir(dir: &BlobDir, oid: Oid) -> Result<()> {
     let path = dir.oid_dir(oid);
     if path.exists() {
         std::fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
     }
-    remove_empty_parents(dir, path.parent().unwrap_or(dir.path()))
-}
-
-/// Removes `from` and its parents while they are empty, never the blob
-/// directory itself (ZODB's `maybe_remove_empty_dir_containing`).
-fn remove_empty_parents(dir: &BlobDir, from: &Path) -> Result<()> {
-    let mut at = from.to_path_buf();
-    // At most the eight levels of the bushy layout.
-    for _ in 0..8 {
-        if at == dir.path() || !at.starts_with(dir.path()) {
-            break;
-        }
-        let empty = std::fs::read_dir(&at)
-            .map(|mut entries| entries.next().is_none())
-            .unwrap_or(false);
-        if !empty || std::fs::remove_dir(&at).is_err() {
-            break;
-        }
-        match at.parent() {
-            Some(p) => at = p.to_path_buf(),
-            None => break,
-        }
-    }
-    Ok(())
+    dir.remove_empty_parents(path.parent().unwrap_or(dir.path()))
 }
 
 /// ZODB's `pack-keep-old` for blobs: the removed files move to
@@ -483,14 +531,14 @@ fn move_to_old(dir: &BlobDir, gone_oids: &[Oid], gone_files: &[(Oid, Tid)]) -> R
         let path = dir.oid_dir(*oid);
         if path.exists() {
             relocate(&path)?;
-            remove_empty_parents(dir, path.parent().unwrap_or(dir.path()))?;
+            dir.remove_empty_parents(path.parent().unwrap_or(dir.path()))?;
         }
     }
     for (oid, tid) in gone_files {
         let path = dir.blob_path(*oid, *tid);
         if path.exists() {
             relocate(&path)?;
-            remove_empty_parents(dir, &dir.oid_dir(*oid))?;
+            dir.remove_empty_parents(&dir.oid_dir(*oid))?;
         }
     }
     for (_, _, path) in dir.list_blobs()? {

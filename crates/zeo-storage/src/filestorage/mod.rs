@@ -429,9 +429,10 @@ impl FileStorage {
         file: Arc<File>,
         end: u64,
         start: Option<Tid>,
+        stop: Option<Tid>,
     ) -> Result<ChangedOidsIter<'_>> {
         let scanner =
-            iteration::TxnScanner::new(file, &self.path, end, start, None, true)?.headers_only();
+            iteration::TxnScanner::new(file, &self.path, end, start, stop, true)?.headers_only();
         Ok(Box::new(scanner.map(|txn| {
             txn.map(|t| (t.tid, t.records.iter().map(|r| r.oid).collect()))
         })))
@@ -643,7 +644,7 @@ impl Storage for FileStorage {
         if let Some(blobs) = &self.blobs {
             // Blob files durable before the records naming them are written.
             if self.is_current(txn) {
-                blobs.make_durable(txn)?;
+                blobs.make_durable(txn, &self.io)?;
             }
         }
         self.vote(txn)
@@ -677,7 +678,12 @@ impl Storage for FileStorage {
         submitted: Submitted,
         on_commit: &mut dyn FnMut(Tid),
     ) -> Result<Tid> {
-        self.durable(submitted.txn, on_commit)
+        let txn = submitted.txn;
+        let res = self.durable(txn, on_commit);
+        if let (Ok(_), Some(blobs)) = (&res, &self.blobs) {
+            blobs.finished(txn);
+        }
+        res
     }
 
     fn syncs(&self) -> Option<u64> {
@@ -717,7 +723,8 @@ impl Storage for FileStorage {
         let Some(first) = first else {
             return Ok(Vec::new());
         };
-        self.changed_oids_until(file, end, Some(first))?.collect()
+        self.changed_oids_until(file, end, Some(first), None)?
+            .collect()
     }
 
     fn may_block(&self) -> bool {
@@ -800,9 +807,9 @@ impl Iteration for FileStorage {
         )?))
     }
 
-    fn changed_oids(&self, start: Option<Tid>) -> Result<ChangedOidsIter<'_>> {
+    fn changed_oids(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<ChangedOidsIter<'_>> {
         let (file, end) = self.snapshot()?;
-        self.changed_oids_until(file, end, start)
+        self.changed_oids_until(file, end, start, stop)
     }
 }
 

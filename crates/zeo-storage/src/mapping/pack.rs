@@ -208,9 +208,31 @@ impl Pack for MappingStorage {
         let committed = self.read_committed().clone();
         if let Some(packed) = pack_state(&committed, stop, gc, &*self.references)? {
             self.install(packed);
+            // Still under the commit lock: no file of a transaction in
+            // progress can be taken for a packed one.
+            self.remove_packed_blobs()?;
         }
         drop(guard);
         self.commit_free.notify_one();
+        Ok(())
+    }
+}
+
+impl MappingStorage {
+    /// Removes the blob files whose revision no longer loads after a pack,
+    /// as ZODB's `BlobStorage` wrapper does around a storage without blob
+    /// support of its own.
+    fn remove_packed_blobs(&self) -> Result<()> {
+        let Some(blobs) = &self.blobs else {
+            return Ok(());
+        };
+        for (oid, tid, _) in blobs.dir.list_blobs()? {
+            match self.load_serial(oid, tid) {
+                Ok(_) => {}
+                Err(e) if e.is_pos_key() => blobs.dir.remove_revision(oid, tid)?,
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 }

@@ -784,6 +784,45 @@ pub fn blobs_store_load_and_abort<S: Storage>(make: &dyn Fn() -> Fixture<S>) {
     }
 }
 
+/// Blobs and pack (when the storage has both): pack removes the blob of
+/// each revision it removed, keeps the current revision's, and a removed
+/// revision's blob no longer loads (nor, for a file-based backend, stays
+/// on disk).
+pub fn blobs_pack_removes_files_of_removed_revisions<S: Storage>(make: &dyn Fn() -> Fixture<S>) {
+    let s = make();
+    let (Some(blobs), Some(pack)) = (s.as_blobs(), s.as_pack()) else {
+        return;
+    };
+    let stream = |bytes: &[u8]| BlobSource::Stream(Box::new(std::io::Cursor::new(bytes.to_vec())));
+    let t1 = commit_with(&*s, &meta("first"), BeginOptions::default(), |s, t| {
+        s.store(t, oid(0), Tid::ZERO, &record(&[oid(1)], b"root"))?;
+        blobs.store_blob(t, oid(1), Tid::ZERO, &record(&[], b"b1"), stream(b"one"))
+    })
+    .unwrap();
+    let old_file = match blobs.load_blob(oid(1), t1).unwrap() {
+        BlobData::Path(path) => Some(path),
+        _ => None,
+    };
+    let t2 = commit_with(&*s, &meta("second"), BeginOptions::default(), |_, t| {
+        blobs.store_blob(t, oid(1), t1, &record(&[], b"b2"), stream(b"two"))
+    })
+    .unwrap();
+    pack.pack(t2.unix_time() + 1.0, false).unwrap();
+    assert!(blobs.load_blob(oid(1), t1).unwrap_err().is_pos_key());
+    if let Some(path) = old_file {
+        assert!(!path.exists(), "{} survived the pack", path.display());
+    }
+    let current = match blobs.load_blob(oid(1), t2).unwrap() {
+        BlobData::Path(path) => std::fs::read(path).unwrap(),
+        BlobData::Reader(mut r) => {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut r, &mut out).unwrap();
+            out
+        }
+    };
+    assert_eq!(current, b"two");
+}
+
 /// Every check of this tier, by name.
 pub fn checks<S: Storage + 'static>() -> Vec<(&'static str, Check<S>)> {
     vec![
@@ -851,6 +890,10 @@ pub fn checks<S: Storage + 'static>() -> Vec<(&'static str, Check<S>)> {
         (
             "blobs_store_load_and_abort",
             blobs_store_load_and_abort::<S>,
+        ),
+        (
+            "blobs_pack_removes_files_of_removed_revisions",
+            blobs_pack_removes_files_of_removed_revisions::<S>,
         ),
     ]
 }

@@ -43,6 +43,9 @@ use crate::{
 pub mod contract;
 pub mod exact;
 pub mod model;
+pub mod shared;
+
+pub use shared::{check_shared_commits, SharedDatabase, SharedHandle};
 
 /// A storage under test together with whatever must outlive it (a
 /// temporary directory), and what the suite may expect of it.
@@ -128,7 +131,8 @@ macro_rules! contract_tests {
             record_iternext_walks_every_oid, abort_discards, wrong_handles_are_refused,
             finish_callback_runs_before_readers_see, finish_in_two_halves,
             second_tpc_begin_blocks, pack_keeps_current_revisions, close_then_closed,
-            close_wakes_a_waiting_tpc_begin, blobs_store_load_and_abort);
+            close_wakes_a_waiting_tpc_begin, blobs_store_load_and_abort,
+            blobs_pack_removes_files_of_removed_revisions);
     };
 }
 
