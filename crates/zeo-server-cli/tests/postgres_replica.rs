@@ -17,13 +17,33 @@ use zeo_client::{ClientOptions, ClientStorage, ServerAddress};
 use zeo_storage::{Oid, Storage, Tid};
 use zeo_testkit::postgres::PrivateCluster;
 
-/// Starts a read-only `zeo-server` on the replica's database `zodb`.
+/// Starts a read-only `zeo-server` on `dsn` with the configuration
+/// docs/postgresql-ha.md gives for a server on a replica (its address and
+/// `dsn` replaced by the test's).
 fn serve_read_only(dir: &std::path::Path, dsn: &str) -> ServerProcess {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/postgresql-ha.md"),
+    )
+    .unwrap();
+    let section = &doc[doc
+        .find("### A read-only server on the replica")
+        .expect("the replica section of docs/postgresql-ha.md")..];
+    let block = section
+        .split("```ini\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the replica server's zeo.conf in docs/postgresql-ha.md");
+    let conf: String = block
+        .lines()
+        .map(|line| match line.trim_start() {
+            l if l.starts_with("address ") => "  address 127.0.0.1:0".to_owned(),
+            l if l.starts_with("dsn ") => format!("    dsn {dsn}"),
+            _ => line.to_owned(),
+        })
+        .map(|line| line + "\n")
+        .collect();
+    assert!(conf.contains("read-only true"), "{conf}");
     std::fs::create_dir_all(dir).unwrap();
-    let conf = format!(
-        "%import relstorage\n<zeo>\n  address 127.0.0.1:0\n  read-only true\n</zeo>\n\
-         <relstorage 1>\n  read-only true\n  <postgresql>\n    dsn {dsn}\n  </postgresql>\n</relstorage>\n"
-    );
     std::fs::write(dir.join("zeo.conf"), conf).unwrap();
     ServerProcess::start(dir, &["-C", "zeo.conf"])
 }
