@@ -149,3 +149,28 @@ fn a_client_failing_over_to_a_lagging_replica_waits_for_it_to_catch_up() {
     assert_eq!(c.load(oid).unwrap(), (b"second".to_vec(), second));
     assert!(c.last_transaction() >= second);
 }
+
+#[test]
+fn a_stock_python_client_refuses_a_lagging_replica_as_cache_newer_than_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_pg, primary, replica) = primary_and_replica(dir.path());
+    let reader_server = serve_read_only(&dir.path().join("replica"), &replica.dsn("zodb"));
+    replica.cluster().psql("SELECT pg_wal_replay_pause()");
+    let out = zeo_testkit::run_python(
+        &zeo_testkit::python6(),
+        &zeo_testkit::script("lagging_replica_client.py"),
+        &[
+            primary.port().to_string(),
+            reader_server.port().to_string(),
+            dir.path().display().to_string(),
+        ],
+        dir.path(),
+    );
+    let verdict = zeo_testkit::stdout_of(&out, "lagging_replica_client.py");
+    // What docs/postgresql-ha.md says Python clients do: refuse at once,
+    // logging at CRITICAL, and stay disconnected.
+    assert_eq!(
+        verdict.trim(),
+        r#"{"out_of_sync_logged": true, "connected": false}"#
+    );
+}

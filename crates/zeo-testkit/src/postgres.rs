@@ -297,13 +297,15 @@ impl Shutdown {
 /// that an immediate shutdown loses no acknowledged commit. Stopped
 /// (immediately) and removed when dropped.
 ///
-/// ```no_run
+/// ```
 /// use zeo_testkit::postgres::{PrivateCluster, Shutdown};
 ///
 /// let pg = PrivateCluster::start();
 /// let dsn = pg.create_database("zodb");
+/// pg.cluster().psql("CREATE TABLE kept (n int); INSERT INTO kept VALUES (1)");
 /// pg.restart(Shutdown::Immediate);
 /// assert!(dsn.contains("dbname=zodb"));
+/// assert_eq!(pg.cluster().psql("SELECT count(*) FROM kept").trim(), "1");
 /// ```
 #[derive(Debug)]
 pub struct PrivateCluster {
