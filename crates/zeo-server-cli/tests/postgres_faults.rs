@@ -1,6 +1,7 @@
 //! Faults under `zeo-server` on PostgreSQL, each over a cluster of the
 //! test's own (the shared test cluster must stay up): the database
-//! restarted between vote and finish and during a stream of commits, and
+//! restarted or the commit's connection dropped between vote and
+//! finish, the database restarted during a stream of commits, and
 //! a server killed -9 between vote and finish beside a second server. A
 //! commit fails cleanly (an error, nothing half-applied), no
 //! acknowledged commit is lost, and the servers go on serving by
@@ -13,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use postgres_common::{begin_and_vote, client, commit, commit_eventually, count, serve, PATIENCE};
+use postgres_common::{
+    begin_and_vote, client, commit, commit_eventually, count, serve, wait_for_value, PATIENCE,
+};
 use zeo_storage::{Storage, Tid};
 use zeo_testkit::postgres::{PrivateCluster, Shutdown};
 
@@ -31,8 +34,10 @@ fn revisions_holding(pg: &PrivateCluster, data: &str) -> i64 {
     )
 }
 
-#[test]
-fn a_database_restart_between_vote_and_finish_fails_that_commit_only() {
+/// Commits once, then stores a revision, votes, lets `fault` strike the
+/// database and finishes: the finish must fail, leave nothing, and the
+/// server must serve the next commit by itself.
+fn fault_between_vote_and_finish(fault: impl FnOnce(&PrivateCluster)) {
     let pg = PrivateCluster::start();
     let dsn = pg.create_database("zodb");
     let dir = tempfile::tempdir().unwrap();
@@ -42,12 +47,9 @@ fn a_database_restart_between_vote_and_finish_fails_that_commit_only() {
     let first = commit(&c, &[(oid, Tid::ZERO, b"first".to_vec())]).unwrap();
 
     let txn = begin_and_vote(&c, &[(oid, first, b"lost".to_vec())]).unwrap();
-    pg.restart(Shutdown::Fast);
+    fault(&pg);
     let finished = c.tpc_finish(txn, &mut |_| {});
-    assert!(
-        finished.is_err(),
-        "a finish over a restarted database: {finished:?}"
-    );
+    assert!(finished.is_err(), "a finish after the fault: {finished:?}");
     c.tpc_abort(txn);
 
     // The server reconnects by itself: the next commit goes through.
@@ -56,6 +58,23 @@ fn a_database_restart_between_vote_and_finish_fails_that_commit_only() {
     assert_eq!(c.load(oid).unwrap(), (b"second".to_vec(), second));
     assert_eq!(transactions(&pg), 2);
     assert_eq!(revisions_holding(&pg, "lost"), 0);
+}
+
+#[test]
+fn a_database_restart_between_vote_and_finish_fails_that_commit_only() {
+    fault_between_vote_and_finish(|pg| pg.restart(Shutdown::Fast));
+}
+
+#[test]
+fn a_commit_connection_dropped_between_vote_and_finish_fails_that_commit_only() {
+    fault_between_vote_and_finish(|pg| {
+        // The server's session holding the voted transaction open.
+        let dropped = pg.cluster().psql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = 'zodb' AND state LIKE 'idle in transaction%'",
+        );
+        assert_eq!(dropped.trim(), "1");
+    });
 }
 
 /// What the committer of the stream saw: every acknowledged commit (the
@@ -197,8 +216,11 @@ fn a_server_killed_between_vote_and_finish_leaves_the_database_whole_and_the_oth
     assert!(ca.tpc_finish(txn, &mut |_| {}).is_err());
 
     // B commits to the same object: its database session went with A.
-    let (data, serial) = cb.load(oid).unwrap();
-    assert_eq!((data.as_slice(), serial), (&b"first"[..], first));
+    // (Once B has announced A's first commit to its client: before that,
+    // B serves its client as of an older tid, where the object does not
+    // exist yet.)
+    wait_for_value(&cb, oid, b"first");
+    assert_eq!(cb.load(oid).unwrap(), (b"first".to_vec(), first));
     let second = commit(&cb, &[(oid, first, b"second".to_vec())]).unwrap();
     assert!(second > first);
     assert_eq!(transactions(&pg), 2);

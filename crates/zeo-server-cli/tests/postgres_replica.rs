@@ -12,9 +12,9 @@ mod postgres_common;
 use std::time::Instant;
 
 use common::{ruok, ServerProcess};
-use postgres_common::{client, commit, PATIENCE};
+use postgres_common::{client, commit, wait_for_value, PATIENCE};
 use zeo_client::{ClientOptions, ClientStorage, ServerAddress};
-use zeo_storage::{Oid, Storage, Tid};
+use zeo_storage::{Storage, Tid};
 use zeo_testkit::postgres::PrivateCluster;
 
 /// Starts a read-only `zeo-server` on `dsn` with the configuration
@@ -57,25 +57,6 @@ fn primary_and_replica(dir: &std::path::Path) -> (PrivateCluster, ServerProcess,
     let replica = PrivateCluster::replica_of(&pg);
     assert!(replica.wait_replayed(&pg.current_lsn(), PATIENCE));
     (pg, primary, replica)
-}
-
-/// Waits (bounded) until `c` loads `want` for `oid`: each round trip to
-/// the server brings the invalidations sent before it.
-fn wait_for_value(c: &ClientStorage, oid: Oid, want: &[u8]) {
-    let deadline = Instant::now() + PATIENCE;
-    let mut seen = None;
-    for _ in 0..100_000 {
-        seen = c.load(oid).ok();
-        if seen.as_ref().is_some_and(|(d, _)| d == want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{oid:?} still reads {seen:?}, not {want:?}"
-        );
-        let _ = c.ping();
-    }
-    panic!("{oid:?} still reads {seen:?}, not {want:?}");
 }
 
 #[test]

@@ -171,6 +171,13 @@ impl Sql {
     }
 }
 
+/// How long a finish that lost its connection during COMMIT keeps asking
+/// the database whether the transaction made it, before answering with an
+/// error of unknown outcome.
+const OUTCOME_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+/// The shortest pause between two such questions.
+const OUTCOME_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn pg<T>(r: std::result::Result<T, postgres::Error>) -> crate::error::Result<T> {
     r.map_err(Error::Postgres)
 }
@@ -519,8 +526,32 @@ impl PostgresStorage {
     }
 
     /// After the connection was lost during COMMIT: whether the
-    /// transaction `tid` made it, asked on a fresh connection.
+    /// transaction `tid` made it, asked on a fresh connection. A database
+    /// that is restarting (the usual reason for the loss) is asked again,
+    /// on the pool's back-off, for up to [`OUTCOME_PATIENCE`]: an answer
+    /// turns a commit of unknown outcome into a known one.
     fn committed_after_all(&self, tid: Tid, p: &Pending) -> crate::error::Result<bool> {
+        let deadline = std::time::Instant::now() + OUTCOME_PATIENCE;
+        loop {
+            match self.ask_committed(tid, p) {
+                Err(e) if e.is_connection_lost() => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(e);
+                    }
+                    let pause = match &e {
+                        Error::Unreachable { retry_in, .. } => *retry_in,
+                        _ => OUTCOME_RETRY,
+                    };
+                    std::thread::sleep(pause.max(OUTCOME_RETRY).min(left));
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// One attempt of [`Self::committed_after_all`].
+    fn ask_committed(&self, tid: Tid, p: &Pending) -> crate::error::Result<bool> {
         let mut client = self.pool.connect()?;
         let sql = match self.mode {
             HistoryMode::Preserving => {

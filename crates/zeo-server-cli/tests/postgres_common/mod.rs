@@ -97,3 +97,22 @@ pub fn count(pg: &PrivateCluster, db: &str, sql: &str) -> i64 {
         .parse()
         .unwrap_or_else(|e| panic!("{sql}: {e}: {out:?}"))
 }
+
+/// Waits (bounded) until `c` loads `want` for `oid`: each round trip to
+/// the server brings the invalidations sent before it.
+pub fn wait_for_value(c: &ClientStorage, oid: Oid, want: &[u8]) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = None;
+    for _ in 0..100_000 {
+        seen = c.load(oid).ok();
+        if seen.as_ref().is_some_and(|(d, _)| d == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{oid:?} still reads {seen:?}, not {want:?}"
+        );
+        let _ = c.ping();
+    }
+    panic!("{oid:?} still reads {seen:?}, not {want:?}");
+}
