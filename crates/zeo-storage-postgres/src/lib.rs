@@ -94,6 +94,7 @@ mod error;
 mod iteration;
 mod options;
 mod pack;
+mod poll;
 mod pool;
 mod restore;
 mod schema;

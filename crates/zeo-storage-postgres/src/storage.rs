@@ -137,6 +137,8 @@ pub struct PostgresStorage {
     /// Where loaded blobs are cached and uploads wait (`blob-dir`); `None`
     /// keeps blobs unsupported.
     pub(crate) blob_cache: Option<BlobDir>,
+    /// The connection listening for other writers' commits (`poll.rs`).
+    pub(crate) listener: crate::poll::Listener,
 }
 
 /// Statements whose text depends on the history mode.
@@ -238,6 +240,7 @@ impl PostgresStorage {
             closed: AtomicBool::new(false),
             sql,
             blob_cache,
+            listener: crate::poll::Listener::default(),
         })
     }
 
@@ -886,6 +889,11 @@ impl Storage for PostgresStorage {
                 retry_in: std::time::Duration::ZERO,
             }));
         }
+        // Other writers' commits are visible at their COMMIT anyway: a
+        // server orders what its clients see by the tid it announced
+        // (`SharedCommits`), and its callback takes its publication lock,
+        // which loads hold while they wait for this gate.
+        drop(gate);
         on_commit(tid);
         self.last_tid.fetch_max(tid.0, Ordering::AcqRel);
         self.cache_committed_blobs(&mut p.staged, tid);
@@ -906,7 +914,6 @@ impl Storage for PostgresStorage {
                     .retain(|o| *o > max.0);
             }
         }
-        drop(gate);
         drop(pending);
         self.lock_free.notify_one();
         Ok(tid)
@@ -943,6 +950,10 @@ impl Storage for PostgresStorage {
         self.blob_cache.as_ref().map(|_| self as _)
     }
 
+    fn as_shared_commits(&self) -> Option<&dyn zeo_storage::SharedCommits> {
+        Some(self)
+    }
+
     fn as_pack(&self) -> Option<&dyn zeo_storage::Pack> {
         Some(self)
     }
@@ -963,7 +974,9 @@ impl Storage for PostgresStorage {
         // when its connection goes.
         let open_txn = pending.as_mut().and_then(|p| p.conn.take());
         drop(pending);
-        drop_off_runtime(self.connections(open_txn));
+        let mut connections = self.connections(open_txn);
+        connections.extend(self.listener.take());
+        drop_off_runtime(connections);
         Ok(())
     }
 }
