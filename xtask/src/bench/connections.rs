@@ -324,7 +324,7 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Vec<Meas
     Ok(measured)
 }
 
-fn pct(sorted: &[f64], q: f64) -> f64 {
+pub(super) fn pct(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

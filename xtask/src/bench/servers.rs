@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::connections::{commit, contains, read_frame, registered};
+use super::connections::{commit, contains, pct, read_frame, registered};
 use super::{capture, free_port, raised_fd_limit, wait_listening, with_logs, Scratch};
 
 /// Commits timed from server A to a client of server B.
@@ -260,13 +260,6 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Measured
         one_server,
         two_servers,
     })
-}
-
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// The table of one run.
