@@ -10,8 +10,9 @@
 
 mod common;
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use common::{bytes, invalidation, Client, TestServer};
 use zeo_pickle::Value;
@@ -108,6 +109,43 @@ impl SharedCommits for Flaky {
     }
 }
 
+/// The server's log lines, kept in memory.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Collects every log line of this test binary (one test: the server
+    /// logs from its own tasks and blocking threads, so a thread-local
+    /// subscriber would miss lines).
+    fn install() -> Logs {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        logs
+    }
+
+    fn lines_with(&self, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+}
+
 fn invalidations_received(client: &Client) -> Vec<(Tid, Vec<Oid>)> {
     client
         .events()
@@ -119,6 +157,7 @@ fn invalidations_received(client: &Client) -> Vec<(Tid, Vec<Oid>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_foreign_commits_below_an_own_commit_disconnect_every_client() {
+    let logs = Logs::install();
     let db = SharedDatabase::new("shared");
     let flaky = Arc::new(Flaky {
         inner: db.handle(),
@@ -166,6 +205,12 @@ async fn unreadable_foreign_commits_below_an_own_commit_disconnect_every_client(
         "every other client is disconnected"
     );
     assert!(flaky.failed.load(Ordering::Acquire) > 0);
+    assert_eq!(
+        logs.lines_with("disconnecting every client"),
+        1,
+        "one log line for the whole server"
+    );
+    assert_eq!(logs.lines_with("ERROR"), 1);
     // Nobody was told of the own commit while the foreign one below it
     // went unannounced: a cache would keep `theirs 1` as current.
     for client in [&committer, &bystander] {
