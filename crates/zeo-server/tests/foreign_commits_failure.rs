@@ -3,7 +3,8 @@
 //! of its own cannot tell its clients what they missed. It restarts its
 //! invalidation queue at its own commit and disconnects every client;
 //! clients reconnect, find the queue too new for their caches, verify,
-//! and read what the database holds.
+//! and read what the database holds. Shown with raw connections, then
+//! with the client library, which reconnects and drops its cache by itself.
 //!
 //! The database is `zeo_storage::testing::SharedDatabase`; the server's
 //! handle on it is wrapped so that `commits_after` fails on demand.
@@ -14,7 +15,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{bytes, invalidation, Client, TestServer};
+use common::{bytes, invalidation, Client, TestServer, WAIT};
+use zeo_client::{AsyncClientStorage, ClientOptions, Notice, ServerAddress};
 use zeo_pickle::Value;
 use zeo_protocol::client::replies;
 use zeo_protocol::ClientRequest;
@@ -155,6 +157,19 @@ fn invalidations_received(client: &Client) -> Vec<(Tid, Vec<Oid>)> {
         .collect()
 }
 
+/// Commits `data` for `oid` through `client`, whose connection the server
+/// closes during the finish: no reply is awaited.
+async fn commit_cut_off(client: &mut Client, txn: i64, oid: Oid, serial: Tid, data: &[u8]) {
+    client.begin(txn).await;
+    client.store(txn, oid, serial, data).await;
+    client.vote(txn).await.unwrap();
+    let id = client.msgid();
+    client
+        .send(&ClientRequest::tpc_finish(id, TxnId(txn)))
+        .await;
+    assert!(client.closed().await, "the committer is disconnected");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_foreign_commits_below_an_own_commit_disconnect_every_client() {
     let logs = Logs::install();
@@ -192,14 +207,7 @@ async fn unreadable_foreign_commits_below_an_own_commit_disconnect_every_client(
     let hidden = commit(&elsewhere, &[(theirs, before, b"theirs 2".to_vec())]).unwrap();
 
     // An own commit above it: the server cannot announce what lies below.
-    committer.begin(1).await;
-    committer.store(1, mine, Tid::ZERO, b"mine").await;
-    committer.vote(1).await.unwrap();
-    let id = committer.msgid();
-    committer
-        .send(&ClientRequest::tpc_finish(id, TxnId(1)))
-        .await;
-    assert!(committer.closed().await, "the committer is disconnected");
+    commit_cut_off(&mut committer, 1, mine, Tid::ZERO, b"mine").await;
     assert!(
         bystander.closed().await,
         "every other client is disconnected"
@@ -258,5 +266,52 @@ async fn unreadable_foreign_commits_below_an_own_commit_disconnect_every_client(
         .await
         .unwrap();
     assert_ne!(since, Value::None);
+
+    // The client library through a second outage: it reconnects by itself
+    // and drops the cache the server can no longer bring up to date.
+    let mut options = ClientOptions::new(vec![ServerAddress::from(server.addr)]);
+    options.wait_timeout = WAIT;
+    let library = tokio::time::timeout(WAIT, AsyncClientStorage::connect(options))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut notices = library.subscribe();
+    assert_eq!(
+        library.load(theirs).await.unwrap(),
+        (b"theirs 3".to_vec(), after)
+    );
+    flaky.failing.store(true, Ordering::Release);
+    let hidden_again = commit(&elsewhere, &[(theirs, after, b"theirs 4".to_vec())]).unwrap();
+    commit_cut_off(&mut returning, 2, mine, own, b"mine 2").await;
+    flaky.failing.store(false, Ordering::Release);
+    let (mut disconnected, mut dropped) = (false, false);
+    for _ in 0..100 {
+        match tokio::time::timeout(WAIT, notices.recv())
+            .await
+            .expect("the client reconnects")
+            .unwrap()
+        {
+            Notice::Disconnected => disconnected = true,
+            Notice::CacheDropped => dropped = true,
+            Notice::Connected { .. } if disconnected => break,
+            _ => {}
+        }
+    }
+    assert!(disconnected && dropped, "disconnected, cache dropped");
+    assert!(library.is_connected());
+    assert_eq!(
+        library.load(theirs).await.unwrap(),
+        (b"theirs 4".to_vec(), hidden_again),
+        "not the revision cached before the outage"
+    );
+    let own_again = db.handle().load(mine).unwrap();
+    assert_eq!(own_again.0, b"mine 2");
+    assert_eq!(library.last_transaction(), own_again.1);
+    assert_eq!(
+        logs.lines_with("disconnecting every client"),
+        2,
+        "one line per outage"
+    );
+    library.close().unwrap();
     server.stop().await;
 }
