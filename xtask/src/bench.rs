@@ -27,9 +27,11 @@ use std::time::{Duration, Instant};
 use crate::process;
 
 mod blob;
+mod connections;
 mod group_commit;
 mod pingpong;
 mod postgresql;
+mod start_scan;
 
 /// The Rust client's workloads; the Python client runs all but `prefetch`
 /// (Python's ClientStorage prefetches without waiting, so it has no rate).
@@ -48,12 +50,38 @@ pub struct BenchOptions {
     only_postgresql: bool,
     blob_mb: u64,
     only_blob: bool,
+    start: Start,
+    connections: Connections,
+}
+
+/// Whether the fan-out and idle-memory figures with many connections are
+/// measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Connections {
+    Also,
+    Only,
+    Skip,
+}
+
+/// Whether the server start figures are measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// With the rest (the default).
+    Also,
+    /// Alone.
+    Only,
+    /// Not at all.
+    Skip,
+    /// Not measured; the cached files are deleted instead.
+    RemoveFiles,
 }
 
 impl BenchOptions {
     /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N]
     /// [--keep] [--no-tls] [--debug] [--only-group-commit]
-    /// [--only-postgresql] [--blob-mb N] [--only-blob]`.
+    /// [--only-postgresql] [--blob-mb N] [--only-blob] [--only-start]
+    /// [--no-start] [--remove-start-files] [--only-connections]
+    /// [--no-connections]`.
     pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
         let mut o = BenchOptions {
             duration: 2.0,
@@ -64,6 +92,8 @@ impl BenchOptions {
             tls: true,
             debug: false,
             only_group_commit: false,
+            start: Start::Also,
+            connections: Connections::Also,
             only_postgresql: false,
             blob_mb: 100,
             only_blob: false,
@@ -107,6 +137,14 @@ impl BenchOptions {
                 "--no-tls" => o.tls = false,
                 // Only the group commit figures (and the fsync baseline).
                 "--only-group-commit" => o.only_group_commit = true,
+                // The server start figures: alone, not at all, or deleting
+                // the large files they keep under the target directory.
+                "--only-start" => o.start = Start::Only,
+                "--no-start" => o.start = Start::Skip,
+                "--remove-start-files" => o.start = Start::RemoveFiles,
+                // The invalidation fan-out and 10,000 idle connections.
+                "--only-connections" => o.connections = Connections::Only,
+                "--no-connections" => o.connections = Connections::Skip,
                 // Only zeo-server on PostgreSQL beside RelStorage direct.
                 "--only-postgresql" => o.only_postgresql = true,
                 // The size of the blob workload's blob; 0 leaves it out.
@@ -227,6 +265,9 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         ));
     }
 
+    if options.start == Start::RemoveFiles {
+        return start_scan::remove_files(&target);
+    }
     let profile = if options.debug { "debug" } else { "release" };
     process::header(&format!("build zeo-server and zeo-client ({profile})"));
     let mut build = cargo();
@@ -284,6 +325,24 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         dir: &dir,
         duration: options.duration,
     };
+    let start_inputs = start_scan::Inputs {
+        server_bin: &server_bin,
+        runzeo: &runzeo,
+        target: &target,
+        dir: &dir,
+    };
+    if options.connections == Connections::Only {
+        let measured = connections::run(&mut scratch, &start_inputs)?;
+        process::header("Results");
+        connections::print(&measured);
+        return Ok(());
+    }
+    if options.start == Start::Only {
+        let start = start_scan::run(&start_inputs)?;
+        process::header("Results");
+        start_scan::print(&start);
+        return Ok(());
+    }
     let pg_inputs = postgresql::Inputs {
         server_bin: &server_bin,
         client_bin: &client_bin,
@@ -486,6 +545,16 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     }
 
     let group = group_commit::run(&mut scratch, &group_inputs)?;
+    let many = if options.connections == Connections::Also {
+        connections::run(&mut scratch, &start_inputs)?
+    } else {
+        Vec::new()
+    };
+    let start = if options.start == Start::Also {
+        start_scan::run(&start_inputs)?
+    } else {
+        Vec::new()
+    };
     let pg = postgresql::run(&mut scratch, &pg_inputs)?;
     let blobs = if options.blob_mb > 0 {
         Some(blob::run(&mut scratch, &blob_inputs)?)
@@ -511,6 +580,8 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     );
     print_table(options, &counts, &results, &rss, fsync, pingpong);
     group_commit::print(&group, fsync);
+    start_scan::print(&start);
+    connections::print(&many);
     postgresql::print(&pg, &counts);
     if let Some(blobs) = &blobs {
         blob::print(blobs);
@@ -746,25 +817,13 @@ const SLOW_READER_REQUESTS: usize = 100_000;
 /// reply; they stay connected until dropped. Sending stops early when the
 /// server stops reading (its back-pressure, or full socket buffers).
 fn slow_readers(port: u16, n: usize) -> Result<Vec<TcpStream>, String> {
-    // Protocol 3 pickles of (msgid, False, method, args), as a stock client
-    // writes them (no memo).
-    fn call(msgid: u8, method: &str, args: &[u8]) -> Vec<u8> {
-        let mut p = vec![0x80, 3, b'(', b'J', msgid, 0, 0, 0, 0x89, b'X'];
-        p.extend_from_slice(&(method.len() as u32).to_le_bytes());
-        p.extend_from_slice(method.as_bytes());
-        p.extend_from_slice(args);
-        p.extend_from_slice(b"t.");
-        let mut frame = (p.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&p);
-        frame
-    }
-    let register = call(1, "register", b"X\x01\x00\x00\x001\x89\x86");
+    let register = connections::register_frame();
     let mut args = vec![b'C', 8];
     args.extend_from_slice(&1u64.to_be_bytes());
     args.extend_from_slice(&[b'C', 8]);
     args.extend_from_slice(&(i64::MAX as u64).to_be_bytes());
     args.push(0x86);
-    let load = call(2, "loadBefore", &args);
+    let load = connections::call_frame(2, false, "loadBefore", &args);
     let batch: Vec<u8> = load.repeat(1000);
     let io = |e: std::io::Error| format!("slow reader on port {port}: {e}");
     let mut out = Vec::new();

@@ -902,6 +902,9 @@ impl Conn {
 /// Frames and writes queued payloads, and a heartbeat when idle. On a MAC'd
 /// connection each frame is sealed here, so the chain follows exactly the
 /// order frames reach the wire.
+/// How many bytes of queued messages the writer gathers into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
@@ -927,10 +930,20 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 None => continue,
             },
         };
-        let framed = frame(&mut codec, &payload);
+        // Messages queued meanwhile (pipelined loads, a prefetch's burst)
+        // go out in the same write: one syscall, and often one segment,
+        // for many requests.
+        let mut batch = Vec::new();
+        let mut queued = queued;
+        let mut framed = frame(&mut codec, &payload).map(|f| batch = f);
         drop(payload);
+        while framed.is_ok() && batch.len() < WRITE_BATCH {
+            let Ok(next) = rx.try_recv() else { break };
+            queued += next.len();
+            framed = frame(&mut codec, &next).map(|f| batch.extend_from_slice(&f));
+        }
         let written = match framed {
-            Ok(f) => wr.write_all(&f).await.is_ok(),
+            Ok(()) => wr.write_all(&batch).await.is_ok(),
             Err(e) => {
                 warn!(error = %e, "cannot frame a message; closing");
                 false

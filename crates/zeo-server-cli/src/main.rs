@@ -203,6 +203,11 @@ struct RunArgs {
     /// of letting committers share one (`group-commit false`).
     #[arg(long = "no-group-commit")]
     no_group_commit: bool,
+    /// For benchmarks only: make every fsync of the FileStorages this many
+    /// microseconds longer, to measure group commit as a slow disk would
+    /// see it (`cargo xtask bench` uses it; never in production).
+    #[arg(long = "bench-fsync-delay-us", value_name = "MICROSECONDS")]
+    bench_fsync_delay_us: Option<u64>,
     /// Serve the ZEO 3/4 monitor report at this address (replaces the
     /// configured monitor-address).
     #[arg(short = 'm', long = "monitor", value_name = "ADDR")]
@@ -326,8 +331,8 @@ fn convert(file: &Path, incremental: bool, dry_run: bool) -> Result<String, Stri
     for unsupported in &config.unsupported {
         eprintln!("zeo-server: {unsupported}");
     }
-    let (_, source, _) = open_storage("source", &config.source.kind)?;
-    let (_, destination, _) = open_storage("destination", &config.destination.kind)?;
+    let (_, source, _) = open_storage("source", &config.source.kind, None)?;
+    let (_, destination, _) = open_storage("destination", &config.destination.kind, None)?;
     let options = CopyOptions {
         incremental,
         dry_run,
@@ -575,6 +580,7 @@ fn plan(
     let mut settings = ServerSettings::default();
     let mut addresses = Vec::new();
     let mut storages: Vec<(String, Arc<dyn Storage>, bool)> = Vec::new();
+    let sync_delay = args.bench_fsync_delay_us.map(Duration::from_micros);
     let mut pid_file = None;
     if let Some(config) = &config {
         for unsupported in &config.unsupported {
@@ -618,7 +624,7 @@ fn plan(
         }
         if args.filename.is_empty() {
             for storage in &config.storages {
-                storages.push(open_storage(&storage.name, &storage.kind)?);
+                storages.push(open_storage(&storage.name, &storage.kind, sync_delay)?);
             }
         }
     }
@@ -658,7 +664,7 @@ fn plan(
     }
     for (i, path) in filenames.iter().enumerate() {
         let kind = StorageKind::File(zeo_config::FileStorageConfig::new(path.clone()));
-        storages.push(open_storage(&(i + 1).to_string(), &kind)?);
+        storages.push(open_storage(&(i + 1).to_string(), &kind, sync_delay)?);
     }
     Ok(Plan {
         settings,
@@ -752,6 +758,7 @@ fn listen_address(address: &SocketAddress) -> ListenAddress {
 fn open_storage(
     name: &str,
     kind: &StorageKind,
+    sync_delay: Option<Duration>,
 ) -> Result<(String, Arc<dyn Storage>, bool), String> {
     match kind {
         StorageKind::File(fs) => {
@@ -761,7 +768,7 @@ fn open_storage(
                 };
                 (dir, mode)
             });
-            open_file_storage(name, fs, blobs)
+            open_file_storage(name, fs, blobs, sync_delay)
         }
         StorageKind::Mapping(m) => Ok((
             name.to_owned(),
@@ -769,9 +776,12 @@ fn open_storage(
             true,
         )),
         StorageKind::Blob(blob) => match &*blob.base {
-            StorageKind::File(fs) => {
-                open_file_storage(name, fs, Some((&blob.blob_dir, BlobPackMode::Undoing)))
-            }
+            StorageKind::File(fs) => open_file_storage(
+                name,
+                fs,
+                Some((&blob.blob_dir, BlobPackMode::Undoing)),
+                sync_delay,
+            ),
             StorageKind::Mapping(m) => {
                 let storage = MappingStorage::with_blob_dir(m.name.clone(), &blob.blob_dir)
                     .map_err(|e| format!("opening {}: {e}", blob.blob_dir.display()))?;
@@ -818,11 +828,13 @@ fn open_file_storage(
     name: &str,
     fs: &zeo_config::FileStorageConfig,
     blobs: Option<(&Path, BlobPackMode)>,
+    sync_delay: Option<Duration>,
 ) -> Result<(String, Arc<dyn Storage>, bool), String> {
     let options = FileStorageOptions {
         read_only: fs.read_only,
         create: fs.create,
         pack_gc: fs.pack_gc,
+        sync_delay,
     };
     let storage = open_fs(&fs.path, options, blobs)
         .map_err(|e| format!("opening {}: {e}", fs.path.display()))?;

@@ -917,10 +917,10 @@ impl Conn {
                 let mut latest = None;
                 let iteration = require(hub.storage().as_iteration(), "iterator")?;
                 let stop = horizon(&hub);
-                for txn in iteration.iterator(Some(tid.next()), stop)? {
-                    let txn = txn?;
-                    oids.extend(txn.records.iter().map(|r| r.oid));
-                    latest = Some(txn.tid);
+                for txn in iteration.changed_oids(Some(tid.next()), stop)? {
+                    let (tid, changed) = txn?;
+                    oids.extend(changed);
+                    latest = Some(tid);
                 }
                 Ok(latest.map(|l| (l, oids.into_iter().collect())))
             })();

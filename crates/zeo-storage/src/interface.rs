@@ -220,6 +220,10 @@ pub type UndoFilter<'a> = &'a dyn Fn(&UndoEntry) -> bool;
 /// An iterator over transactions, oldest first.
 pub type TransactionIter<'a> = Box<dyn Iterator<Item = Result<TransactionRecord>> + Send + 'a>;
 
+/// An iterator over transactions' tids and the oids they changed, oldest
+/// first ([`Iteration::changed_oids`]).
+pub type ChangedOidsIter<'a> = Box<dyn Iterator<Item = Result<(Tid, Vec<Oid>)>> + Send + 'a>;
+
 /// A transaction whose `tpc_finish` was submitted
 /// ([`Storage::tpc_finish_submit`]) and is waiting to be made durable
 /// ([`Storage::tpc_finish_durable`]).
@@ -606,6 +610,18 @@ pub trait Restore: Send + Sync {
 pub trait Iteration: Send + Sync {
     /// Transactions with `start <= tid <= stop`, oldest first.
     fn iterator(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<TransactionIter<'_>>;
+
+    /// The tid and changed oids of every transaction with
+    /// `start <= tid <= stop`, oldest first, without their data or
+    /// metadata: what a server walks for `getInvalidations` when its
+    /// invalidation queue does not reach back far enough. The default
+    /// walks [`Iteration::iterator`]; a backend that can read the oids
+    /// without the data should override it.
+    fn changed_oids(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<ChangedOidsIter<'_>> {
+        Ok(Box::new(self.iterator(start, stop)?.map(|txn| {
+            txn.map(|t| (t.tid, t.records.into_iter().map(|r| r.oid).collect()))
+        })))
+    }
 }
 
 /// `IStorageCurrentRecordIteration`: the current records in oid order.

@@ -23,10 +23,10 @@ pub use error::{BoxError, Error, Result};
 pub use filestorage::FileStorage;
 pub use ids::{Oid, Tid};
 pub use interface::{
-    require, BeginOptions, BlobData, BlobSource, Blobs, Capabilities, CurrentRecord, DataRecord,
-    ExternalGc, ForeignCommit, HistoryEntry, Iteration, LoadedRevision, Pack, RecordIteration,
-    Restore, SharedCommits, Storage, Submitted, TransactionIter, TransactionMetaData,
-    TransactionRecord, TxnHandle, TxnStatus, Undo, UndoEntry, UndoFilter,
+    require, BeginOptions, BlobData, BlobSource, Blobs, Capabilities, ChangedOidsIter,
+    CurrentRecord, DataRecord, ExternalGc, ForeignCommit, HistoryEntry, Iteration, LoadedRevision,
+    Pack, RecordIteration, Restore, SharedCommits, Storage, Submitted, TransactionIter,
+    TransactionMetaData, TransactionRecord, TxnHandle, TxnStatus, Undo, UndoEntry, UndoFilter,
 };
 pub use mapping::MappingStorage;
 pub use timestamp::TimeStamp;

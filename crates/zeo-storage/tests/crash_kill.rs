@@ -65,6 +65,7 @@ fn options(read_only: bool, create: bool) -> FileStorageOptions {
         read_only,
         create,
         pack_gc: true,
+        sync_delay: None,
     }
 }
 

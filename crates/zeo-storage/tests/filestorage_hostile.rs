@@ -13,6 +13,7 @@ const READ_ONLY: FileStorageOptions = FileStorageOptions {
     read_only: true,
     create: false,
     pack_gc: false,
+    sync_delay: None,
 };
 
 /// The tests measure this process's peak memory: one at a time.

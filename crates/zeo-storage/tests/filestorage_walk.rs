@@ -1,7 +1,7 @@
 //! Walks that need only tids and oids read record headers, never the data
 //! of the records they cross: the scan at open, `last_invalidations` (what
-//! a server seeds its invalidation queue with), the undo log, history and
-//! `check`. Measured with the calling thread's read counter
+//! a server seeds its invalidation queue with), `changed_oids` (what it
+//! walks for `getInvalidations`), the undo log, history and `check`. Measured with the calling thread's read counter
 //! (`/proc/thread-self/io`), so other tests running meanwhile do not count.
 
 use std::path::Path;
@@ -14,6 +14,7 @@ const READ_ONLY: FileStorageOptions = FileStorageOptions {
     read_only: true,
     create: false,
     pack_gc: false,
+    sync_delay: None,
 };
 
 const TXNS: u64 = 24;
@@ -78,6 +79,16 @@ fn walks_that_need_only_ids_read_headers_only() {
     assert_eq!(seeded, expected);
     let (last_two, _) = bytes_read(|| fs.last_invalidations(2).unwrap());
     assert_eq!(last_two, expected[expected.len() - 2..]);
+
+    // What getInvalidations walks when its queue is too short.
+    let (changed, read) = bytes_read(|| {
+        fs.changed_oids(Some(expected[1].0), None)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    });
+    assert!(read < budget, "changed_oids read {read} of {size} bytes");
+    assert_eq!(changed, expected[1..]);
 
     let (log, read) = bytes_read(|| fs.undo_log(0, 1000, None).unwrap());
     assert!(read < budget, "undo_log read {read} of {size} bytes");

@@ -49,6 +49,7 @@ fn open(path: &Path, read_only: bool) -> FileStorage {
             read_only,
             create: false,
             pack_gc: true,
+            sync_delay: None,
         },
     )
     .unwrap_or_else(|e| panic!("opening {} (read_only={read_only}): {e}", path.display()))
@@ -62,6 +63,7 @@ fn create(path: &Path) -> FileStorage {
             read_only: false,
             create: true,
             pack_gc: true,
+            sync_delay: None,
         },
     )
     .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()))

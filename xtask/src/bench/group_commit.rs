@@ -1,6 +1,6 @@
 //! Group commit figures: zeo-server with and without group commit, on the
 //! disk as it is and with every commit fsync slowed by 2 ms (the
-//! FileStorage fault seam, through `ZEO_BENCH_FSYNC_DELAY_US`), each
+//! FileStorage fault seam, through `zeo-server --bench-fsync-delay-us`), each
 //! measured with 1 and 8 committing clients in the same run, with the
 //! fsyncs per commit read from `server_status` before and after.
 
@@ -97,8 +97,12 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Vec<Meas
         if !setup.group {
             args.push("--no-group-commit".as_ref());
         }
+        let delay = setup.delay_us.to_string();
+        if setup.delay_us > 0 {
+            args.push("--bench-fsync-delay-us".as_ref());
+            args.push(delay.as_ref());
+        }
         let mut cmd = raised_fd_limit(inputs.server_bin.as_os_str(), &args);
-        cmd.env("ZEO_BENCH_FSYNC_DELAY_US", setup.delay_us.to_string());
         with_logs(&mut cmd, &dir.join("server.log"))?;
         let name = format!("zeo-server ({})", setup.title);
         scratch.spawn(&name, &mut cmd)?;

@@ -108,7 +108,8 @@ impl FileStorage {
         options: super::FileStorageOptions,
         blob_dir: impl AsRef<Path>,
     ) -> Result<FileStorage> {
-        Self::open_blobs_with_io(path.as_ref(), options, blob_dir.as_ref(), Io::from_env())
+        let io = Io::with_sync_delay(None, options.sync_delay);
+        Self::open_blobs_with_io(path.as_ref(), options, blob_dir.as_ref(), io)
     }
 
     /// [`FileStorage::open_with_blobs`] with the writes and syncs of
@@ -121,7 +122,7 @@ impl FileStorage {
         blob_dir: impl AsRef<Path>,
         faults: std::sync::Arc<super::FaultInjector>,
     ) -> Result<FileStorage> {
-        let io = Io::with(Some(faults));
+        let io = Io::with_sync_delay(Some(faults), options.sync_delay);
         Self::open_blobs_with_io(path.as_ref(), options, blob_dir.as_ref(), io)
     }
 

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
 
 use super::check_metadata_lengths;
 use crate::error::{Error, Result};
@@ -25,7 +27,7 @@ use super::fault::Io;
 use super::format::{
     DataHeader, Reader, TxnHeader, DATA_HEADER_LEN, STATUS_CHECKPOINT, TXN_HEADER_LEN,
 };
-use super::sync_group::Queue;
+use super::sync_group::{Queue, MAX_GATHER};
 use super::{lock, FileStorage};
 
 /// Records staged in memory before they spill to the temporary file.
@@ -308,6 +310,7 @@ impl FileStorage {
         st.staged.reset();
         let thl = TXN_HEADER_LEN
             + (meta.user.len() + meta.description.len() + meta.extension.len()) as u64;
+        self.txn_open.store(true, Ordering::Release);
         st.active = Some(ActiveTxn {
             handle,
             tid,
@@ -586,6 +589,7 @@ impl FileStorage {
             drop(q);
             self.group.notify();
             st.active = None;
+            self.txn_open.store(false, Ordering::Release);
             self.commit_done.notify_all();
             return Err(Error::io(
                 format!("committing transaction to {}", self.path.display()),
@@ -595,9 +599,12 @@ impl FileStorage {
         let Some(a) = st.active.take() else {
             return Err(Error::Transaction("no transaction".into()));
         };
+        self.txn_open.store(false, Ordering::Release);
         let updates: Vec<(u64, u64)> = a.order.iter().map(|oid| (*oid, a.tindex[oid])).collect();
         self.group.lock().submit(txn, tid, base, next_pos, updates);
         self.commit_done.notify_one();
+        // A leader may be gathering for its fsync (see `durable`).
+        self.group.notify();
         Ok(tid)
     }
 
@@ -611,6 +618,7 @@ impl FileStorage {
                 "tpc_finish called with a transaction that was not submitted".into(),
             ));
         };
+        let mut gathered = false;
         while q.synced <= seq {
             if q.failed_at.is_some() {
                 q.remove(txn);
@@ -625,18 +633,46 @@ impl FileStorage {
                 q = self.group.wait(q);
                 continue;
             }
+            if !gathered {
+                // Lead, but first gather: another transaction is being
+                // committed (or waits for the commit lock), and its submit
+                // usually comes within a client round trip. Waiting for it
+                // at most as long as an fsync takes lets one fsync cover
+                // both, where syncing now would make it wait for this fsync
+                // and then pay its own. Nothing is acknowledged meanwhile.
+                gathered = true;
+                let limit = q.last_sync.min(MAX_GATHER);
+                if !limit.is_zero() && self.commit_in_progress() {
+                    let before = q.next_seq();
+                    let deadline = Instant::now() + limit;
+                    while q.next_seq() == before
+                        && !q.syncing
+                        && q.failed_at.is_none()
+                        && self.commit_in_progress()
+                    {
+                        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                            break;
+                        };
+                        q = self.group.wait_timeout(q, left);
+                    }
+                    continue;
+                }
+            }
             // Lead: one fsync for everything submitted so far.
             q.syncing = true;
             let upto = q.next_seq();
             drop(q);
             let file = Arc::clone(&self.read_published().file);
+            let started = Instant::now();
             let synced = self.io.sync_all(&file);
+            let took = started.elapsed();
             q = self.group.lock();
             q.syncing = false;
             match synced {
                 Ok(()) => {
                     q.synced = upto;
                     q.fsyncs += 1;
+                    q.last_sync = took;
                 }
                 Err(e) => {
                     let cut = q.first_unsynced_base().unwrap_or(file_len(&file));
@@ -725,6 +761,11 @@ impl FileStorage {
     }
 
     /// Data-file fsyncs the commit path made.
+    /// Whether a transaction holds the commit lock or waits for it.
+    fn commit_in_progress(&self) -> bool {
+        self.txn_open.load(Ordering::Acquire) || self.commit_waiters.load(Ordering::Acquire) > 0
+    }
+
     pub(crate) fn fsyncs(&self) -> u64 {
         self.group.lock().fsyncs
     }
@@ -741,6 +782,7 @@ impl FileStorage {
 
     fn drop_active(&self, st: &mut CommitState) {
         if let Some(a) = st.active.take() {
+            self.txn_open.store(false, Ordering::Release);
             if a.next_pos.is_some() {
                 let file = Arc::clone(&self.read_published().file);
                 // After a failed fsync the file ends at that failure's cut.

@@ -177,30 +177,29 @@ impl FaultInjector {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Io(Option<Arc<FaultInjector>>);
 
-/// The environment variable that slows every commit fsync down by this
-/// many microseconds, so a benchmark can measure group commit on a slow
-/// disk with a fast one (`docs/benchmarks.md`). Not for production.
-pub(crate) const SYNC_DELAY_ENV: &str = "ZEO_BENCH_FSYNC_DELAY_US";
-
 impl Io {
+    #[cfg(test)]
     pub(crate) fn with(faults: Option<Arc<FaultInjector>>) -> Io {
         Io(faults)
     }
 
-    /// Plain file operations, or slowed syncs when [`SYNC_DELAY_ENV`] says.
-    pub(crate) fn from_env() -> Io {
-        let delay = std::env::var(SYNC_DELAY_ENV)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|&us| us > 0);
-        match delay {
-            Some(us) => {
-                tracing::warn!("{SYNC_DELAY_ENV}: every commit fsync takes {us} µs longer");
-                let faults = FaultInjector::new();
-                faults.delay_syncs(Duration::from_micros(us));
+    /// `faults` (or plain file operations), with every sync made `delay`
+    /// longer when one is given ([`super::FileStorageOptions::sync_delay`]).
+    pub(crate) fn with_sync_delay(
+        faults: Option<Arc<FaultInjector>>,
+        delay: Option<Duration>,
+    ) -> Io {
+        match delay.filter(|d| !d.is_zero()) {
+            Some(delay) => {
+                tracing::warn!(
+                    "benchmarking: every commit fsync takes {} µs longer",
+                    delay.as_micros()
+                );
+                let faults = faults.unwrap_or_else(FaultInjector::new);
+                faults.delay_syncs(delay);
                 Io(Some(faults))
             }
-            None => Io(None),
+            None => Io(faults),
         }
     }
 

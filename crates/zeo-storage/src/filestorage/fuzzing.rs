@@ -31,6 +31,7 @@ const READ_ONLY: FileStorageOptions = FileStorageOptions {
     read_only: true,
     create: false,
     pack_gc: false,
+    sync_delay: None,
 };
 
 /// Reads everything a server reads from a data file: the open-time scan,

@@ -51,9 +51,9 @@ pub use refs::{check_refs, RefProblem, RefProblemKind, RefsReport};
 use crate::error::{Error, Result};
 use crate::ids::{Oid, Tid};
 use crate::interface::{
-    BeginOptions, CurrentRecord, ExternalGc, HistoryEntry, Iteration, LoadedRevision, Pack,
-    RecordIteration, Restore, Storage, Submitted, TransactionIter, TransactionMetaData, TxnHandle,
-    Undo, UndoEntry, UndoFilter,
+    BeginOptions, ChangedOidsIter, CurrentRecord, ExternalGc, HistoryEntry, Iteration,
+    LoadedRevision, Pack, RecordIteration, Restore, Storage, Submitted, TransactionIter,
+    TransactionMetaData, TxnHandle, Undo, UndoEntry, UndoFilter,
 };
 
 use commit::CommitState;
@@ -72,6 +72,37 @@ pub struct FileStorageOptions {
     pub create: bool,
     /// Whether pack collects garbage by default.
     pub pack_gc: bool,
+    /// For benchmarks only: makes every commit fsync (and every other sync
+    /// of the file) this much longer, so that one run on a fast disk can
+    /// measure group commit as a slow or busy disk would see it. `None`
+    /// (the default) in production; the server logs a warning when set.
+    /// `zeo-server --bench-fsync-delay-us` sets it.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use zeo_storage::filestorage::{FileStorage, FileStorageOptions};
+    /// use zeo_storage::interface::BeginOptions;
+    /// use zeo_storage::{Oid, Storage, Tid, TransactionMetaData};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let delay = Duration::from_millis(30);
+    /// let options = FileStorageOptions {
+    ///     sync_delay: Some(delay),
+    ///     ..FileStorageOptions::default()
+    /// };
+    /// let fs = FileStorage::open(dir.path().join("Data.fs"), options).unwrap();
+    /// let txn = fs
+    ///     .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+    ///     .unwrap();
+    /// fs.store(txn, Oid(0), Tid::ZERO, b"root").unwrap();
+    /// fs.tpc_vote(txn).unwrap();
+    /// let started = Instant::now();
+    /// fs.tpc_finish(txn, &mut |_| {}).unwrap();
+    /// // The commit's fsync waited at least the delay.
+    /// assert!(started.elapsed() >= delay);
+    /// assert_eq!(fs.syncs(), Some(1));
+    /// ```
+    pub sync_delay: Option<std::time::Duration>,
 }
 
 impl Default for FileStorageOptions {
@@ -80,6 +111,7 @@ impl Default for FileStorageOptions {
             read_only: false,
             create: false,
             pack_gc: true,
+            sync_delay: None,
         }
     }
 }
@@ -107,6 +139,9 @@ pub struct FileStorage {
     commit_done: Condvar,
     /// `tpc_begin` calls waiting for the commit lock.
     commit_waiters: AtomicUsize,
+    /// A transaction holds the commit lock (between `tpc_begin` and its
+    /// submit or abort): a group commit leader waits a little for it.
+    txn_open: AtomicBool,
     /// The highest oid in use; `new_oid` hands out the next one.
     max_oid: AtomicU64,
     closed: AtomicBool,
@@ -147,7 +182,8 @@ impl FileStorage {
     /// file, scans the rest, and cuts off an incomplete last transaction into
     /// `Data.fs.trN`. A read-only open takes no lock and changes nothing.
     pub fn open(path: impl AsRef<Path>, options: FileStorageOptions) -> Result<FileStorage> {
-        Self::open_with_io(path.as_ref(), options, Io::from_env())
+        let io = Io::with_sync_delay(None, options.sync_delay);
+        Self::open_with_io(path.as_ref(), options, io)
     }
 
     /// [`FileStorage::open`] with every write and sync of the commit path
@@ -158,7 +194,8 @@ impl FileStorage {
         options: FileStorageOptions,
         faults: Arc<FaultInjector>,
     ) -> Result<FileStorage> {
-        Self::open_with_io(path.as_ref(), options, Io::with(Some(faults)))
+        let io = Io::with_sync_delay(Some(faults), options.sync_delay);
+        Self::open_with_io(path.as_ref(), options, io)
     }
 
     /// How many `tpc_begin` calls are waiting for the transaction in
@@ -259,6 +296,7 @@ impl FileStorage {
             )?),
             commit_done: Condvar::new(),
             commit_waiters: AtomicUsize::new(0),
+            txn_open: AtomicBool::new(false),
             max_oid: AtomicU64::new(max_oid.0),
             closed: AtomicBool::new(false),
             packing: AtomicBool::new(false),
@@ -382,6 +420,22 @@ impl FileStorage {
         self.check_open()?;
         let p = self.read_published();
         Ok((Arc::clone(&p.file), p.pos))
+    }
+
+    /// [`Iteration::changed_oids`] over the file up to `end`: a walk over
+    /// the record headers only, never the data.
+    fn changed_oids_until(
+        &self,
+        file: Arc<File>,
+        end: u64,
+        start: Option<Tid>,
+        stop: Option<Tid>,
+    ) -> Result<ChangedOidsIter<'_>> {
+        let scanner =
+            iteration::TxnScanner::new(file, &self.path, end, start, stop, true)?.headers_only();
+        Ok(Box::new(scanner.map(|txn| {
+            txn.map(|t| (t.tid, t.records.iter().map(|r| r.oid).collect()))
+        })))
     }
 
     fn reader<'a>(&'a self, file: &'a File, end: u64) -> Reader<'a> {
@@ -669,10 +723,7 @@ impl Storage for FileStorage {
         let Some(first) = first else {
             return Ok(Vec::new());
         };
-        let scanner = iteration::TxnScanner::new(file, &self.path, end, Some(first), None, true)?
-            .headers_only();
-        scanner
-            .map(|txn| txn.map(|t| (t.tid, t.records.iter().map(|r| r.oid).collect())))
+        self.changed_oids_until(file, end, Some(first), None)?
             .collect()
     }
 
@@ -754,6 +805,11 @@ impl Iteration for FileStorage {
         Ok(Box::new(iteration::TxnScanner::new(
             file, &self.path, end, start, stop, true,
         )?))
+    }
+
+    fn changed_oids(&self, start: Option<Tid>, stop: Option<Tid>) -> Result<ChangedOidsIter<'_>> {
+        let (file, end) = self.snapshot()?;
+        self.changed_oids_until(file, end, start, stop)
     }
 }
 

@@ -93,6 +93,7 @@ pub fn check_refs(path: &Path, report: &mut dyn FnMut(RefProblem)) -> Result<Ref
             read_only: true,
             create: false,
             pack_gc: false,
+            sync_delay: None,
         },
     )?;
     let mut totals = RefsReport::default();

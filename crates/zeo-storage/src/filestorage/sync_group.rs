@@ -4,11 +4,13 @@
 //! order.
 //!
 //! Whoever waits first while no fsync runs syncs for everyone submitted so
-//! far; the others wait for it. Sequence numbers are the commit order:
+//! far, after waiting (at most as long as the last fsync took) for a
+//! transaction that is being committed meanwhile; the others wait for it. Sequence numbers are the commit order:
 //! `synced` and `published` are watermarks over them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use crate::ids::Tid;
 use crate::interface::TxnHandle;
@@ -46,7 +48,13 @@ pub(crate) struct Queue {
     pub(crate) failed_at: Option<u64>,
     /// Successful data-file fsyncs of the commit path.
     pub(crate) fsyncs: u64,
+    /// How long the last of them took: how long a leader waits, at most,
+    /// to gather a transaction that is being committed.
+    pub(crate) last_sync: Duration,
 }
+
+/// The longest a leader waits to gather, however slow the disk.
+pub(crate) const MAX_GATHER: Duration = Duration::from_millis(1);
 
 impl Queue {
     /// Queues a transaction; returns its sequence number.
@@ -132,6 +140,18 @@ impl SyncGroup {
 
     pub(crate) fn wait<'a>(&self, q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
         self.changed.wait(q).unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`SyncGroup::wait`] for at most `limit`.
+    pub(crate) fn wait_timeout<'a>(
+        &self,
+        q: MutexGuard<'a, Queue>,
+        limit: Duration,
+    ) -> MutexGuard<'a, Queue> {
+        match self.changed.wait_timeout(q, limit) {
+            Ok((q, _)) => q,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
     }
 
     pub(crate) fn notify(&self) {
