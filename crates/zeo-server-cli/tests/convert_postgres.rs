@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::binary;
+use common::{binary, blob_files};
 use zeo_testkit::postgres::TestDatabase;
 
 const PATIENCE: Duration = Duration::from_secs(180);
@@ -174,27 +174,6 @@ fn incremental_into_postgresql_resumes_after_its_last_transaction() {
     );
     let line = ok(&out, "convert --incremental");
     assert!(line.starts_with("copied 0 transactions after 0x"), "{line}");
-}
-
-/// Every blob file under `dir` (path relative to it, bytes), sorted;
-/// temporary files excluded.
-fn blob_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(next) = pending.pop() {
-        for entry in std::fs::read_dir(&next).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension() == Some("blob".as_ref()) {
-                let bytes = std::fs::read(&path).unwrap();
-                found.push((path.strip_prefix(dir).unwrap().to_path_buf(), bytes));
-            }
-        }
-        assert!(found.len() < 10_000, "runaway walk under {}", dir.display());
-    }
-    found.sort();
-    found
 }
 
 #[test]
