@@ -330,6 +330,17 @@ impl PostgresStorage {
         Ok(())
     }
 
+    /// The serial and data of what `txn` staged for `oid`, if anything.
+    pub(crate) fn staged_record(
+        &self,
+        txn: TxnHandle,
+        oid: Oid,
+    ) -> Result<Option<(Tid, Option<Vec<u8>>)>> {
+        self.with_txn(txn, |p| {
+            Ok(p.staged.get(&oid).map(|s| (s.serial, s.data.clone())))
+        })
+    }
+
     /// Fails unless `txn` is the current transaction.
     pub(crate) fn transaction_is(&self, txn: TxnHandle) -> Result<()> {
         self.with_txn(txn, |_| Ok(()))

@@ -1,6 +1,7 @@
 //! Several writers over one database: storages see each other's commits
 //! (`SharedCommits`), two zeo-servers tell their ZEO clients of each
-//! other's commits, and RelStorage applications beside them take part.
+//! other's commits (and conflict exactly once), and RelStorage
+//! applications beside them take part.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -85,6 +86,22 @@ if step == "zeo":
     delays.sort()
     print("delay p50 %.2f ms p99 %.2f ms" % (delays[10] * 1e3, delays[19] * 1e3))
     print("zeo OK")
+elif step == "conflict":
+    # Both change the root from the same revision: exactly one commits.
+    from ZODB.POSException import ConflictError
+    tm_a.begin(); tm_b.begin()
+    assert c_a.root()._p_serial == c_b.root()._p_serial
+    c_a.root()['c'] = 'a'
+    c_b.root()['c'] = 'b'
+    outcomes = []
+    for tm in (tm_a, tm_b):
+        try:
+            tm.commit()
+            outcomes.append("committed")
+        except ConflictError:
+            tm.abort()
+            outcomes.append("ConflictError")
+    print("conflict", " ".join(outcomes))
 else:
     assert shows(tm_a, c_a, 'rs', 'from relstorage'), "A never showed RelStorage's commit"
     assert shows(tm_b, c_b, 'rs', 'from relstorage'), "B never showed RelStorage's commit"
@@ -164,6 +181,11 @@ fn zeo_clients_of_two_servers_and_a_relstorage_application_see_each_other() {
         "RelStorage's next transaction shows ZEO's commit"
     );
     assert!(child.wait().unwrap().success());
+    let out = run_zeo("conflict");
+    assert!(
+        out.contains("conflict committed ConflictError"),
+        "one commit through A, one ConflictError through B: {out}"
+    );
     a.shutdown().unwrap();
     b.shutdown().unwrap();
 }
