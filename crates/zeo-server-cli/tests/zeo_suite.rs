@@ -18,8 +18,8 @@
 //!
 //! On PostgreSQL (`run.py --postgres`), every storage section the tests
 //! write becomes a `<relstorage>` on a fresh database of the test cluster,
-//! and the generic classes that assume no Data.fs run
-//! (`MappingStorageTests`' mixins and `FileStorageTests`'), with the
+//! and `FileStorageTests` runs (its mixins assume a storage, not a
+//! Data.fs, and include every one `MappingStorageTests` runs), with the
 //! exceptions in `tests/python/zeo_suite/skips_postgres.txt`.
 
 mod common;
