@@ -26,10 +26,12 @@ use std::time::{Duration, Instant};
 
 use crate::process;
 
+mod blob;
 mod connections;
 mod group_commit;
 mod pingpong;
 mod postgresql;
+mod servers;
 mod start_scan;
 
 /// The Rust client's workloads; the Python client runs all but `prefetch`
@@ -47,6 +49,9 @@ pub struct BenchOptions {
     debug: bool,
     only_group_commit: bool,
     only_postgresql: bool,
+    only_servers: bool,
+    blob_mb: u64,
+    only_blob: bool,
     start: Start,
     connections: Connections,
 }
@@ -76,8 +81,9 @@ enum Start {
 impl BenchOptions {
     /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N]
     /// [--keep] [--no-tls] [--debug] [--only-group-commit]
-    /// [--only-postgresql] [--only-start] [--no-start] [--remove-start-files]
-    /// [--only-connections] [--no-connections]`.
+    /// [--only-postgresql] [--only-servers] [--blob-mb N] [--only-blob] [--only-start]
+    /// [--no-start] [--remove-start-files] [--only-connections]
+    /// [--no-connections]`.
     pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
         let mut o = BenchOptions {
             duration: 2.0,
@@ -91,6 +97,9 @@ impl BenchOptions {
             start: Start::Also,
             connections: Connections::Also,
             only_postgresql: false,
+            only_servers: false,
+            blob_mb: 100,
+            only_blob: false,
         };
         let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
         while let Some(arg) = args.next() {
@@ -141,6 +150,18 @@ impl BenchOptions {
                 "--no-connections" => o.connections = Connections::Skip,
                 // Only zeo-server on PostgreSQL beside RelStorage direct.
                 "--only-postgresql" => o.only_postgresql = true,
+                // Only two zeo-servers over one PostgreSQL database.
+                "--only-servers" => o.only_servers = true,
+                // The size of the blob workload's blob; 0 leaves it out.
+                "--blob-mb" => {
+                    o.blob_mb = value("--blob-mb")?
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 2000)
+                        .ok_or("--blob-mb: 0 to 2000")?
+                }
+                // Only the blob workload.
+                "--only-blob" => o.only_blob = true,
                 // Smoke runs of this command itself: the figures mean nothing.
                 "--debug" => o.debug = true,
                 other => return Err(format!("bench: unknown option {other}")),
@@ -344,10 +365,37 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         postgresql::print(&pg, &options.client_counts());
         return Ok(());
     }
+    if options.only_servers {
+        let inputs = servers::Inputs {
+            server_bin: &server_bin,
+            dir: &dir,
+            duration: options.duration,
+        };
+        let measured = servers::run(&mut scratch, &inputs)?;
+        process::header("Results");
+        servers::print(&measured);
+        return Ok(());
+    }
     if options.only_group_commit {
         let group = group_commit::run(&mut scratch, &group_inputs)?;
         process::header("Results");
         group_commit::print(&group, fsync);
+        return Ok(());
+    }
+    let blob_script = root.join("tests/python/bench_blob.py");
+    let blob_inputs = blob::Inputs {
+        runzeo: &runzeo,
+        python: &python,
+        script: &blob_script,
+        server_bin: &server_bin,
+        client_bin: &client_bin,
+        dir: &dir,
+        megabytes: options.blob_mb.max(1),
+    };
+    if options.only_blob {
+        let blobs = blob::run(&mut scratch, &blob_inputs)?;
+        process::header("Results");
+        blob::print(&blobs);
         return Ok(());
     }
 
@@ -524,6 +572,11 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         Vec::new()
     };
     let pg = postgresql::run(&mut scratch, &pg_inputs)?;
+    let blobs = if options.blob_mb > 0 {
+        Some(blob::run(&mut scratch, &blob_inputs)?)
+    } else {
+        None
+    };
 
     let hot = hot_bucket(
         &mut scratch,
@@ -546,6 +599,9 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     start_scan::print(&start);
     connections::print(&many);
     postgresql::print(&pg, &counts);
+    if let Some(blobs) = &blobs {
+        blob::print(blobs);
+    }
     print_hot_bucket(&hot);
     for (name, quiet, loaded, before, during) in slow {
         println!(
@@ -902,20 +958,43 @@ fn fsync_seconds(dir: &Path) -> Result<Fsync, String> {
 /// Runs a command to completion under `limit`, returning its stdout;
 /// stderr is passed through.
 fn capture(cmd: &mut Command, limit: Duration) -> Result<String, String> {
+    run_timed(cmd, limit, Output::Capture, Duration::from_millis(50)).map(|(text, _)| text)
+}
+
+/// What [`run_timed`] does with a command's standard output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Capture,
+    Discard,
+}
+
+/// Runs a command to completion under `limit`, checking on it every
+/// `poll`: its stdout (empty when discarded) and its wall time in seconds,
+/// to within `poll`. Stderr is passed through.
+fn run_timed(
+    cmd: &mut Command,
+    limit: Duration,
+    output: Output,
+    poll: Duration,
+) -> Result<(String, f64), String> {
     println!("$ {}", process::display(cmd));
+    let started = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(match output {
+            Output::Capture => Stdio::piped(),
+            Output::Discard => Stdio::null(),
+        })
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("could not start `{}`: {e}", process::display(cmd)))?;
-    let mut stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let reader = thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
+    let reader = child.stdout.take().map(|mut stdout| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        })
     });
-    let started = Instant::now();
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -928,13 +1007,16 @@ fn capture(cmd: &mut Command, limit: Duration) -> Result<String, String> {
                     limit.as_secs()
                 ));
             }
-            Ok(None) => thread::sleep(Duration::from_millis(50)),
+            Ok(None) => thread::sleep(poll),
             Err(e) => return Err(format!("waiting for `{}`: {e}", process::display(cmd))),
         }
     };
-    let text = reader.join().unwrap_or_default();
+    let seconds = started.elapsed().as_secs_f64();
+    let text = reader
+        .map(|r| r.join().unwrap_or_default())
+        .unwrap_or_default();
     if status.success() {
-        Ok(text)
+        Ok((text, seconds))
     } else {
         Err(format!(
             "`{}` failed ({status})\n{text}",

@@ -85,7 +85,9 @@ pub enum Error {
 
     /// The cache has seen transactions the server has not: the server was
     /// restored from an older copy, or this is the wrong server. ZEO refuses
-    /// such a server; so do we, rather than serve data it never had.
+    /// such a server; so do we, rather than serve data it never had, once
+    /// it has not caught up within `wait_timeout` (a server over a lagging
+    /// replica, or one yet to learn of another server's commits, does).
     #[error("client cache is out of sync with the server (cache at {cache}, server at {server}); remove the cache file if this is expected")]
     CacheNewerThanServer {
         /// The cache's last tid.

@@ -148,7 +148,15 @@ async fn connect_round(inner: &Arc<Inner>, writable_only: bool) -> Result<Arc<Co
 /// then fetches the server's info and sends the client label.
 async fn verify(inner: &Inner, conn: &Arc<Conn>) -> Result<()> {
     let cache = &inner.shared.cache;
-    let server_tid = conn.server_tid();
+    let mut server_tid = conn.server_tid();
+    if let Plan::NewerThanServer { cache: cache_tid } =
+        verify::plan(cache.is_empty(), cache.last_tid(), server_tid)
+    {
+        // A server behind the cache may be catching up (one on a lagging
+        // replica of the database the last server used): wait for it,
+        // bounded, rather than fail at once.
+        server_tid = wait_for_server(conn, cache_tid, inner.options.wait_timeout).await?;
+    }
     let mut tid = server_tid;
     match verify::plan(cache.is_empty(), cache.last_tid(), server_tid) {
         Plan::Current => {}
@@ -213,4 +221,30 @@ async fn verify(inner: &Inner, conn: &Arc<Conn>) -> Result<()> {
         conn.call_async(&ClientRequest::set_client_label(label))?;
     }
     Ok(())
+}
+
+/// The first wait between two `lastTransaction` calls while a server
+/// catches up; it doubles up to a second.
+const CATCH_UP_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Asks the server's last transaction until it reaches `cache_tid` or
+/// `within` passes; returns the last answer (the caller refuses a server
+/// still behind).
+async fn wait_for_server(
+    conn: &Arc<Conn>,
+    cache_tid: zeo_storage::Tid,
+    within: std::time::Duration,
+) -> Result<zeo_storage::Tid> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = CATCH_UP_POLL;
+    let mut server_tid = conn.server_tid();
+    info!(%cache_tid, %server_tid, "server behind the client cache; waiting for it to catch up");
+    while server_tid < cache_tid && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
+        let value = conn.call(ClientRequest::last_transaction).await?;
+        server_tid =
+            replies::tid("lastTransaction", &value).map_err(|e| Error::Protocol(e.to_string()))?;
+    }
+    Ok(server_tid)
 }

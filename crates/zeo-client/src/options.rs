@@ -220,7 +220,10 @@ pub struct ClientOptions {
     /// exist). Applies to opening and to calls waiting for a connection.
     /// Off by default: a server that is restarting refuses for a moment.
     pub fail_fast: bool,
-    /// How long a call that needs the server waits for a connection.
+    /// How long a call that needs the server waits for a connection; also
+    /// how long a new connection waits for a server that is behind the
+    /// cache (one over a lagging database replica) to catch up, before it
+    /// is refused with [`crate::Error::CacheNewerThanServer`].
     pub wait_timeout: Duration,
     /// Register read-only; writes fail with a read-only error.
     pub read_only: bool,

@@ -57,7 +57,8 @@
 //!    per storage, as the kit's contract says); `store` stages records in
 //!    memory, after checking each one's serial against the committed rows
 //!    so that conflicts come back at store (where the server resolves them
-//!    natively or hands them to the client).
+//!    natively or hands them to the client); a new object's store (serial
+//!    zero: nothing to resolve against) is left to the vote's check.
 //! 2. `tpc_vote` opens the database transaction (with `lock_timeout` set
 //!    to `commit-lock-timeout`), tries shared locks on the objects named by
 //!    `check_current_serial` (without waiting, as RelStorage does; failing
@@ -65,12 +66,16 @@
 //!    increasing order, and then checks every serial again against the
 //!    committed rows: a conflict found there names the committed serial.
 //!    Oids stored beyond what `zoid_seq` handed out raise the sequence.
+//!    Blob files were uploaded as large objects just before, outside any
+//!    lock (see `blobs.rs`); an undo takes the pack lock here.
 //! 3. `tpc_finish` takes the commit lock, chooses the tid inside the
 //!    database (the later of the database clock and the last tid + 1),
 //!    writes the rows (`transaction`, `object_state` with `md5` and
 //!    `prev_tid`, `current_object`; in the history-free variant an upsert
-//!    of `object_state`) and COMMITs, which releases every lock. The commit
-//!    lock is held for that only. Then `on_commit` runs; until it returns,
+//!    of `object_state`; `blob_chunk` rows for the uploaded blobs) and
+//!    COMMITs, which releases every lock. The commit lock is held for that
+//!    only: blobs live in the database, never in a shared blob directory
+//!    that would need the tid at the vote. Then `on_commit` runs; until it returns,
 //!    this storage's readers wait, so that no client loads a revision
 //!    before its invalidation was queued.
 //! 4. A connection lost before COMMIT leaves nothing behind (the database
@@ -80,15 +85,16 @@
 
 #![warn(missing_docs)]
 
-// Until the storage calls its functions, only the tests (feature
-// `internals`) do.
+// Some functions only this crate's tests (feature `internals`) call.
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod blob_chunk;
+mod blobs;
 mod changes;
 mod error;
 mod iteration;
 mod options;
 mod pack;
+mod poll;
 mod pool;
 mod restore;
 mod schema;

@@ -173,7 +173,7 @@ fn choose_pack_tid(
 }
 
 /// The storage's pack capability: a connection of its own for the pack's
-/// duration, the pack time turned into a pack point by [`pack_point`].
+/// duration, the pack time turned into a pack point by `pack_point`.
 impl zeo_storage::Pack for PostgresStorage {
     fn pack(&self, pack_time: f64, gc: bool) -> zeo_storage::Result<()> {
         self.check_open()?;

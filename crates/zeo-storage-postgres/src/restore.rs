@@ -4,7 +4,7 @@
 use zeo_storage::interface::Restore;
 use zeo_storage::{Oid, Result, Tid, TxnHandle};
 
-use crate::storage::PostgresStorage;
+use crate::storage::{PostgresStorage, Staged};
 
 impl Restore for PostgresStorage {
     fn restore(
@@ -18,6 +18,10 @@ impl Restore for PostgresStorage {
         // The rows hold the state itself: `prev_txn` (a backpointer in a
         // Data.fs) has nothing to point to here.
         let _ = prev_txn;
-        self.stage(txn, oid, serial, data.map(<[u8]>::to_vec), false)
+        self.stage(
+            txn,
+            oid,
+            Staged::record(serial, data.map(<[u8]>::to_vec), false),
+        )
     }
 }

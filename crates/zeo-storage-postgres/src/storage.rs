@@ -15,6 +15,9 @@ use zeo_storage::{
     TransactionMetaData, TxnHandle, TxnStatus,
 };
 
+use zeo_storage::blobdir::BlobDir;
+
+use crate::blobs;
 use crate::changes;
 use crate::error::Error;
 use crate::options::{HistoryMode, PostgresOptions};
@@ -37,14 +40,49 @@ const CLOCK_TID: &str = "GREATEST(\
     + trunc(EXTRACT(SECOND FROM c.t) * 4294967296 / 60)::bigint, $1::bigint)";
 
 /// One staged record.
-struct Staged {
+pub(crate) struct Staged {
     /// The revision the record was based on; checked at the vote.
-    serial: Tid,
+    pub(crate) serial: Tid,
     /// The record, `None` for "the object does not exist" (undone
     /// creation).
-    data: Option<Vec<u8>>,
+    pub(crate) data: Option<Vec<u8>>,
     /// Whether the vote checks `serial` (not for restored records).
-    checked: bool,
+    pub(crate) checked: bool,
+    /// The revision's blob.
+    pub(crate) blob: StagedBlob,
+}
+
+/// Where a staged revision's blob comes from.
+pub(crate) enum StagedBlob {
+    /// It has none.
+    None,
+    /// A file of the storage's own in the blob directory's `tmp`, uploaded
+    /// at the vote and removed (or moved into the cache) at the end.
+    File(std::path::PathBuf),
+    /// The blob of the object's revision at this tid (undo), shared.
+    SameAs(Tid),
+}
+
+impl Staged {
+    /// A record without a blob.
+    pub(crate) fn record(serial: Tid, data: Option<Vec<u8>>, checked: bool) -> Staged {
+        Staged {
+            serial,
+            data,
+            checked,
+            blob: StagedBlob::None,
+        }
+    }
+}
+
+impl Drop for StagedBlob {
+    fn drop(&mut self) {
+        // The storage owns the files it was handed: one not moved into the
+        // cache by a finish goes with its staging.
+        if let StagedBlob::File(path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The transaction holding the storage's commit lock.
@@ -96,6 +134,11 @@ pub struct PostgresStorage {
     closed: AtomicBool,
     /// The SQL that differs between the schema's two variants.
     sql: Sql,
+    /// Where loaded blobs are cached and uploads wait (`blob-dir`); `None`
+    /// keeps blobs unsupported.
+    pub(crate) blob_cache: Option<BlobDir>,
+    /// The connection listening for other writers' commits (`poll.rs`).
+    pub(crate) listener: crate::poll::Listener,
 }
 
 /// Statements whose text depends on the history mode.
@@ -145,6 +188,20 @@ impl PostgresStorage {
     /// When the database cannot be reached, its schema is the other
     /// variant or incomplete, or an option is unusable.
     pub fn open(options: PostgresOptions) -> crate::error::Result<PostgresStorage> {
+        let blob_cache = match (&options.blob_dir, options.shared_blob_dir) {
+            (Some(_), true) => {
+                return Err(Error::Config(
+                    "shared-blob-dir true is not supported: blobs are kept in the database \
+                     (shared-blob-dir false), with blob-dir as their cache"
+                        .into(),
+                ))
+            }
+            (Some(dir), false) => Some(
+                BlobDir::open(dir, false)
+                    .map_err(|e| Error::Config(format!("blob-dir {}: {e}", dir.display())))?,
+            ),
+            (None, _) => None,
+        };
         let pool = Pool::new(&options.dsn, options.pool_size, String::new())?;
         let mut client = pool.connect()?;
         schema::prepare(&mut client, options.history, options.create_schema)?;
@@ -182,6 +239,8 @@ impl PostgresStorage {
             bytes: AtomicU64::new(bytes as u64),
             closed: AtomicBool::new(false),
             sql,
+            blob_cache,
+            listener: crate::poll::Listener::default(),
         })
     }
 
@@ -249,6 +308,39 @@ impl PostgresStorage {
         }
     }
 
+    /// What a store checks first: the transaction, and the serial against
+    /// the committed rows (now, so that the server can resolve a conflict;
+    /// the vote checks again under the locks).
+    pub(crate) fn check_store(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
+        self.transaction_is(txn)?;
+        if serial == Tid::ZERO {
+            // A new object: nothing to resolve a conflict against, so the
+            // vote's check (an oid taken meanwhile) is enough, and a large
+            // transaction of new objects saves a round trip per object.
+            return Ok(());
+        }
+        let committed = self.committed_tid(oid)?.unwrap_or(Tid::ZERO);
+        if committed != serial {
+            return Err(StorageError::Conflict {
+                oid,
+                committed,
+                old: serial,
+            });
+        }
+        Ok(())
+    }
+
+    /// The serial and data of what `txn` staged for `oid`, if anything.
+    pub(crate) fn staged_record(
+        &self,
+        txn: TxnHandle,
+        oid: Oid,
+    ) -> Result<Option<(Tid, Option<Vec<u8>>)>> {
+        self.with_txn(txn, |p| {
+            Ok(p.staged.get(&oid).map(|s| (s.serial, s.data.clone())))
+        })
+    }
+
     /// Fails unless `txn` is the current transaction.
     pub(crate) fn transaction_is(&self, txn: TxnHandle) -> Result<()> {
         self.with_txn(txn, |_| Ok(()))
@@ -263,26 +355,12 @@ impl PostgresStorage {
     }
 
     /// Stages a record in the current transaction (store, undo, restore).
-    pub(crate) fn stage(
-        &self,
-        txn: TxnHandle,
-        oid: Oid,
-        serial: Tid,
-        data: Option<Vec<u8>>,
-        checked: bool,
-    ) -> Result<()> {
+    pub(crate) fn stage(&self, txn: TxnHandle, oid: Oid, staged: Staged) -> Result<()> {
         self.with_txn(txn, |p| {
             if p.voted {
                 return Err(StorageError::Transaction("store after the vote".into()));
             }
-            p.staged.insert(
-                oid,
-                Staged {
-                    serial,
-                    data,
-                    checked,
-                },
-            );
+            p.staged.insert(oid, staged);
             Ok(())
         })
     }
@@ -290,6 +368,8 @@ impl PostgresStorage {
     /// The vote's database work: locks, conflict checks, oid sequence.
     /// Runs in the database transaction `client` has open.
     fn vote_in_db(&self, client: &mut Client, p: &mut Pending) -> Result<()> {
+        // Before any lock: uploading can take a while.
+        blobs::upload_staged(client, &p.staged)?;
         if p.undoing {
             // Pack and undo exclude each other through the pack lock; it
             // goes with the database transaction.
@@ -686,18 +766,8 @@ impl Storage for PostgresStorage {
     }
 
     fn store(&self, txn: TxnHandle, oid: Oid, serial: Tid, data: &[u8]) -> Result<()> {
-        self.with_txn(txn, |_| Ok(()))?;
-        // Checked now against the committed rows, so that the server can
-        // resolve the conflict; the vote checks again under the locks.
-        let committed = self.committed_tid(oid)?.unwrap_or(Tid::ZERO);
-        if committed != serial {
-            return Err(StorageError::Conflict {
-                oid,
-                committed,
-                old: serial,
-            });
-        }
-        self.stage(txn, oid, serial, Some(data.to_vec()), true)
+        self.check_store(txn, oid, serial)?;
+        self.stage(txn, oid, Staged::record(serial, Some(data.to_vec()), true))
     }
 
     fn check_current_serial(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
@@ -768,7 +838,14 @@ impl Storage for PostgresStorage {
             .conn
             .take()
             .expect("a voted transaction has its connection");
-        let tid = match self.move_rows(&mut client, &p) {
+        let moved = self
+            .move_rows(&mut client, &p)
+            .map_err(StorageError::from)
+            .and_then(|tid| {
+                blobs::move_staged(&mut client, self.mode, &p.staged, tid)?;
+                Ok(tid)
+            });
+        let tid = match moved {
             Ok(tid) => tid,
             Err(e) => {
                 // Nothing was committed: roll back and stay in the
@@ -779,7 +856,7 @@ impl Storage for PostgresStorage {
                 }
                 p.voted = false;
                 *pending = Some(p);
-                return Err(e.into());
+                return Err(e);
             }
         };
         let gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
@@ -812,8 +889,14 @@ impl Storage for PostgresStorage {
                 retry_in: std::time::Duration::ZERO,
             }));
         }
+        // Other writers' commits are visible at their COMMIT anyway: a
+        // server orders what its clients see by the tid it announced
+        // (`SharedCommits`), and its callback takes its publication lock,
+        // which loads hold while they wait for this gate.
+        drop(gate);
         on_commit(tid);
         self.last_tid.fetch_max(tid.0, Ordering::AcqRel);
+        self.cache_committed_blobs(&mut p.staged, tid);
         let new = p.prev.values().filter(|t| **t == Tid::ZERO).count() as u64;
         self.objects.fetch_add(new, Ordering::Relaxed);
         let added: u64 = p
@@ -831,7 +914,6 @@ impl Storage for PostgresStorage {
                     .retain(|o| *o > max.0);
             }
         }
-        drop(gate);
         drop(pending);
         self.lock_free.notify_one();
         Ok(tid)
@@ -864,6 +946,14 @@ impl Storage for PostgresStorage {
         Some(self)
     }
 
+    fn as_blobs(&self) -> Option<&dyn zeo_storage::Blobs> {
+        self.blob_cache.as_ref().map(|_| self as _)
+    }
+
+    fn as_shared_commits(&self) -> Option<&dyn zeo_storage::SharedCommits> {
+        Some(self)
+    }
+
     fn as_pack(&self) -> Option<&dyn zeo_storage::Pack> {
         Some(self)
     }
@@ -884,7 +974,9 @@ impl Storage for PostgresStorage {
         // when its connection goes.
         let open_txn = pending.as_mut().and_then(|p| p.conn.take());
         drop(pending);
-        drop_off_runtime(self.connections(open_txn));
+        let mut connections = self.connections(open_txn);
+        connections.extend(self.listener.take());
+        drop_off_runtime(connections);
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use zeo_storage::{
     UndoFilter,
 };
 
-use crate::storage::PostgresStorage;
+use crate::storage::{PostgresStorage, Staged, StagedBlob};
 
 /// How many transactions one query of the undo log reads.
 const LOG_BATCH: i64 = 100;
@@ -39,10 +39,13 @@ impl Undo for PostgresStorage {
                 return Ok(None);
             }
             Ok(Some(c.query(
-                "SELECT s.zoid, c.tid, \
-                   (SELECT p.state FROM object_state p WHERE p.zoid = s.zoid AND p.tid < $1 \
-                    ORDER BY p.tid DESC LIMIT 1) \
+                "SELECT s.zoid, c.tid, p.state, p.tid, \
+                   EXISTS (SELECT 1 FROM blob_chunk b WHERE b.zoid = s.zoid AND b.tid = p.tid), \
+                   cs.state IS NOT DISTINCT FROM s.state, s.state \
                  FROM object_state s JOIN current_object c USING (zoid) \
+                 JOIN object_state cs ON cs.zoid = c.zoid AND cs.tid = c.tid \
+                 LEFT JOIN LATERAL (SELECT o.state, o.tid FROM object_state o \
+                   WHERE o.zoid = s.zoid AND o.tid < $1 ORDER BY o.tid DESC LIMIT 1) p ON TRUE \
                  WHERE s.tid = $1 ORDER BY s.zoid",
                 &[&t],
             )?))
@@ -52,18 +55,37 @@ impl Undo for PostgresStorage {
         let mut staged = Vec::with_capacity(rows.len());
         for r in &rows {
             let oid = Oid(r.get::<_, i64>(0) as u64);
-            let current = Tid(r.get::<_, i64>(1) as u64);
-            if current != tid {
-                return Err(undo_error(
-                    "the object was changed by a later transaction",
-                    Some(oid),
-                ));
+            let mut serial = Tid(r.get::<_, i64>(1) as u64);
+            let restored_tid = r.get::<_, Option<i64>>(3);
+            // As FileStorage: the undone revision must be current, or the
+            // current state must equal it (a later undo brought it back);
+            // an earlier undo of this transaction counts as current.
+            let same = match self.staged_record(txn, oid)? {
+                Some((base, data)) => {
+                    serial = base;
+                    data == r.get::<_, Option<Vec<u8>>>(6)
+                }
+                None => serial == tid || r.get::<_, bool>(5),
+            };
+            if !same {
+                let reason = if restored_tid.is_none() {
+                    "Can't undo an add transaction followed by conflicting transactions."
+                } else {
+                    "Some data were modified by a later transaction"
+                };
+                return Err(undo_error(reason, Some(oid)));
             }
-            staged.push((oid, current, r.get::<_, Option<Vec<u8>>>(2)));
+            let mut revision = Staged::record(serial, r.get::<_, Option<Vec<u8>>>(2), true);
+            if r.get::<_, Option<bool>>(4) == Some(true) {
+                // The restored revision's blob is shared with it.
+                let from = Tid(restored_tid.unwrap_or(0) as u64);
+                revision.blob = StagedBlob::SameAs(from);
+            }
+            staged.push((oid, revision));
         }
-        let oids: Vec<Oid> = staged.iter().map(|(oid, _, _)| *oid).collect();
-        for (oid, current, data) in staged {
-            self.stage(txn, oid, current, data, true)?;
+        let oids: Vec<Oid> = staged.iter().map(|(oid, _)| *oid).collect();
+        for (oid, revision) in staged {
+            self.stage(txn, oid, revision)?;
         }
         self.mark_undo(txn)?;
         Ok(oids)
@@ -136,6 +158,6 @@ impl ExternalGc for PostgresStorage {
         }
         // A revision without state: RelStorage's "the object does not
         // exist" (as undoing a creation writes).
-        self.stage(txn, oid, serial, None, true)
+        self.stage(txn, oid, Staged::record(serial, None, true))
     }
 }

@@ -7,10 +7,12 @@ use zeo_testkit::postgres::TestDatabase;
 
 fn open(mode: HistoryMode) -> Fixture<PostgresStorage> {
     let db = TestDatabase::create("contract");
+    let blobs = tempfile::tempdir().expect("a blob directory");
     let mut options = PostgresOptions::new(db.dsn());
     options.history = mode;
+    options.blob_dir = Some(blobs.path().join("blobs"));
     let storage = PostgresStorage::open(options).expect("open the storage");
-    let fixture = Fixture::keeping(storage, db);
+    let fixture = Fixture::keeping(storage, (db, blobs));
     match mode {
         HistoryMode::Preserving => fixture,
         HistoryMode::Free => fixture.history_free(),

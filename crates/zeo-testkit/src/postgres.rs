@@ -181,27 +181,37 @@ impl Cluster {
         chown_postgres(&self.dir);
         if !self.data_dir().join("PG_VERSION").is_file() {
             let _ = fs::remove_dir_all(self.data_dir());
-            let out = run_with_timeout(
-                pg_command("initdb").arg("-D").arg(self.data_dir()).args([
-                    "-A",
-                    "trust",
-                    "-U",
-                    "postgres",
-                    "--no-sync",
-                    "-E",
-                    "UTF8",
-                ]),
-                START_LIMIT,
-            );
-            check(&out, "initdb");
+            self.initdb();
         }
         // A crashed earlier run may have left its pid file behind; pg_ctl
         // copes with a stale one, so it stays.
-        let options = format!(
-            "-k {} -c listen_addresses='' -c fsync=off -c full_page_writes=off \
+        self.pg_ctl_start(
+            "-c listen_addresses='' -c fsync=off -c full_page_writes=off \
              -c synchronous_commit=off -c max_connections=200",
-            self.dir.display()
         );
+    }
+
+    /// Creates the data directory.
+    fn initdb(&self) {
+        let out = run_with_timeout(
+            pg_command("initdb").arg("-D").arg(self.data_dir()).args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]),
+            START_LIMIT,
+        );
+        check(&out, "initdb");
+    }
+
+    /// Starts the server with its socket in the cluster directory and
+    /// `settings` (`-c name=value …`), waiting until it accepts sessions.
+    fn pg_ctl_start(&self, settings: &str) {
+        let options = format!("-k {} {settings}", self.dir.display());
         let out = run_with_timeout(
             pg_command("pg_ctl")
                 .arg("-D")
@@ -234,15 +244,214 @@ impl Cluster {
     /// Stops the cluster (fast shutdown). For tests that need the database
     /// gone, such as restart tests; [`Cluster::ensure`] starts it again.
     pub fn stop(&self) {
+        self.stop_with(Shutdown::Fast);
+    }
+
+    /// Stops the cluster the way `mode` says and waits until it is down.
+    ///
+    /// # Panics
+    ///
+    /// When `pg_ctl stop` fails.
+    pub fn stop_with(&self, mode: Shutdown) {
         let out = run_with_timeout(
-            pg_command("pg_ctl")
-                .arg("-D")
-                .arg(self.data_dir())
-                .args(["-w", "-t", "60", "-m", "fast", "stop"]),
+            pg_command("pg_ctl").arg("-D").arg(self.data_dir()).args([
+                "-w",
+                "-t",
+                "60",
+                "-m",
+                mode.as_pg_ctl(),
+                "stop",
+            ]),
             START_LIMIT,
         );
         check(&out, "pg_ctl stop");
     }
+}
+
+/// How `pg_ctl stop` shuts a cluster down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Sessions are terminated, open transactions rolled back, and a
+    /// checkpoint written: what an operator's restart does.
+    Fast,
+    /// Every process quits at once, with no checkpoint; the next start
+    /// recovers from the WAL: the nearest thing to a crash of the host's
+    /// database (committed transactions survive, since the WAL is
+    /// written before a commit returns on a [`PrivateCluster`]).
+    Immediate,
+}
+
+impl Shutdown {
+    fn as_pg_ctl(self) -> &'static str {
+        match self {
+            Shutdown::Fast => "fast",
+            Shutdown::Immediate => "immediate",
+        }
+    }
+}
+
+/// A cluster of one test's own, in a temporary directory, for tests that
+/// stop, crash or replicate the database (the shared [`Cluster`] must
+/// stay up for every other test). Unlike the shared cluster, a commit
+/// returns only once its WAL is written (`synchronous_commit` on), so
+/// that an immediate shutdown loses no acknowledged commit. Stopped
+/// (immediately) and removed when dropped.
+///
+/// ```no_run
+/// use zeo_testkit::postgres::{PrivateCluster, Shutdown};
+///
+/// let pg = PrivateCluster::start();
+/// let dsn = pg.create_database("zodb");
+/// pg.restart(Shutdown::Immediate);
+/// assert!(dsn.contains("dbname=zodb"));
+/// ```
+#[derive(Debug)]
+pub struct PrivateCluster {
+    cluster: Cluster,
+    /// Held for its removal on drop.
+    _dir: tempfile::TempDir,
+}
+
+/// The settings of a private cluster (and of its replicas).
+const PRIVATE_OPTIONS: &str = "-c listen_addresses='' -c fsync=off -c full_page_writes=off \
+     -c max_connections=100 -c wal_level=replica -c max_wal_senders=5 -c hot_standby=on";
+
+impl PrivateCluster {
+    /// Creates and starts a cluster in a new temporary directory.
+    ///
+    /// # Panics
+    ///
+    /// When PostgreSQL is not installed or the cluster cannot start.
+    pub fn start() -> PrivateCluster {
+        let dir = private_dir();
+        let cluster = Cluster {
+            dir: dir.path().to_owned(),
+        };
+        cluster.initdb();
+        let private = PrivateCluster { cluster, _dir: dir };
+        private.start_again();
+        private
+    }
+
+    /// A hot standby of `primary`, streaming from it: a base backup taken
+    /// with `pg_basebackup -R` into a new temporary directory, started
+    /// with its own socket. Read-only; it replays what the primary
+    /// commits, a little later.
+    ///
+    /// # Panics
+    ///
+    /// When the backup or the start fails.
+    pub fn replica_of(primary: &PrivateCluster) -> PrivateCluster {
+        let dir = private_dir();
+        let cluster = Cluster {
+            dir: dir.path().to_owned(),
+        };
+        let out = run_with_timeout(
+            pg_command("pg_basebackup")
+                .arg("-D")
+                .arg(cluster.data_dir())
+                .arg("-h")
+                .arg(primary.cluster.socket_dir())
+                .args(["-U", "postgres", "-R", "-X", "stream", "--no-sync"]),
+            START_LIMIT,
+        );
+        check(&out, "pg_basebackup");
+        let replica = PrivateCluster { cluster, _dir: dir };
+        replica.start_again();
+        replica
+    }
+
+    /// The cluster: its socket directory, DSNs, `psql`.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Creates database `name` and returns its DSN.
+    ///
+    /// # Panics
+    ///
+    /// When psql fails.
+    pub fn create_database(&self, name: &str) -> String {
+        self.cluster.psql(&format!("CREATE DATABASE {name}"));
+        self.cluster.dsn(name)
+    }
+
+    /// A DSN for database `name` (whether or not it exists).
+    pub fn dsn(&self, name: &str) -> String {
+        self.cluster.dsn(name)
+    }
+
+    /// Stops the cluster the way `mode` says.
+    pub fn stop(&self, mode: Shutdown) {
+        self.cluster.stop_with(mode);
+    }
+
+    /// Starts the (stopped) cluster and waits until it accepts
+    /// connections (after crash recovery, when it was stopped
+    /// immediately).
+    ///
+    /// # Panics
+    ///
+    /// When `pg_ctl start` fails.
+    pub fn start_again(&self) {
+        self.cluster.pg_ctl_start(PRIVATE_OPTIONS);
+    }
+
+    /// Stops the cluster the way `mode` says and starts it again.
+    pub fn restart(&self, mode: Shutdown) {
+        self.stop(mode);
+        self.start_again();
+    }
+
+    /// The primary's current WAL position (an LSN such as `0/3000148`).
+    pub fn current_lsn(&self) -> String {
+        self.cluster
+            .psql("SELECT pg_current_wal_lsn()")
+            .trim()
+            .to_owned()
+    }
+
+    /// Waits (at most `patience`) until this standby has replayed the
+    /// WAL up to `lsn`; returns whether it has. The standby offers no
+    /// event to wait on, so it is asked every 20 ms.
+    pub fn wait_replayed(&self, lsn: &str, patience: Duration) -> bool {
+        let deadline = std::time::Instant::now() + patience;
+        let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+        loop {
+            if self.cluster.psql(&sql).trim() == "t" {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = run_with_timeout(
+            pg_command("pg_ctl")
+                .arg("-D")
+                .arg(self.cluster.data_dir())
+                .args(["-w", "-t", "60", "-m", "immediate", "stop"]),
+            START_LIMIT,
+        );
+    }
+}
+
+/// A new temporary directory the `postgres` user may use.
+fn private_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("zeo-pg-")
+        .tempdir()
+        .expect("a temporary directory");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+        .expect("open the temporary directory to postgres");
+    chown_postgres(dir.path());
+    dir
 }
 
 /// A database of its own on the test cluster, dropped with the value.

@@ -19,7 +19,7 @@
 //! Deliberate departures from ZODB's FileStorage, all shared with this
 //! crate's FileStorage, where ZODB would corrupt its file, leak its lock or
 //! fail on data it could handle:
-//! * a failed [`Undo::undo`](crate::Undo::undo) stages nothing (ZODB leaves orphan records in
+//! * a failed [`Undo::undo`] stages nothing (ZODB leaves orphan records in
 //!   its temporary file); callers abort after an `UndoError` anyway. All the
 //!   objects that block it are named in one [`Error::Undo`];
 //! * [`Storage::tpc_finish`] before [`Storage::tpc_vote`], a second vote, and

@@ -598,6 +598,11 @@ pub fn finish_callback_runs_before_readers_see<S: Storage + 'static>(
     make: &dyn Fn() -> Fixture<S>,
 ) {
     let s = Arc::new(make());
+    if s.as_shared_commits().is_some() {
+        // Other writers' readers see a commit at once; a server orders
+        // what its clients see by the tid it announced instead.
+        return;
+    }
     let t1 = commit(&**s, &[(oid(1), Tid::ZERO, record(&[], b"a"))]).unwrap();
     let t = s.tpc_begin(&meta("cb"), BeginOptions::default()).unwrap();
     let want = s.transaction_tid(t).unwrap();

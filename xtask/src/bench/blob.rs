@@ -1,0 +1,264 @@
+//! The blob workload: one large blob (100 MB by default) committed and
+//! then downloaded into an empty blob cache, through `runzeo` and through
+//! `zeo-server` (each serving `<filestorage>` with a `blob-dir`), with the
+//! Rust client (`zeo-client blob put` / `blob get`) and the stock Python
+//! client (`tests/python/bench_blob.py`), all in the same run. Each
+//! transfer runs [`ROUNDS`] times and the fastest counts; the servers'
+//! peak resident memory is read at the end.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{capture, free_port, process, run_timed, wait_listening, with_logs, Output, Scratch};
+
+/// Transfers of each kind; the fastest is reported.
+const ROUNDS: usize = 2;
+
+/// What the blob runs need.
+pub(super) struct Inputs<'a> {
+    pub runzeo: &'a Path,
+    pub python: &'a Path,
+    pub script: &'a Path,
+    pub server_bin: &'a Path,
+    pub client_bin: &'a Path,
+    pub dir: &'a Path,
+    pub megabytes: u64,
+}
+
+/// The best seconds of each transfer, and each server's peak RSS.
+pub(super) struct Measured {
+    megabytes: u64,
+    /// `[server][client][direction]`: server 0 runzeo, 1 zeo-server;
+    /// client 0 Rust, 1 Python; direction 0 up, 1 down.
+    seconds: [[[f64; 2]; 2]; 2],
+    peak_kib: [u64; 2],
+}
+
+const SERVERS: [&str; 2] = ["runzeo", "zeo-server"];
+const CLIENTS: [&str; 2] = ["Rust client", "Python client"];
+const DIRECTIONS: [&str; 2] = ["up", "down"];
+
+/// Writes `megabytes` MB of bytes that do not compress.
+fn write_input(path: &Path, megabytes: u64) -> Result<(), String> {
+    let mut file = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut block = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..megabytes {
+        for b in block.iter_mut() {
+            // xorshift: cheap bytes no file system compresses.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        file.write_all(&block)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    file.sync_all()
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Runs `cmd` to its end (killed past `limit`): its standard output
+/// (unless `discard`) and its wall time, to the millisecond.
+fn timed(cmd: &mut Command, limit: Duration, discard: bool) -> Result<(String, f64), String> {
+    let output = if discard {
+        Output::Discard
+    } else {
+        Output::Capture
+    };
+    run_timed(cmd, limit, output, Duration::from_millis(1))
+}
+
+/// A server's peak resident memory (`VmHWM`), KiB.
+fn peak_kib(pid: u32) -> Result<u64, String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmHWM for pid {pid}"))
+}
+
+/// Starts one server on a `<filestorage>` with a blob directory in `dir`.
+fn start_server(
+    scratch: &mut Scratch,
+    inputs: &Inputs<'_>,
+    which: usize,
+    dir: &Path,
+) -> Result<(u16, u32), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let port = free_port()?;
+    let conf = dir.join("zeo.conf");
+    fs::write(
+        &conf,
+        format!(
+            "<zeo>\n  address 127.0.0.1:{port}\n</zeo>\n<filestorage 1>\n  path {}\n  blob-dir {}\n</filestorage>\n",
+            dir.join("Data.fs").display(),
+            dir.join("blobs").display()
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", conf.display()))?;
+    let program = if which == 0 {
+        inputs.runzeo
+    } else {
+        inputs.server_bin
+    };
+    let mut cmd = Command::new(program);
+    cmd.arg("-C").arg(&conf);
+    with_logs(&mut cmd, &dir.join("server.log"))?;
+    let name = format!("{} (blobs)", SERVERS[which]);
+    let pid = scratch.spawn(&name, &mut cmd)?;
+    wait_listening(scratch, &name, port)?;
+    Ok((port, pid))
+}
+
+fn words(text: &str, n: usize) -> Result<Vec<String>, String> {
+    let words: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+    if words.len() < n {
+        return Err(format!("expected {n} words, got {text:?}"));
+    }
+    Ok(words)
+}
+
+/// One blob up and down with each client, [`ROUNDS`] times.
+fn transfers(
+    inputs: &Inputs<'_>,
+    port: u16,
+    dir: &Path,
+    input: &Path,
+    best: &mut [[f64; 2]; 2],
+) -> Result<(), String> {
+    let addr = format!("127.0.0.1:{port}");
+    let limit = Duration::from_secs(120 + inputs.megabytes);
+    let cache = |name: &str, round: usize| dir.join(format!("{name}-{round}"));
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    for round in 0..ROUNDS {
+        // The Rust client.
+        let up_cache = cache("rs-up", round);
+        let client = |args: &[&str]| {
+            let mut cmd = Command::new(inputs.client_bin);
+            cmd.args(["--server", &addr, "--timeout", "600", "blob"])
+                .args(args);
+            cmd
+        };
+        let (out, up) = timed(
+            &mut client(&["put", &path(input), "--blob-dir", &path(&up_cache)]),
+            limit,
+            false,
+        )?;
+        let ids = words(&out, 2)?;
+        let down_cache = cache("rs-down", round);
+        let (_, down) = timed(
+            &mut client(&[
+                "get",
+                &format!("0x{}", ids[0]),
+                "--tid",
+                &format!("0x{}", ids[1]),
+                "--blob-dir",
+                &path(&down_cache),
+            ]),
+            limit,
+            true,
+        )?;
+        best[0][0] = best[0][0].min(up);
+        best[0][1] = best[0][1].min(down);
+        // The Python client times itself, from an open database (up) and
+        // from before connecting (down).
+        let up_cache_py = cache("py-up", round);
+        let out = capture(
+            Command::new(inputs.python).arg(inputs.script).args([
+                "up",
+                &port.to_string(),
+                &path(input),
+                &path(&up_cache_py),
+            ]),
+            limit,
+        )?;
+        let up_py = words(&out, 3)?;
+        let down_cache_py = cache("py-down", round);
+        let out = capture(
+            Command::new(inputs.python).arg(inputs.script).args([
+                "down",
+                &port.to_string(),
+                &up_py[0],
+                &up_py[1],
+                &path(&down_cache_py),
+            ]),
+            limit,
+        )?;
+        let seconds = |s: &str| {
+            s.parse::<f64>()
+                .map_err(|e| format!("not a time: {s:?}: {e}"))
+        };
+        best[1][0] = best[1][0].min(seconds(&up_py[2])?);
+        best[1][1] = best[1][1].min(seconds(words(&out, 1)?[0].as_str())?);
+        for c in [up_cache, down_cache, up_cache_py, down_cache_py] {
+            let _ = fs::remove_dir_all(c);
+        }
+    }
+    Ok(())
+}
+
+/// Measures both servers, one after the other.
+pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Measured, String> {
+    process::header(&format!(
+        "blobs: {} MB up and down, Rust and Python clients, runzeo and zeo-server",
+        inputs.megabytes
+    ));
+    let input = inputs.dir.join("blob-input.bin");
+    write_input(&input, inputs.megabytes)?;
+    let mut measured = Measured {
+        megabytes: inputs.megabytes,
+        seconds: [[[f64::INFINITY; 2]; 2]; 2],
+        peak_kib: [0; 2],
+    };
+    for (which, server) in SERVERS.iter().enumerate() {
+        let dir: PathBuf = inputs.dir.join(format!("blob-{server}"));
+        let (port, pid) = start_server(scratch, inputs, which, &dir)?;
+        transfers(inputs, port, &dir, &input, &mut measured.seconds[which])?;
+        measured.peak_kib[which] = peak_kib(pid)?;
+        scratch.check_alive(&format!("{server} (blobs)"))?;
+    }
+    let _ = fs::remove_file(&input);
+    Ok(measured)
+}
+
+/// The blob lines of the results: MB/s per server and client, the ratio
+/// zeo-server / runzeo for each client, and zeo-server with the Rust
+/// client against runzeo with the Python client.
+pub(super) fn print(m: &Measured) {
+    let rate = |server: usize, client: usize, dir: usize| {
+        m.megabytes as f64 / m.seconds[server][client][dir]
+    };
+    println!();
+    println!(
+        "Blobs, {} MB (best of {ROUNDS}, MB/s; ratio = zeo-server / runzeo):",
+        m.megabytes
+    );
+    for (client, client_name) in CLIENTS.iter().enumerate() {
+        for (dir, direction) in DIRECTIONS.iter().enumerate() {
+            println!(
+                "  {:<22} runzeo {:>7.1}  zeo-server {:>7.1}  ratio {:.2}x",
+                format!("{direction} {client_name}"),
+                rate(0, client, dir),
+                rate(1, client, dir),
+                rate(1, client, dir) / rate(0, client, dir)
+            );
+        }
+    }
+    for (dir, direction) in DIRECTIONS.iter().enumerate() {
+        println!(
+            "  {direction:<5} zeo-server + Rust client / runzeo + Python client: {:.2}x (aim >= 2x)",
+            rate(1, 0, dir) / rate(0, 1, dir)
+        );
+    }
+    println!(
+        "  peak server RSS over the run: runzeo {} MiB, zeo-server {} MiB",
+        m.peak_kib[0] / 1024,
+        m.peak_kib[1] / 1024
+    );
+}
