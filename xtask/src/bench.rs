@@ -31,6 +31,7 @@ mod connections;
 mod group_commit;
 mod pingpong;
 mod postgresql;
+mod servers;
 mod start_scan;
 
 /// The Rust client's workloads; the Python client runs all but `prefetch`
@@ -48,6 +49,7 @@ pub struct BenchOptions {
     debug: bool,
     only_group_commit: bool,
     only_postgresql: bool,
+    only_servers: bool,
     blob_mb: u64,
     only_blob: bool,
     start: Start,
@@ -79,7 +81,7 @@ enum Start {
 impl BenchOptions {
     /// Parses `[--duration S] [--clients LIST] [--objects N] [--idle N]
     /// [--keep] [--no-tls] [--debug] [--only-group-commit]
-    /// [--only-postgresql] [--blob-mb N] [--only-blob] [--only-start]
+    /// [--only-postgresql] [--only-servers] [--blob-mb N] [--only-blob] [--only-start]
     /// [--no-start] [--remove-start-files] [--only-connections]
     /// [--no-connections]`.
     pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
@@ -95,6 +97,7 @@ impl BenchOptions {
             start: Start::Also,
             connections: Connections::Also,
             only_postgresql: false,
+            only_servers: false,
             blob_mb: 100,
             only_blob: false,
         };
@@ -147,6 +150,8 @@ impl BenchOptions {
                 "--no-connections" => o.connections = Connections::Skip,
                 // Only zeo-server on PostgreSQL beside RelStorage direct.
                 "--only-postgresql" => o.only_postgresql = true,
+                // Only two zeo-servers over one PostgreSQL database.
+                "--only-servers" => o.only_servers = true,
                 // The size of the blob workload's blob; 0 leaves it out.
                 "--blob-mb" => {
                     o.blob_mb = value("--blob-mb")?
@@ -358,6 +363,17 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         let pg = postgresql::run(&mut scratch, &pg_inputs)?;
         process::header("Results");
         postgresql::print(&pg, &options.client_counts());
+        return Ok(());
+    }
+    if options.only_servers {
+        let inputs = servers::Inputs {
+            server_bin: &server_bin,
+            dir: &dir,
+            duration: options.duration,
+        };
+        let measured = servers::run(&mut scratch, &inputs)?;
+        process::header("Results");
+        servers::print(&measured);
         return Ok(());
     }
     if options.only_group_commit {

@@ -33,12 +33,13 @@ commands:
         clock (docs/testing.md).
   venv  Only prepare the Python venvs under target/python.
   bench [--duration S] [--clients 1,4,8] [--objects N] [--idle N] [--keep] [--no-tls] [--debug]
-        [--only-group-commit] [--only-postgresql] [--blob-mb N] [--only-blob]
+        [--only-group-commit] [--only-postgresql] [--only-servers] [--blob-mb N] [--only-blob]
         [--only-start | --no-start | --remove-start-files]
         [--only-connections | --no-connections]
         Build zeo-server and zeo-client in release and compare them with
         Python ZEO 6's server and client on 127.0.0.1, and zeo-server on
-        PostgreSQL with Python RelStorage direct (docs/benchmarks.md).
+        PostgreSQL with Python RelStorage direct, and two zeo-servers over
+        one PostgreSQL database (docs/benchmarks.md).
   help  Show this text.
 
 environment:

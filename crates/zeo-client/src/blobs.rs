@@ -218,10 +218,15 @@ fn stage(dir: &BlobDir, oid: Oid, serial: Tid, blob: BlobSource) -> Result<PathB
                     .map_err(|e| blob_io(&source, e)),
             }
         }
-        BlobSource::Stream(mut reader) => io::copy(&mut reader, &mut file)
-            .and_then(|_| file.flush())
-            .map(drop)
-            .map_err(|e| blob_io(&target, e)),
+        // A large buffer: a blob is copied in far fewer system calls than
+        // with io::copy's default 8 KiB.
+        BlobSource::Stream(reader) => io::copy(
+            &mut io::BufReader::with_capacity(1 << 20, reader),
+            &mut file,
+        )
+        .and_then(|_| file.flush())
+        .map(drop)
+        .map_err(|e| blob_io(&target, e)),
         _ => Err(zeo_storage::Error::Unsupported("this kind of blob source").into()),
     };
     let placed = placed.and_then(|()| set_read_only(&target).map_err(|e| blob_io(&target, e)));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::binary;
+use common::{binary, blob_files};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -62,29 +62,6 @@ fn python_convert(config: &Path) {
 fn stdout_ok(out: &Output) -> String {
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Every blob file under `dir` (path relative to it, bytes), sorted;
-/// temporary files excluded.
-fn blob_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(next) = pending.pop() {
-        for entry in std::fs::read_dir(&next).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                if path.file_name() != Some("tmp".as_ref()) {
-                    pending.push(path);
-                }
-            } else if path.extension() == Some("blob".as_ref()) {
-                let bytes = std::fs::read(&path).unwrap();
-                found.push((path.strip_prefix(dir).unwrap().to_path_buf(), bytes));
-            }
-        }
-        assert!(found.len() < 10_000, "runaway walk under {}", dir.display());
-    }
-    found.sort();
-    found
 }
 
 fn assert_same_copy(dir: &Path, a: &str, b: &str) {

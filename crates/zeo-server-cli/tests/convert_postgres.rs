@@ -2,7 +2,8 @@
 //! RelStorage's `zodbconvert`: the same Data.fs taken into a database and
 //! back out by each tool gives the same Data.fs byte for byte (same
 //! transactions, tids, records, user, description and extension), and each
-//! tool reads back what the other wrote.
+//! tool reads back what the other wrote. Blobs go into the database
+//! (`blob_chunk` large objects) and come back with the same bytes.
 
 mod common;
 
@@ -10,33 +11,45 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::binary;
+use common::{binary, blob_files};
 use zeo_testkit::postgres::TestDatabase;
 
 const PATIENCE: Duration = Duration::from_secs(180);
 
 fn make_source(dir: &Path, mode: &str) {
+    let mut args = vec!["Data.fs", "blobs"];
+    args.extend(Some(mode).filter(|m| !m.is_empty()));
     let out = zeo_testkit::run_python(
         &zeo_testkit::python6(),
         &zeo_testkit::script("convert_fixture.py"),
-        &["Data.fs", "blobs", mode],
+        &args,
         dir,
     );
     zeo_testkit::stdout_of(&out, "convert_fixture.py");
 }
 
-/// A `<filestorage NAME>` section for `dir/Data.fs`.
-fn file_section(name: &str, dir: &Path) -> String {
+/// A `<filestorage NAME>` section for `dir/Data.fs` (blobs in `dir/blobs`
+/// with `blobs`).
+fn file_section(name: &str, dir: &Path, blobs: bool) -> String {
+    let blob_dir = if blobs {
+        format!("  blob-dir {}/blobs\n", dir.display())
+    } else {
+        String::new()
+    };
     format!(
-        "<filestorage {name}>\n  path {}/Data.fs\n</filestorage>\n",
+        "<filestorage {name}>\n  path {}/Data.fs\n{blob_dir}</filestorage>\n",
         dir.display()
     )
 }
 
-/// A `<relstorage NAME>` section for `db`.
-fn database_section(name: &str, db: &TestDatabase) -> String {
+/// A `<relstorage NAME>` section for `db`, with blobs in the database and
+/// `cache` as the blob cache when given.
+fn database_section(name: &str, db: &TestDatabase, cache: Option<&Path>) -> String {
+    let blob_dir = cache
+        .map(|c| format!("  blob-dir {}\n", c.display()))
+        .unwrap_or_default();
     format!(
-        "<relstorage {name}>\n  keep-history true\n  <postgresql>\n    dsn {}\n  </postgresql>\n</relstorage>\n",
+        "<relstorage {name}>\n  keep-history true\n{blob_dir}  <postgresql>\n    dsn {}\n  </postgresql>\n</relstorage>\n",
         db.dsn()
     )
 }
@@ -83,29 +96,29 @@ fn data_fs_into_postgresql_and_back_as_zodbconvert_does() {
     let line = rust_convert(&write_config(
         root,
         "rs-in",
-        &file_section("source", root),
-        &database_section("destination", &ours),
+        &file_section("source", root, false),
+        &database_section("destination", &ours, None),
     ));
     assert!(line.starts_with("copied 7 transactions"), "{line}");
     python_convert(&write_config(
         root,
         "py-in",
-        &file_section("source", root),
-        &database_section("destination", &theirs),
+        &file_section("source", root, false),
+        &database_section("destination", &theirs, None),
     ));
 
     // And back out, each with its own tool.
     rust_convert(&write_config(
         root,
         "rs-out",
-        &database_section("source", &ours),
-        &file_section("destination", &root.join("rs-back")),
+        &database_section("source", &ours, None),
+        &file_section("destination", &root.join("rs-back"), false),
     ));
     python_convert(&write_config(
         root,
         "py-out",
-        &database_section("source", &theirs),
-        &file_section("destination", &root.join("py-back")),
+        &database_section("source", &theirs, None),
+        &file_section("destination", &root.join("py-back"), false),
     ));
     let rs_back = data_fs(&root.join("rs-back"));
     assert!(rs_back.len() > 1000, "{} bytes", rs_back.len());
@@ -118,14 +131,14 @@ fn data_fs_into_postgresql_and_back_as_zodbconvert_does() {
     python_convert(&write_config(
         root,
         "cross-py",
-        &database_section("source", &ours),
-        &file_section("destination", &root.join("cross-py")),
+        &database_section("source", &ours, None),
+        &file_section("destination", &root.join("cross-py"), false),
     ));
     rust_convert(&write_config(
         root,
         "cross-rs",
-        &database_section("source", &theirs),
-        &file_section("destination", &root.join("cross-rs")),
+        &database_section("source", &theirs, None),
+        &file_section("destination", &root.join("cross-rs"), false),
     ));
     assert!(
         rs_back == data_fs(&root.join("cross-py")),
@@ -146,8 +159,8 @@ fn incremental_into_postgresql_resumes_after_its_last_transaction() {
     let config = write_config(
         root,
         "in",
-        &file_section("source", root),
-        &database_section("destination", &db),
+        &file_section("source", root, false),
+        &database_section("destination", &db, None),
     );
     rust_convert(&config);
     let again =
@@ -161,4 +174,50 @@ fn incremental_into_postgresql_resumes_after_its_last_transaction() {
     );
     let line = ok(&out, "convert --incremental");
     assert!(line.starts_with("copied 0 transactions after 0x"), "{line}");
+}
+
+#[test]
+fn blobs_go_into_postgresql_and_back_as_zodbconvert_carries_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    make_source(root, "");
+    for sub in ["rs-back", "py-back"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let ours = TestDatabase::create("convert_blobs_rs");
+    let theirs = TestDatabase::create("convert_blobs_py");
+    let line = rust_convert(&write_config(
+        root,
+        "rs-in",
+        &file_section("source", root, true),
+        &database_section("destination", &ours, Some(&root.join("rs-cache"))),
+    ));
+    assert!(line.contains("3 blobs"), "{line}");
+    python_convert(&write_config(
+        root,
+        "py-in",
+        &file_section("source", root, true),
+        &database_section("destination", &theirs, Some(&root.join("py-cache"))),
+    ));
+    // Out through fresh caches, so the blobs come from the database.
+    rust_convert(&write_config(
+        root,
+        "rs-out",
+        &database_section("source", &ours, Some(&root.join("rs-cache-2"))),
+        &file_section("destination", &root.join("rs-back"), true),
+    ));
+    python_convert(&write_config(
+        root,
+        "py-out",
+        &database_section("source", &theirs, Some(&root.join("py-cache-2"))),
+        &file_section("destination", &root.join("py-back"), true),
+    ));
+    assert!(
+        data_fs(&root.join("rs-back")) == data_fs(&root.join("py-back")),
+        "the round trips through PostgreSQL differ"
+    );
+    let blobs = blob_files(&root.join("rs-back/blobs"));
+    assert_eq!(blobs.len(), 3);
+    assert_eq!(blobs, blob_files(&root.join("py-back/blobs")));
+    assert_eq!(blobs, blob_files(&root.join("blobs")));
 }

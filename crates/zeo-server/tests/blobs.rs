@@ -29,7 +29,8 @@ fn blob_server_with(dir: &Path, settings: ServerSettings) -> PipeServer {
     PipeServer::with_storage(settings, Arc::new(fs) as Arc<dyn Storage>)
 }
 
-/// Files anywhere under the blob directory but the layout marker.
+/// Files anywhere under the blob directory but the layout marker and the
+/// placement journal.
 fn blob_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.join("blobs")];
@@ -39,7 +40,7 @@ fn blob_files(dir: &Path) -> Vec<std::path::PathBuf> {
             let e = e.unwrap();
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
-            } else if e.file_name() != ".layout" {
+            } else if e.file_name() != ".layout" && e.file_name() != ".placed" {
                 out.push(e.path());
             }
         }

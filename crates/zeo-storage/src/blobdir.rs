@@ -523,7 +523,7 @@ impl BlobDir {
 /// place for transactions not yet known to be durable: one path (relative
 /// to the blob directory) per line, written before the file is moved. A
 /// storage opening after a crash removes the listed files whose revision
-/// never reached it (see [`TxnFiles::journaled`]). Hidden, so ZODB's layout
+/// never reached it (see `TxnFiles::journaled`). Hidden, so ZODB's layout
 /// detection and its tools pass over it.
 pub const PLACED_JOURNAL: &str = ".placed";
 

@@ -75,7 +75,7 @@ fn bytes8(v: u64) -> Vec<u8> {
 }
 
 /// Reads one frame's payload.
-fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+pub(super) fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let n = u32::from_be_bytes(len) as usize;
@@ -87,7 +87,7 @@ fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(payload)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -125,7 +125,12 @@ fn await_reply(s: &mut TcpStream, what: &str) -> Result<(), String> {
 
 /// One one-object commit of the new object `oid`; returns when
 /// `tpc_finish` was sent, then waits for its reply.
-fn commit(s: &mut TcpStream, txn: u32, oid: u64, sent: &mut Option<Instant>) -> Result<(), String> {
+pub(super) fn commit(
+    s: &mut TcpStream,
+    txn: u32,
+    oid: u64,
+    sent: &mut Option<Instant>,
+) -> Result<(), String> {
     let io = |e: std::io::Error| format!("committer: {e}");
     let mut id = vec![b'J'];
     id.extend_from_slice(&txn.to_le_bytes());
@@ -319,7 +324,7 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Vec<Meas
     Ok(measured)
 }
 
-fn pct(sorted: &[f64], q: f64) -> f64 {
+pub(super) fn pct(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

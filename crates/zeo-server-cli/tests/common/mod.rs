@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -191,5 +191,28 @@ pub fn wait_for_file(path: &Path, patience: Duration, give_up: impl Fn() -> bool
     };
     // SAFETY: closing the descriptor opened above.
     unsafe { libc::close(fd) };
+    found
+}
+
+/// Every blob file under `dir` (path relative to it, bytes), sorted;
+/// temporary files excluded.
+pub fn blob_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if path.file_name() != Some("tmp".as_ref()) {
+                    pending.push(path);
+                }
+            } else if path.extension() == Some("blob".as_ref()) {
+                let bytes = std::fs::read(&path).unwrap();
+                found.push((path.strip_prefix(dir).unwrap().to_path_buf(), bytes));
+            }
+        }
+        assert!(found.len() < 10_000, "runaway walk under {}", dir.display());
+    }
+    found.sort();
     found
 }
