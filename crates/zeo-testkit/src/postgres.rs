@@ -435,6 +435,7 @@ impl PrivateCluster {
             if std::time::Instant::now() >= deadline {
                 return false;
             }
+            // allow-sleep: a standby announces no replay progress, bounded by `patience`
             std::thread::sleep(Duration::from_millis(20));
         }
     }
