@@ -455,28 +455,36 @@ impl PostgresStorage {
     }
 
     /// The finish's database work under the commit lock: the tid, the
-    /// rows, COMMIT. Returns the tid.
-    fn move_rows(&self, client: &mut Client, p: &Pending) -> crate::error::Result<Tid> {
+    /// rows, COMMIT. Returns the tid and the database transaction's id,
+    /// by which the outcome of a COMMIT whose connection was lost is asked
+    /// (a tid alone cannot tell: after a lost commit, another writer may
+    /// commit under the same tid).
+    fn move_rows(&self, client: &mut Client, p: &Pending) -> crate::error::Result<(Tid, i64)> {
         client.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])?;
         let floor = self.last_tid.load(Ordering::Acquire).saturating_add(1) as i64;
-        let tid: i64 = match p.tid {
+        let (tid, xid): (i64, i64) = match p.tid {
             Some(tid) => {
-                let last: i64 = client.query_one(self.sql.last_tid.as_str(), &[])?.get(0);
+                let row = client.query_one(
+                    format!("SELECT ({}), txid_current()", self.sql.last_tid).as_str(),
+                    &[],
+                )?;
+                let last: i64 = row.get(0);
                 if tid.0 as i64 <= last {
                     return Err(Error::Schema(format!(
                         "cannot commit under {tid}: the last transaction is {}",
                         Tid(last as u64)
                     )));
                 }
-                tid.0 as i64
+                (tid.0 as i64, row.get(1))
             }
             None => {
                 let sql = format!(
-                    "SELECT GREATEST({CLOCK_TID}, ({}) + 1) \
+                    "SELECT GREATEST({CLOCK_TID}, ({}) + 1), txid_current() \
                      FROM (SELECT clock_timestamp() AT TIME ZONE 'UTC' AS t) c",
                     self.sql.last_tid
                 );
-                client.query_one(&sql, &[&floor])?.get(0)
+                let row = client.query_one(&sql, &[&floor])?;
+                (row.get(0), row.get(1))
             }
         };
         let oids: Vec<i64> = p.staged.keys().map(|o| o.0 as i64).collect();
@@ -533,7 +541,7 @@ impl PostgresStorage {
                 }
             }
         }
-        Ok(Tid(tid as u64))
+        Ok((Tid(tid as u64), xid))
     }
 
     /// After the connection was lost during COMMIT: whether the
@@ -541,10 +549,21 @@ impl PostgresStorage {
     /// that is restarting (the usual reason for the loss) is asked again,
     /// on the pool's back-off, for up to [`OUTCOME_PATIENCE`]: an answer
     /// turns a commit of unknown outcome into a known one.
-    fn committed_after_all(&self, tid: Tid, p: &Pending) -> crate::error::Result<bool> {
+    fn committed_after_all(&self, xid: i64) -> crate::error::Result<bool> {
         let deadline = std::time::Instant::now() + OUTCOME_PATIENCE;
         loop {
-            match self.ask_committed(tid, p) {
+            match self.ask_committed(xid) {
+                Ok(None) => {
+                    // Still in progress: the old backend is finishing it.
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Error::Unreachable {
+                            reason: format!("transaction {xid} still in progress"),
+                            retry_in: std::time::Duration::ZERO,
+                        });
+                    }
+                    std::thread::sleep(OUTCOME_RETRY);
+                }
+                Ok(Some(done)) => return Ok(done),
                 Err(e) if e.is_connection_lost() => {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     if left.is_zero() {
@@ -556,24 +575,27 @@ impl PostgresStorage {
                     };
                     std::thread::sleep(pause.max(OUTCOME_RETRY).min(left));
                 }
-                answer => return answer,
+                Err(e) => return Err(e),
             }
         }
     }
 
-    /// One attempt of [`Self::committed_after_all`].
-    fn ask_committed(&self, tid: Tid, p: &Pending) -> crate::error::Result<bool> {
+    /// One attempt of [`Self::committed_after_all`]: `Some(committed)`
+    /// once the database knows, `None` while the transaction is still in
+    /// progress. `txid_status` answers for recent transactions, which is
+    /// what a COMMIT just lost is.
+    fn ask_committed(&self, xid: i64) -> crate::error::Result<Option<bool>> {
         let mut client = self.pool.connect()?;
-        let sql = match self.mode {
-            HistoryMode::Preserving => {
-                "SELECT EXISTS (SELECT 1 FROM \"transaction\" WHERE tid = $1)"
-            }
-            HistoryMode::Free if p.staged.is_empty() => return Ok(false),
-            HistoryMode::Free => "SELECT EXISTS (SELECT 1 FROM object_state WHERE tid = $1)",
-        };
-        let found: bool = client.query_one(sql, &[&(tid.0 as i64)])?.get(0);
+        let status: Option<String> = client.query_one("SELECT txid_status($1)", &[&xid])?.get(0);
         self.pool.give_back(client);
-        Ok(found)
+        match status.as_deref() {
+            Some("committed") => Ok(Some(true)),
+            Some("aborted") => Ok(Some(false)),
+            Some(_) => Ok(None),
+            None => Err(Error::Schema(format!(
+                "the database no longer knows the outcome of transaction {xid}"
+            ))),
+        }
     }
 
     fn release(&self, mut pending: MutexGuard<'_, Option<Pending>>) {
@@ -872,12 +894,12 @@ impl Storage for PostgresStorage {
         let moved = self
             .move_rows(&mut client, &p)
             .map_err(StorageError::from)
-            .and_then(|tid| {
+            .and_then(|(tid, xid)| {
                 blobs::move_staged(&mut client, self.mode, &p.staged, tid)?;
-                Ok(tid)
+                Ok((tid, xid))
             });
-        let tid = match moved {
-            Ok(tid) => tid,
+        let (tid, xid) = match moved {
+            Ok(moved) => moved,
             Err(e) => {
                 // Nothing was committed: roll back and stay in the
                 // transaction, which the caller aborts.
@@ -899,7 +921,7 @@ impl Storage for PostgresStorage {
             Err(e) if crate::error::connection_lost(&e) => {
                 // The COMMIT may or may not have happened: ask.
                 drop(client);
-                match self.committed_after_all(tid, &p) {
+                match self.committed_after_all(xid) {
                     Ok(true) => true,
                     Ok(false) => false,
                     Err(check) => {
