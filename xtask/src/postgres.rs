@@ -71,14 +71,7 @@ pub fn cluster_dir(root: &Path) -> PathBuf {
 pub fn remove_cluster(bin: &Path, dir: &Path) {
     let data = dir.join("data");
     if data.join("postmaster.pid").is_file() {
-        let pg_ctl = bin.join("pg_ctl");
-        let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(pg_ctl);
-            c
-        } else {
-            Command::new(pg_ctl)
-        };
+        let mut cmd = pg_program(bin, "pg_ctl");
         cmd.arg("-D")
             .arg(&data)
             .args(["-w", "-t", "60", "-m", "immediate", "stop"]);
@@ -90,7 +83,21 @@ pub fn remove_cluster(bin: &Path, dir: &Path) {
     let _ = std::fs::remove_file(dir.with_extension("lock"));
 }
 
-fn is_root() -> bool {
+/// A PostgreSQL server program from `bin`, run as `postgres` when this
+/// process is root (initdb refuses root).
+pub fn pg_program(bin: &Path, program: &str) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(bin.join(program));
+        cmd
+    } else {
+        Command::new(bin.join(program))
+    }
+}
+
+/// Whether this process runs as root (/proc/self belongs to its
+/// effective user).
+pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)

@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::{capture, collect, raised_fd_limit, wait_listening, with_logs, Scratch};
+use crate::postgres::{is_root, pg_program};
 use crate::process;
 
 /// The workloads measured on every side (`ping` has no RelStorage meaning).
@@ -41,33 +42,19 @@ pub(super) struct Inputs<'a> {
 /// `results[(side, client, workload, clients)] = (ops/s, p50 µs)`.
 pub(super) type Results = BTreeMap<(String, String, String, usize), (f64, f64)>;
 
-/// A running cluster in the scratch directory, stopped when dropped.
-struct Cluster {
+/// A throwaway cluster in the scratch directory, on a Unix socket only,
+/// stopped when dropped.
+pub(super) struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
 }
 
-fn as_root() -> bool {
-    std::env::var("USER").is_ok_and(|u| u == "root")
-        || fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-}
-
-/// A PostgreSQL server program, as `postgres` when we are root (initdb
-/// refuses root).
-fn pg_program(bin: &Path, program: &str) -> Command {
-    if as_root() {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(bin.join(program));
-        cmd
-    } else {
-        Command::new(bin.join(program))
-    }
-}
-
 impl Cluster {
-    fn start(bin: PathBuf, dir: PathBuf) -> Result<Cluster, String> {
+    /// initdb and start in `dir`, with `settings` (`-c name=value ...`)
+    /// beyond the socket-only listening.
+    pub(super) fn start(bin: PathBuf, dir: PathBuf, settings: &str) -> Result<Cluster, String> {
         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        if as_root() {
+        if is_root() {
             capture(
                 Command::new("chown")
                     .args(["-R", "postgres:postgres"])
@@ -88,7 +75,7 @@ impl Cluster {
             ]),
             Duration::from_secs(120),
         )?;
-        let options = format!("-k {} -c listen_addresses=''", dir.display());
+        let options = format!("-k {} -c listen_addresses='' {settings}", dir.display());
         capture(
             pg_program(&bin, "pg_ctl")
                 .arg("-D")
@@ -101,11 +88,11 @@ impl Cluster {
         Ok(Cluster { bin, dir })
     }
 
-    fn dsn(&self, dbname: &str) -> String {
+    pub(super) fn dsn(&self, dbname: &str) -> String {
         format!("host={} dbname={dbname} user=postgres", self.dir.display())
     }
 
-    fn create_database(&self, name: &str) -> Result<(), String> {
+    pub(super) fn create_database(&self, name: &str) -> Result<(), String> {
         capture(
             Command::new("psql")
                 .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
@@ -130,16 +117,18 @@ impl Drop for Cluster {
     }
 }
 
-/// Starts the cluster and zeo-server on it, and measures every side.
-pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Results, String> {
-    let bin = crate::postgres::ensure_installed()?;
-    process::header("PostgreSQL: zeo-server on a RelStorage database vs RelStorage direct");
-    let cluster = Cluster::start(bin, inputs.dir.join("pg"))?;
-    cluster.create_database("zodb")?;
-    let dsn = cluster.dsn("zodb");
-
-    let conf = inputs.dir.join("pg-zeo.conf");
+/// Starts zeo-server `name` (a release binary) over the RelStorage
+/// database `dsn`, its configuration and log in `dir` as `<stem>.conf`
+/// and `<stem>.log`; returns its port once it listens.
+pub(super) fn start_server(
+    scratch: &mut Scratch,
+    (server_bin, dir): (&Path, &Path),
+    dsn: &str,
+    name: &str,
+    stem: &str,
+) -> Result<u16, String> {
     let port = super::free_port()?;
+    let conf = dir.join(format!("{stem}.conf"));
     fs::write(
         &conf,
         format!(
@@ -148,14 +137,29 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Results,
         ),
     )
     .map_err(|e| format!("{}: {e}", conf.display()))?;
-    let mut cmd = raised_fd_limit(
-        inputs.server_bin.as_os_str(),
-        &["-C".as_ref(), conf.as_os_str()],
-    );
-    with_logs(&mut cmd, &inputs.dir.join("pg-server.log"))?;
-    let name = "zeo-server (PostgreSQL)";
+    let mut cmd = raised_fd_limit(server_bin.as_os_str(), &["-C".as_ref(), conf.as_os_str()]);
+    with_logs(&mut cmd, &dir.join(format!("{stem}.log")))?;
     scratch.spawn(name, &mut cmd)?;
     wait_listening(scratch, name, port)?;
+    Ok(port)
+}
+
+/// Starts the cluster and zeo-server on it, and measures every side.
+pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Results, String> {
+    let bin = crate::postgres::ensure_installed()?;
+    process::header("PostgreSQL: zeo-server on a RelStorage database vs RelStorage direct");
+    // fsync stays on: the figures are for a database as deployed.
+    let cluster = Cluster::start(bin, inputs.dir.join("pg"), "")?;
+    cluster.create_database("zodb")?;
+    let dsn = cluster.dsn("zodb");
+    let name = "zeo-server (PostgreSQL)";
+    let port = start_server(
+        scratch,
+        (inputs.server_bin, inputs.dir),
+        &dsn,
+        name,
+        "pg-server",
+    )?;
     let addr = format!("127.0.0.1:{port}");
     let objects = inputs.objects.to_string();
     let duration = inputs.duration.to_string();

@@ -11,15 +11,14 @@
 //! `tpc_finish`, as a stock client sends them); every client writes its
 //! own objects, so no commit conflicts.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::connections::{commit, contains, pct, read_frame, registered};
-use super::{capture, free_port, raised_fd_limit, wait_listening, with_logs, Scratch};
+use super::postgresql::{self, Cluster};
+use super::Scratch;
 
 /// Commits timed from server A to a client of server B.
 const DELAY_COMMITS: usize = 300;
@@ -48,111 +47,6 @@ pub(super) struct Measured {
     /// half of them each.
     one_server: f64,
     two_servers: f64,
-}
-
-/// The cluster, stopped when dropped.
-struct Database {
-    bin: PathBuf,
-    dir: PathBuf,
-}
-
-/// A PostgreSQL program run as `postgres` when this process is root, which
-/// initdb refuses to be.
-fn as_postgres(bin: &Path, program: &str) -> Command {
-    let is_root =
-        fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
-    if is_root {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(bin.join(program));
-        cmd
-    } else {
-        Command::new(bin.join(program))
-    }
-}
-
-impl Database {
-    /// initdb, start, and one database `zodb`; returns the guard and its
-    /// libpq DSN.
-    fn create(dir: PathBuf) -> Result<(Database, String), String> {
-        let bin = crate::postgres::ensure_installed()?;
-        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let data = dir.join("data");
-        let limit = Duration::from_secs(120);
-        // Owned by the user the cluster runs as (a no-op when not root).
-        let _ = capture(
-            Command::new("chown").arg("postgres:postgres").arg(&dir),
-            limit,
-        );
-        let init = ["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"];
-        capture(
-            as_postgres(&bin, "initdb").arg("-D").arg(&data).args(init),
-            limit,
-        )?;
-        let settings = format!(
-            "-k {} -c listen_addresses='' -c fsync=off -c max_connections=100",
-            dir.display()
-        );
-        let log = dir.join("postgres.log");
-        capture(
-            as_postgres(&bin, "pg_ctl")
-                .arg("-D")
-                .arg(&data)
-                .args(["-w", "-t", "60", "-l"])
-                .arg(&log)
-                .args(["-o", &settings, "start"]),
-            limit,
-        )?;
-        let db = Database { bin, dir };
-        capture(
-            Command::new("psql")
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-                .arg(&db.dir)
-                .args(["-U", "postgres", "-d", "postgres", "-c"])
-                .arg("CREATE DATABASE zodb"),
-            limit,
-        )?;
-        let dsn = format!("host={} dbname=zodb user=postgres", db.dir.display());
-        Ok((db, dsn))
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let _ = capture(
-            as_postgres(&self.bin, "pg_ctl")
-                .arg("-D")
-                .arg(self.dir.join("data"))
-                .args(["-w", "-t", "60", "-m", "fast", "stop"]),
-            Duration::from_secs(90),
-        );
-    }
-}
-
-/// Starts zeo-server `name` over the database; returns its port.
-fn start_server(
-    scratch: &mut Scratch,
-    inputs: &Inputs<'_>,
-    dsn: &str,
-    name: &str,
-) -> Result<u16, String> {
-    let port = free_port()?;
-    let conf = inputs.dir.join(format!("{name}.conf"));
-    fs::write(
-        &conf,
-        format!(
-            "%import relstorage\n<zeo>\n  address 127.0.0.1:{port}\n</zeo>\n\
-             <relstorage 1>\n  <postgresql>\n    dsn {dsn}\n  </postgresql>\n</relstorage>\n"
-        ),
-    )
-    .map_err(|e| format!("{}: {e}", conf.display()))?;
-    let mut cmd = raised_fd_limit(
-        inputs.server_bin.as_os_str(),
-        &["-C".as_ref(), conf.as_os_str()],
-    );
-    with_logs(&mut cmd, &inputs.dir.join(format!("{name}.log")))?;
-    scratch.spawn(name, &mut cmd)?;
-    wait_listening(scratch, name, port)?;
-    Ok(port)
 }
 
 /// Commits [`DELAY_COMMITS`] one-object transactions through `a`, each
@@ -234,12 +128,22 @@ fn throughput(ports: &[u16], duration: f64, run: u64) -> Result<f64, String> {
 /// Starts the cluster and the servers, and measures.
 pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Measured, String> {
     super::process::header("two zeo-servers over one PostgreSQL database");
-    let (database, dsn) = Database::create(inputs.dir.join("servers-pg"))?;
-    let a = start_server(scratch, inputs, &dsn, "zeo-server A")?;
+    let bin = crate::postgres::ensure_installed()?;
+    let database = Cluster::start(
+        bin,
+        inputs.dir.join("servers-pg"),
+        "-c fsync=off -c max_connections=100",
+    )?;
+    database.create_database("zodb")?;
+    let dsn = database.dsn("zodb");
+    let start_server = |scratch: &mut Scratch, name, stem| {
+        postgresql::start_server(scratch, (inputs.server_bin, inputs.dir), &dsn, name, stem)
+    };
+    let a = start_server(scratch, "zeo-server A", "servers-a")?;
     // One server alone first: B does not yet read the database.
     let one_server = throughput(&[a], inputs.duration, 1)?;
     println!("  1 server x {CLIENTS} clients: {one_server:.0} commits/s");
-    let b = start_server(scratch, inputs, &dsn, "zeo-server B")?;
+    let b = start_server(scratch, "zeo-server B", "servers-b")?;
     let (delays, finishes) = delays(a, b)?;
     println!(
         "  commit on A to a client of B over {DELAY_COMMITS} commits: p50 {:.2} ms, p99 {:.2} ms",
