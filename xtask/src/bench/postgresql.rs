@@ -179,27 +179,7 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Results,
     print!("{prepared}");
 
     let mut results = Results::new();
-    println!("Rust client through zeo-server");
-    let out = capture(
-        Command::new(inputs.client_bin).args([
-            "--server",
-            &addr,
-            "bench",
-            "--json",
-            "--clients",
-            inputs.clients,
-            "--duration",
-            &duration,
-            "--objects",
-            &objects,
-            "--workloads",
-            WORKLOADS,
-        ]),
-        limit,
-    )?;
-    collect(&out, "zeo-server", &mut results)?;
-    scratch.check_alive(name)?;
-
+    // The same run, as each client's command line spells it.
     let common = [
         "--clients",
         inputs.clients,
@@ -210,6 +190,16 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Results,
         "--workloads",
         WORKLOADS,
     ];
+    println!("Rust client through zeo-server");
+    let out = capture(
+        Command::new(inputs.client_bin)
+            .args(["--server", &addr, "bench", "--json"])
+            .args(common),
+        limit,
+    )?;
+    collect(&out, "zeo-server", &mut results)?;
+    scratch.check_alive(name)?;
+
     println!("Python ZEO client through zeo-server");
     let out = capture(
         Command::new(inputs.zeo_python)
