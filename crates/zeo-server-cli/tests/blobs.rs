@@ -172,7 +172,7 @@ fn zeo6_clients_sharing_the_server_blob_dir() {
 /// Undo of a blob change and pack GC of an unreachable blob, through a
 /// stock client.
 const UNDO_AND_PACK: &str = r#"
-import os, sys, time, transaction, ZODB, ZEO.ClientStorage
+import os, sys, transaction, ZODB, ZEO.ClientStorage
 from ZODB.blob import Blob
 
 port = int(sys.argv[1])
@@ -203,8 +203,10 @@ tm.commit()
 gone = root['b']._p_oid
 del root['b']
 tm.commit()
-time.sleep(0.01)  # the pack time must follow the last commit's tid
-db.pack(time.time())
+# Packed as of the last commit's own time (a millisecond past it), not the
+# wall clock, which may not have moved past that tid yet.
+from ZODB.TimeStamp import TimeStamp
+db.pack(TimeStamp(db.lastTransaction()).timeTime() + 0.001)
 tm.begin()
 assert read('a') == b'first'
 print(gone.hex())
