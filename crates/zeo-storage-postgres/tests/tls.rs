@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use zeo_storage::{BeginOptions, Oid, Storage, Tid, TransactionMetaData};
 use zeo_storage_postgres::{PostgresOptions, PostgresStorage};
-use zeo_testkit::postgres::{pg_command, running_as_root};
+use zeo_testkit::postgres::{running_as_root, PrivateCluster};
 use zeo_testkit::{free_port, run_with_timeout};
 use zeo_tls::testing::Pki;
 
@@ -25,66 +25,47 @@ fn check(out: std::process::Output, what: &str) {
 }
 
 /// A cluster with TLS on a TCP port, stopped and removed on drop.
+/// A private cluster listening on 127.0.0.1 with TLS, its certificates
+/// from a test PKI.
 struct TlsCluster {
-    dir: tempfile::TempDir,
+    pg: PrivateCluster,
     port: u16,
     pki: Pki,
+    /// Held for its removal on drop (after the cluster's stop).
+    _pki_dir: tempfile::TempDir,
 }
 
 impl TlsCluster {
     fn start() -> TlsCluster {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let pki = Pki::new(dir.path());
+        let pki_dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::set_permissions(pki_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let pki = Pki::new(pki_dir.path());
+        // PostgreSQL reads its key only when its own user owns it, 0600.
         std::fs::set_permissions(&pki.server.key, std::fs::Permissions::from_mode(0o600)).unwrap();
         if running_as_root() {
             check(
                 run_with_timeout(
                     Command::new("chown")
                         .args(["-R", "postgres:postgres"])
-                        .arg(dir.path()),
+                        .arg(pki_dir.path()),
                     LIMIT,
                 ),
                 "chown",
             );
         }
-        let data = dir.path().join("data");
-        check(
-            run_with_timeout(
-                pg_command("initdb").arg("-D").arg(&data).args([
-                    "-A",
-                    "trust",
-                    "-U",
-                    "postgres",
-                    "--no-sync",
-                    "-E",
-                    "UTF8",
-                ]),
-                LIMIT,
-            ),
-            "initdb",
-        );
         let port = free_port();
-        let options = format!(
-            "-k {dir} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=on \
+        let pg = PrivateCluster::start_with(&format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c ssl=on \
              -c ssl_cert_file={cert} -c ssl_key_file={key}",
-            dir = dir.path().display(),
             cert = pki.server.certificate.display(),
             key = pki.server.key.display(),
-        );
-        check(
-            run_with_timeout(
-                pg_command("pg_ctl")
-                    .arg("-D")
-                    .arg(&data)
-                    .args(["-w", "-t", "60", "-l"])
-                    .arg(dir.path().join("server.log"))
-                    .args(["-o", &options, "start"]),
-                LIMIT,
-            ),
-            "pg_ctl start",
-        );
-        TlsCluster { dir, port, pki }
+        ));
+        TlsCluster {
+            pg,
+            port,
+            pki,
+            _pki_dir: pki_dir,
+        }
     }
 
     fn dsn(&self, host: &str, tls: &str) -> String {
@@ -97,7 +78,7 @@ impl TlsCluster {
     fn socket_dsn(&self) -> String {
         format!(
             "host={} port={} dbname=postgres user=postgres",
-            self.dir.path().display(),
+            self.pg.cluster().socket_dir().display(),
             self.port
         )
     }
@@ -116,18 +97,6 @@ impl TlsCluster {
 
     fn ca(&self) -> PathBuf {
         self.pki.ca.certificate.clone()
-    }
-}
-
-impl Drop for TlsCluster {
-    fn drop(&mut self) {
-        let _ = run_with_timeout(
-            pg_command("pg_ctl")
-                .arg("-D")
-                .arg(self.dir.path().join("data"))
-                .args(["-w", "-t", "60", "-m", "immediate", "stop"]),
-            LIMIT,
-        );
     }
 }
 

@@ -310,6 +310,9 @@ impl Shutdown {
 #[derive(Debug)]
 pub struct PrivateCluster {
     cluster: Cluster,
+    /// Settings given to [`PrivateCluster::start_with`], after the usual
+    /// ones, at every start.
+    settings: String,
     /// Held for its removal on drop.
     _dir: tempfile::TempDir,
 }
@@ -325,12 +328,28 @@ impl PrivateCluster {
     ///
     /// When PostgreSQL is not installed or the cluster cannot start.
     pub fn start() -> PrivateCluster {
+        PrivateCluster::start_with("")
+    }
+
+    /// [`PrivateCluster::start`] with `settings` (`-p PORT`, `-c
+    /// name=value …`) after the usual ones, which they override (the last
+    /// setting of a name wins): a TCP listener, TLS, and so on. Kept for
+    /// every later start.
+    ///
+    /// # Panics
+    ///
+    /// When PostgreSQL is not installed or the cluster cannot start.
+    pub fn start_with(settings: &str) -> PrivateCluster {
         let dir = private_dir();
         let cluster = Cluster {
             dir: dir.path().to_owned(),
         };
         cluster.initdb();
-        let private = PrivateCluster { cluster, _dir: dir };
+        let private = PrivateCluster {
+            cluster,
+            settings: settings.to_owned(),
+            _dir: dir,
+        };
         private.start_again();
         private
     }
@@ -367,7 +386,11 @@ impl PrivateCluster {
             START_LIMIT,
         );
         check(&out, "pg_basebackup");
-        let replica = PrivateCluster { cluster, _dir: dir };
+        let replica = PrivateCluster {
+            cluster,
+            settings: String::new(),
+            _dir: dir,
+        };
         replica.start_again();
         replica
     }
@@ -405,7 +428,8 @@ impl PrivateCluster {
     ///
     /// When `pg_ctl start` fails.
     pub fn start_again(&self) {
-        self.cluster.pg_ctl_start(PRIVATE_OPTIONS);
+        self.cluster
+            .pg_ctl_start(&format!("{PRIVATE_OPTIONS} {}", self.settings));
     }
 
     /// Stops the cluster the way `mode` says and starts it again.
