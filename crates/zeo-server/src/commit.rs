@@ -348,7 +348,7 @@ pub fn finish(
         storage.tpc_finish_durable(submitted, &mut |tid| {
             // Committed: every tid below it is final, so what is read now
             // is every foreign commit to announce before this one.
-            let foreign = shared.then(|| hub.read_foreign(Some(tid)));
+            let foreign = shared.then(|| read_foreign_below(hub, tid));
             let guard = hub.write_publication();
             match foreign {
                 Some(Ok(foreign)) => {
@@ -375,6 +375,38 @@ pub fn finish(
     drop(own_finish);
     hub.stats().finish_seconds.observe(started.elapsed());
     result
+}
+
+/// How long an own commit's callback keeps asking a shared storage that
+/// fails transiently (a database restarting just after the commit) for the
+/// other writers' commits below it, before giving up on them and
+/// disconnecting every client ([`StorageHub::lost_track`]).
+const FOREIGN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The foreign commits below the own commit `tid`. A transient failure is
+/// asked again, with a pause doubling from 50 ms to 1 s, for up to
+/// [`FOREIGN_PATIENCE`]: the commit is durable, and a database that is
+/// back a moment later spares every client a disconnect. Only a storage
+/// that may block is waited for (its callbacks run off the async workers).
+fn read_foreign_below(
+    hub: &StorageHub,
+    tid: Tid,
+) -> zeo_storage::Result<Vec<zeo_storage::ForeignCommit>> {
+    let deadline = std::time::Instant::now() + FOREIGN_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        match hub.read_foreign(Some(tid)) {
+            Err(e) if e.is_transient() && hub.storage().may_block() => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            result => return result,
+        }
+    }
 }
 
 #[cfg(test)]
