@@ -10,7 +10,7 @@ It then runs a selection of ZEO's test classes with ``unittest``.
 Usage::
 
     python run.py --server PATH/zeo-server [--full] [--list] [-v]
-                  [--postgres SOCKET_DIR] [NAME ...]
+                  [--postgres SOCKET_DIR] [--only PATTERN] [NAME ...]
 
 With ``--postgres``, every storage section ZEO's tests write (a
 ``<filestorage>``, ``<mappingstorage>`` or ``<blobstorage>``) is replaced
@@ -24,8 +24,15 @@ generic test classes that assume no Data.fs (``POSTGRES_SELECTION``);
 ``ZEO.tests.`` prefix (``testZEO.MappingStorageTests``,
 ``testZEO.FileStorageTests.checkPackAllRevisions``) and may use ``*``.
 Without names the CI selection runs, or the full one with ``--full`` or
-``ZEO_SUITE_FULL=1``. Tests listed in ``skips.txt`` next to this file are
+``ZEO_SUITE_FULL=1``. ``--only PATTERN`` keeps, of the selected tests,
+those whose id matches. Tests listed in ``skips.txt`` next to this file are
 reported as skipped with their reason.
+
+Run as root, the tests in ``WITHOUT_DAC_OVERRIDE`` (they check that a
+read-only file cannot be opened for writing, which root's
+``CAP_DAC_OVERRIDE`` allows) each run in a child ``run.py`` started
+through ``setpriv`` with that one capability dropped from its bounding
+set, so they run, and pass or fail, as they would for any other user.
 
 The last line printed is ``ZEO_SUITE_SUMMARY {json}``; the exit status is 0
 only when no selected, non-skipped test failed or errored.
@@ -96,6 +103,15 @@ FULL_ONLY_TESTS = [
     'testZEO.*.*_race_external_invalidate_vs_disconnect',
 ]
 FULL_ONLY_REASON = 'long-running; runs with ZEO_SUITE_FULL=1'
+
+# Tests that check a committed blob file cannot be opened for writing: as
+# root they run in a child process without CAP_DAC_OVERRIDE (see
+# WithoutDacOverride). Dropping the capability, rather than switching to
+# another user, keeps the interpreter (often under root's home) and the
+# test files reachable while the mode bits hold again.
+WITHOUT_DAC_OVERRIDE = [
+    'blob_transaction_txt',
+]
 
 # Classes of the same modules that are not run at all, with the reason
 # (`--list` prints them); skips.txt carries the per-test reasons inside
@@ -489,9 +505,10 @@ def _tail(path, lines=40):
 
 def load_skips(zeo_major, name='skips.txt'):
     """``skips.txt``: ``[root:][zeoN:]ID-PATTERN  reason`` per line; a
-    ``root:`` line applies only when the suite runs as root."""
+    ``root:`` line applies only when the suite runs as root with file
+    mode bits overridden (``overrides_file_modes``)."""
     skips = []
-    as_root = hasattr(os, 'geteuid') and os.geteuid() == 0
+    as_root = overrides_file_modes()
     with open(os.path.join(HERE, name)) as f:
         for line in f:
             line = line.strip()
@@ -509,6 +526,26 @@ def load_skips(zeo_major, name='skips.txt'):
                 pattern = m.group(2)
             skips.append((pattern, reason.strip()))
     return skips
+
+
+# CAP_DAC_OVERRIDE's bit in /proc/self/status's capability masks.
+CAP_DAC_OVERRIDE = 1
+
+
+def overrides_file_modes():
+    """Whether this process ignores file mode bits: root with
+    ``CAP_DAC_OVERRIDE`` in effect."""
+    if not hasattr(os, 'geteuid') or os.geteuid() != 0:
+        return False
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('CapEff:'):
+                    return bool(int(line.split()[1], 16)
+                                & (1 << CAP_DAC_OVERRIDE))
+    except OSError:
+        pass
+    return True
 
 
 def short_id(test):
@@ -591,6 +628,63 @@ class SkippedTest(unittest.TestCase):
 
     def runTest(self):
         self.skipTest(self._reason)
+
+
+class WithoutDacOverride(unittest.TestCase):
+    """Stands in for a test that must run without root's override of file
+    mode bits (``WITHOUT_DAC_OVERRIDE``): runs it alone in a child
+    ``run.py`` whose bounding set lacks ``CAP_DAC_OVERRIDE``, and passes,
+    fails or errors as it did there."""
+
+    def __init__(self, test_id, child_args, timeout):
+        super().__init__('runTest')
+        self._id = test_id
+        self._child_args = child_args
+        self._timeout = timeout
+
+    def id(self):
+        return self._id
+
+    def __str__(self):
+        return self._id
+
+    def runTest(self):
+        sid = self._id[len('ZEO.tests.'):] if self._id.startswith(
+            'ZEO.tests.') else self._id
+        cmd = ['setpriv', '--bounding-set', '-dac_override',
+               sys.executable, os.path.abspath(__file__),
+               *self._child_args, '--only', sid]
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, cwd='/',
+                                  timeout=self._timeout)
+        except FileNotFoundError as e:
+            self.fail('cannot drop CAP_DAC_OVERRIDE to run %s: %s'
+                      % (sid, e))
+        out = proc.stdout.decode('utf-8', 'replace')
+        summary = None
+        for line in reversed(out.splitlines()):
+            if line.startswith('ZEO_SUITE_SUMMARY '):
+                summary = json.loads(line[len('ZEO_SUITE_SUMMARY '):])
+                break
+        if (proc.returncode != 0 or summary is None
+                or summary['run'] != 1 or summary['passed'] != 1):
+            self.fail('%s without CAP_DAC_OVERRIDE (exit status %s):\n%s'
+                      % (sid, proc.returncode, out[-8000:]))
+
+
+def without_dac_override(tests, child_args, timeout):
+    """``tests`` with those of ``WITHOUT_DAC_OVERRIDE`` replaced by
+    stand-ins running them in a child process, when this one overrides
+    file mode bits."""
+    if not overrides_file_modes():
+        return tests
+    return [WithoutDacOverride(t.id(), child_args, timeout)
+            if not isinstance(t, SkippedTest) and any(
+                fnmatch.fnmatchcase(short_id(t), p)
+                for p in WITHOUT_DAC_OVERRIDE)
+            else t
+            for t in tests]
 
 
 def select_tests(names, skips):
@@ -708,6 +802,24 @@ def _on_alarm(signum, frame):
                       % SuiteResult.timeout)
 
 
+def _child_args(args, log_dir):
+    """The arguments of a child ``run.py`` selecting what this run
+    selects, with its server logs in ``log_dir``."""
+    child = ['--test-timeout', str(args.test_timeout),
+             '--log-dir', os.path.join(log_dir, 'without-dac-override')]
+    if args.server:
+        child += ['--server', os.path.abspath(args.server)]
+    if args.python_server:
+        child.append('--python-server')
+    if args.client_conflict_resolution:
+        child.append('--client-conflict-resolution')
+    if args.postgres:
+        child += ['--postgres', args.postgres]
+    if args.full:
+        child.append('--full')
+    return child + list(args.names)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--server', default=os.environ.get('ZEO_SUITE_SERVER'),
@@ -733,6 +845,9 @@ def main(argv=None):
     parser.add_argument('--postgres', metavar='SOCKET_DIR',
                         help='serve every storage from a fresh database of '
                         'the PostgreSQL cluster with its socket in SOCKET_DIR')
+    parser.add_argument('--only', metavar='PATTERN',
+                        help='of the selected tests, run only those whose '
+                        'id (without "ZEO.tests.") matches PATTERN')
     parser.add_argument('-v', '--verbose', action='store_true')
     parser.add_argument('names', nargs='*')
     args = parser.parse_args(argv)
@@ -772,10 +887,17 @@ def main(argv=None):
     if not args.full and not args.names:
         skips += [(p, FULL_ONLY_REASON) for p in FULL_ONLY_TESTS]
     tests = select_tests(names, skips)
+    if args.only:
+        tests = [t for t in tests
+                 if fnmatch.fnmatchcase(short_id(t), args.only)]
+    tests = without_dac_override(
+        tests, _child_args(args, log_dir), args.test_timeout)
     if args.list:
         for test in tests:
             mark = ' (skip: %s)' % test._reason if isinstance(
                 test, SkippedTest) else ''
+            if isinstance(test, WithoutDacOverride):
+                mark = ' (runs without CAP_DAC_OVERRIDE)'
             print(short_id(test) + mark)
         for name, reason in sorted(EXCLUDED.items()):
             print('%s (not selected: %s)' % (name, reason))
