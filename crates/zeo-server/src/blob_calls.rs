@@ -181,10 +181,18 @@ pub(crate) fn link_for_storage(path: &Path) -> std::io::Result<PathBuf> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no free name for a blob link")))
 }
 
+/// Chunks read from the blob file with one read: about 1 MB, so a 100 MB
+/// blob costs about a hundred reads rather than 1,700.
+pub(crate) const READ_CHUNKS: usize = 16;
+
 /// Streams the blob of `(oid, serial)` to the client as
 /// `receiveBlobStart`, `receiveBlobChunk`s of [`SEND_CHUNK`] bytes and
-/// `receiveBlobStop`, waiting for room in the outbox before each chunk.
-/// Returns false when the connection closed meanwhile.
+/// `receiveBlobStop`. The file is read [`READ_CHUNKS`] chunks at a time,
+/// and each such block is queued whole once the outbox has room for it
+/// ([`Outbox::reserve`]): the writer always has up to the pause threshold
+/// (`reply-backlog-pause`, 4 MiB by default) queued to write in large
+/// vectored writes, while the server holds no more of the blob than that
+/// and one block. Returns false when the connection closed meanwhile.
 pub(crate) async fn send_blob(
     outbox: &Outbox,
     blobs: &dyn Blobs,
@@ -208,36 +216,52 @@ pub(crate) async fn send_blob(
         BlobData::Reader(reader) => reader,
         _ => return Err(WireError::unsupported("sendBlob")),
     };
+    stream_blob(outbox, &mut *reader, oid, serial).await
+}
+
+/// [`send_blob`]'s messages, the blob read from `reader`.
+async fn stream_blob(
+    outbox: &Outbox,
+    reader: &mut (dyn Read + Send),
+    oid: Oid,
+    serial: Tid,
+) -> Result<bool, WireError> {
     outbox.send(&ClientEvent::receive_blob_start(oid, serial));
-    let mut chunk = vec![0u8; SEND_CHUNK];
+    let mut block = vec![0u8; SEND_CHUNK * READ_CHUNKS];
     loop {
-        let mut filled = 0;
-        while filled < SEND_CHUNK {
-            let n = reader
-                .read(&mut chunk[filled..])
-                .map_err(|e| io_error("reading a blob file", e))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
+        let filled =
+            read_full(reader, &mut block).map_err(|e| io_error("reading a blob file", e))?;
         if filled == 0 {
             break;
         }
-        if !outbox.reserve(filled + 64).await {
+        // Each message is the chunk and under 64 bytes of framing.
+        let chunks = filled.div_ceil(SEND_CHUNK);
+        if !outbox.reserve(filled + 64 * chunks).await {
             return Ok(false);
         }
-        outbox.send(&ClientEvent::receive_blob_chunk(
-            oid,
-            serial,
-            &chunk[..filled],
-        ));
-        if filled < SEND_CHUNK {
+        for chunk in block[..filled].chunks(SEND_CHUNK) {
+            outbox.send(&ClientEvent::receive_blob_chunk(oid, serial, chunk));
+        }
+        if filled < block.len() {
             break;
         }
     }
     outbox.send(&ClientEvent::receive_blob_stop(oid, serial));
     Ok(true)
+}
+
+/// Reads until `buf` is full or the reader is at its end; the bytes read.
+fn read_full(reader: &mut (dyn Read + Send), buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 #[cfg(test)]
@@ -252,6 +276,76 @@ mod tests {
         for bad in ["x.blob", "../x.tmp", "a/b.tmp", "x.tmp12", "", "x.tm"] {
             assert!(!valid_shared_name(bad), "{bad}");
         }
+    }
+
+    /// The chunk sizes of the `receiveBlobChunk`s in `wire` (framed
+    /// messages), and their bytes put together.
+    fn chunks_of(mut wire: &[u8]) -> (Vec<usize>, Vec<u8>) {
+        let (mut sizes, mut bytes) = (Vec::new(), Vec::new());
+        while !wire.is_empty() {
+            let (payload, rest) = zeo_protocol::decode_frame(wire).unwrap();
+            wire = rest;
+            let message = zeo_protocol::Marshaller::client(zeo_protocol::Encoding::Pickle)
+                .decode(payload)
+                .unwrap();
+            if message.method != "receiveBlobChunk" {
+                continue;
+            }
+            let zeo_pickle::Value::Tuple(args) = &message.args else {
+                panic!("{message:?}");
+            };
+            let zeo_pickle::Value::Bytes(chunk) = &args[2] else {
+                panic!("{message:?}");
+            };
+            sizes.push(chunk.len());
+            bytes.extend_from_slice(chunk);
+        }
+        (sizes, bytes)
+    }
+
+    #[tokio::test]
+    async fn downloads_go_out_in_blocks_within_the_queue_threshold() {
+        use crate::outbox::{OutboxLimits, OutputBudget};
+        use tokio::io::AsyncReadExt;
+
+        let block = SEND_CHUNK * READ_CHUNKS;
+        // Over two and a half blocks; the threshold holds two blocks.
+        let blob: Vec<u8> = (0..block * 5 / 2 + 1234).map(|i| (i % 251) as u8).collect();
+        let limits = OutboxLimits {
+            pause: 2 * (block + 64 * READ_CHUNKS),
+            max_backlog: usize::MAX,
+        };
+        let budget = OutputBudget::new(0);
+        let (outbox, receiver) = Outbox::new(
+            1,
+            "test",
+            zeo_protocol::Encoding::Pickle,
+            limits,
+            budget.clone(),
+        );
+        // A pipe far smaller than the blob: the writer waits for the
+        // reader below, so the stream has to wait for room.
+        let (sink, mut peer) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(receiver.write_all(sink));
+        let reading = tokio::spawn(async move {
+            let mut wire = Vec::new();
+            peer.read_to_end(&mut wire).await.unwrap();
+            wire
+        });
+        let mut reader = std::io::Cursor::new(blob.clone());
+        assert!(stream_blob(&outbox, &mut reader, Oid(7), Tid(9))
+            .await
+            .unwrap());
+        drop(outbox);
+        writer.await.unwrap().unwrap();
+        let (sizes, bytes) = chunks_of(&reading.await.unwrap());
+        assert!(bytes == blob);
+        let mut expected = vec![SEND_CHUNK; blob.len() / SEND_CHUNK];
+        expected.push(blob.len() % SEND_CHUNK);
+        assert_eq!(sizes, expected);
+        // Never more queued than the threshold: the stream waited.
+        assert!(budget.peak() <= limits.pause, "{}", budget.peak());
+        assert!(budget.peak() > block, "blocks go out whole");
     }
 
     #[test]

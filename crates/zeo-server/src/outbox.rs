@@ -313,9 +313,6 @@ impl Outbox {
     /// out, one at a time). For output produced piecemeal, such as a blob sent in
     /// chunks: reserve before producing each piece, then send it. Returns
     /// false if the connection was asked to close meanwhile.
-    // Nothing streams yet (blobs are refused); the tests hold it to its
-    // contract until blob replies use it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub async fn reserve(&self, bytes: usize) -> bool {
         self.wait_for(|| {
             let backlog = self.backlog();
