@@ -3,9 +3,9 @@
 //! writes (`receiveBlobStart/Chunk/Stop`), and the files a transaction
 //! stages until `tpc_finish` moves them into the cache.
 //!
-//! Blob bytes never sit whole in memory: uploads are read from the file a
-//! chunk at a time and sent only while the connection's outgoing queue is
-//! under [`UPLOAD_QUEUE_LIMIT`]; downloads are written to `<file>.dl` chunk
+//! Blob bytes never sit whole in memory: uploads are read about 1 MB at a
+//! time (a stream copied to the cache's file on the way) and sent only
+//! while the connection's outgoing queue is under [`UPLOAD_QUEUE_LIMIT`]; downloads are written to `<file>.dl` chunk
 //! by chunk as the frames arrive. A download holds its directory's `.lock`
 //! from before `sendBlob` until the file is in place, so concurrent loads
 //! of one blob, in this process or another one sharing the directory,
@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncReadExt;
 use tracing::warn;
 use zeo_protocol::{ClientEvent, ClientRequest};
 use zeo_storage::{BlobSource, Oid, Tid, TxnHandle};
@@ -240,6 +239,59 @@ fn stage(dir: &BlobDir, oid: Oid, serial: Tid, blob: BlobSource) -> Result<PathB
 }
 
 /// Runs blocking file work on tokio's blocking pool.
+/// Chunks of an upload read (and written to the cache) at once: about
+/// 1 MB per blocking call instead of one call per chunk.
+const UPLOAD_BLOCK_CHUNKS: usize = 16;
+
+/// Where an upload's bytes come from: the blob's file in the cache, or a
+/// stream that is written to that file as it is read. Moved into a
+/// blocking task for each block.
+struct UploadSource {
+    reader: Box<dyn io::Read + Send>,
+    /// The cache's file a stream is copied to.
+    copy: Option<File>,
+    path: PathBuf,
+    block: Vec<u8>,
+}
+
+impl UploadSource {
+    fn reading(file: File, path: PathBuf) -> Self {
+        Self::new(Box::new(file), None, path)
+    }
+
+    fn copying(reader: Box<dyn io::Read + Send>, file: File, path: PathBuf) -> Self {
+        Self::new(reader, Some(file), path)
+    }
+
+    fn new(reader: Box<dyn io::Read + Send>, copy: Option<File>, path: PathBuf) -> Self {
+        UploadSource {
+            reader,
+            copy,
+            path,
+            block: vec![0; BLOB_CHUNK * UPLOAD_BLOCK_CHUNKS],
+        }
+    }
+
+    /// Fills `block` with the next bytes (fewer only at the end), copying
+    /// them to the cache's file; the bytes read.
+    fn next_block(&mut self) -> Result<usize> {
+        let mut filled = 0;
+        while filled < self.block.len() {
+            match self.reader.read(&mut self.block[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(blob_io(&self.path, e)),
+            }
+        }
+        if let Some(file) = self.copy.as_mut() {
+            file.write_all(&self.block[..filled])
+                .map_err(|e| blob_io(&self.path, e))?;
+        }
+        Ok(filled)
+    }
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -377,12 +429,14 @@ impl AsyncClientStorage {
     }
 
     /// Stages a new revision with its blob (ZEO's `storeBlob`): the record
-    /// goes out as `storea`, the blob file is moved into the blob directory
-    /// (a [`BlobSource::File`] is taken over; a [`BlobSource::Stream`] is
-    /// copied to a file), and then either streamed to the server in
+    /// goes out as `storea`, and the blob is streamed to the server in
     /// 59,000-byte `storeBlobChunk`s, never more than
-    /// [`UPLOAD_QUEUE_LIMIT`] queued, or, with a shared blob directory,
-    /// named to it with `storeBlobShared`. After `tpc_finish` the blob is
+    /// [`UPLOAD_QUEUE_LIMIT`] queued: a [`BlobSource::File`] is taken over
+    /// into the blob directory and sent from there, a
+    /// [`BlobSource::Stream`] is sent as it is read, each block also
+    /// written to a file in the blob directory, so it is read once. With a
+    /// shared blob directory the file is placed there first and named to
+    /// the server with `storeBlobShared`. After `tpc_finish` the blob is
     /// in the cache under the new tid; an abort removes the file.
     ///
     /// ```no_run
@@ -415,11 +469,11 @@ impl AsyncClientStorage {
     ) -> Result<()> {
         let state = self.blob_state()?.clone();
         let (conn, id) = self.with_txn(txn, |s| Ok((s.conn.clone(), s.id)))?;
-        let stage_state = state.clone();
-        let target = blocking(move || stage(&stage_state.dir, oid, serial, blob)).await?;
-        let mut staged = StagedBlobs(vec![(oid, target.clone())]);
-        self.store(txn, oid, serial, data)?;
         if state.dir.is_shared() {
+            let stage_state = state.clone();
+            let target = blocking(move || stage(&stage_state.dir, oid, serial, blob)).await?;
+            let mut staged = StagedBlobs(vec![(oid, target.clone())]);
+            self.store(txn, oid, serial, data)?;
             let name = target
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -432,34 +486,46 @@ impl AsyncClientStorage {
             staged.take();
             return Ok(());
         }
+        // A file is moved into the cache first and uploaded from there; a
+        // stream is uploaded as it is read, each block written to the
+        // cache's file on the way, so it is read once.
+        let stage_state = state.clone();
+        let (source, target) = blocking(move || match blob {
+            BlobSource::Stream(reader) => {
+                let (file, target) = stage_state.dir.temp_file(oid, serial)?;
+                Ok((UploadSource::copying(reader, file, target.clone()), target))
+            }
+            other => {
+                let target = stage(&stage_state.dir, oid, serial, other)?;
+                let file = File::open(&target).map_err(|e| blob_io(&target, e))?;
+                Ok((UploadSource::reading(file, target.clone()), target))
+            }
+        })
+        .await?;
+        let mut staged = StagedBlobs(vec![(oid, target.clone())]);
+        self.store(txn, oid, serial, data)?;
         let _upload = state.upload.lock().await;
-        let mut file = tokio::fs::File::open(&target)
-            .await
-            .map_err(|e| blob_io(&target, e))?;
         conn.send_when_room(&ClientRequest::store_blob_start(), UPLOAD_QUEUE_LIMIT)
             .await?;
-        let mut chunk = vec![0u8; BLOB_CHUNK];
+        let mut source = source;
         loop {
-            let mut filled = 0;
-            while filled < BLOB_CHUNK {
-                let n = file
-                    .read(&mut chunk[filled..])
-                    .await
-                    .map_err(|e| blob_io(&target, e))?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
+            let (back, filled) = blocking(move || {
+                let mut source = source;
+                let filled = source.next_block()?;
+                Ok((source, filled))
+            })
+            .await?;
+            source = back;
+            for chunk in source.block[..filled].chunks(BLOB_CHUNK) {
+                conn.send_when_room(&ClientRequest::store_blob_chunk(chunk), UPLOAD_QUEUE_LIMIT)
+                    .await?;
             }
-            if filled == 0 {
+            if filled < source.block.len() {
                 break;
             }
-            conn.send_when_room(
-                &ClientRequest::store_blob_chunk(&chunk[..filled]),
-                UPLOAD_QUEUE_LIMIT,
-            )
-            .await?;
         }
+        drop(source);
+        blocking(move || set_read_only(&target).map_err(|e| blob_io(&target, e))).await?;
         conn.call_async(&ClientRequest::store_blob_end(oid, serial, data, id))?;
         let files = staged.take();
         self.with_txn(txn, |s| {
@@ -499,5 +565,63 @@ impl AsyncClientStorage {
             // The commit stands; the blob is downloaded again when needed.
             warn!(error = %e, "could not move a committed blob into the cache");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that fails after `ok` bytes.
+    struct FailsAfter {
+        ok: usize,
+    }
+
+    impl io::Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.ok == 0 {
+                return Err(io::Error::other("source went away"));
+            }
+            let n = buf.len().min(self.ok).min(10_000);
+            buf[..n].fill(1);
+            self.ok -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_stream_is_read_in_blocks_and_copied_to_the_cache_file_on_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("staged");
+        let block = BLOB_CHUNK * UPLOAD_BLOCK_CHUNKS;
+        let bytes: Vec<u8> = (0..block * 2 + 777).map(|i| (i % 253) as u8).collect();
+        let file = File::create(&path).unwrap();
+        let mut source =
+            UploadSource::copying(Box::new(io::Cursor::new(bytes.clone())), file, path.clone());
+        let mut sent = Vec::new();
+        let mut sizes = Vec::new();
+        loop {
+            let n = source.next_block().unwrap();
+            sizes.push(n);
+            sent.extend_from_slice(&source.block[..n]);
+            if n < block {
+                break;
+            }
+        }
+        assert_eq!(sizes, [block, block, 777]);
+        assert!(sent == bytes);
+        drop(source);
+        assert!(std::fs::read(&path).unwrap() == bytes);
+    }
+
+    #[test]
+    fn a_failing_stream_is_an_error_naming_the_cache_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("staged");
+        let file = File::create(&path).unwrap();
+        let mut source =
+            UploadSource::copying(Box::new(FailsAfter { ok: 25_000 }), file, path.clone());
+        let err = source.next_block().unwrap_err();
+        assert!(err.to_string().contains("staged"), "{err}");
     }
 }
