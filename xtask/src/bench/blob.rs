@@ -35,14 +35,18 @@ pub(super) struct Measured {
     /// client 0 Rust, 1 Python; direction 0 up, 1 down.
     seconds: [[[f64; 2]; 2]; 2],
     peak_kib: [u64; 2],
+    /// Seconds the input file's `fsync` took.
+    fsync: f64,
 }
 
 const SERVERS: [&str; 2] = ["runzeo", "zeo-server"];
 const CLIENTS: [&str; 2] = ["Rust client", "Python client"];
 const DIRECTIONS: [&str; 2] = ["up", "down"];
 
-/// Writes `megabytes` MB of bytes that do not compress.
-fn write_input(path: &Path, megabytes: u64) -> Result<(), String> {
+/// Writes `megabytes` MB of bytes that do not compress; returns the
+/// seconds its one `fsync` took: what making such a blob durable costs on
+/// this disk, which zeo-server pays at the vote and runzeo does not.
+fn write_input(path: &Path, megabytes: u64) -> Result<f64, String> {
     let mut file = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut block = vec![0u8; 1 << 20];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -57,8 +61,10 @@ fn write_input(path: &Path, megabytes: u64) -> Result<(), String> {
         file.write_all(&block)
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    let started = std::time::Instant::now();
     file.sync_all()
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Runs `cmd` to its end (killed past `limit`): its standard output
@@ -210,11 +216,12 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Measured
         inputs.megabytes
     ));
     let input = inputs.dir.join("blob-input.bin");
-    write_input(&input, inputs.megabytes)?;
+    let fsync = write_input(&input, inputs.megabytes)?;
     let mut measured = Measured {
         megabytes: inputs.megabytes,
         seconds: [[[f64::INFINITY; 2]; 2]; 2],
         peak_kib: [0; 2],
+        fsync,
     };
     for (which, server) in SERVERS.iter().enumerate() {
         let dir: PathBuf = inputs.dir.join(format!("blob-{server}"));
@@ -260,5 +267,11 @@ pub(super) fn print(m: &Measured) {
         "  peak server RSS over the run: runzeo {} MiB, zeo-server {} MiB",
         m.peak_kib[0] / 1024,
         m.peak_kib[1] / 1024
+    );
+    println!(
+        "  fsync of the {} MB input file: {:.0} ms, {:.0}% of zeo-server's best Rust-client upload",
+        m.megabytes,
+        m.fsync * 1000.0,
+        100.0 * m.fsync / m.seconds[1][0][0]
     );
 }
