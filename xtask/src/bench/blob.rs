@@ -2,9 +2,10 @@
 //! then downloaded into an empty blob cache, through `runzeo` and through
 //! `zeo-server` (each serving `<filestorage>` with a `blob-dir`), with the
 //! Rust client (`zeo-client blob put` / `blob get`) and the stock Python
-//! client (`tests/python/bench_blob.py`), all in the same run. Each
-//! transfer runs [`ROUNDS`] times and the fastest counts; the servers'
-//! peak resident memory is read at the end.
+//! client (`tests/python/bench_blob.py`), all in the same run. Both
+//! servers run side by side and take turns, round by round; each transfer
+//! runs [`ROUNDS`] times and the fastest counts; the servers' peak
+//! resident memory is read at the end.
 
 use std::fs;
 use std::io::Write;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use super::{capture, free_port, process, run_timed, wait_listening, with_logs, Output, Scratch};
 
 /// Transfers of each kind; the fastest is reported.
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 
 /// What the blob runs need.
 pub(super) struct Inputs<'a> {
@@ -130,86 +131,86 @@ fn words(text: &str, n: usize) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-/// One blob up and down with each client, [`ROUNDS`] times.
+/// One blob up and down with each client, the `round`th time.
 fn transfers(
     inputs: &Inputs<'_>,
     port: u16,
     dir: &Path,
     input: &Path,
+    round: usize,
     best: &mut [[f64; 2]; 2],
 ) -> Result<(), String> {
     let addr = format!("127.0.0.1:{port}");
     let limit = Duration::from_secs(120 + inputs.megabytes);
     let cache = |name: &str, round: usize| dir.join(format!("{name}-{round}"));
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    for round in 0..ROUNDS {
-        // The Rust client.
-        let up_cache = cache("rs-up", round);
-        let client = |args: &[&str]| {
-            let mut cmd = Command::new(inputs.client_bin);
-            cmd.args(["--server", &addr, "--timeout", "600", "blob"])
-                .args(args);
-            cmd
-        };
-        let (out, up) = timed(
-            &mut client(&["put", &path(input), "--blob-dir", &path(&up_cache)]),
-            limit,
-            false,
-        )?;
-        let ids = words(&out, 2)?;
-        let down_cache = cache("rs-down", round);
-        let (_, down) = timed(
-            &mut client(&[
-                "get",
-                &format!("0x{}", ids[0]),
-                "--tid",
-                &format!("0x{}", ids[1]),
-                "--blob-dir",
-                &path(&down_cache),
-            ]),
-            limit,
-            true,
-        )?;
-        best[0][0] = best[0][0].min(up);
-        best[0][1] = best[0][1].min(down);
-        // The Python client times itself, from an open database (up) and
-        // from before connecting (down).
-        let up_cache_py = cache("py-up", round);
-        let out = capture(
-            Command::new(inputs.python).arg(inputs.script).args([
-                "up",
-                &port.to_string(),
-                &path(input),
-                &path(&up_cache_py),
-            ]),
-            limit,
-        )?;
-        let up_py = words(&out, 3)?;
-        let down_cache_py = cache("py-down", round);
-        let out = capture(
-            Command::new(inputs.python).arg(inputs.script).args([
-                "down",
-                &port.to_string(),
-                &up_py[0],
-                &up_py[1],
-                &path(&down_cache_py),
-            ]),
-            limit,
-        )?;
-        let seconds = |s: &str| {
-            s.parse::<f64>()
-                .map_err(|e| format!("not a time: {s:?}: {e}"))
-        };
-        best[1][0] = best[1][0].min(seconds(&up_py[2])?);
-        best[1][1] = best[1][1].min(seconds(words(&out, 1)?[0].as_str())?);
-        for c in [up_cache, down_cache, up_cache_py, down_cache_py] {
-            let _ = fs::remove_dir_all(c);
-        }
+    // The Rust client.
+    let up_cache = cache("rs-up", round);
+    let client = |args: &[&str]| {
+        let mut cmd = Command::new(inputs.client_bin);
+        cmd.args(["--server", &addr, "--timeout", "600", "blob"])
+            .args(args);
+        cmd
+    };
+    let (out, up) = timed(
+        &mut client(&["put", &path(input), "--blob-dir", &path(&up_cache)]),
+        limit,
+        false,
+    )?;
+    let ids = words(&out, 2)?;
+    let down_cache = cache("rs-down", round);
+    let (_, down) = timed(
+        &mut client(&[
+            "get",
+            &format!("0x{}", ids[0]),
+            "--tid",
+            &format!("0x{}", ids[1]),
+            "--blob-dir",
+            &path(&down_cache),
+        ]),
+        limit,
+        true,
+    )?;
+    best[0][0] = best[0][0].min(up);
+    best[0][1] = best[0][1].min(down);
+    // The Python client times itself, from an open database (up) and
+    // from before connecting (down).
+    let up_cache_py = cache("py-up", round);
+    let out = capture(
+        Command::new(inputs.python).arg(inputs.script).args([
+            "up",
+            &port.to_string(),
+            &path(input),
+            &path(&up_cache_py),
+        ]),
+        limit,
+    )?;
+    let up_py = words(&out, 3)?;
+    let down_cache_py = cache("py-down", round);
+    let out = capture(
+        Command::new(inputs.python).arg(inputs.script).args([
+            "down",
+            &port.to_string(),
+            &up_py[0],
+            &up_py[1],
+            &path(&down_cache_py),
+        ]),
+        limit,
+    )?;
+    let seconds = |s: &str| {
+        s.parse::<f64>()
+            .map_err(|e| format!("not a time: {s:?}: {e}"))
+    };
+    best[1][0] = best[1][0].min(seconds(&up_py[2])?);
+    best[1][1] = best[1][1].min(seconds(words(&out, 1)?[0].as_str())?);
+    for c in [up_cache, down_cache, up_cache_py, down_cache_py] {
+        let _ = fs::remove_dir_all(c);
     }
     Ok(())
 }
 
-/// Measures both servers, one after the other.
+/// Measures both servers, running each round on one and then the other,
+/// so that a change in the machine's load during the run weighs on both.
 pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Measured, String> {
     process::header(&format!(
         "blobs: {} MB up and down, Rust and Python clients, runzeo and zeo-server",
@@ -223,11 +224,26 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Measured
         peak_kib: [0; 2],
         fsync,
     };
+    let mut started = Vec::new();
     for (which, server) in SERVERS.iter().enumerate() {
         let dir: PathBuf = inputs.dir.join(format!("blob-{server}"));
         let (port, pid) = start_server(scratch, inputs, which, &dir)?;
-        transfers(inputs, port, &dir, &input, &mut measured.seconds[which])?;
-        measured.peak_kib[which] = peak_kib(pid)?;
+        started.push((dir, port, pid));
+    }
+    for round in 0..ROUNDS {
+        for (which, (dir, port, _)) in started.iter().enumerate() {
+            transfers(
+                inputs,
+                *port,
+                dir,
+                &input,
+                round,
+                &mut measured.seconds[which],
+            )?;
+        }
+    }
+    for (which, server) in SERVERS.iter().enumerate() {
+        measured.peak_kib[which] = peak_kib(started[which].2)?;
         scratch.check_alive(&format!("{server} (blobs)"))?;
     }
     let _ = fs::remove_file(&input);
