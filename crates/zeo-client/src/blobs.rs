@@ -293,12 +293,22 @@ impl UploadSource {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::BlobIo {
-            path: PathBuf::new(),
-            source: io::Error::other(e),
-        })?
+    joined(tokio::task::spawn_blocking(f).await)
+}
+
+/// The result of a blocking task, its panic as an I/O error.
+fn joined<T>(outcome: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+    outcome.map_err(|e| Error::BlobIo {
+        path: PathBuf::new(),
+        source: io::Error::other(e),
+    })?
+}
+
+/// Reads `source`'s next block on a blocking thread.
+fn read_next_block(
+    mut source: UploadSource,
+) -> tokio::task::JoinHandle<Result<(UploadSource, usize)>> {
+    tokio::task::spawn_blocking(move || source.next_block().map(|n| (source, n)))
 }
 
 impl AsyncClientStorage {
@@ -507,24 +517,22 @@ impl AsyncClientStorage {
         let _upload = state.upload.lock().await;
         conn.send_when_room(&ClientRequest::store_blob_start(), UPLOAD_QUEUE_LIMIT)
             .await?;
-        let mut source = source;
-        loop {
-            let (back, filled) = blocking(move || {
-                let mut source = source;
-                let filled = source.next_block()?;
-                Ok((source, filled))
-            })
-            .await?;
-            source = back;
-            for chunk in source.block[..filled].chunks(BLOB_CHUNK) {
+        // The next block is read (and copied to the cache) while this one
+        // is sent: two blocks in memory, the file and the socket both busy.
+        let mut spare = vec![0; source.block.len()];
+        let mut next = Some(read_next_block(source));
+        while let Some(reading) = next.take() {
+            let (mut source, filled) = joined(reading.await)?;
+            let block = std::mem::replace(&mut source.block, std::mem::take(&mut spare));
+            if filled == block.len() {
+                next = Some(read_next_block(source));
+            }
+            for chunk in block[..filled].chunks(BLOB_CHUNK) {
                 conn.send_when_room(&ClientRequest::store_blob_chunk(chunk), UPLOAD_QUEUE_LIMIT)
                     .await?;
             }
-            if filled < source.block.len() {
-                break;
-            }
+            spare = block;
         }
-        drop(source);
         blocking(move || set_read_only(&target).map_err(|e| blob_io(&target, e))).await?;
         conn.call_async(&ClientRequest::store_blob_end(oid, serial, data, id))?;
         let files = staged.take();
