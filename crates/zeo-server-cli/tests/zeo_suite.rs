@@ -35,7 +35,7 @@ use zeo_testkit::serde_json::Value;
 use zeo_testkit::{python5, python6, run_python_with_timeout, script, TempDir};
 
 /// Fewer tests than this means the selection silently lost classes.
-const MIN_TESTS_RUN: u64 = 450;
+const MIN_TESTS_RUN: u64 = 580;
 
 fn full_run() -> bool {
     std::env::var_os("ZEO_SUITE_FULL").is_some_and(|v| !v.is_empty() && v != "0")

@@ -111,6 +111,7 @@ FULL_ONLY_REASON = 'long-running; runs with ZEO_SUITE_FULL=1'
 # test files reachable while the mode bits hold again.
 WITHOUT_DAC_OVERRIDE = [
     'blob_transaction_txt',
+    'ClientStorageSharedBlobs.blob_transaction_txt',
 ]
 
 # Classes of the same modules that are not run at all, with the reason
@@ -574,8 +575,14 @@ def blob_doctests():
     suite = unittest.TestSuite()
     suite.addTest(ZODB.tests.testblob.storage_reusable_suite(
         'ClientStorageNonSharedBlobs', testZEO.ServerManagingClientStorage))
-    suite.addTest(ZODB.tests.testblob.storage_reusable_suite(
-        'ClientStorageSharedBlobs', testZEO.create_storage_shared))
+    # The doctests of both suites have the same ids; the shared ones are
+    # told apart by a prefix, so both run.
+    shared = ZODB.tests.testblob.storage_reusable_suite(
+        'ClientStorageSharedBlobs', testZEO.create_storage_shared)
+    for test in iter_tests(shared):
+        if not test.id().startswith('ZODB.tests.testblob.ClientStorage'):
+            test.id = _prefixed_id(test.id(), 'ClientStorageSharedBlobs.')
+        suite.addTest(test)
     patterns = [
         (re.compile("ZODB.POSException.POSKeyError"), "POSKeyError"),
         (re.compile(r"\[Errno \d+\]"), '[Errno N]'),
@@ -588,6 +595,10 @@ def blob_doctests():
         lambda: testZEO.ServerManagingClientStorageForIExternalGCTest(
             'data.fs', 'blobs', extrafsoptions='pack-gc false')))
     return list(iter_tests(suite))
+
+
+def _prefixed_id(test_id, prefix):
+    return lambda: prefix + test_id
 
 
 def load_name(name):
