@@ -183,6 +183,8 @@ impl zeo_storage::Pack for PostgresStorage {
         let mut client = self.pool.connect()?;
         let point = pack_point(pack_time, TimeStamp::now().unix_time());
         let outcome = pack(&mut client, self.history_mode(), point, gc, &mut |_, _| {})?;
+        // len() and size() reflect what the pack removed.
+        self.recount(&mut client)?;
         tracing::info!(
             storage = self.name(),
             pack_tid = ?outcome.pack_tid,

@@ -63,6 +63,26 @@ pub(crate) enum StagedBlob {
     SameAs(Tid),
 }
 
+/// The table with one row per existing object in `mode`.
+fn current_table(mode: HistoryMode) -> &'static str {
+    match mode {
+        HistoryMode::Preserving => "current_object",
+        HistoryMode::Free => "object_state",
+    }
+}
+
+/// How many objects the database holds, and the bytes of `object_state`.
+fn object_counts(client: &mut Client, mode: HistoryMode) -> std::result::Result<(u64, u64), Error> {
+    let table = current_table(mode);
+    let count: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+        .get(0);
+    let bytes: i64 = client
+        .query_one("SELECT pg_total_relation_size('object_state')", &[])?
+        .get(0);
+    Ok((count.max(0) as u64, bytes.max(0) as u64))
+}
+
 impl Staged {
     /// A record without a blob.
     pub(crate) fn record(serial: Tid, data: Option<Vec<u8>>, checked: bool) -> Staged {
@@ -214,16 +234,8 @@ impl PostgresStorage {
         schema::prepare(&mut client, options.history, options.create_schema)?;
         let sql = Sql::new(options.history);
         let last: i64 = client.query_one(sql.last_tid.as_str(), &[])?.get(0);
-        let cur = match options.history {
-            HistoryMode::Preserving => "current_object",
-            HistoryMode::Free => "object_state",
-        };
-        let count: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {cur}"), &[])?
-            .get(0);
-        let bytes: i64 = client
-            .query_one("SELECT pg_total_relation_size('object_state')", &[])?
-            .get(0);
+        let (count, bytes) = object_counts(&mut client, options.history)?;
+        let cur = current_table(options.history);
         let max_oid: i64 = client
             .query_one(&format!("SELECT COALESCE(max(zoid), 0) FROM {cur}"), &[])?
             .get(0);
@@ -242,8 +254,8 @@ impl PostgresStorage {
             handles: AtomicU64::new(1),
             oids: Mutex::new(Vec::new()),
             max_oid: AtomicU64::new(max_oid as u64),
-            objects: AtomicU64::new(count as u64),
-            bytes: AtomicU64::new(bytes as u64),
+            objects: AtomicU64::new(count),
+            bytes: AtomicU64::new(bytes),
             closed: AtomicBool::new(false),
             sql,
             blob_cache,
@@ -254,6 +266,15 @@ impl PostgresStorage {
     /// The schema variant the storage serves.
     pub fn history_mode(&self) -> HistoryMode {
         self.mode
+    }
+
+    /// Counts the objects and bytes again: after a pack, which removes
+    /// objects the running totals only ever grow by.
+    pub(crate) fn recount(&self, client: &mut Client) -> Result<()> {
+        let (count, bytes) = object_counts(client, self.mode)?;
+        self.objects.store(count, Ordering::Relaxed);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        Ok(())
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {
