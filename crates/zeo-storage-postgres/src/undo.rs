@@ -96,9 +96,14 @@ impl Undo for PostgresStorage {
                 continue;
             }
             let mut revision = Staged::record(serial, before, true);
-            if r.get::<_, Option<bool>>(4) == Some(true) {
+            let from = Tid(restored_tid.unwrap_or(0) as u64);
+            let has_blob = if self.shared_blobs {
+                restored_tid.is_some() && self.shared_blob_exists(oid, from)
+            } else {
+                r.get::<_, Option<bool>>(4) == Some(true)
+            };
+            if has_blob {
                 // The restored revision's blob is shared with it.
-                let from = Tid(restored_tid.unwrap_or(0) as u64);
                 revision.blob = StagedBlob::SameAs(from);
             }
             staged.push((oid, revision));
