@@ -245,6 +245,11 @@ impl Blobs for PostgresStorage {
         self.stage_blob(txn, oid, serial, Some(data), blob, true)
     }
 
+    fn oid_directory(&self, oid: Oid) -> Option<std::path::PathBuf> {
+        // ZEO clients sharing the directory write their blobs here.
+        self.shared_dir().ok().map(|dir| dir.oid_dir(oid))
+    }
+
     fn load_blob(&self, oid: Oid, serial: Tid) -> Result<BlobData> {
         let cache = self.cache()?;
         if self.shared_blobs {
