@@ -402,8 +402,11 @@ impl PostgresStorage {
     /// The vote's database work: locks, conflict checks, oid sequence.
     /// Runs in the database transaction `client` has open.
     fn vote_in_db(&self, client: &mut Client, p: &mut Pending) -> Result<()> {
-        // Before any lock: uploading can take a while.
-        blobs::upload_staged(client, &p.staged)?;
+        // Before any lock: uploading can take a while. A shared blob
+        // directory holds the files instead (placed after these checks).
+        if !self.shared_blobs {
+            blobs::upload_staged(client, &p.staged)?;
+        }
         if p.undoing {
             // Pack and undo exclude each other through the pack lock; it
             // goes with the database transaction.

@@ -80,6 +80,8 @@ fn a_blob_is_a_file_in_the_bushy_layout_and_no_blob_chunk_row() {
             0,
             "{name}"
         );
+        let large_objects = "SELECT count(*) FROM pg_largeobject_metadata";
+        assert_eq!(count(&mut c, large_objects), 0, "{name}");
         // Nothing waits in the upload directory.
         assert_eq!(
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
