@@ -56,3 +56,29 @@ fn history_preserving_shared_blobs_are_shared_with_relstorage() {
 fn history_free_shared_blobs_are_shared_with_relstorage() {
     shared_blobs_round_trip(false, "hf");
 }
+
+/// With blobs in the database (`shared-blob-dir false`) a client with an
+/// empty cache downloads a blob through zeo-server: the server loads it
+/// from PostgreSQL, a blocking call kept off its async workers.
+#[test]
+fn a_blob_kept_in_the_database_is_sent_to_a_client_with_an_empty_cache() {
+    let db = TestDatabase::create("zeo_blob_in_db");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "%import relstorage\n<zeo>\n  address 127.0.0.1:0\n</zeo>\n\
+         <relstorage 1>\n  blob-dir {}\n\
+         \x20 <postgresql>\n    dsn {}\n  </postgresql>\n</relstorage>\n",
+        dir.path().join("server-cache").display(),
+        db.dsn()
+    );
+    std::fs::write(dir.path().join("zeo.conf"), conf).unwrap();
+    let server = ServerProcess::start(dir.path(), &["-C", "zeo.conf"]);
+    let out = run_python_with_timeout(
+        &python_relstorage(),
+        &script("relstorage/blob_via_zeo.py"),
+        &[server.port().to_string()],
+        dir.path(),
+        Duration::from_secs(120),
+    );
+    assert_eq!(stdout_of(&out, "blob_via_zeo.py").trim(), "ok");
+}
