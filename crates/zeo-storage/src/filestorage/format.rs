@@ -228,20 +228,23 @@ impl<'a> Reader<'a> {
         format_error(self.path, pos, reason)
     }
 
+    /// `what` (`len` bytes at `pos`) does not fit before the end.
+    fn past_end(&self, pos: u64, len: u64, what: &str) -> Error {
+        self.error(
+            pos,
+            format!(
+                "{what} ({len} bytes) runs past the end of the data at {}",
+                self.end
+            ),
+        )
+    }
+
     /// Fills `buf` from `pos`; `what` names the field for the error message.
     pub fn read_exact(&self, pos: u64, buf: &mut [u8], what: &str) -> Result<()> {
         let len = buf.len() as u64;
         match pos.checked_add(len) {
             Some(stop) if stop <= self.end => {}
-            _ => {
-                return Err(self.error(
-                    pos,
-                    format!(
-                        "{what} ({len} bytes) runs past the end of the data at {}",
-                        self.end
-                    ),
-                ))
-            }
+            _ => return Err(self.past_end(pos, len, what)),
         }
         self.file.read_exact_at(buf, pos).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -302,8 +305,30 @@ impl<'a> Reader<'a> {
 
     /// The data record header at `pos`, with its backpointer when `plen == 0`.
     pub fn data_header(&self, pos: u64) -> Result<DataHeader> {
+        self.data_header_with(pos, |at, buf, what| self.read_exact(at, buf, what))
+    }
+
+    /// [`Reader::data_header`] read through `win` (a window over this
+    /// reader's file and end), which reads ahead: a walk over many small
+    /// records then costs a system call per window, not per record. Same
+    /// checks, same errors.
+    pub fn data_header_in(&self, win: &mut Window<'_>, pos: u64) -> Result<DataHeader> {
+        self.data_header_with(pos, |at, buf, what| match win.get(at, buf.len())? {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(self.past_end(at, buf.len() as u64, what)),
+        })
+    }
+
+    fn data_header_with(
+        &self,
+        pos: u64,
+        mut read: impl FnMut(u64, &mut [u8], &str) -> Result<()>,
+    ) -> Result<DataHeader> {
         let mut b = [0u8; DATA_HEADER_LEN as usize];
-        self.read_exact(pos, &mut b, "data record header")?;
+        read(pos, &mut b, "data record header")?;
         let mut h = DataHeader::parse(&b).map_err(|vlen| {
             self.error(
                 pos,
@@ -311,7 +336,9 @@ impl<'a> Reader<'a> {
             )
         })?;
         if h.plen == 0 {
-            h.back = self.read_u64(pos + DATA_HEADER_LEN, "backpointer")?;
+            let mut back = [0u8; 8];
+            read(pos + DATA_HEADER_LEN, &mut back, "backpointer")?;
+            h.back = u64::from_be_bytes(back);
         } else if h.plen > self.end.saturating_sub(pos + DATA_HEADER_LEN) {
             return Err(self.error(
                 pos,
@@ -559,6 +586,8 @@ pub(crate) struct Window<'a> {
     /// Position of the previous request, to tell a dense walk from a
     /// sparse one.
     last: u64,
+    /// Where reading ahead stops (a request itself may go past it).
+    ahead_until: u64,
 }
 
 impl<'a> Window<'a> {
@@ -580,7 +609,16 @@ impl<'a> Window<'a> {
             // The first read counts as sparse: it reads little until the
             // walk shows its records are small.
             last: u64::MAX,
+            ahead_until: size,
         }
+    }
+
+    /// Reads no further ahead than `stop` (the end of what the walk will
+    /// ask for, such as its transaction's end): bytes past it are not read
+    /// unless asked for.
+    pub fn read_ahead_until(mut self, stop: u64) -> Self {
+        self.ahead_until = stop;
+        self
     }
 
     /// The bytes `[pos, pos + n)`, or `None` when they run past `size` (the
@@ -599,7 +637,8 @@ impl<'a> Window<'a> {
             } else {
                 Self::CAPACITY
             };
-            let want = (read_ahead.max(n) as u64).min(self.size - pos);
+            let ahead = (read_ahead as u64).min(self.ahead_until.saturating_sub(pos));
+            let want = ahead.max(n as u64).min(self.size - pos);
             self.buf.resize(want as usize, 0);
             self.file
                 .read_exact_at(&mut self.buf, pos)
