@@ -54,33 +54,28 @@ pub(super) fn run(
     scratch.spawn("zeo-server", &mut cmd)?;
     wait_listening(scratch, "zeo-server", port)?;
     let objects = inputs.objects.to_string();
-    let out = capture(
-        Command::new(inputs.client_bin).args([
-            "--server",
-            &addr,
-            "bench",
-            "--prepare-only",
-            "--objects",
-            &objects,
-        ]),
-        Duration::from_secs(300),
-    )?;
+    let bench = |args: &[&str], limit: Duration| {
+        capture(
+            Command::new(inputs.client_bin)
+                .args(["--server", &addr, "bench", "--objects", &objects])
+                .args(args),
+            limit,
+        )
+    };
+    let out = bench(&["--prepare-only"], Duration::from_secs(300))?;
     print!("{addr}: {out}");
-    let out = capture(
-        Command::new(inputs.client_bin).args([
-            "--server",
-            &addr,
-            "bench",
+    let duration = inputs.duration.to_string();
+    let workloads = WORKLOADS.join(",");
+    let out = bench(
+        &[
             "--json",
             "--clients",
             "1",
             "--duration",
-            &inputs.duration.to_string(),
-            "--objects",
-            &objects,
+            &duration,
             "--workloads",
-            &WORKLOADS.join(","),
-        ]),
+            &workloads,
+        ],
         Duration::from_secs_f64(60.0 + WORKLOADS.len() as f64 * (inputs.duration + 10.0)),
     )?;
     let mut results = BTreeMap::new();

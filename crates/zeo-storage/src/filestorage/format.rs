@@ -769,20 +769,25 @@ mod tests {
 
     /// After many small loads the first read is small; larger records
     /// still load whole, through a second read.
-    #[test]
-    fn records_larger_than_a_shrunk_first_read_load_whole() {
+    /// A new FileStorage in `dir`.
+    fn new_storage(dir: &Path) -> crate::filestorage::FileStorage {
         use crate::filestorage::{FileStorage, FileStorageOptions};
-        use crate::interface::{BeginOptions, Storage, TransactionMetaData};
-
-        let dir = tempfile::tempdir().unwrap();
-        let fs = FileStorage::open(
-            dir.path().join("Data.fs"),
+        FileStorage::open(
+            dir.join("Data.fs"),
             FileStorageOptions {
                 create: true,
                 ..Default::default()
             },
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn records_larger_than_a_shrunk_first_read_load_whole() {
+        use crate::interface::{BeginOptions, Storage, TransactionMetaData};
+
+        let dir = tempfile::tempdir().unwrap();
+        let fs = new_storage(dir.path());
         let sizes = [10usize, 600, 1500, 3000, FIRST_READ, 10_000];
         let txn = fs
             .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
@@ -807,18 +812,10 @@ mod tests {
     /// `load_before`, and backpointers (from undo) all load what was stored.
     #[test]
     fn loads_read_records_of_every_size_around_the_first_read() {
-        use crate::filestorage::{FileStorage, FileStorageOptions};
         use crate::interface::{BeginOptions, Storage, TransactionMetaData};
 
         let dir = tempfile::tempdir().unwrap();
-        let fs = FileStorage::open(
-            dir.path().join("Data.fs"),
-            FileStorageOptions {
-                create: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let fs = new_storage(dir.path());
         let head = DATA_HEADER_LEN as usize;
         let sizes = [
             1,
