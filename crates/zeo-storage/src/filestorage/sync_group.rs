@@ -4,9 +4,10 @@
 //! order.
 //!
 //! Whoever waits first while no fsync runs syncs for everyone submitted so
-//! far, after waiting (at most as long as the last fsync took) for a
-//! transaction that is being committed meanwhile; the others wait for it. Sequence numbers are the commit order:
-//! `synced` and `published` are watermarks over them.
+//! far, after gathering: waiting, bounded, for the transactions that are
+//! being committed meanwhile (those the caller said are coming, or one
+//! holding the commit lock); the others wait for it. Sequence numbers are
+//! the commit order: `synced` and `published` are watermarks over them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -49,8 +50,21 @@ pub(crate) struct Queue {
     /// Successful data-file fsyncs of the commit path.
     pub(crate) fsyncs: u64,
     /// How long the last of them took: how long a leader waits, at most,
-    /// to gather a transaction that is being committed.
+    /// to gather a transaction that is being committed when nobody said
+    /// how many are coming.
     pub(crate) last_sync: Duration,
+    /// How many transactions the caller said will be submitted soon
+    /// (`Storage::commits_coming`): a leader gathers while it is above
+    /// zero.
+    pub(crate) coming: usize,
+    /// A leader is gathering: the others wait for its fsync.
+    pub(crate) gathering: bool,
+    /// Threads waiting for a pending transaction to be published before
+    /// they can go on (`wait_for_oid`): a commit that is coming may be one
+    /// of them, so a leader stops gathering.
+    pub(crate) oid_waiters: usize,
+    /// Replaces [`MAX_GATHER`] (tests).
+    pub(crate) max_gather: Option<Duration>,
 }
 
 /// The longest a leader waits to gather, however slow the disk.
