@@ -353,6 +353,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_observer_hears_every_change_of_the_count() {
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let log = heard.clone();
+        let lock = CommitLock::observed(Box::new(move |n| log.lock().unwrap().push(n)));
+        let g1 = now(lock.acquire(1));
+        let w2 = queued(lock.acquire(2));
+        let w3 = queued(lock.acquire(3));
+        drop(w3);
+        drop(g1);
+        let g2 = tokio::time::timeout(Duration::from_secs(10), w2.granted())
+            .await
+            .unwrap();
+        drop(g2);
+        // Taken, two queued, one leaves, handed over, released.
+        assert_eq!(*heard.lock().unwrap(), vec![1, 2, 3, 2, 1, 0]);
+    }
+
+    #[tokio::test]
     async fn abandoned_wait_leaves_the_queue() {
         let lock = CommitLock::new();
         let g1 = now(lock.acquire(1));
