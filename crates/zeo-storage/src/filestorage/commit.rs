@@ -586,8 +586,9 @@ impl FileStorage {
             let mut q = self.group.lock();
             let cut = q.first_unsynced_base().unwrap_or(base);
             self.fail_writes(&mut q, &file, cut, &e);
+            q.wake_all();
+            self.group.notify(&q);
             drop(q);
-            self.group.notify();
             st.active = None;
             self.txn_open.store(false, Ordering::Release);
             self.commit_done.notify_all();
@@ -601,10 +602,12 @@ impl FileStorage {
         };
         self.txn_open.store(false, Ordering::Release);
         let updates: Vec<(u64, u64)> = a.order.iter().map(|oid| (*oid, a.tindex[oid])).collect();
-        self.group.lock().submit(txn, tid, base, next_pos, updates);
+        let mut q = self.group.lock();
+        q.submit(txn, tid, base, next_pos, updates);
+        // A leader may be gathering for its fsync (see `gather`).
+        q.wake_gatherer();
+        drop(q);
         self.commit_done.notify_one();
-        // A leader may be gathering for its fsync (see `durable`).
-        self.group.notify();
         Ok(tid)
     }
 
@@ -613,7 +616,10 @@ impl FileStorage {
     /// `on_commit` and publishes the transaction to readers.
     pub(crate) fn durable(&self, txn: TxnHandle, on_commit: &mut dyn FnMut(Tid)) -> Result<Tid> {
         let mut q = self.group.lock();
-        let Some(seq) = q.find(txn).map(|p| p.seq) else {
+        let Some(seq) = q.find_mut(txn).map(|p| {
+            p.waiter = Some(std::thread::current());
+            p.seq
+        }) else {
             return Err(Error::Transaction(
                 "tpc_finish called with a transaction that was not submitted".into(),
             ));
@@ -622,15 +628,19 @@ impl FileStorage {
         while q.synced <= seq {
             if q.failed_at.is_some() {
                 q.remove(txn);
+                q.wake_all();
+                self.group.notify(&q);
                 drop(q);
-                self.group.notify();
                 return Err(self
                     .not_failed()
                     .err()
                     .unwrap_or_else(|| Error::Storage("a commit's fsync failed".into())));
             }
             if q.syncing || q.gathering {
-                q = self.group.wait(q);
+                // Woken when the fsync ends if this is the first
+                // transaction it did not cover, else by the publication
+                // before this one.
+                q = self.group.park(q);
                 continue;
             }
             if !gathered {
@@ -653,17 +663,22 @@ impl FileStorage {
                     q.synced = upto;
                     q.fsyncs += 1;
                     q.last_sync = took;
+                    // The first covered publishes (the others follow it
+                    // one by one); the first not covered leads the next.
+                    q.wake_front();
+                    q.wake_first_from(upto);
                 }
                 Err(e) => {
                     let cut = q.first_unsynced_base().unwrap_or(file_len(&file));
                     self.fail_writes(&mut q, &file, cut, &e);
+                    q.wake_all();
+                    self.group.notify(&q);
                 }
             }
-            self.group.notify();
         }
         // Durable; publication goes in commit order.
         while q.published != seq {
-            q = self.group.wait(q);
+            q = self.group.park(q);
         }
         let (tid, next_pos, updates) = match q.pending.front() {
             Some(p) if p.handle == txn => (p.tid, p.next_pos, p.updates.clone()),
@@ -681,8 +696,9 @@ impl FileStorage {
         let mut q = self.group.lock();
         q.remove(txn);
         q.published += 1;
+        q.wake_front();
+        self.group.notify(&q);
         drop(q);
-        self.group.notify();
         Ok(tid)
     }
 
@@ -734,7 +750,7 @@ impl FileStorage {
         // Counted while waiting: a gathering leader stops waiting for
         // this transaction's submit, which now waits for that leader.
         q.oid_waiters += 1;
-        self.group.notify();
+        q.wake_gatherer();
         while q.touches(oid.0) && q.failed_at.is_none() {
             q = self.group.wait(q);
         }
@@ -789,15 +805,17 @@ impl FileStorage {
             return q;
         }
         q.gathering = true;
+        q.gatherer = Some(std::thread::current());
         let started = Instant::now();
         let deadline = started + limit;
         while coming(&q) {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 break;
             };
-            q = self.group.wait_timeout(q, left);
+            q = self.group.park_timeout(q, left);
         }
         q.gathering = false;
+        q.gatherer = None;
         tracing::trace!(
             gathered = q.next_seq() - before,
             waited_us = started.elapsed().as_micros() as u64,
@@ -812,9 +830,8 @@ impl FileStorage {
         let mut q = self.group.lock();
         q.coming = count;
         if count == 0 {
-            drop(q);
             // A gathering leader stops waiting.
-            self.group.notify();
+            q.wake_gatherer();
         }
     }
 
