@@ -30,7 +30,7 @@ use crate::error::CliError;
 struct Cli {
     // `[IPV6]` is --help text, not a link.
     #[allow(rustdoc::broken_intra_doc_links)]
-    /// Server address: HOST:PORT, PORT, [IPV6]:PORT or a Unix socket path.
+    /// Server address: HOST:PORT, PORT, `[IPV6]:PORT` or a Unix socket path.
     /// Repeat for replicas of the same storage; the first to answer wins.
     /// Default 127.0.0.1:8100, or the servers of `-C`'s section.
     #[arg(short = 's', long = "server", value_name = "ADDR", global = true)]

@@ -176,7 +176,7 @@ struct RunArgs {
     /// ZConfig configuration file (`<zeo>`, storages, `<eventlog>`).
     #[arg(short = 'C', long = "configure", value_name = "FILE")]
     configure: Option<PathBuf>,
-    /// Address to listen on: PORT, HOST:PORT, [IPV6]:PORT or a socket path
+    /// Address to listen on: PORT, HOST:PORT, `[IPV6]:PORT` or a socket path
     /// (repeatable; replaces the configured address).
     #[arg(short = 'a', long = "address", value_name = "ADDR")]
     address: Vec<String>,
