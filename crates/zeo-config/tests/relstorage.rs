@@ -237,7 +237,7 @@ fn postgresql_guide_examples_parse() {
         .map(dedent)
         .filter(|body| body.starts_with("%import relstorage"))
         .collect();
-    assert_eq!(blocks.len(), 2, "{blocks:#?}");
+    assert_eq!(blocks.len(), 3, "{blocks:#?}");
     let server = ServerConfig::from_str(&blocks[0], "postgresql.md").unwrap();
     assert!(relstorage(&server).keep_history);
     assert_eq!(server.storages[0].name, "main");
@@ -247,6 +247,8 @@ fn postgresql_guide_examples_parse() {
         convert.destination.kind,
         StorageKind::RelStorage(_)
     ));
+    let shared = ServerConfig::from_str(&blocks[2], "postgresql.md").unwrap();
+    assert!(relstorage(&shared).shared_blob_dir);
 }
 
 /// Removes the indentation a block has inside a list item.

@@ -114,7 +114,7 @@ fn zeo5_test_suite_passes_against_zeo_server() {
 }
 
 /// Fewer tests than this on PostgreSQL means the selection lost classes.
-const MIN_TESTS_RUN_POSTGRES: u64 = 100;
+const MIN_TESTS_RUN_POSTGRES: u64 = 110;
 
 #[test]
 fn zeo6_generic_tests_pass_against_zeo_server_on_postgresql() {

@@ -7,6 +7,14 @@
 //! `blob_chunk` under the tid inside the same database transaction, so the
 //! commit lock is held no longer for blobs. The uploaded files then become
 //! the cache's copies. An undo shares the restored revision's large object.
+//!
+//! With `shared-blob-dir true` (RelStorage's shared mode) blobs live only
+//! in `blob-dir`, a directory every server and RelStorage client of the
+//! database shares, in ZODB's layout (bushy unless the directory says
+//! otherwise); no `blob_chunk` rows are written, as RelStorage writes none.
+//! A file's name holds its tid, so a transaction with blobs takes the
+//! commit lock at its vote, chooses the tid, moves its files into place
+//! and syncs them, all before COMMIT; an abort removes them.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +26,7 @@ use crate::blob_chunk;
 use crate::error::Error;
 use crate::options::HistoryMode;
 use crate::storage::{PostgresStorage, Staged, StagedBlob};
+use zeo_storage::blobdir::BlobDir;
 
 /// Uploads the staged blob files into the connection's temporary table.
 pub(crate) fn upload_staged(client: &mut Client, staged: &BTreeMap<Oid, Staged>) -> Result<()> {
@@ -33,6 +42,65 @@ pub(crate) fn upload_staged(client: &mut Client, staged: &BTreeMap<Oid, Staged>)
         blob_chunk::upload_temp_file(client, oid, path)?;
     }
     Ok(())
+}
+
+/// Opens a shared blob directory. Once it exists, without removing what
+/// is in its `tmp` (other servers' uploads in progress).
+pub(crate) fn open_shared_dir(dir: &std::path::Path) -> Result<BlobDir> {
+    if !dir.join(".layout").is_file() {
+        return BlobDir::open(dir, false);
+    }
+    let shared = BlobDir::open_read_only(dir)?;
+    std::fs::create_dir_all(shared.tmp_dir()).map_err(|e| {
+        StorageError::Storage(format!("creating {}: {e}", shared.tmp_dir().display()))
+    })?;
+    Ok(shared)
+}
+
+/// Whether the transaction writes a blob revision.
+pub(crate) fn has_blobs(staged: &BTreeMap<Oid, Staged>) -> bool {
+    staged.values().any(|s| !matches!(s.blob, StagedBlob::None))
+}
+
+/// Moves the staged blob files into the shared directory under `tid`
+/// (an undo's shared revision is linked or copied) and syncs them. Each
+/// placed file stays staged, so that an abort removes it.
+pub(crate) fn place_shared(
+    dir: &BlobDir,
+    staged: &mut BTreeMap<Oid, Staged>,
+    tid: Tid,
+) -> Result<()> {
+    let mut placed = Vec::new();
+    for (oid, s) in staged.iter_mut() {
+        let target = match &s.blob {
+            StagedBlob::None => continue,
+            StagedBlob::File(src) => dir.commit_file(src, *oid, tid)?,
+            StagedBlob::SameAs(from) => dir.copy_revision(*oid, *from, tid)?,
+        };
+        s.blob = StagedBlob::File(target.clone());
+        placed.push(target);
+    }
+    BlobDir::make_durable(&placed)
+}
+
+/// Removes the staged files now: placed ones before the commit lock is
+/// released, so that they cannot take the name of a file another
+/// committer places under the same tid afterwards.
+pub(crate) fn remove_placed(staged: &mut BTreeMap<Oid, Staged>) {
+    for s in staged.values_mut() {
+        // Dropping a file staging removes its file.
+        s.blob = StagedBlob::None;
+    }
+}
+
+/// Leaves the staged files where they are when the staging goes.
+pub(crate) fn keep_placed(staged: &mut BTreeMap<Oid, Staged>) {
+    for s in staged.values_mut() {
+        if let StagedBlob::File(path) = &mut s.blob {
+            // An empty path names no file for the drop to remove.
+            std::mem::take(path);
+        }
+    }
 }
 
 /// Files the staged blobs under `tid`, after the transaction's rows.
@@ -77,6 +145,11 @@ impl PostgresStorage {
         let Some(cache) = &self.blob_cache else {
             return;
         };
+        if self.shared_blobs {
+            // Placed at the vote: committed now.
+            keep_placed(staged);
+            return;
+        }
         for (oid, s) in staged.iter_mut() {
             if let StagedBlob::File(path) = &s.blob {
                 if let Err(e) = cache.commit_file(path, *oid, tid) {
@@ -84,6 +157,45 @@ impl PostgresStorage {
                 }
             }
         }
+    }
+
+    /// The shared blob directory.
+    pub(crate) fn shared_dir(&self) -> Result<&BlobDir> {
+        match &self.blob_cache {
+            Some(dir) if self.shared_blobs => Ok(dir),
+            _ => Err(StorageError::Storage("no shared blob directory".into())),
+        }
+    }
+
+    /// Whether `oid` has a blob at `tid` in the shared directory.
+    pub(crate) fn shared_blob_exists(&self, oid: Oid, tid: Tid) -> bool {
+        self.shared_dir()
+            .is_ok_and(|dir| dir.blob_path(oid, tid).is_file())
+    }
+
+    /// After a pack removed the revision `(oid, tid)`: its blob file goes
+    /// (the cached copy, or in a shared directory the blob itself, as
+    /// RelStorage's pack removes it). History-free: every file of the
+    /// object, which the pack removed entirely.
+    pub(crate) fn remove_packed_blob(&self, oid: Oid, tid: Tid) {
+        let Some(dir) = &self.blob_cache else {
+            return;
+        };
+        let files = match self.history_mode() {
+            HistoryMode::Preserving => vec![dir.blob_path(oid, tid)],
+            HistoryMode::Free => std::fs::read_dir(dir.oid_dir(oid))
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default(),
+        };
+        for file in files {
+            if file.extension().is_some_and(|e| e == "blob") {
+                if let Err(e) = BlobDir::remove_committed(&file) {
+                    tracing::warn!(%oid, %tid, error = %e, "packed blob file not removed");
+                }
+            }
+        }
+        // The object's directory goes once empty (a non-empty one stays).
+        let _ = std::fs::remove_dir(dir.oid_dir(oid));
     }
 
     fn cache(&self) -> Result<&zeo_storage::blobdir::BlobDir> {
@@ -133,8 +245,18 @@ impl Blobs for PostgresStorage {
         self.stage_blob(txn, oid, serial, Some(data), blob, true)
     }
 
+    fn oid_directory(&self, oid: Oid) -> Option<std::path::PathBuf> {
+        // ZEO clients sharing the directory write their blobs here.
+        self.shared_dir().ok().map(|dir| dir.oid_dir(oid))
+    }
+
     fn load_blob(&self, oid: Oid, serial: Tid) -> Result<BlobData> {
         let cache = self.cache()?;
+        if self.shared_blobs {
+            // The shared directory is where blobs live: a file missing
+            // there is missing everywhere.
+            return Ok(BlobData::Path(cache.existing_blob(oid, serial)?));
+        }
         let path = cache.blob_path(oid, serial);
         if path.is_file() {
             // A pack may have removed the revision since it was cached.

@@ -74,8 +74,10 @@
 //!    `prev_tid`, `current_object`; in the history-free variant an upsert
 //!    of `object_state`; `blob_chunk` rows for the uploaded blobs) and
 //!    COMMITs, which releases every lock. The commit lock is held for that
-//!    only: blobs live in the database, never in a shared blob directory
-//!    that would need the tid at the vote. Then `on_commit` runs; until it returns,
+//!    only, unless blobs live in a shared blob directory
+//!    (`shared-blob-dir true`): a transaction with blobs then takes it at
+//!    the vote, chooses the tid and moves its files into place there, and
+//!    holds it to the finish. Then `on_commit` runs; until it returns,
 //!    this storage's readers wait, so that no client loads a revision
 //!    before its invalidation was queued.
 //! 4. A connection lost before COMMIT leaves nothing behind (the database

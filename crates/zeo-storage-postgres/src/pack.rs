@@ -182,7 +182,15 @@ impl zeo_storage::Pack for PostgresStorage {
         }
         let mut client = self.pool.connect()?;
         let point = pack_point(pack_time, TimeStamp::now().unix_time());
-        let outcome = pack(&mut client, self.history_mode(), point, gc, &mut |_, _| {})?;
+        let outcome = pack(
+            &mut client,
+            self.history_mode(),
+            point,
+            gc,
+            &mut |oid, tid| self.remove_packed_blob(oid, tid),
+        )?;
+        // len() and size() reflect what the pack removed.
+        self.recount(&mut client)?;
         tracing::info!(
             storage = self.name(),
             pack_tid = ?outcome.pack_tid,

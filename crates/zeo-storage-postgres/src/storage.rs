@@ -63,6 +63,26 @@ pub(crate) enum StagedBlob {
     SameAs(Tid),
 }
 
+/// The table with one row per existing object in `mode`.
+fn current_table(mode: HistoryMode) -> &'static str {
+    match mode {
+        HistoryMode::Preserving => "current_object",
+        HistoryMode::Free => "object_state",
+    }
+}
+
+/// How many objects the database holds, and the bytes of `object_state`.
+fn object_counts(client: &mut Client, mode: HistoryMode) -> std::result::Result<(u64, u64), Error> {
+    let table = current_table(mode);
+    let count: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+        .get(0);
+    let bytes: i64 = client
+        .query_one("SELECT pg_total_relation_size('object_state')", &[])?
+        .get(0);
+    Ok((count.max(0) as u64, bytes.max(0) as u64))
+}
+
 impl Staged {
     /// A record without a blob.
     pub(crate) fn record(serial: Tid, data: Option<Vec<u8>>, checked: bool) -> Staged {
@@ -80,7 +100,9 @@ impl Drop for StagedBlob {
         // The storage owns the files it was handed: one not moved into the
         // cache by a finish goes with its staging.
         if let StagedBlob::File(path) = self {
-            let _ = std::fs::remove_file(path);
+            if !path.as_os_str().is_empty() {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -103,6 +125,9 @@ struct Pending {
     /// Whether the transaction undoes another (it then takes the pack
     /// lock at the vote, as RelStorage's undo does).
     undoing: bool,
+    /// The tid and database transaction id chosen at the vote, under the
+    /// commit lock held from then on (blobs in a shared blob directory).
+    voted_tid: Option<(Tid, i64)>,
 }
 
 /// A ZODB storage in a PostgreSQL database, in RelStorage 4's schema.
@@ -135,8 +160,11 @@ pub struct PostgresStorage {
     /// The SQL that differs between the schema's two variants.
     sql: Sql,
     /// Where loaded blobs are cached and uploads wait (`blob-dir`); `None`
-    /// keeps blobs unsupported.
+    /// keeps blobs unsupported. With `shared_blobs` it is where blobs live.
     pub(crate) blob_cache: Option<BlobDir>,
+    /// `shared-blob-dir true`: blob files live only in `blob_cache`, a
+    /// directory every server and RelStorage client of the database shares.
+    pub(crate) shared_blobs: bool,
     /// The connection listening for other writers' commits (`poll.rs`).
     pub(crate) listener: crate::poll::Listener,
 }
@@ -196,13 +224,10 @@ impl PostgresStorage {
     /// variant or incomplete, or an option is unusable.
     pub fn open(options: PostgresOptions) -> crate::error::Result<PostgresStorage> {
         let blob_cache = match (&options.blob_dir, options.shared_blob_dir) {
-            (Some(_), true) => {
-                return Err(Error::Config(
-                    "shared-blob-dir true is not supported: blobs are kept in the database \
-                     (shared-blob-dir false), with blob-dir as their cache"
-                        .into(),
-                ))
-            }
+            (Some(dir), true) => Some(
+                blobs::open_shared_dir(dir)
+                    .map_err(|e| Error::Config(format!("blob-dir {}: {e}", dir.display())))?,
+            ),
             (Some(dir), false) => Some(
                 BlobDir::open(dir, false)
                     .map_err(|e| Error::Config(format!("blob-dir {}: {e}", dir.display())))?,
@@ -214,16 +239,8 @@ impl PostgresStorage {
         schema::prepare(&mut client, options.history, options.create_schema)?;
         let sql = Sql::new(options.history);
         let last: i64 = client.query_one(sql.last_tid.as_str(), &[])?.get(0);
-        let cur = match options.history {
-            HistoryMode::Preserving => "current_object",
-            HistoryMode::Free => "object_state",
-        };
-        let count: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {cur}"), &[])?
-            .get(0);
-        let bytes: i64 = client
-            .query_one("SELECT pg_total_relation_size('object_state')", &[])?
-            .get(0);
+        let (count, bytes) = object_counts(&mut client, options.history)?;
+        let cur = current_table(options.history);
         let max_oid: i64 = client
             .query_one(&format!("SELECT COALESCE(max(zoid), 0) FROM {cur}"), &[])?
             .get(0);
@@ -242,10 +259,11 @@ impl PostgresStorage {
             handles: AtomicU64::new(1),
             oids: Mutex::new(Vec::new()),
             max_oid: AtomicU64::new(max_oid as u64),
-            objects: AtomicU64::new(count as u64),
-            bytes: AtomicU64::new(bytes as u64),
+            objects: AtomicU64::new(count),
+            bytes: AtomicU64::new(bytes),
             closed: AtomicBool::new(false),
             sql,
+            shared_blobs: options.shared_blob_dir && blob_cache.is_some(),
             blob_cache,
             listener: crate::poll::Listener::default(),
         })
@@ -254,6 +272,15 @@ impl PostgresStorage {
     /// The schema variant the storage serves.
     pub fn history_mode(&self) -> HistoryMode {
         self.mode
+    }
+
+    /// Counts the objects and bytes again: after a pack, which removes
+    /// objects the running totals only ever grow by.
+    pub(crate) fn recount(&self, client: &mut Client) -> Result<()> {
+        let (count, bytes) = object_counts(client, self.mode)?;
+        self.objects.store(count, Ordering::Relaxed);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        Ok(())
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {
@@ -375,8 +402,11 @@ impl PostgresStorage {
     /// The vote's database work: locks, conflict checks, oid sequence.
     /// Runs in the database transaction `client` has open.
     fn vote_in_db(&self, client: &mut Client, p: &mut Pending) -> Result<()> {
-        // Before any lock: uploading can take a while.
-        blobs::upload_staged(client, &p.staged)?;
+        // Before any lock: uploading can take a while. A shared blob
+        // directory holds the files instead (placed after these checks).
+        if !self.shared_blobs {
+            blobs::upload_staged(client, &p.staged)?;
+        }
         if p.undoing {
             // Pack and undo exclude each other through the pack lock; it
             // goes with the database transaction.
@@ -460,6 +490,22 @@ impl PostgresStorage {
     /// (a tid alone cannot tell: after a lost commit, another writer may
     /// commit under the same tid).
     fn move_rows(&self, client: &mut Client, p: &Pending) -> crate::error::Result<(Tid, i64)> {
+        let (tid, xid) = match p.voted_tid {
+            Some(chosen) => chosen,
+            None => self.lock_and_choose_tid(client, p)?,
+        };
+        self.write_rows(client, p, tid.0 as i64)?;
+        Ok((tid, xid))
+    }
+
+    /// Takes the commit lock (held until the database transaction ends)
+    /// and chooses the tid: the one a restore asked for, or the later of
+    /// the database clock and the last tid + 1.
+    fn lock_and_choose_tid(
+        &self,
+        client: &mut Client,
+        p: &Pending,
+    ) -> crate::error::Result<(Tid, i64)> {
         client.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])?;
         let floor = self.last_tid.load(Ordering::Acquire).saturating_add(1) as i64;
         let (tid, xid): (i64, i64) = match p.tid {
@@ -487,6 +533,11 @@ impl PostgresStorage {
                 (row.get(0), row.get(1))
             }
         };
+        Ok((Tid(tid as u64), xid))
+    }
+
+    /// Writes the transaction's rows under `tid`.
+    fn write_rows(&self, client: &mut Client, p: &Pending, tid: i64) -> crate::error::Result<()> {
         let oids: Vec<i64> = p.staged.keys().map(|o| o.0 as i64).collect();
         let states: Vec<Option<&[u8]>> = p.staged.values().map(|s| s.data.as_deref()).collect();
         match self.mode {
@@ -541,7 +592,7 @@ impl PostgresStorage {
                 }
             }
         }
-        Ok((Tid(tid as u64), xid))
+        Ok(())
     }
 
     /// After the connection was lost during COMMIT: whether the
@@ -600,6 +651,9 @@ impl PostgresStorage {
 
     fn release(&self, mut pending: MutexGuard<'_, Option<Pending>>) {
         if let Some(mut p) = pending.take() {
+            if p.voted_tid.is_some() {
+                blobs::remove_placed(&mut p.staged);
+            }
             if let Some(mut conn) = p.conn.take() {
                 if conn.batch_execute("ROLLBACK").is_ok() {
                     self.keep_store_conn(conn);
@@ -810,6 +864,7 @@ impl Storage for PostgresStorage {
             prev: BTreeMap::new(),
             voted: false,
             undoing: false,
+            voted_tid: None,
         });
         Ok(handle)
     }
@@ -869,7 +924,20 @@ impl Storage for PostgresStorage {
             client = self.pool.connect()?;
             client.batch_execute(&begin).map_err(Error::Postgres)?;
         }
-        let result = self.vote_in_db(&mut client, p);
+        let mut result = self.vote_in_db(&mut client, p);
+        if result.is_ok() && self.shared_blobs && blobs::has_blobs(&p.staged) {
+            // Blob files go into the shared directory under their tid now,
+            // so that they are durable before COMMIT: the commit lock is
+            // taken here and held until the finish (RelStorage's
+            // shared-blob-dir does the same).
+            result = self
+                .lock_and_choose_tid(&mut client, p)
+                .map_err(StorageError::from)
+                .and_then(|chosen| {
+                    p.voted_tid = Some(chosen);
+                    blobs::place_shared(self.shared_dir()?, &mut p.staged, chosen.0)
+                });
+        }
         p.conn = Some(client);
         result?;
         p.voted = true;
@@ -895,7 +963,9 @@ impl Storage for PostgresStorage {
             .move_rows(&mut client, &p)
             .map_err(StorageError::from)
             .and_then(|(tid, xid)| {
-                blobs::move_staged(&mut client, self.mode, &p.staged, tid)?;
+                if !self.shared_blobs {
+                    blobs::move_staged(&mut client, self.mode, &p.staged, tid)?;
+                }
                 Ok((tid, xid))
             });
         let (tid, xid) = match moved {
@@ -903,16 +973,21 @@ impl Storage for PostgresStorage {
             Err(e) => {
                 // Nothing was committed: roll back and stay in the
                 // transaction, which the caller aborts.
+                if p.voted_tid.is_some() {
+                    blobs::remove_placed(&mut p.staged);
+                }
                 if client.batch_execute("ROLLBACK").is_ok() {
                     p.conn = None;
                     self.keep_store_conn(client);
                 }
                 p.voted = false;
+                p.voted_tid = None;
                 *pending = Some(p);
                 return Err(e);
             }
         };
         let gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let mut unknown = false;
         let committed = match client.batch_execute("COMMIT") {
             Ok(()) => {
                 self.keep_store_conn(client);
@@ -927,6 +1002,7 @@ impl Storage for PostgresStorage {
                     Err(check) => {
                         tracing::error!(%tid, error = %check,
                             "lost the connection during COMMIT and cannot tell whether it committed");
+                        unknown = true;
                         false
                     }
                 }
@@ -934,6 +1010,10 @@ impl Storage for PostgresStorage {
             Err(_) => false,
         };
         if !committed {
+            if unknown && self.shared_blobs {
+                // The rows may have committed: their blob files stay.
+                blobs::keep_placed(&mut p.staged);
+            }
             drop(gate);
             drop(pending);
             self.lock_free.notify_one();

@@ -377,3 +377,32 @@ fn the_storage_packs_through_its_pack_capability_as_relstorage_does() {
         ));
     }
 }
+
+#[test]
+fn len_counts_the_objects_a_gc_pack_left() {
+    use zeo_storage::testing::{commit, record};
+    use zeo_storage::Storage;
+    for (mode, name) in MODES {
+        let db = TestDatabase::create(&format!("pack_len_{name}"));
+        let mut options = zeo_storage_postgres::PostgresOptions::new(db.dsn());
+        options.history = mode;
+        let s = zeo_storage_postgres::PostgresStorage::open(options).unwrap();
+        // The root references oid 1, then no longer does.
+        let t1 = commit(
+            &s,
+            &[
+                (Oid(0), Tid::ZERO, record(&[Oid(1)], b"root")),
+                (Oid(1), Tid::ZERO, record(&[], b"child")),
+            ],
+        )
+        .unwrap();
+        commit(&s, &[(Oid(0), t1, record(&[], b"root"))]).unwrap();
+        assert_eq!(s.len(), 2, "{name}");
+        let packer = s.as_pack().expect("pack capability");
+        packer
+            .pack(zeo_storage::TimeStamp::now().unix_time() + 60.0, true)
+            .unwrap();
+        assert_eq!(s.len(), 1, "{name}");
+        s.close().unwrap();
+    }
+}

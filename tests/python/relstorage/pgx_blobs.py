@@ -5,6 +5,9 @@
         new content of the blob at root['b']; prints "OID TID..." (integers).
     pgx_blobs.py read DSN hp|hf BLOB_DIR OID TID OUT
         copies the blob of OID at TID, as RelStorage loads it, to OUT.
+
+A mode ending in "+shared" (hp+shared) opens RelStorage with
+shared-blob-dir true: BLOB_DIR is then where blobs live, not a cache.
 """
 import shutil
 import sys
@@ -19,8 +22,9 @@ from relstorage.storage import RelStorage
 
 
 def open_storage(dsn, mode, blob_dir):
+    mode, _, shared = mode.partition("+")
     options = Options(keep_history=(mode == "hp"), blob_dir=blob_dir,
-                      shared_blob_dir=False)
+                      shared_blob_dir=(shared == "shared"))
     return RelStorage(PostgreSQLAdapter(dsn=dsn, options=options),
                       options=options)
 

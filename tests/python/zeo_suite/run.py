@@ -117,10 +117,15 @@ EXCLUDED = {
 # synchronization, MT, read-only, ...) with the further ones (undo,
 # iteration, revisions, conflict resolution), which assume a storage, not
 # a Data.fs; running MappingStorageTests as well would run the generic
-# mixins twice.
+# mixins twice. Of the blob classes (a <relstorage> with a shared
+# blob-dir; BlobWritableCacheTests' clients share it too) only their own
+# blob tests run, the rest being those same generic mixins again.
 POSTGRES_SELECTION = [
     'testZEO.FileStorageTests',
-]
+] + ['testZEO.%s.%s' % (cls, test)
+     for cls in ('BlobAdaptedFileStorageTests', 'BlobWritableCacheTests')
+     for test in ('check*Blob*', 'checkTemporaryDirectory',
+                  'checkTransactionBufferCleanup')]
 
 DEFAULT_TEST_TIMEOUT = 120
 
@@ -240,6 +245,8 @@ class ServerLauncher:
 _STORAGE_START = re.compile(
     r'^\s*<(filestorage|mappingstorage|blobstorage)(?:\s+([^\s/>]+))?',
     re.IGNORECASE | re.MULTILINE)
+_PACK_GC_OFF = re.compile(r'^\s*pack-gc\s+false\s*$',
+                          re.IGNORECASE | re.MULTILINE)
 _BLOB_DIR = re.compile(r'^\s*blob-dir\s+(\S.*?)\s*$',
                        re.IGNORECASE | re.MULTILINE)
 
@@ -273,7 +280,8 @@ class Databases:
                 % storage_conf)
         kind = found.group(1).lower()
         name = found.group(2)
-        if kind == 'blobstorage':
+        if kind == 'blobstorage' and not name:
+            # ZEO serves a <blobstorage>'s storage under the outer name.
             inner = _STORAGE_START.search(storage_conf, found.end())
             name = inner.group(2) if inner else None
         paths = _filestorage_paths(storage_conf)
@@ -295,6 +303,8 @@ class Databases:
             if kind == 'blobstorage' or blobs:
                 # A server-side blob directory the test may look into.
                 lines.append('  shared-blob-dir true')
+        if _PACK_GC_OFF.search(storage_conf):
+            lines.append('  pack-gc false')
         lines += ['  <postgresql>',
                   '    dsn host=%s dbname=%s user=postgres'
                   % (self.socket_dir, database),
