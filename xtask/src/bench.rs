@@ -31,6 +31,7 @@ mod connections;
 mod group_commit;
 mod pingpong;
 mod postgresql;
+mod prefetch;
 mod servers;
 mod start_scan;
 
@@ -52,6 +53,7 @@ pub struct BenchOptions {
     only_servers: bool,
     blob_mb: u64,
     only_blob: bool,
+    only_prefetch: bool,
     start: Start,
     connections: Connections,
 }
@@ -83,7 +85,7 @@ impl BenchOptions {
     /// [--keep] [--no-tls] [--debug] [--only-group-commit]
     /// [--only-postgresql] [--only-servers] [--blob-mb N] [--only-blob] [--only-start]
     /// [--no-start] [--remove-start-files] [--only-connections]
-    /// [--no-connections]`.
+    /// [--no-connections] [--only-prefetch]`.
     pub fn parse(args: Vec<OsString>) -> Result<Self, String> {
         let mut o = BenchOptions {
             duration: 2.0,
@@ -100,6 +102,7 @@ impl BenchOptions {
             only_servers: false,
             blob_mb: 100,
             only_blob: false,
+            only_prefetch: false,
         };
         let mut args = args.into_iter().map(|a| a.to_string_lossy().into_owned());
         while let Some(arg) = args.next() {
@@ -162,6 +165,7 @@ impl BenchOptions {
                 }
                 // Only the blob workload.
                 "--only-blob" => o.only_blob = true,
+                "--only-prefetch" => o.only_prefetch = true,
                 // Smoke runs of this command itself: the figures mean nothing.
                 "--debug" => o.debug = true,
                 other => return Err(format!("bench: unknown option {other}")),
@@ -324,6 +328,20 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
         }
     };
 
+    if options.only_prefetch {
+        let before = pingpong.ok_or("--only-prefetch needs the C ping-pong: no C compiler")?;
+        let inputs = prefetch::Inputs {
+            server_bin: &server_bin,
+            client_bin: &client_bin,
+            dir: &dir,
+            duration: options.duration,
+            objects: options.objects,
+        };
+        let measured = prefetch::run(&mut scratch, &inputs, before)?;
+        process::header("Results");
+        prefetch::print(&measured);
+        return Ok(());
+    }
     let group_inputs = group_commit::Inputs {
         server_bin: &server_bin,
         client_bin: &client_bin,

@@ -35,7 +35,7 @@ commands:
   bench [--duration S] [--clients 1,4,8] [--objects N] [--idle N] [--keep] [--no-tls] [--debug]
         [--only-group-commit] [--only-postgresql] [--only-servers] [--blob-mb N] [--only-blob]
         [--only-start | --no-start | --remove-start-files]
-        [--only-connections | --no-connections]
+        [--only-connections | --no-connections] [--only-prefetch]
         Build zeo-server and zeo-client in release and compare them with
         Python ZEO 6's server and client on 127.0.0.1, and zeo-server on
         PostgreSQL with Python RelStorage direct, and two zeo-servers over

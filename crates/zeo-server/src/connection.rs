@@ -219,6 +219,10 @@ async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> std::i
     w.flush().await
 }
 
+/// Most requests handled from what one read brought in before the read loop
+/// looks at its other events again.
+const BURST_FRAMES: usize = 64;
+
 struct Conn {
     id: ConnId,
     peer: String,
@@ -323,17 +327,55 @@ impl Conn {
                     return;
                 }
                 Event::Frame(Some(Ok(payload))) => {
-                    if !self.handle_frame(&payload).await {
+                    if !self.take_frame(reader, &payload).await {
                         return;
                     }
-                    // Frames from here on must carry MACs: the reader has
-                    // not decoded the next one yet.
-                    if let Some(mac) = self.recv_mac.take() {
-                        reader.install_mac(mac);
+                    // Requests that came in the same read (a client
+                    // pipelining loads sends many per segment) are handled
+                    // without going back through the select, as long as
+                    // nothing else it watches can be due: no deadline, no
+                    // lock awaited, output flowing, no close or shutdown.
+                    for _ in 0..BURST_FRAMES {
+                        if self.session.deadline().is_some()
+                            || self.session.waiting().is_some()
+                            || outbox.is_paused()
+                            || outbox.is_closed()
+                            || shutdown.is_cancelled()
+                        {
+                            break;
+                        }
+                        match reader.buffered_frame() {
+                            None => break,
+                            Some(Err(err)) => {
+                                tracing::error!(%err, "cannot read message; closing");
+                                return;
+                            }
+                            Some(Ok(payload)) => {
+                                if !self.take_frame(reader, &payload).await {
+                                    return;
+                                }
+                            }
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Handles one frame read; false closes the connection.
+    async fn take_frame<R>(&mut self, reader: &mut FrameReader<R>, payload: &[u8]) -> bool
+    where
+        R: AsyncRead + Unpin,
+    {
+        if !self.handle_frame(payload).await {
+            return false;
+        }
+        // Frames from here on must carry MACs: the reader has not decoded
+        // the next one yet.
+        if let Some(mac) = self.recv_mac.take() {
+            reader.install_mac(mac);
+        }
+        true
     }
 
     /// Decodes and dispatches one message; false closes the connection.

@@ -67,6 +67,26 @@ fn truncated() -> zeo_protocol::Error {
     .into()
 }
 
+impl<R> FrameReader<R> {
+    /// The next frame if it is already buffered whole, without reading:
+    /// `None` when it is not (then `next` reads as usual).
+    pub(crate) fn buffered_frame(&mut self) -> Option<Result<BytesMut, zeo_protocol::Error>> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        self.decode_buffered().transpose()
+    }
+
+    fn decode_buffered(&mut self) -> Result<Option<BytesMut>, zeo_protocol::Error> {
+        let frame = self.codec.decode(&mut self.buf)?;
+        if frame.is_some() && self.buf.is_empty() {
+            // The frame alone keeps the allocation alive now.
+            self.buf = BytesMut::new();
+        }
+        Ok(frame)
+    }
+}
+
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads more bytes into `buf`; 0 means the client closed its side.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
@@ -96,14 +116,8 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            match this.codec.decode(&mut this.buf) {
-                Ok(Some(frame)) => {
-                    if this.buf.is_empty() {
-                        // The frame alone keeps the allocation alive now.
-                        this.buf = BytesMut::new();
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
+            match this.decode_buffered() {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                 Ok(None) => {}
                 Err(err) => return Poll::Ready(Some(Err(err))),
             }
@@ -153,6 +167,28 @@ mod tests {
         }
         writer.await.unwrap();
         assert_eq!(got, vec![b"a".to_vec(), Vec::new(), big, b"tail".to_vec()]);
+        assert_eq!(reader.buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn buffered_frames_come_without_a_read_and_a_partial_one_waits() {
+        let mut wire = Vec::new();
+        for payload in [&b"one"[..], b"two", b"three"] {
+            wire.extend(frame(payload));
+        }
+        let partial = frame(b"four");
+        wire.extend_from_slice(&partial[..5]);
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(server, FrameCodec::new());
+        assert!(reader.buffered_frame().is_none());
+        client.write_all(&wire).await.unwrap();
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"one");
+        assert_eq!(&reader.buffered_frame().unwrap().unwrap()[..], b"two");
+        assert_eq!(&reader.buffered_frame().unwrap().unwrap()[..], b"three");
+        assert!(reader.buffered_frame().is_none());
+        client.write_all(&partial[5..]).await.unwrap();
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"four");
+        assert!(reader.buffered_frame().is_none());
         assert_eq!(reader.buf.capacity(), 0);
     }
 

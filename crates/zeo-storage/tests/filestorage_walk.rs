@@ -117,3 +117,49 @@ fn walks_that_need_only_ids_read_headers_only() {
         .collect();
     assert_eq!(from_iterator, expected);
 }
+
+/// Read system calls made by `f` on this thread (`syscr`).
+fn read_calls<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let count = || {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("syscr:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = count();
+    let out = f();
+    (out, count() - before)
+}
+
+/// Seeding the invalidation queue from transactions of many small records
+/// reads their headers a window at a time, not with a call per record.
+#[test]
+fn header_walks_over_small_records_read_a_window_at_a_time() {
+    const SMALL_TXNS: u64 = 10;
+    const PER_TXN: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Data.fs");
+    let fs = FileStorage::open(&path, FileStorageOptions::default()).unwrap();
+    let mut expected = Vec::new();
+    for t in 0..SMALL_TXNS {
+        let txn = fs
+            .tpc_begin(&TransactionMetaData::default(), BeginOptions::default())
+            .unwrap();
+        let oids: Vec<Oid> = (0..PER_TXN).map(|i| Oid(1 + t * PER_TXN + i)).collect();
+        for &oid in &oids {
+            fs.store(txn, oid, Tid::ZERO, &[7u8; 100]).unwrap();
+        }
+        fs.tpc_vote(txn).unwrap();
+        expected.push((fs.tpc_finish(txn, &mut |_| {}).unwrap(), oids));
+    }
+    let (seeded, calls) = read_calls(|| fs.last_invalidations(100).unwrap());
+    assert_eq!(seeded, expected);
+    // A few calls per transaction (its header, its trailer, the walk back,
+    // the window), against one per record before.
+    assert!(
+        calls < SMALL_TXNS * 10,
+        "{calls} read calls for {} records",
+        SMALL_TXNS * PER_TXN
+    );
+}

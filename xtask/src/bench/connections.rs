@@ -25,7 +25,7 @@ use super::{free_port, raised_fd_limit, vm_rss_kib, wait_listening, with_logs, S
 /// Registered clients that receive each commit's invalidation.
 pub(super) const FANOUT_CLIENTS: usize = 1_000;
 /// Commits timed per server.
-const COMMITS: usize = 20;
+const COMMITS: usize = 100;
 /// Idle registered connections for the memory figure.
 pub(super) const IDLE_CLIENTS: usize = 10_000;
 /// How long any one read may wait.

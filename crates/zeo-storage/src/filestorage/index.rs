@@ -127,36 +127,28 @@ impl OidIndex {
         for &(oid, pos) in updates {
             extra.insert(oid, pos);
         }
-        let mut out = Vec::with_capacity(self.base.len() + extra.len());
-        let mut a = self.base.iter().copied().peekable();
-        let mut b = extra.into_iter().peekable();
-        loop {
-            match (a.peek().copied(), b.peek().copied()) {
-                (Some(x), Some(y)) => {
-                    if x.0 < y.0 {
-                        out.push(x);
-                        a.next();
-                    } else {
-                        if x.0 == y.0 {
-                            a.next();
-                        }
-                        out.push(y);
-                        b.next();
-                    }
-                }
-                (Some(x), None) => {
-                    out.push(x);
-                    a.next();
-                }
-                (None, Some(y)) => {
-                    out.push(y);
-                    b.next();
-                }
-                (None, None) => break,
-            }
-        }
+        let size = self.base.len() + extra.len();
+        let mut out = merge_sorted(self.base.iter().copied(), extra, size);
         out.shrink_to_fit();
         out
+    }
+
+    /// Sets the positions in `updates` (sorted by oid, no oid twice): one
+    /// merge into a new base when they are many, inserts when they are few
+    /// next to the index.
+    pub fn update_sorted(&mut self, updates: Vec<(u64, u64)>) {
+        debug_assert!(updates.windows(2).all(|w| w[0].0 < w[1].0));
+        if self.is_empty() {
+            self.base = updates;
+        } else if updates.len().saturating_mul(8) < self.len() {
+            for (oid, pos) in updates {
+                self.insert(oid, pos);
+            }
+        } else {
+            let size = self.len() + updates.len();
+            self.base = merge_sorted(self.iter(), updates, size);
+            self.delta.clear();
+        }
     }
 
     /// The smallest oid `>= oid`.
@@ -199,6 +191,44 @@ impl OidIndex {
             self.delta.clear();
         }
     }
+}
+
+/// Merges two streams of entries sorted by oid into one vector (reserved
+/// for `capacity` entries); on an oid in both, `b`'s entry wins.
+fn merge_sorted(
+    a: impl Iterator<Item = (u64, u64)>,
+    b: impl IntoIterator<Item = (u64, u64)>,
+    capacity: usize,
+) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(capacity);
+    let mut a = a.peekable();
+    let mut b = b.into_iter().peekable();
+    loop {
+        match (a.peek().copied(), b.peek().copied()) {
+            (Some(x), Some(y)) => {
+                if x.0 < y.0 {
+                    out.push(x);
+                    a.next();
+                } else {
+                    if x.0 == y.0 {
+                        a.next();
+                    }
+                    out.push(y);
+                    b.next();
+                }
+            }
+            (Some(x), None) => {
+                out.push(x);
+                a.next();
+            }
+            (None, Some(y)) => {
+                out.push(y);
+                b.next();
+            }
+            (None, None) => break,
+        }
+    }
+    out
 }
 
 /// Merges two disjoint sorted entry streams.

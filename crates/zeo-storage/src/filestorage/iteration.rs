@@ -15,7 +15,7 @@ use crate::ids::{Oid, Tid};
 use crate::interface::{DataRecord, TransactionMetaData, TransactionRecord, TxnStatus};
 
 use super::format::{
-    Reader, TxnHeader, FIRST_TXN_POS, STATUS_CHECKPOINT, STATUS_UNDONE, TXN_HEADER_LEN,
+    Reader, TxnHeader, Window, FIRST_TXN_POS, STATUS_CHECKPOINT, STATUS_UNDONE, TXN_HEADER_LEN,
     TXN_TRAILER_LEN,
 };
 
@@ -255,8 +255,15 @@ impl TxnScanner {
         // bounded by the file; repeated data by this budget.
         let mut resolved = HashSet::new();
         let mut repeated_budget = MAX_REPEATED_DATA;
+        // Without the data, headers come through a window that reads ahead
+        // within the transaction: one system call for many small records.
+        let mut win = Window::new(r.file(), r.path(), r.end()).read_ahead_until(tend);
         while pos < tend {
-            let d = r.data_header(pos)?;
+            let d = if self.with_data {
+                r.data_header(pos)?
+            } else {
+                r.data_header_in(&mut win, pos)?
+            };
             let len = d.record_len().unwrap_or(u64::MAX);
             if pos.checked_add(len).is_none_or(|e| e > tend) || d.tloc != tpos {
                 if self.strict {

@@ -76,7 +76,7 @@ pub(crate) fn read_index(
         }
     }
 
-    let mut tindex: Vec<(u64, u64)> = Vec::new();
+    let mut found = Found::default();
     // The tid of the last sound transaction, for the suffix rule.
     let mut sound_ltid = ltid;
     loop {
@@ -100,7 +100,9 @@ pub(crate) fn read_index(
         };
         let next = match walk.next_txn() {
             Ok(next) => next,
-            Err(e) => return damaged(e, walk.pos(), sound_ltid),
+            Err(e) => {
+                return damaged(e, walk.pos(), sound_ltid).map(|end| found.keep(end, index, path))
+            }
         };
         let (txn_pos, tid) = match next {
             Next::End => break,
@@ -118,46 +120,147 @@ pub(crate) fn read_index(
             }
             Next::Txn(t) => (t.pos, t.header.tid),
         };
+        found.begin_txn(txn_pos);
         loop {
             let rec = match walk.next_record() {
                 Ok(Some(rec)) => rec,
                 Ok(None) => break,
-                Err(e) => return damaged(e, txn_pos, sound_ltid),
-            };
-            let d = rec.header;
-            let indexed = index.get(d.oid.0).unwrap_or(0);
-            if indexed != d.prev {
-                if d.prev != 0 {
-                    tracing::error!(
-                        "{} incorrect previous pointer at {}",
-                        path.display(),
-                        rec.pos
-                    );
-                } else {
-                    tracing::warn!(
-                        "{} incorrect previous pointer at {}",
-                        path.display(),
-                        rec.pos
-                    );
+                Err(e) => {
+                    return damaged(e, txn_pos, sound_ltid).map(|end| found.keep(end, index, path))
                 }
-            }
-            tindex.push((d.oid.0, rec.pos));
+            };
+            found.push(rec.header.oid.0, rec.pos, rec.header.prev);
         }
         if let Err(e) = walk.finish_txn() {
-            return damaged(e, txn_pos, sound_ltid);
+            return damaged(e, txn_pos, sound_ltid).map(|end| found.keep(end, index, path));
         }
+        found.end_txn();
         // Unlike ZODB, the last tid is that of the last *complete*
         // transaction: a cut-off one never existed for clients.
-        for &(oid, p) in &tindex {
-            index.insert(oid, p);
+        if found.full(index) {
+            found.apply(index, path);
         }
-        tindex.clear();
         sound_ltid = sound_ltid.max(tid);
     }
+    found.apply(index, path);
     Ok(ScanEnd {
         pos: walk.pos(),
         ltid: walk.ltid(),
     })
+}
+
+/// Records a batch holds at least before it is applied to the index.
+const MIN_BATCH: usize = 1 << 20;
+
+/// The records a scan found, applied to the index a batch at a time:
+/// sorting a batch by oid and merging it into the index in one pass costs a
+/// fraction of a lookup and an insert per record, which is what a file of
+/// small records is made of. A batch holds whole transactions only.
+#[derive(Default)]
+struct Found {
+    /// `(oid, position, previous-record pointer)` of each record, in file
+    /// order until [`Found::apply`] sorts them.
+    records: Vec<(u64, u64, u64)>,
+    /// Start of each transaction with records in `records`, ascending.
+    txns: Vec<u64>,
+    /// How many of `records` and of `txns` belong to complete transactions.
+    complete: (usize, usize),
+}
+
+impl Found {
+    fn begin_txn(&mut self, pos: u64) {
+        self.txns.push(pos);
+    }
+
+    fn push(&mut self, oid: u64, pos: u64, prev: u64) {
+        self.records.push((oid, pos, prev));
+    }
+
+    fn end_txn(&mut self) {
+        self.complete = (self.records.len(), self.txns.len());
+    }
+
+    /// Whether the batch is big enough to apply: at least as many records as
+    /// the index holds, so the merge's cost is spread over them.
+    fn full(&self, index: &OidIndex) -> bool {
+        self.records.len() >= MIN_BATCH.max(index.len())
+    }
+
+    /// Forgets the records of the transaction being walked (it is cut off),
+    /// applies the rest and passes `end` through.
+    fn keep(&mut self, end: ScanEnd, index: &mut OidIndex, path: &Path) -> ScanEnd {
+        self.records.truncate(self.complete.0);
+        self.txns.truncate(self.complete.1);
+        self.apply(index, path);
+        end
+    }
+
+    /// Applies the batch to `index` and logs the records whose
+    /// previous-record pointer is wrong, as ZODB's `read_index` does.
+    fn apply(&mut self, index: &mut OidIndex, path: &Path) {
+        for (pos, prev) in self.settle(index) {
+            if prev != 0 {
+                tracing::error!("{} incorrect previous pointer at {pos}", path.display());
+            } else {
+                tracing::warn!("{} incorrect previous pointer at {pos}", path.display());
+            }
+        }
+    }
+
+    /// Sets each oid's position to its last record's; returns, in file
+    /// order, `(position, pointer)` of each record whose previous-record
+    /// pointer is not the position the index held when its transaction
+    /// began.
+    fn settle(&mut self, index: &mut OidIndex) -> Vec<(u64, u64)> {
+        let mut bad_prev: Vec<(u64, u64)> = Vec::new();
+        if self.records.is_empty() {
+            self.txns.clear();
+            return bad_prev;
+        }
+        // Positions grow through the file, so each oid's records end up in
+        // file order.
+        self.records
+            .sort_unstable_by_key(|&(oid, pos, _)| (oid, pos));
+        let few = self.records.len().saturating_mul(8) < index.len();
+        let mut updates: Vec<(u64, u64)> = Vec::new();
+        {
+            // A forward cursor over the index when the batch is large; a
+            // lookup per oid when it is small next to the index.
+            let mut cursor = index.iter().peekable();
+            let mut indexed = |oid: u64| -> u64 {
+                if few {
+                    return index.get(oid).unwrap_or(0);
+                }
+                while cursor.next_if(|e| e.0 < oid).is_some() {}
+                cursor.next_if(|e| e.0 == oid).map_or(0, |e| e.1)
+            };
+            let txns = &self.txns;
+            for group in self.records.chunk_by(|a, b| a.0 == b.0) {
+                let oid = group[0].0;
+                let mut committed = indexed(oid);
+                let mut last: Option<u64> = None;
+                for &(_, pos, prev) in group {
+                    if let Some(earlier) = last {
+                        let txn = txns[txns.partition_point(|&t| t <= pos).saturating_sub(1)];
+                        if earlier < txn {
+                            committed = earlier;
+                        }
+                    }
+                    if prev != committed {
+                        bad_prev.push((pos, prev));
+                    }
+                    last = Some(pos);
+                }
+                updates.push((oid, last.unwrap_or(committed)));
+            }
+        }
+        bad_prev.sort_unstable();
+        index.update_sorted(updates);
+        self.records.clear();
+        self.txns.clear();
+        self.complete = (0, 0);
+        bad_prev
+    }
 }
 
 /// Transactions a group commit's suffix may hold at most.
@@ -393,4 +496,119 @@ pub(crate) fn index_is_sane(file: &File, path: &Path, index: &OidIndex, pos: u64
 /// The largest oid in an index, for the new-oid counter.
 pub(crate) fn max_oid(index: &OidIndex) -> Oid {
     Oid(index.max_key().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Transactions of records `(oid, prev)`; positions are made up, 100
+    /// bytes per record and per transaction header.
+    type Txns = Vec<Vec<(u64, u64)>>;
+
+    /// What the scan did before batches: a lookup per record against the
+    /// index as of its transaction's start, the index updated per
+    /// transaction.
+    fn per_record(index: &mut OidIndex, txns: &Txns) -> Vec<(u64, u64)> {
+        let mut bad = Vec::new();
+        let mut pos = 4;
+        for txn in txns {
+            pos += 100;
+            let mut tindex = Vec::new();
+            for &(oid, prev) in txn {
+                if index.get(oid).unwrap_or(0) != prev {
+                    bad.push((pos, prev));
+                }
+                tindex.push((oid, pos));
+                pos += 100;
+            }
+            for (oid, p) in tindex {
+                index.insert(oid, p);
+            }
+        }
+        bad
+    }
+
+    /// The same through [`Found`], applied every `batch` transactions.
+    fn batched(index: &mut OidIndex, txns: &Txns, batch: usize) -> Vec<(u64, u64)> {
+        let mut found = Found::default();
+        let mut bad = Vec::new();
+        let mut pos = 4;
+        for (i, txn) in txns.iter().enumerate() {
+            found.begin_txn(pos);
+            pos += 100;
+            for &(oid, prev) in txn {
+                found.push(oid, pos, prev);
+                pos += 100;
+            }
+            found.end_txn();
+            if (i + 1) % batch == 0 {
+                bad.extend(found.settle(index));
+            }
+        }
+        bad.extend(found.settle(index));
+        bad
+    }
+
+    /// A record's previous pointer: mostly right (the oid's last position,
+    /// which the model knows only by walking), sometimes 0 or made up.
+    fn txns() -> impl Strategy<Value = Txns> {
+        let record = (
+            0u64..40,
+            prop_oneof![Just(None), Just(Some(0u64)), (1u64..3000).prop_map(Some)],
+        );
+        prop::collection::vec(prop::collection::vec(record, 0..6), 0..40).prop_map(|txns| {
+            let mut last = std::collections::HashMap::new();
+            let mut pos = 4;
+            txns.into_iter()
+                .map(|txn| {
+                    pos += 100;
+                    let mut out = Vec::new();
+                    let mut tlast = Vec::new();
+                    for (oid, prev) in txn {
+                        let right = last.get(&oid).copied().unwrap_or(0);
+                        out.push((oid, prev.unwrap_or(right)));
+                        tlast.push((oid, pos));
+                        pos += 100;
+                    }
+                    last.extend(tlast);
+                    out
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn batches_index_and_report_as_a_lookup_per_record_does(
+            txns in txns(),
+            start in prop::collection::vec((0u64..60, 1u64..4), 0..30),
+            batch in 1usize..8,
+        ) {
+            let mut start_index = OidIndex::new();
+            for (oid, pos) in start {
+                start_index.insert(oid, pos);
+            }
+            let mut want_index = start_index.clone();
+            let want = per_record(&mut want_index, &txns);
+            let mut got_index = start_index;
+            let got = batched(&mut got_index, &txns, batch);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(got_index.iter().collect::<Vec<_>>(), want_index.iter().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_record_repeated_within_its_transaction_is_checked_against_the_one_before_it() {
+        // Oid 7 at 104 (txn at 4), then twice in the transaction at 204:
+        // both pointers must be 104, not each other.
+        let txns: Txns = vec![vec![(7, 0)], vec![(7, 104), (7, 104)], vec![(7, 404)]];
+        let mut index = OidIndex::new();
+        assert_eq!(batched(&mut index, &txns, 10), []);
+        assert_eq!(index.get(7), Some(604));
+        let txns: Txns = vec![vec![(7, 0)], vec![(7, 104), (7, 304)]];
+        let mut index = OidIndex::new();
+        assert_eq!(batched(&mut index, &txns, 10), [(404, 304)]);
+    }
 }
