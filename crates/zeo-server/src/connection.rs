@@ -1253,6 +1253,26 @@ impl Conn {
         let hub2 = hub.clone();
         let outbox = self.outbox.clone();
         let started = std::time::Instant::now();
+        // Not alone, on a storage that never blocks and has no other
+        // writers: the submit (the status byte) runs here and the lock is
+        // released at once, not after a trip to the blocking pool; the
+        // next transaction votes while this one goes there to wait for
+        // its fsync.
+        let mut lock = lock;
+        let submitted = if group
+            && !small
+            && !hub.is_shared()
+            && storage_calls::may_run_inline(&**hub.storage(), true)
+        {
+            let storage = hub.storage().clone();
+            let submitted = run_storage(true, move || storage.tpc_finish_submit(handle))
+                .await
+                .unwrap_or_else(|err| Err(StorageError::other(err)));
+            drop(lock.take());
+            Some(submitted)
+        } else {
+            None
+        };
         let joined = run_storage(small, move || {
             // The reply is queued under the publication lock taken for
             // the invalidations, in commit order: no client hears of a
@@ -1263,7 +1283,12 @@ impl Conn {
                     outbox.reply(msgid.clone(), replies::tid(tid));
                 }
             };
-            commit::finish(&hub2, conn, handle, oids, lock, &mut announce)
+            match submitted {
+                Some(submitted) => {
+                    commit::finish_submitted(&hub2, conn, submitted, oids, started, &mut announce)
+                }
+                None => commit::finish(&hub2, conn, handle, oids, lock, &mut announce),
+            }
         })
         .await;
         tracing::debug!(
