@@ -45,6 +45,7 @@
 #![warn(missing_docs)]
 
 mod blob_calls;
+mod blob_preload;
 mod commit;
 mod commit_lock;
 mod connection;

@@ -159,6 +159,23 @@ impl PostgresStorage {
         }
     }
 
+    /// After a history-free commit with a shared blob directory: the files
+    /// of the revisions it replaced go, as their rows went (`prev`: each
+    /// stored oid's revision before the commit).
+    pub(crate) fn remove_replaced_shared_blobs(&self, prev: &BTreeMap<Oid, Tid>) {
+        if self.history_mode() != HistoryMode::Free {
+            return;
+        }
+        let Ok(dir) = self.shared_dir() else {
+            return;
+        };
+        for (oid, tid) in prev.iter().filter(|(_, t)| **t != Tid::ZERO) {
+            if let Err(e) = BlobDir::remove_committed(&dir.blob_path(*oid, *tid)) {
+                tracing::warn!(%oid, %tid, error = %e, "replaced blob file not removed");
+            }
+        }
+    }
+
     /// The shared blob directory.
     pub(crate) fn shared_dir(&self) -> Result<&BlobDir> {
         match &self.blob_cache {

@@ -1030,6 +1030,7 @@ impl Storage for PostgresStorage {
         on_commit(tid);
         self.last_tid.fetch_max(tid.0, Ordering::AcqRel);
         self.cache_committed_blobs(&mut p.staged, tid);
+        self.remove_replaced_shared_blobs(&p.prev);
         let new = p.prev.values().filter(|t| **t == Tid::ZERO).count() as u64;
         self.objects.fetch_add(new, Ordering::Relaxed);
         let added: u64 = p

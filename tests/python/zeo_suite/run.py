@@ -119,9 +119,11 @@ EXCLUDED = {
 # a Data.fs; running MappingStorageTests as well would run the generic
 # mixins twice. Of the blob classes (a <relstorage> with a shared
 # blob-dir; BlobWritableCacheTests' clients share it too) only their own
-# blob tests run, the rest being those same generic mixins again.
+# blob tests run, the rest being those same generic mixins again; the blob
+# doctests run whole (about a minute).
 POSTGRES_SELECTION = [
     'testZEO.FileStorageTests',
+    BLOB_DOCTESTS,
 ] + ['testZEO.%s.%s' % (cls, test)
      for cls in ('BlobAdaptedFileStorageTests', 'BlobWritableCacheTests')
      for test in ('check*Blob*', 'checkTemporaryDirectory',
