@@ -334,16 +334,37 @@ pub fn finish(
     release_after_submit: Option<crate::commit_lock::CommitGuard>,
     announce: &mut dyn FnMut(Tid),
 ) -> Result<Tid, Error> {
-    let oids: crate::invalidations::OidList = oids.into();
-    let mut publication = None;
     let started = std::time::Instant::now();
     let storage = hub.storage();
-    let shared = hub.is_shared();
     // Other writers' commits: the watcher must not take this one for one
     // of theirs once the database has it.
-    let own_finish = shared.then(|| hub.own_finish_started());
+    let own_finish = hub.is_shared().then(|| hub.own_finish_started());
     let submitted = storage.tpc_finish_submit(handle);
     drop(release_after_submit);
+    let result = finish_submitted(hub, conn, submitted, oids, started, announce);
+    drop(own_finish);
+    result
+}
+
+/// The second half of [`finish`], for a transaction whose
+/// [`Storage::tpc_finish_submit`] already ran (and whose commit lock is
+/// already released): the server submits inline, on the connection's
+/// worker, when the storage is not shared with other writers and never
+/// blocks, so that the lock is not held through a trip to the blocking
+/// pool, and waits for the fsync here, on a blocking thread. `started` is
+/// when the finish began, for the finish-time histogram.
+pub fn finish_submitted(
+    hub: &Arc<StorageHub>,
+    conn: ConnId,
+    submitted: Result<zeo_storage::Submitted, Error>,
+    oids: Vec<Oid>,
+    started: std::time::Instant,
+    announce: &mut dyn FnMut(Tid),
+) -> Result<Tid, Error> {
+    let oids: crate::invalidations::OidList = oids.into();
+    let mut publication = None;
+    let storage = hub.storage();
+    let shared = hub.is_shared();
     let result = submitted.and_then(|submitted| {
         storage.tpc_finish_durable(submitted, &mut |tid| {
             // Committed: every tid below it is final, so what is read now
@@ -372,7 +393,6 @@ pub fn finish(
     }
     // Only now may loads see the new transaction.
     drop(publication);
-    drop(own_finish);
     hub.stats().finish_seconds.observe(started.elapsed());
     result
 }

@@ -28,6 +28,21 @@ pub struct CommitLock {
     /// How long queued votes waited for the lock (the metrics endpoint's
     /// commit-lock waits).
     waits: crate::stats::Histogram,
+    /// Told how many transactions hold or wait for the lock whenever that
+    /// changes.
+    observer: Option<Observer>,
+}
+
+/// What [`CommitLock::observed`] calls with the number of transactions
+/// holding or waiting for the lock.
+pub type ObserverFn = Box<dyn Fn(usize) + Send + Sync>;
+
+struct Observer(ObserverFn);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +99,25 @@ impl CommitLock {
         Arc::new(Self::default())
     }
 
+    /// A free lock that calls `observer` with the number of transactions
+    /// holding or waiting for it each time that number changes, under the
+    /// lock's own mutex so that the calls come in order. With group commit
+    /// a server tells its storage so ([`zeo_storage::Storage::commits_coming`]):
+    /// the lock is released at submit, so each of them will submit soon.
+    pub fn observed(observer: ObserverFn) -> Arc<Self> {
+        Arc::new(CommitLock {
+            observer: Some(Observer(observer)),
+            ..Self::default()
+        })
+    }
+
+    /// Tells the observer the current number of transactions.
+    fn observe(&self, state: &LockState) {
+        if let Some(Observer(f)) = &self.observer {
+            f(usize::from(state.holder.is_some()) + state.waiters.len());
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, LockState> {
         // The state stays consistent at every await-free step, so a panic
         // elsewhere while holding the mutex cannot leave it half-updated.
@@ -102,11 +136,13 @@ impl CommitLock {
                 since: SystemTime::now(),
             });
             log_waiting("lock", conn, state.waiters.len());
+            self.observe(&state);
             return Acquired::Now(CommitGuard::new(self.clone(), conn));
         }
         let (grant, rx) = oneshot::channel();
         state.waiters.push_back(Waiter { conn, grant });
         log_waiting("queue lock", conn, state.waiters.len());
+        self.observe(&state);
         Acquired::Queued(LockWait {
             lock: self.clone(),
             conn,
@@ -163,10 +199,12 @@ impl CommitLock {
             });
             if next.grant.send(()).is_ok() {
                 log_waiting("unlock: lock handed over", next.conn, state.waiters.len());
+                self.observe(&state);
                 return;
             }
             state.holder = None;
         }
+        self.observe(&state);
     }
 }
 
@@ -202,6 +240,7 @@ impl LockWait {
                 });
                 self.settled = true;
                 self.lock.waits.observe(self.queued.elapsed());
+                self.lock.observe(&state);
                 return CommitGuard::new(self.lock.clone(), self.conn);
             }
             let (grant, rx) = oneshot::channel();
@@ -209,6 +248,7 @@ impl LockWait {
                 conn: self.conn,
                 grant,
             });
+            self.lock.observe(&state);
             drop(state);
             self.rx = rx;
         }
@@ -224,6 +264,9 @@ impl Drop for LockWait {
         let before = state.waiters.len();
         state.waiters.retain(|w| w.conn != self.conn);
         let removed = before != state.waiters.len();
+        if removed {
+            self.lock.observe(&state);
+        }
         drop(state);
         if !removed && self.rx.try_recv().is_ok() {
             // Granted between our last poll and now: pass it on.
@@ -307,6 +350,24 @@ mod tests {
         t3.await.unwrap();
         assert_eq!(*order.lock().unwrap(), vec![2, 3]);
         assert_eq!(lock.holder(), None);
+    }
+
+    #[tokio::test]
+    async fn the_observer_hears_every_change_of_the_count() {
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let log = heard.clone();
+        let lock = CommitLock::observed(Box::new(move |n| log.lock().unwrap().push(n)));
+        let g1 = now(lock.acquire(1));
+        let w2 = queued(lock.acquire(2));
+        let w3 = queued(lock.acquire(3));
+        drop(w3);
+        drop(g1);
+        let g2 = tokio::time::timeout(Duration::from_secs(10), w2.granted())
+            .await
+            .unwrap();
+        drop(g2);
+        // Taken, two queued, one leaves, handed over, released.
+        assert_eq!(*heard.lock().unwrap(), vec![1, 2, 3, 2, 1, 0]);
     }
 
     #[tokio::test]

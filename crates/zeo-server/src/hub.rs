@@ -267,6 +267,24 @@ impl StorageHub {
         }
     }
 
+    /// With group commit (`group`), the commit lock tells the storage how
+    /// many transactions hold or wait for it
+    /// ([`Storage::commits_coming`](zeo_storage::Storage::commits_coming)):
+    /// each releases the lock at submit, so the storage can let an fsync
+    /// wait for them and cover them too. Without, the lock is kept until a
+    /// transaction is durable and the storage is told nothing.
+    pub fn with_group_commit(mut self, group: bool) -> Self {
+        if group {
+            let storage = Arc::downgrade(&self.storage);
+            self.commit_lock = CommitLock::observed(Box::new(move |count| {
+                if let Some(storage) = storage.upgrade() {
+                    storage.commits_coming(count);
+                }
+            }));
+        }
+        self
+    }
+
     /// Sets whether packs also collect unreachable objects.
     pub fn with_pack_gc(mut self, gc: bool) -> Self {
         self.pack_gc = gc;

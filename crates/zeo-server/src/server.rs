@@ -404,7 +404,8 @@ impl ServerBuilder {
                 self.settings.invalidation_queue_size,
                 timeout,
             )
-            .with_pack_gc(pack_gc);
+            .with_pack_gc(pack_gc)
+            .with_group_commit(self.settings.group_commit);
             tracing::info!(
                 storage = %name,
                 path = %hub.storage().name(),

@@ -392,6 +392,27 @@ pub trait Storage: Send + Sync {
         None
     }
 
+    /// Tells the backend how many of the caller's transactions will call
+    /// [`Storage::tpc_finish_submit`] soon: the one between its vote and
+    /// its submit and those queued behind it (a server's commit lock,
+    /// released at submit). A group-committing backend lets the sync of the
+    /// transactions already submitted wait for them while the count is
+    /// above zero (bounded, see the backend), so that one sync covers them
+    /// too. A caller that keeps its own lock until the transaction is
+    /// durable must not call it: the sync would wait for transactions that
+    /// cannot come. The default ignores it.
+    ///
+    /// ```
+    /// use zeo_storage::{MappingStorage, Storage};
+    ///
+    /// let storage = MappingStorage::new("m");
+    /// storage.commits_coming(2);
+    /// storage.commits_coming(0);
+    /// ```
+    fn commits_coming(&self, count: usize) {
+        let _ = count;
+    }
+
     /// Discards the transaction; ignored when `txn` is not the current one.
     fn tpc_abort(&self, txn: TxnHandle);
 

@@ -133,6 +133,82 @@ fn a_store_on_a_pending_object_conflicts_with_it_once_it_is_durable() {
     }
 }
 
+/// Waits, bounded, until `fs`'s next fsync is gathering.
+fn until_gathering(fs: &FileStorage) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs.group_commit_gathering() {
+        assert!(Instant::now() < deadline, "the fsync never gathered");
+        thread::yield_now();
+    }
+}
+
+#[test]
+fn an_fsync_waits_for_the_transactions_said_to_be_coming() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(common::open(&dir.path().join("Data.fs")));
+    // Long enough that only being told, not the clock, ends the wait.
+    fs.set_group_commit_wait(Duration::from_secs(120));
+    let before = fs.syncs().unwrap();
+    // A server's commit lock: the first transaction holds it, then the
+    // second, until both are submitted.
+    fs.commits_coming(1);
+    let s1 = fs
+        .tpc_finish_submit(voted(&fs, &[(1, Tid::ZERO, b"one")]))
+        .unwrap();
+    let leader = {
+        let fs = Arc::clone(&fs);
+        thread::spawn(move || fs.tpc_finish_durable(s1, &mut |_| {}))
+    };
+    until_gathering(&fs);
+    let s2 = fs
+        .tpc_finish_submit(voted(&fs, &[(2, Tid::ZERO, b"two")]))
+        .unwrap();
+    let started = Instant::now();
+    fs.commits_coming(0);
+    let tid1 = leader.join().unwrap().unwrap();
+    let tid2 = fs.tpc_finish_durable(s2, &mut |_| {}).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "waited for the clock"
+    );
+    assert_eq!(fs.syncs().unwrap(), before + 1, "one fsync for both");
+    assert!(tid2 > tid1);
+    assert_eq!(fs.last_transaction(), tid2);
+}
+
+#[test]
+fn a_commit_waiting_for_a_pending_object_ends_the_gathering() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(common::open(&dir.path().join("Data.fs")));
+    fs.set_group_commit_wait(Duration::from_secs(120));
+    let t0 = common::commit_as(&fs, &meta("base"), &[(1, Tid::ZERO, b"base")]);
+    fs.commits_coming(1);
+    let s1 = fs
+        .tpc_finish_submit(voted(&fs, &[(1, t0, b"first")]))
+        .unwrap();
+    let leader = {
+        let fs = Arc::clone(&fs);
+        thread::spawn(move || fs.tpc_finish_durable(s1, &mut |_| {}))
+    };
+    until_gathering(&fs);
+    // The coming transaction stores on the pending object: it waits for
+    // the fsync that was waiting for it, which must stop waiting.
+    let started = Instant::now();
+    let txn = fs.tpc_begin(&meta("2"), BeginOptions::default()).unwrap();
+    let stored = fs.store(txn, Oid(1), t0, b"second");
+    fs.tpc_abort(txn);
+    fs.commits_coming(0);
+    let tid1 = leader.join().unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "waited for the clock"
+    );
+    match stored {
+        Err(Error::Conflict { committed, old, .. }) => assert_eq!((committed, old), (tid1, t0)),
+        other => panic!("expected a conflict with the pending transaction, got {other:?}"),
+    }
+}
+
 /// A file with one transaction, then those `later` commits on top of its
 /// tid, the first of which is flagged `'c'` again (its status flip lost):
 /// the directory, the path, where the flagged one starts, the first tid

@@ -586,8 +586,9 @@ impl FileStorage {
             let mut q = self.group.lock();
             let cut = q.first_unsynced_base().unwrap_or(base);
             self.fail_writes(&mut q, &file, cut, &e);
+            q.wake_all();
+            self.group.notify(&q);
             drop(q);
-            self.group.notify();
             st.active = None;
             self.txn_open.store(false, Ordering::Release);
             self.commit_done.notify_all();
@@ -601,10 +602,12 @@ impl FileStorage {
         };
         self.txn_open.store(false, Ordering::Release);
         let updates: Vec<(u64, u64)> = a.order.iter().map(|oid| (*oid, a.tindex[oid])).collect();
-        self.group.lock().submit(txn, tid, base, next_pos, updates);
+        let mut q = self.group.lock();
+        q.submit(txn, tid, base, next_pos, updates);
+        // A leader may be gathering for its fsync (see `gather`).
+        q.wake_gatherer();
+        drop(q);
         self.commit_done.notify_one();
-        // A leader may be gathering for its fsync (see `durable`).
-        self.group.notify();
         Ok(tid)
     }
 
@@ -613,7 +616,10 @@ impl FileStorage {
     /// `on_commit` and publishes the transaction to readers.
     pub(crate) fn durable(&self, txn: TxnHandle, on_commit: &mut dyn FnMut(Tid)) -> Result<Tid> {
         let mut q = self.group.lock();
-        let Some(seq) = q.find(txn).map(|p| p.seq) else {
+        let Some(seq) = q.find_mut(txn).map(|p| {
+            p.waiter = Some(std::thread::current());
+            p.seq
+        }) else {
             return Err(Error::Transaction(
                 "tpc_finish called with a transaction that was not submitted".into(),
             ));
@@ -622,41 +628,25 @@ impl FileStorage {
         while q.synced <= seq {
             if q.failed_at.is_some() {
                 q.remove(txn);
+                q.wake_all();
+                self.group.notify(&q);
                 drop(q);
-                self.group.notify();
                 return Err(self
                     .not_failed()
                     .err()
                     .unwrap_or_else(|| Error::Storage("a commit's fsync failed".into())));
             }
-            if q.syncing {
-                q = self.group.wait(q);
+            if q.syncing || q.gathering {
+                // Woken when the fsync ends if this is the first
+                // transaction it did not cover, else by the publication
+                // before this one.
+                q = self.group.park(q);
                 continue;
             }
             if !gathered {
-                // Lead, but first gather: another transaction is being
-                // committed (or waits for the commit lock), and its submit
-                // usually comes within a client round trip. Waiting for it
-                // at most as long as an fsync takes lets one fsync cover
-                // both, where syncing now would make it wait for this fsync
-                // and then pay its own. Nothing is acknowledged meanwhile.
                 gathered = true;
-                let limit = q.last_sync.min(MAX_GATHER);
-                if !limit.is_zero() && self.commit_in_progress() {
-                    let before = q.next_seq();
-                    let deadline = Instant::now() + limit;
-                    while q.next_seq() == before
-                        && !q.syncing
-                        && q.failed_at.is_none()
-                        && self.commit_in_progress()
-                    {
-                        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                            break;
-                        };
-                        q = self.group.wait_timeout(q, left);
-                    }
-                    continue;
-                }
+                q = self.gather(q);
+                continue;
             }
             // Lead: one fsync for everything submitted so far.
             q.syncing = true;
@@ -673,17 +663,22 @@ impl FileStorage {
                     q.synced = upto;
                     q.fsyncs += 1;
                     q.last_sync = took;
+                    // The first covered publishes (the others follow it
+                    // one by one); the first not covered leads the next.
+                    q.wake_front();
+                    q.wake_first_from(upto);
                 }
                 Err(e) => {
                     let cut = q.first_unsynced_base().unwrap_or(file_len(&file));
                     self.fail_writes(&mut q, &file, cut, &e);
+                    q.wake_all();
+                    self.group.notify(&q);
                 }
             }
-            self.group.notify();
         }
         // Durable; publication goes in commit order.
         while q.published != seq {
-            q = self.group.wait(q);
+            q = self.group.park(q);
         }
         let (tid, next_pos, updates) = match q.pending.front() {
             Some(p) if p.handle == txn => (p.tid, p.next_pos, p.updates.clone()),
@@ -701,8 +696,9 @@ impl FileStorage {
         let mut q = self.group.lock();
         q.remove(txn);
         q.published += 1;
+        q.wake_front();
+        self.group.notify(&q);
         drop(q);
-        self.group.notify();
         Ok(tid)
     }
 
@@ -747,7 +743,21 @@ impl FileStorage {
     /// pending object is a conflict; it is reported against the pending
     /// transaction once that one is durable and announced.
     pub(crate) fn wait_for_oid(&self, oid: Oid) -> Result<()> {
-        if self.group.wait_until(|q| !q.touches(oid.0)) {
+        let mut q = self.group.lock();
+        if !q.touches(oid.0) {
+            return Ok(());
+        }
+        // Counted while waiting: a gathering leader stops waiting for
+        // this transaction's submit, which now waits for that leader.
+        q.oid_waiters += 1;
+        q.wake_gatherer();
+        while q.touches(oid.0) && q.failed_at.is_none() {
+            q = self.group.wait(q);
+        }
+        q.oid_waiters -= 1;
+        let ok = !q.touches(oid.0);
+        drop(q);
+        if ok {
             Ok(())
         } else {
             self.not_failed()
@@ -760,12 +770,85 @@ impl FileStorage {
         self.group.wait_until(|q| q.pending.is_empty());
     }
 
-    /// Data-file fsyncs the commit path made.
-    /// Whether a transaction holds the commit lock or waits for it.
+    /// Before leading an fsync, waits for the transactions that are being
+    /// committed meanwhile, so that the fsync covers them too: where
+    /// syncing now would make each of them wait for this fsync and then pay
+    /// its own. Nothing is acknowledged meanwhile, and the others wait for
+    /// this leader.
+    ///
+    /// When the caller said how many are coming (`commits_coming`, a
+    /// server's commit lock queue), it waits until none is, at most
+    /// [`MAX_GATHER`]: each comes within a client round trip. Otherwise it
+    /// waits for one transaction that holds or waits for the storage's own
+    /// commit lock, at most as long as the last fsync took. Either way it
+    /// stops when a committing thread waits for a pending transaction to be
+    /// published (`wait_for_oid`): that one cannot come before the fsync.
+    fn gather<'a>(&'a self, mut q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        let max = q.max_gather.unwrap_or(MAX_GATHER);
+        let limit = if q.coming > 0 {
+            max
+        } else {
+            q.last_sync.min(max)
+        };
+        let told = q.coming > 0;
+        let before = q.next_seq();
+        let coming = |q: &Queue| {
+            q.failed_at.is_none()
+                && q.oid_waiters == 0
+                && if told {
+                    q.coming > 0
+                } else {
+                    q.next_seq() == before && self.commit_in_progress()
+                }
+        };
+        if limit.is_zero() || !coming(&q) {
+            return q;
+        }
+        q.gathering = true;
+        q.gatherer = Some(std::thread::current());
+        let started = Instant::now();
+        let deadline = started + limit;
+        while coming(&q) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            q = self.group.park_timeout(q, left);
+        }
+        q.gathering = false;
+        q.gatherer = None;
+        tracing::trace!(
+            gathered = q.next_seq() - before,
+            waited_us = started.elapsed().as_micros() as u64,
+            "group commit gathered"
+        );
+        q
+    }
+
+    /// How many transactions will be submitted soon; see
+    /// [`Storage::commits_coming`](crate::Storage::commits_coming).
+    pub(crate) fn set_commits_coming(&self, count: usize) {
+        let mut q = self.group.lock();
+        q.coming = count;
+        if count == 0 {
+            // A gathering leader stops waiting.
+            q.wake_gatherer();
+        }
+    }
+
+    /// Sets the longest a leader gathers, instead of [`MAX_GATHER`]. For
+    /// tests, which make it long so that what is gathered does not depend
+    /// on timing.
+    pub(crate) fn set_max_gather(&self, limit: std::time::Duration) {
+        self.group.lock().max_gather = Some(limit);
+    }
+
+    /// Whether a transaction holds the storage's commit lock or waits for
+    /// it.
     fn commit_in_progress(&self) -> bool {
         self.txn_open.load(Ordering::Acquire) || self.commit_waiters.load(Ordering::Acquire) > 0
     }
 
+    /// Data-file fsyncs the commit path made.
     pub(crate) fn fsyncs(&self) -> u64 {
         self.group.lock().fsyncs
     }

@@ -205,6 +205,20 @@ impl FileStorage {
         self.commit_waiters.load(Ordering::SeqCst)
     }
 
+    /// The longest a commit's fsync waits for transactions that are coming
+    /// ([`Storage::commits_coming`]), instead of 1 ms. For tests; not API.
+    #[doc(hidden)]
+    pub fn set_group_commit_wait(&self, limit: std::time::Duration) {
+        self.set_max_gather(limit);
+    }
+
+    /// Whether a commit's fsync is waiting for transactions that are
+    /// coming. For tests; not API.
+    #[doc(hidden)]
+    pub fn group_commit_gathering(&self) -> bool {
+        self.group.lock().gathering
+    }
+
     fn open_with_io(path: &Path, options: FileStorageOptions, io: Io) -> Result<FileStorage> {
         let path = path.to_path_buf();
         if options.read_only && options.create {
@@ -688,6 +702,10 @@ impl Storage for FileStorage {
 
     fn syncs(&self) -> Option<u64> {
         Some(self.fsyncs())
+    }
+
+    fn commits_coming(&self, count: usize) {
+        self.set_commits_coming(count);
     }
 
     fn tpc_abort(&self, txn: TxnHandle) {
