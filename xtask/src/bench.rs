@@ -432,16 +432,21 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     let mut cmd = raised_fd_limit(runzeo.as_os_str(), &["-C".as_ref(), conf.as_os_str()]);
     with_logs(&mut cmd, &dir.join("py").join("server.log"))?;
     let py_pid = scratch.spawn("runzeo", &mut cmd)?;
-    let rs_data = dir.join("rs").join("Data.fs");
-    let rs_addr = format!("127.0.0.1:{rs_port}");
+    // zeo-server caps connections (1,024, and 256 per peer address) by
+    // default; the idle-memory step opens 1,000 from one address, and
+    // runzeo has no such caps, so both serve without them.
+    let rs_conf = dir.join("rs").join("zeo.conf");
+    fs::write(
+        &rs_conf,
+        format!(
+            "<zeo>\n  address 127.0.0.1:{rs_port}\n  max-connections 0\n  max-connections-per-address 0\n</zeo>\n<filestorage 1>\n  path {}\n</filestorage>\n",
+            dir.join("rs").join("Data.fs").display()
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", rs_conf.display()))?;
     let mut cmd = raised_fd_limit(
         server_bin.as_os_str(),
-        &[
-            "-a".as_ref(),
-            rs_addr.as_ref(),
-            "-f".as_ref(),
-            rs_data.as_os_str(),
-        ],
+        &["-C".as_ref(), rs_conf.as_os_str()],
     );
     with_logs(&mut cmd, &dir.join("rs").join("server.log"))?;
     let rs_pid = scratch.spawn("zeo-server", &mut cmd)?;
