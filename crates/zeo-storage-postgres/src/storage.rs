@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
+use postgres::types::Type;
 use postgres::Client;
 use zeo_storage::{
     BeginOptions, Error as StorageError, HistoryEntry, LoadedRevision, Oid, Result, Storage, Tid,
@@ -317,7 +318,7 @@ impl PostgresStorage {
     pub(crate) fn committed_tid(&self, oid: Oid) -> Result<Option<Tid>> {
         let sql = &self.sql.current_tid;
         self.read(|c| {
-            let row = c.query_opt(sql.as_str(), &[&(oid.0 as i64)])?;
+            let row = c.query_typed_opt(sql.as_str(), &[(&(oid.0 as i64), Type::INT8)])?;
             Ok(row.map(|r| Tid(r.get::<_, i64>(0) as u64)))
         })
     }
@@ -720,7 +721,8 @@ impl Storage for PostgresStorage {
 
     fn load(&self, oid: Oid) -> Result<(Vec<u8>, Tid)> {
         let sql = &self.sql.load;
-        let row = self.read(|c| Ok(c.query_opt(sql.as_str(), &[&(oid.0 as i64)])?))?;
+        let row =
+            self.read(|c| Ok(c.query_typed_opt(sql.as_str(), &[(&(oid.0 as i64), Type::INT8)])?))?;
         match row {
             Some(r) => match r.get::<_, Option<Vec<u8>>>(0) {
                 Some(data) => Ok((data, Tid(r.get::<_, i64>(1) as u64))),
@@ -742,12 +744,12 @@ impl Storage for PostgresStorage {
         let o = oid.0 as i64;
         let b = before.0.min(i64::MAX as u64) as i64;
         let row = self.read(|c| {
-            Ok(c.query_opt(
+            Ok(c.query_typed_opt(
                 "SELECT s.state, s.tid, \
                    (SELECT min(n.tid) FROM object_state n WHERE n.zoid = $1 AND n.tid > s.tid) \
                  FROM object_state s WHERE s.zoid = $1 AND s.tid < $2 \
                  ORDER BY s.tid DESC LIMIT 1",
-                &[&o, &b],
+                &[(&o, Type::INT8), (&b, Type::INT8)],
             )?)
         })?;
         match row {
@@ -779,9 +781,12 @@ impl Storage for PostgresStorage {
             };
         }
         let row = self.read(|c| {
-            Ok(c.query_opt(
+            Ok(c.query_typed_opt(
                 "SELECT state FROM object_state WHERE zoid = $1 AND tid = $2",
-                &[&(oid.0 as i64), &(serial.0 as i64)],
+                &[
+                    (&(oid.0 as i64), Type::INT8),
+                    (&(serial.0 as i64), Type::INT8),
+                ],
             )?)
         })?;
         row.and_then(|r| r.get::<_, Option<Vec<u8>>>(0))
