@@ -14,8 +14,8 @@ use zeo_protocol::client::replies;
 use zeo_protocol::ClientRequest;
 use zeo_server::ServerSettings;
 use zeo_storage::{
-    BeginOptions, Iteration, LoadedRevision, MappingStorage, Oid, Pack, RecordIteration, Result,
-    Storage, Tid, TransactionIter, TransactionMetaData, TxnHandle, Undo, UndoEntry, UndoFilter,
+    Iteration, MappingStorage, Oid, Pack, RecordIteration, Result, Storage, Tid, TransactionIter,
+    TxnHandle, Undo, UndoEntry, UndoFilter,
 };
 
 /// Whether this thread is an async runtime worker: the one kind of thread
@@ -54,36 +54,7 @@ impl Probe {
 }
 
 impl Storage for Probe {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn is_read_only(&self) -> bool {
-        false
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn last_transaction(&self) -> Tid {
-        self.inner.last_transaction()
-    }
-    fn may_block(&self) -> bool {
-        true
-    }
-    fn load(&self, oid: Oid) -> Result<(Vec<u8>, Tid)> {
-        self.enter("load");
-        self.inner.load(oid)
-    }
-    fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<LoadedRevision>> {
-        self.enter("load_before");
-        self.inner.load_before(oid, before)
-    }
-    fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>> {
-        self.enter("load_serial");
-        self.inner.load_serial(oid, serial)
-    }
+    crate::forward_storage!(|probe: &Self, call| probe.enter(call));
     fn get_tid(&self, oid: Oid) -> Result<Tid> {
         self.enter("get_tid");
         self.inner.get_tid(oid)
@@ -91,46 +62,6 @@ impl Storage for Probe {
     fn history(&self, oid: Oid, size: usize) -> Result<Vec<zeo_storage::HistoryEntry>> {
         self.enter("history");
         self.inner.history(oid, size)
-    }
-    fn new_oid(&self) -> Result<Oid> {
-        self.enter("new_oid");
-        self.inner.new_oid()
-    }
-    fn tpc_begin(&self, meta: &TransactionMetaData, options: BeginOptions) -> Result<TxnHandle> {
-        self.enter("tpc_begin");
-        self.inner.tpc_begin(meta, options)
-    }
-    fn transaction_tid(&self, txn: TxnHandle) -> Result<Option<Tid>> {
-        self.enter("transaction_tid");
-        self.inner.transaction_tid(txn)
-    }
-    fn store(&self, txn: TxnHandle, oid: Oid, serial: Tid, data: &[u8]) -> Result<()> {
-        self.enter("store");
-        self.inner.store(txn, oid, serial, data)
-    }
-    fn check_current_serial(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
-        self.enter("check_current_serial");
-        self.inner.check_current_serial(txn, oid, serial)
-    }
-    fn tpc_vote(&self, txn: TxnHandle) -> Result<Vec<Oid>> {
-        self.enter("tpc_vote");
-        self.inner.tpc_vote(txn)
-    }
-    fn tpc_finish(&self, txn: TxnHandle, on_commit: &mut dyn FnMut(Tid)) -> Result<Tid> {
-        self.enter("tpc_finish");
-        self.inner.tpc_finish(txn, on_commit)
-    }
-    fn tpc_abort(&self, txn: TxnHandle) {
-        self.enter("tpc_abort");
-        self.inner.tpc_abort(txn)
-    }
-    fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
-        self.enter("last_invalidations");
-        self.inner.last_invalidations(count)
-    }
-    fn close(&self) -> Result<()> {
-        self.enter("close");
-        self.inner.close()
     }
     zeo_storage::provide_capabilities!(undo, iteration, record_iteration, pack);
 }

@@ -23,10 +23,7 @@ use zeo_protocol::ClientRequest;
 use zeo_protocol::TxnId;
 use zeo_server::ServerSettings;
 use zeo_storage::testing::{commit, SharedDatabase, SharedHandle};
-use zeo_storage::{
-    BeginOptions, Error, ForeignCommit, LoadedRevision, Oid, Result, SharedCommits, Storage, Tid,
-    TransactionMetaData, TxnHandle,
-};
+use zeo_storage::{Error, ForeignCommit, Oid, Result, SharedCommits, Storage, Tid};
 
 /// A handle on the shared database whose reads of other writers' commits
 /// fail while `failing` is set, as a dropped database connection does.
@@ -38,63 +35,7 @@ struct Flaky {
 }
 
 impl Storage for Flaky {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn is_read_only(&self) -> bool {
-        false
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn last_transaction(&self) -> Tid {
-        self.inner.last_transaction()
-    }
-    fn may_block(&self) -> bool {
-        true
-    }
-    fn load(&self, oid: Oid) -> Result<(Vec<u8>, Tid)> {
-        self.inner.load(oid)
-    }
-    fn load_before(&self, oid: Oid, before: Tid) -> Result<Option<LoadedRevision>> {
-        self.inner.load_before(oid, before)
-    }
-    fn load_serial(&self, oid: Oid, serial: Tid) -> Result<Vec<u8>> {
-        self.inner.load_serial(oid, serial)
-    }
-    fn new_oid(&self) -> Result<Oid> {
-        self.inner.new_oid()
-    }
-    fn tpc_begin(&self, meta: &TransactionMetaData, options: BeginOptions) -> Result<TxnHandle> {
-        self.inner.tpc_begin(meta, options)
-    }
-    fn transaction_tid(&self, txn: TxnHandle) -> Result<Option<Tid>> {
-        self.inner.transaction_tid(txn)
-    }
-    fn store(&self, txn: TxnHandle, oid: Oid, serial: Tid, data: &[u8]) -> Result<()> {
-        self.inner.store(txn, oid, serial, data)
-    }
-    fn check_current_serial(&self, txn: TxnHandle, oid: Oid, serial: Tid) -> Result<()> {
-        self.inner.check_current_serial(txn, oid, serial)
-    }
-    fn tpc_vote(&self, txn: TxnHandle) -> Result<Vec<Oid>> {
-        self.inner.tpc_vote(txn)
-    }
-    fn tpc_finish(&self, txn: TxnHandle, on_commit: &mut dyn FnMut(Tid)) -> Result<Tid> {
-        self.inner.tpc_finish(txn, on_commit)
-    }
-    fn tpc_abort(&self, txn: TxnHandle) {
-        self.inner.tpc_abort(txn)
-    }
-    fn close(&self) -> Result<()> {
-        self.inner.close()
-    }
-    fn last_invalidations(&self, count: usize) -> Result<Vec<(Tid, Vec<Oid>)>> {
-        self.inner.last_invalidations(count)
-    }
+    crate::forward_storage!(|_: &Self, _: &str| ());
     zeo_storage::provide_capabilities!(shared_commits);
 }
 

@@ -426,3 +426,120 @@ pub fn invalidation(m: &Message) -> (Tid, Vec<Oid>) {
     let oids = replies::oids("invalidateTransaction", &args[1]).unwrap();
     (tid, oids)
 }
+
+/// The core `Storage` methods of a test wrapper around another storage in
+/// its field `inner`: each calls `$enter(self, "method")`, then the inner
+/// storage. The wrapper is writable and says it may block (the tests that
+/// wrap a storage are about blocking backends); its capabilities, and any
+/// method it does otherwise, are written beside the macro.
+#[macro_export]
+macro_rules! forward_storage {
+    ($enter:expr) => {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn is_read_only(&self) -> bool {
+            false
+        }
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+        fn last_transaction(&self) -> zeo_storage::Tid {
+            self.inner.last_transaction()
+        }
+        fn may_block(&self) -> bool {
+            true
+        }
+        fn load(&self, oid: zeo_storage::Oid) -> zeo_storage::Result<(Vec<u8>, zeo_storage::Tid)> {
+            ($enter)(self, "load");
+            self.inner.load(oid)
+        }
+        fn load_before(
+            &self,
+            oid: zeo_storage::Oid,
+            before: zeo_storage::Tid,
+        ) -> zeo_storage::Result<Option<zeo_storage::LoadedRevision>> {
+            ($enter)(self, "load_before");
+            self.inner.load_before(oid, before)
+        }
+        fn load_serial(
+            &self,
+            oid: zeo_storage::Oid,
+            serial: zeo_storage::Tid,
+        ) -> zeo_storage::Result<Vec<u8>> {
+            ($enter)(self, "load_serial");
+            self.inner.load_serial(oid, serial)
+        }
+        fn new_oid(&self) -> zeo_storage::Result<zeo_storage::Oid> {
+            ($enter)(self, "new_oid");
+            self.inner.new_oid()
+        }
+        fn tpc_begin(
+            &self,
+            meta: &zeo_storage::TransactionMetaData,
+            options: zeo_storage::BeginOptions,
+        ) -> zeo_storage::Result<zeo_storage::TxnHandle> {
+            ($enter)(self, "tpc_begin");
+            self.inner.tpc_begin(meta, options)
+        }
+        fn transaction_tid(
+            &self,
+            txn: zeo_storage::TxnHandle,
+        ) -> zeo_storage::Result<Option<zeo_storage::Tid>> {
+            ($enter)(self, "transaction_tid");
+            self.inner.transaction_tid(txn)
+        }
+        fn store(
+            &self,
+            txn: zeo_storage::TxnHandle,
+            oid: zeo_storage::Oid,
+            serial: zeo_storage::Tid,
+            data: &[u8],
+        ) -> zeo_storage::Result<()> {
+            ($enter)(self, "store");
+            self.inner.store(txn, oid, serial, data)
+        }
+        fn check_current_serial(
+            &self,
+            txn: zeo_storage::TxnHandle,
+            oid: zeo_storage::Oid,
+            serial: zeo_storage::Tid,
+        ) -> zeo_storage::Result<()> {
+            ($enter)(self, "check_current_serial");
+            self.inner.check_current_serial(txn, oid, serial)
+        }
+        fn tpc_vote(
+            &self,
+            txn: zeo_storage::TxnHandle,
+        ) -> zeo_storage::Result<Vec<zeo_storage::Oid>> {
+            ($enter)(self, "tpc_vote");
+            self.inner.tpc_vote(txn)
+        }
+        fn tpc_finish(
+            &self,
+            txn: zeo_storage::TxnHandle,
+            on_commit: &mut dyn FnMut(zeo_storage::Tid),
+        ) -> zeo_storage::Result<zeo_storage::Tid> {
+            ($enter)(self, "tpc_finish");
+            self.inner.tpc_finish(txn, on_commit)
+        }
+        fn tpc_abort(&self, txn: zeo_storage::TxnHandle) {
+            ($enter)(self, "tpc_abort");
+            self.inner.tpc_abort(txn)
+        }
+        fn last_invalidations(
+            &self,
+            count: usize,
+        ) -> zeo_storage::Result<Vec<(zeo_storage::Tid, Vec<zeo_storage::Oid>)>> {
+            ($enter)(self, "last_invalidations");
+            self.inner.last_invalidations(count)
+        }
+        fn close(&self) -> zeo_storage::Result<()> {
+            ($enter)(self, "close");
+            self.inner.close()
+        }
+    };
+}
