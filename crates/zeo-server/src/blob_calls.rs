@@ -14,11 +14,13 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use zeo_protocol::{ClientEvent, WireError};
-use zeo_storage::{BlobData, Blobs, Error as StorageError, Oid, Tid};
+use zeo_storage::{BlobData, Blobs, Error as StorageError, Oid, Storage, Tid};
 
 use crate::outbox::Outbox;
+use crate::storage_calls::run_storage;
 use crate::txn_log::TxnOp;
 
 /// The size of the chunks `sendBlob` sends, as ZEO's server reads them.
@@ -193,16 +195,24 @@ pub(crate) const READ_CHUNKS: usize = 16;
 /// (`reply-backlog-pause`, 4 MiB by default) queued to write in large
 /// vectored writes, while the server holds no more of the blob than that
 /// and one block. Returns false when the connection closed meanwhile.
+///
+/// The blob is looked up through the storage's blocking contract: a
+/// backend that may block (PostgreSQL, whose `load_blob` can be a database
+/// download) is asked on the blocking pool, never on an async worker.
 pub(crate) async fn send_blob(
     outbox: &Outbox,
-    blobs: &dyn Blobs,
+    storage: &Arc<dyn Storage>,
     oid: Oid,
     serial: Tid,
 ) -> Result<bool, WireError> {
-    let mut reader: Box<dyn Read + Send> = match blobs
-        .load_blob(oid, serial)
-        .map_err(|e| WireError::from(&e))?
-    {
+    let loader = storage.clone();
+    let loaded = run_storage(!storage.may_block(), move || match loader.as_blobs() {
+        Some(blobs) => blobs.load_blob(oid, serial),
+        None => Err(StorageError::Unsupported("sendBlob")),
+    })
+    .await
+    .map_err(|p| WireError::from(&StorageError::Storage(p.to_string())))?;
+    let mut reader: Box<dyn Read + Send> = match loaded.map_err(|e| WireError::from(&e))? {
         BlobData::Path(path) => Box::new(File::open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 WireError::from(&StorageError::PosKey {

@@ -36,7 +36,6 @@ use zeo_protocol::{
 use zeo_storage::{require, Error as StorageError, Oid, TransactionMetaData, TxnStatus};
 
 use crate::blob_calls;
-use crate::blob_preload;
 use crate::commit::{self, OpenTxn, VoteOutcome};
 use crate::commit_lock::{Acquired, CommitGuard, ConnId};
 use crate::frame_reader::FrameReader;
@@ -753,14 +752,8 @@ impl Conn {
             }
             R::SendBlob { oid, serial } => {
                 let hub = self.hub()?.clone();
-                let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
-                let sent = if hub.storage().may_block() {
-                    let loaded =
-                        blob_preload::Preloaded::load(hub.storage(), blobs, oid, serial).await?;
-                    blob_calls::send_blob(&self.outbox, &loaded, oid, serial).await?
-                } else {
-                    blob_calls::send_blob(&self.outbox, blobs, oid, serial).await?
-                };
+                hub.storage().as_blobs().ok_or_else(no_blobs)?;
+                let sent = blob_calls::send_blob(&self.outbox, hub.storage(), oid, serial).await?;
                 if !sent {
                     return Ok(Outcome::Sent);
                 }

@@ -45,7 +45,6 @@
 #![warn(missing_docs)]
 
 mod blob_calls;
-mod blob_preload;
 mod commit;
 mod commit_lock;
 mod connection;
