@@ -59,12 +59,35 @@ pub fn frame_growth_target(have: usize, total: usize) -> usize {
 /// `BytesMut::reserve` may round a large request up to twice the current
 /// capacity, past the end of the frame.
 pub fn reserve_frame(buf: &mut BytesMut, total: usize) {
+    reserve_frame_ahead(buf, total, 0);
+}
+
+/// [`reserve_frame`], with room for up to `ahead` bytes past the end of
+/// the frame as well, so that one read can take the rest of this frame and
+/// the start of the next ones. A reader streaming large frames (a blob
+/// upload's chunks) then makes one read per `ahead` bytes rather than one
+/// or two per frame. The room is made when less than a quarter of `ahead`
+/// is left past the frame's end.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use zeo_protocol::frame::reserve_frame_ahead;
+///
+/// let mut buf = BytesMut::from(&[0u8; 10][..]);
+/// reserve_frame_ahead(&mut buf, 59_004, 256 * 1024);
+/// assert_eq!(buf.capacity(), 59_004 + 256 * 1024);
+/// ```
+pub fn reserve_frame_ahead(buf: &mut BytesMut, total: usize, ahead: usize) {
     let have = buf.len();
     let needed = total.saturating_sub(have);
-    if buf.capacity() - have >= needed.min(FRAME_GROW_STEP) {
+    let target = frame_growth_target(have, total);
+    // Past the frame's end only once the frame fits: a frame still
+    // growing gets its step, as without read-ahead.
+    let beyond = if target == total.max(have) { ahead } else { 0 };
+    if buf.capacity() - have >= needed.min(FRAME_GROW_STEP) + beyond / 4 {
         return;
     }
-    let mut grown = BytesMut::with_capacity(frame_growth_target(have, total));
+    let mut grown = BytesMut::with_capacity(target.saturating_add(beyond));
     grown.extend_from_slice(buf);
     *buf = grown;
 }
@@ -220,7 +243,16 @@ fn refused(err: zeo_auth::Error) -> Error {
 pub struct FrameCodec {
     max_frame: usize,
     mac: Option<MacState>,
+    /// Bytes to read past the end of a frame while large frames stream
+    /// in ([`FrameCodec::with_read_ahead`]); 0 reads frame by frame.
+    read_ahead: usize,
+    /// Whether the last frame decoded was at least [`STREAMING_FRAME`].
+    streaming: bool,
 }
+
+/// The payload size from which a peer is taken to be streaming (a blob
+/// chunk is 59,000 bytes), and reads go [`FrameCodec::with_read_ahead`].
+pub const STREAMING_FRAME: usize = 16 * 1024;
 
 impl Default for FrameCodec {
     fn default() -> Self {
@@ -239,6 +271,42 @@ impl FrameCodec {
         FrameCodec {
             max_frame,
             mac: None,
+            read_ahead: 0,
+            streaming: false,
+        }
+    }
+
+    /// Reads up to `bytes` past the end of a frame once a frame of at
+    /// least [`STREAMING_FRAME`] bytes came in, until a smaller one does
+    /// ([`reserve_frame_ahead`]): a stream of blob chunks then costs one
+    /// read per `bytes` instead of one or two per chunk. A connection
+    /// holds at most `bytes` more than without it, and only while it
+    /// sends large frames.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use tokio_util::codec::Decoder;
+    /// use zeo_protocol::FrameCodec;
+    ///
+    /// let mut codec = FrameCodec::new().with_read_ahead(256 * 1024);
+    /// assert_eq!(codec.read_ahead_now(), 0);
+    /// let mut wire = BytesMut::from(&zeo_protocol::encode_frame(&[1; 20_000]).unwrap()[..]);
+    /// codec.decode(&mut wire).unwrap().unwrap();
+    /// assert_eq!(codec.read_ahead_now(), 256 * 1024);
+    /// ```
+    pub fn with_read_ahead(mut self, bytes: usize) -> Self {
+        self.read_ahead = bytes;
+        self
+    }
+
+    /// The read-ahead in effect now: the configured one while large frames
+    /// stream in, otherwise 0. A reader with nothing buffered reads this
+    /// much at once when it is not 0.
+    pub fn read_ahead_now(&self) -> usize {
+        if self.streaming {
+            self.read_ahead
+        } else {
+            0
         }
     }
 
@@ -317,9 +385,10 @@ impl Decoder for FrameCodec {
         }
         let total = HEADER_LEN + mac_len + len;
         if src.len() < total {
-            reserve_frame(src, total);
+            reserve_frame_ahead(src, total, self.read_ahead_now());
             return Ok(None);
         }
+        self.streaming = len >= STREAMING_FRAME;
         src.advance(HEADER_LEN);
         let mut body = src.split_to(mac_len + len);
         if let Some(mac) = self.mac.as_mut() {

@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod args;
+mod bytes_call;
 pub mod client;
 mod error;
 pub mod frame;
@@ -61,6 +62,7 @@ mod request;
 mod types;
 mod wire_error;
 
+pub use bytes_call::oneway_bytes_arg;
 pub use client::{ClientEvent, ClientIncoming, ClientRequest};
 pub use error::{Error, Result};
 pub use frame::{decode_frame, encode_frame, FrameCodec, FrameHeader, DEFAULT_MAX_FRAME};

@@ -38,7 +38,7 @@ use zeo_storage::{require, Error as StorageError, Oid, TransactionMetaData, TxnS
 use crate::blob_calls;
 use crate::commit::{self, OpenTxn, VoteOutcome};
 use crate::commit_lock::{Acquired, CommitGuard, ConnId};
-use crate::frame_reader::FrameReader;
+use crate::frame_reader::{FrameReader, READ_AHEAD};
 use crate::hub::StorageHub;
 use crate::iterators::{IterError, Iterators};
 use crate::outbox::{Outbox, OutboxLimits};
@@ -107,7 +107,8 @@ where
         .login_timeout
         .map(|t| tokio::time::Instant::now() + t);
     let (read_half, mut write_half) = tokio::io::split(stream);
-    let codec = FrameCodec::with_max_frame(shared.settings.max_message_size);
+    let codec =
+        FrameCodec::with_max_frame(shared.settings.max_message_size).with_read_ahead(READ_AHEAD);
     let mut reader = FrameReader::new(read_half, codec);
 
     let announce = if shared.settings.msgpack {
@@ -380,6 +381,23 @@ impl Conn {
 
     /// Decodes and dispatches one message; false closes the connection.
     async fn handle_frame(&mut self, payload: &[u8]) -> bool {
+        // A blob upload's chunks, read in place rather than decoded into
+        // a copy (`zeo_protocol::oneway_bytes_arg`); what it does not
+        // recognize is decoded below, with the same outcome.
+        if self.session.request_allowed(false) {
+            const CHUNK: &str = "storeBlobChunk";
+            let encoding = self.marshaller.encoding();
+            if let Some(chunk) = zeo_protocol::oneway_bytes_arg(encoding, payload, CHUNK) {
+                return match self.store_blob_chunk(chunk, true) {
+                    Ok(_) => true,
+                    Err(error) => {
+                        // One-way: ZEO closes, with nobody to answer.
+                        log_wire_error(CHUNK, true, &error);
+                        false
+                    }
+                };
+            }
+        }
         let message = match self.marshaller.decode(payload) {
             Ok(m) => m,
             Err(err) => {
@@ -538,6 +556,29 @@ impl Conn {
     fn stats(&self) -> Option<&StorageStats> {
         self.hub.as_ref().map(|h| h.stats())
     }
+    /// `storeBlobChunk(chunk)`: the next bytes of the upload in progress.
+    fn store_blob_chunk(&mut self, chunk: &[u8], oneway: bool) -> Handled {
+        if self.upload.is_none() && self.upload_failed.is_some() && oneway {
+            // The rest of an upload that failed already.
+            return Ok(Outcome::Sent);
+        }
+        let hub = self.hub()?.clone();
+        let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
+        let upload = self
+            .upload
+            .as_mut()
+            .ok_or_else(|| WireError::value_error("storeBlobChunk without storeBlobStart"))?;
+        if let Err(reason) = upload.write(blobs, chunk) {
+            self.upload = None;
+            if oneway {
+                tracing::error!(peer = %self.peer, %reason, "blob upload failed; its transaction will fail at vote");
+                self.upload_failed = Some(reason);
+                return Ok(Outcome::Sent);
+            }
+            return Err(WireError::storage_error(&reason));
+        }
+        Ok(Outcome::Reply(Value::None))
+    }
 
     async fn dispatch(&mut self, request: ServerRequest, msgid: Value, oneway: bool) -> Handled {
         use ServerRequest as R;
@@ -681,35 +722,31 @@ impl Conn {
                 )?);
                 Ok(Outcome::Reply(Value::None))
             }
-            R::StoreBlobChunk { chunk } => {
-                if self.upload.is_none() && self.upload_failed.is_some() && oneway {
-                    // The rest of an upload that failed already.
-                    return Ok(Outcome::Sent);
-                }
-                let hub = self.hub()?.clone();
-                let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
-                let upload = self.upload.as_mut().ok_or_else(|| {
-                    WireError::value_error("storeBlobChunk without storeBlobStart")
-                })?;
-                if let Err(reason) = upload.write(blobs, &chunk) {
-                    self.upload = None;
-                    if oneway {
-                        tracing::error!(peer = %self.peer, %reason, "blob upload failed; its transaction will fail at vote");
-                        self.upload_failed = Some(reason);
-                        return Ok(Outcome::Sent);
-                    }
-                    return Err(WireError::storage_error(&reason));
-                }
-                Ok(Outcome::Reply(Value::None))
-            }
+            R::StoreBlobChunk { chunk } => self.store_blob_chunk(&chunk, oneway),
             R::StoreBlobEnd {
                 oid,
                 serial,
                 data,
                 txn,
             } => {
-                if self.upload.is_none() {
-                    if let Some(reason) = self.upload_failed.take() {
+                let finished = match (self.upload.take(), self.upload_failed.take()) {
+                    (Some(upload), _) => {
+                        let hub = self.hub()?.clone();
+                        let blobs = hub.storage().as_blobs().ok_or_else(no_blobs)?;
+                        upload.finish(blobs).inspect_err(|reason| {
+                            tracing::error!(peer = %self.peer, %reason, "blob upload failed; its transaction will fail at vote");
+                        })
+                    }
+                    (None, Some(reason)) => Err(reason),
+                    (None, None) => {
+                        return Err(WireError::value_error(
+                            "storeBlobEnd without storeBlobStart",
+                        ))
+                    }
+                };
+                let path = match finished {
+                    Ok(path) => path,
+                    Err(reason) => {
                         self.session
                             .reject(txn, WireError::storage_error(&reason))?;
                         return if oneway {
@@ -718,12 +755,7 @@ impl Conn {
                             Err(WireError::storage_error(&reason))
                         };
                     }
-                }
-                let upload = self
-                    .upload
-                    .take()
-                    .ok_or_else(|| WireError::value_error("storeBlobEnd without storeBlobStart"))?;
-                let path = upload.finish();
+                };
                 let op = TxnOp::StoreBlob {
                     oid,
                     serial,

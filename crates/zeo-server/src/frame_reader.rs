@@ -10,7 +10,9 @@
 //! straight into the heap buffer, which grows with what arrives (see
 //! `zeo_protocol::frame::reserve_frame`), never to the announced length at
 //! once: a client that announces a large frame and stalls holds only what
-//! it sent.
+//! it sent. While a client streams large frames (blob chunks) the reader
+//! reads up to [`READ_AHEAD`] past the frame it is completing
+//! (`FrameCodec::with_read_ahead`), one read for several chunks.
 //!
 //! Frames are cut by `zeo_protocol::FrameCodec`, the one codec client and
 //! server share. Once a client has authenticated (ZEO 3/4 `digest`, see
@@ -34,6 +36,10 @@ use zeo_protocol::FrameCodec;
 /// several pipelined ones. Also the least room made for a read into the
 /// heap buffer.
 const STACK_READ: usize = 4096;
+
+/// Bytes read at once while a client streams large frames: as much as
+/// Python's asyncio reads at once.
+pub(crate) const READ_AHEAD: usize = 256 * 1024;
 
 /// A stream of frame payloads read from `R`.
 pub(crate) struct FrameReader<R> {
@@ -90,6 +96,17 @@ impl<R> FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads more bytes into `buf`; 0 means the client closed its side.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let ahead = self.codec.read_ahead_now();
+        if self.buf.is_empty() && ahead > 0 {
+            // Large frames are streaming in: the next ones are likely on
+            // the socket already, so take as many as fit at once. Nothing
+            // is held while the socket has nothing (the client may have
+            // sent one large frame and gone idle).
+            let mut buf = BytesMut::with_capacity(ahead);
+            let read = ready!(std::pin::pin!(self.inner.read_buf(&mut buf)).poll(cx));
+            self.buf = buf;
+            return Poll::Ready(read);
+        }
         if self.buf.is_empty() {
             let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
             let mut read = ReadBuf::uninit(&mut stack);
@@ -241,6 +258,70 @@ mod tests {
         let pending = futures::poll!(reader.next());
         assert!(pending.is_pending());
         assert_eq!(reader.buf.capacity(), 0);
+    }
+
+    /// Counts the reads that returned bytes.
+    struct CountingReads<R> {
+        inner: R,
+        reads: usize,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncRead for CountingReads<R> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+            if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+                self.reads += 1;
+            }
+            polled
+        }
+    }
+
+    #[tokio::test]
+    async fn streamed_large_frames_are_read_several_at_once() {
+        let chunk = vec![9u8; 59_000];
+        let mut wire = frame(b"start");
+        for _ in 0..20 {
+            wire.extend(frame(&chunk));
+        }
+        wire.extend(frame(b"end"));
+        let (mut client, server) = tokio::io::duplex(4 << 20);
+        client.write_all(&wire).await.unwrap();
+        let counted = CountingReads {
+            inner: server,
+            reads: 0,
+        };
+        let codec = FrameCodec::new().with_read_ahead(READ_AHEAD);
+        let mut reader = FrameReader::new(counted, codec);
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"start");
+        for _ in 0..20 {
+            assert_eq!(reader.next().await.unwrap().unwrap()[..], chunk[..]);
+        }
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"end");
+        // 1.2 MB: about five read-ahead windows, where frame by frame
+        // took two reads per chunk.
+        let reads = reader.inner.reads;
+        assert!(reads <= 8, "{reads} reads for 20 chunks");
+        // Idle after the stream: nothing held.
+        assert!(futures::poll!(reader.next()).is_pending());
+        assert_eq!(reader.buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reader_idle_after_a_large_frame_holds_nothing() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(server, FrameCodec::new().with_read_ahead(READ_AHEAD));
+        client.write_all(&frame(&[1u8; 40_000])).await.unwrap();
+        assert_eq!(reader.next().await.unwrap().unwrap().len(), 40_000);
+        // Reading ahead now, but the client sends nothing more.
+        assert!(futures::poll!(reader.next()).is_pending());
+        assert_eq!(reader.buf.capacity(), 0);
+        client.write_all(&frame(b"later")).await.unwrap();
+        assert_eq!(&reader.next().await.unwrap().unwrap()[..], b"later");
     }
 
     #[tokio::test]

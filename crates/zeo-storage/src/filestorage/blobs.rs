@@ -299,7 +299,7 @@ impl Blobs for FileStorage {
 
     fn append_to_temporary(&self, file: &std::fs::File, chunk: &[u8]) -> std::io::Result<()> {
         std::io::Write::write_all(&mut self.io.writer(file), chunk)?;
-        start_writeback(file, chunk.len() as u64);
+        super::writeback::after_append(file, chunk.len() as u64);
         Ok(())
     }
 
@@ -336,41 +336,6 @@ impl Blobs for FileStorage {
             }
         }
     }
-}
-
-/// How much of an upload is written before the kernel is asked to start
-/// writing it to disk.
-const WRITEBACK_WINDOW: u64 = 8 << 20;
-
-/// Starts writing back the window of `file` that the last `written` bytes
-/// completed, without waiting: the vote's fsync of a large upload then
-/// finds most of it on disk already, instead of writing it all while the
-/// client waits. A hint only; failures are for that fsync to report.
-fn start_writeback(file: &std::fs::File, written: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::io::Seek;
-        use std::os::fd::AsRawFd;
-        let Ok(end) = (&*file).stream_position() else {
-            return;
-        };
-        let start = end.saturating_sub(written);
-        if end / WRITEBACK_WINDOW == start / WRITEBACK_WINDOW {
-            return;
-        }
-        let window = (end / WRITEBACK_WINDOW - 1) * WRITEBACK_WINDOW;
-        // SAFETY: a plain system call on a descriptor `file` keeps open.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                window as libc::off64_t,
-                WRITEBACK_WINDOW as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, written, WRITEBACK_WINDOW);
 }
 
 /// What [`check_blobs`] found.

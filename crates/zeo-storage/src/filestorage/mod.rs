@@ -33,6 +33,7 @@ mod scan;
 mod sync_group;
 mod undo;
 mod walker;
+mod writeback;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
