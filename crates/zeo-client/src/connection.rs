@@ -250,11 +250,16 @@ fn read_error(e: std::io::Error) -> Error {
 /// reply, or several.
 const READ_CHUNK: usize = 8192;
 
+/// Bytes read at once while large frames stream in (a blob download's
+/// 59,000-byte chunks), as Python's asyncio reads.
+const READ_AHEAD: usize = 256 * 1024;
+
 /// Frames read from the server, cut by `zeo_protocol::FrameCodec` (the codec
 /// the server reads with too): the buffer grows with the bytes that arrive,
 /// never to a length the server announced, and a frame over the codec's
 /// limit is refused before anything is reserved for it. The buffer is let
-/// go whenever its last frame was taken.
+/// go whenever its last frame was taken, except that after a large frame
+/// the next read waits in a [`READ_AHEAD`] buffer (one per connection).
 struct FrameReader<R> {
     rd: R,
     codec: FrameCodec,
@@ -265,7 +270,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn new(rd: R, max: usize) -> Self {
         FrameReader {
             rd,
-            codec: FrameCodec::with_max_frame(max),
+            codec: FrameCodec::with_max_frame(max).with_read_ahead(READ_AHEAD),
             buf: BytesMut::new(),
         }
     }
@@ -287,8 +292,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Ok(frame);
             }
             // The codec made room for the rest of a frame it saw the length
-            // of; this only covers a partial length word.
-            if self.buf.capacity() == self.buf.len() {
+            // of; this only covers a partial length word. While large
+            // frames stream in (a blob download), a read with nothing
+            // buffered takes several at once.
+            let ahead = self.codec.read_ahead_now();
+            if self.buf.is_empty() && ahead > 0 {
+                self.buf = BytesMut::with_capacity(ahead);
+            } else if self.buf.capacity() == self.buf.len() {
                 self.buf.reserve(READ_CHUNK);
             }
             let had = self.buf.len();
@@ -305,6 +315,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
         }
     }
+}
+
+/// Appends `payload` framed with `codec` to `out`.
+fn frame_into(codec: &mut FrameCodec, payload: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let header = codec
+        .header(payload)
+        .map_err(|e| Error::Protocol(e.to_string()))?;
+    out.reserve(header.as_bytes().len() + payload.len());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(payload);
+    Ok(())
 }
 
 /// Frames `payload` with `codec`, sealed when the connection is MAC'd.
@@ -575,7 +596,7 @@ impl Conn {
             .next()
             .await
             .map_err(|e| greeting_error(e, address, options))?;
-        rd.codec = FrameCodec::with_max_frame(options.max_frame);
+        rd.codec = FrameCodec::with_max_frame(options.max_frame).with_read_ahead(READ_AHEAD);
         let (encoding, answer) = ClientHandshake::new()
             .receive(&greeting)
             .map_err(|e| Error::Protocol(format!("{address}: {e}")))?;
@@ -713,6 +734,10 @@ impl Conn {
             .marshaller
             .encode(msg)
             .map_err(|e| Error::Protocol(e.to_string()))?;
+        self.send_payload(payload)
+    }
+
+    fn send_payload(&self, payload: Vec<u8>) -> Result<()> {
         let len = payload.len();
         self.outgoing.bytes.fetch_add(len as u64, Ordering::AcqRel);
         self.out.send(payload).map_err(|_| {
@@ -725,13 +750,40 @@ impl Conn {
     /// written: a stream of such calls holds at most `limit` plus one
     /// message in memory.
     pub async fn send_when_room(&self, msg: &Message, limit: usize) -> Result<()> {
+        self.room_for(limit).await?;
+        self.send(msg)
+    }
+
+    /// A one-way `method(arg)` sent once fewer than `limit` bytes wait to
+    /// be written, encoded straight from `arg`
+    /// (`zeo_protocol::encode_oneway_bytes_call`): an upload's chunks.
+    pub async fn send_bytes_call_when_room(
+        &self,
+        method: &str,
+        arg: &[u8],
+        limit: usize,
+    ) -> Result<()> {
+        self.room_for(limit).await?;
+        let mut payload = Vec::new();
+        zeo_protocol::encode_oneway_bytes_call(
+            self.marshaller.encoding(),
+            method,
+            &[arg],
+            &mut payload,
+        )
+        .map_err(|e| Error::Protocol(e.to_string()))?;
+        self.send_payload(payload)
+    }
+
+    /// Waits until fewer than `limit` bytes wait to be written.
+    async fn room_for(&self, limit: usize) -> Result<()> {
         loop {
             let drained = self.outgoing.drained.notified();
             if self.is_closed() {
                 return Err(disconnected("connection closed"));
             }
             if self.outgoing.bytes.load(Ordering::Acquire) < limit as u64 {
-                return self.send(msg);
+                return Ok(());
             }
             tokio::select! {
                 () = drained => {}
@@ -905,6 +957,9 @@ impl Conn {
 /// How many bytes of queued messages the writer gathers into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// The largest batch buffer the writer keeps between writes.
+const KEPT_BATCH: usize = 256 * 1024;
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
@@ -916,6 +971,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let beat = marshaller.encode(&Message::heartbeat()).ok();
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
+    let mut batch = Vec::new();
     loop {
         let (payload, queued) = tokio::select! {
             payload = rx.recv() => match payload {
@@ -930,17 +986,20 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 None => continue,
             },
         };
-        // Messages queued meanwhile (pipelined loads, a prefetch's burst)
-        // go out in the same write: one syscall, and often one segment,
-        // for many requests.
-        let mut batch = Vec::new();
+        // Messages queued meanwhile (pipelined loads, a prefetch's burst,
+        // an upload's chunks) go out in the same write: one syscall, and
+        // often one segment, for many requests. The batch buffer is kept
+        // from write to write (a fresh one per write costs page faults on
+        // every large message), unless one message grew it past
+        // `KEPT_BATCH`.
+        batch.clear();
         let mut queued = queued;
-        let mut framed = frame(&mut codec, &payload).map(|f| batch = f);
+        let mut framed = frame_into(&mut codec, &payload, &mut batch);
         drop(payload);
         while framed.is_ok() && batch.len() < WRITE_BATCH {
             let Ok(next) = rx.try_recv() else { break };
             queued += next.len();
-            framed = frame(&mut codec, &next).map(|f| batch.extend_from_slice(&f));
+            framed = frame_into(&mut codec, &next, &mut batch);
         }
         let written = match framed {
             Ok(()) => wr.write_all(&batch).await.is_ok(),
@@ -950,6 +1009,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         };
         outgoing.written(queued);
+        if batch.capacity() > KEPT_BATCH {
+            batch = Vec::new();
+        }
         if !written {
             break;
         }

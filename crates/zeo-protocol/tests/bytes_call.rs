@@ -44,8 +44,8 @@ fn frames_as_zeo_writes_them_are_read_in_place() {
         (Encoding::Msgpack, &msgpack[..]),
     ] {
         assert_eq!(
-            oneway_bytes_arg(encoding, payload, METHOD),
-            Some(&b"ab"[..])
+            oneway_bytes_call(encoding, payload, METHOD),
+            Some([&b"ab"[..]])
         );
         assert_eq!(general(encoding, payload), Some(b"ab".to_vec()));
     }
@@ -60,7 +60,7 @@ fn every_length_form_and_msgid_form_is_read() {
             for msgid in msgids {
                 let message = call(Value::Int(msgid), METHOD, vec![Value::Bytes(chunk.clone())]);
                 let payload = Marshaller::client(encoding).encode(&message).unwrap();
-                let fast = oneway_bytes_arg(encoding, &payload, METHOD);
+                let fast = oneway_bytes_call::<1>(encoding, &payload, METHOD).map(|[c]| c);
                 assert_eq!(general(encoding, &payload).as_deref(), Some(&chunk[..]));
                 // A pickle's msgid past 32 bits is a LONG: left to the
                 // general path, which is correct either way.
@@ -105,7 +105,7 @@ fn other_calls_are_left_to_the_general_path() {
         for message in others {
             let payload = m.encode(&message).unwrap();
             assert_eq!(
-                oneway_bytes_arg(encoding, &payload, METHOD),
+                oneway_bytes_call::<1>(encoding, &payload, METHOD),
                 None,
                 "{message:?}"
             );
@@ -149,7 +149,7 @@ proptest! {
             2 => damaged.insert(i, byte),
             _ => { damaged.remove(i); }
         }
-        if let Some(fast) = oneway_bytes_arg(encoding, &damaged, METHOD) {
+        if let Some([fast]) = oneway_bytes_call(encoding, &damaged, METHOD) {
             let slow = general(encoding, &damaged);
             prop_assert_eq!(slow.as_deref(), Some(fast));
         }
@@ -163,9 +163,114 @@ proptest! {
         pickle in any::<bool>(),
     ) {
         let encoding = if pickle { Encoding::Pickle } else { Encoding::Msgpack };
-        if let Some(fast) = oneway_bytes_arg(encoding, &bytes, METHOD) {
+        if let Some([fast]) = oneway_bytes_call(encoding, &bytes, METHOD) {
             let slow = general(encoding, &bytes);
             prop_assert_eq!(slow.as_deref(), Some(fast));
+        }
+    }
+}
+
+#[test]
+fn the_direct_encoder_writes_what_the_marshaller_writes() {
+    for encoding in ENCODINGS {
+        for len in [0usize, 1, 255, 256, 65_535, 65_536, 59_000, 300_000] {
+            let chunk: Vec<u8> = (0..len).map(|i| (i * 3) as u8).collect();
+            for method in [
+                METHOD,
+                "m",
+                &"n".repeat(31),
+                &"o".repeat(32),
+                &"p".repeat(255),
+            ] {
+                for count in [0usize, 1, 2, 3, 4, 7] {
+                    let args: Vec<&[u8]> = (0..count)
+                        .map(|i| &chunk[..len.min(i * 100 + len / 2)])
+                        .collect();
+                    let values = args.iter().map(|a| Value::Bytes(a.to_vec())).collect();
+                    let general = Marshaller::client(encoding)
+                        .encode(&Message::call_async(method, values))
+                        .unwrap();
+                    let mut direct = b"kept".to_vec();
+                    encode_oneway_bytes_call(encoding, method, &args, &mut direct).unwrap();
+                    assert!(
+                        direct[4..] == general[..],
+                        "{encoding:?} {method} {len} {count}"
+                    );
+                    let direct = &direct[4..];
+                    match count {
+                        0 => assert_eq!(oneway_bytes_call::<0>(encoding, direct, method), Some([])),
+                        1 => assert_eq!(
+                            oneway_bytes_call::<1>(encoding, direct, method).unwrap()[..],
+                            args[..]
+                        ),
+                        2 => assert_eq!(
+                            oneway_bytes_call::<2>(encoding, direct, method).unwrap()[..],
+                            args[..]
+                        ),
+                        3 => assert_eq!(
+                            oneway_bytes_call::<3>(encoding, direct, method).unwrap()[..],
+                            args[..]
+                        ),
+                        4 => assert_eq!(
+                            oneway_bytes_call::<4>(encoding, direct, method).unwrap()[..],
+                            args[..]
+                        ),
+                        _ => assert_eq!(
+                            oneway_bytes_call::<7>(encoding, direct, method).unwrap()[..],
+                            args[..]
+                        ),
+                    }
+                    // Another count is not read as this call.
+                    assert_eq!(oneway_bytes_call::<5>(encoding, direct, method), None);
+                }
+            }
+        }
+    }
+}
+
+/// What the general path makes of a server's `receiveBlobChunk` payload:
+/// its three byte strings.
+fn general_receive(encoding: Encoding, payload: &[u8]) -> Option<[Vec<u8>; 3]> {
+    let message = Marshaller::client(encoding).decode(payload).ok()?;
+    if message.flags != Flags::Async || message.method != "receiveBlobChunk" {
+        return None;
+    }
+    match message.args {
+        Value::Tuple(items) => match <[Value; 3]>::try_from(items).ok()? {
+            [Value::Bytes(a), Value::Bytes(b), Value::Bytes(c)] => Some([a, b, c]),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// The same for a download's three-argument chunks, damaged anywhere.
+    #[test]
+    fn receive_chunks_read_in_place_agree_with_the_general_decoder(
+        chunk in proptest::collection::vec(any::<u8>(), 0..400),
+        pickle in any::<bool>(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        edit in 0u8..4,
+    ) {
+        let encoding = if pickle { Encoding::Pickle } else { Encoding::Msgpack };
+        let mut payload = Vec::new();
+        encode_oneway_bytes_call(encoding, "receiveBlobChunk", &[&[0; 8], &[1; 8], &chunk], &mut payload).unwrap();
+        let [a, b, c] = oneway_bytes_call::<3>(encoding, &payload, "receiveBlobChunk").unwrap();
+        prop_assert_eq!((a, b, c), (&[0u8; 8][..], &[1u8; 8][..], &chunk[..]));
+        let i = at.index(payload.len());
+        match edit {
+            0 => payload[i] = byte,
+            1 => payload.truncate(i),
+            2 => payload.insert(i, byte),
+            _ => { payload.remove(i); }
+        }
+        if let Some(fast) = oneway_bytes_call::<3>(encoding, &payload, "receiveBlobChunk") {
+            let slow = general_receive(encoding, &payload);
+            prop_assert_eq!(slow.as_ref().map(|[a, b, c]| [&a[..], &b[..], &c[..]]), Some(fast));
         }
     }
 }

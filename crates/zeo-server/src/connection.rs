@@ -382,12 +382,12 @@ impl Conn {
     /// Decodes and dispatches one message; false closes the connection.
     async fn handle_frame(&mut self, payload: &[u8]) -> bool {
         // A blob upload's chunks, read in place rather than decoded into
-        // a copy (`zeo_protocol::oneway_bytes_arg`); what it does not
+        // a copy (`zeo_protocol::oneway_bytes_call`); what it does not
         // recognize is decoded below, with the same outcome.
         if self.session.request_allowed(false) {
             const CHUNK: &str = "storeBlobChunk";
             let encoding = self.marshaller.encoding();
-            if let Some(chunk) = zeo_protocol::oneway_bytes_arg(encoding, payload, CHUNK) {
+            if let Some([chunk]) = zeo_protocol::oneway_bytes_call(encoding, payload, CHUNK) {
                 return match self.store_blob_chunk(chunk, true) {
                     Ok(_) => true,
                     Err(error) => {

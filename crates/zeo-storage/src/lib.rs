@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod blobdir;
+pub mod block_buffer;
 pub mod copy;
 pub mod error;
 pub mod filestorage;
