@@ -58,6 +58,13 @@ struct Download {
     error: Option<io::Error>,
 }
 
+/// A `receiveBlob*` message for a download.
+enum BlobMessage<'a> {
+    Start,
+    Chunk(&'a [u8]),
+    Stop,
+}
+
 /// The `.dl` file a download is written to before it is renamed.
 fn download_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -139,12 +146,28 @@ impl BlobState {
     /// `receiveBlobStop`, and doing it in order on the reader is what
     /// makes the file complete when the `sendBlob` reply wakes the loader.
     pub fn on_event(&self, event: ClientEvent, server: &str) {
-        let (oid, serial) = match &event {
-            ClientEvent::ReceiveBlobStart { oid, serial }
-            | ClientEvent::ReceiveBlobChunk { oid, serial, .. }
-            | ClientEvent::ReceiveBlobStop { oid, serial } => (*oid, *serial),
-            _ => return,
-        };
+        match event {
+            ClientEvent::ReceiveBlobStart { oid, serial } => {
+                self.on_blob_message(oid, serial, BlobMessage::Start, server)
+            }
+            ClientEvent::ReceiveBlobChunk { oid, serial, chunk } => {
+                self.on_blob_message(oid, serial, BlobMessage::Chunk(&chunk), server)
+            }
+            ClientEvent::ReceiveBlobStop { oid, serial } => {
+                self.on_blob_message(oid, serial, BlobMessage::Stop, server)
+            }
+            _ => {}
+        }
+    }
+
+    /// [`BlobState::on_event`] for a `receiveBlobChunk` read in place
+    /// (`zeo_protocol::oneway_bytes_call`): the chunk borrowed from the
+    /// frame, not copied into an event.
+    pub fn on_chunk(&self, oid: Oid, serial: Tid, chunk: &[u8], server: &str) {
+        self.on_blob_message(oid, serial, BlobMessage::Chunk(chunk), server)
+    }
+
+    fn on_blob_message(&self, oid: Oid, serial: Tid, message: BlobMessage<'_>, server: &str) {
         let mut downloads = self.lock_downloads();
         let Some(download) = downloads.get_mut(&(oid, serial)) else {
             warn!(%oid, %serial, server, "ignoring blob data that was not asked for");
@@ -155,18 +178,18 @@ impl BlobState {
         }
         let path = self.dir.path(oid, serial);
         let dl = download_path(&path);
-        let result = match event {
-            ClientEvent::ReceiveBlobStart { .. } => File::create(&dl).map(|f| {
+        let result = match message {
+            BlobMessage::Start => File::create(&dl).map(|f| {
                 download.file = Some(f);
             }),
-            ClientEvent::ReceiveBlobChunk { chunk, .. } => match download.file.as_mut() {
+            BlobMessage::Chunk(chunk) => match download.file.as_mut() {
                 Some(f) => download
                     .pending
-                    .push(&chunk, |block| f.write_all(block))
+                    .push(chunk, |block| f.write_all(block))
                     .map(|()| self.added(chunk.len() as u64)),
                 None => Err(io::Error::other("receiveBlobChunk before receiveBlobStart")),
             },
-            ClientEvent::ReceiveBlobStop { .. } => match download.file.take() {
+            BlobMessage::Stop => match download.file.take() {
                 Some(mut f) => download
                     .pending
                     .flush(|rest| f.write_all(rest))
@@ -181,7 +204,6 @@ impl BlobState {
                     }),
                 None => Err(io::Error::other("receiveBlobStop before receiveBlobStart")),
             },
-            _ => Ok(()),
         };
         if let Err(e) = result {
             warn!(%oid, %serial, server, error = %e, "writing a downloaded blob");

@@ -951,15 +951,15 @@ impl Conn {
     }
 }
 
-/// Frames and writes queued payloads, and a heartbeat when idle. On a MAC'd
-/// connection each frame is sealed here, so the chain follows exactly the
-/// order frames reach the wire.
 /// How many bytes of queued messages the writer gathers into one write.
 const WRITE_BATCH: usize = 64 * 1024;
 
 /// The largest batch buffer the writer keeps between writes.
 const KEPT_BATCH: usize = 256 * 1024;
 
+/// Frames and writes queued payloads, and a heartbeat when idle. On a MAC'd
+/// connection each frame is sealed here, so the chain follows exactly the
+/// order frames reach the wire.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
@@ -1029,12 +1029,35 @@ async fn read_loop<R: AsyncRead + Unpin>(conn: std::sync::Weak<Conn>, mut rd: Fr
         let frame = rd.next().await;
         let Some(c) = conn.upgrade() else { return };
         match frame {
-            Ok(payload) => match marshaller.decode(&payload) {
-                Ok(msg) => c.on_message(msg),
-                Err(e) => {
-                    warn!(error = %e, address = %c.address, "undecodable message from the server")
+            Ok(payload) => {
+                // A download's chunks are written from the frame, not
+                // decoded into a copy; anything else (ids not 8 bytes
+                // long included) goes the general way.
+                if let Some([oid, serial, chunk]) =
+                    zeo_protocol::oneway_bytes_call(encoding, &payload, "receiveBlobChunk")
+                {
+                    if let (Ok(oid), Ok(serial)) =
+                        (<[u8; 8]>::try_from(oid), <[u8; 8]>::try_from(serial))
+                    {
+                        match &c.shared.blobs {
+                            Some(blobs) => blobs.on_chunk(
+                                Oid::from_bytes(oid),
+                                Tid::from_bytes(serial),
+                                chunk,
+                                &c.address.to_string(),
+                            ),
+                            None => warn!(address = %c.address, "ignoring blob data: no blob_dir"),
+                        }
+                        continue;
+                    }
                 }
-            },
+                match marshaller.decode(&payload) {
+                    Ok(msg) => c.on_message(msg),
+                    Err(e) => {
+                        warn!(error = %e, address = %c.address, "undecodable message from the server")
+                    }
+                }
+            }
             Err(e) => {
                 debug!(address = %c.address, error = %e, "connection lost");
                 c.close();
