@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio_util::codec::Decoder;
@@ -188,7 +188,7 @@ pub(crate) struct Conn {
     server_tid: AtomicU64,
     marshaller: Marshaller,
     /// Encoded messages for the writer task, which frames them.
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: mpsc::UnboundedSender<Bytes>,
     /// How many bytes of `out` the writer has not written yet.
     outgoing: Arc<Queued>,
     pending: Mutex<HashMap<CallKey, Pending>>,
@@ -734,10 +734,10 @@ impl Conn {
             .marshaller
             .encode(msg)
             .map_err(|e| Error::Protocol(e.to_string()))?;
-        self.send_payload(payload)
+        self.send_payload(payload.into())
     }
 
-    fn send_payload(&self, payload: Vec<u8>) -> Result<()> {
+    fn send_payload(&self, payload: Bytes) -> Result<()> {
         let len = payload.len();
         self.outgoing.bytes.fetch_add(len as u64, Ordering::AcqRel);
         self.out.send(payload).map_err(|_| {
@@ -754,25 +754,18 @@ impl Conn {
         self.send(msg)
     }
 
-    /// A one-way `method(arg)` sent once fewer than `limit` bytes wait to
-    /// be written, encoded straight from `arg`
-    /// (`zeo_protocol::encode_oneway_bytes_call`): an upload's chunks.
-    pub async fn send_bytes_call_when_room(
-        &self,
-        method: &str,
-        arg: &[u8],
-        limit: usize,
-    ) -> Result<()> {
+    /// An encoded message (a payload, unframed) sent once fewer than
+    /// `limit` bytes wait to be written: an upload's chunks, encoded in
+    /// place (`zeo_protocol::encode_oneway_bytes_call`) into a pooled
+    /// buffer (`zeo_protocol::buffer_pool`).
+    pub async fn send_encoded_when_room(&self, payload: Bytes, limit: usize) -> Result<()> {
         self.room_for(limit).await?;
-        let mut payload = Vec::new();
-        zeo_protocol::encode_oneway_bytes_call(
-            self.marshaller.encoding(),
-            method,
-            &[arg],
-            &mut payload,
-        )
-        .map_err(|e| Error::Protocol(e.to_string()))?;
         self.send_payload(payload)
+    }
+
+    /// The encoding the server and this connection speak.
+    pub fn encoding(&self) -> zeo_protocol::Encoding {
+        self.marshaller.encoding()
     }
 
     /// Waits until fewer than `limit` bytes wait to be written.
@@ -962,13 +955,16 @@ const KEPT_BATCH: usize = 256 * 1024;
 /// order frames reach the wire.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
     heartbeat: Duration,
     marshaller: Marshaller,
     mut codec: FrameCodec,
     outgoing: Arc<Queued>,
 ) {
-    let beat = marshaller.encode(&Message::heartbeat()).ok();
+    let beat = marshaller
+        .encode(&Message::heartbeat())
+        .ok()
+        .map(Bytes::from);
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
     let mut batch = Vec::new();

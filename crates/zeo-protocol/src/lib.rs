@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod args;
+pub mod buffer_pool;
 mod bytes_call;
 pub mod client;
 mod error;

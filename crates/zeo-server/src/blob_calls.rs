@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use zeo_protocol::{ClientEvent, WireError};
 use zeo_storage::block_buffer::BlockBuffer;
@@ -253,7 +253,7 @@ async fn stream_blob(
 ) -> Result<bool, WireError> {
     outbox.send(&ClientEvent::receive_blob_start(oid, serial));
     let mut block = vec![0u8; SEND_CHUNK * READ_CHUNKS];
-    let pool = BlockPool::default();
+    let pool = zeo_protocol::buffer_pool::BufferPool::default();
     loop {
         let filled =
             read_full(reader, &mut block).map_err(|e| io_error("reading a blob file", e))?;
@@ -281,7 +281,7 @@ async fn stream_blob(
             .map_err(|e| WireError::from(&StorageError::Storage(e.to_string())))?;
             ends.push(encoded.len());
         }
-        let encoded = pool.queued(encoded);
+        let encoded = pool.shared(encoded);
         let mut start = 0;
         for end in ends {
             outbox.send_encoded(encoded.slice(start..end));
@@ -293,59 +293,6 @@ async fn stream_blob(
     }
     outbox.send(&ClientEvent::receive_blob_stop(oid, serial));
     Ok(true)
-}
-
-/// The buffers of one download's encoded blocks, used again: a block's
-/// buffer comes back when the writer has sent the block's last message.
-/// Without it every block would be a fresh megabyte, faulted in page by
-/// page and handed back to the kernel when freed: about a third of the
-/// server's work in a download. The pool holds no more buffers than the
-/// outbox lets blocks wait, and goes with the download: buffers still
-/// queued then are freed when sent.
-#[derive(Default)]
-struct BlockPool(Arc<Mutex<Vec<Vec<u8>>>>);
-
-impl BlockPool {
-    /// An empty buffer with room for `capacity` bytes.
-    fn take(&self, capacity: usize) -> Vec<u8> {
-        let mut buf = lock(&self.0).pop().unwrap_or_default();
-        buf.reserve(capacity);
-        buf
-    }
-
-    /// `buf` as shared bytes that come back to the pool once dropped.
-    fn queued(&self, buf: Vec<u8>) -> bytes::Bytes {
-        bytes::Bytes::from_owner(Pooled {
-            buf,
-            pool: Arc::downgrade(&self.0),
-        })
-    }
-}
-
-fn lock(pool: &Mutex<Vec<Vec<u8>>>) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-    pool.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A pooled buffer on its way out.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: Weak<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Some(pool) = self.pool.upgrade() {
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
-            lock(&pool).push(buf);
-        }
-    }
 }
 
 /// Reads until `buf` is full or the reader is at its end; the bytes read.
