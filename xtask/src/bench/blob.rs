@@ -38,6 +38,9 @@ pub(super) struct Measured {
     peak_kib: [u64; 2],
     /// Seconds the input file's `fsync` took.
     fsync: f64,
+    /// The server's CPU seconds (user and system, all threads) over all
+    /// rounds, indexed as `seconds`.
+    cpu: [[[f64; 2]; 2]; 2],
 }
 
 const SERVERS: [&str; 2] = ["runzeo", "zeo-server"];
@@ -90,6 +93,25 @@ fn peak_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("no VmHWM for pid {pid}"))
 }
 
+/// A process's CPU time so far, user and system, every thread it ran
+/// (those gone included), in seconds: `/proc/PID/stat` in clock ticks
+/// (`USER_HZ`, 100 on Linux), so good to 10 ms.
+fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is the first, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => Ok((user + system) as f64 / 100.0),
+        _ => Err(format!("/proc/{pid}/stat: no utime/stime in {stat:?}")),
+    }
+}
+
 /// Starts one server on a `<filestorage>` with a blob directory in `dir`.
 fn start_server(
     scratch: &mut Scratch,
@@ -138,8 +160,14 @@ fn transfers(
     dir: &Path,
     input: &Path,
     round: usize,
-    best: &mut [[f64; 2]; 2],
+    (pid, best, cpu): (u32, &mut [[f64; 2]; 2], &mut [[f64; 2]; 2]),
 ) -> Result<(), String> {
+    let mut spent = |client: usize, dir: usize, since: f64| -> Result<f64, String> {
+        let now = cpu_seconds(pid)?;
+        cpu[client][dir] += now - since;
+        Ok(now)
+    };
+    let start = cpu_seconds(pid)?;
     let addr = format!("127.0.0.1:{port}");
     let limit = Duration::from_secs(120 + inputs.megabytes);
     let cache = |name: &str, round: usize| dir.join(format!("{name}-{round}"));
@@ -157,6 +185,7 @@ fn transfers(
         limit,
         false,
     )?;
+    let mark = spent(0, 0, start)?;
     let ids = words(&out, 2)?;
     let down_cache = cache("rs-down", round);
     let (_, down) = timed(
@@ -171,6 +200,7 @@ fn transfers(
         limit,
         true,
     )?;
+    let mark = spent(0, 1, mark)?;
     best[0][0] = best[0][0].min(up);
     best[0][1] = best[0][1].min(down);
     // The Python client times itself, from an open database (up) and
@@ -185,6 +215,7 @@ fn transfers(
         ]),
         limit,
     )?;
+    let mark = spent(1, 0, mark)?;
     let up_py = words(&out, 3)?;
     let down_cache_py = cache("py-down", round);
     let out = capture(
@@ -197,6 +228,7 @@ fn transfers(
         ]),
         limit,
     )?;
+    spent(1, 1, mark)?;
     let seconds = |s: &str| {
         s.parse::<f64>()
             .map_err(|e| format!("not a time: {s:?}: {e}"))
@@ -223,6 +255,7 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Measured
         seconds: [[[f64::INFINITY; 2]; 2]; 2],
         peak_kib: [0; 2],
         fsync,
+        cpu: [[[0.0; 2]; 2]; 2],
     };
     let mut started = Vec::new();
     for (which, server) in SERVERS.iter().enumerate() {
@@ -231,14 +264,14 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Measured
         started.push((dir, port, pid));
     }
     for round in 0..ROUNDS {
-        for (which, (dir, port, _)) in started.iter().enumerate() {
+        for (which, (dir, port, pid)) in started.iter().enumerate() {
             transfers(
                 inputs,
                 *port,
                 dir,
                 &input,
                 round,
-                &mut measured.seconds[which],
+                (*pid, &mut measured.seconds[which], &mut measured.cpu[which]),
             )?;
         }
     }
@@ -278,6 +311,25 @@ pub(super) fn print(m: &Measured) {
             "  {direction:<5} zeo-server + Rust client / runzeo + Python client: {:.2}x (aim >= 2x)",
             rate(1, 0, dir) / rate(0, 1, dir)
         );
+    }
+    // CPU time does not shift with the machine's load the way a 0.1 s
+    // transfer's wall time does: the steadier comparison of the servers.
+    let per_mb = |server: usize, client: usize, dir: usize| {
+        1000.0 * m.cpu[server][client][dir] / (ROUNDS as f64 * m.megabytes as f64)
+    };
+    println!(
+        "  server CPU per MB (ms, user + system, mean of {ROUNDS}; ratio = zeo-server / runzeo):"
+    );
+    for (client, client_name) in CLIENTS.iter().enumerate() {
+        for (dir, direction) in DIRECTIONS.iter().enumerate() {
+            println!(
+                "    {:<20} runzeo {:>6.3}  zeo-server {:>6.3}  ratio {:.2}x",
+                format!("{direction} {client_name}"),
+                per_mb(0, client, dir),
+                per_mb(1, client, dir),
+                per_mb(1, client, dir) / per_mb(0, client, dir)
+            );
+        }
     }
     println!(
         "  peak server RSS over the run: runzeo {} MiB, zeo-server {} MiB",
