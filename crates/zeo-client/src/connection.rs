@@ -302,7 +302,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.reserve(READ_CHUNK);
             }
             let had = self.buf.len();
+            let room = self.buf.capacity() - had;
             let n = self.rd.read_buf(&mut self.buf).await.map_err(read_error)?;
+            // A read that filled all the room it had leaves more waiting.
+            self.codec.set_more_waiting(n == room);
             if n == 0 {
                 return Err(Error::Disconnected(
                     if had == 0 {

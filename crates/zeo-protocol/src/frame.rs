@@ -67,7 +67,9 @@ pub fn reserve_frame(buf: &mut BytesMut, total: usize) {
 /// the start of the next ones. A reader streaming large frames (a blob
 /// upload's chunks) then makes one read per `ahead` bytes rather than one
 /// or two per frame. The room is made when less than a quarter of `ahead`
-/// is left past the frame's end.
+/// is left past the frame's end. [`FrameCodec`] asks for it only while the
+/// peer has more bytes waiting ([`FrameCodec::set_more_waiting`]), so a
+/// peer that sends a few bytes and stalls is given no such room.
 ///
 /// ```
 /// use bytes::BytesMut;
@@ -248,6 +250,9 @@ pub struct FrameCodec {
     read_ahead: usize,
     /// Whether the last frame decoded was at least [`STREAMING_FRAME`].
     streaming: bool,
+    /// Whether the reader's last read filled the room it had
+    /// ([`FrameCodec::set_more_waiting`]).
+    more_waiting: bool,
 }
 
 /// The payload size from which a peer is taken to be streaming (a blob
@@ -273,6 +278,7 @@ impl FrameCodec {
             mac: None,
             read_ahead: 0,
             streaming: false,
+            more_waiting: false,
         }
     }
 
@@ -281,7 +287,7 @@ impl FrameCodec {
     /// ([`reserve_frame_ahead`]): a stream of blob chunks then costs one
     /// read per `bytes` instead of one or two per chunk. A connection
     /// holds at most `bytes` more than without it, and only while it
-    /// sends large frames.
+    /// sends large frames and has more waiting.
     ///
     /// ```
     /// use bytes::BytesMut;
@@ -299,9 +305,19 @@ impl FrameCodec {
         self
     }
 
+    /// Tells the codec whether the reader's last read filled all the room
+    /// it had, which means the peer has more bytes waiting. Only then does
+    /// an unfinished frame get room to read ahead into
+    /// ([`reserve_frame_ahead`]); a peer that stalls inside a frame is
+    /// given only what the frame itself needs.
+    pub fn set_more_waiting(&mut self, more_waiting: bool) {
+        self.more_waiting = more_waiting;
+    }
+
     /// The read-ahead in effect now: the configured one while large frames
     /// stream in, otherwise 0. A reader with nothing buffered reads this
-    /// much at once when it is not 0.
+    /// much at once when it is not 0 (keeping only what came if it was
+    /// little).
     pub fn read_ahead_now(&self) -> usize {
         if self.streaming {
             self.read_ahead
@@ -385,7 +401,12 @@ impl Decoder for FrameCodec {
         }
         let total = HEADER_LEN + mac_len + len;
         if src.len() < total {
-            reserve_frame_ahead(src, total, self.read_ahead_now());
+            let ahead = if self.more_waiting {
+                self.read_ahead_now()
+            } else {
+                0
+            };
+            reserve_frame_ahead(src, total, ahead);
             return Ok(None);
         }
         self.streaming = len >= STREAMING_FRAME;

@@ -12,7 +12,9 @@
 //! once: a client that announces a large frame and stalls holds only what
 //! it sent. While a client streams large frames (blob chunks) the reader
 //! reads up to [`READ_AHEAD`] past the frame it is completing
-//! (`FrameCodec::with_read_ahead`), one read for several chunks.
+//! (`FrameCodec::with_read_ahead`), one read for several chunks; a read
+//! that brings little keeps only what it brought, so a client that stalls
+//! holds no more than without read-ahead.
 //!
 //! Frames are cut by `zeo_protocol::FrameCodec`, the one codec client and
 //! server share. Once a client has authenticated (ZEO 3/4 `digest`, see
@@ -104,7 +106,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // sent one large frame and gone idle).
             let mut buf = BytesMut::with_capacity(ahead);
             let read = ready!(std::pin::pin!(self.inner.read_buf(&mut buf)).poll(cx));
-            self.buf = buf;
+            self.codec.set_more_waiting(buf.len() == ahead);
+            // Little came: keep just that, as a read into the stack
+            // buffer would, so that a client that stalls after a few bytes
+            // holds no more than without read-ahead.
+            self.buf = if buf.len() < ahead / 4 {
+                BytesMut::from(&buf[..])
+            } else {
+                buf
+            };
             return Poll::Ready(read);
         }
         if self.buf.is_empty() {
@@ -112,6 +122,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let mut read = ReadBuf::uninit(&mut stack);
             ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
             let filled = read.filled();
+            self.codec.set_more_waiting(filled.len() == STACK_READ);
             self.buf = BytesMut::from(filled);
             return Poll::Ready(Ok(filled.len()));
         }
@@ -122,8 +133,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         // Reads into the spare capacity; dropping it after `Pending` loses
         // nothing.
-        let read = self.inner.read_buf(&mut self.buf);
-        std::pin::pin!(read).poll(cx)
+        let room = self.buf.capacity() - self.buf.len();
+        let read = ready!(std::pin::pin!(self.inner.read_buf(&mut self.buf)).poll(cx));
+        if let Ok(n) = read {
+            // A read that filled all the room it had leaves more waiting.
+            self.codec.set_more_waiting(n == room);
+        }
+        Poll::Ready(read)
     }
 }
 
@@ -309,6 +325,49 @@ mod tests {
         // Idle after the stream: nothing held.
         assert!(futures::poll!(reader.next()).is_pending());
         assert_eq!(reader.buf.capacity(), 0);
+    }
+
+    /// Read-ahead adds nothing to what a client that stalls holds: after
+    /// a large frame, the first bytes of a huge one cost what they are
+    /// plus one growth step, as they do without it.
+    #[tokio::test]
+    async fn a_stall_after_a_large_frame_holds_only_what_arrived() {
+        use zeo_protocol::frame::FRAME_GROW_STEP;
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let codec = FrameCodec::with_max_frame(256 << 20).with_read_ahead(READ_AHEAD);
+        let mut reader = FrameReader::new(server, codec);
+        client.write_all(&frame(&[1u8; 40_000])).await.unwrap();
+        assert_eq!(reader.next().await.unwrap().unwrap().len(), 40_000);
+        let huge = frame(&vec![0u8; 64 << 20]);
+        client.write_all(&huge[..10]).await.unwrap();
+        assert!(futures::poll!(reader.next()).is_pending());
+        let cap = reader.buf.capacity();
+        assert!(
+            cap <= 10 + FRAME_GROW_STEP,
+            "{cap} bytes held for 10 arrived"
+        );
+    }
+
+    /// Nor does a stall inside a frame that read-ahead would make room
+    /// past: only the frame itself is reserved for.
+    #[tokio::test]
+    async fn a_stall_inside_a_chunk_sized_frame_gets_no_read_ahead_room() {
+        use zeo_protocol::frame::FRAME_GROW_STEP;
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let codec = FrameCodec::new().with_read_ahead(READ_AHEAD);
+        let mut reader = FrameReader::new(server, codec);
+        client.write_all(&frame(&[1u8; 40_000])).await.unwrap();
+        assert_eq!(reader.next().await.unwrap().unwrap().len(), 40_000);
+        let chunk = frame(&[2u8; 59_000]);
+        client.write_all(&chunk[..10]).await.unwrap();
+        assert!(futures::poll!(reader.next()).is_pending());
+        let cap = reader.buf.capacity();
+        assert!(
+            cap <= 10 + FRAME_GROW_STEP,
+            "{cap} bytes held for 10 arrived"
+        );
+        client.write_all(&chunk[10..]).await.unwrap();
+        assert_eq!(reader.next().await.unwrap().unwrap().len(), 59_000);
     }
 
     #[tokio::test]
