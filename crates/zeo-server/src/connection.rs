@@ -556,6 +556,7 @@ impl Conn {
     fn stats(&self) -> Option<&StorageStats> {
         self.hub.as_ref().map(|h| h.stats())
     }
+
     /// `storeBlobChunk(chunk)`: the next bytes of the upload in progress.
     fn store_blob_chunk(&mut self, chunk: &[u8], oneway: bool) -> Handled {
         if self.upload.is_none() && self.upload_failed.is_some() && oneway {
