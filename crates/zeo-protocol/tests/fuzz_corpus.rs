@@ -3,6 +3,10 @@
 //! through the very checks the libFuzzer targets run, on a stable
 //! toolchain, so the corpora stay meaningful and no crash comes back.
 
+mod protocol_bytes_call {
+    include!("../../../fuzz/checks/protocol_bytes_call.rs");
+}
+
 mod protocol_decode_msgpack {
     include!("../../../fuzz/checks/protocol_decode_msgpack.rs");
 }
@@ -20,6 +24,14 @@ mod replay {
 }
 
 use replay::replay;
+
+#[test]
+fn protocol_bytes_call_corpus() {
+    replay("protocol_bytes_call", protocol_bytes_call::run);
+    // Every message of the decoders' corpora too.
+    replay("protocol_decode_pickle", protocol_bytes_call::run);
+    replay("protocol_decode_msgpack", protocol_bytes_call::run);
+}
 
 #[test]
 fn protocol_decode_msgpack_corpus() {
