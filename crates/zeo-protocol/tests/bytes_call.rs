@@ -128,6 +128,20 @@ fn chunk_payload() -> impl Strategy<Value = (Encoding, Vec<u8>)> {
         })
 }
 
+/// Damages `payload` at the place `at` picks: `edit` 0 changes a byte to
+/// `byte`, 1 cuts it short there, 2 inserts `byte`, 3 removes a byte.
+fn damage(payload: &mut Vec<u8>, at: prop::sample::Index, byte: u8, edit: u8) {
+    let i = at.index(payload.len());
+    match edit {
+        0 => payload[i] = byte,
+        1 => payload.truncate(i),
+        2 => payload.insert(i, byte),
+        _ => {
+            payload.remove(i);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -142,13 +156,7 @@ proptest! {
         edit in 0u8..4,
     ) {
         let mut damaged = payload.clone();
-        let i = at.index(damaged.len());
-        match edit {
-            0 => damaged[i] = byte,
-            1 => damaged.truncate(i),
-            2 => damaged.insert(i, byte),
-            _ => { damaged.remove(i); }
-        }
+        damage(&mut damaged, at, byte, edit);
         if let Some([fast]) = oneway_bytes_call(encoding, &damaged, METHOD) {
             let slow = general(encoding, &damaged);
             prop_assert_eq!(slow.as_deref(), Some(fast));
@@ -168,6 +176,15 @@ proptest! {
             prop_assert_eq!(slow.as_deref(), Some(fast));
         }
     }
+}
+
+/// `oneway_bytes_call::<N>` with its arguments as a slice.
+fn read_back<'a, const N: usize>(
+    encoding: Encoding,
+    payload: &'a [u8],
+    method: &str,
+) -> Option<Vec<&'a [u8]>> {
+    oneway_bytes_call::<N>(encoding, payload, method).map(Vec::from)
 }
 
 #[test]
@@ -197,29 +214,15 @@ fn the_direct_encoder_writes_what_the_marshaller_writes() {
                         "{encoding:?} {method} {len} {count}"
                     );
                     let direct = &direct[4..];
-                    match count {
-                        0 => assert_eq!(oneway_bytes_call::<0>(encoding, direct, method), Some([])),
-                        1 => assert_eq!(
-                            oneway_bytes_call::<1>(encoding, direct, method).unwrap()[..],
-                            args[..]
-                        ),
-                        2 => assert_eq!(
-                            oneway_bytes_call::<2>(encoding, direct, method).unwrap()[..],
-                            args[..]
-                        ),
-                        3 => assert_eq!(
-                            oneway_bytes_call::<3>(encoding, direct, method).unwrap()[..],
-                            args[..]
-                        ),
-                        4 => assert_eq!(
-                            oneway_bytes_call::<4>(encoding, direct, method).unwrap()[..],
-                            args[..]
-                        ),
-                        _ => assert_eq!(
-                            oneway_bytes_call::<7>(encoding, direct, method).unwrap()[..],
-                            args[..]
-                        ),
-                    }
+                    let read = match count {
+                        0 => read_back::<0>(encoding, direct, method),
+                        1 => read_back::<1>(encoding, direct, method),
+                        2 => read_back::<2>(encoding, direct, method),
+                        3 => read_back::<3>(encoding, direct, method),
+                        4 => read_back::<4>(encoding, direct, method),
+                        _ => read_back::<7>(encoding, direct, method),
+                    };
+                    assert_eq!(read.as_deref(), Some(&args[..]));
                     // Another count is not read as this call.
                     assert_eq!(oneway_bytes_call::<5>(encoding, direct, method), None);
                 }
@@ -261,13 +264,7 @@ proptest! {
         encode_oneway_bytes_call(encoding, "receiveBlobChunk", &[&[0; 8], &[1; 8], &chunk], &mut payload).unwrap();
         let [a, b, c] = oneway_bytes_call::<3>(encoding, &payload, "receiveBlobChunk").unwrap();
         prop_assert_eq!((a, b, c), (&[0u8; 8][..], &[1u8; 8][..], &chunk[..]));
-        let i = at.index(payload.len());
-        match edit {
-            0 => payload[i] = byte,
-            1 => payload.truncate(i),
-            2 => payload.insert(i, byte),
-            _ => { payload.remove(i); }
-        }
+        damage(&mut payload, at, byte, edit);
         if let Some(fast) = oneway_bytes_call::<3>(encoding, &payload, "receiveBlobChunk") {
             let slow = general_receive(encoding, &payload);
             prop_assert_eq!(slow.as_ref().map(|[a, b, c]| [&a[..], &b[..], &c[..]]), Some(fast));

@@ -431,11 +431,18 @@ mod tests {
         assert!(peak > SEND_CHUNK * READ_CHUNKS, "blocks go out whole");
     }
 
-    #[test]
-    fn uploads_are_written_in_whole_blocks_and_the_rest_at_finish() {
+    /// A storage with a blob directory, in a directory that goes when
+    /// the first value is dropped.
+    fn blob_storage() -> (tempfile::TempDir, zeo_storage::MappingStorage) {
         let dir = tempfile::tempdir().unwrap();
         let storage =
             zeo_storage::MappingStorage::with_blob_dir("m", dir.path().join("b")).unwrap();
+        (dir, storage)
+    }
+
+    #[test]
+    fn uploads_are_written_in_whole_blocks_and_the_rest_at_finish() {
+        let (_dir, storage) = blob_storage();
         let blobs: &dyn Blobs = &storage;
         let mut upload = Upload::start(blobs, None).unwrap();
         let path = upload.path.clone().unwrap();
@@ -463,9 +470,7 @@ mod tests {
 
     #[test]
     fn an_upload_over_the_limit_fails_and_its_file_goes() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage =
-            zeo_storage::MappingStorage::with_blob_dir("m", dir.path().join("b")).unwrap();
+        let (_dir, storage) = blob_storage();
         let blobs: &dyn Blobs = &storage;
         let mut upload = Upload::start(blobs, Some(100_000)).unwrap();
         let path = upload.path.clone().unwrap();

@@ -327,21 +327,35 @@ mod tests {
         assert_eq!(reader.buf.capacity(), 0);
     }
 
+    /// A reader with read-ahead that took a large frame, then `first` of
+    /// the next frame `next`, and now waits: the bytes it holds, and the
+    /// reader and client to go on with.
+    async fn stalled_after_a_large_frame(
+        next: &[u8],
+        first: usize,
+    ) -> (
+        usize,
+        FrameReader<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+    ) {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let codec = FrameCodec::with_max_frame(256 << 20).with_read_ahead(READ_AHEAD);
+        let mut reader = FrameReader::new(server, codec);
+        client.write_all(&frame(&[1u8; 40_000])).await.unwrap();
+        assert_eq!(reader.next().await.unwrap().unwrap().len(), 40_000);
+        client.write_all(&next[..first]).await.unwrap();
+        assert!(futures::poll!(reader.next()).is_pending());
+        (reader.buf.capacity(), reader, client)
+    }
+
     /// Read-ahead adds nothing to what a client that stalls holds: after
     /// a large frame, the first bytes of a huge one cost what they are
     /// plus one growth step, as they do without it.
     #[tokio::test]
     async fn a_stall_after_a_large_frame_holds_only_what_arrived() {
         use zeo_protocol::frame::FRAME_GROW_STEP;
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        let codec = FrameCodec::with_max_frame(256 << 20).with_read_ahead(READ_AHEAD);
-        let mut reader = FrameReader::new(server, codec);
-        client.write_all(&frame(&[1u8; 40_000])).await.unwrap();
-        assert_eq!(reader.next().await.unwrap().unwrap().len(), 40_000);
         let huge = frame(&vec![0u8; 64 << 20]);
-        client.write_all(&huge[..10]).await.unwrap();
-        assert!(futures::poll!(reader.next()).is_pending());
-        let cap = reader.buf.capacity();
+        let (cap, _, _) = stalled_after_a_large_frame(&huge, 10).await;
         assert!(
             cap <= 10 + FRAME_GROW_STEP,
             "{cap} bytes held for 10 arrived"
@@ -353,15 +367,8 @@ mod tests {
     #[tokio::test]
     async fn a_stall_inside_a_chunk_sized_frame_gets_no_read_ahead_room() {
         use zeo_protocol::frame::FRAME_GROW_STEP;
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        let codec = FrameCodec::new().with_read_ahead(READ_AHEAD);
-        let mut reader = FrameReader::new(server, codec);
-        client.write_all(&frame(&[1u8; 40_000])).await.unwrap();
-        assert_eq!(reader.next().await.unwrap().unwrap().len(), 40_000);
         let chunk = frame(&[2u8; 59_000]);
-        client.write_all(&chunk[..10]).await.unwrap();
-        assert!(futures::poll!(reader.next()).is_pending());
-        let cap = reader.buf.capacity();
+        let (cap, mut reader, mut client) = stalled_after_a_large_frame(&chunk, 10).await;
         assert!(
             cap <= 10 + FRAME_GROW_STEP,
             "{cap} bytes held for 10 arrived"
