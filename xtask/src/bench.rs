@@ -420,30 +420,19 @@ pub fn run(options: &BenchOptions, root: &Path, cargo: impl Fn() -> Command) -> 
     process::header("start the servers");
     let py_port = free_port()?;
     let rs_port = free_port()?;
-    let conf = dir.join("py").join("zeo.conf");
-    fs::write(
-        &conf,
-        format!(
-            "<zeo>\n  address 127.0.0.1:{py_port}\n</zeo>\n<filestorage 1>\n  path {}\n</filestorage>\n",
-            dir.join("py").join("Data.fs").display()
-        ),
-    )
-    .map_err(|e| format!("{}: {e}", conf.display()))?;
+    let conf = write_zeo_conf(&dir.join("py"), &format!("127.0.0.1:{py_port}"), "", "")?;
     let mut cmd = raised_fd_limit(runzeo.as_os_str(), &["-C".as_ref(), conf.as_os_str()]);
     with_logs(&mut cmd, &dir.join("py").join("server.log"))?;
     let py_pid = scratch.spawn("runzeo", &mut cmd)?;
     // zeo-server caps connections (1,024, and 256 per peer address) by
     // default; the idle-memory step opens 1,000 from one address, and
     // runzeo has no such caps, so both serve without them.
-    let rs_conf = dir.join("rs").join("zeo.conf");
-    fs::write(
-        &rs_conf,
-        format!(
-            "<zeo>\n  address 127.0.0.1:{rs_port}\n  max-connections 0\n  max-connections-per-address 0\n</zeo>\n<filestorage 1>\n  path {}\n</filestorage>\n",
-            dir.join("rs").join("Data.fs").display()
-        ),
-    )
-    .map_err(|e| format!("{}: {e}", rs_conf.display()))?;
+    let rs_conf = write_zeo_conf(
+        &dir.join("rs"),
+        &format!("127.0.0.1:{rs_port}"),
+        "  max-connections 0\n  max-connections-per-address 0\n",
+        "",
+    )?;
     let mut cmd = raised_fd_limit(
         server_bin.as_os_str(),
         &["-C".as_ref(), rs_conf.as_os_str()],
@@ -675,15 +664,12 @@ fn hot_bucket(scratch: &mut Scratch, h: &HotBucket<'_>) -> Result<Vec<HotResult>
     let client_port = free_port()?;
     let client_dir = h.dir.join("rs-client");
     fs::create_dir_all(&client_dir).map_err(|e| format!("{}: {e}", client_dir.display()))?;
-    let conf = client_dir.join("zeo.conf");
-    fs::write(
-        &conf,
-        format!(
-            "<zeo>\n  address 127.0.0.1:{client_port}\n  native-conflict-resolution false\n</zeo>\n<filestorage 1>\n  path {}\n</filestorage>\n",
-            client_dir.join("Data.fs").display()
-        ),
-    )
-    .map_err(|e| format!("{}: {e}", conf.display()))?;
+    let conf = write_zeo_conf(
+        &client_dir,
+        &format!("127.0.0.1:{client_port}"),
+        "  native-conflict-resolution false\n",
+        "",
+    )?;
     let mut cmd = raised_fd_limit(h.server_bin.as_os_str(), &["-C".as_ref(), conf.as_os_str()]);
     with_logs(&mut cmd, &client_dir.join("server.log"))?;
     scratch.spawn("zeo-server (client-side resolution)", &mut cmd)?;
@@ -802,15 +788,7 @@ fn tls_runs(
         let sub = dir.join(name);
         fs::create_dir_all(&sub).map_err(|e| format!("{}: {e}", sub.display()))?;
         let port = free_port()?;
-        let conf = sub.join("zeo.conf");
-        fs::write(
-            &conf,
-            format!(
-                "<zeo>\n  address 127.0.0.1:{port}\n{ssl_section}</zeo>\n<filestorage 1>\n  path {}\n</filestorage>\n",
-                sub.join("Data.fs").display()
-            ),
-        )
-        .map_err(|e| format!("{}: {e}", conf.display()))?;
+        let conf = write_zeo_conf(&sub, &format!("127.0.0.1:{port}"), &ssl_section, "")?;
         let program = if name == "py-tls" {
             bins.runzeo
         } else {
@@ -915,6 +893,28 @@ fn raised_fd_limit(program: &std::ffi::OsStr, args: &[&std::ffi::OsStr]) -> Comm
         .arg(program)
         .args(args);
     cmd
+}
+
+/// Writes `dir/zeo.conf` and returns its path: a `<zeo>` section listening
+/// on `address` with `zeo_lines` added (each line indented and ending in a
+/// newline), serving `<filestorage 1>` at `dir/Data.fs` with
+/// `storage_lines` added.
+pub(super) fn write_zeo_conf(
+    dir: &Path,
+    address: &str,
+    zeo_lines: &str,
+    storage_lines: &str,
+) -> Result<PathBuf, String> {
+    let conf = dir.join("zeo.conf");
+    fs::write(
+        &conf,
+        format!(
+            "<zeo>\n  address {address}\n{zeo_lines}</zeo>\n<filestorage 1>\n  path {}\n{storage_lines}</filestorage>\n",
+            dir.join("Data.fs").display()
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", conf.display()))?;
+    Ok(conf)
 }
 
 /// Sends a server's output to its log file in the scratch directory.

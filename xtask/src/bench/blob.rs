@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{capture, free_port, process, run_timed, wait_listening, with_logs, Output, Scratch};
+use super::{
+    capture, free_port, process, run_timed, wait_listening, with_logs, write_zeo_conf, Output,
+    Scratch,
+};
 
 /// Transfers of each kind; the fastest is reported.
 const ROUNDS: usize = 3;
@@ -121,16 +124,12 @@ fn start_server(
 ) -> Result<(u16, u32), String> {
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let port = free_port()?;
-    let conf = dir.join("zeo.conf");
-    fs::write(
-        &conf,
-        format!(
-            "<zeo>\n  address 127.0.0.1:{port}\n</zeo>\n<filestorage 1>\n  path {}\n  blob-dir {}\n</filestorage>\n",
-            dir.join("Data.fs").display(),
-            dir.join("blobs").display()
-        ),
-    )
-    .map_err(|e| format!("{}: {e}", conf.display()))?;
+    let conf = write_zeo_conf(
+        dir,
+        &format!("127.0.0.1:{port}"),
+        "",
+        &format!("  blob-dir {}\n", dir.join("blobs").display()),
+    )?;
     let program = if which == 0 {
         inputs.runzeo
     } else {
@@ -283,6 +282,26 @@ pub(super) fn run(scratch: &mut Scratch, inputs: &Inputs<'_>) -> Result<Measured
     Ok(measured)
 }
 
+/// One line per client and direction: `value(server, client, direction)`
+/// for runzeo and zeo-server, `(width, decimals)` each, and their ratio.
+fn ratio_rows(
+    indent: &str,
+    label: usize,
+    (width, decimals): (usize, usize),
+    value: impl Fn(usize, usize, usize) -> f64,
+) {
+    for (client, client_name) in CLIENTS.iter().enumerate() {
+        for (dir, direction) in DIRECTIONS.iter().enumerate() {
+            let (old, new) = (value(0, client, dir), value(1, client, dir));
+            println!(
+                "{indent}{:<label$} runzeo {old:>width$.decimals$}  zeo-server {new:>width$.decimals$}  ratio {:.2}x",
+                format!("{direction} {client_name}"),
+                new / old
+            );
+        }
+    }
+}
+
 /// The blob lines of the results: MB/s per server and client, the ratio
 /// zeo-server / runzeo for each client, and zeo-server with the Rust
 /// client against runzeo with the Python client.
@@ -295,17 +314,7 @@ pub(super) fn print(m: &Measured) {
         "Blobs, {} MB (best of {ROUNDS}, MB/s; ratio = zeo-server / runzeo):",
         m.megabytes
     );
-    for (client, client_name) in CLIENTS.iter().enumerate() {
-        for (dir, direction) in DIRECTIONS.iter().enumerate() {
-            println!(
-                "  {:<22} runzeo {:>7.1}  zeo-server {:>7.1}  ratio {:.2}x",
-                format!("{direction} {client_name}"),
-                rate(0, client, dir),
-                rate(1, client, dir),
-                rate(1, client, dir) / rate(0, client, dir)
-            );
-        }
-    }
+    ratio_rows("  ", 22, (7, 1), rate);
     for (dir, direction) in DIRECTIONS.iter().enumerate() {
         println!(
             "  {direction:<5} zeo-server + Rust client / runzeo + Python client: {:.2}x (aim >= 2x)",
@@ -320,17 +329,7 @@ pub(super) fn print(m: &Measured) {
     println!(
         "  server CPU per MB (ms, user + system, mean of {ROUNDS}; ratio = zeo-server / runzeo):"
     );
-    for (client, client_name) in CLIENTS.iter().enumerate() {
-        for (dir, direction) in DIRECTIONS.iter().enumerate() {
-            println!(
-                "    {:<20} runzeo {:>6.3}  zeo-server {:>6.3}  ratio {:.2}x",
-                format!("{direction} {client_name}"),
-                per_mb(0, client, dir),
-                per_mb(1, client, dir),
-                per_mb(1, client, dir) / per_mb(0, client, dir)
-            );
-        }
-    }
+    ratio_rows("    ", 20, (6, 3), per_mb);
     println!(
         "  peak server RSS over the run: runzeo {} MiB, zeo-server {} MiB",
         m.peak_kib[0] / 1024,

@@ -188,7 +188,6 @@ fn start(scratch: &mut Scratch, inputs: &Inputs<'_>, server: &str) -> Result<(u1
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
-    let data = dir.join("Data.fs");
     // zeo-server caps connections (1,024, and 256 per peer address) by
     // default; runzeo does not and rejects the keys.
     let (program, limits) = if server == "rs" {
@@ -199,15 +198,7 @@ fn start(scratch: &mut Scratch, inputs: &Inputs<'_>, server: &str) -> Result<(u1
     } else {
         (inputs.runzeo, "")
     };
-    let conf = dir.join("zeo.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "<zeo>\n  address {addr}\n{limits}</zeo>\n<filestorage 1>\n  path {}\n</filestorage>\n",
-            data.display()
-        ),
-    )
-    .map_err(|e| format!("{}: {e}", conf.display()))?;
+    let conf = super::write_zeo_conf(&dir, &addr, limits, "")?;
     let mut cmd: Command = raised_fd_limit(program.as_os_str(), &["-C".as_ref(), conf.as_os_str()]);
     with_logs(&mut cmd, &dir.join("server.log"))?;
     let name = super::server_title(server);
