@@ -259,7 +259,8 @@ const READ_AHEAD: usize = 256 * 1024;
 /// never to a length the server announced, and a frame over the codec's
 /// limit is refused before anything is reserved for it. The buffer is let
 /// go whenever its last frame was taken, except that after a large frame
-/// the next read waits in a [`READ_AHEAD`] buffer (one per connection).
+/// the next read waits in a [`READ_AHEAD`] buffer (one per connection;
+/// kept only whole if the read filled a good part of it).
 struct FrameReader<R> {
     rd: R,
     codec: FrameCodec,
@@ -295,17 +296,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // of; this only covers a partial length word. While large
             // frames stream in (a blob download), a read with nothing
             // buffered takes several at once.
-            let ahead = self.codec.read_ahead_now();
-            if self.buf.is_empty() && ahead > 0 {
-                self.buf = BytesMut::with_capacity(ahead);
-            } else if self.buf.capacity() == self.buf.len() {
+            if self.buf.is_empty() {
+                if let Some(buf) = self.codec.read_ahead_buffer() {
+                    self.buf = buf;
+                }
+            }
+            if self.buf.capacity() == self.buf.len() {
                 self.buf.reserve(READ_CHUNK);
             }
             let had = self.buf.len();
             let room = self.buf.capacity() - had;
             let n = self.rd.read_buf(&mut self.buf).await.map_err(read_error)?;
-            // A read that filled all the room it had leaves more waiting.
-            self.codec.set_more_waiting(n == room);
+            self.codec.after_read(&mut self.buf, room, n);
             if n == 0 {
                 return Err(Error::Disconnected(
                     if had == 0 {

@@ -68,7 +68,7 @@ pub fn reserve_frame(buf: &mut BytesMut, total: usize) {
 /// upload's chunks) then makes one read per `ahead` bytes rather than one
 /// or two per frame. The room is made when less than a quarter of `ahead`
 /// is left past the frame's end. [`FrameCodec`] asks for it only while the
-/// peer has more bytes waiting ([`FrameCodec::set_more_waiting`]), so a
+/// peer has more bytes waiting ([`FrameCodec::after_read`]), so a
 /// peer that sends a few bytes and stalls is given no such room.
 ///
 /// ```
@@ -251,7 +251,7 @@ pub struct FrameCodec {
     /// Whether the last frame decoded was at least [`STREAMING_FRAME`].
     streaming: bool,
     /// Whether the reader's last read filled the room it had
-    /// ([`FrameCodec::set_more_waiting`]).
+    /// ([`FrameCodec::after_read`]).
     more_waiting: bool,
 }
 
@@ -305,19 +305,31 @@ impl FrameCodec {
         self
     }
 
-    /// Tells the codec whether the reader's last read filled all the room
-    /// it had, which means the peer has more bytes waiting. Only then does
-    /// an unfinished frame get room to read ahead into
-    /// ([`reserve_frame_ahead`]); a peer that stalls inside a frame is
-    /// given only what the frame itself needs.
-    pub fn set_more_waiting(&mut self, more_waiting: bool) {
-        self.more_waiting = more_waiting;
+    /// The buffer for a read when nothing is buffered: while large frames
+    /// stream in, an empty one with room for the read-ahead; otherwise
+    /// `None` (the reader reads a small piece its own way).
+    pub fn read_ahead_buffer(&self) -> Option<BytesMut> {
+        let ahead = self.read_ahead_now();
+        (ahead > 0).then(|| BytesMut::with_capacity(ahead))
+    }
+
+    /// Records a read of `n` bytes into `buf`, which had `room` bytes of
+    /// room for it. A read that filled all its room leaves the peer with
+    /// more bytes waiting: only then does an unfinished frame get room to
+    /// read ahead into ([`reserve_frame_ahead`]), so a peer that stalls
+    /// inside a frame is given only what the frame itself needs. A
+    /// [`FrameCodec::read_ahead_buffer`] that brought little keeps only
+    /// what it brought, as a small read would.
+    pub fn after_read(&mut self, buf: &mut BytesMut, room: usize, n: usize) {
+        self.more_waiting = n == room;
+        let fresh = self.read_ahead > 0 && room >= self.read_ahead && n == buf.len();
+        if fresh && n < self.read_ahead / 4 {
+            *buf = BytesMut::from(&buf[..]);
+        }
     }
 
     /// The read-ahead in effect now: the configured one while large frames
-    /// stream in, otherwise 0. A reader with nothing buffered reads this
-    /// much at once when it is not 0 (keeping only what came if it was
-    /// little).
+    /// stream in, otherwise 0 ([`FrameCodec::read_ahead_buffer`]).
     pub fn read_ahead_now(&self) -> usize {
         if self.streaming {
             self.read_ahead

@@ -98,33 +98,27 @@ impl<R> FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads more bytes into `buf`; 0 means the client closed its side.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        let ahead = self.codec.read_ahead_now();
-        if self.buf.is_empty() && ahead > 0 {
-            // Large frames are streaming in: the next ones are likely on
-            // the socket already, so take as many as fit at once. Nothing
-            // is held while the socket has nothing (the client may have
-            // sent one large frame and gone idle).
-            let mut buf = BytesMut::with_capacity(ahead);
-            let read = ready!(std::pin::pin!(self.inner.read_buf(&mut buf)).poll(cx));
-            self.codec.set_more_waiting(buf.len() == ahead);
-            // Little came: keep just that, as a read into the stack
-            // buffer would, so that a client that stalls after a few bytes
-            // holds no more than without read-ahead.
-            self.buf = if buf.len() < ahead / 4 {
-                BytesMut::from(&buf[..])
-            } else {
-                buf
-            };
-            return Poll::Ready(read);
-        }
         if self.buf.is_empty() {
+            if let Some(mut buf) = self.codec.read_ahead_buffer() {
+                // Large frames are streaming in: the next ones are likely
+                // on the socket already, so take as many as fit at once.
+                // Nothing is held while the socket has nothing (the client
+                // may have sent one large frame and gone idle), and a read
+                // that brings little keeps only that.
+                let room = buf.capacity();
+                let read = ready!(std::pin::pin!(self.inner.read_buf(&mut buf)).poll(cx));
+                let n = buf.len();
+                self.codec.after_read(&mut buf, room, n);
+                self.buf = buf;
+                return Poll::Ready(read);
+            }
             let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
             let mut read = ReadBuf::uninit(&mut stack);
             ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
-            let filled = read.filled();
-            self.codec.set_more_waiting(filled.len() == STACK_READ);
-            self.buf = BytesMut::from(filled);
-            return Poll::Ready(Ok(filled.len()));
+            let n = read.filled().len();
+            self.buf = BytesMut::from(read.filled());
+            self.codec.after_read(&mut self.buf, STACK_READ, n);
+            return Poll::Ready(Ok(n));
         }
         // `decode` made room for the rest of a frame it saw the length of;
         // this only covers a partial length word.
@@ -136,8 +130,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let room = self.buf.capacity() - self.buf.len();
         let read = ready!(std::pin::pin!(self.inner.read_buf(&mut self.buf)).poll(cx));
         if let Ok(n) = read {
-            // A read that filled all the room it had leaves more waiting.
-            self.codec.set_more_waiting(n == room);
+            self.codec.after_read(&mut self.buf, room, n);
         }
         Poll::Ready(read)
     }
