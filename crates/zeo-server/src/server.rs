@@ -1093,6 +1093,49 @@ async fn serve_tls<S>(
     }
 }
 
+/// Bytes a client connection's socket may hold that TCP has not yet sent
+/// (`TCP_NOTSENT_LOWAT`): beyond them a write waits for the peer to take
+/// what is in flight.
+///
+/// Without a limit the kernel takes a whole block of a blob download
+/// (about 944 KB) at once, and what the receive window cannot take yet is
+/// sent later from the ACK handler, which runs on the receiving client's
+/// CPU: on loopback the client then spends its own time pushing the
+/// server's data. With the limit the server's writes are sent as they are
+/// made, on the server's CPU. Measured on 100 MB downloads over loopback
+/// (two cores, alternating order): 16 to 64 KiB made Python ZEO 6 and
+/// Rust clients 4 to 25% faster, the clients' system time fell, and the
+/// server's CPU did not grow; 256 KiB was no better than no limit. Replies
+/// smaller than the limit, which is nearly all of them, are not affected.
+const NOTSENT_LOWAT: u32 = 32 * 1024;
+
+/// Applies [`NOTSENT_LOWAT`] to an accepted TCP connection (Linux; a no-op
+/// elsewhere). A failure leaves the kernel's default, which is only slower.
+fn limit_unsent(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let value = NOTSENT_LOWAT as libc::c_int;
+        // SAFETY: the descriptor is the stream's own, open for this call;
+        // the option value points at a live c_int of the length given.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
+    Ok(())
+}
+
 async fn accept_tcp(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
@@ -1107,6 +1150,7 @@ async fn accept_tcp(
             }
         };
         let _ = stream.set_nodelay(true);
+        let _ = limit_unsent(&stream);
         let shared = shared.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
@@ -1149,6 +1193,40 @@ async fn accept_unix(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_connections_limit_unsent_bytes() {
+        use std::os::fd::AsRawFd;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(tokio::net::TcpStream::connect(address), async {
+            listener.accept().await.unwrap().0
+        });
+        let read_back = |stream: &tokio::net::TcpStream| {
+            let mut value: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a live descriptor and a c_int-sized out value.
+            let rc = unsafe {
+                libc::getsockopt(
+                    stream.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NOTSENT_LOWAT,
+                    (&mut value as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            value as u32
+        };
+        assert_ne!(
+            read_back(&accepted),
+            NOTSENT_LOWAT,
+            "the kernel default differs"
+        );
+        limit_unsent(&accepted).unwrap();
+        assert_eq!(read_back(&accepted), NOTSENT_LOWAT);
+    }
 
     #[test]
     fn parses_zeo_addresses() {
