@@ -27,6 +27,7 @@ use tokio_util::codec::Decoder;
 use tracing::{debug, warn};
 use zeo_auth::{ClientProof, MacState, SessionKey};
 use zeo_pickle::Value;
+use zeo_protocol::frame::READ_AHEAD;
 use zeo_protocol::{
     client::replies, ClientEvent, ClientHandshake, ClientIncoming, ClientRequest, FrameCodec,
     Marshaller, Message, WireError,
@@ -249,10 +250,6 @@ fn read_error(e: std::io::Error) -> Error {
 /// Bytes of room made when a read finds the buffer full: a whole small
 /// reply, or several.
 const READ_CHUNK: usize = 8192;
-
-/// Bytes read at once while large frames stream in (a blob download's
-/// 59,000-byte chunks), as Python's asyncio reads.
-const READ_AHEAD: usize = 256 * 1024;
 
 /// Frames read from the server, cut by `zeo_protocol::FrameCodec` (the codec
 /// the server reads with too): the buffer grows with the bytes that arrive,

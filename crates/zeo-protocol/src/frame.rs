@@ -259,6 +259,11 @@ pub struct FrameCodec {
 /// chunk is 59,000 bytes), and reads go [`FrameCodec::with_read_ahead`].
 pub const STREAMING_FRAME: usize = 16 * 1024;
 
+/// The read-ahead both ends use while large frames stream in
+/// ([`FrameCodec::with_read_ahead`]): 256 KiB, as much as Python's asyncio
+/// reads at once.
+pub const READ_AHEAD: usize = 256 * 1024;
+
 impl Default for FrameCodec {
     fn default() -> Self {
         Self::with_max_frame(DEFAULT_MAX_FRAME)

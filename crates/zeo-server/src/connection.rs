@@ -28,6 +28,7 @@ use futures::{Future, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use zeo_auth::MacState;
 use zeo_pickle::Value;
+use zeo_protocol::frame::READ_AHEAD;
 use zeo_protocol::reply::{self as replies, VoteConflict};
 use zeo_protocol::{
     login, Call, ClientHello, Encoding, FrameCodec, Incoming, LoginMethod, LoginRequest,
@@ -38,7 +39,7 @@ use zeo_storage::{require, Error as StorageError, Oid, TransactionMetaData, TxnS
 use crate::blob_calls;
 use crate::commit::{self, OpenTxn, VoteOutcome};
 use crate::commit_lock::{Acquired, CommitGuard, ConnId};
-use crate::frame_reader::{FrameReader, READ_AHEAD};
+use crate::frame_reader::FrameReader;
 use crate::hub::StorageHub;
 use crate::iterators::{IterError, Iterators};
 use crate::outbox::{Outbox, OutboxLimits};

@@ -11,10 +11,10 @@
 //! `zeo_protocol::frame::reserve_frame`), never to the announced length at
 //! once: a client that announces a large frame and stalls holds only what
 //! it sent. While a client streams large frames (blob chunks) the reader
-//! reads up to [`READ_AHEAD`] past the frame it is completing
-//! (`FrameCodec::with_read_ahead`), one read for several chunks; a read
-//! that brings little keeps only what it brought, so a client that stalls
-//! holds no more than without read-ahead.
+//! reads up to `zeo_protocol::frame::READ_AHEAD` past the frame it is
+//! completing (`FrameCodec::with_read_ahead`), one read for several
+//! chunks; a read that brings little keeps only what it brought, so a
+//! client that stalls holds no more than without read-ahead.
 //!
 //! Frames are cut by `zeo_protocol::FrameCodec`, the one codec client and
 //! server share. Once a client has authenticated (ZEO 3/4 `digest`, see
@@ -34,14 +34,13 @@ use tokio_util::codec::Decoder;
 use zeo_auth::MacState;
 use zeo_protocol::FrameCodec;
 
+#[cfg(test)]
+use zeo_protocol::frame::READ_AHEAD;
+
 /// Bytes read at once when nothing is buffered: a whole small request, or
 /// several pipelined ones. Also the least room made for a read into the
 /// heap buffer.
 const STACK_READ: usize = 4096;
-
-/// Bytes read at once while a client streams large frames: as much as
-/// Python's asyncio reads at once.
-pub(crate) const READ_AHEAD: usize = 256 * 1024;
 
 /// A stream of frame payloads read from `R`.
 pub(crate) struct FrameReader<R> {
