@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::warn;
 use zeo_protocol::buffer_pool::BufferPool;
-use zeo_protocol::encode_oneway_bytes_call;
+use zeo_protocol::encode_chunked_calls;
 use zeo_protocol::{ClientEvent, ClientRequest};
 use zeo_storage::block_buffer::BlockBuffer;
 use zeo_storage::{BlobSource, Oid, Tid, TxnHandle};
@@ -569,20 +569,18 @@ impl AsyncClientStorage {
             if filled == block.len() {
                 next = Some(read_next_block(source));
             }
-            let chunks = filled.div_ceil(BLOB_CHUNK);
-            let mut encoded = pool.take(filled + 32 * chunks);
-            let mut ends = Vec::with_capacity(chunks);
-            for chunk in block[..filled].chunks(BLOB_CHUNK) {
-                encode_oneway_bytes_call(encoding, "storeBlobChunk", &[chunk], &mut encoded)
-                    .map_err(|e| Error::Protocol(e.to_string()))?;
-                ends.push(encoded.len());
-            }
-            let encoded = pool.shared(encoded);
-            let mut start = 0;
-            for end in ends {
-                conn.send_encoded_when_room(encoded.slice(start..end), UPLOAD_QUEUE_LIMIT)
+            let messages = encode_chunked_calls(
+                &pool,
+                encoding,
+                "storeBlobChunk",
+                &[],
+                &block[..filled],
+                BLOB_CHUNK,
+            )
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+            for message in messages {
+                conn.send_encoded_when_room(message, UPLOAD_QUEUE_LIMIT)
                     .await?;
-                start = end;
             }
             spare = block;
         }

@@ -15,6 +15,9 @@
 //! decoder yields the same call (tested against it, `tests/bytes_call.rs`),
 //! and the encoder writes the general encoder's bytes.
 
+use bytes::Bytes;
+
+use crate::buffer_pool::BufferPool;
 use crate::error::{Error, Result};
 use crate::handshake::Encoding;
 
@@ -138,6 +141,71 @@ pub fn encode_oneway_bytes_call(
         }
     }
     Ok(())
+}
+
+/// One one-way call of `method` per `chunk_size`-byte piece of `data`
+/// (the last piece may be shorter), each taking the `leading` arguments
+/// and then its piece, encoded as [`encode_oneway_bytes_call`] encodes
+/// them into one buffer taken from `pool`; the messages, in order, as
+/// slices of that buffer, which goes back to the pool once the last of
+/// them is dropped (sent). A blob transfer's chunks, both ways: one copy
+/// of the bytes per block, into a buffer an earlier block used.
+///
+/// ```
+/// use zeo_protocol::buffer_pool::BufferPool;
+/// use zeo_protocol::{encode_chunked_calls, oneway_bytes_call, Encoding};
+///
+/// let pool = BufferPool::default();
+/// let data = vec![7u8; 150_000];
+/// let calls = encode_chunked_calls(&pool, Encoding::Pickle, "storeBlobChunk", &[], &data, 59_000).unwrap();
+/// let sizes: Vec<usize> = calls
+///     .iter()
+///     .map(|c| oneway_bytes_call::<1>(Encoding::Pickle, c, "storeBlobChunk").unwrap()[0].len())
+///     .collect();
+/// assert_eq!(sizes, [59_000, 59_000, 32_000]);
+/// ```
+///
+/// # Errors
+///
+/// What [`encode_oneway_bytes_call`] fails with.
+///
+/// # Panics
+///
+/// If `chunk_size` is 0, as [`slice::chunks`] does.
+pub fn encode_chunked_calls(
+    pool: &BufferPool,
+    encoding: Encoding,
+    method: &str,
+    leading: &[&[u8]],
+    data: &[u8],
+    chunk_size: usize,
+) -> Result<Vec<Bytes>> {
+    let count = data.len().div_ceil(chunk_size.max(1));
+    // A message is its arguments, up to 5 bytes of header for each, and
+    // under 16 bytes plus the method's name around them.
+    let each = method.len()
+        + 16
+        + 5 * (leading.len() + 1)
+        + leading.iter().map(|a| a.len()).sum::<usize>();
+    let mut encoded = pool.take(data.len() + count * each);
+    let mut ends = Vec::with_capacity(count);
+    let mut args = leading.to_vec();
+    args.push(&[]);
+    for piece in data.chunks(chunk_size) {
+        *args.last_mut().expect("pushed above") = piece;
+        encode_oneway_bytes_call(encoding, method, &args, &mut encoded)?;
+        ends.push(encoded.len());
+    }
+    let encoded = pool.shared(encoded);
+    let mut start = 0;
+    Ok(ends
+        .into_iter()
+        .map(|end| {
+            let message = encoded.slice(start..end);
+            start = end;
+            message
+        })
+        .collect())
 }
 
 const MARK: u8 = b'(';

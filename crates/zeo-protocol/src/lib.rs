@@ -63,7 +63,7 @@ mod request;
 mod types;
 mod wire_error;
 
-pub use bytes_call::{encode_oneway_bytes_call, oneway_bytes_call};
+pub use bytes_call::{encode_chunked_calls, encode_oneway_bytes_call, oneway_bytes_call};
 pub use client::{ClientEvent, ClientIncoming, ClientRequest};
 pub use error::{Error, Result};
 pub use frame::{decode_frame, encode_frame, FrameCodec, FrameHeader, DEFAULT_MAX_FRAME};

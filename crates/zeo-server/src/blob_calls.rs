@@ -284,26 +284,18 @@ async fn stream_blob(
             return Ok(false);
         }
         // The block's messages are written straight from it into one
-        // buffer, each queued as a slice of that buffer: one copy per
-        // block, into a buffer that an earlier block used.
-        let mut encoded = pool.take(filled + 64 * chunks);
-        let mut ends = Vec::with_capacity(chunks);
-        for chunk in block[..filled].chunks(SEND_CHUNK) {
-            let args: [&[u8]; 3] = [&oid.to_bytes(), &serial.to_bytes(), chunk];
-            zeo_protocol::encode_oneway_bytes_call(
-                outbox.encoding(),
-                RECEIVE_CHUNK,
-                &args,
-                &mut encoded,
-            )
-            .map_err(|e| WireError::from(&StorageError::Storage(e.to_string())))?;
-            ends.push(encoded.len());
-        }
-        let encoded = pool.shared(encoded);
-        let mut start = 0;
-        for end in ends {
-            outbox.send_encoded(encoded.slice(start..end));
-            start = end;
+        // pooled buffer, each queued as a slice of that buffer.
+        let messages = zeo_protocol::encode_chunked_calls(
+            &pool,
+            outbox.encoding(),
+            RECEIVE_CHUNK,
+            &[&oid.to_bytes(), &serial.to_bytes()],
+            &block[..filled],
+            SEND_CHUNK,
+        )
+        .map_err(|e| WireError::from(&StorageError::Storage(e.to_string())))?;
+        for message in messages {
+            outbox.send_encoded(message);
         }
         if filled < block.len() {
             break;
